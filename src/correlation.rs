@@ -1,0 +1,744 @@
+//! Correlation ids: validate or mint one per request, log it on every event, echo it, and
+//! forward it to other services.
+//!
+//! [`CorrelationIdLayer`] gives every request a [`CorrelationId`]:
+//!
+//! 1. it reads `X-Correlation-ID`, else `X-Request-ID`, else the trace id of a valid W3C
+//!    `traceparent` (the header names are configurable), and keeps the incoming id only if
+//!    it is 1 to 128 characters of `[A-Za-z0-9._:-]`; anything else (too long, spaces,
+//!    non-ASCII, an attempt to inject a header or a log line, a header sent twice) is
+//!    replaced by a fresh UUIDv7, and a warning says so *without* repeating the rejected
+//!    value;
+//! 2. it puts the id in the request extensions, in the request header, and in a task-local
+//!    ([`CorrelationId::current`]) so code far from the handler (an HTTP client wrapper, a
+//!    database helper) can read it without threading it through every call;
+//! 3. it runs the inner service inside a `tracing` span named `request` with the fields
+//!    `correlation_id`, `method` and `path` (never the query string, which may hold
+//!    secrets), so every event logged while serving the request carries the id, even when
+//!    hundreds of requests are interleaved on the same threads;
+//! 4. it echoes the id in the response (`X-Correlation-ID`) unless the handler already set
+//!    that header, and emits one access event (target `tower_rampart::access`) with the
+//!    status and the latency.
+//!
+//! The span is attached with `Instrument`, never held across an `.await`, which is what
+//! keeps one request's id out of another request's log lines.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_rampart::correlation::{CorrelationId, CorrelationIdLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(CorrelationIdLayer::new())
+//!     .service(service_fn(|req: Request<String>| async move {
+//!         // The handler sees the validated id in the extensions and in the task-local.
+//!         let id = req.extensions().get::<CorrelationId>().cloned().unwrap();
+//!         assert_eq!(CorrelationId::current().as_ref(), Some(&id));
+//!         tracing::info!("this event carries the request's correlation_id");
+//!         Ok::<_, Infallible>(Response::new(String::new()))
+//!     }));
+//!
+//! let request = Request::builder()
+//!     .header("x-correlation-id", "order-1234")
+//!     .body(String::new())
+//!     .unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//! assert_eq!(response.headers()["x-correlation-id"], "order-1234");
+//! # }
+//! ```
+//!
+//! # Forwarding the id to other services
+//!
+//! ```
+//! use tower_rampart::correlation::CorrelationId;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let id = CorrelationId::parse("abc-123").unwrap();
+//! id.scope(async {
+//!     // Somewhere deep inside the request: stamp the outgoing call.
+//!     let mut outgoing = http::Request::new(());
+//!     assert!(tower_rampart::correlation::propagate(&mut outgoing));
+//!     assert_eq!(outgoing.headers()["x-correlation-id"], "abc-123");
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! Tasks started with `tokio::spawn` do not inherit task-locals: carry the id into them with
+//! `CorrelationId::current()` and [`CorrelationId::scope`] (and the span with
+//! `tracing::Instrument`).
+//!
+//! # Trusting incoming ids
+//!
+//! By default an incoming id is kept when it is well formed, which is what you want behind
+//! your own gateway or load balancer. A service exposed directly to clients that should not
+//! choose the id in its logs can refuse them all with
+//! [`CorrelationIdLayer::trust_incoming(false)`](CorrelationIdLayer::trust_incoming).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+/// `x-correlation-id`, the header this layer reads first and echoes by default.
+pub const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+/// `x-request-id`, read when `x-correlation-id` is absent.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `traceparent` (W3C Trace Context); its trace id is used when no id header is present.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The longest id kept from a request.
+pub const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    static CURRENT: CorrelationId;
+}
+
+/// A validated correlation id: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+///
+/// Cheap to clone (a reference-counted header value). Its `Display` is the id itself, which
+/// is safe to log: the validation rules out anything that could forge a log line or a
+/// header.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CorrelationId(HeaderValue);
+
+/// Why an incoming id was refused; logged instead of the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    Empty,
+    TooLong,
+    BadCharacter,
+    Repeated,
+    BadTraceparent,
+}
+
+impl Rejection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty",
+            Rejection::TooLong => "longer than 128 characters",
+            Rejection::BadCharacter => "characters outside [A-Za-z0-9._:-]",
+            Rejection::Repeated => "header sent more than once",
+            Rejection::BadTraceparent => "malformed traceparent",
+        }
+    }
+}
+
+fn check(bytes: &[u8]) -> Result<(), Rejection> {
+    if bytes.is_empty() {
+        return Err(Rejection::Empty);
+    }
+    if bytes.len() > MAX_LEN {
+        return Err(Rejection::TooLong);
+    }
+    if bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(Rejection::BadCharacter)
+    }
+}
+
+impl CorrelationId {
+    /// A fresh UUIDv7 (time-ordered, so ids sort by arrival in log stores).
+    ///
+    /// ```
+    /// let id = tower_rampart::correlation::CorrelationId::new_v7();
+    /// assert_eq!(id.as_str().len(), 36);
+    /// ```
+    pub fn new_v7() -> Self {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Self(HeaderValue::from_str(text).expect("a hyphenated UUID is a valid header value"))
+    }
+
+    /// Validates `id`; `None` unless it is 1 to 128 characters of `[A-Za-z0-9._:-]`.
+    ///
+    /// ```
+    /// use tower_rampart::correlation::CorrelationId;
+    /// assert!(CorrelationId::parse("req-42:retry.1").is_some());
+    /// assert!(CorrelationId::parse("has space").is_none());
+    /// assert!(CorrelationId::parse("").is_none());
+    /// assert!(CorrelationId::parse(&"x".repeat(129)).is_none());
+    /// ```
+    pub fn parse(id: &str) -> Option<Self> {
+        Self::from_header(&HeaderValue::from_str(id).ok()?)
+    }
+
+    /// Validates a header value; `None` unless it is a valid id.
+    pub fn from_header(value: &HeaderValue) -> Option<Self> {
+        check(value.as_bytes()).ok().map(|()| Self(value.clone()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Validation admits only ASCII, so this never falls back.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as a header value, ready to send.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// The id of the request being served by the current task, if any.
+    ///
+    /// Set by [`CorrelationIdLayer`] for the whole of the inner service's work, and by
+    /// [`CorrelationId::scope`].
+    pub fn current() -> Option<CorrelationId> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `future` with `self` as [`CorrelationId::current`].
+    pub fn scope<F: Future>(self, future: F) -> TaskLocalFuture<CorrelationId, F> {
+        CURRENT.scope(self, future)
+    }
+
+    /// Sets `x-correlation-id` on an outgoing request unless it already carries one.
+    ///
+    /// Returns `true` when the header is (now) set to this id.
+    ///
+    /// ```
+    /// use tower_rampart::correlation::CorrelationId;
+    /// let id = CorrelationId::parse("abc").unwrap();
+    /// let mut req = http::Request::new(());
+    /// assert!(id.apply_to(&mut req));
+    /// assert_eq!(req.headers()["x-correlation-id"], "abc");
+    /// ```
+    pub fn apply_to<B>(&self, request: &mut Request<B>) -> bool {
+        match request.headers().get(X_CORRELATION_ID) {
+            Some(existing) => existing == self.header_value(),
+            None => {
+                request
+                    .headers_mut()
+                    .insert(X_CORRELATION_ID, self.0.clone());
+                true
+            }
+        }
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CorrelationId")
+            .field(&self.as_str())
+            .finish()
+    }
+}
+
+impl AsRef<str> for CorrelationId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Stamps the current task's correlation id ([`CorrelationId::current`]) on an outgoing
+/// request, unless the request already has one. Returns `false` when there is no current id
+/// or the request carries a different one.
+///
+/// ```
+/// let mut req = http::Request::new(());
+/// // Outside of a request there is nothing to forward.
+/// assert!(!tower_rampart::correlation::propagate(&mut req));
+/// ```
+pub fn propagate<B>(request: &mut Request<B>) -> bool {
+    CorrelationId::current().is_some_and(|id| id.apply_to(request))
+}
+
+/// Extracts the trace id of a W3C `traceparent` header, if the header is well formed.
+///
+/// `version-traceid-parentid-flags` with lowercase hex, version not `ff`, ids not all zero;
+/// versions above `00` may carry more fields after the flags.
+fn traceparent_trace_id(value: &HeaderValue) -> Result<HeaderValue, Rejection> {
+    let bytes = value.as_bytes();
+    let is_hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let all_zero = |s: &[u8]| s.iter().all(|&b| b == b'0');
+    if bytes.len() < 55 {
+        return Err(Rejection::BadTraceparent);
+    }
+    let (version, trace, parent, flags) =
+        (&bytes[0..2], &bytes[3..35], &bytes[36..52], &bytes[53..55]);
+    let separators_ok = bytes[2] == b'-' && bytes[35] == b'-' && bytes[52] == b'-';
+    let tail_ok = if version == b"00" {
+        bytes.len() == 55
+    } else {
+        bytes.len() == 55 || bytes[55] == b'-'
+    };
+    if !separators_ok
+        || !tail_ok
+        || version == b"ff"
+        || !is_hex(version)
+        || !is_hex(trace)
+        || !is_hex(parent)
+        || !is_hex(flags)
+        || all_zero(trace)
+        || all_zero(parent)
+    {
+        return Err(Rejection::BadTraceparent);
+    }
+    HeaderValue::from_bytes(trace).map_err(|_| Rejection::BadTraceparent)
+}
+
+type MakeId = Arc<dyn Fn() -> CorrelationId + Send + Sync>;
+
+#[derive(Clone)]
+struct Config {
+    request_headers: Vec<HeaderName>,
+    traceparent: bool,
+    response_header: HeaderName,
+    trust_incoming: bool,
+    access_log: bool,
+    make_id: MakeId,
+}
+
+/// Gives every request a validated [`CorrelationId`]; see the [module docs](self).
+///
+/// Defaults: reads `x-correlation-id`, then `x-request-id`, then `traceparent`; trusts
+/// well-formed incoming ids; echoes `x-correlation-id`; logs one access event per request;
+/// mints UUIDv7 ids.
+#[derive(Clone)]
+pub struct CorrelationIdLayer {
+    config: Arc<Config>,
+}
+
+impl Default for CorrelationIdLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CorrelationIdLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CorrelationIdLayer")
+            .field("request_headers", &self.config.request_headers)
+            .field("traceparent", &self.config.traceparent)
+            .field("response_header", &self.config.response_header)
+            .field("trust_incoming", &self.config.trust_incoming)
+            .field("access_log", &self.config.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CorrelationIdLayer {
+    /// The layer with its defaults.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                request_headers: vec![X_CORRELATION_ID, X_REQUEST_ID],
+                traceparent: true,
+                response_header: X_CORRELATION_ID,
+                trust_incoming: true,
+                access_log: true,
+                make_id: Arc::new(CorrelationId::new_v7),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The request headers to read an incoming id from, in order of preference (default
+    /// `x-correlation-id`, `x-request-id`). The first one present with a valid id wins.
+    ///
+    /// ```
+    /// use tower_rampart::correlation::CorrelationIdLayer;
+    /// let layer = CorrelationIdLayer::new().request_headers(["x-amzn-trace-id", "x-request-id"]);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header name: this is configuration, checked once when the
+    /// layer is built.
+    pub fn request_headers<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        self.config_mut().request_headers = names
+            .into_iter()
+            .map(|n| {
+                HeaderName::from_bytes(n.as_ref().as_bytes())
+                    .unwrap_or_else(|_| panic!("invalid header name {:?}", n.as_ref()))
+            })
+            .collect();
+        self
+    }
+
+    /// Whether to fall back to the trace id of a W3C `traceparent` header (default `true`).
+    pub fn traceparent(mut self, enabled: bool) -> Self {
+        self.config_mut().traceparent = enabled;
+        self
+    }
+
+    /// The response header that echoes the id (default `x-correlation-id`).
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name.
+    pub fn response_header(mut self, name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        self.config_mut().response_header = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
+        self
+    }
+
+    /// Whether incoming ids are kept when well formed (default `true`). Turn it off for a
+    /// service that clients reach directly, so that they cannot choose the ids in your logs.
+    pub fn trust_incoming(mut self, trust: bool) -> Self {
+        self.config_mut().trust_incoming = trust;
+        self
+    }
+
+    /// Whether to emit one access event per request (target `tower_rampart::access`,
+    /// level INFO, fields `status` and `latency_ms` inside the request span; default `true`).
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.config_mut().access_log = enabled;
+        self
+    }
+
+    /// How to mint ids (default [`CorrelationId::new_v7`]).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use tower_rampart::correlation::{CorrelationId, CorrelationIdLayer};
+    ///
+    /// static NEXT: AtomicU64 = AtomicU64::new(1);
+    /// let layer = CorrelationIdLayer::new().make_id(|| {
+    ///     let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    ///     CorrelationId::parse(&format!("req-{n}")).expect("valid id")
+    /// });
+    /// ```
+    pub fn make_id<F>(mut self, make: F) -> Self
+    where
+        F: Fn() -> CorrelationId + Send + Sync + 'static,
+    {
+        self.config_mut().make_id = Arc::new(make);
+        self
+    }
+}
+
+impl<S> Layer<S> for CorrelationIdLayer {
+    type Service = CorrelationIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CorrelationIdService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service made by [`CorrelationIdLayer`].
+#[derive(Clone)]
+pub struct CorrelationIdService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for CorrelationIdService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CorrelationIdService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The id for this request, and why an incoming one was refused (if it was).
+    fn choose(&self, headers: &HeaderMap) -> (CorrelationId, Option<Rejection>) {
+        if !self.trust_incoming {
+            return ((self.make_id)(), None);
+        }
+        let mut rejected = None;
+        for name in &self.request_headers {
+            let mut values = headers.get_all(name).iter();
+            let Some(value) = values.next() else { continue };
+            if values.next().is_some() {
+                rejected.get_or_insert(Rejection::Repeated);
+                continue;
+            }
+            match check(value.as_bytes()) {
+                Ok(()) => return (CorrelationId(value.clone()), None),
+                Err(why) => {
+                    rejected.get_or_insert(why);
+                }
+            }
+        }
+        if self.traceparent {
+            let mut values = headers.get_all(TRACEPARENT).iter();
+            if let Some(value) = values.next() {
+                if values.next().is_some() {
+                    rejected.get_or_insert(Rejection::Repeated);
+                } else {
+                    match traceparent_trace_id(value) {
+                        Ok(trace) => return (CorrelationId(trace), None),
+                        Err(why) => {
+                            rejected.get_or_insert(why);
+                        }
+                    }
+                }
+            }
+        }
+        ((self.make_id)(), rejected)
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CorrelationIdService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        // An id put there by an outer layer is authoritative; never replace it.
+        let (id, rejected) = match req.extensions().get::<CorrelationId>() {
+            Some(existing) => (existing.clone(), None),
+            None => self.config.choose(req.headers()),
+        };
+
+        let span = tracing::info_span!(
+            "request",
+            correlation_id = %id,
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+        if let Some(why) = rejected {
+            span.in_scope(|| {
+                tracing::warn!(
+                    reason = why.as_str(),
+                    "incoming correlation id rejected; a new one was generated"
+                );
+            });
+        }
+
+        if let Some(name) = self.config.request_headers.first() {
+            req.headers_mut().insert(name.clone(), id.0.clone());
+        }
+        req.extensions_mut().insert(id.clone());
+
+        // The synchronous part of `call` runs inside the span and the task-local too: some
+        // services do real work (and log) before returning their future.
+        let inner = span.in_scope(|| CURRENT.sync_scope(id.clone(), || self.inner.call(req)));
+        let future = CURRENT.scope(id.clone(), inner.instrument(span.clone()));
+
+        ResponseFuture {
+            inner: future,
+            id: Some(id),
+            span,
+            start,
+            config: self.config.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CorrelationIdService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
+        id: Option<CorrelationId>,
+        span: tracing::Span,
+        start: Instant,
+        config: Arc<Config>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+        let id = this.id.take();
+        match result {
+            Ok(mut response) => {
+                if let Some(id) = id {
+                    let headers = response.headers_mut();
+                    if !headers.contains_key(&this.config.response_header) {
+                        headers.insert(this.config.response_header.clone(), id.0);
+                    }
+                }
+                if this.config.access_log {
+                    let status = response.status().as_u16();
+                    this.span.in_scope(|| {
+                        tracing::info!(
+                            target: "tower_rampart::access",
+                            status,
+                            latency_ms,
+                            "request completed"
+                        );
+                    });
+                }
+                Poll::Ready(Ok(response))
+            }
+            Err(error) => {
+                if this.config.access_log {
+                    this.span.in_scope(|| {
+                        tracing::warn!(
+                            target: "tower_rampart::access",
+                            latency_ms,
+                            "request failed without a response"
+                        );
+                    });
+                }
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn accepts_the_allowed_alphabet_and_lengths() {
+        assert!(check(b"a").is_ok());
+        assert!(check(b"AZaz09._:-").is_ok());
+        assert!(check("x".repeat(128).as_bytes()).is_ok());
+        assert_eq!(check(b""), Err(Rejection::Empty));
+        assert_eq!(check("x".repeat(129).as_bytes()), Err(Rejection::TooLong));
+        for bad in ["a b", "a\tb", "a/b", "a\"b", "{}", "é", "a;b", "a,b", "a=b"] {
+            assert_eq!(check(bad.as_bytes()), Err(Rejection::BadCharacter), "{bad}");
+        }
+    }
+
+    #[test]
+    fn traceparent_rules() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            traceparent_trace_id(&hv(good)).unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // A future version may append fields.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert!(traceparent_trace_id(&hv(future)).is_ok());
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "",
+        ] {
+            assert!(traceparent_trace_id(&hv(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn minted_ids_are_valid_uuid_v7() {
+        let id = CorrelationId::new_v7();
+        let parsed = uuid::Uuid::parse_str(id.as_str()).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert!(check(id.as_str().as_bytes()).is_ok());
+        assert_ne!(id, CorrelationId::new_v7());
+    }
+
+    #[test]
+    fn preference_order_and_fallbacks() {
+        let config = CorrelationIdLayer::new().config;
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, hv("from-request-id"));
+        headers.insert(
+            TRACEPARENT,
+            hv("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(config.choose(&headers).0.as_str(), "from-request-id");
+
+        headers.insert(X_CORRELATION_ID, hv("from-correlation-id"));
+        assert_eq!(config.choose(&headers).0.as_str(), "from-correlation-id");
+
+        // An invalid preferred header falls back to the next valid one, without complaint.
+        headers.insert(X_CORRELATION_ID, hv("bad value"));
+        assert_eq!(
+            config.choose(&headers),
+            (CorrelationId(hv("from-request-id")), None)
+        );
+
+        headers.remove(X_REQUEST_ID);
+        let (id, why) = config.choose(&headers);
+        assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(why, None);
+
+        headers.remove(TRACEPARENT);
+        let (id, why) = config.choose(&headers);
+        assert_eq!(id.as_str().len(), 36);
+        assert_eq!(why, Some(Rejection::BadCharacter));
+    }
+
+    #[test]
+    fn a_repeated_header_is_refused() {
+        let config = CorrelationIdLayer::new().config;
+        let mut headers = HeaderMap::new();
+        headers.append(X_CORRELATION_ID, hv("one"));
+        headers.append(X_CORRELATION_ID, hv("two"));
+        let (id, why) = config.choose(&headers);
+        assert_ne!(id.as_str(), "one");
+        assert_ne!(id.as_str(), "two");
+        assert_eq!(why, Some(Rejection::Repeated));
+    }
+
+    #[test]
+    fn untrusted_mode_always_mints() {
+        let config = CorrelationIdLayer::new().trust_incoming(false).config;
+        let mut headers = HeaderMap::new();
+        headers.insert(X_CORRELATION_ID, hv("client-chosen"));
+        let (id, why) = config.choose(&headers);
+        assert_ne!(id.as_str(), "client-chosen");
+        assert_eq!(why, None);
+    }
+}
