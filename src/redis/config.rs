@@ -1,0 +1,610 @@
+//! [`RedisConfig`]: where the server is and how to reach it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis as driver;
+
+use super::connection::RedisConnection;
+use super::error::RedisError;
+
+/// Default time allowed for TCP connect + TLS handshake + `AUTH`/`SELECT`.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time allowed for one command, script or pipeline (see the module docs).
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+/// Port of a plain Redis server.
+const DEFAULT_PORT: u16 = 6379;
+/// Port of a TLS Redis server by convention (Azure Cache for Redis listens here).
+const DEFAULT_TLS_PORT: u16 = 6380;
+
+/// How to reach one Redis server: address, credentials, TLS and timeouts.
+///
+/// Build it from a URL ([`RedisConfig::from_url`]), from parts
+/// ([`RedisConfig::from_parts`] and the builder methods), or from the environment
+/// ([`RedisConfig::from_env`]); then open a [`RedisConnection`] with
+/// [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
+///
+/// `Debug` and `Display` never show the password (it appears as `***`):
+///
+/// ```
+/// use tower_rampart::redis::RedisConfig;
+///
+/// let config = RedisConfig::from_url("rediss://app:s3cret@cache.example.net:6380/2").unwrap();
+/// assert_eq!(config.to_string(), "rediss://app:***@cache.example.net:6380/2");
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// assert!(config.is_tls());
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) db: i64,
+    pub(crate) tls: bool,
+    pub(crate) ca_pem: Option<Arc<[u8]>>,
+    pub(crate) protocol: driver::ProtocolVersion,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Parses a `redis://` (plain) or `rediss://` (TLS) URL:
+    /// `redis[s]://[[username]:password@]host[:port][/db]`.
+    ///
+    /// User name and password are percent-decoded. The port defaults to 6379. The error
+    /// never contains the URL (it may hold a password).
+    ///
+    /// ```
+    /// use tower_rampart::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_url("redis://:pw@10.0.0.5/3").unwrap();
+    /// assert_eq!(config.to_string(), "redis://:***@10.0.0.5:6379/3");
+    /// assert!(RedisConfig::from_url("http://10.0.0.5").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
+        let invalid = |reason: &str| RedisConfigError::new("Redis URL", reason);
+        let url = url.trim();
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("redis" | "rediss" | "valkey" | "valkeys") => {}
+            Some("unix" | "redis+unix" | "valkey+unix") => {
+                return Err(invalid(
+                    "unix sockets are not supported, use redis:// or rediss://",
+                ));
+            }
+            _ => return Err(invalid("the scheme must be redis:// or rediss://")),
+        }
+        let info = driver::IntoConnectionInfo::into_connection_info(url)
+            // The driver's URL errors are fixed texts (plus the bad `protocol=` value); they
+            // never quote the URL itself.
+            .map_err(|e| invalid(&e.to_string().replace(" - InvalidClientConfig", "")))?;
+        let (host, port, tls) = match info.addr() {
+            driver::ConnectionAddr::Tcp(host, port) => (host.clone(), *port, false),
+            driver::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => {
+                if *insecure {
+                    return Err(invalid(
+                        "#insecure (no certificate verification) is not supported; \
+                         trust a private CA with ca_certificate_pem instead",
+                    ));
+                }
+                (host.clone(), *port, true)
+            }
+            _ => return Err(invalid("only TCP addresses are supported")),
+        };
+        if host.is_empty() {
+            return Err(invalid("the host is missing"));
+        }
+        let settings = info.redis_settings();
+        Ok(Self {
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+            protocol: settings.protocol(),
+            ..Self::from_parts(host, port).tls(tls)
+        })
+    }
+
+    /// A configuration for `host:port`: plain TCP, no credentials, database 0, default
+    /// timeouts (connect 1 s, command 500 ms). Adjust it with the builder methods.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_rampart::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_parts("mycache.redis.cache.windows.net", 6380)
+    ///     .tls(true)
+    ///     .password("access-key")
+    ///     .command_timeout(Duration::from_millis(250));
+    /// assert_eq!(config.to_string(), "rediss://:***@mycache.redis.cache.windows.net:6380/0");
+    /// ```
+    pub fn from_parts(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+            ca_pem: None,
+            protocol: driver::ProtocolVersion::RESP2,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Sets the password (`AUTH`); for Azure Cache for Redis, the access key.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the ACL user name (Redis 6+); without it `AUTH` uses the `default` user.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Turns TLS on or off. With TLS on, the server certificate is verified against the
+    /// system trust store, or only against [`RedisConfig::ca_certificate_pem`] if set.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Selects the logical database (`SELECT db`).
+    pub fn database(mut self, db: i64) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM for TLS, **instead of** the system trust
+    /// store: for a private CA, or the CA a test generated. Has no effect without TLS.
+    ///
+    /// A malformed PEM is reported by [`RedisConfig::connect_lazy`].
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into().into());
+        self
+    }
+
+    /// Time allowed to establish a connection (TCP, TLS handshake, `AUTH`, `SELECT`).
+    /// Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for one command, pipeline or script call, from sending to the full
+    /// reply. Default 500 ms; see the [module docs](super#timeouts-and-failures) for why.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Whether connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Reads the configuration from the process environment:
+    ///
+    /// - `REDIS_URL` if set and not empty ([`RedisConfig::from_url`]);
+    /// - else `REDIS_HOST` with `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL` (`true`/`false`,
+    ///   `1`/`0`, `yes`/`no`), and optionally `REDIS_USERNAME` and `REDIS_DB`, as Azure
+    ///   deployments set them. `REDIS_PORT` defaults to 6379, or to 6380 (the port of Azure
+    ///   Cache for Redis) when `REDIS_SSL` is on;
+    /// - `Ok(None)` if neither `REDIS_URL` nor `REDIS_HOST` is set (and none of the others).
+    ///
+    /// Errors name the variable and never contain the password.
+    pub fn from_env() -> Result<Option<Self>, RedisConfigError> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`RedisConfig::from_env`] reading variables through `lookup` instead of the process
+    /// environment (for tests, or configuration from another source).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tower_rampart::redis::RedisConfig;
+    ///
+    /// let vars = HashMap::from([
+    ///     ("REDIS_HOST", "mycache.redis.cache.windows.net"),
+    ///     ("REDIS_PASSWORD", "key"),
+    ///     ("REDIS_SSL", "true"),
+    /// ]);
+    /// let config = RedisConfig::from_env_with(|name| vars.get(name).map(|v| v.to_string()))
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!(config.port(), 6380);
+    /// assert!(config.is_tls());
+    ///
+    /// let err = RedisConfig::from_env_with(|name| (name == "REDIS_HOST" || name == "REDIS_PORT")
+    ///     .then(|| "x".to_owned()))
+    ///     .unwrap_err();
+    /// assert_eq!(err.variable(), "REDIS_PORT");
+    /// ```
+    pub fn from_env_with<F>(lookup: F) -> Result<Option<Self>, RedisConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(url) = get("REDIS_URL") {
+            return Self::from_url(&url)
+                .map(Some)
+                .map_err(|e| RedisConfigError::new("REDIS_URL", &e.reason));
+        }
+        let Some(host) = get("REDIS_HOST") else {
+            for other in [
+                "REDIS_PORT",
+                "REDIS_PASSWORD",
+                "REDIS_SSL",
+                "REDIS_USERNAME",
+                "REDIS_DB",
+            ] {
+                if get(other).is_some() {
+                    return Err(RedisConfigError::new(
+                        "REDIS_HOST",
+                        &format!("is not set, but {other} is"),
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let tls = match get("REDIS_SSL") {
+            None => false,
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                RedisConfigError::new(
+                    "REDIS_SSL",
+                    &format!("{:?} is not one of true/false/1/0/yes/no", v.trim()),
+                )
+            })?,
+        };
+        let port = match get("REDIS_PORT") {
+            None if tls => DEFAULT_TLS_PORT,
+            None => DEFAULT_PORT,
+            Some(v) => match v.trim().parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    return Err(RedisConfigError::new(
+                        "REDIS_PORT",
+                        &format!("{:?} is not a port number (1-65535)", v.trim()),
+                    ));
+                }
+            },
+        };
+        let mut config = Self::from_parts(host.trim(), port).tls(tls);
+        if let Some(pw) = lookup("REDIS_PASSWORD").filter(|v| !v.is_empty()) {
+            config = config.password(pw);
+        }
+        if let Some(user) = get("REDIS_USERNAME") {
+            config = config.username(user.trim());
+        }
+        if let Some(db) = get("REDIS_DB") {
+            let db = db
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| {
+                    RedisConfigError::new(
+                        "REDIS_DB",
+                        &format!("{:?} is not a database number", db.trim()),
+                    )
+                })?;
+            config = config.database(db);
+        }
+        Ok(Some(config))
+    }
+
+    /// A connection that connects on first use: never touches the network, fails only on
+    /// invalid configuration (an unreadable CA PEM). Connection errors surface on the first
+    /// call instead.
+    pub fn connect_lazy(&self) -> Result<RedisConnection, RedisError> {
+        RedisConnection::new(self)
+    }
+
+    /// Opens a connection now and fails if it cannot (unreachable server, wrong password,
+    /// TLS failure), within the connect timeout. Use it at start-up to fail fast on
+    /// misconfiguration; the returned connection still reconnects by itself later.
+    pub async fn connect(&self) -> Result<RedisConnection, RedisError> {
+        let conn = RedisConnection::new(self)?;
+        conn.connect_now().await?;
+        Ok(conn)
+    }
+
+    /// `host:port`, for log fields.
+    pub(crate) fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The driver's connection info (holds the password: never log it).
+    pub(crate) fn connection_info(&self) -> Result<driver::ConnectionInfo, driver::RedisError> {
+        let addr = if self.tls {
+            driver::ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            driver::ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let mut settings = driver::RedisConnectionInfo::default()
+            .set_db(self.db)
+            .set_protocol(self.protocol);
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(pw) = &self.password {
+            settings = settings.set_password(pw);
+        }
+        Ok(driver::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings))
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl fmt::Display for RedisConfig {
+    /// `redis[s]://[user:***@]host:port/db`; the password is always `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://")?;
+        match (&self.username, &self.password) {
+            (Some(user), Some(_)) => write!(f, "{user}:***@")?,
+            (Some(user), None) => write!(f, "{user}@")?,
+            (None, Some(_)) => f.write_str(":***@")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.addr(), self.db)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field(
+                "ca_certificate_pem",
+                &self
+                    .ca_pem
+                    .as_ref()
+                    .map(|pem| format!("{} bytes", pem.len())),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// An invalid Redis configuration value. Names the variable or field (`REDIS_PORT`,
+/// `Redis URL`, ...) and never contains a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfigError {
+    variable: String,
+    reason: String,
+}
+
+impl RedisConfigError {
+    fn new(variable: &str, reason: &str) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The environment variable (`REDIS_PORT`, ...) or `"Redis URL"` that is invalid.
+    pub fn variable(&self) -> &str {
+        &self.variable
+    }
+}
+
+impl fmt::Display for RedisConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.variable, self.reason)
+    }
+}
+
+impl std::error::Error for RedisConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Option<RedisConfig>, RedisConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        RedisConfig::from_env_with(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn url_plain_with_password_and_db() {
+        let c = RedisConfig::from_url("redis://:p%40ss@127.0.0.1:7000/4").unwrap();
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        assert_eq!(c.username, None);
+        assert_eq!(c.db, 4);
+        assert!(!c.is_tls());
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.command_timeout, DEFAULT_COMMAND_TIMEOUT);
+    }
+
+    #[test]
+    fn url_tls_with_user_and_default_port() {
+        let c = RedisConfig::from_url("rediss://alice:secret@cache.example.net").unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.port, 6379);
+        assert_eq!(c.username.as_deref(), Some("alice"));
+        assert_eq!(c.password.as_deref(), Some("secret"));
+        assert_eq!(c.to_string(), "rediss://alice:***@cache.example.net:6379/0");
+    }
+
+    #[test]
+    fn url_ipv6_host() {
+        let c = RedisConfig::from_url("redis://[::1]:6390").unwrap();
+        assert_eq!(c.host, "::1");
+        assert_eq!(c.to_string(), "redis://[::1]:6390/0");
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_without_echoing_the_password() {
+        for url in [
+            "http://:hunter2@host",
+            "hunter2",
+            "redis://:hunter2@host/notadb",
+            "rediss://:hunter2@host/#insecure",
+            "unix:///tmp/hunter2.sock",
+            "redis://:hunter2@",
+        ] {
+            let err = RedisConfig::from_url(url).unwrap_err();
+            assert_eq!(err.variable(), "Redis URL", "{url}");
+            assert!(!err.to_string().contains("hunter2"), "{url}: {err}");
+            assert!(!format!("{err:?}").contains("hunter2"), "{url}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn debug_and_display_hide_password() {
+        let c = RedisConfig::from_parts("h", 1)
+            .username("u")
+            .password("hunter2")
+            .ca_certificate_pem(b"-----BEGIN CERTIFICATE-----".to_vec());
+        let shown = format!("{c} {c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        assert_eq!(c.to_string(), "redis://u:***@h:1/0");
+    }
+
+    #[test]
+    fn from_parts_builder() {
+        let c = RedisConfig::from_parts("h", 6380)
+            .tls(true)
+            .database(2)
+            .connect_timeout(Duration::from_secs(3))
+            .command_timeout(Duration::from_millis(100));
+        assert!(c.is_tls());
+        assert_eq!(c.db, 2);
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.command_timeout, Duration::from_millis(100));
+        assert_eq!(c.password, None);
+    }
+
+    #[test]
+    fn env_none_when_unset() {
+        assert!(env(&[]).unwrap().is_none());
+        assert!(env(&[("REDIS_URL", "  ")]).unwrap().is_none());
+    }
+
+    #[test]
+    fn env_url_wins_over_parts() {
+        let c = env(&[
+            ("REDIS_URL", "redis://:pw@a:1"),
+            ("REDIS_HOST", "b"),
+            ("REDIS_PORT", "2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("a", 1));
+        assert_eq!(c.password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn env_bad_url_names_the_variable_not_the_password() {
+        let err = env(&[("REDIS_URL", "http://:hunter2@a")]).unwrap_err();
+        assert_eq!(err.variable(), "REDIS_URL");
+        assert!(err.to_string().starts_with("invalid REDIS_URL"), "{err}");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn env_azure_parts() {
+        let c = env(&[
+            ("REDIS_HOST", "x.redis.cache.windows.net"),
+            ("REDIS_PASSWORD", "k3y"),
+            ("REDIS_SSL", "True"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.port, 6380);
+        assert_eq!(c.password.as_deref(), Some("k3y"));
+
+        let c = env(&[("REDIS_HOST", "h"), ("REDIS_SSL", "0")])
+            .unwrap()
+            .unwrap();
+        assert!(!c.is_tls());
+        assert_eq!(c.port, 6379);
+        assert_eq!(c.password, None);
+
+        let c = env(&[
+            ("REDIS_HOST", "h"),
+            ("REDIS_PORT", "6400"),
+            ("REDIS_SSL", "1"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_DB", "3"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.port, 6400);
+        assert!(c.is_tls());
+        assert_eq!(c.username.as_deref(), Some("app"));
+        assert_eq!(c.db, 3);
+    }
+
+    #[test]
+    fn env_invalid_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("REDIS_HOST", "h"), ("REDIS_PORT", "http")], "REDIS_PORT"),
+            (&[("REDIS_HOST", "h"), ("REDIS_PORT", "0")], "REDIS_PORT"),
+            (
+                &[("REDIS_HOST", "h"), ("REDIS_PORT", "70000")],
+                "REDIS_PORT",
+            ),
+            (&[("REDIS_HOST", "h"), ("REDIS_SSL", "maybe")], "REDIS_SSL"),
+            (&[("REDIS_HOST", "h"), ("REDIS_DB", "-1")], "REDIS_DB"),
+            (&[("REDIS_PASSWORD", "hunter2")], "REDIS_HOST"),
+        ];
+        for (vars, variable) in cases {
+            let mut all = vars.to_vec();
+            all.push(("REDIS_PASSWORD", "hunter2"));
+            let err = env(&all).unwrap_err();
+            assert_eq!(err.variable(), *variable, "{vars:?}");
+            assert!(err.to_string().contains(variable), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! Real `redis-server` processes for the integration tests (and the Redis benchmarks).
+//!
+//! Every integration test declares `mod support;` and starts the servers it needs:
+//!
+//! ```ignore
+//! mod support;
+//! let server = support::RedisServer::start();
+//! let conn = server.config().connect_lazy().unwrap();
+//! ```
+//!
+//! Each server runs on a free loopback port with persistence off (`--save "" --appendonly
+//! no`), logs into its own temporary directory, and is killed (and the directory removed)
+//! when the [`RedisServer`] is dropped. A missing `redis-server` binary panics with a clear
+//! message: Redis tests are never skipped silently.
+//!
+//! [`shared`] uses an external server when `REDIS_URL` is set (tests then isolate their data
+//! by key prefix), and a fresh [`RedisServer`] otherwise.
+#![cfg(feature = "redis")]
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tower_rampart::redis::RedisConfig;
+use tower_rampart::redis::driver;
+
+/// How long a server may take to answer its first PING.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How often a fresh port is tried when another process took it between probe and bind.
+const PORT_ATTEMPTS: usize = 8;
+/// Timeouts of [`RedisServer::config`]: short, yet roomy enough for a loaded 2-core CI box.
+const TEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const TEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Password, TLS material and other settings a server is (re)started with.
+#[derive(Clone, Debug)]
+struct Settings {
+    password: Option<String>,
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug)]
+struct TlsFiles {
+    ca_pem: String,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// A `redis-server` child process on a loopback port. Dropping it kills the process and
+/// removes its temporary directory.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    settings: Settings,
+}
+
+impl RedisServer {
+    /// Starts a plain server on a free loopback port.
+    pub fn start() -> Self {
+        Self::launch(Settings {
+            password: None,
+            tls: None,
+        })
+    }
+
+    /// Starts a server that requires `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> Self {
+        Self::launch(Settings {
+            password: Some(password.to_owned()),
+            tls: None,
+        })
+    }
+
+    /// Starts a TLS-only server with a CA and a server certificate (for `127.0.0.1` and
+    /// `localhost`) generated now. [`RedisServer::config`] trusts that CA.
+    pub fn start_tls() -> Self {
+        let dir = unique_temp_dir();
+        let tls = generate_tls_files(&dir);
+        Self::launch_in(
+            dir,
+            Settings {
+                password: None,
+                tls: Some(tls),
+            },
+        )
+    }
+
+    /// Starts a TLS-only server that also requires `password`.
+    pub fn start_tls_with_password(password: &str) -> Self {
+        let dir = unique_temp_dir();
+        let tls = generate_tls_files(&dir);
+        Self::launch_in(
+            dir,
+            Settings {
+                password: Some(password.to_owned()),
+                tls: Some(tls),
+            },
+        )
+    }
+
+    fn launch(settings: Settings) -> Self {
+        Self::launch_in(unique_temp_dir(), settings)
+    }
+
+    fn launch_in(dir: PathBuf, settings: Settings) -> Self {
+        let mut server = Self {
+            child: None,
+            port: 0,
+            dir,
+            settings,
+        };
+        let mut last_log = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port();
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                // Most likely another process took the port between probe and bind.
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server did not start after {PORT_ATTEMPTS} attempts; last log:\n{last_log}");
+    }
+
+    /// Spawns the process on `self.port` and waits for its first PING answer. On failure
+    /// the process is killed and its log returned.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log_path = self.dir.join(format!("redis-{}.log", self.port));
+        let log = File::create(&log_path).expect("create redis-server log file");
+        let log_err = log.try_clone().expect("clone redis-server log file");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--logfile")
+            .arg("")
+            .arg("--dir")
+            .arg(&self.dir);
+        match &self.settings.tls {
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                cmd.arg("--port")
+                    .arg("0")
+                    .arg("--tls-port")
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert_file)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key_file)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca_file)
+                    .arg("--tls-auth-clients")
+                    .arg("no");
+            }
+        }
+        if let Some(password) = &self.settings.password {
+            cmd.arg("--requirepass").arg(password);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+                "`redis-server` was not found on PATH: the Redis tests need a real server \
+                 (install redis-server, e.g. `apt-get install redis-server`, or run scripts/test.sh)"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        self.child = Some(child);
+
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "redis-server exited with {status}:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            if self.ping().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "redis-server did not answer PING within {START_DEADLINE:?}:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://` or `rediss://` URL of this server, with the password if any.
+    ///
+    /// For a TLS server the URL alone is not enough: the CA is not in the system trust
+    /// store. Use [`RedisServer::config`], or add [`RedisServer::ca_pem`].
+    pub fn url(&self) -> String {
+        let scheme = if self.settings.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        match &self.settings.password {
+            Some(pw) => format!("{scheme}://:{}@127.0.0.1:{}", percent_encode(pw), self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A configuration ready to use: address, password, TLS with the test CA trusted, and
+    /// short timeouts (connect 2 s, command 1 s).
+    pub fn config(&self) -> RedisConfig {
+        let mut config = RedisConfig::from_parts("127.0.0.1", self.port)
+            .tls(self.settings.tls.is_some())
+            .connect_timeout(TEST_CONNECT_TIMEOUT)
+            .command_timeout(TEST_COMMAND_TIMEOUT);
+        if let Some(pw) = &self.settings.password {
+            config = config.password(pw.clone());
+        }
+        if let Some(tls) = &self.settings.tls {
+            config = config.ca_certificate_pem(tls.ca_pem.clone().into_bytes());
+        }
+        config
+    }
+
+    /// The PEM of the CA that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.settings.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// The loopback port the server listens on (its TLS port for a TLS server).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's password, if it has one.
+    pub fn password(&self) -> Option<&str> {
+        self.settings.password.as_deref()
+    }
+
+    /// Whether the process is running (between `stop` and `restart` it is not).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server (SIGKILL) and waits for the process to exit. Data is lost.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port with the same settings (after
+    /// [`RedisServer::stop`]; stops it first if it is running).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                // The port may linger briefly after the kill; try again for a while.
+                Err(log) if Instant::now() < deadline => {
+                    let _ = log;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),
+            }
+        }
+    }
+
+    /// Number of calls of `command` (lower case, e.g. `"evalsha"`, `"get"`, `"script|load"`)
+    /// since start or the last [`RedisServer::reset_stats`], from `INFO commandstats`.
+    pub fn command_count(&self, command: &str) -> u64 {
+        self.command_stats()
+            .get(&command.to_ascii_lowercase())
+            .map_or(0, |&(calls, _)| calls)
+    }
+
+    /// `command -> (calls, usec_per_call)` from `INFO commandstats`.
+    pub fn command_stats(&self) -> HashMap<String, (u64, f64)> {
+        let mut conn = self
+            .sync_connection()
+            .expect("connect to test redis-server");
+        let info: String = driver::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .expect("INFO commandstats");
+        parse_commandstats(&info)
+    }
+
+    /// Clears the command statistics (`CONFIG RESETSTAT`).
+    pub fn reset_stats(&self) {
+        let mut conn = self
+            .sync_connection()
+            .expect("connect to test redis-server");
+        let () = driver::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .expect("CONFIG RESETSTAT");
+    }
+
+    /// A blocking connection for test assertions (`FLUSHALL`, `SCRIPT FLUSH`, reading keys).
+    pub fn sync_connection(&self) -> driver::RedisResult<driver::Connection> {
+        install_crypto_provider();
+        let addr = match &self.settings.tls {
+            None => driver::ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.port),
+            Some(_) => driver::ConnectionAddr::TcpTls {
+                host: "127.0.0.1".to_owned(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
+        let mut redis_settings = driver::RedisConnectionInfo::default();
+        if let Some(pw) = &self.settings.password {
+            redis_settings = redis_settings.set_password(pw);
+        }
+        let info = driver::IntoConnectionInfo::into_connection_info(addr)?
+            .set_redis_settings(redis_settings);
+        let client = match &self.settings.tls {
+            None => driver::Client::open(info)?,
+            Some(tls) => driver::Client::build_with_tls(
+                info,
+                driver::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.clone().into_bytes()),
+                },
+            )?,
+        };
+        let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        Ok(conn)
+    }
+
+    /// Runs one command on a blocking connection (a test helper: panics on failure).
+    pub fn run<T: driver::FromRedisValue>(&self, cmd: &driver::Cmd) -> T {
+        let mut conn = self
+            .sync_connection()
+            .expect("connect to test redis-server");
+        cmd.query(&mut conn).expect("command on test redis-server")
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        read_log(&self.dir.join(format!("redis-{}.log", self.port)))
+    }
+
+    fn ping(&self) -> driver::RedisResult<()> {
+        let mut conn = self.sync_connection()?;
+        driver::cmd("PING").query::<()>(&mut conn)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis to run a test against: `REDIS_URL` if set, else a fresh [`RedisServer`].
+#[derive(Debug)]
+pub struct TestRedis {
+    /// Configuration of the server to use.
+    pub config: RedisConfig,
+    /// A key prefix unique to this `TestRedis` (ends with `:`); tests must put it in front
+    /// of every key, since with `REDIS_URL` several tests share one server.
+    pub prefix: String,
+    server: Option<RedisServer>,
+}
+
+impl TestRedis {
+    /// The server owned by this `TestRedis`, `None` when `REDIS_URL` is used.
+    pub fn server(&self) -> Option<&RedisServer> {
+        self.server.as_ref()
+    }
+
+    /// Mutable access to the owned server (to stop and restart it).
+    pub fn server_mut(&mut self) -> Option<&mut RedisServer> {
+        self.server.as_mut()
+    }
+
+    /// `prefix` followed by `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// `REDIS_URL` if set (each call gets a unique key prefix), else a fresh [`RedisServer`]
+/// owned by the returned [`TestRedis`].
+pub fn shared() -> TestRedis {
+    let prefix = unique_prefix();
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            let config = RedisConfig::from_url(url.trim())
+                .unwrap_or_else(|e| panic!("REDIS_URL is not a valid Redis URL: {e}"))
+                .connect_timeout(TEST_CONNECT_TIMEOUT)
+                .command_timeout(TEST_COMMAND_TIMEOUT);
+            TestRedis {
+                config,
+                prefix,
+                server: None,
+            }
+        }
+        _ => {
+            let server = RedisServer::start();
+            TestRedis {
+                config: server.config(),
+                prefix,
+                server: Some(server),
+            }
+        }
+    }
+}
+
+/// `test:<pid>-<counter>-<random>:`, unique across processes and calls; no `{}` so that
+/// callers can add their own hash tags.
+pub fn unique_prefix() -> String {
+    format!(
+        "test:{}-{}-{:08x}:",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        random_u64() as u32
+    )
+}
+
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish()
+}
+
+fn unique_temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rampart-redis-{}-{}-{:016x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        random_u64()
+    ));
+    fs::create_dir_all(&dir).expect("create temp dir for redis-server");
+    dir
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free loopback port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn read_log(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// CA + server certificate for `127.0.0.1`/`localhost`, written as PEM files into `dir`.
+fn generate_tls_files(dir: &Path) -> TlsFiles {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    let ca_key = KeyPair::generate().expect("generate CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tower-rampart test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().expect("generate server key");
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server params");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("sign server certificate");
+
+    let files = TlsFiles {
+        ca_pem: ca_cert.pem(),
+        ca_file: dir.join("ca.crt"),
+        cert_file: dir.join("server.crt"),
+        key_file: dir.join("server.key"),
+    };
+    fs::write(&files.ca_file, &files.ca_pem).expect("write ca.crt");
+    fs::write(&files.cert_file, server_cert.pem()).expect("write server.crt");
+    fs::write(&files.key_file, server_key.serialize_pem()).expect("write server.key");
+    files
+}
+
+/// Parses `INFO commandstats` lines such as
+/// `cmdstat_evalsha:calls=3,usec=40,usec_per_call=13.33,rejected_calls=0,failed_calls=0`.
+pub fn parse_commandstats(info: &str) -> HashMap<String, (u64, f64)> {
+    let mut stats = HashMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.trim().strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, fields)) = rest.split_once(':') else {
+            continue;
+        };
+        let mut calls = 0;
+        let mut per_call = 0.0;
+        for field in fields.split(',') {
+            match field.split_once('=') {
+                Some(("calls", v)) => calls = v.parse().unwrap_or(0),
+                Some(("usec_per_call", v)) => per_call = v.parse().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+        stats.insert(name.to_ascii_lowercase(), (calls, per_call));
+    }
+    stats
+}
