@@ -261,7 +261,10 @@ async fn a_server_that_never_answers_fails_within_the_timeouts() {
     let started = Instant::now();
     assert!(conn.query::<()>(&driver::cmd("PING")).await.is_err());
     assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
-    assert!(!held.lock().unwrap().is_empty(), "the client did reach the listener");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the client did reach the listener"
+    );
 }
 
 #[tokio::test]

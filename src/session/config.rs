@@ -1,0 +1,509 @@
+//! [`SessionConfig`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::cookie::{CookieCodec, SameSite, SessionCookieReader};
+use super::crypto::{DerivedKeys, random_bytes};
+use crate::clock::{Clock, SystemClock, Throttle};
+
+/// Minimum length of a secret key, in bytes.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Longest session lifetime accepted: browsers cap cookie lifetimes at 400 days.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+
+const DEFAULT_COOKIE_NAME: &str = "session";
+const DEFAULT_IDLE: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(24 * 60 * 60);
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_UNAVAILABLE_BODY: &[u8] = br#"{"detail":"Session store unavailable"}"#;
+/// At most one "store unavailable" warning per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Validated configuration of the session layer: secret keys, cookie attributes, expiry,
+/// store timeout, encryption at rest. Cheap to clone.
+///
+/// Built with [`SessionConfig::builder`]; every setting has a secure default except the keys,
+/// which must be given.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::session::{SameSite, SessionConfig};
+///
+/// let config = SessionConfig::builder()
+///     .key(b"the current key, at least 32 bytes long!")
+///     .key(b"the previous key: still verifies cookies")
+///     .cookie_name("app_session")
+///     .same_site(SameSite::Strict)
+///     .idle_timeout(Duration::from_secs(30 * 60))
+///     .absolute_lifetime(Duration::from_secs(8 * 60 * 60))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.idle_timeout(), Duration::from_secs(1800));
+///
+/// // Nonsense is rejected when the config is built, not per request.
+/// assert!(SessionConfig::builder().key(b"too short").build().is_err());
+/// ```
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub(crate) inner: Arc<ConfigInner>,
+}
+
+pub(crate) struct ConfigInner {
+    pub(crate) codec: Arc<CookieCodec>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) absolute_lifetime: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) encrypt: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) unavailable_content_type: HeaderValue,
+    pub(crate) unavailable_body: Arc<[u8]>,
+    pub(crate) log_throttle: Throttle,
+}
+
+impl ConfigInner {
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_micros()
+    }
+
+    /// The keys records are encrypted with (first) and decrypted with (all).
+    pub(crate) fn keys(&self) -> &[DerivedKeys] {
+        &self.codec.keys
+    }
+}
+
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("SessionConfig")
+            .field("cookie", &i.codec)
+            .field("idle_timeout", &i.idle_timeout)
+            .field("absolute_lifetime", &i.absolute_lifetime)
+            .field("store_timeout", &i.store_timeout)
+            .field("encrypt", &i.encrypt)
+            .field("clock", &i.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionConfig {
+    /// A builder with secure defaults: cookie `session`, `HttpOnly`, `Secure`, `SameSite=Lax`,
+    /// `Path=/`, no `Domain`, idle timeout 1 hour, absolute lifetime 24 hours, store timeout
+    /// 500 ms, records encrypted at rest, the system clock.
+    pub fn builder() -> SessionConfigBuilder {
+        SessionConfigBuilder::default()
+    }
+
+    /// A reader of this config's session cookie, for other layers (see [`SessionCookieReader`]).
+    pub fn cookie_reader(&self) -> SessionCookieReader {
+        SessionCookieReader {
+            codec: self.inner.codec.clone(),
+        }
+    }
+
+    /// The name of the session cookie.
+    pub fn cookie_name(&self) -> &str {
+        &self.inner.codec.name
+    }
+
+    /// How long a session lives without being used.
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.idle_timeout
+    }
+
+    /// How long a session lives at most after it was created, however busy.
+    pub fn absolute_lifetime(&self) -> Duration {
+        self.inner.absolute_lifetime
+    }
+
+    /// The deadline of each store call.
+    pub fn store_timeout(&self) -> Duration {
+        self.inner.store_timeout
+    }
+
+    /// Whether session data is encrypted at rest.
+    pub fn encrypts_at_rest(&self) -> bool {
+        self.inner.encrypt
+    }
+}
+
+/// Builder of [`SessionConfig`]; see [`SessionConfig::builder`].
+pub struct SessionConfigBuilder {
+    keys: Vec<Vec<u8>>,
+    random_key_failed: bool,
+    cookie_name: String,
+    path: String,
+    domain: Option<String>,
+    secure: bool,
+    http_only: bool,
+    same_site: SameSite,
+    idle_timeout: Duration,
+    absolute_lifetime: Duration,
+    store_timeout: Duration,
+    encrypt: bool,
+    clock: Arc<dyn Clock>,
+    unavailable_content_type: String,
+    unavailable_body: Vec<u8>,
+}
+
+impl Default for SessionConfigBuilder {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            random_key_failed: false,
+            cookie_name: DEFAULT_COOKIE_NAME.into(),
+            path: "/".into(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            idle_timeout: DEFAULT_IDLE,
+            absolute_lifetime: DEFAULT_ABSOLUTE,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            encrypt: true,
+            clock: Arc::new(SystemClock),
+            unavailable_content_type: "application/json".into(),
+            unavailable_body: DEFAULT_UNAVAILABLE_BODY.to_vec(),
+        }
+    }
+}
+
+impl fmt::Debug for SessionConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfigBuilder")
+            .field("keys", &self.keys.len())
+            .field("cookie_name", &self.cookie_name)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("absolute_lifetime", &self.absolute_lifetime)
+            .field("store_timeout", &self.store_timeout)
+            .field("encrypt", &self.encrypt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionConfigBuilder {
+    /// Adds a secret key (at least 32 bytes, ideally random). The first key added signs new
+    /// cookies and encrypts records; every key verifies cookies and decrypts records, so to
+    /// rotate, put the new key first and keep the old one until its cookies have expired.
+    pub fn key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.keys.push(key.as_ref().to_vec());
+        self
+    }
+
+    /// Adds several keys, in order (see [`key`](Self::key)).
+    pub fn keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.keys
+            .extend(keys.into_iter().map(|k| k.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds a fresh random key. Sessions then do not survive a restart and are not shared with
+    /// other instances: for development and tests only.
+    pub fn random_key(mut self) -> Self {
+        let mut key = vec![0u8; 32];
+        if random_bytes(&mut key).is_err() {
+            self.random_key_failed = true;
+        }
+        self.keys.push(key);
+        self
+    }
+
+    /// The cookie name (default `session`). A `__Host-` prefix makes browsers insist on
+    /// `Secure`, `Path=/` and no `Domain`; the build checks those.
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// The cookie `Path` (default `/`).
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The cookie `Domain` (default none: the cookie goes back to the exact host only, which
+    /// is the safest choice). Setting it shares the session with every subdomain.
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Whether the cookie is `Secure` (default `true`).
+    ///
+    /// **Warning**: `false` sends the session id over plain HTTP, where anyone on the path can
+    /// read it. Only for local development without TLS.
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Whether the cookie is `HttpOnly` (default `true`).
+    ///
+    /// **Warning**: `false` lets scripts read the session cookie, so any XSS steals sessions.
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.http_only = http_only;
+        self
+    }
+
+    /// The cookie `SameSite` (default [`SameSite::Lax`]).
+    ///
+    /// **Warning**: [`SameSite::None`] sends the cookie on cross-site requests; it requires
+    /// `Secure` (checked at build) and a CSRF defence such as an `Origin` check.
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// How long a session lives without being used (default 1 hour). A session is refreshed
+    /// only when a handler touches it.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// How long a session lives at most after it was created (default 24 hours, at most 400
+    /// days); also the cookie's `Max-Age`.
+    pub fn absolute_lifetime(mut self, lifetime: Duration) -> Self {
+        self.absolute_lifetime = lifetime;
+        self
+    }
+
+    /// The deadline of each store call (default 500 ms). A store that does not answer in time
+    /// makes the request fail with `503`.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Whether session data is encrypted at rest with AES-256-GCM (default `true`). The user
+    /// id (see [`Session::set_user_id`](super::Session::set_user_id)) and timestamps stay
+    /// readable so stores can expire sessions and index them by user.
+    pub fn encrypt_at_rest(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
+    }
+
+    /// The clock used for expiry (default [`SystemClock`]); tests pass a
+    /// [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The body (and its content type) of the `503` answered when the store is unavailable.
+    /// Default: `application/json`, `{"detail":"Session store unavailable"}`.
+    pub fn unavailable_response(
+        mut self,
+        content_type: impl Into<String>,
+        body: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.unavailable_content_type = content_type.into();
+        self.unavailable_body = body.into();
+        self
+    }
+
+    /// Checks the settings and builds the config.
+    pub fn build(self) -> Result<SessionConfig, SessionConfigError> {
+        let err = |msg: String| Err(SessionConfigError(msg));
+        if self.random_key_failed {
+            return err("the operating system's random generator failed".into());
+        }
+        if self.keys.is_empty() {
+            return err("at least one secret key is required".into());
+        }
+        if let Some(i) = self.keys.iter().position(|k| k.len() < MIN_KEY_LEN) {
+            return err(format!(
+                "secret key #{} is {} bytes long; at least {MIN_KEY_LEN} bytes are required",
+                i + 1,
+                self.keys[i].len()
+            ));
+        }
+        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_token_byte) {
+            return err(format!(
+                "cookie name {:?} is not a valid cookie name (token characters only)",
+                self.cookie_name
+            ));
+        }
+        if !self.path.starts_with('/') || !self.path.bytes().all(is_attribute_byte) {
+            return err(format!(
+                "cookie path {:?} must start with '/' and contain no ';' or control characters",
+                self.path
+            ));
+        }
+        if let Some(domain) = &self.domain {
+            let valid = !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                return err(format!("cookie domain {domain:?} is not a valid domain"));
+            }
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return err("SameSite=None requires Secure (browsers reject it otherwise)".into());
+        }
+        if self.cookie_name.starts_with("__Host-")
+            && (!self.secure || self.path != "/" || self.domain.is_some())
+        {
+            return err("a __Host- cookie requires Secure, Path=/ and no Domain".into());
+        }
+        if self.cookie_name.starts_with("__Secure-") && !self.secure {
+            return err("a __Secure- cookie requires Secure".into());
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return err("the idle timeout must be at least one second".into());
+        }
+        if self.absolute_lifetime > MAX_LIFETIME {
+            return err(format!(
+                "the absolute lifetime ({:?}) exceeds 400 days, the longest cookie lifetime browsers keep",
+                self.absolute_lifetime
+            ));
+        }
+        if self.idle_timeout > self.absolute_lifetime {
+            return err(format!(
+                "the idle timeout ({:?}) must not exceed the absolute lifetime ({:?})",
+                self.idle_timeout, self.absolute_lifetime
+            ));
+        }
+        if self.store_timeout.is_zero() {
+            return err("the store timeout must be greater than zero".into());
+        }
+        let Ok(content_type) = HeaderValue::try_from(self.unavailable_content_type.as_str()) else {
+            return err("the unavailable response's content type is not a valid header".into());
+        };
+        let codec = CookieCodec {
+            keys: self.keys.iter().map(|k| DerivedKeys::derive(k)).collect(),
+            name: self.cookie_name,
+            path: self.path,
+            domain: self.domain,
+            secure: self.secure,
+            http_only: self.http_only,
+            same_site: self.same_site,
+        };
+        Ok(SessionConfig {
+            inner: Arc::new(ConfigInner {
+                codec: Arc::new(codec),
+                idle_timeout: self.idle_timeout,
+                absolute_lifetime: self.absolute_lifetime,
+                store_timeout: self.store_timeout,
+                encrypt: self.encrypt,
+                clock: self.clock,
+                unavailable_content_type: content_type,
+                unavailable_body: self.unavailable_body.into(),
+                log_throttle: Throttle::new(LOG_INTERVAL),
+            }),
+        })
+    }
+}
+
+/// RFC 6265 cookie-name characters (an RFC 7230 token).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Characters allowed in a cookie attribute value.
+fn is_attribute_byte(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) && b != b';'
+}
+
+/// A [`SessionConfig`] that cannot work; the message names the setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfigError(String);
+
+impl fmt::Display for SessionConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid session configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for SessionConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn fails(b: SessionConfigBuilder, needle: &str) {
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(SessionConfig::builder().key(KEY).build().is_ok());
+        fails(SessionConfig::builder(), "at least one secret key");
+        fails(SessionConfig::builder().key(KEY).key([0u8; 31]), "key #2");
+        fails(
+            SessionConfig::builder().key(KEY).cookie_name("a b"),
+            "cookie name",
+        );
+        fails(
+            SessionConfig::builder().key(KEY).cookie_name(""),
+            "cookie name",
+        );
+        fails(
+            SessionConfig::builder().key(KEY).cookie_path("x"),
+            "cookie path",
+        );
+        fails(
+            SessionConfig::builder().key(KEY).cookie_path("/;x"),
+            "cookie path",
+        );
+        fails(
+            SessionConfig::builder().key(KEY).cookie_domain("a;b"),
+            "cookie domain",
+        );
+        fails(
+            SessionConfig::builder()
+                .key(KEY)
+                .same_site(SameSite::None)
+                .secure(false),
+            "SameSite=None requires Secure",
+        );
+        fails(
+            SessionConfig::builder()
+                .key(KEY)
+                .cookie_name("__Host-s")
+                .cookie_domain("example.com"),
+            "__Host-",
+        );
+        fails(
+            SessionConfig::builder()
+                .key(KEY)
+                .idle_timeout(Duration::from_secs(7200))
+                .absolute_lifetime(Duration::from_secs(3600)),
+            "must not exceed",
+        );
+        fails(
+            SessionConfig::builder()
+                .key(KEY)
+                .absolute_lifetime(Duration::from_secs(401 * 86400)),
+            "400 days",
+        );
+        fails(
+            SessionConfig::builder()
+                .key(KEY)
+                .store_timeout(Duration::ZERO),
+            "store timeout",
+        );
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        let c = SessionConfig::builder().key(KEY).build().unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("0123456789abcdef"));
+        let b = SessionConfig::builder().key(KEY);
+        assert!(!format!("{b:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,499 @@
+//! Session ids, their signed cookie form, and the hash-derived [`SessionKey`].
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+use http::header::COOKIE;
+use sha2::{Digest, Sha256};
+
+use super::crypto::{DerivedKeys, random_bytes};
+
+/// Bytes of randomness in a session id (128 bits).
+pub(crate) const ID_LEN: usize = 16;
+/// Bytes of the HMAC-SHA256 tag in the cookie.
+const TAG_LEN: usize = 32;
+/// Length of a well-formed cookie value: base64url (no padding) of `id || tag`.
+const VALUE_LEN: usize = (ID_LEN + TAG_LEN) * 4 / 3;
+/// Cookie values longer than this are rejected before any other work.
+pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 256;
+/// Hex characters in a [`SessionKey`] (128 bits of a SHA-256).
+const KEY_HEX_LEN: usize = 32;
+const KEY_LABEL: &[u8] = b"tower-rampart/session/store-key/v1:";
+
+/// A session id: 128 bits from the operating system's CSPRNG.
+///
+/// Never printed: `Debug` shows the derived [`SessionKey`] only.
+#[derive(Clone)]
+pub(crate) struct SessionId {
+    bytes: [u8; ID_LEN],
+    /// Derived on first use: requests that never touch their session skip the hash.
+    key: OnceLock<SessionKey>,
+}
+
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for SessionId {}
+
+impl SessionId {
+    pub(crate) fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; ID_LEN];
+        random_bytes(&mut bytes)?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    fn from_bytes(bytes: [u8; ID_LEN]) -> Self {
+        Self {
+            bytes,
+            key: OnceLock::new(),
+        }
+    }
+
+    /// The hash-derived key this session is stored under.
+    pub(crate) fn key(&self) -> &SessionKey {
+        self.key.get_or_init(|| SessionKey::derive(&self.bytes))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionId").field(self.key()).finish()
+    }
+}
+
+/// A session's public name: the first 128 bits of a domain-separated SHA-256 of its id, in
+/// lowercase hex (32 characters).
+///
+/// Safe to log, to put in metrics, and to use as part of a Redis key: the id (and so the
+/// cookie) cannot be recovered from it. Stores keep sessions under this key, so a dump of the
+/// store holds no usable cookie value. It is not keyed by the signing secret on purpose: the
+/// id is 128 random bits (a keyed hash would add nothing), and the key must not change when
+/// signing keys are rotated.
+///
+/// ```
+/// use tower_rampart::session::SessionKey;
+///
+/// let key = SessionKey::parse("0123456789abcdef0123456789abcdef").unwrap();
+/// assert_eq!(key.as_str().len(), 32);
+/// assert_eq!(key.to_string(), "0123456789abcdef0123456789abcdef");
+/// assert!(SessionKey::parse("not a key").is_none());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(Arc<str>);
+
+impl SessionKey {
+    fn derive(id: &[u8; ID_LEN]) -> Self {
+        let digest = Sha256::new()
+            .chain_update(KEY_LABEL)
+            .chain_update(id)
+            .finalize();
+        let mut hex = String::with_capacity(KEY_HEX_LEN);
+        for byte in &digest[..KEY_HEX_LEN / 2] {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        Self(hex.into())
+    }
+
+    /// Parses the text form (32 lowercase hex characters), e.g. when a store lists its keys.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == KEY_HEX_LEN && text.bytes().all(|b| HEX.contains(&b)))
+            .then(|| Self(text.into()))
+    }
+
+    /// The key as 32 lowercase hex characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionKey").field(&&*self.0).finish()
+    }
+}
+
+impl AsRef<str> for SessionKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The `SameSite` attribute of the session cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent on same-site requests only.
+    Strict,
+    /// Sent on same-site requests and top-level cross-site navigations (the default).
+    #[default]
+    Lax,
+    /// Sent on every request, cross-site included; browsers require `Secure` with it, and a
+    /// CSRF defence (an `Origin` check) becomes the application's job.
+    None,
+}
+
+impl SameSite {
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Why a session cookie was ignored (logged at debug level, without the value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    Duplicate,
+    Oversized,
+    Malformed,
+    BadSignature,
+}
+
+impl Rejected {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Duplicate => "more than one session cookie",
+            Rejected::Oversized => "oversized session cookie",
+            Rejected::Malformed => "malformed session cookie",
+            Rejected::BadSignature => "session cookie with an invalid signature",
+        }
+    }
+}
+
+/// Everything needed to read and write the session cookie. Built once by the config.
+pub(crate) struct CookieCodec {
+    pub(crate) name: String,
+    /// First signs, all verify.
+    pub(crate) keys: Vec<DerivedKeys>,
+    pub(crate) path: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) secure: bool,
+    pub(crate) http_only: bool,
+    pub(crate) same_site: SameSite,
+}
+
+impl fmt::Debug for CookieCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CookieCodec")
+            .field("name", &self.name)
+            .field("keys", &self.keys.len())
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .finish()
+    }
+}
+
+impl CookieCodec {
+    /// The verified session id carried by the request's cookies, if exactly one well-formed,
+    /// correctly signed session cookie is present. Does no allocation for requests without one.
+    pub(crate) fn read(&self, headers: &http::HeaderMap) -> Result<Option<SessionId>, Rejected> {
+        let mut found: Option<&[u8]> = None;
+        for header in headers.get_all(COOKIE) {
+            for pair in header.as_bytes().split(|&b| b == b';') {
+                let pair = trim(pair);
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if trim(&pair[..eq]) != self.name.as_bytes() {
+                    continue;
+                }
+                if found.is_some() {
+                    return Err(Rejected::Duplicate);
+                }
+                found = Some(trim(&pair[eq + 1..]));
+            }
+        }
+        let Some(value) = found else {
+            return Ok(None);
+        };
+        if value.len() > MAX_COOKIE_VALUE_LEN {
+            return Err(Rejected::Oversized);
+        }
+        if value.len() != VALUE_LEN {
+            return Err(Rejected::Malformed);
+        }
+        let mut raw = [0u8; ID_LEN + TAG_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut raw) {
+            Ok(n) if n == raw.len() => {}
+            _ => return Err(Rejected::Malformed),
+        }
+        let (id, tag) = raw.split_at(ID_LEN);
+        if !self.keys.iter().any(|k| k.verify(&self.name, id, tag)) {
+            return Err(Rejected::BadSignature);
+        }
+        let mut bytes = [0u8; ID_LEN];
+        bytes.copy_from_slice(id);
+        Ok(Some(SessionId::from_bytes(bytes)))
+    }
+
+    /// The cookie value for `id`, signed with the first key.
+    fn value(&self, id: &SessionId) -> String {
+        let tag = self.keys[0].sign(&self.name, &id.bytes);
+        let mut raw = [0u8; ID_LEN + TAG_LEN];
+        raw[..ID_LEN].copy_from_slice(&id.bytes);
+        raw[ID_LEN..].copy_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn attributes(&self, out: &mut String) {
+        out.push_str("; Path=");
+        out.push_str(&self.path);
+        if let Some(domain) = &self.domain {
+            out.push_str("; Domain=");
+            out.push_str(domain);
+        }
+        if self.http_only {
+            out.push_str("; HttpOnly");
+        }
+        if self.secure {
+            out.push_str("; Secure");
+        }
+        out.push_str("; SameSite=");
+        out.push_str(self.same_site.as_str());
+    }
+
+    /// `Set-Cookie` carrying `id`, living `max_age_secs`.
+    pub(crate) fn set_cookie(&self, id: &SessionId, max_age_secs: u64) -> HeaderValue {
+        let mut out = String::with_capacity(160);
+        out.push_str(&self.name);
+        out.push('=');
+        out.push_str(&self.value(id));
+        out.push_str("; Max-Age=");
+        out.push_str(&max_age_secs.to_string());
+        self.attributes(&mut out);
+        // Name and attributes were validated when the config was built, the value is base64url.
+        HeaderValue::try_from(out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// `Set-Cookie` that removes the session cookie: same Path, Domain, Secure and SameSite as
+    /// the cookie it replaces, otherwise browsers keep the old one.
+    pub(crate) fn removal_cookie(&self) -> HeaderValue {
+        let mut out = String::with_capacity(160);
+        out.push_str(&self.name);
+        out.push_str("=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+        self.attributes(&mut out);
+        HeaderValue::try_from(out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
+}
+
+/// Reads the session cookie without touching the store: verifies its signature and returns the
+/// session's [`SessionKey`].
+///
+/// Other layers use it to key per-session state (the rate limiter's per-session quota) with
+/// the same parsing and verification as the session layer itself. Get one from
+/// [`SessionLayer::cookie_reader`](super::SessionLayer::cookie_reader) or
+/// [`SessionConfig::cookie_reader`](super::SessionConfig::cookie_reader).
+///
+/// ```
+/// use tower_rampart::session::SessionConfig;
+///
+/// let config = SessionConfig::builder()
+///     .key(b"an example key that is at least 32 bytes long")
+///     .build()
+///     .unwrap();
+/// let reader = config.cookie_reader();
+///
+/// let mut headers = http::HeaderMap::new();
+/// assert!(reader.session_key(&headers).is_none());
+/// headers.insert(http::header::COOKIE, "session=forged".parse().unwrap());
+/// assert!(reader.session_key(&headers).is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionCookieReader {
+    pub(crate) codec: Arc<CookieCodec>,
+}
+
+impl SessionCookieReader {
+    /// Verifies the signed session cookie (no store access) and returns its hash-derived key.
+    ///
+    /// `None` when there is no session cookie, or when it is malformed, oversized, duplicated
+    /// or not signed by one of the configured keys. A `Some` key does not mean the session
+    /// still exists in the store.
+    pub fn session_key(&self, headers: &http::HeaderMap) -> Option<SessionKey> {
+        self.codec
+            .read(headers)
+            .ok()
+            .flatten()
+            .map(|id| id.key().clone())
+    }
+
+    /// The name of the session cookie.
+    pub fn cookie_name(&self) -> &str {
+        &self.codec.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(keys: &[&[u8]]) -> CookieCodec {
+        CookieCodec {
+            name: "sid".into(),
+            keys: keys.iter().map(|k| DerivedKeys::derive(k)).collect(),
+            path: "/".into(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+        }
+    }
+
+    fn headers(cookies: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for c in cookies {
+            h.append(COOKIE, c.parse().unwrap());
+        }
+        h
+    }
+
+    fn value_of(set_cookie: &HeaderValue) -> String {
+        let s = set_cookie.to_str().unwrap();
+        s.split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned()
+    }
+
+    #[test]
+    fn signed_cookie_round_trips_among_other_cookies() {
+        let c = codec(&[&[1; 32]]);
+        let id = SessionId::generate().unwrap();
+        let v = value_of(&c.set_cookie(&id, 60));
+        assert_eq!(v.len(), VALUE_LEN);
+        let h = headers(&[&format!("a=b; sid={v}; c=d")]);
+        assert_eq!(c.read(&h).unwrap().unwrap(), id);
+        let h = headers(&["a=b", &format!("sid={v}")]);
+        assert_eq!(c.read(&h).unwrap().unwrap(), id);
+    }
+
+    #[test]
+    fn rejects_bad_cookies() {
+        let c = codec(&[&[1; 32]]);
+        let id = SessionId::generate().unwrap();
+        let v = value_of(&c.set_cookie(&id, 60));
+        assert_eq!(c.read(&headers(&[])), Ok(None));
+        assert_eq!(c.read(&headers(&["other=1"])), Ok(None));
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={v}; sid={v}")])),
+            Err(Rejected::Duplicate)
+        );
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={v}"), &format!("sid={v}")])),
+            Err(Rejected::Duplicate)
+        );
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={}", "A".repeat(300))])),
+            Err(Rejected::Oversized)
+        );
+        assert_eq!(c.read(&headers(&["sid="])), Err(Rejected::Malformed));
+        assert_eq!(
+            c.read(&headers(&[&format!("sid=\"{}\"", &v[..VALUE_LEN - 2])])),
+            Err(Rejected::Malformed)
+        );
+        let mut flipped = v.clone().into_bytes();
+        flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={flipped}")])),
+            Err(Rejected::BadSignature)
+        );
+        // An unsigned id (random bytes where the tag should be).
+        let unsigned = URL_SAFE_NO_PAD.encode([9u8; ID_LEN + TAG_LEN]);
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={unsigned}")])),
+            Err(Rejected::BadSignature)
+        );
+        // Signed by a key that is not configured.
+        let other = codec(&[&[2; 32]]);
+        let foreign = value_of(&other.set_cookie(&id, 60));
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={foreign}")])),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn first_key_signs_all_keys_verify() {
+        let old = codec(&[&[1; 32]]);
+        let rotated = codec(&[&[2; 32], &[1; 32]]);
+        let id = SessionId::generate().unwrap();
+        let old_value = value_of(&old.set_cookie(&id, 60));
+        assert_eq!(
+            rotated
+                .read(&headers(&[&format!("sid={old_value}")]))
+                .unwrap()
+                .unwrap(),
+            id
+        );
+        let new_value = value_of(&rotated.set_cookie(&id, 60));
+        assert_ne!(new_value, old_value);
+        assert_eq!(
+            old.read(&headers(&[&format!("sid={new_value}")])),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn session_key_is_hex_and_hides_the_id() {
+        let id = SessionId::generate().unwrap();
+        let key = id.key().as_str();
+        assert_eq!(key.len(), KEY_HEX_LEN);
+        assert!(SessionKey::parse(key).is_some());
+        let id_b64 = URL_SAFE_NO_PAD.encode(id.bytes);
+        assert!(!format!("{id:?}").contains(&id_b64));
+        assert!(SessionKey::parse("0123456789ABCDEF0123456789abcdef").is_none());
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        let mut c = codec(&[&[1; 32]]);
+        c.domain = Some("example.com".into());
+        let id = SessionId::generate().unwrap();
+        let set = c.set_cookie(&id, 3600);
+        let s = set.to_str().unwrap();
+        assert!(s.starts_with("sid="));
+        assert!(s.ends_with(
+            "; Max-Age=3600; Path=/; Domain=example.com; HttpOnly; Secure; SameSite=Lax"
+        ));
+        let del = c.removal_cookie();
+        assert_eq!(
+            del.to_str().unwrap(),
+            "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=example.com; HttpOnly; Secure; SameSite=Lax"
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! [`SessionLayer`], [`SessionService`], their response future and body.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::config::ConfigInner;
+use super::handle::{CookieUpdate, Session, SessionError, Shared};
+use super::store::SessionStore;
+use super::{SessionConfig, SessionCookieReader};
+
+/// Adds a lazily loaded [`Session`] to every request and commits its changes after the
+/// response. See the [module docs](super) for an example.
+///
+/// Holds the store (shared by all services it builds) and the config.
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in `store`.
+    pub fn new(store: impl SessionStore, config: SessionConfig) -> Self {
+        Self::from_arc(Arc::new(store), config)
+    }
+
+    /// A layer keeping sessions in a store chosen at run time (e.g. memory or Redis).
+    pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
+        Self { store, config }
+    }
+
+    /// A reader of the session cookie for other layers (the rate limiter's session key).
+    pub fn cookie_reader(&self) -> SessionCookieReader {
+        self.config.cookie_reader()
+    }
+
+    /// The config.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            store: self.store.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service built by [`SessionLayer`].
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+    ResBody::Data: From<Vec<u8>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let config = &self.config.inner;
+        // Nothing async happens before the inner call (the session loads lazily, inside the
+        // handler), so the ready inner service is called directly.
+        let incoming = match config.codec.read(req.headers()) {
+            Ok(id) => id,
+            Err(reason) => {
+                // The value is never logged.
+                tracing::debug!(reason = reason.as_str(), "ignoring the session cookie");
+                None
+            }
+        };
+        let session = Session::new(config.clone(), self.store.clone(), incoming);
+        req.extensions_mut().insert(session.clone());
+        ResponseFuture {
+            state: State::Inner {
+                future: self.inner.call(req),
+                session: Some(session),
+            },
+        }
+    }
+}
+
+type CommitFuture = Pin<Box<dyn Future<Output = Result<CookieUpdate, SessionError>> + Send>>;
+
+pin_project! {
+    /// Response future of [`SessionService`]: the inner future, then (only if the session
+    /// changed) the commit to the store.
+    ///
+    /// The commit is boxed: it awaits store calls through `dyn SessionStore`. Requests that did
+    /// not change their session never allocate it.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner {
+            #[pin]
+            future: F,
+            session: Option<Session>,
+        },
+        Commit {
+            future: CommitFuture,
+            response: Option<Response<B>>,
+            shared: Arc<Shared>,
+        },
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    B::Data: From<Vec<u8>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Inner { future, session } => {
+                    let response = ready!(future.poll(cx))?;
+                    let Some(session) = session.take() else {
+                        // Polled again after completion: keep the response as it is.
+                        return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    };
+                    let shared = session.shared;
+                    if !shared.needs_commit() {
+                        return Poll::Ready(Ok(finish(response, &shared, CookieUpdate::Keep)));
+                    }
+                    let server_error = response.status().is_server_error();
+                    let committing = shared.clone();
+                    let future: CommitFuture =
+                        Box::pin(async move { committing.commit(server_error).await });
+                    self.as_mut().project().state.set(State::Commit {
+                        future,
+                        response: Some(response),
+                        shared,
+                    });
+                }
+                StateProj::Commit {
+                    future,
+                    response,
+                    shared,
+                } => {
+                    let result = ready!(future.as_mut().poll(cx));
+                    let Some(response) = response.take() else {
+                        return Poll::Ready(Ok(unavailable(shared.config())));
+                    };
+                    return Poll::Ready(Ok(match result {
+                        Ok(update) => finish(response, shared, update),
+                        Err(error) => {
+                            let config = shared.config();
+                            if config.log_throttle.allow(config.now()) {
+                                tracing::warn!(%error, "session could not be saved: answering 503");
+                            }
+                            unavailable(config)
+                        }
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The response after a successful (or unneeded) commit.
+fn finish<B>(
+    response: Response<B>,
+    shared: &Shared,
+    update: CookieUpdate,
+) -> Response<ResponseBody<B>>
+where
+    B: Body,
+    B::Data: From<Vec<u8>>,
+{
+    let config = shared.config();
+    if shared.store_failed() && response.status().is_server_error() {
+        // The handler failed because the store did: say so clearly.
+        return unavailable(config);
+    }
+    let mut response = response.map(ResponseBody::inner);
+    let cookie = match update {
+        CookieUpdate::Keep => return response,
+        CookieUpdate::Set { id, max_age_secs } => config.codec.set_cookie(&id, max_age_secs),
+        CookieUpdate::Remove => config.codec.removal_cookie(),
+    };
+    let headers = response.headers_mut();
+    headers.append(SET_COOKIE, cookie);
+    // A response that sets a session cookie must not be stored by shared caches.
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The configured `503`.
+fn unavailable<B>(config: &ConfigInner) -> Response<ResponseBody<B>>
+where
+    B: Body,
+    B::Data: From<Vec<u8>>,
+{
+    let mut response = Response::new(ResponseBody::full(config.unavailable_body.to_vec()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, config.unavailable_content_type.clone());
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pin_project! {
+    /// Response body of [`SessionService`]: the inner body, or the layer's own `503` body.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Vec<u8>> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn inner(body: B) -> Self {
+        Self {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    fn full(data: Vec<u8>) -> Self {
+        Self {
+            kind: BodyKind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Data: From<Vec<u8>>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body.poll_frame(cx),
+            BodyKindProj::Full { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

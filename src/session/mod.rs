@@ -1,0 +1,86 @@
+//! Sessions that survive many instances behind a load balancer: [`SessionLayer`], the
+//! [`Session`] handle, the [`SessionStore`] trait, [`MemoryStore`] and (feature `redis`)
+//! [`RedisStore`].
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_rampart::session::{MemoryStore, Session, SessionConfig, SessionError, SessionLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let config = SessionConfig::builder()
+//!     .key(b"a secret key of at least 32 bytes, from configuration")
+//!     .build()
+//!     .unwrap();
+//! let app = ServiceBuilder::new()
+//!     .layer(SessionLayer::new(MemoryStore::new(), config))
+//!     .service_fn(|req: Request<String>| async move {
+//!         let session = req.extensions().get::<Session>().unwrap().clone();
+//!         let visits: u64 = session.get("visits").await?.unwrap_or(0) + 1;
+//!         session.insert("visits", visits).await?;
+//!         Ok::<_, SessionError>(Response::new(format!("visit #{visits}")))
+//!     });
+//!
+//! let response = app.clone().oneshot(Request::new(String::new())).await.unwrap();
+//! let cookie = response.headers()["set-cookie"].to_str().unwrap();
+//! assert!(cookie.starts_with("session="));
+//! assert!(cookie.contains("HttpOnly; Secure; SameSite=Lax"));
+//! # }
+//! ```
+//!
+//! # What a request costs
+//!
+//! | request | store round trips |
+//! |---|---|
+//! | no session cookie, or a forged / malformed one | 0 (1 if the handler writes: create) |
+//! | reads the session | 1 (load; the idle refresh rides along when due) |
+//! | changes the session | 1 more (compare-and-set save); 1 per conflict |
+//! | unchanged session, or a `5xx` response | no write |
+//! | logout ([`Session::delete`]) | 1 |
+//! | login with [`Session::cycle_id`] on an existing session | load, delete, create: 3 |
+//!
+//! Nothing is loaded until a handler touches the session, so the idle timeout is only
+//! refreshed by requests that use the session.
+//!
+//! # Guarantees
+//!
+//! - **No lost updates**: saves are compare-and-set on a version; on a conflict the layer
+//!   re-applies only this request's changes to the newer record. Concurrent requests
+//!   changing different keys keep all changes; for one key, the later save wins.
+//! - **Logout wins**: a save never creates a record, and new records are only created under
+//!   fresh random ids ("only if absent"), so a deleted session cannot come back.
+//! - **Expiry** (idle timeout and absolute lifetime) is enforced by the store; an expired
+//!   session is a fresh, empty one.
+//! - **Ids** are 128 random bits from the OS, sent signed (HMAC-SHA256, key rotation: the
+//!   first key signs, all verify) and stored under a hash ([`SessionKey`]). Data is encrypted
+//!   at rest (AES-256-GCM) by default.
+//! - **Failure**: each store call is bounded by a timeout; when the store fails the layer
+//!   answers `503` with a configurable body, logs once per burst, and recovers by itself.
+//! - **Bad cookies** (malformed, unsigned, wrongly signed, oversized, duplicated) count as no
+//!   session, cost no store call, and are never logged.
+//!
+//! The layer needs a Tokio runtime (store timeouts use `tokio::time`).
+
+mod config;
+mod cookie;
+mod crypto;
+mod handle;
+mod layer;
+pub mod store;
+
+pub use config::{
+    MAX_LIFETIME, MIN_KEY_LEN, SessionConfig, SessionConfigBuilder, SessionConfigError,
+};
+pub use cookie::{SameSite, SessionCookieReader, SessionKey};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use handle::MissingSessionLayer;
+pub use handle::{Expiry, Session, SessionError};
+pub use layer::{ResponseBody, ResponseFuture, SessionLayer, SessionService};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
+pub use store::{
+    MemoryStore, SessionRecord, SessionStore, StoreError, StoreErrorKind, StoreFuture, WriteOutcome,
+};

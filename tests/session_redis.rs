@@ -1,0 +1,367 @@
+//! Session layer on a real Redis: round trips counted by the server, TTLs set by the
+//! server, what a Redis dump reveals, failure (503 fast, recovery) and what the logs say.
+#![cfg(all(feature = "session", feature = "redis"))]
+
+mod session_common;
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use session_common::*;
+use support::RedisServer;
+use tower_rampart::redis::driver;
+use tower_rampart::session::{RedisStore, SessionStore};
+
+fn store(server: &RedisServer, prefix: &str) -> Arc<dyn SessionStore> {
+    let conn = server.config().connect_lazy().unwrap();
+    Arc::new(RedisStore::new(conn).with_prefix(prefix))
+}
+
+/// Client round trips since the last reset: every script call (EVALSHA, plus EVAL / SCRIPT
+/// LOAD when the script cache is cold) and the plain commands the store sends.
+fn round_trips(server: &RedisServer) -> u64 {
+    let stats = server.command_stats();
+    [
+        "evalsha",
+        "eval",
+        "script|load",
+        "zrangebyscore",
+        "zrem",
+        "ping",
+    ]
+    .iter()
+    .map(|c| stats.get(*c).map_or(0, |s| s.0))
+    .sum()
+}
+
+/// Commands that write, run by the scripts.
+fn writes(server: &RedisServer) -> u64 {
+    let stats = server.command_stats();
+    ["hset", "hdel", "del", "pexpire", "zadd"]
+        .iter()
+        .map(|c| stats.get(*c).map_or(0, |s| s.0))
+        .sum()
+}
+
+#[tokio::test]
+async fn round_trips_counted_by_the_server() {
+    let server = RedisServer::start();
+    let app = App::new(store(&server, "rt:"));
+    // Warm up: load every script once (a cold script cache costs an extra SCRIPT LOAD).
+    let warm = app.new_session().await;
+    app.post("/set/a/1", Some(&warm)).await;
+    app.post("/login/u", Some(&warm)).await;
+    let cookie = app.new_session().await;
+    app.post("/logout", Some(&warm)).await;
+
+    let measure = |label: &str, expected_trips: u64, expected_writes: Option<u64>| {
+        let (trips, w) = (round_trips(&server), writes(&server));
+        assert_eq!(trips, expected_trips, "{label}: round trips");
+        if let Some(ew) = expected_writes {
+            assert_eq!(w, ew, "{label}: writes");
+        }
+        server.reset_stats();
+    };
+    server.reset_stats();
+
+    app.get("/nothing", None).await;
+    app.get("/get/k0", None).await;
+    measure("no cookie", 0, Some(0));
+
+    let forged = format!("{COOKIE}={}", "A".repeat(64));
+    app.get("/get/k0", Some(&forged)).await;
+    measure("forged cookie", 0, Some(0));
+
+    app.get("/nothing", Some(&cookie)).await;
+    measure("cookie, session untouched", 0, Some(0));
+
+    assert_eq!(app.get("/count/10", Some(&cookie)).await.body, "1");
+    measure("read (refresh not due)", 1, Some(0));
+
+    app.post("/set/k0/v0", Some(&cookie)).await;
+    measure("unchanged write", 1, Some(0));
+
+    app.post("/set/k1/v1", Some(&cookie)).await;
+    let w = writes(&server);
+    measure("write", 2, None);
+    assert!(w >= 2, "the save writes the hash and its TTL");
+
+    // Idle refresh rides along with the read once a quarter of the idle timeout has passed.
+    app.clock.advance(Duration::from_secs(151));
+    app.get("/get/k1", Some(&cookie)).await;
+    assert_eq!(
+        server.command_count("hset"),
+        1,
+        "refresh: HSET of the access time"
+    );
+    assert_eq!(server.command_count("pexpire"), 1, "refresh: new TTL");
+    measure("read with idle refresh", 1, None);
+
+    let r = app.post("/set/new/1", None).await;
+    assert!(r.cookie().is_some());
+    measure("new session", 1, None);
+
+    app.post("/logout", Some(&cookie)).await;
+    measure("logout", 1, None);
+}
+
+#[tokio::test]
+async fn redis_ttl_is_the_earlier_of_idle_and_absolute() {
+    let server = RedisServer::start();
+    let app = App::new(store(&server, "ttl:")); // idle 600 s, absolute 3600 s
+    let cookie = app.new_session().await;
+    let redis_key = format!("ttl:{{{}}}", app.key_of(&cookie));
+    let pttl = || server.run::<i64>(driver::cmd("PTTL").arg(&redis_key));
+    let t = pttl();
+    assert!((599_000..=600_000).contains(&t), "idle-bound TTL, got {t}");
+    // Used every 500 s: the TTL follows the idle timeout until the absolute deadline is
+    // nearer, then the absolute deadline.
+    for _ in 0..6 {
+        app.clock.advance(Duration::from_secs(500));
+        app.post(&format!("/set/t/{}", app.now()), Some(&cookie))
+            .await;
+    }
+    // 3000 s after creation: 600 s left in both senses; one more step leaves 100 s.
+    app.clock.advance(Duration::from_secs(500));
+    app.post("/set/t/last", Some(&cookie)).await;
+    let t = pttl();
+    assert!(
+        (99_000..=100_000).contains(&t),
+        "absolute-bound TTL, got {t}"
+    );
+}
+
+#[tokio::test]
+async fn redis_expires_abandoned_sessions_by_itself() {
+    let server = RedisServer::start();
+    let config = tower_rampart::session::SessionConfig::builder()
+        .key(KEY_A)
+        .cookie_name(COOKIE)
+        .idle_timeout(Duration::from_secs(1))
+        .absolute_lifetime(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let layer = tower_rampart::session::SessionLayer::new(
+        RedisStore::new(server.config().connect_lazy().unwrap()).with_prefix("exp:"),
+        config,
+    );
+    let router = routes().layer(layer);
+    use tower::ServiceExt;
+    let res = router
+        .oneshot(
+            http::Request::post("/set/a/1")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("set-cookie"));
+    let keys = || server.run::<Vec<String>>(driver::cmd("KEYS").arg("exp:*"));
+    assert_eq!(keys().len(), 1);
+    // Waiting for the server's own expiry (not for our logic): gone after the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !keys().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not expire the session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_dump_reveals_neither_cookies_nor_data() {
+    use base64::Engine as _;
+    let server = RedisServer::start();
+    let app = App::new(store(&server, "dump:"));
+    let secret_token = "eyJ-fabric-token-SECRET-0123456789";
+    let cookie = app
+        .post(&format!("/set/fabric_token/{secret_token}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    let r = app.post("/login/user-42", Some(&cookie)).await;
+    let cookie = r.cookie().unwrap();
+    assert_eq!(
+        app.get("/get/fabric_token", Some(&cookie)).await.body,
+        format!("\"{secret_token}\"")
+    );
+    let value = cookie.split_once('=').unwrap().1;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .unwrap();
+    let id = &raw[..16];
+    let id_hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+
+    let mut dump = Vec::new();
+    for key in server.run::<Vec<Vec<u8>>>(driver::cmd("KEYS").arg("*")) {
+        dump.extend_from_slice(&key);
+        let kind: String = server.run(driver::cmd("TYPE").arg(&key));
+        if kind == "hash" {
+            for field in server.run::<Vec<Vec<u8>>>(driver::cmd("HGETALL").arg(&key)) {
+                dump.extend_from_slice(&field);
+            }
+        } else if kind == "zset" {
+            for m in server.run::<Vec<Vec<u8>>>(driver::cmd("ZRANGE").arg(&key).arg(0).arg(-1)) {
+                dump.extend_from_slice(&m);
+            }
+        }
+        dump.push(b'\n');
+    }
+    let contains = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
+    assert!(!dump.is_empty());
+    assert!(!contains(value.as_bytes()), "cookie value in Redis");
+    assert!(!contains(id), "raw id in Redis");
+    assert!(!contains(id_hex.as_bytes()), "hex id in Redis");
+    assert!(!contains(id_b64.as_bytes()), "base64 id in Redis");
+    assert!(
+        !contains(secret_token.as_bytes()),
+        "plaintext token in Redis"
+    );
+    assert!(!contains(b"SECRET"), "plaintext token in Redis");
+    // The session is stored under its hash-derived key.
+    assert!(contains(app.key_of(&cookie).as_str().as_bytes()));
+}
+
+/// Captures everything logged on this thread.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn capture_logs() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+/// Redis stopped mid-test: the layer answers 503 within its timeout, with the configured
+/// body, logs once for the burst; restarted: sessions work again, no restart of the app.
+/// Nothing logged on the way contains a cookie value or a session id.
+#[tokio::test]
+async fn redis_down_answers_503_fast_then_recovers_and_logs_no_secrets() {
+    use base64::Engine as _;
+    let (logs, _guard) = capture_logs();
+    let mut server = RedisServer::start();
+    let store_timeout = Duration::from_millis(300);
+    let app = App::with(
+        store(&server, "down:"),
+        builder().store_timeout(store_timeout),
+        routes(),
+    );
+    let cookie = app.new_session().await;
+    let login = app
+        .post("/login/someone", Some(&cookie))
+        .await
+        .cookie()
+        .unwrap();
+    assert_eq!(app.get("/get/k0", Some(&login)).await.body, "\"v0\"");
+
+    server.stop();
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = app.post(&format!("/set/k{i}/x"), Some(&login)).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 503, "request {i}: {}", r.body);
+        assert_eq!(r.body, r#"{"detail":"Session store unavailable"}"#);
+        assert!(
+            took < store_timeout + Duration::from_millis(500),
+            "request {i} took {took:?}"
+        );
+        assert!(r.cookie().is_none());
+    }
+    // A request that does not touch the session is not affected.
+    assert_eq!(app.get("/nothing", Some(&login)).await.status, 200);
+    let warnings = logs.text().matches("session store call failed").count();
+    assert_eq!(warnings, 1, "one warning per burst:\n{}", logs.text());
+
+    server.restart();
+    // The data was lost with the server (no persistence): the session is fresh, and works.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fresh = loop {
+        let r = app.post("/set/back/1", Some(&login)).await;
+        if r.status == 200 {
+            break r.cookie().expect("a fresh session");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions did not recover: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(app.get("/get/back", Some(&fresh)).await.body, "\"1\"");
+    app.post("/logout", Some(&fresh)).await;
+    let forged = format!("{COOKIE}={}", &login.split_once('=').unwrap().1[..40]);
+    app.get("/get/k0", Some(&forged)).await;
+
+    let text = logs.text();
+    assert!(
+        text.contains("ignoring the session cookie"),
+        "debug events are captured"
+    );
+    for cookie in [&cookie, &login, &fresh] {
+        let value = cookie.split_once('=').unwrap().1;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .unwrap();
+        let id = &raw[..16];
+        let id_hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let id_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        for secret in [value, &value[..20], &id_hex, &id_b64] {
+            assert!(
+                !text.contains(secret),
+                "a secret leaked into the logs:\n{text}"
+            );
+        }
+    }
+}
+
+/// The unavailable response is customisable; a Redis that never existed (connection
+/// refused) gives it too.
+#[tokio::test]
+async fn custom_unavailable_response() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let conn = tower_rampart::redis::RedisConfig::from_parts("127.0.0.1", port)
+        .connect_timeout(Duration::from_millis(200))
+        .connect_lazy()
+        .unwrap();
+    let app = App::with(
+        Arc::new(RedisStore::new(conn)),
+        builder().unavailable_response("text/plain", "try again later"),
+        routes(),
+    );
+    let r = app.post("/set/a/b", None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (503, "try again later")
+    );
+    let cookie = format!("{COOKIE}={}", "A".repeat(64));
+    // Forged cookie + read: no store call at all, so no failure either.
+    assert_eq!(app.get("/get/a", Some(&cookie)).await.status, 200);
+}
