@@ -1,0 +1,20 @@
+//! The reference server of tower-rampart: an HTTP API that signs a browser user in and
+//! asks a Microsoft Fabric Data Agent their questions, built on the crate's own layers.
+//!
+//! Modules:
+//! - [`config`]: configuration from the environment, validated at start-up;
+//! - [`auth`]: access-token validation against a JWKS, and the development identity;
+//! - [`fabric`]: the data agent client (MCP and the older assistants protocol);
+//! - [`fake_agent`]: an in-memory data agent speaking both protocols, for local mode and tests.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
+
+pub mod auth;
+pub mod config;
+pub mod fabric;
+pub mod fake_agent;

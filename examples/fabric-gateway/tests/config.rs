@@ -1,0 +1,300 @@
+//! Configuration: defaults, production requirements, invalid values, secrets kept out.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fabric_gateway::config::{
+    Config, ConfigError, CookieSameSite, DEV_TENANT_ID, DataAgentProtocol, Environment, LogFormat,
+    RateLimitFailureMode,
+};
+
+const TENANT: &str = "4d4eca3f-1111-2222-3333-444455556666";
+const SECRET: &str = "0123456789abcdef0123456789abcdef-signing";
+const MCP_URL: &str = "https://api.fabric.microsoft.com/v1/mcp/workspaces/w/dataagents/a/agent";
+
+fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::from_lookup(|name| map.get(name).cloned())
+}
+
+fn production() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("ENVIRONMENT", "production"),
+        (
+            "REDIS_URL",
+            "rediss://:redis-pass-9876@cache.example.net:6380",
+        ),
+        ("SECRET_KEY", SECRET),
+        ("TENANT_ID", TENANT),
+        ("DATA_AGENT_URL", MCP_URL),
+    ]
+}
+
+#[test]
+fn defaults_with_no_environment() {
+    let c = load(&[]).unwrap();
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
+    assert_eq!(c.environment, Environment::Development);
+    assert!(c.redis.is_none());
+    assert!(c.secret_key_generated);
+    assert!(c.secret_keys.primary().len() >= 32);
+    assert!(c.warnings.iter().any(|w| w.contains("SECRET_KEY")));
+    assert_eq!(c.session_expiry, Duration::from_secs(24 * 3600));
+    assert_eq!(c.session_idle, Duration::from_secs(60 * 60));
+    assert_eq!(c.session_cookie_name, "fabric_session_id");
+    assert_eq!(c.cookie_samesite, CookieSameSite::Lax);
+    assert_eq!(c.allowed_origins, ["http://localhost:4200"]);
+    assert_eq!(c.rate_limit_query_ip, "10/minute");
+    assert_eq!(c.rate_limit_query_session, "10/minute");
+    assert_eq!(c.rate_limit_login_ip, "5/minute");
+    assert_eq!(c.rate_limit_failure_mode, RateLimitFailureMode::Local);
+    assert_eq!(c.tenant_id, None);
+    assert_eq!(c.masked_tenant_id(), None);
+    assert_eq!(c.auth.tenant_id, DEV_TENANT_ID);
+    assert_eq!(c.auth.jwks_url, None);
+    assert_eq!(c.auth.audiences, ["https://api.fabric.microsoft.com"]);
+    assert_eq!(
+        c.auth.issuers,
+        [
+            format!("https://sts.windows.net/{DEV_TENANT_ID}/"),
+            format!("https://login.microsoftonline.com/{DEV_TENANT_ID}/v2.0"),
+        ]
+    );
+    assert_eq!(c.data_agent.url, None);
+    assert_eq!(c.data_agent.protocol, None);
+    assert_eq!(c.data_agent.api_version, "2024-05-01-preview");
+    assert_eq!(c.data_agent.timeout, Duration::from_secs(120));
+    assert_eq!(c.log_format, LogFormat::Pretty);
+    assert_eq!(c.rust_log, "info");
+    // Two processes get different random keys.
+    assert_ne!(
+        c.secret_keys.primary(),
+        load(&[]).unwrap().secret_keys.primary()
+    );
+}
+
+#[test]
+fn values_are_read() {
+    let c = load(&[
+        ("PORT", "8080"),
+        ("REDIS_HOST", "cache.example.net"),
+        ("REDIS_PASSWORD", "pw"),
+        ("REDIS_SSL", "true"),
+        ("SECRET_KEY", &format!("{SECRET}, {SECRET}-old")),
+        ("SESSION_EXPIRY_HOURS", "8"),
+        ("SESSION_IDLE_MINUTES", "15"),
+        ("SESSION_COOKIE_NAME", "__Host-sid"),
+        ("COOKIE_SAMESITE", "None"),
+        (
+            "ALLOWED_ORIGINS",
+            "https://app.example.com, http://localhost:4200/",
+        ),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32"),
+        ("RATE_LIMIT_QUERY_IP", "20/minute"),
+        ("RATE_LIMIT_FAILURE_MODE", "closed"),
+        ("TENANT_ID", TENANT),
+        ("AUTH_AUDIENCE", "api://a, api://b"),
+        (
+            "DATA_AGENT_URL",
+            "https://api.fabric.microsoft.com/v1/workspaces/w/dataagents/a/aiassistant/openai",
+        ),
+        ("DATA_AGENT_TIMEOUT_SECS", "300"),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info,fabric_gateway=debug"),
+    ])
+    .unwrap();
+    assert_eq!(c.bind_addr.to_string(), "0.0.0.0:8080");
+    let redis = c.redis.as_ref().unwrap();
+    assert!(redis.is_tls());
+    assert_eq!(redis.port(), 6380);
+    assert!(!c.secret_key_generated);
+    assert_eq!(c.secret_keys.keys().len(), 2);
+    assert_eq!(c.secret_keys.primary(), SECRET.as_bytes());
+    assert_eq!(c.session_expiry, Duration::from_secs(8 * 3600));
+    assert_eq!(c.session_idle, Duration::from_secs(15 * 60));
+    assert_eq!(c.cookie_samesite, CookieSameSite::None);
+    assert_eq!(
+        c.allowed_origins,
+        ["https://app.example.com", "http://localhost:4200"]
+    );
+    assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    assert_eq!(c.rate_limit_query_ip, "20/minute");
+    assert_eq!(c.rate_limit_failure_mode, RateLimitFailureMode::Closed);
+    assert_eq!(c.masked_tenant_id().as_deref(), Some("4d4eca3f..."));
+    assert_eq!(
+        c.auth.jwks_url.as_deref(),
+        Some(format!("https://login.microsoftonline.com/{TENANT}/discovery/v2.0/keys").as_str())
+    );
+    assert_eq!(c.auth.audiences, ["api://a", "api://b"]);
+    assert_eq!(
+        c.auth.issuers[0],
+        format!("https://sts.windows.net/{TENANT}/")
+    );
+    assert_eq!(c.data_agent.protocol, Some(DataAgentProtocol::Assistants));
+    assert_eq!(c.data_agent.timeout, Duration::from_secs(300));
+    assert_eq!(c.log_format, LogFormat::Json);
+
+    // BIND_ADDR wins over PORT; DATA_AGENT_PROTOCOL over the URL's shape.
+    let c = load(&[
+        ("BIND_ADDR", "127.0.0.1:9999"),
+        ("PORT", "8080"),
+        ("DATA_AGENT_URL", "http://127.0.0.1:1/custom/path"),
+        ("DATA_AGENT_PROTOCOL", "mcp"),
+    ])
+    .unwrap();
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:9999");
+    assert_eq!(c.data_agent.protocol, Some(DataAgentProtocol::Mcp));
+    // Empty values count as unset.
+    let c = load(&[("PORT", ""), ("SECRET_KEY", "  ")]).unwrap();
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
+    assert!(c.secret_key_generated);
+}
+
+#[test]
+fn production_requires_redis_secret_tenant_and_agent() {
+    let c = load(&production()).unwrap();
+    assert_eq!(c.environment, Environment::Production);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert!(c.warnings.is_empty());
+    assert_eq!(c.data_agent.protocol, Some(DataAgentProtocol::Mcp));
+
+    let e = load(&[("ENVIRONMENT", "production")]).unwrap_err();
+    let mut named = e.variables();
+    named.sort();
+    assert_eq!(
+        named,
+        ["DATA_AGENT_URL", "REDIS_URL", "SECRET_KEY", "TENANT_ID"]
+    );
+
+    for missing in ["REDIS_URL", "SECRET_KEY", "TENANT_ID", "DATA_AGENT_URL"] {
+        let vars: Vec<_> = production()
+            .into_iter()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.variables(), [missing], "{e}");
+        assert!(e.to_string().contains(missing));
+        assert!(e.to_string().contains("production"));
+    }
+    // REDIS_HOST is as good as REDIS_URL.
+    let mut vars: Vec<_> = production()
+        .into_iter()
+        .filter(|(k, _)| *k != "REDIS_URL")
+        .collect();
+    vars.push(("REDIS_HOST", "cache.example.net"));
+    load(&vars).unwrap();
+}
+
+#[test]
+fn invalid_values_are_named() {
+    let cases: &[(&str, &str)] = &[
+        ("ENVIRONMENT", "staging"),
+        ("BIND_ADDR", "localhost"),
+        ("PORT", "99999"),
+        ("REDIS_URL", "http://cache"),
+        ("SECRET_KEY", "too-short"),
+        ("SESSION_EXPIRY_HOURS", "0"),
+        ("SESSION_IDLE_MINUTES", "ten"),
+        ("SESSION_COOKIE_NAME", "bad name;"),
+        ("COOKIE_SAMESITE", "sometimes"),
+        ("ALLOWED_ORIGINS", "https://app.example.com/path"),
+        ("ALLOWED_ORIGINS", "*"),
+        ("TRUSTED_PROXIES", "10.0.0.0/99"),
+        ("RATE_LIMIT_FAILURE_MODE", "maybe"),
+        ("TENANT_ID", "contoso"),
+        ("AUTH_JWKS_URL", "ftp://keys.example.com"),
+        ("DATA_AGENT_URL", "not a url"),
+        ("DATA_AGENT_URL", "https://example.com/some/agent"),
+        ("DATA_AGENT_PROTOCOL", "grpc"),
+        ("DATA_AGENT_API_VERSION", "2024 05"),
+        ("DATA_AGENT_TIMEOUT_SECS", "0"),
+        ("LOG_FORMAT", "xml"),
+        ("RUST_LOG", "fabric_gateway=loud"),
+    ];
+    for (var, value) in cases {
+        let e = load(&[(var, value)]).expect_err(&format!("{var}={value} must be refused"));
+        assert_eq!(e.variables(), [*var], "{var}={value}: {e}");
+        assert!(e.to_string().contains(var));
+    }
+    let e = load(&[("REDIS_HOST", "h"), ("REDIS_PORT", "abc")]).unwrap_err();
+    assert_eq!(e.variables(), ["REDIS_PORT"]);
+    // Every problem is reported at once.
+    let e = load(&[
+        ("PORT", "x"),
+        ("LOG_FORMAT", "xml"),
+        ("COOKIE_SAMESITE", "?"),
+    ])
+    .unwrap_err();
+    assert_eq!(e.variables(), ["PORT", "COOKIE_SAMESITE", "LOG_FORMAT"]);
+}
+
+#[test]
+fn secrets_never_appear_in_debug_or_errors() {
+    let c = load(&[
+        ("REDIS_URL", "redis://:redis-url-secret-1@cache:6379"),
+        ("SECRET_KEY", SECRET),
+    ])
+    .unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("redis-url-secret-1"), "{debug}");
+    assert!(!debug.contains(SECRET), "{debug}");
+    let c = load(&[
+        ("REDIS_HOST", "cache"),
+        ("REDIS_PASSWORD", "redis-part-secret-2"),
+    ])
+    .unwrap();
+    assert!(!format!("{c:?}").contains("redis-part-secret-2"));
+    let dev = load(&[]).unwrap();
+    let key = String::from_utf8_lossy(dev.secret_keys.primary()).into_owned();
+    assert!(!format!("{dev:?}").contains(&key));
+    assert!(!format!("{:?}", dev.secret_keys).contains(&key));
+
+    let short_secret = "short-secret-value";
+    let e = load(&[
+        ("SECRET_KEY", &format!("{SECRET},{short_secret}")),
+        ("REDIS_URL", "redis://:redis-url-secret-3@cache:notaport"),
+        ("REDIS_PASSWORD", "redis-part-secret-4"),
+    ])
+    .unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.variables(), ["REDIS_URL", "SECRET_KEY"]);
+    assert!(text.contains("key #2"), "{text}");
+    for secret in [
+        SECRET,
+        short_secret,
+        "redis-url-secret-3",
+        "redis-part-secret-4",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+#[test]
+fn dotenv_file_is_read_and_process_env_wins() {
+    let dir = std::env::temp_dir().join(format!("fabric-gateway-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(".env");
+    std::fs::write(
+        &file,
+        "# comment\nSESSION_COOKIE_NAME=from_dotenv\nDATA_AGENT_TIMEOUT_SECS=45\n",
+    )
+    .unwrap();
+    let c = Config::from_env_and_file(&file).unwrap();
+    if std::env::var("SESSION_COOKIE_NAME").is_err() {
+        assert_eq!(c.session_cookie_name, "from_dotenv");
+    }
+    if std::env::var("DATA_AGENT_TIMEOUT_SECS").is_err() {
+        assert_eq!(c.data_agent.timeout, Duration::from_secs(45));
+    }
+    // A missing file is fine.
+    Config::from_env_and_file(dir.join("absent.env")).unwrap();
+    // A broken file is named, without quoting its content.
+    std::fs::write(&file, "SECRET_KEY='unterminated-secret-value\n").unwrap();
+    let e = Config::from_env_and_file(&file).unwrap_err();
+    assert_eq!(e.variables(), [".env"]);
+    assert!(!e.to_string().contains("unterminated-secret-value"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
