@@ -5,7 +5,9 @@
 //! - [`config`]: configuration from the environment, validated at start-up;
 //! - [`auth`]: access-token validation against a JWKS, and the development identity;
 //! - [`fabric`]: the data agent client (MCP and the older assistants protocol);
-//! - [`fake_agent`]: an in-memory data agent speaking both protocols, for local mode and tests.
+//! - [`fake_agent`]: an in-memory data agent speaking both protocols, for local mode and tests;
+//! - [`app`](mod@app): the running service; [`app()`] builds its router and layer stack;
+//! - [`logging`]: JSON (production) or human-readable log lines.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -14,7 +16,11 @@
     rust_2018_idioms
 )]
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod fabric;
 pub mod fake_agent;
+pub mod logging;
+
+pub use app::{App, AppHandle, StartError, app};

@@ -1,0 +1,462 @@
+//! The running service: [`app`] builds the router with the whole layer stack.
+//!
+//! Outermost first, what a request goes through:
+//!
+//! 1. **correlation id** (`X-Correlation-ID` validated or minted, echoed, on every log line
+//!    of the request, one access line);
+//! 2. **`{"detail"}` bodies** for every error answer that has none (404, 405, 413, 504);
+//! 3. **CORS** (`ALLOWED_ORIGINS`, credentials, the rate-limit and correlation headers
+//!    exposed) and the **Origin check**: a POST from a foreign origin is refused with 403
+//!    before any handler runs;
+//! 4. **cookie policy** (`HttpOnly`, `SameSite` from `COOKIE_SAMESITE`, `Secure` in
+//!    production and with `SameSite=None`);
+//! 5. the **64 KiB body limit** and the **request timeout**;
+//! 6. per route: the **rate limits** (`POST /query` and `POST /query/detailed` share one
+//!    bucket per client IP and one per session; `POST /auth/client-login` per client IP;
+//!    nothing on `/health`), then the **session layer** (Redis when configured, else memory;
+//!    encrypted at rest), then the handler.
+//!
+//! The router needs the TCP peer address for per-IP limits: serve it with
+//! `into_make_service_with_connect_info::<SocketAddr>()` (as [`serve`] does); without it
+//! every rate-limited request is refused (a request the limiter cannot count is not admitted).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use fabric_gateway::{app, config::Config};
+//!
+//! let config = Config::from_lookup(|_| None)?; // local mode, no configuration
+//! let app = app::app(config).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! app::serve(app.router(), listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod errors;
+mod handlers;
+mod origin;
+mod state;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware;
+use axum::routing::{MethodRouter, get, post};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_rampart::clock::SystemClock;
+use tower_rampart::cookie_policy::{self, CookiePolicy, CookiePolicyLayer, SecureMode};
+use tower_rampart::correlation::{CorrelationIdLayer, X_CORRELATION_ID};
+use tower_rampart::rate_limit::{
+    self, FailureMode, Key, Limit, MissingKey, Quota, RateLimitLayer, RedisBackend,
+};
+use tower_rampart::redis::{RedisConnection, RedisHealth};
+use tower_rampart::session::{
+    self, MemoryStore, RedisStore, SessionConfig, SessionLayer, SessionStore,
+};
+
+use crate::auth::TokenValidator;
+use crate::auth::dev::DevIdentity;
+use crate::config::{Config, CookieSameSite, RateLimitFailureMode};
+use crate::fabric::{DataAgent, DataAgentOptions};
+use crate::fake_agent::{FakeAgent, FakeAgentHandle};
+
+pub use errors::BODY_LIMIT_BYTES;
+pub use handlers::MAX_QUERY_CHARS;
+use state::{AppState, Shared};
+
+/// Time a request may take beyond the data agent's deadline before it is cut off (504).
+const REQUEST_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
+
+/// The service could not be built. Each message names the variable to fix when there is one.
+#[derive(Debug)]
+pub enum StartError {
+    /// A configuration value that only the layers can check (e.g. a quota string).
+    Config {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong (never a secret).
+        message: String,
+    },
+    /// The data agent client could not be built.
+    DataAgent(String),
+    /// The built-in fake data agent could not start.
+    FakeAgent(std::io::Error),
+    /// The development identity could not be generated.
+    DevIdentity(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config { variable, message } => write!(f, "{variable}: {message}"),
+            Self::DataAgent(m) => write!(f, "DATA_AGENT_URL: {m}"),
+            Self::FakeAgent(e) => write!(f, "cannot start the built-in fake data agent: {e}"),
+            Self::DevIdentity(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn config_error(variable: &'static str, message: impl fmt::Display) -> StartError {
+    StartError::Config {
+        variable,
+        message: message.to_string(),
+    }
+}
+
+/// The built service: its router and what tests and `main` need to see of it.
+#[derive(Debug)]
+pub struct App {
+    router: Router,
+    handle: AppHandle,
+}
+
+impl App {
+    /// The router (cheap to clone). Serve it with [`serve`].
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// What runs behind the router.
+    pub fn handle(&self) -> &AppHandle {
+        &self.handle
+    }
+
+    /// The router and the handle.
+    pub fn into_parts(self) -> (Router, AppHandle) {
+        (self.router, self.handle)
+    }
+}
+
+/// What runs behind the router: the fake data agent and the dev identity in local mode, the
+/// Redis connection. Cheap to clone. The router keeps all of it alive on its own.
+#[derive(Clone, Debug)]
+pub struct AppHandle {
+    state: AppState,
+    dev_identity: Option<Arc<DevIdentity>>,
+    data_agent_url: String,
+    request_timeout: Duration,
+}
+
+impl AppHandle {
+    /// The in-process fake data agent (local mode without `DATA_AGENT_URL`).
+    pub fn fake_agent(&self) -> Option<&FakeAgentHandle> {
+        self.state.fake_agent.as_deref()
+    }
+
+    /// The development identity behind `/dev/token` (development mode only).
+    pub fn dev_identity(&self) -> Option<&DevIdentity> {
+        self.dev_identity.as_deref()
+    }
+
+    /// The Redis connection, when Redis is configured.
+    pub fn redis(&self) -> Option<&RedisConnection> {
+        self.state.redis.as_ref()
+    }
+
+    /// The data agent URL in use (the fake's in local mode).
+    pub fn data_agent_url(&self) -> &str {
+        &self.data_agent_url
+    }
+
+    /// The whole-request deadline (the data agent's deadline plus a margin).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+}
+
+/// Serves `router` on `listener` with client addresses recorded (per-IP limits need them)
+/// until `shutdown` completes, then waits for in-flight requests to finish.
+pub async fn serve<F>(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Builds the service for `config`: connects nothing eagerly except a first Redis health
+/// check (an unreachable Redis is logged and the service starts degraded), starts the fake
+/// data agent and generates the dev identity in local mode.
+pub async fn app(config: Config) -> Result<App, StartError> {
+    let production = config.environment.is_production();
+
+    // Redis: one lazily connected, self-healing connection shared by sessions and limits.
+    let redis = match &config.redis {
+        None => None,
+        Some(redis_config) => {
+            let conn = redis_config
+                .connect_lazy()
+                .map_err(|e| config_error("REDIS_URL", e))?;
+            match conn.health_check().await {
+                RedisHealth::Connected { .. } => {
+                    tracing::info!(redis = %redis_config, "redis reachable")
+                }
+                RedisHealth::Disconnected { reason } => tracing::warn!(
+                    redis = %redis_config,
+                    %reason,
+                    "redis unreachable at start-up: starting degraded; it is used as soon as it answers"
+                ),
+            }
+            Some(conn)
+        }
+    };
+
+    // The layers' own checks of the configuration (quota strings...), before anything starts.
+    let session_layer = session_layer(&config, redis.as_ref())?;
+    let cookie_policy = cookie_policy(&config)?;
+    let (query_limit, login_limit) = rate_limits(&config, redis.as_ref(), session_layer.config())?;
+    let request_timeout = config.data_agent.timeout + REQUEST_TIMEOUT_MARGIN;
+    let allowed = allowed_origins(&config)?;
+
+    // The data agent: the configured one, or the in-process fake in local mode.
+    let (fake_agent, data_agent_url) = match &config.data_agent.url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let fake = FakeAgent::start().await.map_err(StartError::FakeAgent)?;
+            let url = fake.mcp_url();
+            tracing::info!(url = %url, "started the built-in fake data agent (MCP)");
+            (Some(Arc::new(fake)), url)
+        }
+    };
+    let agent = DataAgent::new(DataAgentOptions::from_settings(
+        &config.data_agent,
+        data_agent_url.clone(),
+    ))
+    .map_err(|e| StartError::DataAgent(e.to_string()))?;
+
+    // Token validation; in development the dev identity's key is trusted too.
+    let mut validator = TokenValidator::builder(config.auth.clone());
+    let dev_identity = if production {
+        None
+    } else {
+        let identity = DevIdentity::generate(&config.auth)
+            .map_err(|e| StartError::DevIdentity(e.to_string()))?;
+        validator = validator.trust_key_set(identity.jwks());
+        Some(Arc::new(identity))
+    };
+    let validator = validator.build();
+
+    let state = AppState(Arc::new(Shared {
+        validator,
+        agent,
+        redis,
+        clock: Arc::new(SystemClock),
+        dev_routes: dev_identity.is_some(),
+        fake_agent,
+        config,
+    }));
+
+    // Session routes: rate limit (outer) → session → handler. `route_layer` limits only
+    // the route's own method: a 405 for another method costs no quota.
+    let with_session = |route: MethodRouter<AppState>| route.layer(session_layer.clone());
+    let mut routes = Router::new()
+        .route("/", get(handlers::root))
+        .route("/health", get(handlers::health))
+        .route(
+            "/auth/client-login",
+            with_session(post(handlers::client_login)).route_layer(login_limit),
+        )
+        .route("/auth/status", with_session(get(handlers::auth_status)))
+        .route("/auth/user", with_session(get(handlers::auth_user)))
+        .route("/auth/logout", with_session(post(handlers::logout)))
+        .route(
+            "/query",
+            with_session(post(handlers::query)).route_layer(query_limit.clone()),
+        )
+        .route(
+            "/query/detailed",
+            with_session(post(handlers::query_detailed)).route_layer(query_limit),
+        );
+    if let Some(identity) = &dev_identity {
+        routes = routes.merge(Arc::clone(identity).routes::<AppState>());
+    }
+    let routes = routes
+        .fallback(handlers::not_found)
+        .with_state(state.clone());
+
+    // The stack around every route and the fallback, outermost first. (`Router::layer` wraps
+    // each route after routing, so 404s and 405s pass through it too.)
+    let router = routes.layer(
+        ServiceBuilder::new()
+            .layer(CorrelationIdLayer::new())
+            .layer(middleware::map_response(errors::json_error_bodies))
+            .layer(cors(&allowed))
+            .layer(middleware::from_fn_with_state(allowed, origin::guard))
+            .layer(CookiePolicyLayer::new(cookie_policy))
+            .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                request_timeout,
+            )),
+    );
+
+    Ok(App {
+        router,
+        handle: AppHandle {
+            state,
+            dev_identity,
+            data_agent_url,
+            request_timeout,
+        },
+    })
+}
+
+/// Sessions: Redis when configured, else memory; encrypted at rest; cookie attributes and
+/// lifetimes from the configuration.
+fn session_layer(
+    config: &Config,
+    redis: Option<&RedisConnection>,
+) -> Result<SessionLayer, StartError> {
+    let same_site = match config.cookie_samesite {
+        CookieSameSite::Lax => session::SameSite::Lax,
+        CookieSameSite::Strict => session::SameSite::Strict,
+        CookieSameSite::None => session::SameSite::None,
+    };
+    let session_config = SessionConfig::builder()
+        .keys(config.secret_keys.keys())
+        .cookie_name(config.session_cookie_name.clone())
+        .same_site(same_site)
+        .secure(secure_cookies(config))
+        .idle_timeout(config.session_idle)
+        .absolute_lifetime(config.session_expiry)
+        .encrypt_at_rest(true)
+        .unavailable_response(
+            "application/json",
+            r#"{"detail":"Session store unavailable"}"#,
+        )
+        .build()
+        .map_err(|e| config_error("SECRET_KEY", e))?;
+    let store: Arc<dyn SessionStore> = match redis {
+        Some(conn) => Arc::new(RedisStore::new(conn.clone())),
+        None => Arc::new(MemoryStore::new()),
+    };
+    Ok(SessionLayer::from_arc(store, session_config))
+}
+
+/// `Secure` cookies: always in production, and whenever `SameSite=None` (browsers refuse
+/// `SameSite=None` without it). Local mode over plain `http://` leaves it off.
+fn secure_cookies(config: &Config) -> bool {
+    config.environment.is_production() || config.cookie_samesite == CookieSameSite::None
+}
+
+/// The policy every `Set-Cookie` passes through.
+fn cookie_policy(config: &Config) -> Result<CookiePolicy, StartError> {
+    let min_same_site = match config.cookie_samesite {
+        CookieSameSite::Lax => cookie_policy::SameSite::Lax,
+        CookieSameSite::Strict => cookie_policy::SameSite::Strict,
+        CookieSameSite::None => cookie_policy::SameSite::None,
+    };
+    let secure = if secure_cookies(config) {
+        SecureMode::Always
+    } else {
+        SecureMode::Never
+    };
+    CookiePolicy::builder()
+        .http_only(true)
+        .secure(secure)
+        .min_same_site(min_same_site)
+        .trusted_proxies(config.trusted_proxies.clone())
+        .build()
+        .map_err(|e| config_error("COOKIE_SAMESITE", e))
+}
+
+/// The `/query` limit (per IP and per session, one bucket for both routes) and the login
+/// limit (per IP). Global through Redis when configured.
+fn rate_limits(
+    config: &Config,
+    redis: Option<&RedisConnection>,
+    sessions: &SessionConfig,
+) -> Result<(RateLimitLayer, RateLimitLayer), StartError> {
+    let parse = |variable: &'static str, value: &str| {
+        Quota::parse(value).map_err(|e| config_error(variable, e))
+    };
+    let query_ip = parse("RATE_LIMIT_QUERY_IP", &config.rate_limit_query_ip)?;
+    let query_session = parse("RATE_LIMIT_QUERY_SESSION", &config.rate_limit_query_session)?;
+    let login_ip = parse("RATE_LIMIT_LOGIN_IP", &config.rate_limit_login_ip)?;
+    let failure_mode = match config.rate_limit_failure_mode {
+        RateLimitFailureMode::Local => FailureMode::Local,
+        RateLimitFailureMode::Open => FailureMode::Open,
+        RateLimitFailureMode::Closed => FailureMode::Closed,
+    };
+    let builder = || {
+        let b = RateLimitLayer::builder().failure_mode(failure_mode);
+        match redis {
+            Some(conn) => b.backend(RedisBackend::new(conn.clone())),
+            None => b.backend(rate_limit::MemoryBackend::new()),
+        }
+    };
+    let client_ip = || Key::client_ip(config.trusted_proxies.clone());
+    let query = builder()
+        .quota("query-ip", query_ip, client_ip())
+        // Anonymous requests have no session key: only the per-IP quota applies (and the
+        // handler answers 401).
+        .limit(
+            Limit::new(
+                "query-session",
+                query_session,
+                Key::session(sessions.cookie_reader()),
+            )
+            .on_missing_key(MissingKey::Skip),
+        )
+        .build()
+        .map_err(|e| config_error("RATE_LIMIT_QUERY_IP", e))?;
+    let login = builder()
+        .quota("login-ip", login_ip, client_ip())
+        .build()
+        .map_err(|e| config_error("RATE_LIMIT_LOGIN_IP", e))?;
+    Ok((query, login))
+}
+
+/// `ALLOWED_ORIGINS` as header values.
+fn allowed_origins(config: &Config) -> Result<origin::AllowedOrigins, StartError> {
+    let values = config
+        .allowed_origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|e| config_error("ALLOWED_ORIGINS", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(origin::AllowedOrigins::new(values))
+}
+
+/// CORS for the browser app: its origins only, with credentials (the session cookie), and
+/// the headers it may read.
+fn cors(allowed: &origin::AllowedOrigins) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed.values()))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            X_CORRELATION_ID,
+        ])
+        .expose_headers([
+            X_CORRELATION_ID,
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+        ])
+        .max_age(Duration::from_secs(600))
+}

@@ -1,0 +1,44 @@
+//! What the handlers share: configuration, token validator, data agent client, Redis.
+
+use std::sync::Arc;
+
+use tower_rampart::clock::Clock;
+use tower_rampart::redis::RedisConnection;
+
+use crate::auth::TokenValidator;
+use crate::config::Config;
+use crate::fabric::DataAgent;
+use crate::fake_agent::FakeAgentHandle;
+
+/// Shared state of the handlers. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct AppState(pub(crate) Arc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) validator: TokenValidator,
+    pub(crate) agent: DataAgent,
+    /// `None`: sessions live in memory.
+    pub(crate) redis: Option<RedisConnection>,
+    /// Compared with the stored Fabric token's `exp`.
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) dev_routes: bool,
+    /// The in-process fake data agent (local mode): kept alive as long as the router.
+    pub(crate) fake_agent: Option<Arc<FakeAgentHandle>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shared {
+    /// Unix seconds now.
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.clock.now_micros() / 1_000_000
+    }
+}

@@ -1,0 +1,578 @@
+//! The local mode end to end over real HTTP: no configuration, memory sessions, the
+//! in-process fake data agent, the dev identity.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use fabric_gateway::fake_agent::fake_answer;
+use serde_json::{Value, json};
+
+const SESSION_COOKIE: &str = "fabric_session_id";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn the_whole_local_flow() {
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+
+    // Health: local mode, memory store, no Redis.
+    let resp = client.get(gw.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-correlation-id"));
+    assert!(!resp.headers().contains_key("set-cookie"));
+    assert!(!resp.headers().contains_key("ratelimit-policy"));
+    let health: Value = resp.json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["environment"], "development");
+    assert_eq!(health["redis_connected"], Value::Null);
+    assert_eq!(health["session_store"], "memory");
+    assert_eq!(health["fabric_client_initialized"], true);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+
+    // A dev token, then login: the cookie carries the session, the body does not.
+    let token = dev_token(&client, &gw, "ada@example.com", "Ada Lovelace").await;
+    let resp = login(&client, &gw, &token).await;
+    assert_eq!(resp.status(), 200);
+    let cookie = set_cookie(resp.headers(), SESSION_COOKIE).expect("a session cookie");
+    let value = cookie_value(&cookie);
+    assert!(value.len() >= 32, "an opaque signed id: {cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    assert!(
+        cookie.contains("Max-Age=86400"),
+        "absolute lifetime 24 h: {cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain http locally: {cookie}");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert!(resp.headers().contains_key("ratelimit-policy"));
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(&value), "the session id is not in the body");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["session_id"], Value::Null);
+    assert_eq!(body["user"]["email"], "ada@example.com");
+    assert_eq!(body["user"]["display_name"], "Ada Lovelace");
+    assert_eq!(body["user"]["given_name"], "Ada");
+    assert_eq!(body["user"]["surname"], "Lovelace");
+    assert!(body["user"]["id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // A question, tagged with our correlation id: the data agent sees it as ActivityId,
+    // and the user's token as the bearer.
+    let resp = client
+        .post(gw.url("/query"))
+        .header("x-correlation-id", "flow-test-0001")
+        .json(&json!({"query": "How many orders last week?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-correlation-id"], "flow-test-0001");
+    assert_eq!(
+        resp.headers()["ratelimit-policy"],
+        r#""query-ip";q=10;w=60, "query-session";q=10;w=60"#
+    );
+    assert!(resp.headers().contains_key("ratelimit"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "success": true,
+            "response": fake_answer("How many orders last week?"),
+            "query": "How many orders last week?",
+            "error": null,
+        })
+    );
+    let fake = gw.handle.fake_agent().expect("local mode runs the fake");
+    let calls: Vec<_> = fake
+        .controls
+        .requests()
+        .into_iter()
+        .filter(|r| r.activity_id.as_deref() == Some("flow-test-0001"))
+        .collect();
+    assert!(
+        !calls.is_empty(),
+        "the correlation id is sent as ActivityId"
+    );
+    for call in calls {
+        assert_eq!(
+            call.authorization.as_deref(),
+            Some(&*format!("Bearer {token}"))
+        );
+    }
+
+    // Detailed: the same plus the run fields.
+    let resp = client
+        .post(gw.url("/query/detailed"))
+        .json(&json!({
+            "query": "Sales by region?",
+            "conversation_history": [
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi, ask me about sales."}
+            ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["success"], true);
+    // MCP has no conversation state: the history is folded into the question.
+    let answer = body["response"].as_str().unwrap();
+    assert!(answer.starts_with("Fake answer to: "), "{answer}");
+    assert!(answer.contains("Hi, ask me about sales.") && answer.ends_with("Sales by region?"));
+    for field in [
+        "run_status",
+        "steps_count",
+        "messages_count",
+        "sql_query",
+        "data_preview",
+    ] {
+        assert!(body.get(field).is_some(), "detailed has {field}: {body}");
+    }
+    assert_eq!(body["run_status"], "completed");
+
+    // Status and user.
+    let status: Value = client
+        .get(gw.url("/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["authenticated"], true);
+    assert_eq!(status["user"]["email"], "ada@example.com");
+    assert_eq!(status["session_id"], Value::Null);
+    let resp = client.get(gw.url("/auth/user")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let user: Value = resp.json().await.unwrap();
+    assert_eq!(user["success"], true);
+    assert_eq!(user["error"], Value::Null);
+    assert_eq!(user["user"]["display_name"], "Ada Lovelace");
+
+    // Logout: the cookie is expired with the attributes it was set with.
+    let resp = client.post(gw.url("/auth/logout")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let removal = set_cookie(resp.headers(), SESSION_COOKIE).expect("a removal cookie");
+    assert!(removal.contains("Max-Age=0"), "{removal}");
+    assert_eq!(cookie_attributes(&removal), cookie_attributes(&cookie));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"success": true, "message": "Logged out successfully", "user": null, "session_id": null})
+    );
+
+    // Signed out: the browser forgot the cookie, and the old value is dead on the server.
+    let resp = query(&client, &gw, "Still there?").await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": "Not authenticated. Please login first."})
+    );
+    let resp = plain()
+        .post(gw.url("/query"))
+        .header("cookie", format!("{SESSION_COOKIE}={value}"))
+        .json(&json!({"query": "With the old cookie?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the old session id no longer works");
+    let resp = client.get(gw.url("/auth/user")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let status: Value = client
+        .get(gw.url("/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        json!({"authenticated": false, "user": null, "session_id": null})
+    );
+
+    assert_no_secret_logged(&[&token, &value]);
+}
+
+#[tokio::test]
+async fn login_always_starts_a_fresh_session() {
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "grace@example.com", "Grace Hopper").await;
+    let first = login(&client, &gw, &token).await;
+    let first = cookie_value(&set_cookie(first.headers(), SESSION_COOKIE).unwrap());
+    // The browser sends its session cookie with the second login: it gets a new id anyway.
+    let second = login(&client, &gw, &token).await;
+    assert_eq!(second.status(), 200);
+    let second = cookie_value(&set_cookie(second.headers(), SESSION_COOKIE).unwrap());
+    assert_ne!(first, second);
+
+    let status_with = |value: String| {
+        let url = gw.url("/auth/status");
+        async move {
+            let v: Value = plain()
+                .get(url)
+                .header("cookie", format!("{SESSION_COOKIE}={value}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["authenticated"].as_bool().unwrap()
+        }
+    };
+    assert!(
+        !status_with(first.clone()).await,
+        "the pre-login id is dead"
+    );
+    assert!(status_with(second.clone()).await);
+    assert_no_secret_logged(&[&token, &first, &second]);
+}
+
+#[tokio::test]
+async fn an_expired_stored_token_ends_the_session() {
+    let gw = Gateway::local(&[]).await;
+    let identity = gw
+        .handle
+        .dev_identity()
+        .expect("local mode has the dev identity");
+    // Expired 30 s ago: within the 60 s leeway of the login check, but Fabric would refuse it.
+    let mut claims = identity.claims("old@example.com", "Old Token");
+    claims["exp"] = json!(now_secs() - 30);
+    claims["nbf"] = json!(now_secs() - 3600);
+    let token = identity.sign(&claims).unwrap();
+
+    let client = browser();
+    let resp = login(&client, &gw, &token).await;
+    assert_eq!(resp.status(), 200);
+    let value = cookie_value(&set_cookie(resp.headers(), SESSION_COOKIE).unwrap());
+
+    let resp = query(&client, &gw, "Anything?").await;
+    assert_eq!(resp.status(), 401);
+    assert!(
+        set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0")),
+        "the session is ended and its cookie removed"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": "Session expired or invalid. Please login again."})
+    );
+    let fake = gw.handle.fake_agent().unwrap();
+    assert_eq!(
+        fake.controls.rpc_count("tools/call"),
+        0,
+        "Fabric was not asked"
+    );
+
+    // The session is gone on the server, not just in this browser.
+    let status: Value = plain()
+        .get(gw.url("/auth/status"))
+        .header("cookie", format!("{SESSION_COOKIE}={value}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["authenticated"], false);
+
+    // /auth/status on a session with an expired token: not authenticated, and ended.
+    let client = browser();
+    login(&client, &gw, &token).await;
+    let resp = client.get(gw.url("/auth/status")).send().await.unwrap();
+    assert!(set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0")));
+    let status: Value = resp.json().await.unwrap();
+    assert_eq!(status["authenticated"], false);
+    assert_eq!(status["user"], Value::Null);
+    assert_no_secret_logged(&[&token, &value]);
+}
+
+#[tokio::test]
+async fn login_refusals_say_which_check_failed() {
+    let gw = Gateway::local(&[]).await;
+    let identity = gw.handle.dev_identity().unwrap();
+    let client = browser();
+    let check = |token: String, expected: &'static str| {
+        let client = client.clone();
+        let url = gw.url("/auth/client-login");
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"access_token": "not-used", "fabric_token": token}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 401);
+            assert!(resp.headers().get("set-cookie").is_none());
+            let text = resp.text().await.unwrap();
+            assert!(!text.contains(&token), "the token is not echoed");
+            let body: Value = serde_json::from_str(&text).unwrap();
+            let detail = body["detail"].as_str().unwrap();
+            assert!(
+                detail.contains(expected),
+                "{detail:?} should mention {expected:?}"
+            );
+        }
+    };
+    let mut expired = identity.claims("a@example.com", "A");
+    expired["exp"] = json!(now_secs() - 3600);
+    check(identity.sign(&expired).unwrap(), "expired").await;
+    let mut foreign = identity.claims("a@example.com", "A");
+    foreign["tid"] = json!("11111111-2222-3333-4444-555555555555");
+    check(identity.sign(&foreign).unwrap(), "tenant").await;
+    let mut audience = identity.claims("a@example.com", "A");
+    audience["aud"] = json!("https://graph.microsoft.com");
+    check(identity.sign(&audience).unwrap(), "audience").await;
+    // The fabric_token is the one checked: a good access_token does not help.
+    let good = identity.mint("a@example.com", "A").unwrap();
+    let resp = client
+        .post(gw.url("/auth/client-login"))
+        .json(&json!({"access_token": good, "fabric_token": "garbage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn data_agent_failures_keep_the_old_shape() {
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
+    assert_eq!(login(&client, &gw, &token).await.status(), 200);
+    let fake = gw.handle.fake_agent().unwrap();
+
+    fake.controls.fail_next_requests(1, 403, Some("Forbidden"));
+    let resp = query(&client, &gw, "Am I allowed?").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(body["query"], "Am I allowed?");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("FABRIC_PERMISSION_ERROR:"),
+        "{body}"
+    );
+    assert!(!body["response"].as_str().unwrap().is_empty());
+
+    fake.controls
+        .fail_next_requests(1, 404, Some("CapacityNotActive"));
+    let resp = client
+        .post(gw.url("/query/detailed"))
+        .json(&json!({"query": "Paused?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("FABRIC_NOT_FOUND:"),
+        "{body}"
+    );
+    assert_eq!(body["sql_query"], Value::Null);
+    assert_eq!(body["steps_count"], 0);
+
+    // And it recovers.
+    let resp = query(&client, &gw, "Fine now?").await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["success"], true);
+    assert_no_secret_logged(&[&token]);
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_ip_and_health_never_is() {
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
+    for i in 1..=5 {
+        let resp = login(&client, &gw, &token).await;
+        assert_eq!(resp.status(), 200, "login #{i}");
+        assert_eq!(resp.headers()["ratelimit-policy"], r#""login-ip";q=5;w=60"#);
+    }
+    // Another client from the same address shares the quota.
+    let resp = login(&browser(), &gw, &token).await;
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(resp.headers().contains_key("ratelimit"));
+    assert!(resp.headers().contains_key("ratelimit-policy"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 5 per 1 minute");
+
+    for _ in 0..30 {
+        let resp = client.get(gw.url("/health")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key("ratelimit"));
+    }
+    // The session of the successful logins still answers: only logins are limited.
+    let status: Value = client
+        .get(gw.url("/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["authenticated"], true);
+}
+
+#[tokio::test]
+async fn the_query_quota_is_one_bucket_for_both_routes() {
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
+    login(&client, &gw, &token).await;
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/query"
+        } else {
+            "/query/detailed"
+        };
+        let resp = client
+            .post(gw.url(path))
+            .json(&json!({"query": format!("q{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "query #{i}");
+    }
+    let resp = client
+        .post(gw.url("/query/detailed"))
+        .json(&json!({"query": "one too many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 10 per 1 minute");
+    // A 405 on a limited path costs nothing and says so in JSON.
+    let resp = client.get(gw.url("/query")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "Method Not Allowed");
+}
+
+#[tokio::test]
+async fn cors_serves_only_the_configured_origins() {
+    let gw = Gateway::local(&[(
+        "ALLOWED_ORIGINS",
+        "http://localhost:4200,https://app.example.com",
+    )])
+    .await;
+    let client = plain();
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, gw.url("/query"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+
+    let resp = client
+        .get(gw.url("/health"))
+        .header("origin", "http://localhost:4200")
+        .send()
+        .await
+        .unwrap();
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://localhost:4200");
+    let exposed = h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "x-correlation-id",
+        "retry-after",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert!(
+            exposed.split(',').any(|e| e.trim() == name),
+            "{name} exposed: {exposed}"
+        );
+    }
+
+    let resp = client
+        .get(gw.url("/health"))
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn root_lists_the_endpoints_and_errors_are_json() {
+    let gw = Gateway::local(&[]).await;
+    let client = plain();
+    let body: Value = client
+        .get(gw.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["name"], "fabric-gateway");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let paths: Vec<&str> = body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for p in [
+        "/health",
+        "/auth/client-login",
+        "/query",
+        "/query/detailed",
+        "/dev/token",
+    ] {
+        assert!(paths.contains(&p), "{p} listed");
+    }
+
+    let resp = client.get(gw.url("/no/such/thing")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().contains_key("x-correlation-id"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"detail": "Not Found"}));
+    let resp = client.delete(gw.url("/auth/logout")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"detail": "Method Not Allowed"}));
+}
