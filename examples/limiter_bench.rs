@@ -1,0 +1,299 @@
+//! Load tool for the rate limiter backends: decisions per second, latency, allowed/denied.
+//!
+//! ```text
+//! cargo run --release --example limiter_bench -- --backend memory --concurrency 64 \
+//!     --keys 100000 --duration 10s
+//! cargo run --release --features redis --example limiter_bench -- --backend redis \
+//!     --redis-url redis://127.0.0.1:6379 --concurrency 64 --keys 100000 --duration 10s
+//! ```
+//!
+//! Options (all optional):
+//!
+//! | option            | default                  | meaning                                   |
+//! |-------------------|--------------------------|-------------------------------------------|
+//! | `--backend`       | `memory`                 | `memory` or `redis` (feature `redis`)     |
+//! | `--redis-url`     | `redis://127.0.0.1:6379` | the Redis server                          |
+//! | `--concurrency`   | `64`                     | concurrent callers (threads for memory, tasks for Redis) |
+//! | `--keys`          | `100000`                 | distinct client keys                      |
+//! | `--duration`      | `10s`                    | run time (`500ms`, `10s`, `2m`)           |
+//! | `--quota`         | `100/minute`             | quota string per key                      |
+//! | `--meaning`       | `window`                 | `window` or `gcra` (burst = the count)    |
+//!
+//! Latency percentiles come from every 16th decision (memory) or every decision (Redis) and
+//! include the cost of reading the timer.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
+
+#[derive(Debug)]
+struct Options {
+    backend: String,
+    redis_url: String,
+    concurrency: usize,
+    keys: usize,
+    duration: Duration,
+    quota: Quota,
+    meaning: String,
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    match &s[digits..] {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" | "" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        backend: "memory".into(),
+        redis_url: "redis://127.0.0.1:6379".into(),
+        concurrency: 64,
+        keys: 100_000,
+        duration: Duration::from_secs(10),
+        quota: Quota::parse("100/minute").map_err(|e| e.to_string())?,
+        meaning: "window".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |what: &str| format!("{flag}: invalid {what} {value:?}");
+        match flag.as_str() {
+            "--backend" => o.backend = value.clone(),
+            "--redis-url" => o.redis_url = value.clone(),
+            "--concurrency" => o.concurrency = value.parse().map_err(|_| bad("number"))?,
+            "--keys" => o.keys = value.parse().map_err(|_| bad("number"))?,
+            "--duration" => o.duration = parse_duration(&value).ok_or_else(|| bad("duration"))?,
+            "--quota" => o.quota = Quota::parse(&value).map_err(|e| e.to_string())?,
+            "--meaning" => o.meaning = value.clone(),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if o.concurrency == 0 || o.keys == 0 {
+        return Err("--concurrency and --keys must be at least 1".into());
+    }
+    match o.meaning.as_str() {
+        "window" => {}
+        "gcra" => {
+            let n = u32::try_from(o.quota.limit()).map_err(|_| "quota too large")?;
+            o.quota = Quota::rate(n, o.quota.window_length()).burst(n);
+        }
+        other => return Err(format!("--meaning: expected window or gcra, got {other:?}")),
+    }
+    if !matches!(o.backend.as_str(), "memory" | "redis") {
+        return Err(format!(
+            "--backend: expected memory or redis, got {:?}",
+            o.backend
+        ));
+    }
+    Ok(o)
+}
+
+fn key(i: u64, keys: usize) -> LimitKey {
+    let j = (i.wrapping_mul(2_654_435_761)) % keys as u64;
+    LimitKey::ip(IpAddr::V4(Ipv4Addr::from(
+        0x0a00_0000u32.wrapping_add(j as u32),
+    )))
+}
+
+#[derive(Default)]
+struct Totals {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+}
+
+fn report(o: &Options, elapsed: Duration, totals: &Totals, mut latencies_ns: Vec<u64>) {
+    let allowed = totals.allowed.load(Ordering::Relaxed);
+    let denied = totals.denied.load(Ordering::Relaxed);
+    let total = allowed + denied;
+    latencies_ns.sort_unstable();
+    let pct = |p: f64| {
+        if latencies_ns.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((latencies_ns.len() as f64 - 1.0) * p).round() as usize;
+        Duration::from_nanos(latencies_ns[i])
+    };
+    println!(
+        "backend {} | {} {} | {} callers | {} keys | {:.1?}",
+        o.backend, o.meaning, o.quota, o.concurrency, o.keys, elapsed
+    );
+    println!(
+        "decisions/s {:.0} | p50 {:.2?} | p99 {:.2?} | allowed {allowed} | denied {denied}",
+        total as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+    );
+}
+
+fn run_memory(o: &Options) {
+    let backend = MemoryBackend::builder()
+        .max_keys(o.keys.saturating_mul(2).max(1024))
+        .build();
+    let limiter = backend.keyed("bench", o.quota).expect("valid quota");
+    let totals = Totals::default();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let latencies: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..o.concurrency as u64)
+            .map(|c| {
+                let (limiter, totals, stop) = (&limiter, &totals, &stop);
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let (mut allowed, mut denied) = (0u64, 0u64);
+                    let mut i = c * 7919;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..16 {
+                            let k = key(i, o.keys);
+                            i += 1;
+                            if limiter.check(&k).is_allowed() {
+                                allowed += 1;
+                            } else {
+                                denied += 1;
+                            }
+                        }
+                        let k = key(i, o.keys);
+                        i += 1;
+                        let t = Instant::now();
+                        let ok = limiter.check(&k).is_allowed();
+                        lat.push(t.elapsed().as_nanos() as u64);
+                        if ok {
+                            allowed += 1;
+                        } else {
+                            denied += 1;
+                        }
+                    }
+                    totals.allowed.fetch_add(allowed, Ordering::Relaxed);
+                    totals.denied.fetch_add(denied, Ordering::Relaxed);
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(o.duration);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    report(o, elapsed, &totals, latencies.concat());
+    println!("keys held {} (bound {})", backend.len(), backend.max_keys());
+}
+
+#[cfg(feature = "redis")]
+fn run_redis(o: &Options) -> Result<(), String> {
+    use tower_rampart::rate_limit::RedisBackend;
+    use tower_rampart::redis::RedisConfig;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let config = RedisConfig::from_url(&o.redis_url).map_err(|e| e.to_string())?;
+        let conn = config.connect().await.map_err(|e| e.to_string())?;
+        let limiter = Arc::new(
+            RedisBackend::new(conn)
+                .keyed("bench", o.quota)
+                .map_err(|e| e.to_string())?,
+        );
+        let totals = Arc::new(Totals::default());
+        let errors = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..o.concurrency as u64)
+            .map(|c| {
+                let (limiter, totals, stop, errors) = (
+                    limiter.clone(),
+                    totals.clone(),
+                    stop.clone(),
+                    errors.clone(),
+                );
+                let keys = o.keys;
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = c * 7919;
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = key(i, keys);
+                        i += 1;
+                        let t = Instant::now();
+                        match limiter.check(&k, 1).await {
+                            Ok(d) if d.is_allowed() => {
+                                totals.allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(_) => {
+                                totals.denied.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        tokio::time::sleep(o.duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        report(o, started.elapsed(), &totals, all);
+        let errors = errors.load(Ordering::Relaxed);
+        if errors > 0 {
+            println!("errors {errors}");
+        }
+        Ok(())
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+fn run_redis(_: &Options) -> Result<(), String> {
+    Err("this build has no Redis support: add --features redis".into())
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "usage: limiter_bench [--backend memory|redis] [--redis-url URL] \
+                 [--concurrency N] [--keys N] [--duration 10s] [--quota 100/minute] \
+                 [--meaning window|gcra]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match o.backend.as_str() {
+        "redis" => run_redis(&o),
+        _ => {
+            run_memory(&o);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

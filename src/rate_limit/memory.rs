@@ -1,0 +1,787 @@
+//! The in-process backend: sharded, bounded, exact.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hashbrown::HashTable;
+
+use super::clock::MonotonicClock;
+use super::decision::QuotaDecision;
+use super::key::LimitKey;
+use super::quota::{Meaning, Quota, QuotaError};
+use super::{gcra, window};
+use crate::clock::Clock;
+
+/// Default bound on the number of keys a [`MemoryBackend`] holds.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+const DEFAULT_SHARDS: usize = 64;
+
+/// In-process limiter state: per-instance limits (or the local fallback of the Redis backend).
+///
+/// * **Sharded**: keys are hashed once (SipHash with a random key, so clients cannot aim at one
+///   shard) into 64 shards, each a `Mutex<HashMap>`; a decision locks one shard (a request with
+///   several quotas locks its shards in ascending order, so multi-quota decisions are atomic
+///   and deadlock-free).
+/// * **Bounded**: at most `max_keys` keys (default 100 000). A key whose bucket is full again
+///   is equivalent to an absent key, so reclaiming it changes no decision: when a shard is
+///   full, the eighth of its entries that expire soonest are dropped — expired ones first
+///   (exact). Only if fewer than an eighth have expired are live entries dropped too, those
+///   closest to being full again (the least harmful choice: such a client gets its remaining
+///   few units back a little early). Those evictions are counted ([`evicted_live`]) so that an
+///   undersized bound shows. Amortised cost: O(1) per new key.
+/// * **Compact**: one table per meaning and key form. A key that is an IPv4 address, an IPv6
+///   network of up to /64 or the global key is stored exactly in 16 bytes: a GCRA entry takes
+///   24 bytes (100k clients: 2.4 MB, mostly in cache), a window entry 48 bytes, plus a heap
+///   ring of 16 bytes per admission once a key has two or more inside its window (at most
+///   `min(limit, max_slots)`). Other keys (text) take 16 bytes more, plus the text.
+///
+/// ```
+/// use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
+///
+/// let backend = MemoryBackend::builder().max_keys(10_000).build();
+/// let per_user = backend.keyed("user", Quota::per_second(5)).unwrap();
+/// let alice = LimitKey::new("user:alice");
+/// assert!(per_user.check(&alice).is_allowed());
+/// assert_eq!(backend.len(), 1);
+/// ```
+///
+/// [`evicted_live`]: MemoryBackend::evicted_live
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Padded]>,
+    shard_mask: u64,
+    shard_cap: usize,
+    max_keys: usize,
+    hasher: RandomState,
+    names: Mutex<Vec<Arc<str>>>,
+    evicted_live: AtomicU64,
+}
+
+/// Builder of a [`MemoryBackend`].
+#[derive(Debug, Clone)]
+pub struct MemoryBackendBuilder {
+    max_keys: usize,
+    shards: usize,
+}
+
+impl MemoryBackendBuilder {
+    /// Bound on the number of keys (default [`DEFAULT_MAX_KEYS`]; at least 1).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n.max(1);
+        self
+    }
+
+    /// Number of shards (rounded up to a power of two, default 64, at most `max_keys`).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n.clamp(1, 1 << 16).next_power_of_two();
+        self
+    }
+
+    /// Builds the backend.
+    pub fn build(self) -> MemoryBackend {
+        let mut shards = self.shards;
+        while shards > 1 && shards > self.max_keys {
+            shards /= 2;
+        }
+        let shard_cap = (self.max_keys / shards).max(1);
+        MemoryBackend {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| Padded(Mutex::new(Shard::default())))
+                    .collect(),
+                shard_mask: (shards - 1) as u64,
+                shard_cap,
+                max_keys: self.max_keys,
+                hasher: RandomState::new(),
+                names: Mutex::new(Vec::new()),
+                evicted_live: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("keys", &self.len())
+            .field("max_keys", &self.inner.max_keys)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state is plain data updated in small steps: a panic elsewhere cannot leave it unusable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One quota check of a multi-quota decision.
+#[derive(Clone, Copy)]
+pub(crate) struct Item<'a> {
+    pub(crate) id: u32,
+    pub(crate) quota: &'a Quota,
+    pub(crate) key: &'a LimitKey,
+}
+
+impl MemoryBackend {
+    /// A backend with the default bound ([`DEFAULT_MAX_KEYS`]) and 64 shards.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder to set the bound and the number of shards.
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: DEFAULT_SHARDS,
+        }
+    }
+
+    /// A limiter for one named quota, keyed by [`LimitKey`], sharing this backend's storage
+    /// (like `governor`'s keyed limiter). Quotas of the same name share their buckets.
+    pub fn keyed(&self, name: &str, quota: Quota) -> Result<KeyedLimiter, QuotaError> {
+        quota.validate()?;
+        MonotonicClock::init();
+        Ok(KeyedLimiter {
+            backend: self.clone(),
+            id: self.intern(name),
+            quota,
+            clock: None,
+        })
+    }
+
+    /// Number of keys held now.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(&s.0).len()).sum()
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bound on the number of keys.
+    pub fn max_keys(&self) -> usize {
+        self.inner.max_keys
+    }
+
+    /// Live entries dropped because the backend was full (each one let its client start over
+    /// a little early). Zero unless `max_keys` is too small for the traffic.
+    pub fn evicted_live(&self) -> u64 {
+        self.inner.evicted_live.load(Ordering::Relaxed)
+    }
+
+    /// Interns a quota name: quotas of the same name share buckets.
+    pub(crate) fn intern(&self, name: &str) -> u32 {
+        let mut names = lock(&self.inner.names);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return i as u32;
+        }
+        names.push(name.into());
+        (names.len() - 1) as u32
+    }
+
+    fn hash_wide(&self, id: u32, key: &LimitKey) -> u64 {
+        let mut h = self.inner.hasher.build_hasher();
+        key.hash_with_id(id, &mut h);
+        h.finish()
+    }
+
+    fn hash_compact(&self, c: [u64; 2]) -> u64 {
+        let mut h = self.inner.hasher.build_hasher();
+        h.write_u128((u128::from(c[0]) << 64) | u128::from(c[1]));
+        h.finish()
+    }
+
+    fn probe<'a>(&self, item: &Item<'a>) -> (Probe<'a>, u64) {
+        let compact = item.key.compact(item.id);
+        let hash = match compact {
+            Some(c) => self.hash_compact(c),
+            None => self.hash_wide(item.id, item.key),
+        };
+        let probe = Probe {
+            id: item.id,
+            key: item.key,
+            compact,
+        };
+        (probe, hash)
+    }
+
+    fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        // Bits 32.. pick the shard: the table inside uses the low bits (bucket) and the top 7
+        // bits (control byte), which must stay varied within a shard.
+        &self.inner.shards[((hash >> 32) & self.inner.shard_mask) as usize].0
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
+        ((hash >> 32) & self.inner.shard_mask) as usize
+    }
+
+    /// Decides one quota check, and records it if admitted.
+    pub(crate) fn decide_one(&self, item: Item<'_>, cost: u64, now: u64) -> QuotaDecision {
+        let (probe, hash) = self.probe(&item);
+        let mut shard = lock(self.shard_of(hash));
+        shard.commit(self, hash, &probe, item.quota, cost, now)
+    }
+
+    /// Decides every check of a request atomically: all admitted and recorded, or none
+    /// recorded. Pushes one decision per item to `out`; returns true if all were admitted.
+    pub(crate) fn decide_all(
+        &self,
+        items: &[Item<'_>],
+        cost: u64,
+        now: u64,
+        out: &mut Vec<QuotaDecision>,
+    ) -> bool {
+        if let [one] = items {
+            let d = self.decide_one(*one, cost, now);
+            out.push(d);
+            return d.allowed;
+        }
+        let probes: Vec<(Probe<'_>, u64)> = items.iter().map(|i| self.probe(i)).collect();
+        let shard_ids: Vec<usize> = probes.iter().map(|p| self.shard_index(p.1)).collect();
+        let mut order = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        // Position of each item's shard among the guards.
+        let pos: Vec<usize> = shard_ids
+            .iter()
+            .map(|s| order.partition_point(|o| o < s))
+            .collect();
+        // Locks taken in ascending shard order: no deadlock between concurrent requests.
+        let mut guards: Vec<MutexGuard<'_, Shard>> = order
+            .into_iter()
+            .map(|s| lock(&self.inner.shards[s].0))
+            .collect();
+        let mut all = true;
+        for ((item, (probe, hash)), &p) in items.iter().zip(&probes).zip(&pos) {
+            let d = guards[p].peek(*hash, probe, item.quota, cost, now);
+            all &= d.allowed;
+            out.push(d);
+        }
+        if all && cost > 0 {
+            for ((item, (probe, hash)), &p) in items.iter().zip(&probes).zip(&pos) {
+                guards[p].commit(self, *hash, probe, item.quota, cost, now);
+            }
+        }
+        all
+    }
+}
+
+/// A single-quota limiter over a [`MemoryBackend`] (see [`MemoryBackend::keyed`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
+///
+/// let login = MemoryBackend::new().keyed("login", Quota::per_minute(3)).unwrap();
+/// let ip = LimitKey::new("ip:198.51.100.1");
+/// let now = 1_700_000_000_000_000;
+/// for _ in 0..3 {
+///     assert!(login.check_at(&ip, 1, now).is_allowed());
+/// }
+/// assert!(!login.check_at(&ip, 1, now).is_allowed());
+/// ```
+#[derive(Clone)]
+pub struct KeyedLimiter {
+    backend: MemoryBackend,
+    id: u32,
+    quota: Quota,
+    /// `None`: [`MonotonicClock`] (read without dynamic dispatch).
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl fmt::Debug for KeyedLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedLimiter")
+            .field("quota", &self.quota)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl KeyedLimiter {
+    /// Uses `clock` for [`check`](Self::check) instead of [`MonotonicClock`].
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Checks (and, if admitted, records) one request of cost 1 for `key` now.
+    pub fn check(&self, key: &LimitKey) -> QuotaDecision {
+        let now = match &self.clock {
+            Some(c) => c.now_micros(),
+            None => MonotonicClock.now_micros(),
+        };
+        self.check_at(key, 1, now)
+    }
+
+    /// Checks a request of `cost` units at `now_micros` (unix microseconds).
+    pub fn check_at(&self, key: &LimitKey, cost: u64, now_micros: u64) -> QuotaDecision {
+        self.backend.decide_one(
+            Item {
+                id: self.id,
+                quota: &self.quota,
+                key,
+            },
+            cost,
+            now_micros,
+        )
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+/// A lookup: the quota id and key, and the key's compact form if it has one.
+struct Probe<'a> {
+    id: u32,
+    key: &'a LimitKey,
+    compact: Option<[u64; 2]>,
+}
+
+/// How a table stores `(quota id, key)`: exactly, either as 16 bytes (IP addresses, global)
+/// or as the full key.
+trait KeyForm: Sized {
+    fn make(p: &Probe<'_>) -> Self;
+    fn matches(&self, p: &Probe<'_>) -> bool;
+    fn hash(&self, backend: &MemoryBackend) -> u64;
+    fn gcra(shard: &mut Shard) -> &mut HashTable<GcraSlot<Self>>;
+    fn window(shard: &mut Shard) -> &mut HashTable<WindowSlot<Self>>;
+    fn gcra_ref(shard: &Shard) -> &HashTable<GcraSlot<Self>>;
+    fn window_ref(shard: &Shard) -> &HashTable<WindowSlot<Self>>;
+}
+
+/// `(id, key)` of an IPv4 address, an IPv6 network of up to /64, or the global key.
+struct Compact([u64; 2]);
+
+/// `(id, key)` of any other key.
+struct Wide {
+    id: u32,
+    key: LimitKey,
+}
+
+impl KeyForm for Compact {
+    fn make(p: &Probe<'_>) -> Self {
+        Compact(p.compact.unwrap_or_default())
+    }
+    fn matches(&self, p: &Probe<'_>) -> bool {
+        p.compact == Some(self.0)
+    }
+    fn hash(&self, backend: &MemoryBackend) -> u64 {
+        backend.hash_compact(self.0)
+    }
+    fn gcra(shard: &mut Shard) -> &mut HashTable<GcraSlot<Self>> {
+        &mut shard.gcra
+    }
+    fn window(shard: &mut Shard) -> &mut HashTable<WindowSlot<Self>> {
+        &mut shard.window
+    }
+    fn gcra_ref(shard: &Shard) -> &HashTable<GcraSlot<Self>> {
+        &shard.gcra
+    }
+    fn window_ref(shard: &Shard) -> &HashTable<WindowSlot<Self>> {
+        &shard.window
+    }
+}
+
+impl KeyForm for Wide {
+    fn make(p: &Probe<'_>) -> Self {
+        Wide {
+            id: p.id,
+            key: p.key.clone(),
+        }
+    }
+    fn matches(&self, p: &Probe<'_>) -> bool {
+        self.id == p.id && self.key == *p.key
+    }
+    fn hash(&self, backend: &MemoryBackend) -> u64 {
+        backend.hash_wide(self.id, &self.key)
+    }
+    fn gcra(shard: &mut Shard) -> &mut HashTable<GcraSlot<Self>> {
+        &mut shard.gcra_wide
+    }
+    fn window(shard: &mut Shard) -> &mut HashTable<WindowSlot<Self>> {
+        &mut shard.window_wide
+    }
+    fn gcra_ref(shard: &Shard) -> &HashTable<GcraSlot<Self>> {
+        &shard.gcra_wide
+    }
+    fn window_ref(shard: &Shard) -> &HashTable<WindowSlot<Self>> {
+        &shard.window_wide
+    }
+}
+
+/// State of a key of a GCRA quota: the TAT, which is also when the bucket is full again.
+/// 24 bytes with a compact key, so that 100k client addresses take 2.4 MB.
+struct GcraSlot<K> {
+    key: K,
+    tat: u64,
+}
+
+/// State of a key of a window quota: the slot header inline, the admission times in one
+/// allocation of at most `min(limit, max_slots)` entries.
+struct WindowSlot<K> {
+    key: K,
+    expires_at: u64,
+    window: window::WindowState,
+}
+
+/// What the shard needs from a slot type (one table per meaning and key form).
+trait SlotKind: Sized {
+    type Key: KeyForm;
+    fn table(shard: &Shard) -> &HashTable<Self>;
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Self>;
+    fn fresh(key: Self::Key) -> Self;
+    fn key(&self) -> &Self::Key;
+    /// When the bucket is full again (the key may then be forgotten).
+    fn expires_at(&self) -> u64;
+    fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision;
+    fn decide_and_commit(&mut self, q: &Quota, cost: u64, now: u64) -> QuotaDecision;
+}
+
+impl<K: KeyForm> SlotKind for GcraSlot<K> {
+    type Key = K;
+    fn table(shard: &Shard) -> &HashTable<Self> {
+        K::gcra_ref(shard)
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Self> {
+        K::gcra(shard)
+    }
+    fn fresh(key: K) -> Self {
+        GcraSlot { key, tat: 0 }
+    }
+    fn key(&self) -> &K {
+        &self.key
+    }
+    fn expires_at(&self) -> u64 {
+        self.tat
+    }
+    fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
+        gcra::decide(self.tat, now, q, cost).0
+    }
+    fn decide_and_commit(&mut self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
+        let (d, next) = gcra::decide(self.tat, now, q, cost);
+        if d.allowed {
+            self.tat = next;
+        }
+        d
+    }
+}
+
+impl<K: KeyForm> SlotKind for WindowSlot<K> {
+    type Key = K;
+    fn table(shard: &Shard) -> &HashTable<Self> {
+        K::window_ref(shard)
+    }
+    fn table_mut(shard: &mut Shard) -> &mut HashTable<Self> {
+        K::window(shard)
+    }
+    fn fresh(key: K) -> Self {
+        WindowSlot {
+            key,
+            expires_at: 0,
+            window: window::WindowState::default(),
+        }
+    }
+    fn key(&self) -> &K {
+        &self.key
+    }
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
+        window::decide(&self.window, now, q, cost)
+    }
+    fn decide_and_commit(&mut self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
+        let d = window::decide(&self.window, now, q, cost);
+        if d.allowed && cost > 0 {
+            self.expires_at = window::admit(&mut self.window, now, q, cost);
+        }
+        d
+    }
+}
+
+/// A shard, alone on its cache lines (no false sharing between threads on neighbours).
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+#[derive(Default)]
+struct Shard {
+    gcra: HashTable<GcraSlot<Compact>>,
+    gcra_wide: HashTable<GcraSlot<Wide>>,
+    window: HashTable<WindowSlot<Compact>>,
+    window_wide: HashTable<WindowSlot<Wide>>,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.gcra.len() + self.gcra_wide.len() + self.window.len() + self.window_wide.len()
+    }
+
+    /// Decides without recording.
+    fn peek(&self, hash: u64, p: &Probe<'_>, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
+        match (q.meaning(), p.compact.is_some()) {
+            (Meaning::Gcra, true) => self.peek_in::<GcraSlot<Compact>>(hash, p, q, cost, now),
+            (Meaning::Gcra, false) => self.peek_in::<GcraSlot<Wide>>(hash, p, q, cost, now),
+            (Meaning::Window, true) => self.peek_in::<WindowSlot<Compact>>(hash, p, q, cost, now),
+            (Meaning::Window, false) => self.peek_in::<WindowSlot<Wide>>(hash, p, q, cost, now),
+        }
+    }
+
+    fn peek_in<S: SlotKind>(
+        &self,
+        hash: u64,
+        p: &Probe<'_>,
+        q: &Quota,
+        cost: u64,
+        now: u64,
+    ) -> QuotaDecision {
+        match S::table(self).find(hash, |s| s.key().matches(p)) {
+            Some(slot) => slot.decide(q, cost, now),
+            None => S::fresh(S::Key::make(p)).decide(q, cost, now),
+        }
+    }
+
+    /// Decides and records an admission.
+    fn commit(
+        &mut self,
+        backend: &MemoryBackend,
+        hash: u64,
+        p: &Probe<'_>,
+        q: &Quota,
+        cost: u64,
+        now: u64,
+    ) -> QuotaDecision {
+        match (q.meaning(), p.compact.is_some()) {
+            (Meaning::Gcra, true) => {
+                self.commit_in::<GcraSlot<Compact>>(backend, hash, p, q, cost, now)
+            }
+            (Meaning::Gcra, false) => {
+                self.commit_in::<GcraSlot<Wide>>(backend, hash, p, q, cost, now)
+            }
+            (Meaning::Window, true) => {
+                self.commit_in::<WindowSlot<Compact>>(backend, hash, p, q, cost, now)
+            }
+            (Meaning::Window, false) => {
+                self.commit_in::<WindowSlot<Wide>>(backend, hash, p, q, cost, now)
+            }
+        }
+    }
+
+    /// A key absent and refused (or checked at cost 0) is not stored: absent is the same as
+    /// full.
+    fn commit_in<S: SlotKind>(
+        &mut self,
+        backend: &MemoryBackend,
+        hash: u64,
+        p: &Probe<'_>,
+        q: &Quota,
+        cost: u64,
+        now: u64,
+    ) -> QuotaDecision {
+        if let Some(slot) = S::table_mut(self).find_mut(hash, |s| s.key().matches(p)) {
+            return slot.decide_and_commit(q, cost, now);
+        }
+        let mut fresh = S::fresh(S::Key::make(p));
+        let d = fresh.decide_and_commit(q, cost, now);
+        if d.allowed && cost > 0 {
+            let inner = &backend.inner;
+            if self.len() >= inner.shard_cap {
+                self.make_room(now, inner.shard_cap, &inner.evicted_live);
+            }
+            S::table_mut(self).insert_unique(hash, fresh, |s| s.key().hash(backend));
+        }
+        d
+    }
+
+    /// Drops the eighth of the entries that expire soonest (at least one): expired entries
+    /// first (no effect on decisions), then live ones closest to being full again.
+    fn make_room(&mut self, now: u64, cap: usize, evicted: &AtomicU64) {
+        let target = cap - (cap / 8).max(1);
+        self.retain_all(|e| e > now);
+        let len = self.len();
+        if len <= target {
+            return;
+        }
+        let k = len - target;
+        let mut expiries: Vec<u64> = Vec::with_capacity(len);
+        expiries.extend(self.gcra.iter().map(SlotKind::expires_at));
+        expiries.extend(self.gcra_wide.iter().map(SlotKind::expires_at));
+        expiries.extend(self.window.iter().map(SlotKind::expires_at));
+        expiries.extend(self.window_wide.iter().map(SlotKind::expires_at));
+        let threshold = *expiries.select_nth_unstable(k - 1).1;
+        let below = expiries.iter().filter(|&&e| e < threshold).count();
+        let mut ties = k - below;
+        self.retain_all(|e| {
+            if e < threshold {
+                false
+            } else if e == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        evicted.fetch_add(k as u64, Ordering::Relaxed);
+    }
+
+    /// Keeps the entries whose expiry time passes `keep`.
+    fn retain_all(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.gcra.retain(|s| keep(s.expires_at()));
+        self.gcra_wide.retain(|s| keep(s.expires_at()));
+        self.window.retain(|s| keep(s.expires_at()));
+        self.window_wide.retain(|s| keep(s.expires_at()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn slots_are_small() {
+        assert_eq!(std::mem::size_of::<GcraSlot<Compact>>(), 24);
+        assert_eq!(std::mem::size_of::<GcraSlot<Wide>>(), 40);
+        assert_eq!(std::mem::size_of::<WindowSlot<Compact>>(), 48);
+    }
+
+    #[test]
+    fn flood_of_distinct_keys_stays_within_the_bound() {
+        let backend = MemoryBackend::builder().max_keys(10_000).build();
+        let lim = backend.keyed("ip", Quota::per_minute(10)).unwrap();
+        let now = 1_700_000_000 * S;
+        for i in 0..1_000_000u32 {
+            let ip = std::net::IpAddr::from(i.to_be_bytes());
+            let d = lim.check_at(&LimitKey::ip(ip), 1, now + u64::from(i));
+            assert!(d.is_allowed());
+        }
+        assert!(backend.len() <= 10_000, "{} keys", backend.len());
+        assert!(backend.len() >= 8_000);
+        assert!(backend.evicted_live() > 900_000);
+    }
+
+    #[test]
+    fn expired_entries_are_reclaimed_before_live_ones() {
+        let backend = MemoryBackend::builder().max_keys(64).shards(1).build();
+        let lim = backend.keyed("k", Quota::per_second(1)).unwrap();
+        let t0 = 1_000 * S;
+        for i in 0..64 {
+            lim.check_at(&LimitKey::new(format!("old{i}")), 1, t0);
+        }
+        assert_eq!(backend.len(), 64);
+        // One second later all of them are full again: reclaiming them is exact.
+        let hot = LimitKey::new("hot");
+        assert!(lim.check_at(&hot, 1, t0 + 2 * S).is_allowed());
+        assert_eq!(backend.len(), 1);
+        assert_eq!(backend.evicted_live(), 0);
+        // The hot key's state survived the reclaim.
+        assert!(!lim.check_at(&hot, 1, t0 + 2 * S).is_allowed());
+    }
+
+    #[test]
+    fn when_full_of_live_keys_the_soonest_to_expire_go_first() {
+        let backend = MemoryBackend::builder().max_keys(16).shards(1).build();
+        let lim = backend.keyed("k", Quota::per_minute(1)).unwrap();
+        let t0 = 1_000 * S;
+        for i in 0..16u64 {
+            lim.check_at(&LimitKey::new(format!("k{i}")), 1, t0 + i * S);
+        }
+        lim.check_at(&LimitKey::new("new"), 1, t0 + 20 * S);
+        // 16 - 2 (an eighth) + 1 new.
+        assert_eq!(backend.len(), 15);
+        assert_eq!(backend.evicted_live(), 2);
+        // k0 and k1 (the oldest) were dropped: they start over; k2 is still limited.
+        assert!(
+            lim.check_at(&LimitKey::new("k0"), 1, t0 + 21 * S)
+                .is_allowed()
+        );
+        assert!(
+            !lim.check_at(&LimitKey::new("k2"), 1, t0 + 21 * S)
+                .is_allowed()
+        );
+    }
+
+    #[test]
+    fn denied_and_zero_cost_requests_of_new_keys_store_nothing() {
+        let backend = MemoryBackend::new();
+        let lim = backend.keyed("k", Quota::per_minute(1)).unwrap();
+        assert!(lim.check_at(&LimitKey::new("a"), 0, 5).is_allowed());
+        assert!(lim.check_at(&LimitKey::new("b"), 2, 5).is_impossible());
+        assert!(backend.is_empty());
+    }
+
+    #[test]
+    fn multi_quota_is_all_or_nothing() {
+        let backend = MemoryBackend::builder().shards(8).build();
+        let ip_q = Quota::per_minute(5);
+        let user_q = Quota::rate(2, Duration::from_secs(60)).burst(2);
+        let (ip_id, user_id) = (backend.intern("ip"), backend.intern("user"));
+        assert_ne!(ip_id, user_id);
+        assert_eq!(backend.intern("ip"), ip_id);
+        let ip = LimitKey::new("ip:1");
+        let user = LimitKey::new("u:1");
+        let items = [
+            Item {
+                id: ip_id,
+                quota: &ip_q,
+                key: &ip,
+            },
+            Item {
+                id: user_id,
+                quota: &user_q,
+                key: &user,
+            },
+        ];
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.clear();
+            assert!(backend.decide_all(&items, 1, 10 * S, &mut out));
+        }
+        assert_eq!(out[0].remaining(), 3);
+        out.clear();
+        assert!(!backend.decide_all(&items, 1, 10 * S, &mut out));
+        assert!(out[0].is_allowed() && !out[1].is_allowed());
+        // The refused request did not consume the ip quota.
+        let ip_only = backend.decide_one(items[0], 0, 10 * S);
+        assert_eq!(ip_only.remaining(), 3);
+    }
+
+    #[test]
+    fn concurrent_decisions_never_exceed_the_quota() {
+        let backend = MemoryBackend::builder().shards(4).build();
+        let lim = backend.keyed("k", Quota::per_minute(1_000)).unwrap();
+        let key = LimitKey::global();
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        if lim.check_at(&key, 1, 50 * S).is_allowed() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 1_000);
+    }
+}

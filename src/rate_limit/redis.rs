@@ -1,0 +1,681 @@
+//! The Redis backend: every quota of a request decided by one Lua script, in one round trip.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+use super::decision::{NEVER, QuotaDecision};
+use super::key::LimitKey;
+use super::quota::{Meaning, Quota, QuotaError};
+use super::window;
+use crate::clock::Clock;
+use crate::redis::driver::Script;
+use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "rampart:rl:";
+
+/// Default bound on the deny cache.
+pub const DEFAULT_DENY_CACHE: usize = 100_000;
+
+const DENY_SHARDS: usize = 16;
+
+// The Lua twins of `gcra::decide` and `window::decide`/`admit`. Every number they handle stays
+// below 2^53, where Lua's doubles are exact integers, and their only roundings (a window's
+// granularity, the TTL in milliseconds) are corrected to exact integers, so they compute
+// exactly what the Rust functions compute: tested by replaying traces through both.
+//
+// Common arguments: ARGV[1] the cost; ARGV[2] "now" in microseconds, 0 meaning the server's
+// `TIME` (production; a non-zero value is for tests replaying a trace on a controlled clock).
+// State: GCRA, the TAT as a decimal integer; window, "w", the total count, then (time, count)
+// slots, packed as little-endian doubles. Each key expires (`PX`, rounded up) when its bucket
+// is full again. Kept lean (three `redis.call`s when admitting, two when refusing, no
+// closures), since the script's cost is Redis CPU spent on every request.
+
+/// One GCRA quota. ARGV[3] interval, ARGV[4] burst.
+/// Reply, one integer (a table costs Redis more to build and send): admitted, the microseconds
+/// of the bucket in use (>= 0); refused, minus the retry time (<= -1); refused because the cost
+/// exceeds the burst, -2^52 minus the microseconds in use. The remaining count and reset time
+/// are derived from these on the client.
+const GCRA_ONE: &str = r#"
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local cost, T, b = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
+local d = 0
+if tat > now then d = tat - now end
+if cost > b then return -4503599627370496 - d end
+local nd = d + cost * T
+if nd > b * T then return b * T - nd end
+if cost > 0 then
+  redis.call('SET', KEYS[1], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
+end
+return nd
+"#;
+
+/// One window quota. ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
+/// State: "w", the total count of the stored slots, then (time, count) slots, all packed as
+/// little-endian doubles; a decision unpacks only the slots it needs (the expired prefix, the
+/// oldest live one, the newest) and an admission rewrites the string by slicing, so the cost
+/// does not grow with the number of live admissions.
+/// Reply: {admitted, remaining, reset, retry (-1: never)}.
+const WINDOW_ONE: &str = r#"
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local cost, N, W = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local raw = redis.call('GET', KEYS[1])
+local m, total = 0, 0
+if raw and #raw >= 9 and string.byte(raw, 1) == 119 and (#raw - 9) % 16 == 0 then
+  m = (#raw - 9) / 16
+  total = struct.unpack('<d', raw, 2)
+end
+local first, gone, at1, c1 = 1, 0, 0, 0
+while first <= m do
+  at1, c1 = struct.unpack('<dd', raw, 16 * first - 6)
+  if at1 + W > now then break end
+  gone = gone + c1
+  first = first + 1
+end
+local count = total - gone
+local reset = 0
+if first <= m then reset = at1 + W - now end
+if cost <= N and count + cost <= N then
+  if cost == 0 then return {1, N - count, reset, 0} end
+  local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local stamp = now
+  if g > 1 then
+    local r = now % g
+    if r < 0 then r = r + g elseif r >= g then r = r - g end
+    if r > 0 then stamp = now - r + g end
+  end
+  if first > m then reset = stamp + W - now end
+  local k = m - first + 1
+  local last_at, last_c = 0, 0
+  if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
+  local merge = k > 0 and stamp <= last_at
+  local drop = k - bound
+  if not merge then drop = drop + 1 end
+  if drop < 0 then drop = 0 end
+  local kept = count + cost
+  for j = first, first + drop - 1 do
+    local _, c = struct.unpack('<dd', raw, 16 * j - 6)
+    kept = kept - c
+  end
+  local from, body, newest = first + drop, nil, stamp
+  if merge then
+    body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
+    newest = last_at
+  elseif m > 0 then
+    body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
+  else
+    body = struct.pack('<dd', stamp, cost)
+  end
+  local ttl = newest + W - now
+  redis.call('SET', KEYS[1], 'w' .. struct.pack('<d', kept) .. body,
+    'PX', (ttl - ttl % 1000) / 1000 + 1)
+  return {1, N - count - cost, reset, 0}
+end
+local rem = N - count
+if rem < 0 then rem = 0 end
+if cost > N then return {0, rem, reset, -1} end
+local excess, acc, retry = count + cost - N, 0, reset
+for j = first, m do
+  local at, c = struct.unpack('<dd', raw, 16 * j - 6)
+  acc = acc + c
+  if acc >= excess then
+    retry = at + W - now
+    break
+  end
+end
+return {0, rem, reset, retry}
+"#;
+
+/// Several quotas of one request, all or nothing. Then five values per quota: kind (1 window,
+/// 2 GCRA) and its parameters (window: limit, window, granularity, slot bound; GCRA: interval,
+/// burst, 0, 0). Reply: {all admitted, then per quota: admitted, a, b, retry (-1: never)} with
+/// (a, b) = (remaining, reset) for a window and (microseconds in use, 0) for GCRA.
+const MULTI: &str = r#"
+local cost = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local reply = {1}
+local writes = {}
+for i = 1, #KEYS do
+  local p = 2 + (i - 1) * 5
+  local raw = redis.call('GET', KEYS[i])
+  local ok, a, b, retry = 0, 0, 0, 0
+  if tonumber(ARGV[p + 1]) == 2 then
+    local T, B = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local tat = tonumber(raw or 0) or 0
+    local d = 0
+    if tat > now then d = tat - now end
+    local nd = d + cost * T
+    if cost <= B and nd <= B * T then
+      ok, a = 1, nd
+      if cost > 0 then writes[#writes + 1] = {KEYS[i], now + nd, nd} end
+    else
+      a = d
+      if cost <= B then retry = nd - B * T else retry = -1 end
+    end
+  else
+    local N, W = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local g, bound = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
+    local m, total = 0, 0
+    if raw and #raw >= 9 and string.byte(raw, 1) == 119 and (#raw - 9) % 16 == 0 then
+      m = (#raw - 9) / 16
+      total = struct.unpack('<d', raw, 2)
+    end
+    local first, gone, at1, c1 = 1, 0, 0, 0
+    while first <= m do
+      at1, c1 = struct.unpack('<dd', raw, 16 * first - 6)
+      if at1 + W > now then break end
+      gone = gone + c1
+      first = first + 1
+    end
+    local count = total - gone
+    if first <= m then b = at1 + W - now end
+    if cost <= N and count + cost <= N then
+      ok, a = 1, N - count - cost
+      if cost > 0 then
+        local stamp = now
+        if g > 1 then
+          local r = now % g
+          if r < 0 then r = r + g elseif r >= g then r = r - g end
+          if r > 0 then stamp = now - r + g end
+        end
+        if first > m then b = stamp + W - now end
+        local k = m - first + 1
+        local last_at, last_c = 0, 0
+        if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
+        local merge = k > 0 and stamp <= last_at
+        local drop = k - bound
+        if not merge then drop = drop + 1 end
+        if drop < 0 then drop = 0 end
+        local kept = count + cost
+        for j = first, first + drop - 1 do
+          local _, c = struct.unpack('<dd', raw, 16 * j - 6)
+          kept = kept - c
+        end
+        local from, body, newest = first + drop, nil, stamp
+        if merge then
+          body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
+          newest = last_at
+        elseif m > 0 then
+          body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
+        else
+          body = struct.pack('<dd', stamp, cost)
+        end
+        writes[#writes + 1] = {KEYS[i], 'w' .. struct.pack('<d', kept) .. body, newest + W - now}
+      end
+    else
+      a = N - count
+      if a < 0 then a = 0 end
+      if cost > N then
+        retry = -1
+      else
+        local excess, acc = count + cost - N, 0
+        retry = b
+        for j = first, m do
+          local at, c = struct.unpack('<dd', raw, 16 * j - 6)
+          acc = acc + c
+          if acc >= excess then
+            retry = at + W - now
+            break
+          end
+        end
+      end
+    end
+  end
+  if ok == 0 then reply[1] = 0 end
+  local r = #reply
+  reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = ok, a, b, retry
+end
+if reply[1] == 1 then
+  for _, w in ipairs(writes) do
+    redis.call('SET', w[1], w[2], 'PX', (w[3] - w[3] % 1000) / 1000 + 1)
+  end
+end
+return reply
+"#;
+
+/// `GCRA_ONE`'s reply floor for "can never be admitted" (-2^52).
+const IMPOSSIBLE: i64 = -(1 << 52);
+
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_ONE));
+static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW_ONE));
+static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
+
+/// Quota state in Redis, shared by every instance: limits are global.
+///
+/// * **One round trip per decision**: all the quotas of a request are decided by one Lua
+///   script (`EVALSHA`, loading it on `NOSCRIPT`), atomically: a refused request consumes
+///   nothing. The script computes exactly the pure functions the memory backend uses, with the
+///   Redis server's clock (`TIME`, integer microseconds), so instances with skewed clocks
+///   agree.
+/// * **Small state that cleans itself up**: GCRA keeps one integer per key; a window keeps at
+///   most `min(limit, max_slots)` packed (time, count) pairs. Each key expires (`PX`) when its
+///   bucket is full again.
+/// * **Key names** are `<prefix>{<key>}:<quota name>` (e.g. `rampart:rl:{ip:203.0.113.7}:ip`):
+///   the hash tag is the client key, so all quotas of one client key live in one Redis Cluster
+///   slot. A request whose quotas use *different* keys (per IP and per session) touches
+///   several slots: the single-script design needs a single server (plain or TLS, including
+///   managed single-shard services), the supported deployment today. On a Cluster, such a
+///   request would need one script per slot, losing cross-key atomicity.
+/// * **Exact local deny cache**: once Redis answers that a key has no unit left until `t`, this
+///   instance answers that key locally until `t`, with no round trip. Exact because limiter
+///   state only moves forward (other instances can only add admissions): no unit can come
+///   back before `t`. `t` is measured from when the request was *sent*, so the cache never
+///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]).
+///
+/// Failures (timeouts, connection loss, the connection's circuit breaker) are handled by the
+/// layer's [`FailureMode`](super::FailureMode).
+///
+/// ```no_run
+/// use tower_rampart::net::TrustedProxies;
+/// use tower_rampart::rate_limit::{FailureMode, Key, Quota, RateLimitLayer, RedisBackend};
+/// use tower_rampart::redis::RedisConfig;
+///
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let conn = RedisConfig::from_url("redis://127.0.0.1:6379")?.connect_lazy()?;
+/// let layer = RateLimitLayer::builder()
+///     .quota("ip", Quota::parse("10/minute")?, Key::client_ip(TrustedProxies::none()))
+///     .backend(RedisBackend::new(conn))
+///     .failure_mode(FailureMode::Local)
+///     .build()?;
+/// # let _ = layer; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: RedisConnection,
+    prefix: String,
+    clock: Option<Arc<dyn Clock>>,
+    deny: DenyCache,
+    names: Mutex<Vec<Arc<str>>>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("conn", &self.inner.conn)
+            .field("prefix", &self.inner.prefix)
+            .field("client_clock", &self.inner.clock.is_some())
+            .field("deny_cache_capacity", &self.inner.deny.capacity)
+            .finish()
+    }
+}
+
+/// Builder of a [`RedisBackend`].
+#[derive(Debug, Clone)]
+pub struct RedisBackendBuilder {
+    conn: RedisConnection,
+    prefix: String,
+    deny_cache: usize,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl RedisBackendBuilder {
+    /// Prefix of every key name (default `"rampart:rl:"`). Layers that must share quotas
+    /// (several instances of one service) use the same prefix and quota names.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Bound on the local deny cache (default 100 000 keys; 0 disables it).
+    pub fn deny_cache_capacity(mut self, n: usize) -> Self {
+        self.deny_cache = n;
+        self
+    }
+
+    /// Decides at `clock`'s time instead of the Redis server's `TIME`.
+    ///
+    /// For tests and replays on a [`ManualClock`](crate::clock::ManualClock) only: in
+    /// production every instance's clock would have to agree to the microsecond, which is the
+    /// problem the server clock solves.
+    pub fn client_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Builds the backend.
+    pub fn build(self) -> RedisBackend {
+        RedisBackend {
+            inner: Arc::new(Inner {
+                conn: self.conn,
+                prefix: self.prefix,
+                clock: self.clock,
+                deny: DenyCache::new(self.deny_cache),
+                names: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One quota check of a multi-quota decision.
+pub(crate) struct RedisItem<'a> {
+    pub(crate) id: u32,
+    pub(crate) name: &'a str,
+    pub(crate) quota: &'a Quota,
+    pub(crate) key: &'a LimitKey,
+}
+
+impl RedisBackend {
+    /// A backend with the default prefix and deny cache.
+    pub fn new(conn: RedisConnection) -> Self {
+        Self::builder(conn).build()
+    }
+
+    /// A builder.
+    pub fn builder(conn: RedisConnection) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            conn,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            deny_cache: DEFAULT_DENY_CACHE,
+            clock: None,
+        }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &RedisConnection {
+        &self.inner.conn
+    }
+
+    /// A limiter for one named quota that asks Redis on every call (no deny cache, no failure
+    /// mode: errors are returned).
+    pub fn keyed(&self, name: &str, quota: Quota) -> Result<RedisKeyedLimiter, QuotaError> {
+        quota.validate()?;
+        Ok(RedisKeyedLimiter {
+            backend: self.clone(),
+            name: name.into(),
+            id: self.intern(name),
+            quota,
+        })
+    }
+
+    /// Number of keys in the deny cache.
+    pub fn deny_cache_len(&self) -> usize {
+        self.inner.deny.len()
+    }
+
+    /// The Redis key holding the state of quota `name` for `key`.
+    pub fn key_name(&self, name: &str, key: &LimitKey) -> String {
+        format!("{}{{{key}}}:{name}", self.inner.prefix)
+    }
+
+    pub(crate) fn intern(&self, name: &str) -> u32 {
+        let mut names = lock(&self.inner.names);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return i as u32;
+        }
+        names.push(name.into());
+        (names.len() - 1) as u32
+    }
+
+    /// A denial known locally for a request of cost >= 1 (see the deny cache above).
+    pub(crate) fn cached_denial(&self, id: u32, key: &LimitKey, now: u64) -> Option<QuotaDecision> {
+        let until = self.inner.deny.get(id, key, now)?;
+        let wait = until - now;
+        Some(QuotaDecision::new(false, 0, wait, wait))
+    }
+
+    /// Decides every item in one script call. `sent_at` (local clock) anchors deny-cache
+    /// entries.
+    pub(crate) async fn decide(
+        &self,
+        items: &[RedisItem<'_>],
+        cost: u64,
+        sent_at: u64,
+    ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
+        let now = self.inner.clock.as_ref().map_or(0, |c| c.now_micros());
+        let (all, decisions) = self.run(items, cost, now).await?;
+        if cost > 0 {
+            for (item, d) in items.iter().zip(&decisions) {
+                if d.remaining() == 0 && d.reset_us() > 0 {
+                    self.inner.deny.put(
+                        item.id,
+                        item.key,
+                        sent_at.saturating_add(d.reset_us()),
+                        sent_at,
+                    );
+                }
+            }
+        }
+        Ok((all, decisions))
+    }
+
+    async fn run(
+        &self,
+        items: &[RedisItem<'_>],
+        cost: u64,
+        now: u64,
+    ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
+        let protocol = |n: usize| {
+            RedisError::new(
+                RedisErrorKind::Protocol,
+                format!("rate limit script replied {n} values"),
+            )
+        };
+        let num = |v: i64| u64::try_from(v).unwrap_or(0);
+        let retry = |v: i64| if v < 0 { NEVER } else { num(v) };
+        let gcra = |q: &Quota, allowed: bool, used: i64, r: i64| {
+            QuotaDecision::gcra(
+                allowed,
+                num(used),
+                q.emission_interval_us(),
+                q.burst_size(),
+                retry(r),
+            )
+        };
+        if let [item] = items {
+            let q = item.quota;
+            let key = self.key_name(item.name, item.key);
+            return match q.meaning() {
+                Meaning::Gcra => {
+                    let mut inv = GCRA_SCRIPT.prepare_invoke();
+                    inv.key(key)
+                        .arg(cost)
+                        .arg(now)
+                        .arg(q.emission_interval_us())
+                        .arg(q.burst_size());
+                    let reply: i64 = self.inner.conn.invoke_script(&inv).await?;
+                    let (t, b) = (q.emission_interval_us(), q.burst_size());
+                    let d = match reply {
+                        used @ 0.. => QuotaDecision::gcra(true, num(used), t, b, 0),
+                        ..=IMPOSSIBLE => {
+                            QuotaDecision::gcra(false, num(IMPOSSIBLE - reply), t, b, NEVER)
+                        }
+                        minus_retry => {
+                            // Refused: in use = retry + burst·T - cost·T.
+                            let retry = num(-minus_retry);
+                            let used = (retry + b * t).saturating_sub(cost.saturating_mul(t));
+                            QuotaDecision::gcra(false, used, t, b, retry)
+                        }
+                    };
+                    Ok((d.allowed, vec![d]))
+                }
+                Meaning::Window => {
+                    let mut inv = WINDOW_SCRIPT.prepare_invoke();
+                    inv.key(key)
+                        .arg(cost)
+                        .arg(now)
+                        .arg(q.limit)
+                        .arg(q.window_us)
+                        .arg(q.granularity_us())
+                        .arg(window::max_slots(q));
+                    let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
+                    let [allowed, remaining, reset, r] = reply[..] else {
+                        return Err(protocol(reply.len()));
+                    };
+                    let d = QuotaDecision::new(allowed == 1, num(remaining), num(reset), retry(r));
+                    Ok((allowed == 1, vec![d]))
+                }
+            };
+        }
+        let mut inv = MULTI_SCRIPT.prepare_invoke();
+        for item in items {
+            inv.key(self.key_name(item.name, item.key));
+        }
+        inv.arg(cost).arg(now);
+        for item in items {
+            let q = item.quota;
+            match q.meaning() {
+                Meaning::Window => inv
+                    .arg(1)
+                    .arg(q.limit)
+                    .arg(q.window_us)
+                    .arg(q.granularity_us())
+                    .arg(window::max_slots(q)),
+                Meaning::Gcra => inv
+                    .arg(2)
+                    .arg(q.emission_interval_us())
+                    .arg(q.burst_size())
+                    .arg(0)
+                    .arg(0),
+            };
+        }
+        let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
+        if reply.len() != 1 + 4 * items.len() {
+            return Err(protocol(reply.len()));
+        }
+        let decisions = reply[1..]
+            .chunks_exact(4)
+            .zip(items)
+            .map(|(c, item)| match item.quota.meaning() {
+                Meaning::Gcra => gcra(item.quota, c[0] == 1, c[1], c[3]),
+                Meaning::Window => QuotaDecision::new(c[0] == 1, num(c[1]), num(c[2]), retry(c[3])),
+            })
+            .collect();
+        Ok((reply[0] == 1, decisions))
+    }
+}
+
+/// A single-quota limiter over a [`RedisBackend`] (see [`RedisBackend::keyed`]).
+#[derive(Clone, Debug)]
+pub struct RedisKeyedLimiter {
+    backend: RedisBackend,
+    name: Arc<str>,
+    id: u32,
+    quota: Quota,
+}
+
+impl RedisKeyedLimiter {
+    /// Checks (and, if admitted, records) a request of `cost` units for `key`, at the Redis
+    /// server's time (or the backend's client clock).
+    pub async fn check(&self, key: &LimitKey, cost: u64) -> Result<QuotaDecision, RedisError> {
+        let now = self
+            .backend
+            .inner
+            .clock
+            .as_ref()
+            .map_or(0, |c| c.now_micros());
+        self.check_at(key, cost, now).await
+    }
+
+    /// Checks a request at `now_micros` instead of the server's time (tests and replays;
+    /// `0` means the server's time).
+    pub async fn check_at(
+        &self,
+        key: &LimitKey,
+        cost: u64,
+        now_micros: u64,
+    ) -> Result<QuotaDecision, RedisError> {
+        let item = RedisItem {
+            id: self.id,
+            name: &self.name,
+            quota: &self.quota,
+            key,
+        };
+        let (_, mut d) = self.backend.run(&[item], cost, now_micros).await?;
+        d.pop()
+            .ok_or_else(|| RedisError::new(RedisErrorKind::Protocol, "empty script reply"))
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+/// Per key: (quota id, denied until) pairs.
+type DenyShard = Mutex<HashMap<LimitKey, Vec<(u32, u64)>>>;
+
+/// Keys known to have no unit left until a local time.
+struct DenyCache {
+    capacity: usize,
+    per_shard: usize,
+    hasher: RandomState,
+    shards: Box<[DenyShard]>,
+}
+
+impl DenyCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            per_shard: capacity.div_ceil(DENY_SHARDS),
+            hasher: RandomState::new(),
+            shards: (0..DENY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &LimitKey) -> &DenyShard {
+        let h = self.hasher.hash_one(key);
+        &self.shards[(h % DENY_SHARDS as u64) as usize]
+    }
+
+    fn get(&self, id: u32, key: &LimitKey, now: u64) -> Option<u64> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let shard = lock(self.shard(key));
+        let until = shard.get(key)?.iter().find(|e| e.0 == id)?.1;
+        (until > now).then_some(until)
+    }
+
+    fn put(&self, id: u32, key: &LimitKey, until: u64, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut shard = lock(self.shard(key));
+        if let Some(list) = shard.get_mut(key) {
+            list.retain(|e| e.0 != id && e.1 > now);
+            list.push((id, until));
+            return;
+        }
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, list| {
+                list.retain(|e| e.1 > now);
+                !list.is_empty()
+            });
+            if shard.len() >= self.per_shard {
+                // Full of live denials: this one is simply not cached (Redis is asked again).
+                return;
+            }
+        }
+        shard.insert(key.clone(), vec![(id, until)]);
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}

@@ -1,0 +1,596 @@
+//! Rate limit layer with the memory backend: the decisions, headers and responses a user relies
+//! on, on a manual clock.
+#![cfg(feature = "rate-limit")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_rampart::clock::ManualClock;
+use tower_rampart::net::{PeerAddr, TrustedProxies};
+use tower_rampart::rate_limit::{
+    Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitBody, RateLimitDecision,
+    RateLimitLayer,
+};
+
+const T0: u64 = 1_700_000_000_000_000;
+
+type Resp = (StatusCode, HeaderMap, String);
+
+fn echo_service()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(|req: Request<Full<Bytes>>| async move {
+        let remaining = req
+            .extensions()
+            .get::<RateLimitDecision>()
+            .and_then(RateLimitDecision::remaining)
+            .map_or("-".to_owned(), |r| r.to_string());
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(remaining))))
+    })
+}
+
+fn req_from(peer: &str) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(PeerAddr(addr));
+    req
+}
+
+async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Resp
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<RateLimitBody<Full<Bytes>>>,
+            Error = Infallible,
+        >,
+{
+    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[tokio::test]
+async fn window_ten_per_minute_on_a_manual_clock() {
+    let clock = ManualClock::new(T0);
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::parse("10/minute").unwrap(), Key::peer_ip())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    for i in 0..10 {
+        let (status, h, body) = send(&mut svc, req_from("198.51.100.7:4000")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            (9 - i).to_string(),
+            "the handler sees the remaining count"
+        );
+        assert_eq!(header(&h, "ratelimit-policy"), r#""ip";q=10;w=60"#);
+        assert_eq!(header(&h, "ratelimit"), format!(r#""ip";r={};t=60"#, 9 - i));
+    }
+    for at in [2u64, 8, 59] {
+        clock.set(T0 + at * 1_000_000);
+        let (status, h, body) = send(&mut svc, req_from("198.51.100.7:4001")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "at {at} s");
+        assert_eq!(
+            body,
+            r#"{"detail": "Rate limit exceeded: 10 per 1 minute"}"#
+        );
+        assert_eq!(header(&h, "retry-after"), (60 - at).to_string());
+        assert_eq!(
+            header(&h, "ratelimit"),
+            format!(r#""ip";r=0;t={}"#, 60 - at)
+        );
+        assert_eq!(header(&h, "content-type"), "application/json");
+    }
+    // 59.9995 s: still refused, Retry-After rounds up to 1.
+    clock.set(T0 + 59_999_500);
+    let (status, h, _) = send(&mut svc, req_from("198.51.100.7:4002")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "retry-after"), "1");
+    // Just after 60 s the first ten have left the window.
+    clock.set(T0 + 60_000_001);
+    let (status, _, body) = send(&mut svc, req_from("198.51.100.7:4003")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "9"));
+    // Another client was never affected.
+    clock.set(T0 + 30_000_000);
+    let (status, _, _) = send(&mut svc, req_from("198.51.100.8:4000")).await;
+    assert_eq!(status, StatusCode::OK);
+    let m = layer.metrics();
+    assert_eq!((m.allowed, m.denied), (12, 4));
+}
+
+#[tokio::test]
+async fn gcra_burst_then_refill() {
+    let clock = ManualClock::new(T0);
+    let layer = RateLimitLayer::builder()
+        .quota(
+            "api",
+            Quota::rate(10, Duration::from_secs(60)).burst(3),
+            Key::global(),
+        )
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    for left in [2, 1, 0] {
+        let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&h, "ratelimit"), format!(r#""api";r={left};t=6"#));
+    }
+    let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "retry-after"), "6");
+    // One request every 6 s refills one unit.
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // After 18 s of quiet the whole burst is back.
+    clock.advance(Duration::from_secs(18));
+    for _ in 0..3 {
+        assert_eq!(
+            send(&mut svc, req_from("192.0.2.1:1")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_request_refused_by_its_second_quota_consumes_nothing() {
+    let clock = ManualClock::new(T0);
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(5), Key::peer_ip())
+        .quota("user", Quota::per_minute(2), Key::header("x-user"))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let with_user = |user: &str| {
+        let mut r = req_from("203.0.113.5:1");
+        r.headers_mut().insert("x-user", user.parse().unwrap());
+        r
+    };
+    for _ in 0..2 {
+        assert_eq!(send(&mut svc, with_user("alice")).await.0, StatusCode::OK);
+    }
+    for _ in 0..5 {
+        let (status, h, body) = send(&mut svc, with_user("alice")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body, r#"{"detail": "Rate limit exceeded: 2 per 1 minute"}"#);
+        // Only the refusing quota is reported in RateLimit; the policy lists both.
+        assert_eq!(header(&h, "ratelimit"), r#""user";r=0;t=60"#);
+        assert_eq!(
+            header(&h, "ratelimit-policy"),
+            r#""ip";q=5;w=60, "user";q=2;w=60"#
+        );
+    }
+    // The five refusals did not use the IP quota: three left for another user.
+    for (left, user) in [(2, "bob"), (1, "carol"), (0, "dave")] {
+        let (status, h, _) = send(&mut svc, with_user(user)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(header(&h, "ratelimit").starts_with(&format!(r#""ip";r={left};t=60"#)));
+    }
+}
+
+#[tokio::test]
+async fn client_ip_through_trusted_proxies() {
+    let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(1), Key::client_ip(trusted))
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let with_xff = |peer: &str, xff: &str| {
+        let mut r = req_from(peer);
+        r.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        r
+    };
+    // An untrusted peer cannot pick its identity: a spoofed X-Forwarded-For is ignored.
+    assert_eq!(
+        send(&mut svc, with_xff("198.51.100.1:1", "1.1.1.1"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, with_xff("198.51.100.1:1", "2.2.2.2"))
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Through the trusted proxy, the client is the rightmost untrusted hop: the leftmost
+    // (client-written) entry does not matter.
+    assert_eq!(
+        send(
+            &mut svc,
+            with_xff("10.0.0.2:1", "6.6.6.6, 203.0.113.9, 10.0.0.3")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, with_xff("10.0.0.2:1", "7.7.7.7, 203.0.113.9"))
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The same client connecting directly shares the bucket.
+    assert_eq!(
+        send(&mut svc, req_from("203.0.113.9:5")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // IPv6: one /64 is one client; the next /64 is another; IPv4-mapped is IPv4.
+    assert_eq!(
+        send(&mut svc, req_from("[2001:db8:1:2::1]:1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, req_from("[2001:db8:1:2:aaaa::9]:1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(&mut svc, req_from("[2001:db8:1:3::1]:1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, req_from("[::ffff:198.51.100.1]:1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn missing_keys_follow_their_rule() {
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(100), Key::peer_ip())
+        .limit(
+            Limit::new("tenant", Quota::per_minute(1), Key::header("x-tenant"))
+                .on_missing_key(MissingKey::Skip),
+        )
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    // No peer address (a server that does not record it): refused, never a silent bypass.
+    let (status, h, body) = send(&mut svc, Request::new(Full::new(Bytes::new()))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body,
+        r#"{"detail": "Rate limit exceeded: no key for quota \"ip\""}"#
+    );
+    assert!(h.get("retry-after").is_none(), "retrying cannot help");
+    // No tenant header: that quota is skipped, the IP quota still applies.
+    for _ in 0..3 {
+        let (status, h, _) = send(&mut svc, req_from("192.0.2.9:1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!header(&h, "ratelimit").contains("tenant"));
+    }
+    assert_eq!(layer.metrics().missing_key, 4);
+}
+
+#[tokio::test]
+async fn grpc_requests_get_resource_exhausted() {
+    let layer = RateLimitLayer::builder()
+        .quota("rpc", Quota::per_second(1), Key::global())
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let grpc = || {
+        let mut r = req_from("192.0.2.1:1");
+        r.headers_mut()
+            .insert("content-type", "application/grpc+proto".parse().unwrap());
+        r
+    };
+    assert_eq!(send(&mut svc, grpc()).await.0, StatusCode::OK);
+    let (status, h, body) = send(&mut svc, grpc()).await;
+    assert_eq!(status, StatusCode::OK, "gRPC errors travel in grpc-status");
+    assert_eq!(header(&h, "grpc-status"), "8");
+    assert_eq!(
+        header(&h, "grpc-message"),
+        "Rate limit exceeded: 1 per 1 second"
+    );
+    assert_eq!(header(&h, "content-type"), "application/grpc");
+    assert_eq!(header(&h, "retry-after"), "1");
+    assert!(body.is_empty());
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_but_never_refuses() {
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(2), Key::peer_ip())
+        .clock(ManualClock::new(T0))
+        .shadow(true)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    for _ in 0..5 {
+        let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(h.get("ratelimit").is_none());
+    }
+    let m = layer.metrics();
+    assert_eq!((m.shadow_denied, m.denied, m.allowed), (3, 0, 5));
+}
+
+#[tokio::test]
+async fn cost_per_request_and_headers_only_on_refusals() {
+    let layer = RateLimitLayer::builder()
+        .quota("units", Quota::per_minute(10), Key::global())
+        .cost_with(|req: &Request<()>| {
+            req.headers()
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .headers_on_success(false)
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let costing = |c: u64| {
+        let mut r = req_from("192.0.2.1:1");
+        r.headers_mut()
+            .insert("x-cost", c.to_string().parse().unwrap());
+        r
+    };
+    let (status, h, body) = send(&mut svc, costing(7)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "3"));
+    assert!(h.get("ratelimit").is_none() && h.get("ratelimit-policy").is_none());
+    let (status, h, _) = send(&mut svc, costing(4)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "ratelimit"), r#""units";r=3;t=60"#);
+    // A cost above the quota can never pass: refused, without Retry-After.
+    let (status, h, body) = send(&mut svc, costing(11)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(h.get("retry-after").is_none());
+    assert!(
+        body.contains("request cost 11 exceeds 10 per 1 minute"),
+        "{body}"
+    );
+    assert_eq!(send(&mut svc, costing(3)).await.0, StatusCode::OK);
+}
+
+#[test]
+fn nonsense_is_rejected_when_the_layer_is_built() {
+    let err = |b: tower_rampart::rate_limit::RateLimitBuilder| b.build().unwrap_err().to_string();
+    let base = || RateLimitLayer::builder();
+    assert!(err(base()).contains("no quota"));
+    assert!(err(base().quota("ip", Quota::per_minute(0), Key::global())).contains("at least 1"));
+    assert!(
+        err(base()
+            .quota("ip", Quota::per_minute(5), Key::global())
+            .cost(6))
+        .contains("exceeds its burst of 5")
+    );
+    assert!(
+        err(base()
+            .quota("ip", Quota::per_minute(5), Key::global())
+            .cost(0))
+        .contains("cost")
+    );
+    assert!(
+        err(base()
+            .quota("a", Quota::per_minute(5), Key::global())
+            .quota("a", Quota::per_minute(5), Key::global()))
+        .contains("used twice")
+    );
+    assert!(err(base().quota("bad name", Quota::per_minute(5), Key::global())).contains("A-Z"));
+    assert!(
+        err(base().quota("h", Quota::per_minute(5), Key::header("bad header")))
+            .contains("invalid header name")
+    );
+    assert!(
+        err(base().quota("ip", Quota::per_minute(5), Key::peer_ip().ipv6_prefix(200)))
+            .contains("IPv6 prefix")
+    );
+    assert!(
+        err(base().quota(
+            "g",
+            Quota::rate(5, Duration::from_secs(1)).burst(0),
+            Key::global()
+        ))
+        .contains("burst must be at least 1")
+    );
+}
+
+#[tokio::test]
+async fn custom_body_and_custom_key() {
+    use http::HeaderValue;
+    use tower_rampart::rate_limit::Rejection;
+    let layer = RateLimitLayer::builder()
+        .quota(
+            "route",
+            Quota::per_minute(1),
+            Key::custom(|req| Some(LimitKey::new(format!("route:{}", req.uri().path())))),
+        )
+        .rejection_body(|r: &Rejection<'_>| {
+            (
+                HeaderValue::from_static("text/plain"),
+                format!("slow down ({})", r.quota_name().unwrap_or("?")).into_bytes(),
+            )
+        })
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let to = |path: &str| {
+        let mut r = req_from("192.0.2.1:1");
+        *r.uri_mut() = path.parse().unwrap();
+        r
+    };
+    assert_eq!(send(&mut svc, to("/a")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut svc, to("/b")).await.0, StatusCode::OK);
+    let (status, h, body) = send(&mut svc, to("/a")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        (header(&h, "content-type"), body),
+        ("text/plain".into(), "slow down (route)".into())
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_clients_keeps_memory_bounded() {
+    let backend = MemoryBackend::builder().max_keys(2_000).build();
+    let clock = ManualClock::new(T0);
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(10), Key::peer_ip())
+        .backend(backend.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    // A steady client keeps being limited while 100k spoofed-looking peers flood in.
+    let steady = "192.0.2.200:1";
+    for _ in 0..10 {
+        assert_eq!(send(&mut svc, req_from(steady)).await.0, StatusCode::OK);
+    }
+    for i in 0..100_000u32 {
+        let ip = std::net::Ipv6Addr::from(u128::from(i) << 64);
+        let peer = SocketAddr::from((ip, 1)).to_string();
+        assert_eq!(send(&mut svc, req_from(&peer)).await.0, StatusCode::OK);
+        assert!(backend.len() <= 2_000);
+    }
+    assert!(backend.len() <= 2_000);
+    assert!(backend.evicted_live() > 90_000);
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn works_as_an_axum_layer() {
+    use axum::Router;
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(1), Key::peer_ip())
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(
+                |axum::Extension(d): axum::Extension<RateLimitDecision>| async move {
+                    format!("left {}", d.remaining().unwrap())
+                },
+            ),
+        )
+        .layer(layer);
+    let req = || {
+        let mut r = Request::new(axum::body::Body::empty());
+        r.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 9))));
+        r
+    };
+    let resp = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"left 0");
+    let resp = app.oneshot(req()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[cfg(feature = "session")]
+#[tokio::test]
+async fn per_session_limits_read_the_session_cookie_without_the_store() {
+    use tower_rampart::session::{MemoryStore, Session, SessionConfig, SessionError, SessionLayer};
+    let config = SessionConfig::builder()
+        .key(b"a test key of at least thirty-two bytes!!")
+        .secure(false)
+        .build()
+        .unwrap();
+    let sessions = SessionLayer::new(MemoryStore::new(), config);
+    let limits = RateLimitLayer::builder()
+        .limit(
+            Limit::new(
+                "session",
+                Quota::per_minute(2),
+                Key::session(sessions.cookie_reader()),
+            )
+            .on_missing_key(MissingKey::Skip),
+        )
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let app = ServiceBuilder::new()
+        .layer(limits.clone())
+        .layer(sessions)
+        .service_fn(|req: Request<Full<Bytes>>| async move {
+            let session = req.extensions().get::<Session>().unwrap().clone();
+            session.insert("seen", true).await?;
+            Ok::<_, SessionError>(Response::new(Full::new(Bytes::new())))
+        });
+    let call = |cookie: Option<&str>| {
+        let mut req = req_from("192.0.2.1:1");
+        if let Some(c) = cookie {
+            req.headers_mut().insert("cookie", c.parse().unwrap());
+        }
+        app.clone().oneshot(req)
+    };
+    let new_session = |resp: &Response<_>| {
+        let set = resp.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    };
+    // No cookie yet: the session quota does not apply; the handler starts a session.
+    let first = call(None).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let a = new_session(&first);
+    for left in [1, 0] {
+        let resp = call(Some(&a)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            header(resp.headers(), "ratelimit"),
+            format!(r#""session";r={left};t=60"#)
+        );
+    }
+    let refused = call(Some(&a)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another session (same address) has its own bucket.
+    let b = new_session(&call(None).await.unwrap());
+    assert_ne!(a, b);
+    assert_eq!(call(Some(&b)).await.unwrap().status(), StatusCode::OK);
+    // A forged cookie is no session: no key, skipped (the store is never asked by the limiter).
+    let flipped = if a.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{flipped}", &a[..a.len() - 1]);
+    assert_eq!(call(Some(&forged)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(limits.metrics().missing_key, 3);
+}

@@ -1,0 +1,590 @@
+//! Rate limiting on real `redis-server` processes: the script computes exactly what the memory
+//! backend computes, limits are global across instances, the deny cache saves round trips, and
+//! a Redis outage follows the configured failure mode.
+#![cfg(all(feature = "rate-limit", feature = "redis"))]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_rampart::clock::{Clock, ManualClock};
+use tower_rampart::net::PeerAddr;
+use tower_rampart::rate_limit::{
+    FailureMode, Key, LimitKey, MemoryBackend, Quota, RateLimitBody, RateLimitDecision,
+    RateLimitLayer, RedisBackend,
+};
+use tower_rampart::redis::driver;
+
+type Resp = (StatusCode, HeaderMap, String);
+
+fn echo_service()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(|req: Request<Full<Bytes>>| async move {
+        let d = req.extensions().get::<RateLimitDecision>();
+        let degraded = d.is_some_and(RateLimitDecision::is_degraded);
+        let remaining = d
+            .and_then(RateLimitDecision::remaining)
+            .map_or("-".to_owned(), |r| r.to_string());
+        let body = format!("{remaining}{}", if degraded { " degraded" } else { "" });
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    })
+}
+
+fn req_from(peer: &str) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(PeerAddr(addr));
+    req
+}
+
+async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Resp
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<RateLimitBody<Full<Bytes>>>,
+            Error = Infallible,
+        >,
+{
+    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The parts of a response the replay compares.
+fn visible(r: &Resp) -> (u16, String, String, String, String) {
+    (
+        r.0.as_u16(),
+        header(&r.1, "retry-after"),
+        header(&r.1, "ratelimit"),
+        header(&r.1, "ratelimit-policy"),
+        r.2.clone(),
+    )
+}
+
+#[tokio::test]
+async fn ten_per_minute_on_the_server_clock() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .build();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::parse("10/minute").unwrap(), Key::peer_ip())
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    for i in 0..10 {
+        let (status, h, body) = send(&mut svc, req_from("198.51.100.7:1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, (9 - i).to_string());
+        assert_eq!(header(&h, "ratelimit"), format!(r#""ip";r={};t=60"#, 9 - i));
+    }
+    let (status, h, body) = send(&mut svc, req_from("198.51.100.7:1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body,
+        r#"{"detail": "Rate limit exceeded: 10 per 1 minute"}"#
+    );
+    assert_eq!(header(&h, "retry-after"), "60");
+    // The state lives in Redis under a hash-tagged key and expires when the window is empty.
+    let key = backend.key_name("ip", &LimitKey::ip("198.51.100.7".parse().unwrap()));
+    assert!(key.ends_with("{ip:198.51.100.7}:ip"), "{key}");
+    let conn = backend.connection();
+    let pttl: i64 = conn.query(driver::cmd("PTTL").arg(&key)).await.unwrap();
+    assert!((58_000..=60_001).contains(&pttl), "{pttl}");
+    let m = layer.metrics();
+    assert_eq!((m.allowed, m.denied, m.degraded), (10, 1, 0));
+}
+
+/// Replays one request trace through a memory layer and a Redis layer driven by the same
+/// manual clock: every response (status, Retry-After, RateLimit, RateLimit-Policy, body) must be
+/// identical, for both meanings.
+#[tokio::test]
+async fn the_same_trace_gives_identical_responses_on_memory_and_redis() {
+    let redis = support::shared();
+    let quotas = [
+        ("window", Quota::per_minute(10)),
+        (
+            "window-bucketed",
+            Quota::window(12, Duration::from_secs(60)).max_slots(4),
+        ),
+        ("gcra", Quota::rate(10, Duration::from_secs(60)).burst(4)),
+        (
+            "gcra-odd",
+            Quota::rate(7, Duration::from_millis(300_001)).burst(3),
+        ),
+    ];
+    for (name, quota) in quotas {
+        let clock = ManualClock::starting_now();
+        let memory = RateLimitLayer::builder()
+            .quota(name, quota, Key::peer_ip())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let conn = redis.config.connect().await.unwrap();
+        let backend = RedisBackend::builder(conn)
+            .prefix(format!("{}{name}:", redis.prefix))
+            .client_clock(clock.clone())
+            .build();
+        let on_redis = RateLimitLayer::builder()
+            .quota(name, quota, Key::peer_ip())
+            .backend(backend)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut a = ServiceBuilder::new().layer(memory).service(echo_service());
+        let mut b = ServiceBuilder::new()
+            .layer(on_redis.clone())
+            .service(echo_service());
+        let mut rng = 0x1234_5678_9abc_def1u64 ^ name.len() as u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut allowed, mut denied) = (0, 0);
+        for step in 0..600 {
+            // Bursts and pauses: mostly sub-second steps, sometimes long quiet periods.
+            let gap = match next() % 10 {
+                0 => next() % 30_000_000,
+                1..=3 => 0,
+                _ => next() % 1_500_000,
+            };
+            clock.advance(Duration::from_micros(gap));
+            let peer = format!("192.0.2.{}:1", next() % 3);
+            let ra = send(&mut a, req_from(&peer)).await;
+            let rb = send(&mut b, req_from(&peer)).await;
+            assert_eq!(visible(&ra), visible(&rb), "{name}, step {step}");
+            if ra.0 == StatusCode::OK {
+                allowed += 1;
+            } else {
+                denied += 1;
+            }
+        }
+        assert!(
+            allowed > 50 && denied > 50,
+            "{name}: {allowed} allowed, {denied} denied"
+        );
+        let m = on_redis.metrics();
+        assert_eq!(m.degraded, 0);
+        assert!(m.deny_cache_hits > 0, "{name}: the deny cache took part");
+    }
+}
+
+/// Several quotas per request (a window per IP, a GCRA per user, a bucketed global window),
+/// random costs: the all-or-nothing script and the memory backend give identical responses.
+#[tokio::test]
+async fn multi_quota_traces_are_identical_on_memory_and_redis() {
+    let redis = support::shared();
+    let clock = ManualClock::starting_now();
+    let build = |backend: Option<RedisBackend>| {
+        let mut b = RateLimitLayer::builder()
+            .quota("ip", Quota::per_minute(10), Key::peer_ip())
+            .limit(
+                tower_rampart::rate_limit::Limit::new(
+                    "user",
+                    Quota::rate(6, Duration::from_secs(60)).burst(3),
+                    Key::header("x-user"),
+                )
+                .on_missing_key(tower_rampart::rate_limit::MissingKey::Skip),
+            )
+            .quota(
+                "all",
+                Quota::window(30, Duration::from_secs(60)).max_slots(4),
+                Key::global(),
+            )
+            .cost_with(|req: &Request<()>| {
+                req.headers()
+                    .get("x-cost")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1)
+            })
+            .clock(clock.clone());
+        if let Some(r) = backend {
+            b = b.backend(r);
+        }
+        b.build().unwrap()
+    };
+    let conn = redis.config.connect().await.unwrap();
+    // No deny cache here: with costs above 1 its Retry-After is a lower bound, not the exact
+    // value (the other replay covers the cache).
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .client_clock(clock.clone())
+        .deny_cache_capacity(0)
+        .build();
+    let mut a = ServiceBuilder::new()
+        .layer(build(None))
+        .service(echo_service());
+    let mut b = ServiceBuilder::new()
+        .layer(build(Some(backend)))
+        .service(echo_service());
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut statuses = std::collections::HashMap::new();
+    for step in 0..500 {
+        clock.advance(Duration::from_micros(match next(6) {
+            0 => next(20_000_000),
+            1 | 2 => 0,
+            _ => next(2_000_000),
+        }));
+        let make = |peer: u64, user: u64, cost: u64| {
+            let mut r = req_from(&format!("198.51.100.{peer}:1"));
+            if user > 0 {
+                r.headers_mut()
+                    .insert("x-user", format!("u{user}").parse().unwrap());
+            }
+            r.headers_mut()
+                .insert("x-cost", cost.to_string().parse().unwrap());
+            r
+        };
+        let (peer, user, cost) = (next(4), next(4), 1 + next(3));
+        let ra = send(&mut a, make(peer, user, cost)).await;
+        let rb = send(&mut b, make(peer, user, cost)).await;
+        assert_eq!(visible(&ra), visible(&rb), "step {step}");
+        *statuses.entry(visible(&ra).2).or_insert(0) += 1;
+    }
+    // Each quota refused something: every branch of the script took part.
+    for name in ["\"ip\";r=0", "\"user\";r=", "\"all\";r="] {
+        assert!(
+            statuses
+                .keys()
+                .any(|k| k.starts_with(name) && !k.contains(',')),
+            "{name} never refused alone: {statuses:?}"
+        );
+    }
+}
+
+/// The raw decisions of the script and of the Rust functions agree on random quotas, costs and
+/// times, including large values where a float division would go wrong.
+#[tokio::test]
+async fn script_and_rust_functions_agree_on_random_traces() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .build();
+    let memory = MemoryBackend::new();
+    let mut rng = 0xdead_beef_cafe_f00du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut checked = 0;
+    for round in 0..60u64 {
+        let window = Duration::from_micros(1_000 + next(5_000_000_000));
+        let n = 1 + next(if round % 3 == 0 { 5_000 } else { 30 }) as u32;
+        let quota = match round % 4 {
+            0 | 1 => Quota::window(n, window).max_slots(1 + next(40) as u32),
+            2 => Quota::rate(n, window).burst(1 + next(20) as u32),
+            _ => Quota::rate(1 + next(3) as u32, Duration::from_secs(366 * 86_400))
+                .burst(1 + next(8) as u32),
+        };
+        if quota.validate().is_err() {
+            continue;
+        }
+        let name = format!("q{round}");
+        let mem = memory.keyed(&name, quota).unwrap();
+        let red = backend.keyed(&name, quota).unwrap();
+        // Now: today, or far in the future (year ~2250, close to 2^53 µs).
+        let mut now = if round % 5 == 0 && round % 4 != 3 {
+            8_800_000_000_000_000 + next(1 << 40)
+        } else {
+            1_700_000_000_000_000 + next(1 << 40)
+        };
+        let key = LimitKey::new(format!("k{round}"));
+        let step = (quota.window_length().as_micros() as u64 / n as u64).max(1);
+        for _ in 0..60 {
+            now += match next(4) {
+                0 => 0,
+                1 => next(step),
+                2 => next(step * 4),
+                _ => next(quota.window_length().as_micros() as u64 * 2),
+            };
+            let cost = next(quota.burst_size().min(5) + 2);
+            let want = mem.check_at(&key, cost, now);
+            let got = red.check_at(&key, cost, now).await.unwrap();
+            assert_eq!(got, want, "round {round} {quota:?} now {now} cost {cost}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 2_000);
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_enforce_one_global_quota() {
+    let redis = support::shared();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        // Each "server" has its own connection, limiter and deny cache.
+        let conn = redis.config.connect().await.unwrap();
+        let backend = RedisBackend::builder(conn)
+            .prefix(redis.prefix.clone())
+            .build();
+        let layer = RateLimitLayer::builder()
+            .quota("ip", Quota::per_minute(10), Key::peer_ip())
+            .backend(backend)
+            .build()
+            .unwrap();
+        instances.push(ServiceBuilder::new().layer(layer).service(echo_service()));
+    }
+    let mut admitted = 0;
+    for i in 0..40 {
+        let svc = &mut instances[i % 2];
+        if send(svc, req_from("203.0.113.50:1")).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10, "10 in total, not 10 per instance");
+    // Concurrent callers on both instances cannot overshoot either.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut svc = instances[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            send(&mut svc, req_from("203.0.113.51:1")).await.0 == StatusCode::OK
+        }));
+    }
+    let mut concurrent = 0;
+    for t in tasks {
+        concurrent += usize::from(t.await.unwrap());
+    }
+    assert_eq!(concurrent, 10);
+}
+
+#[tokio::test]
+async fn a_request_refused_by_its_second_quota_consumes_nothing_on_redis() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let clock = ManualClock::starting_now();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .client_clock(clock.clone())
+        .deny_cache_capacity(0)
+        .build();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(5), Key::peer_ip())
+        .quota(
+            "user",
+            Quota::rate(2, Duration::from_secs(60)).burst(2),
+            Key::header("x-user"),
+        )
+        .backend(backend.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let with_user = |user: &str| {
+        let mut r = req_from("203.0.113.5:1");
+        r.headers_mut().insert("x-user", user.parse().unwrap());
+        r
+    };
+    for _ in 0..2 {
+        assert_eq!(send(&mut svc, with_user("alice")).await.0, StatusCode::OK);
+    }
+    for _ in 0..4 {
+        let (status, h, _) = send(&mut svc, with_user("alice")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&h, "ratelimit"), r#""user";r=0;t=30"#);
+    }
+    for (left, user) in [(2, "bob"), (1, "carol"), (0, "dave")] {
+        let (status, h, _) = send(&mut svc, with_user(user)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(header(&h, "ratelimit").starts_with(&format!(r#""ip";r={left};t=60"#)));
+    }
+}
+
+#[tokio::test]
+async fn the_deny_cache_answers_without_a_round_trip_until_the_retry_time() {
+    let server = support::RedisServer::start();
+    let conn = server.config().connect().await.unwrap();
+    let clock = ManualClock::starting_now();
+    let backend = RedisBackend::builder(conn)
+        .client_clock(clock.clone())
+        .build();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(3), Key::peer_ip())
+        .backend(backend.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    // Warm up (the first call loads the script: EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::OK
+    );
+    server.reset_stats();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&mut svc, req_from("192.0.2.77:1")).await.0,
+            StatusCode::OK
+        );
+    }
+    // The third admission left nothing: Redis said so, and nothing can come back for 60 s.
+    for s in 0..50u64 {
+        clock.set(clock.now_micros() + 1_000_000);
+        let (status, h, _) = send(&mut svc, req_from("192.0.2.77:1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&h, "retry-after"), (60 - s - 1).to_string());
+    }
+    let calls = server.command_count("evalsha") + server.command_count("eval");
+    assert_eq!(calls, 3, "50 refusals, no Redis call");
+    assert_eq!(layer.metrics().deny_cache_hits, 50);
+    assert_eq!(backend.deny_cache_len(), 1);
+    // Other clients still go to Redis.
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.78:1")).await.0,
+        StatusCode::OK
+    );
+    // Once the retry time has passed, Redis is asked again and admits.
+    clock.set(clock.now_micros() + 10_000_000);
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.77:1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(server.command_count("evalsha"), 5);
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_a_flush() {
+    let server = support::RedisServer::start();
+    let conn = server.config().connect().await.unwrap();
+    let backend = RedisBackend::new(conn);
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(3), Key::peer_ip())
+        .backend(backend)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    assert_eq!(send(&mut svc, req_from("192.0.2.1:1")).await.2, "2");
+    let () = server.run(driver::cmd("SCRIPT").arg("FLUSH"));
+    assert_eq!(send(&mut svc, req_from("192.0.2.1:1")).await.2, "1");
+    assert_eq!(layer.metrics().degraded, 0);
+}
+
+/// Starts a server and a layer in `mode`; stops Redis mid-test; checks the degraded answers
+/// come fast; restarts Redis and waits for Redis decisions to resume.
+async fn outage(mode: FailureMode) -> Vec<Resp> {
+    let mut server = support::RedisServer::start();
+    let conn = server.config().connect().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(2), Key::peer_ip())
+        .backend(RedisBackend::new(conn))
+        .failure_mode(mode)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    let first = send(&mut svc, req_from("192.0.2.1:1")).await;
+    assert_eq!((first.0, first.2.as_str()), (StatusCode::OK, "1"));
+
+    server.stop();
+    let mut degraded = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        degraded.push(send(&mut svc, req_from("192.0.2.1:1")).await);
+        // Connect timeout 2 s + command timeout 1 s is the worst case for one call.
+        assert!(
+            started.elapsed() < Duration::from_millis(3_500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let m = layer.metrics();
+    assert_eq!(
+        m.degraded, 4,
+        "{mode:?}: every decision without Redis is counted"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = layer.metrics().degraded;
+        let r = send(&mut svc, req_from("192.0.2.99:1")).await;
+        if layer.metrics().degraded == before {
+            // Decided by the restarted (empty) Redis.
+            assert_eq!((r.0, r.2.as_str()), (StatusCode::OK, "1"), "{mode:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?}: no recovery within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    degraded
+}
+
+#[tokio::test]
+async fn redis_outage_with_failure_mode_local() {
+    let r = outage(FailureMode::Local).await;
+    // The same quota, enforced by this instance alone (which never saw the first request).
+    let statuses: Vec<_> = r.iter().map(|r| r.0).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(r[0].2, "1 degraded");
+}
+
+#[tokio::test]
+async fn redis_outage_with_failure_mode_open() {
+    let r = outage(FailureMode::Open).await;
+    assert!(
+        r.iter()
+            .all(|r| r.0 == StatusCode::OK && r.2 == "- degraded")
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_with_failure_mode_closed() {
+    let r = outage(FailureMode::Closed).await;
+    for (status, h, body) in &r {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(h, "retry-after"), "1");
+        assert_eq!(body, r#"{"detail": "Rate limiter unavailable"}"#);
+    }
+}
