@@ -15,8 +15,8 @@
 //! its `axum` feature: serve with `into_make_service_with_connect_info::<SocketAddr>()`.
 //!
 //! ```text
-//! cargo run --example axum_app --features axum
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum_app --features axum,redis
+//! cargo run --example axum_app
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum_app
 //!
 //! curl -i http://127.0.0.1:3000/                 # correlation id, RateLimit headers
 //! curl -i http://127.0.0.1:3000/visits           # a session cookie (Secure: use a browser,

@@ -6,8 +6,7 @@
 //! 1. [`CorrelationIdLayer`]: reads `x-correlation-id` from the call's metadata (or mints a
 //!    UUIDv7), runs the handler inside a span and task-local carrying it, and returns it in
 //!    the response metadata, also on failed calls;
-//! 2. a tiny layer copying tonic's peer address into [`PeerAddr`] (see below);
-//! 3. [`RateLimitLayer`] with a quota per client IP and one per bearer token. Over quota the
+//! 2. [`RateLimitLayer`] with a quota per client IP and one per bearer token. Over quota the
 //!    layer answers gRPC itself: a trailers-only response with `grpc-status: 8`, so a tonic
 //!    client gets `Status` `RESOURCE_EXHAUSTED` with a message such as
 //!    `Rate limit exceeded: 30 per 1 minute` (not a transport error, and the channel stays
@@ -16,9 +15,10 @@
 //! ## The peer address
 //!
 //! tonic puts the connection's addresses in the request extensions as
-//! `tonic::transport::server::TcpConnectInfo`, a type `tower_rampart::net::peer_addr` does not
-//! read. [`copy_peer_addr`] copies `remote_addr()` into a [`PeerAddr`] extension before the
-//! rate limiter runs; without it the per-IP quota has no key and refuses every call.
+//! `tonic::transport::server::TcpConnectInfo`; with tower-rampart's `tonic` feature,
+//! `Key::client_ip` reads it directly (`tower_rampart::net::peer_addr`). Behind tonic's own
+//! TLS the extension is a different type: copy `Request::remote_addr()` into a
+//! `tower_rampart::net::PeerAddr` there.
 //!
 //! ## Why no sessions here
 //!
@@ -44,11 +44,10 @@ use greeter_proto::greeter_server::{Greeter, GreeterServer};
 use greeter_proto::{HelloReply, HelloRequest};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tower::ServiceBuilder;
 use tower_rampart::correlation::{CorrelationId, CorrelationIdLayer};
-use tower_rampart::net::PeerAddr;
 use tower_rampart::rate_limit::{
     Key, Limit, MissingKey, Quota, RateLimitConfigError, RateLimitLayer,
 };
@@ -93,19 +92,6 @@ pub fn rate_limit(per_ip: Quota, per_token: Quota) -> Result<RateLimitLayer, Rat
         .build()
 }
 
-/// Copies tonic's peer address ([`TcpConnectInfo`]) into the [`PeerAddr`] extension that
-/// tower-rampart's layers read.
-pub fn copy_peer_addr<B>(mut req: http::Request<B>) -> http::Request<B> {
-    let remote = req
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr);
-    if let Some(addr) = remote {
-        req.extensions_mut().insert(PeerAddr(addr));
-    }
-    req
-}
-
 /// Serves the greeter on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -114,7 +100,6 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let layers = ServiceBuilder::new()
         .layer(CorrelationIdLayer::new())
-        .map_request(copy_peer_addr::<tonic::body::Body>)
         .layer(limits);
     Server::builder()
         .layer(layers)

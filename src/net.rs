@@ -645,8 +645,9 @@ fn skip_ows(bytes: &[u8], i: &mut usize) {
 
 /// The TCP peer of a request, from its extensions: [`PeerAddr`], a plain
 /// [`SocketAddr`] (as inserted by a hand-written hyper accept loop), or with the `axum` feature
-/// `axum::extract::ConnectInfo<SocketAddr>` (from `into_make_service_with_connect_info`), in
-/// that order.
+/// `axum::extract::ConnectInfo<SocketAddr>` (from `into_make_service_with_connect_info`), or
+/// with the `tonic` feature tonic's `TcpConnectInfo` (plain TCP servers; behind tonic's TLS,
+/// copy `Request::remote_addr()` into a [`PeerAddr`]), in that order.
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -671,6 +672,10 @@ pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
         ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(*addr);
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(info) = ext.get::<tonic::transport::server::TcpConnectInfo>() {
+        return info.remote_addr();
     }
     None
 }

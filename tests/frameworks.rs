@@ -608,7 +608,7 @@ mod tonic_tests {
     async fn over_quota_is_resource_exhausted_with_a_message() {
         let (_server, mut client) = start(Quota::per_minute(3), Quota::per_minute(100)).await;
 
-        // These pass only because the peer address reaches the limiter (`copy_peer_addr`):
+        // These pass only because the peer address reaches the limiter (the `tonic` feature reads `TcpConnectInfo`):
         // without it the per-IP quota has no key and refuses every call.
         for _ in 0..3 {
             client.say_hello(hello("Ada", None, None)).await.unwrap();
