@@ -92,7 +92,7 @@
 //!
 //! # The driver
 //!
-//! The [`redis`](::redis) crate is re-exported as [`driver`], so that commands, pipelines
+//! The `redis` crate is re-exported as [`driver`], so that commands, pipelines
 //! and scripts are built with the same version this crate was compiled against:
 //! `tower_rampart::redis::driver::{cmd, Cmd, Pipeline, Script}`.
 
