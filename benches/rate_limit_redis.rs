@@ -6,14 +6,25 @@
 //!   `MultiplexedConnection`;
 //! * `PING` round trips over the same `MultiplexedConnection` (the ceiling of one connection).
 //!
+//! Ours run twice: with natural batching (the default: concurrent decisions share one script
+//! call) and with `batching(false)` (one script call per decision).
+//!
 //! ```text
-//! cargo bench --bench rate_limit_redis --features redis
+//! cargo bench --all-features --bench rate_limit_redis
+//! cargo bench --all-features --bench rate_limit_redis -- skip   # the interleaved table only
 //! ```
 //!
 //! Quotas: 10 per 10 s per key for every limiter (GCRA burst 10; window N = 10), keys drawn
 //! from 100 000 client addresses, so nearly every decision is an admission that writes state.
-//! After each case the Redis CPU per call is read from `INFO commandstats` (`usec_per_call`
-//! of `evalsha`, which includes the commands the script runs) and printed.
+//!
+//! Redis CPU is read from `INFO commandstats`: `usec_per_call` of `evalsha` includes the
+//! commands the script runs, and is per *call*; with batching a call carries many decisions,
+//! so the figure to compare is usec per call divided by decisions per call (the table prints
+//! both, and the nested `SET`/`GET`/`MGET`/`TIME` part of it). The `proc/dec` column is the
+//! redis-server process CPU time (`INFO cpu`, user + system) per decision: everything Redis
+//! did, reading requests, writing replies and expiring keys included. `commandstats` times are
+//! wall-clock times inside Redis, so on a machine shared with other work they grow with the
+//! load: compare variants within one run (the interleaved table), not across runs.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -137,7 +148,8 @@ fn bench(c: &mut Criterion) {
         let plain: MultiplexedConnection = client.get_multiplexed_async_connection().await.unwrap();
         (conn, plain)
     });
-    let backend = RedisBackend::new(conn);
+    let batched = RedisBackend::new(conn.clone());
+    let single = RedisBackend::builder(conn).batching(false).build();
     let keys: Arc<Vec<LimitKey>> = Arc::new((0..KEYS).map(|i| LimitKey::ip(ip(i))).collect());
     let names: Arc<Vec<String>> = Arc::new(
         (0..KEYS)
@@ -175,7 +187,7 @@ fn bench(c: &mut Criterion) {
             })
         })
     };
-    let ours = |label: &str, quota: Quota| -> Call {
+    let ours = |backend: &RedisBackend, label: &str, quota: Quota| -> Call {
         let limiter: Arc<RedisKeyedLimiter> = Arc::new(backend.keyed(label, quota).unwrap());
         let keys = keys.clone();
         Arc::new(move |i| {
@@ -186,6 +198,8 @@ fn bench(c: &mut Criterion) {
             })
         })
     };
+    let gcra = Quota::rate(10, Duration::from_secs(10)).burst(10);
+    let window = Quota::window(10, Duration::from_secs(10));
     let variants: Vec<(&str, &str, Call)> = vec![
         ("PING (multiplexed)", "ping", ping),
         (
@@ -194,14 +208,24 @@ fn bench(c: &mut Criterion) {
             float_gcra,
         ),
         (
-            "rampart GCRA",
+            "rampart GCRA (batched)",
             "evalsha",
-            ours("gcra", Quota::rate(10, Duration::from_secs(10)).burst(10)),
+            ours(&batched, "gcra", gcra),
         ),
         (
-            "rampart window N=10",
+            "rampart window N=10 (batched)",
             "evalsha",
-            ours("window", Quota::window(10, Duration::from_secs(10))),
+            ours(&batched, "window", window),
+        ),
+        (
+            "rampart GCRA (one call each)",
+            "evalsha",
+            ours(&single, "gcra1", gcra),
+        ),
+        (
+            "rampart window N=10 (one call each)",
+            "evalsha",
+            ours(&single, "window1", window),
         ),
     ];
 
@@ -210,45 +234,108 @@ fn bench(c: &mut Criterion) {
     let mut cpu = Vec::new();
     for (label, command, call) in &variants {
         server.reset_stats();
+        let mut decisions = 0u64;
         group.bench_function(*label, |b| {
-            b.iter_custom(|iters| rt.block_on(run(iters, call.clone())))
+            b.iter_custom(|iters| {
+                decisions += iters;
+                rt.block_on(run(iters, call.clone()))
+            })
         });
-        cpu.push((*label, stats(&server, command)));
+        cpu.push((*label, decisions, stats(&server, command)));
     }
     group.finish();
-    println!("\nRedis CPU per call (INFO commandstats usec_per_call), criterion runs:");
-    for (label, (calls, usec)) in cpu {
-        println!("  {label:<40} {usec:>6.2} us/call over {calls} calls");
+    println!("\nRedis CPU (INFO commandstats usec_per_call), criterion runs:");
+    for (label, decisions, (calls, usec)) in cpu {
+        if decisions == 0 {
+            continue; // filtered out on the command line
+        }
+        let per_call = decisions as f64 / calls.max(1) as f64;
+        println!(
+            "  {label:<38} {usec:>7.2} us/call | {per_call:>5.1} decisions/call | {:>5.2} us/decision",
+            usec / per_call
+        );
     }
 
     // Same-run ratios by interleaving short slices of each variant, so that the load of other
     // processes on this shared machine hits all of them alike.
     const ROUNDS: usize = 10;
     const SLICE: Duration = Duration::from_millis(400);
-    let mut calls = vec![0u64; variants.len()];
-    let mut usec = vec![0f64; variants.len()];
-    let mut server_calls = vec![0u64; variants.len()];
+    let n = variants.len();
+    let mut decisions = vec![0u64; n];
+    // Per variant: script (or PING) calls, their total usec, the usec of the commands the
+    // scripts ran (SET, MGET, GET, TIME), and the Redis process CPU time.
+    let mut calls = vec![0u64; n];
+    let mut usec = vec![0f64; n];
+    let mut nested = vec![[0f64; 3]; n];
+    let mut process = vec![0f64; n];
     for _ in 0..ROUNDS {
         for (i, (_, command, call)) in variants.iter().enumerate() {
             server.reset_stats();
-            calls[i] += rt.block_on(run_for(SLICE, call.clone()));
-            let (n, per) = stats(&server, command);
-            server_calls[i] += n;
-            usec[i] += per * n as f64;
+            let cpu_before = process_cpu(&server);
+            decisions[i] += rt.block_on(run_for(SLICE, call.clone()));
+            process[i] += process_cpu(&server) - cpu_before;
+            let all = server.command_stats();
+            let total = |c: &str| all.get(c).map_or(0.0, |&(n, per)| n as f64 * per);
+            let (k, _) = all.get(*command).copied().unwrap_or((0, 0.0));
+            calls[i] += k;
+            usec[i] += total(command);
+            if *command == "evalsha" {
+                nested[i][0] += total("set");
+                nested[i][1] += total("mget") + total("get");
+                nested[i][2] += total("time");
+            }
         }
     }
     let secs = SLICE.as_secs_f64() * ROUNDS as f64;
-    let base = calls[1] as f64 / secs;
-    println!("\ninterleaved ({ROUNDS} rounds of {SLICE:?} per variant, 64 callers):");
+    let base = decisions[1] as f64 / secs;
+    println!(
+        "\ninterleaved, {ROUNDS} rounds of {SLICE:?} per variant, {CALLERS} callers, {KEYS} keys"
+    );
+    println!(
+        "(Redis us: INFO commandstats usec of the script calls, which includes the commands they run; \
+         process: the redis-server's CPU time from INFO cpu, all work included)"
+    );
+    println!(
+        "  {:<36} {:>11} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>24}",
+        "variant",
+        "decisions/s",
+        "x float",
+        "calls/s",
+        "decs/call",
+        "us/call",
+        "us/dec",
+        "proc/dec",
+        "of us/dec: SET, GET, TIME",
+    );
     for (i, (label, _, _)) in variants.iter().enumerate() {
-        let rate = calls[i] as f64 / secs;
+        let d = decisions[i].max(1) as f64;
+        let rate = decisions[i] as f64 / secs;
+        let k = calls[i].max(1) as f64;
         println!(
-            "  {label:<40} {:>8.0} calls/s = {:.2}x the float GCRA script | Redis {:.2} us/call",
-            rate,
+            "  {label:<36} {rate:>11.0} {:>6.2}x {:>8.0} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>7.2} {:>7.2}",
             rate / base,
-            usec[i] / server_calls[i].max(1) as f64
+            k / secs,
+            d / k,
+            usec[i] / k,
+            usec[i] / d,
+            process[i] * 1e6 / d,
+            nested[i][0] / d,
+            nested[i][1] / d,
+            nested[i][2] / d,
         );
     }
+}
+
+/// The redis-server's CPU time so far (user + system, seconds), from `INFO cpu`.
+fn process_cpu(server: &support::RedisServer) -> f64 {
+    let info: String = server.run(driver::cmd("INFO").arg("cpu"));
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or(l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 criterion_group! {

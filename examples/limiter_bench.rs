@@ -3,24 +3,33 @@
 //! ```text
 //! cargo run --release --example limiter_bench -- --backend memory --concurrency 64 \
 //!     --keys 100000 --duration 10s
-//! cargo run --release --features redis --example limiter_bench -- --backend redis \
+//! cargo run --release --example limiter_bench -- --backend redis \
 //!     --redis-url redis://127.0.0.1:6379 --concurrency 64 --keys 100000 --duration 10s
 //! ```
 //!
-//! Options (all optional):
+//! The tool starts no server: for `--backend redis`, start one yourself (for example
+//! `redis-server --port 6379 --save "" --appendonly no`) and pass its URL with `--redis-url`
+//! (or set `REDIS_URL`); without either it stops with a message. It writes keys under the
+//! prefix `rampart:bench:` (they expire by themselves), so do not point it at a production
+//! server.
 //!
-//! | option            | default                  | meaning                                   |
-//! |-------------------|--------------------------|-------------------------------------------|
-//! | `--backend`       | `memory`                 | `memory` or `redis` (feature `redis`)     |
-//! | `--redis-url`     | `redis://127.0.0.1:6379` | the Redis server                          |
-//! | `--concurrency`   | `64`                     | concurrent callers (threads for memory, tasks for Redis) |
-//! | `--keys`          | `100000`                 | distinct client keys                      |
-//! | `--duration`      | `10s`                    | run time (`500ms`, `10s`, `2m`)           |
-//! | `--quota`         | `100/minute`             | quota string per key                      |
-//! | `--meaning`       | `window`                 | `window` or `gcra` (burst = the count)    |
+//! Options (all optional, except the URL with `--backend redis`):
+//!
+//! | option            | default      | meaning                                               |
+//! |-------------------|--------------|-------------------------------------------------------|
+//! | `--backend`       | `memory`     | `memory` or `redis` (feature `redis`)                 |
+//! | `--redis-url`     | `$REDIS_URL` | the Redis server (`redis://` or `rediss://`)          |
+//! | `--batching`      | `on`         | Redis: concurrent decisions share script calls, or `off`: one call each |
+//! | `--concurrency`   | `64`         | concurrent callers (threads for memory, tasks for Redis) |
+//! | `--keys`          | `100000`     | distinct client keys                                  |
+//! | `--duration`      | `10s`        | run time (`500ms`, `10s`, `2m`)                       |
+//! | `--quota`         | `100/minute` | quota string per key                                  |
+//! | `--meaning`       | `window`     | `window` or `gcra` (burst = the count)                |
 //!
 //! Latency percentiles come from every 16th decision (memory) or every decision (Redis) and
-//! include the cost of reading the timer.
+//! include the cost of reading the timer. With Redis the tool also prints the script calls the
+//! server counted during the run (`INFO commandstats`, so other clients of the same server
+//! count too) and the decisions per call.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
@@ -33,7 +42,8 @@ use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
 #[derive(Debug)]
 struct Options {
     backend: String,
-    redis_url: String,
+    redis_url: Option<String>,
+    batching: bool,
     concurrency: usize,
     keys: usize,
     duration: Duration,
@@ -55,7 +65,8 @@ fn parse_duration(s: &str) -> Option<Duration> {
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         backend: "memory".into(),
-        redis_url: "redis://127.0.0.1:6379".into(),
+        redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
+        batching: true,
         concurrency: 64,
         keys: 100_000,
         duration: Duration::from_secs(10),
@@ -71,7 +82,14 @@ fn parse_args() -> Result<Options, String> {
         let bad = |what: &str| format!("{flag}: invalid {what} {value:?}");
         match flag.as_str() {
             "--backend" => o.backend = value.clone(),
-            "--redis-url" => o.redis_url = value.clone(),
+            "--redis-url" => o.redis_url = Some(value.clone()),
+            "--batching" => {
+                o.batching = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("value (on or off)")),
+                }
+            }
             "--concurrency" => o.concurrency = value.parse().map_err(|_| bad("number"))?,
             "--keys" => o.keys = value.parse().map_err(|_| bad("number"))?,
             "--duration" => o.duration = parse_duration(&value).ok_or_else(|| bad("duration"))?,
@@ -96,6 +114,14 @@ fn parse_args() -> Result<Options, String> {
             "--backend: expected memory or redis, got {:?}",
             o.backend
         ));
+    }
+    if o.backend == "redis" && o.redis_url.is_none() {
+        return Err(
+            "--backend redis needs --redis-url URL (or REDIS_URL): this tool starts no \
+             server; start one (e.g. `redis-server --port 6379 --save \"\" --appendonly no`) \
+             and pass redis://127.0.0.1:6379"
+                .into(),
+        );
     }
     Ok(o)
 }
@@ -195,20 +221,46 @@ fn run_memory(o: &Options) {
 #[cfg(feature = "redis")]
 fn run_redis(o: &Options) -> Result<(), String> {
     use tower_rampart::rate_limit::RedisBackend;
-    use tower_rampart::redis::RedisConfig;
+    use tower_rampart::redis::{RedisConfig, RedisConnection, driver};
+
+    /// Script calls the server has counted so far (`evalsha` and `eval`).
+    async fn script_calls(conn: &RedisConnection) -> Option<u64> {
+        let info: String = conn
+            .query(driver::cmd("INFO").arg("commandstats"))
+            .await
+            .ok()?;
+        let calls = info
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        Some(calls)
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let config = RedisConfig::from_url(&o.redis_url).map_err(|e| e.to_string())?;
+        let url = o.redis_url.as_deref().unwrap_or_default();
+        let config = RedisConfig::from_url(url).map_err(|e| e.to_string())?;
         let conn = config.connect().await.map_err(|e| e.to_string())?;
         let limiter = Arc::new(
-            RedisBackend::new(conn)
+            RedisBackend::builder(conn.clone())
+                .prefix("rampart:bench:")
+                .batching(o.batching)
+                .build()
                 .keyed("bench", o.quota)
                 .map_err(|e| e.to_string())?,
         );
+        let calls_before = script_calls(&conn).await;
         let totals = Arc::new(Totals::default());
         let errors = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -253,7 +305,18 @@ fn run_redis(o: &Options) -> Result<(), String> {
         for t in tasks {
             all.extend(t.await.unwrap_or_default());
         }
-        report(o, started.elapsed(), &totals, all);
+        let elapsed = started.elapsed();
+        let decisions = all.len() as u64;
+        report(o, elapsed, &totals, all);
+        if let (Some(before), Some(after)) = (calls_before, script_calls(&conn).await) {
+            let calls = after.saturating_sub(before).max(1);
+            println!(
+                "batching {} | script calls {calls} ({:.0}/s) | {:.1} decisions per call",
+                if o.batching { "on" } else { "off" },
+                calls as f64 / elapsed.as_secs_f64(),
+                decisions as f64 / calls as f64
+            );
+        }
         let errors = errors.load(Ordering::Relaxed);
         if errors > 0 {
             println!("errors {errors}");
@@ -276,8 +339,8 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: limiter_bench [--backend memory|redis] [--redis-url URL] \
-                 [--concurrency N] [--keys N] [--duration 10s] [--quota 100/minute] \
-                 [--meaning window|gcra]"
+                 [--batching on|off] [--concurrency N] [--keys N] [--duration 10s] \
+                 [--quota 100/minute] [--meaning window|gcra]"
             );
             return ExitCode::from(2);
         }

@@ -588,3 +588,444 @@ async fn redis_outage_with_failure_mode_closed() {
         assert_eq!(body, r#"{"detail": "Rate limiter unavailable"}"#);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Natural batching: concurrent decisions share script calls.
+
+type RespFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Response<RateLimitBody<Full<Bytes>>>> + Send>,
+>;
+
+/// Starts `requests` on `svc` in order without awaiting them (each future is polled for the
+/// first time, in this order, by [`join_in_order`]).
+async fn start_all<S>(svc: &mut S, requests: Vec<Request<Full<Bytes>>>) -> Vec<RespFuture>
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<RateLimitBody<Full<Bytes>>>,
+            Error = Infallible,
+            Future: Send + 'static,
+        >,
+{
+    let mut futures = Vec::new();
+    for req in requests {
+        let fut = svc.ready().await.unwrap().call(req);
+        futures.push(Box::pin(async move { fut.await.unwrap() }) as RespFuture);
+    }
+    futures
+}
+
+/// Polls every future, in order, until all are done (a minimal `join_all` that keeps the
+/// first-poll order deterministic: that order is the arrival order at the batcher).
+async fn join_in_order(futures: Vec<RespFuture>) -> Vec<Resp> {
+    let mut futures: Vec<Option<RespFuture>> = futures.into_iter().map(Some).collect();
+    let mut done: Vec<Option<Response<RateLimitBody<Full<Bytes>>>>> =
+        futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, out) in futures.iter_mut().zip(done.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(resp) => {
+                        *out = Some(resp);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    let mut out = Vec::new();
+    for resp in done {
+        let (parts, body) = resp.unwrap().into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        out.push((
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        ));
+    }
+    out
+}
+
+/// A layer with three quotas (window per IP, GCRA per user when present, bucketed global
+/// window) and a per-request cost, for the batching comparisons.
+fn three_quota_layer(backend: RedisBackend, clock: &ManualClock) -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(15), Key::peer_ip())
+        .limit(
+            tower_rampart::rate_limit::Limit::new(
+                "user",
+                Quota::rate(30, Duration::from_secs(60)).burst(6),
+                Key::header("x-user"),
+            )
+            .on_missing_key(tower_rampart::rate_limit::MissingKey::Skip),
+        )
+        .quota(
+            "all",
+            Quota::window(60, Duration::from_secs(60)).max_slots(4),
+            Key::global(),
+        )
+        .cost_with(|req: &Request<()>| {
+            req.headers()
+                .get("x-cost")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .backend(backend)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// The acceptance test of natural batching: requests sent concurrently (so that they queue
+/// and share script calls, with repeated keys inside one call) get exactly the responses the
+/// same requests get when sent one by one, each in its own script call, on the test-only
+/// client clock.
+#[tokio::test]
+async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() {
+    let server = support::RedisServer::start();
+    // A fixed start: the bucketed global window rounds times to 15 s boundaries.
+    let clock = ManualClock::new(1_700_000_000_000_000);
+    let mut backends = Vec::new();
+    for (prefix, batching) in [("batched:", true), ("single:", false)] {
+        let conn = server.config().connect().await.unwrap();
+        backends.push(
+            RedisBackend::builder(conn)
+                .prefix(prefix)
+                .client_clock(clock.clone())
+                .deny_cache_capacity(0)
+                .batching(batching)
+                .build(),
+        );
+    }
+    let single = backends.pop().unwrap();
+    let batched = backends.pop().unwrap();
+    let mut together = ServiceBuilder::new()
+        .layer(three_quota_layer(batched, &clock))
+        .service(echo_service());
+    let mut one_by_one = ServiceBuilder::new()
+        .layer(three_quota_layer(single, &clock))
+        .service(echo_service());
+    // Load the scripts first (a lone request uses the single-request script, a batch the
+    // batch script), so that no call of the rounds below is a NOSCRIPT retry.
+    let warm = (0..4).map(|_| req_from("192.0.2.200:1")).collect();
+    let warm = start_all(&mut together, warm).await;
+    for r in join_in_order(warm).await {
+        assert_eq!(r.0, StatusCode::OK);
+    }
+    for _ in 0..4 {
+        let _ = send(&mut one_by_one, req_from("192.0.2.200:1")).await;
+    }
+
+    let mut rng = 0x0ba7_c4ed_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let make = |peer: u64, user: u64, cost: u64| {
+        let mut r = req_from(&format!("198.51.100.{peer}:1"));
+        if user > 0 {
+            r.headers_mut()
+                .insert("x-user", format!("u{user}").parse().unwrap());
+        }
+        r.headers_mut()
+            .insert("x-cost", cost.to_string().parse().unwrap());
+        r
+    };
+    let (mut calls, mut requests, mut refused) = (0, 0, 0);
+    let mut refusing = std::collections::HashSet::new();
+    for round in 0..8 {
+        clock.advance(Duration::from_micros(next(25_000_000)));
+        let trace: Vec<(u64, u64, u64)> =
+            // One heavy client (its own quota refuses it) among light ones (the global
+            // quota refuses them).
+            (0..50)
+                .map(|_| {
+                    let peer = if next(3) == 0 { 0 } else { 1 + next(8) };
+                    (peer, next(4), 1 + next(2))
+                })
+                .collect();
+        server.reset_stats();
+        let futures = start_all(
+            &mut together,
+            trace.iter().map(|&(p, u, c)| make(p, u, c)).collect(),
+        )
+        .await;
+        let concurrent = join_in_order(futures).await;
+        calls += server.command_count("evalsha");
+        for (i, &(p, u, c)) in trace.iter().enumerate() {
+            let alone = send(&mut one_by_one, make(p, u, c)).await;
+            assert_eq!(
+                visible(&concurrent[i]),
+                visible(&alone),
+                "round {round}, request {i}"
+            );
+            if alone.0 != StatusCode::OK {
+                refused += 1;
+                refusing.insert(
+                    header(&alone.1, "ratelimit")
+                        .split(';')
+                        .next()
+                        .map(str::to_owned),
+                );
+            }
+            requests += 1;
+        }
+    }
+    // The first two requests of a round go out at once, alone, in calls of their own (two
+    // calls may be in flight); the other 48 queue and share one call.
+    assert!(
+        calls <= 8 * 3,
+        "{calls} script calls for {requests} requests"
+    );
+    assert!(
+        refused > 50 && refused < requests - 50,
+        "{refused} refused of {requests}: both outcomes took part"
+    );
+    for name in [r#""ip""#, r#""user""#, r#""all""#] {
+        assert!(
+            refusing.contains(&Some(name.to_owned())),
+            "{name} never refused first: {refusing:?}"
+        );
+    }
+}
+
+/// Polls `first` then `second` (first poll in that order) until both are done.
+async fn join2_in_order<A: std::future::Future, B: std::future::Future>(
+    first: A,
+    second: B,
+) -> (A::Output, B::Output) {
+    let (mut first, mut second) = (std::pin::pin!(first), std::pin::pin!(second));
+    let (mut a, mut b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a.is_none()
+            && let std::task::Poll::Ready(v) = first.as_mut().poll(cx)
+        {
+            a = Some(v);
+        }
+        if b.is_none()
+            && let std::task::Poll::Ready(v) = second.as_mut().poll(cx)
+        {
+            b = Some(v);
+        }
+        if a.is_some() && b.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    (a.unwrap(), b.unwrap())
+}
+
+/// The raw decisions of the batch script and of the single-request scripts agree on random
+/// quotas, costs and times (single-quota requests; the multi-quota script is compared above).
+/// Each checked request is queued behind a filler request holding the only call slot, so that
+/// it is decided by the batch script.
+#[tokio::test]
+async fn batched_and_single_call_scripts_agree_on_random_traces() {
+    let redis = support::shared();
+    let batched = RedisBackend::builder(redis.config.connect().await.unwrap())
+        .prefix(format!("{}b:", redis.prefix))
+        .max_calls_in_flight(1)
+        .build();
+    let filler = batched
+        .keyed("filler", Quota::rate(1_000, Duration::from_secs(1)))
+        .unwrap();
+    let filler_key = LimitKey::new("filler");
+    let single = RedisBackend::builder(redis.config.connect().await.unwrap())
+        .prefix(format!("{}s:", redis.prefix))
+        .batching(false)
+        .build();
+    let mut rng = 0x5ca1_ab1e_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut checked = 0;
+    for round in 0..24u64 {
+        let window = Duration::from_micros(1_000 + next(3_000_000_000));
+        let n = 1 + next(40) as u32;
+        let quota = match round % 3 {
+            0 => Quota::window(n, window),
+            1 => Quota::window(n, window).max_slots(1 + next(8) as u32),
+            _ => Quota::rate(n, window).burst(1 + next(12) as u32),
+        };
+        if quota.validate().is_err() {
+            continue;
+        }
+        let name = format!("q{round}");
+        let a = batched.keyed(&name, quota).unwrap();
+        let b = single.keyed(&name, quota).unwrap();
+        let key = LimitKey::new(format!("k{round}"));
+        let mut now = 1_700_000_000_000_000 + next(1 << 40);
+        let step = (quota.window_length().as_micros() as u64 / u64::from(n)).max(1);
+        for _ in 0..50 {
+            now += match next(3) {
+                0 => 0,
+                1 => next(step * 2),
+                _ => next(quota.window_length().as_micros() as u64),
+            };
+            let cost = next(quota.burst_size().min(4) + 2);
+            let (_, got) = join2_in_order(
+                filler.check_at(&filler_key, 0, 0),
+                a.check_at(&key, cost, now),
+            )
+            .await;
+            let got = got.unwrap();
+            let want = b.check_at(&key, cost, now).await.unwrap();
+            assert_eq!(got, want, "round {round} {quota:?} now {now} cost {cost}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 800);
+}
+
+/// Concurrent requests on the server clock: one global quota, many requests queued into
+/// shared calls, never more admitted than the quota.
+#[tokio::test]
+async fn concurrent_requests_on_the_server_clock_never_overshoot() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .deny_cache_capacity(0)
+        .build();
+    let layer = RateLimitLayer::builder()
+        .quota("all", Quota::per_minute(25), Key::global())
+        .quota(
+            "ip",
+            Quota::rate(12, Duration::from_secs(60)).burst(12),
+            Key::peer_ip(),
+        )
+        .backend(backend)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    let requests = (0..120)
+        .map(|i| req_from(&format!("203.0.113.{}:1", 60 + i % 3)))
+        .collect();
+    let futures = start_all(&mut svc, requests).await;
+    let responses = join_in_order(futures).await;
+    let admitted = responses.iter().filter(|r| r.0 == StatusCode::OK).count();
+    assert_eq!(admitted, 25, "the global window admits exactly its 25");
+    let m = layer.metrics();
+    assert_eq!((m.allowed, m.denied, m.degraded), (25, 95, 0));
+}
+
+/// A caller that goes away (its future dropped) while queued or even while its own call is
+/// in flight takes nothing down with it: every other request of the batch is decided by
+/// Redis, and the queued dropped ones consume nothing.
+#[tokio::test]
+async fn dropped_requests_do_not_break_their_batch() {
+    let server = support::RedisServer::start();
+    let conn = server.config().connect().await.unwrap();
+    let backend = RedisBackend::builder(conn).deny_cache_capacity(0).build();
+    let layer = RateLimitLayer::builder()
+        .quota("all", Quota::per_minute(100), Key::global())
+        .backend(backend)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::OK
+    );
+
+    let requests = (0..30).map(|_| req_from("192.0.2.2:1")).collect();
+    let mut futures: Vec<Option<RespFuture>> = start_all(&mut svc, requests)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    // First poll: request 0 and 1 go out alone (its own call each), the others queue.
+    std::future::poll_fn(|cx| {
+        for fut in futures.iter_mut().flatten() {
+            assert!(fut.as_mut().poll(cx).is_pending());
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // Every third queued request goes away, then request 0, mid-call (its slot is handed on
+    // to the queue when its future is dropped).
+    let mut dropped_queued = 0;
+    for (i, fut) in futures.iter_mut().enumerate().skip(2) {
+        if i % 3 == 0 {
+            *fut = None;
+            dropped_queued += 1;
+        }
+    }
+    futures[0] = None;
+    let kept: Vec<RespFuture> = futures.into_iter().flatten().collect();
+    let kept_count = kept.len();
+    let responses = join_in_order(kept).await;
+    for (status, _, body) in &responses {
+        assert_eq!(*status, StatusCode::OK);
+        assert!(!body.contains("degraded"), "{body}");
+    }
+    assert_eq!(layer.metrics().degraded, 0);
+    // 1 warm-up + the kept ones, + 1 if request 0's call reached Redis before it went away;
+    // the dropped queued requests were never sent.
+    let (status, _, body) = send(&mut svc, req_from("192.0.2.3:1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let remaining: usize = body.parse().unwrap();
+    let used = 100 - remaining - 1;
+    assert!(
+        used == 1 + kept_count || used == 2 + kept_count,
+        "{used} units used; {kept_count} kept, {dropped_queued} dropped while queued"
+    );
+}
+
+/// A batch that fails (Redis gone) fails every decision in it through the failure mode, fast.
+#[tokio::test]
+async fn a_failed_batch_fails_every_decision_through_the_failure_mode() {
+    let mut server = support::RedisServer::start();
+    let conn = server.config().connect().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(100), Key::peer_ip())
+        .backend(RedisBackend::new(conn))
+        .failure_mode(FailureMode::Closed)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(echo_service());
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::OK
+    );
+    server.stop();
+    let started = Instant::now();
+    let requests = (0..40)
+        .map(|i| req_from(&format!("192.0.2.{}:1", 10 + i % 4)))
+        .collect();
+    let futures = start_all(&mut svc, requests).await;
+    let responses = join_in_order(futures).await;
+    // A call bounded by connect + command timeout (2 s + 1 s), a queued request by one call's
+    // wait plus its own.
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    for (status, h, _) in &responses {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(h, "retry-after"), "1");
+    }
+    assert_eq!(layer.metrics().degraded, 40);
+}

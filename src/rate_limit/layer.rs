@@ -172,7 +172,7 @@ pub struct RateLimitMetrics {
     pub deny_cache_hits: u64,
     /// Requests without a key for a quota (skipped or refused per its rule).
     pub missing_key: u64,
-    /// Redis calls made (round trips) by this layer.
+    /// Decisions sent to Redis by this layer (with batching, several share one round trip).
     pub backend_calls: u64,
 }
 

@@ -1,4 +1,5 @@
-//! The Redis backend: every quota of a request decided by one Lua script, in one round trip.
+//! The Redis backend: every quota of a request decided atomically by a Lua script, in one
+//! round trip; concurrent requests share script calls (natural batching, `redis/batch.rs`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -14,6 +15,10 @@ use crate::clock::Clock;
 use crate::redis::driver::Script;
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 
+mod batch;
+
+use self::batch::{Ask, Batcher, Check, Turn};
+
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "rampart:rl:";
 
@@ -21,6 +26,12 @@ pub const DEFAULT_PREFIX: &str = "rampart:rl:";
 pub const DEFAULT_DENY_CACHE: usize = 100_000;
 
 const DENY_SHARDS: usize = 16;
+
+/// Default bound on concurrent script calls when batching.
+const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+
+/// Default bound on the decisions of one batched call.
+const DEFAULT_MAX_BATCH: usize = 128;
 
 // The Lua twins of `gcra::decide` and `window::decide`/`admit`. Every number they handle stays
 // below 2^53, where Lua's doubles are exact integers, and their only roundings (a window's
@@ -262,7 +273,8 @@ static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 ///   script (`EVALSHA`, loading it on `NOSCRIPT`), atomically: a refused request consumes
 ///   nothing. The script computes exactly the pure functions the memory backend uses, with the
 ///   Redis server's clock (`TIME`, integer microseconds), so instances with skewed clocks
-///   agree.
+///   agree. Under load, concurrent decisions share script calls: see
+///   [natural batching](#natural-batching) below.
 /// * **Small state that cleans itself up**: GCRA keeps one integer per key; a window keeps at
 ///   most `min(limit, max_slots)` packed (time, count) pairs. Each key expires (`PX`) when its
 ///   bucket is full again.
@@ -280,6 +292,53 @@ static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 ///
 /// Failures (timeouts, connection loss, the connection's circuit breaker) are handled by the
 /// layer's [`FailureMode`](super::FailureMode).
+///
+/// # Natural batching
+///
+/// On by default ([`RedisBackendBuilder::batching`]). Redis spends much of a rate-limit
+/// script call on the call itself (the `EVALSHA`, `TIME`, argument handling) rather than on
+/// the decision, so concurrent decisions share calls:
+///
+/// * At most [2 script calls](RedisBackendBuilder::max_calls_in_flight) are in flight per
+///   backend. A decision that finds a free slot and nobody waiting is sent **at once**, by its
+///   own task, alone, with the single-request script: exactly the call made without batching.
+///   There is no timer: at low load nothing waits and nothing changes.
+/// * A decision that finds both slots busy queues. When a call returns, its slot takes the
+///   whole queue (up to [128 decisions](RedisBackendBuilder::max_batch)) into **one**
+///   `EVALSHA`, driven by a spawned task. Under load the batches grow by themselves, to about
+///   half the number of concurrent callers.
+/// * The batch script reads the server's `TIME` once (all decisions of a batch are taken at one
+///   instant), reads every distinct key with one `MGET`, decides the requests **in arrival
+///   order**, each one's quotas all or nothing against the state left by the requests before
+///   it, and writes each changed key once (`SET key value PX ttl`; refused requests write
+///   nothing). The decisions are those of the same requests sent one by one (tested, on a
+///   client clock, against single calls). Key names and state encodings are those of the
+///   single-request scripts: instances with batching on and off share state.
+/// * Failures: an error or timeout of a call fails every decision in it, each through the
+///   layer's failure mode. The circuit breaker sees one call per batch. A queued decision that
+///   waited longer than the command timeout for a slot fails as a timeout, so a decision waits
+///   at most about two command timeouts (plus the connect timeout when a connection must be
+///   made). The deny cache answers before anything is queued.
+/// * A caller that goes away (its future dropped) loses only its own decision: a queued one
+///   is left out of its batch (it consumes nothing), one in flight is decided and its answer
+///   dropped; a dropped caller that held a slot hands it on to the queue.
+/// * Latency: at low load, none added. Under load, a decision waits for at most one call in
+///   flight to return before it is sent, in exchange for far fewer, larger calls, which keeps
+///   Redis and the connection below saturation: on the 2-core VM this crate is measured on
+///   (`limiter_bench`, GCRA, 100 000 keys, local `redis-server`), 1 caller: p50 107 µs with
+///   and 104 µs without batching; 8 callers: p50 188 µs vs 211 µs; 64 callers: p50 465 µs vs
+///   670 µs, p99 0.96 ms vs 1.8 ms, 134 000 vs 86 000 decisions/s.
+/// * Throughput and Redis CPU (`cargo bench --all-features --bench rate_limit_redis`, 64
+///   callers, 100 000 keys, same run; Redis CPU from `INFO commandstats`, `usec_per_call` of
+///   `EVALSHA` divided by the decisions per call): a redis_rate-style float GCRA script called
+///   once per decision did 66 900 decisions/s at 10.1 µs per decision; batched GCRA
+///   141 800/s (2.1x) with 21 decisions per call at 4.6 µs per decision; batched window
+///   (N = 10) 108 800/s (1.6x) at 6.5 µs per decision; without batching, 88 000/s at 8.3 µs
+///   and 67 700/s at 11.2 µs. What remains per decision is mostly the `SET` with its expiry
+///   and the key's read, which every design with per-key expiry pays.
+/// * Redis Cluster: a batch holds keys of many clients, hence many hash slots; like the
+///   multi-key requests above, it needs a single server (plain or TLS). Cluster support would
+///   batch per slot. `batching(false)` restores one call per decision.
 ///
 /// ```no_run
 /// use tower_rampart::net::TrustedProxies;
@@ -306,6 +365,8 @@ struct Inner {
     clock: Option<Arc<dyn Clock>>,
     deny: DenyCache,
     names: Mutex<Vec<Arc<str>>>,
+    /// `None`: one script call per decision.
+    batcher: Option<Arc<Batcher>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -315,6 +376,7 @@ impl fmt::Debug for RedisBackend {
             .field("prefix", &self.inner.prefix)
             .field("client_clock", &self.inner.clock.is_some())
             .field("deny_cache_capacity", &self.inner.deny.capacity)
+            .field("batching", &self.inner.batcher)
             .finish()
     }
 }
@@ -326,6 +388,9 @@ pub struct RedisBackendBuilder {
     prefix: String,
     deny_cache: usize,
     clock: Option<Arc<dyn Clock>>,
+    batching: bool,
+    max_in_flight: usize,
+    max_batch: usize,
 }
 
 impl RedisBackendBuilder {
@@ -352,10 +417,40 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Coalesces concurrent decisions into shared script calls (default on; see
+    /// [natural batching](RedisBackend#natural-batching)). Off, every decision is one script
+    /// call of its own.
+    pub fn batching(mut self, on: bool) -> Self {
+        self.batching = on;
+        self
+    }
+
+    /// Most script calls in flight at once when batching (default 2, at least 1): a
+    /// decision that finds a free slot and no queue is sent at once, alone; the others queue
+    /// for the next free slot.
+    pub fn max_calls_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Most decisions in one batched call (default 128, at least 1).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
     /// Builds the backend.
     pub fn build(self) -> RedisBackend {
+        let batcher = self.batching.then(|| {
+            Arc::new(Batcher::new(
+                self.conn.clone(),
+                self.max_in_flight,
+                self.max_batch,
+            ))
+        });
         RedisBackend {
             inner: Arc::new(Inner {
+                batcher,
                 conn: self.conn,
                 prefix: self.prefix,
                 clock: self.clock,
@@ -391,6 +486,9 @@ impl RedisBackend {
             prefix: DEFAULT_PREFIX.to_owned(),
             deny_cache: DEFAULT_DENY_CACHE,
             clock: None,
+            batching: true,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 
@@ -468,14 +566,49 @@ impl RedisBackend {
         cost: u64,
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
+        if let Some(batcher) = &self.inner.batcher {
+            let ask = || Ask {
+                checks: items
+                    .iter()
+                    .map(|item| Check {
+                        key: self.key_name(item.name, item.key),
+                        def: definition(item.quota),
+                    })
+                    .collect(),
+                cost,
+                now,
+            };
+            match batcher.enqueue(ask) {
+                Turn::Alone(slot) => {
+                    // Nobody waiting: this call goes out now, alone, with the single-request
+                    // scripts (exactly the call made without batching); the slot is passed
+                    // on when it is dropped, at the end of the call or if this future is.
+                    let decided = self.run_alone(items, cost, now).await;
+                    drop(slot);
+                    return decided;
+                }
+                Turn::Queued(pending) => {
+                    let answer = pending.answer().await?;
+                    return decode(items, cost, answer.values());
+                }
+            }
+        }
+        self.run_alone(items, cost, now).await
+    }
+
+    /// One script call for one request (`GCRA_ONE`, `WINDOW_ONE` or `MULTI`).
+    async fn run_alone(
+        &self,
+        items: &[RedisItem<'_>],
+        cost: u64,
+        now: u64,
+    ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         let protocol = |n: usize| {
             RedisError::new(
                 RedisErrorKind::Protocol,
                 format!("rate limit script replied {n} values"),
             )
         };
-        let num = |v: i64| u64::try_from(v).unwrap_or(0);
-        let retry = |v: i64| if v < 0 { NEVER } else { num(v) };
         let gcra = |q: &Quota, allowed: bool, used: i64, r: i64| {
             QuotaDecision::gcra(
                 allowed,
@@ -497,19 +630,7 @@ impl RedisBackend {
                         .arg(q.emission_interval_us())
                         .arg(q.burst_size());
                     let reply: i64 = self.inner.conn.invoke_script(&inv).await?;
-                    let (t, b) = (q.emission_interval_us(), q.burst_size());
-                    let d = match reply {
-                        used @ 0.. => QuotaDecision::gcra(true, num(used), t, b, 0),
-                        ..=IMPOSSIBLE => {
-                            QuotaDecision::gcra(false, num(IMPOSSIBLE - reply), t, b, NEVER)
-                        }
-                        minus_retry => {
-                            // Refused: in use = retry + burst·T - cost·T.
-                            let retry = num(-minus_retry);
-                            let used = (retry + b * t).saturating_sub(cost.saturating_mul(t));
-                            QuotaDecision::gcra(false, used, t, b, retry)
-                        }
-                    };
+                    let d = gcra_reply(q, cost, reply);
                     Ok((d.allowed, vec![d]))
                 }
                 Meaning::Window => {
@@ -566,6 +687,81 @@ impl RedisBackend {
             .collect();
         Ok((reply[0] == 1, decisions))
     }
+}
+
+fn num(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A retry time from a script (-1: never).
+fn retry(v: i64) -> u64 {
+    if v < 0 { NEVER } else { num(v) }
+}
+
+/// A GCRA decision from its one-integer reply (see `GCRA_ONE`).
+fn gcra_reply(q: &Quota, cost: u64, reply: i64) -> QuotaDecision {
+    let (t, b) = (q.emission_interval_us(), q.burst_size());
+    match reply {
+        used @ 0.. => QuotaDecision::gcra(true, num(used), t, b, 0),
+        ..=IMPOSSIBLE => QuotaDecision::gcra(false, num(IMPOSSIBLE - reply), t, b, NEVER),
+        minus_retry => {
+            // Refused: in use = retry + burst·T - cost·T.
+            let retry = num(-minus_retry);
+            let used = (retry + b * t).saturating_sub(cost.saturating_mul(t));
+            QuotaDecision::gcra(false, used, t, b, retry)
+        }
+    }
+}
+
+/// A quota as the batch script's definition: kind, then its four parameters.
+fn definition(q: &Quota) -> [u64; 5] {
+    match q.meaning() {
+        Meaning::Window => [
+            batch::WINDOW,
+            q.limit,
+            q.window_us,
+            q.granularity_us(),
+            window::max_slots(q) as u64,
+        ],
+        Meaning::Gcra => [batch::GCRA, q.emission_interval_us(), q.burst_size(), 0, 0],
+    }
+}
+
+/// One request's decisions from its part of a batch reply (see `batch::BATCH`).
+fn decode(
+    items: &[RedisItem<'_>],
+    cost: u64,
+    values: &[i64],
+) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
+    let short = || RedisError::new(RedisErrorKind::Protocol, "rate limit batch reply too short");
+    let mut rest = values;
+    let mut all = true;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let d = match item.quota.meaning() {
+            Meaning::Gcra => {
+                let [v, ref tail @ ..] = *rest else {
+                    return Err(short());
+                };
+                rest = tail;
+                gcra_reply(item.quota, cost, v)
+            }
+            Meaning::Window => {
+                let [v, reset, r, ref tail @ ..] = *rest else {
+                    return Err(short());
+                };
+                rest = tail;
+                if v >= 0 {
+                    QuotaDecision::new(true, num(v), num(reset), 0)
+                } else {
+                    QuotaDecision::new(false, num(-1 - v), num(reset), retry(r))
+                }
+            }
+        };
+        all &= d.allowed;
+        out.push(d);
+    }
+    Ok((all, out))
 }
 
 /// A single-quota limiter over a [`RedisBackend`] (see [`RedisBackend::keyed`]).
