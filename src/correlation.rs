@@ -550,10 +550,10 @@ where
             });
         }
 
-        if let Some(name) = self.config.request_headers.first() {
-            if req.headers().get(name) != Some(&id.0) {
-                req.headers_mut().insert(name.clone(), id.0.clone());
-            }
+        if let Some(name) = self.config.request_headers.first()
+            && req.headers().get(name) != Some(&id.0)
+        {
+            req.headers_mut().insert(name.clone(), id.0.clone());
         }
         req.extensions_mut().insert(id.clone());
 
