@@ -423,7 +423,20 @@ pub fn shared() -> TestRedis {
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.trim().is_empty() => {
             let config = RedisConfig::from_url(url.trim())
-                .unwrap_or_else(|e| panic!("REDIS_URL is not a valid Redis URL: {e}"))
+                .unwrap_or_else(|e| panic!("REDIS_URL is not a valid Redis URL: {e}"));
+            // Tests write and flush keys: never point them at a server that is not on this
+            // machine (REDIS_URL is also the service's production variable).
+            let host = config.host().trim_matches(|c| c == '[' || c == ']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            assert!(
+                loopback,
+                "REDIS_URL points at {host:?}, which is not a loopback address: the tests only \
+                 run against a Redis on this machine (unset REDIS_URL to let them start their own)"
+            );
+            let config = config
                 .connect_timeout(TEST_CONNECT_TIMEOUT)
                 .command_timeout(TEST_COMMAND_TIMEOUT);
             TestRedis {
