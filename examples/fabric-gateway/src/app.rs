@@ -347,7 +347,22 @@ fn session_layer(
             r#"{"detail":"Session store unavailable"}"#,
         )
         .build()
-        .map_err(|e| config_error("SECRET_KEY", e))?;
+        .map_err(|e| {
+            // Name the variable behind the setting the session layer refused.
+            let message = e.to_string();
+            let variable = if message.contains("cookie") || message.contains("prefix") {
+                "SESSION_COOKIE_NAME"
+            } else if message.contains("SameSite") {
+                "COOKIE_SAMESITE"
+            } else if message.contains("idle") {
+                "SESSION_IDLE_MINUTES"
+            } else if message.contains("lifetime") {
+                "SESSION_EXPIRY_HOURS"
+            } else {
+                "SECRET_KEY"
+            };
+            config_error(variable, e)
+        })?;
     let store: Arc<dyn SessionStore> = match redis {
         Some(conn) => Arc::new(RedisStore::new(conn.clone())),
         None => Arc::new(MemoryStore::new()),

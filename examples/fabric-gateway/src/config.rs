@@ -484,6 +484,20 @@ impl Config {
         let session_idle = positive_int(&get, &mut p, "SESSION_IDLE_MINUTES", 60, 60 * 24 * 366)
             .map(|m| Duration::from_secs(m * 60));
 
+        if let (Some(idle), Some(expiry)) = (session_idle, session_expiry)
+            && idle > expiry
+        {
+            p.add(
+                "SESSION_IDLE_MINUTES",
+                format!(
+                    "the idle timeout ({} min) is longer than the absolute lifetime \
+                     (SESSION_EXPIRY_HOURS = {} h)",
+                    idle.as_secs() / 60,
+                    expiry.as_secs() / 3600
+                ),
+            );
+        }
+
         let session_cookie_name = match get("SESSION_COOKIE_NAME") {
             None => "fabric_session_id".to_owned(),
             Some(name) => {

@@ -107,6 +107,19 @@ async fn query_length_bounds() {
     }
     let fake = gw.handle.fake_agent().unwrap();
     assert_eq!(fake.controls.rpc_count("tools/call"), 2);
+
+    // Without a session the answer is "log in", whatever the query looks like.
+    let anonymous = reqwest::Client::new();
+    for query in [String::new(), "x".repeat(1001), "fine".to_owned()] {
+        let resp = anonymous
+            .post(gw.url("/query"))
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(detail(resp).await, "Not authenticated. Please login first.");
+    }
 }
 
 #[tokio::test]

@@ -92,12 +92,24 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// Body of `POST /auth/client-login`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /auth/client-login`. Its `Debug` never shows the tokens.
+#[derive(Deserialize)]
 pub(crate) struct LoginRequest {
     access_token: String,
     #[serde(default)]
     fabric_token: Option<String>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("access_token", &"<redacted>")
+            .field(
+                "fabric_token",
+                &self.fabric_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// `POST /auth/client-login`: validates the token that will be sent to Fabric and starts a
@@ -261,17 +273,18 @@ async fn ask(
     body: QueryRequest,
     detailed: bool,
 ) -> Result<Json<Value>, ApiError> {
+    // Sign-in first: an anonymous client learns it must log in, whatever it sent.
+    let (user, token) = match sign_in_state(&state, &session).await? {
+        SignIn::User { user, token } => (user, token),
+        SignIn::Anonymous => return Err(ApiError::unauthorized(NOT_AUTHENTICATED)),
+        SignIn::Expired => return Err(ApiError::unauthorized(SESSION_EXPIRED)),
+    };
     let chars = body.query.chars().count();
     if body.query.trim().is_empty() || chars > MAX_QUERY_CHARS {
         return Err(ApiError::unprocessable(format!(
             "query must be between 1 and {MAX_QUERY_CHARS} characters (got {chars})"
         )));
     }
-    let (user, token) = match sign_in_state(&state, &session).await? {
-        SignIn::User { user, token } => (user, token),
-        SignIn::Anonymous => return Err(ApiError::unauthorized(NOT_AUTHENTICATED)),
-        SignIn::Expired => return Err(ApiError::unauthorized(SESSION_EXPIRED)),
-    };
     let correlation_id = CorrelationId::current().unwrap_or_else(CorrelationId::new_v7);
     let history = body.conversation_history.unwrap_or_default();
     // Everything logged from here on (the data agent client's lines too) carries the user id.
