@@ -221,6 +221,20 @@ fn invalid_values_are_named() {
     }
     let e = load(&[("REDIS_HOST", "h"), ("REDIS_PORT", "abc")]).unwrap_err();
     assert_eq!(e.variables(), ["REDIS_PORT"]);
+    // An idle timeout longer than the whole session is refused, naming the idle setting.
+    let e = load(&[
+        ("SESSION_EXPIRY_HOURS", "1"),
+        ("SESSION_IDLE_MINUTES", "61"),
+    ])
+    .unwrap_err();
+    assert_eq!(e.variables(), ["SESSION_IDLE_MINUTES"]);
+    assert!(
+        load(&[
+            ("SESSION_EXPIRY_HOURS", "1"),
+            ("SESSION_IDLE_MINUTES", "60")
+        ])
+        .is_ok()
+    );
     // Every problem is reported at once.
     let e = load(&[
         ("PORT", "x"),
