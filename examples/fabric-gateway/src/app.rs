@@ -20,6 +20,10 @@
 //! `into_make_service_with_connect_info::<SocketAddr>()` (as [`serve`] does); without it
 //! every rate-limited request is refused (a request the limiter cannot count is not admitted).
 //!
+//! Tests build the service with [`app_with_clock`] to put every time-dependent part on one
+//! [`ManualClock`](tower_rampart::clock::ManualClock): token expiry, session idle timeout
+//! and lifetime, the rate-limit windows.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use fabric_gateway::{app, config::Config};
@@ -50,7 +54,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_rampart::clock::SystemClock;
+use tower_rampart::clock::{Clock, SystemClock};
 use tower_rampart::cookie_policy::{self, CookiePolicy, CookiePolicyLayer, SecureMode};
 use tower_rampart::correlation::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_rampart::rate_limit::{
@@ -199,8 +203,46 @@ where
 /// Builds the service for `config`: connects nothing eagerly except a first Redis health
 /// check (an unreachable Redis is logged and the service starts degraded), starts the fake
 /// data agent and generates the dev identity in local mode.
+///
+/// Time is the system clock's; the rate limiter reads its own monotonic clock, or the Redis
+/// server's when Redis is configured.
 pub async fn app(config: Config) -> Result<App, StartError> {
+    build(config, None).await
+}
+
+/// Like [`app`], but every time-dependent part reads `clock`: the token validator (`exp`,
+/// `nbf`, key refetch intervals), the dev identity's minted tokens, the sessions (idle
+/// timeout, absolute lifetime), the cookie policy, the stored token's expiry check, and the
+/// rate limits, which then decide at `clock`'s time instead of their monotonic clock (and,
+/// with Redis, instead of the Redis server's `TIME`).
+///
+/// For tests: with a [`ManualClock`](tower_rampart::clock::ManualClock), expiry and quota
+/// windows are checked end to end without waiting. Several instances sharing one Redis must
+/// share one clock. Production uses [`app`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use fabric_gateway::{app_with_clock, config::Config};
+/// use tower_rampart::clock::ManualClock;
+///
+/// let clock = ManualClock::starting_now();
+/// let config = Config::from_lookup(|_| None)?;
+/// let app = app_with_clock(config, Arc::new(clock.clone())).await?;
+/// // ... sign in through `app.router()`, then:
+/// clock.advance(Duration::from_secs(2 * 3600)); // the idle timeout (1 h) has passed
+/// # Ok(()) }
+/// ```
+pub async fn app_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+    build(config, Some(clock)).await
+}
+
+/// Builds the service; `test_clock`, when given, replaces every clock (see
+/// [`app_with_clock`]).
+async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App, StartError> {
     let production = config.environment.is_production();
+    let clock: Arc<dyn Clock> = test_clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
 
     // Redis: one lazily connected, self-healing connection shared by sessions and limits.
     let redis = match &config.redis {
@@ -224,9 +266,14 @@ pub async fn app(config: Config) -> Result<App, StartError> {
     };
 
     // The layers' own checks of the configuration (quota strings...), before anything starts.
-    let session_layer = session_layer(&config, redis.as_ref())?;
-    let cookie_policy = cookie_policy(&config)?;
-    let (query_limit, login_limit) = rate_limits(&config, redis.as_ref(), session_layer.config())?;
+    let session_layer = session_layer(&config, redis.as_ref(), &clock)?;
+    let cookie_policy = cookie_policy(&config, &clock)?;
+    let (query_limit, login_limit) = rate_limits(
+        &config,
+        redis.as_ref(),
+        session_layer.config(),
+        test_clock.as_ref(),
+    )?;
     let request_timeout = config.data_agent.timeout + REQUEST_TIMEOUT_MARGIN;
     let allowed = allowed_origins(&config)?;
 
@@ -247,12 +294,13 @@ pub async fn app(config: Config) -> Result<App, StartError> {
     .map_err(|e| StartError::DataAgent(e.to_string()))?;
 
     // Token validation; in development the dev identity's key is trusted too.
-    let mut validator = TokenValidator::builder(config.auth.clone());
+    let mut validator = TokenValidator::builder(config.auth.clone()).clock(Arc::clone(&clock));
     let dev_identity = if production {
         None
     } else {
         let identity = DevIdentity::generate(&config.auth)
-            .map_err(|e| StartError::DevIdentity(e.to_string()))?;
+            .map_err(|e| StartError::DevIdentity(e.to_string()))?
+            .with_clock(Arc::clone(&clock));
         validator = validator.trust_key_set(identity.jwks());
         Some(Arc::new(identity))
     };
@@ -262,7 +310,7 @@ pub async fn app(config: Config) -> Result<App, StartError> {
         validator,
         agent,
         redis,
-        clock: Arc::new(SystemClock),
+        clock,
         dev_routes: dev_identity.is_some(),
         fake_agent,
         config,
@@ -328,6 +376,7 @@ pub async fn app(config: Config) -> Result<App, StartError> {
 fn session_layer(
     config: &Config,
     redis: Option<&RedisConnection>,
+    clock: &Arc<dyn Clock>,
 ) -> Result<SessionLayer, StartError> {
     let same_site = match config.cookie_samesite {
         CookieSameSite::Lax => session::SameSite::Lax,
@@ -342,6 +391,7 @@ fn session_layer(
         .idle_timeout(config.session_idle)
         .absolute_lifetime(config.session_expiry)
         .encrypt_at_rest(true)
+        .clock(Arc::clone(clock))
         .unavailable_response(
             "application/json",
             r#"{"detail":"Session store unavailable"}"#,
@@ -377,7 +427,7 @@ fn secure_cookies(config: &Config) -> bool {
 }
 
 /// The policy every `Set-Cookie` passes through.
-fn cookie_policy(config: &Config) -> Result<CookiePolicy, StartError> {
+fn cookie_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<CookiePolicy, StartError> {
     let min_same_site = match config.cookie_samesite {
         CookieSameSite::Lax => cookie_policy::SameSite::Lax,
         CookieSameSite::Strict => cookie_policy::SameSite::Strict,
@@ -393,16 +443,22 @@ fn cookie_policy(config: &Config) -> Result<CookiePolicy, StartError> {
         .secure(secure)
         .min_same_site(min_same_site)
         .trusted_proxies(config.trusted_proxies.clone())
+        .clock(Arc::clone(clock))
         .build()
         .map_err(|e| config_error("COOKIE_SAMESITE", e))
 }
 
 /// The `/query` limit (per IP and per session, one bucket for both routes) and the login
 /// limit (per IP). Global through Redis when configured.
+///
+/// Without `test_clock` the limiter keeps its defaults: its monotonic clock, and the Redis
+/// server's `TIME` for decisions on Redis (instances with skewed clocks still agree). With
+/// it, both the layer and the Redis backend decide at that clock's time.
 fn rate_limits(
     config: &Config,
     redis: Option<&RedisConnection>,
     sessions: &SessionConfig,
+    test_clock: Option<&Arc<dyn Clock>>,
 ) -> Result<(RateLimitLayer, RateLimitLayer), StartError> {
     let parse = |variable: &'static str, value: &str| {
         Quota::parse(value).map_err(|e| config_error(variable, e))
@@ -416,9 +472,18 @@ fn rate_limits(
         RateLimitFailureMode::Closed => FailureMode::Closed,
     };
     let builder = || {
-        let b = RateLimitLayer::builder().failure_mode(failure_mode);
+        let mut b = RateLimitLayer::builder().failure_mode(failure_mode);
+        if let Some(clock) = test_clock {
+            b = b.clock(Arc::clone(clock));
+        }
         match redis {
-            Some(conn) => b.backend(RedisBackend::new(conn.clone())),
+            Some(conn) => {
+                let mut backend = RedisBackend::builder(conn.clone());
+                if let Some(clock) = test_clock {
+                    backend = backend.client_clock(Arc::clone(clock));
+                }
+                b.backend(backend.build())
+            }
             None => b.backend(rate_limit::MemoryBackend::new()),
         }
     };

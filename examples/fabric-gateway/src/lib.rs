@@ -6,7 +6,8 @@
 //! - [`auth`]: access-token validation against a JWKS, and the development identity;
 //! - [`fabric`]: the data agent client (MCP and the older assistants protocol);
 //! - [`fake_agent`]: an in-memory data agent speaking both protocols, for local mode and tests;
-//! - [`app`](mod@app): the running service; [`app()`] builds its router and layer stack;
+//! - [`app`](mod@app): the running service; [`app()`] builds its router and layer stack
+//!   ([`app_with_clock`] on an injected clock, for tests);
 //! - [`logging`]: JSON (production) or human-readable log lines.
 #![forbid(unsafe_code)]
 #![warn(
@@ -23,4 +24,4 @@ pub mod fabric;
 pub mod fake_agent;
 pub mod logging;
 
-pub use app::{App, AppHandle, StartError, app};
+pub use app::{App, AppHandle, StartError, app, app_with_clock};

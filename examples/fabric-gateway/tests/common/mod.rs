@@ -11,10 +11,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use fabric_gateway::config::{Config, LogFormat};
-use fabric_gateway::{AppHandle, app, logging};
+use fabric_gateway::{App, AppHandle, app, app_with_clock, logging};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+use tower_rampart::clock::ManualClock;
 
 /// A gateway served on a loopback port. Dropping it stops the server.
 pub struct Gateway {
@@ -54,6 +55,34 @@ impl Gateway {
     /// Local mode with these variables (nothing else set).
     pub async fn local(vars: &[(&str, &str)]) -> Self {
         Self::start(config(vars)).await
+    }
+
+    /// Builds the service for `config` with every time-dependent part on `clock` (see
+    /// [`app_with_clock`]) and serves it on `127.0.0.1:0`.
+    pub async fn start_with_clock(config: Config, clock: ManualClock) -> Self {
+        capture_logs();
+        let service = app_with_clock(config, Arc::new(clock))
+            .await
+            .expect("the gateway starts");
+        Self::serve(service).await
+    }
+
+    /// Serves an already built service on `127.0.0.1:0`.
+    pub async fn serve(service: App) -> Self {
+        let (router, handle) = service.into_parts();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            fabric_gateway::app::serve(router, listener, std::future::pending())
+                .await
+                .unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            handle,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
