@@ -86,6 +86,7 @@ suite!(
     round_trips_per_request,
     idle_and_absolute_expiry_through_the_layer,
     cycle_id_keeps_data_and_invalidates_the_old_id,
+    cycle_id_merges_a_concurrent_write_and_loses_to_a_concurrent_logout,
     key_rotation,
     bad_cookies_cost_no_store_call_and_are_not_accepted,
     server_error_responses_are_not_saved,
@@ -472,6 +473,18 @@ async fn round_trips_per_request(b: Backend) {
     app.post("/remove/nope", Some(&cookie)).await;
     assert_eq!((c.loads(), c.writes()), (2, 0));
     c.reset();
+    // Login (cycle_id): load, create the new record, delete the old one.
+    let cookie = app.post("/login/u", Some(&cookie)).await.cookie().unwrap();
+    assert_eq!(
+        (
+            c.loads(),
+            c.create.load(SeqCst),
+            c.delete.load(SeqCst),
+            c.total()
+        ),
+        (1, 1, 1, 3)
+    );
+    c.reset();
     // Logout: 1.
     let r = app.post("/logout", Some(&cookie)).await;
     assert!(r.removes_cookie());
@@ -551,6 +564,66 @@ async fn cycle_id_keeps_data_and_invalidates_the_old_id(b: Backend) {
     let newer = r.cookie().expect("cycled");
     assert_eq!(app.get("/get/cart", Some(&newer)).await.body, "\"3\"");
     assert_eq!(app.get("/get/cart", Some(&new)).await.body, "null");
+}
+
+/// The commit of `cycle_id` is held between creating the new record and deleting the old
+/// one while another request of the same session runs.
+async fn cycle_id_merges_a_concurrent_write_and_loses_to_a_concurrent_logout(b: Backend) {
+    let faulty = Faulty::new(b.store.clone());
+    let app = App::new(Arc::new(faulty.clone()));
+
+    // A write to the old session lands in between: the new session has it.
+    let old = app.new_session().await;
+    let (reached, release) = faulty.hold_next_create();
+    let login = {
+        let (app, old) = (app.clone(), old.clone());
+        tokio::spawn(async move { app.post("/login/u1", Some(&old)).await })
+    };
+    reached.notified().await;
+    let r = app.post("/set/late/1", Some(&old)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    release.notify_one();
+    let r = login.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = r.cookie().expect("login sets a new cookie");
+    assert_eq!(app.get("/get/late", Some(&new)).await.body, "\"1\"");
+    assert_eq!(app.get("/get/k0", Some(&new)).await.body, "\"v0\"");
+    assert_eq!(app.get("/user", Some(&new)).await.body, "u1");
+    assert!(
+        app.store
+            .load(&app.key_of(&old), app.now(), false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A logout of the old session lands in between: it wins, the login hands out no id and
+    // the record it created is gone.
+    let old = app.new_session().await;
+    let (reached, release) = faulty.hold_next_create();
+    let login = {
+        let (app, old) = (app.clone(), old.clone());
+        tokio::spawn(async move { app.post("/login/u2", Some(&old)).await })
+    };
+    reached.notified().await;
+    let created = faulty.last_created();
+    assert!(app.post("/logout", Some(&old)).await.removes_cookie());
+    release.notify_one();
+    let r = login.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.cookie().is_none(),
+        "no id for a session logged out meanwhile"
+    );
+    for key in [app.key_of(&old), created] {
+        assert!(
+            app.store
+                .load(&key, app.now(), false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
 
 async fn key_rotation(b: Backend) {

@@ -308,3 +308,146 @@ async fn a_store_chosen_at_run_time() {
     let dbg = format!("{store:?}");
     assert!(dbg.contains("len: 2"), "{dbg}");
 }
+
+/// Captures everything logged on this thread.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logout_with_a_rejected_cookie_removes_it_without_a_store_call() {
+    use base64::Engine as _;
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let config = || {
+        builder()
+            .cookie_path("/api")
+            .cookie_domain("example.com")
+            .same_site(SameSite::Strict)
+    };
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let app = App::with(store.clone(), config(), routes());
+    let good = app.new_session().await;
+    let value = good.split_once('=').unwrap().1.to_owned();
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&value)
+        .unwrap();
+    *raw.last_mut().unwrap() ^= 1;
+    let tampered = format!(
+        "{COOKIE}={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw)
+    );
+    // Signed with a key this app no longer has.
+    let retired = App::with(
+        store.clone(),
+        SessionConfig::builder()
+            .key(KEY_B)
+            .cookie_name(COOKIE)
+            .cookie_path("/api")
+            .cookie_domain("example.com")
+            .same_site(SameSite::Strict),
+        routes(),
+    )
+    .new_session()
+    .await;
+    let rejected = [
+        tampered,
+        retired,
+        format!("{COOKIE}=not base64!"),
+        format!("{COOKIE}="),
+        format!("other=1; {COOKIE}={}", "A".repeat(4000)),
+    ];
+    for cookie in &rejected {
+        app.counts.reset();
+        let r = app.post("/logout", Some(cookie)).await;
+        assert_eq!(r.status, 200, "{cookie}");
+        assert_eq!(r.set_cookies.len(), 1, "{cookie}");
+        assert_eq!(
+            r.set_cookies[0],
+            "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/api; \
+             Domain=example.com; HttpOnly; Secure; SameSite=Strict",
+            "the removal carries the configured attributes ({cookie})"
+        );
+        assert_eq!(app.counts.total(), 0, "no store call for {cookie}");
+        // A write after a rejected cookie starts a new session whose Set-Cookie has the same
+        // name, path and domain: it replaces the rejected cookie, no removal needed.
+        let r = app.post("/set/a/1", Some(cookie)).await;
+        assert_eq!(r.set_cookies.len(), 1, "{cookie}");
+        assert!(!r.removes_cookie());
+        assert!(
+            r.set_cookies[0]
+                .ends_with("; Path=/api; Domain=example.com; HttpOnly; Secure; SameSite=Strict"),
+            "{}",
+            r.set_cookies[0]
+        );
+        assert_ne!(r.cookie().unwrap(), *cookie);
+    }
+    // The valid session was not touched by any of this.
+    assert_eq!(app.get("/get/k0", Some(&good)).await.body, "\"v0\"");
+    // Without any session cookie, a logout has nothing to remove.
+    for cookie in [None, Some("other=1")] {
+        let r = app.post("/logout", cookie).await;
+        assert!(r.set_cookies.is_empty(), "{cookie:?}");
+    }
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("ignoring the session cookie"), "{logs}");
+    for cookie in &rejected {
+        let value = cookie.rsplit_once(&format!("{COOKIE}=")).unwrap().1;
+        if value.len() > 4 {
+            assert!(!logs.contains(value), "a rejected cookie value was logged");
+        }
+    }
+}
+
+/// `cycle_id` creates the new record before deleting the old one: a store failure in
+/// between answers 503 and never loses the session.
+#[tokio::test]
+async fn cycle_id_store_failure_keeps_the_old_session() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let faulty = Faulty::new(Arc::new(MemoryStore::new()));
+    let app = App::new(Arc::new(faulty.clone()));
+    let old = app.new_session().await;
+    app.post("/set/cart/3", Some(&old)).await;
+
+    // The new record cannot be created: the old session is untouched.
+    faulty.ctl.fail_create.store(true, SeqCst);
+    let r = app.post("/login/u1", Some(&old)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookies.is_empty());
+    faulty.ctl.fail_create.store(false, SeqCst);
+    assert_eq!(app.get("/get/cart", Some(&old)).await.body, "\"3\"");
+
+    // The old record cannot be deleted: 503 as well, the new id is never handed out and the
+    // old session is still the one in use, without the login's changes.
+    faulty.ctl.fail_delete.store(true, SeqCst);
+    let r = app.post("/login/u1", Some(&old)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookies.is_empty());
+    faulty.ctl.fail_delete.store(false, SeqCst);
+    assert_eq!(app.get("/get/cart", Some(&old)).await.body, "\"3\"");
+    assert_eq!(app.get("/user", Some(&old)).await.body, "");
+
+    // Once the store works, the login goes through.
+    let r = app.post("/login/u1", Some(&old)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = r.cookie().unwrap();
+    assert_eq!(app.get("/get/cart", Some(&new)).await.body, "\"3\"");
+    assert_eq!(app.get("/user", Some(&new)).await.body, "u1");
+    assert_eq!(app.get("/get/cart", Some(&old)).await.body, "null");
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
-use http::header::COOKIE;
+use http::header::{COOKIE, InvalidHeaderValue};
 use sha2::{Digest, Sha256};
 
 use super::crypto::{DerivedKeys, random_bytes};
@@ -272,7 +272,16 @@ impl CookieCodec {
     }
 
     /// `Set-Cookie` carrying `id`, living `max_age_secs`.
-    pub(crate) fn set_cookie(&self, id: &SessionId, max_age_secs: u64) -> HeaderValue {
+    ///
+    /// # Errors
+    /// When the cookie is not a valid header value. `SessionConfig::build` validates the name
+    /// and attributes and the value is base64url, so this only happens with a codec built
+    /// around that validation; the layer then answers `500`.
+    pub(crate) fn set_cookie(
+        &self,
+        id: &SessionId,
+        max_age_secs: u64,
+    ) -> Result<HeaderValue, InvalidHeaderValue> {
         let mut out = String::with_capacity(160);
         out.push_str(&self.name);
         out.push('=');
@@ -280,18 +289,20 @@ impl CookieCodec {
         out.push_str("; Max-Age=");
         out.push_str(&max_age_secs.to_string());
         self.attributes(&mut out);
-        // Name and attributes were validated when the config was built, the value is base64url.
-        HeaderValue::try_from(out).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::try_from(out)
     }
 
     /// `Set-Cookie` that removes the session cookie: same Path, Domain, Secure and SameSite as
     /// the cookie it replaces, otherwise browsers keep the old one.
-    pub(crate) fn removal_cookie(&self) -> HeaderValue {
+    ///
+    /// # Errors
+    /// As `set_cookie`.
+    pub(crate) fn removal_cookie(&self) -> Result<HeaderValue, InvalidHeaderValue> {
         let mut out = String::with_capacity(160);
         out.push_str(&self.name);
         out.push_str("=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
         self.attributes(&mut out);
-        HeaderValue::try_from(out).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::try_from(out)
     }
 }
 
@@ -393,7 +404,7 @@ mod tests {
     fn signed_cookie_round_trips_among_other_cookies() {
         let c = codec(&[&[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let v = value_of(&c.set_cookie(&id, 60));
+        let v = value_of(&c.set_cookie(&id, 60).unwrap());
         assert_eq!(v.len(), VALUE_LEN);
         let h = headers(&[&format!("a=b; sid={v}; c=d")]);
         assert_eq!(c.read(&h).unwrap().unwrap(), id);
@@ -405,7 +416,7 @@ mod tests {
     fn rejects_bad_cookies() {
         let c = codec(&[&[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let v = value_of(&c.set_cookie(&id, 60));
+        let v = value_of(&c.set_cookie(&id, 60).unwrap());
         assert_eq!(c.read(&headers(&[])), Ok(None));
         assert_eq!(c.read(&headers(&["other=1"])), Ok(None));
         assert_eq!(
@@ -440,7 +451,7 @@ mod tests {
         );
         // Signed by a key that is not configured.
         let other = codec(&[&[2; 32]]);
-        let foreign = value_of(&other.set_cookie(&id, 60));
+        let foreign = value_of(&other.set_cookie(&id, 60).unwrap());
         assert_eq!(
             c.read(&headers(&[&format!("sid={foreign}")])),
             Err(Rejected::BadSignature)
@@ -452,7 +463,7 @@ mod tests {
         let old = codec(&[&[1; 32]]);
         let rotated = codec(&[&[2; 32], &[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let old_value = value_of(&old.set_cookie(&id, 60));
+        let old_value = value_of(&old.set_cookie(&id, 60).unwrap());
         assert_eq!(
             rotated
                 .read(&headers(&[&format!("sid={old_value}")]))
@@ -460,7 +471,7 @@ mod tests {
                 .unwrap(),
             id
         );
-        let new_value = value_of(&rotated.set_cookie(&id, 60));
+        let new_value = value_of(&rotated.set_cookie(&id, 60).unwrap());
         assert_ne!(new_value, old_value);
         assert_eq!(
             old.read(&headers(&[&format!("sid={new_value}")])),
@@ -484,16 +495,30 @@ mod tests {
         let mut c = codec(&[&[1; 32]]);
         c.domain = Some("example.com".into());
         let id = SessionId::generate().unwrap();
-        let set = c.set_cookie(&id, 3600);
+        let set = c.set_cookie(&id, 3600).unwrap();
         let s = set.to_str().unwrap();
         assert!(s.starts_with("sid="));
         assert!(s.ends_with(
             "; Max-Age=3600; Path=/; Domain=example.com; HttpOnly; Secure; SameSite=Lax"
         ));
-        let del = c.removal_cookie();
+        let del = c.removal_cookie().unwrap();
         assert_eq!(
             del.to_str().unwrap(),
             "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=example.com; HttpOnly; Secure; SameSite=Lax"
         );
+    }
+
+    #[test]
+    fn a_cookie_that_cannot_be_a_header_is_an_error_not_an_empty_header() {
+        // Unreachable through `SessionConfig::build`, which validates these attributes.
+        let mut c = codec(&[&[1; 32]]);
+        c.path = "/a\nb".into();
+        let id = SessionId::generate().unwrap();
+        assert!(c.set_cookie(&id, 60).is_err());
+        assert!(c.removal_cookie().is_err());
+        // A DEL character is refused as well, not replaced by an empty header.
+        c.path = "/\u{7f}".into();
+        assert!(c.set_cookie(&id, 60).is_err());
+        assert!(c.removal_cookie().is_err());
     }
 }

@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     store: Arc<dyn SessionStore>,
     /// The verified id of the request's cookie.
     incoming: Option<SessionId>,
+    /// The request carried a cookie with the session cookie's name that the layer rejected
+    /// (malformed, wrongly signed, oversized, duplicated). Its value is not kept.
+    rejected_cookie: bool,
     state: Mutex<State>,
     /// A store call failed during this request.
     failed: AtomicBool,
@@ -77,6 +80,9 @@ struct State {
     cycle: bool,
     /// Delete this session when committing.
     delete: Option<SessionId>,
+    /// Remove the browser's session cookie (logout of a request that carried one, valid or
+    /// rejected).
+    remove_cookie: bool,
 }
 
 struct Current {
@@ -251,12 +257,14 @@ impl Session {
         config: Arc<ConfigInner>,
         store: Arc<dyn SessionStore>,
         incoming: Option<SessionId>,
+        rejected_cookie: bool,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 config,
                 store,
                 incoming,
+                rejected_cookie,
                 state: Mutex::new(State::default()),
                 failed: AtomicBool::new(false),
             }),
@@ -378,6 +386,14 @@ impl Session {
     /// Gives the session a new id and keeps its data: call it when the user logs in (or gains
     /// privileges), so an id planted before the login (session fixation) becomes worthless.
     /// The old id stops working when the response is committed.
+    ///
+    /// The commit first creates the record under the new id, then deletes the old record, so
+    /// a store failure never loses the session: if either call fails the request is answered
+    /// `503` without the new cookie and the browser keeps using the old session (the record
+    /// created under the never-sent id, if any, is unreachable and expires by itself). Only a
+    /// delete that times out after taking effect ends the old session. Writes that concurrent
+    /// requests save to the old session meanwhile are carried over to the new one; a
+    /// concurrent logout wins (no new id is sent and the new record is deleted).
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         let mut state = self.loaded().await?;
         if state.current.is_some() {
@@ -388,14 +404,17 @@ impl Session {
 
     /// Ends the session (logout): its record is deleted when the response is committed, even
     /// if the handler answers with an error, and whatever concurrent requests of the same
-    /// session do, they cannot bring it back. The response removes the cookie. Changes made
-    /// after this call start a new session with a new id.
+    /// session do, they cannot bring it back. The response removes the cookie, also when the
+    /// request's session cookie was rejected (tampered, signed with a retired key, malformed):
+    /// that costs no store call. Changes made after this call start a new session with a new
+    /// id, whose cookie replaces the removal.
     pub async fn delete(&self) -> Result<(), SessionError> {
         let mut state = self.shared.state.lock().await;
         let target = state.delete.take().or_else(|| self.shared.incoming.clone());
         *state = State {
             loaded: true,
             delete: target,
+            remove_cookie: self.shared.incoming.is_some() || self.shared.rejected_cookie,
             ..State::default()
         };
         Ok(())
@@ -479,7 +498,12 @@ impl Shared {
     /// Whether the commit has anything to do. Cheap; `true` when undecidable.
     pub(crate) fn needs_commit(&self) -> bool {
         match self.state.try_lock() {
-            Ok(state) => state.delete.is_some() || state.cycle || !state.changes.is_empty(),
+            Ok(state) => {
+                state.delete.is_some()
+                    || state.remove_cookie
+                    || state.cycle
+                    || !state.changes.is_empty()
+            }
             Err(_) => true,
         }
     }
@@ -493,6 +517,8 @@ impl Shared {
         if let Some(old) = state.delete.take() {
             let now = self.config.now();
             self.call(self.store.delete(old.key(), None, now)).await?;
+        }
+        if std::mem::take(&mut state.remove_cookie) {
             update = CookieUpdate::Remove;
         }
         if server_error || (state.changes.is_empty() && !state.cycle) {
@@ -506,26 +532,19 @@ impl Shared {
             let (id, record) = self.create(record, &state.data, now).await?;
             return Ok(self.set_cookie(id, &record, now));
         };
+        let mut data = std::mem::take(&mut state.data);
+        if cycle {
+            return self.cycle(current, &changes, &data, now, update).await;
+        }
         let key = current.id.key();
         let mut base = current.record;
-        let mut data = std::mem::take(&mut state.data);
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
             }
             let mut record = self.build(Some(&base), &changes, now);
-            let outcome = if cycle {
-                self.call(self.store.delete(key, Some(base.version), now))
-                    .await?
-            } else {
-                record.data = encode(&self.config, key, &data)?;
-                self.call(self.store.save(key, &record, now)).await?
-            };
-            match outcome {
-                WriteOutcome::Written if cycle => {
-                    let (id, record) = self.create(record, &data, now).await?;
-                    return Ok(self.set_cookie(id, &record, now));
-                }
+            record.data = encode(&self.config, key, &data)?;
+            match self.call(self.store.save(key, &record, now)).await? {
                 WriteOutcome::Written if changes.expiry.is_some() => {
                     return Ok(self.set_cookie(current.id, &record, now));
                 }
@@ -547,6 +566,79 @@ impl Shared {
             }
         }
         Err(SessionError::Contention)
+    }
+
+    /// Moves the session `old` to a fresh id (`cycle_id`): creates the new record (only if
+    /// absent), then deletes the old one if it still has the version the new record was built
+    /// from. A concurrent save of the old record is merged into the new record and the delete
+    /// retried; a concurrent logout or expiry of the old record wins: the new record is
+    /// discarded and no cookie is sent.
+    ///
+    /// A failed store call is returned (the request is answered `503`) and the new id is
+    /// never sent, so the browser keeps the old session. A record left under the unsent id
+    /// is unreachable and expires with its idle timeout; it is not cleaned up here, as that
+    /// would add one more call (and possibly one more timeout) to a store that just failed.
+    async fn cycle(
+        &self,
+        old: Current,
+        changes: &Changes,
+        data: &Map<String, Value>,
+        now: u64,
+        update: CookieUpdate,
+    ) -> Result<CookieUpdate, SessionError> {
+        let old_key = old.id.key();
+        let mut base = old.record;
+        let (mut id, mut record) = self
+            .create(self.build(Some(&base), changes, now), data, now)
+            .await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            match self
+                .call(self.store.delete(old_key, Some(base.version), now))
+                .await?
+            {
+                WriteOutcome::Written => return Ok(self.set_cookie(id, &record, now)),
+                WriteOutcome::Missing => {
+                    // Logged out (logout wins) or expired meanwhile: the new id is never sent.
+                    tracing::debug!(session = %old_key, "session ended by a concurrent request; its new id is dropped");
+                    self.discard(&id, now).await;
+                    return Ok(update);
+                }
+                WriteOutcome::Conflict(newer) => {
+                    let Some(mut newer_data) = decode(&self.config, old_key, &newer.data) else {
+                        tracing::warn!(session = %old_key, "concurrently saved session cannot be decoded; changes dropped");
+                        self.discard(&id, now).await;
+                        return Ok(update);
+                    };
+                    changes.apply(&mut newer_data);
+                    let mut next = self.build(Some(&newer), changes, now);
+                    next.version = record.version;
+                    next.data = encode(&self.config, id.key(), &newer_data)?;
+                    match self.call(self.store.save(id.key(), &next, now)).await? {
+                        WriteOutcome::Written => {
+                            next.version += 1;
+                            record = next;
+                        }
+                        // Only this request knows the new id, so its record can only have been
+                        // evicted (a full memory store): start over under another fresh id.
+                        WriteOutcome::Missing | WriteOutcome::Conflict(_) => {
+                            (id, record) = self.create(next, &newer_data, now).await?;
+                        }
+                    }
+                    base = newer;
+                }
+            }
+        }
+        self.discard(&id, now).await;
+        Err(SessionError::Contention)
+    }
+
+    /// Deletes a record this request created but whose id it will not send. Best effort: a
+    /// failure is logged by [`call`](Self::call), and the record is unreachable anyway.
+    async fn discard(&self, id: &SessionId, now: u64) {
+        let _ = self.call(self.store.delete(id.key(), None, now)).await;
     }
 
     /// The record to write: `base`'s fields with this request's user and expiry changes.
@@ -601,6 +693,7 @@ impl Shared {
             let id = SessionId::generate().map_err(|_| SessionError::Random)?;
             record.data = encode(&self.config, id.key(), data)?;
             if self.call(self.store.create(id.key(), &record, now)).await? {
+                record.version = 1;
                 return Ok((id, record));
             }
         }

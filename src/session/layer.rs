@@ -93,15 +93,21 @@ where
         let config = &self.config.inner;
         // Nothing async happens before the inner call (the session loads lazily, inside the
         // handler), so the ready inner service is called directly.
-        let incoming = match config.codec.read(req.headers()) {
-            Ok(id) => id,
+        let (incoming, rejected_cookie) = match config.codec.read(req.headers()) {
+            Ok(id) => (id, false),
             Err(reason) => {
-                // The value is never logged.
+                // The value is never logged, nor kept: only that such a cookie was present,
+                // so a logout can remove it.
                 tracing::debug!(reason = reason.as_str(), "ignoring the session cookie");
-                None
+                (None, true)
             }
         };
-        let session = Session::new(config.clone(), self.store.clone(), incoming);
+        let session = Session::new(
+            config.clone(),
+            self.store.clone(),
+            incoming,
+            rejected_cookie,
+        );
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
             state: State::Inner {
@@ -219,18 +225,42 @@ where
         // The handler failed because the store did: say so clearly.
         return unavailable(config);
     }
-    let mut response = response.map(ResponseBody::inner);
     let cookie = match update {
-        CookieUpdate::Keep => return response,
+        CookieUpdate::Keep => return response.map(ResponseBody::inner),
         CookieUpdate::Set { id, max_age_secs } => config.codec.set_cookie(&id, max_age_secs),
         CookieUpdate::Remove => config.codec.removal_cookie(),
     };
+    let Ok(cookie) = cookie else {
+        // Unreachable with a config from `SessionConfig::build`, which validates the name
+        // and attributes. Answering the handler's response without the cookie would hide the
+        // bug (a logout would leave the cookie in the browser), so fail loudly.
+        tracing::error!(
+            cookie_name = %config.codec.name,
+            "the session cookie cannot be encoded as a Set-Cookie header (invalid cookie name or attributes): answering 500"
+        );
+        return internal_error();
+    };
+    let mut response = response.map(ResponseBody::inner);
     let headers = response.headers_mut();
     headers.append(SET_COOKIE, cookie);
     // A response that sets a session cookie must not be stored by shared caches.
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    response
+}
+
+/// An empty `500`, when the layer itself cannot answer correctly.
+fn internal_error<B>() -> Response<ResponseBody<B>>
+where
+    B: Body,
+    B::Data: From<Vec<u8>>,
+{
+    let mut response = Response::new(ResponseBody::full(Vec::new()));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

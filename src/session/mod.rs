@@ -37,8 +37,8 @@
 //! | reads the session | 1 (load; the idle refresh rides along when due) |
 //! | changes the session | 1 more (compare-and-set save); 1 per conflict |
 //! | unchanged session, or a `5xx` response | no write |
-//! | logout ([`Session::delete`]) | 1 |
-//! | login with [`Session::cycle_id`] on an existing session | load, delete, create: 3 |
+//! | logout ([`Session::delete`]) | 1 (0 when the cookie was rejected) |
+//! | login with [`Session::cycle_id`] on an existing session | load, create, delete: 3 |
 //!
 //! Nothing is loaded until a handler touches the session, so the idle timeout is only
 //! refreshed by requests that use the session.
@@ -50,6 +50,10 @@
 //!   changing different keys keep all changes; for one key, the later save wins.
 //! - **Logout wins**: a save never creates a record, and new records are only created under
 //!   fresh random ids ("only if absent"), so a deleted session cannot come back.
+//! - **Login never loses the session**: [`Session::cycle_id`] creates the record under the new
+//!   id first, then deletes the old record (compare-and-set: writes saved to it meanwhile are
+//!   carried over, a concurrent logout wins and the new id is dropped). If either call fails
+//!   the request is answered `503` without the new cookie and the old session stays in use.
 //! - **Expiry** (idle timeout and absolute lifetime) is enforced by the store; an expired
 //!   session is a fresh, empty one.
 //! - **Ids** are 128 random bits from the OS, sent signed (HMAC-SHA256, key rotation: the
@@ -58,7 +62,8 @@
 //! - **Failure**: each store call is bounded by a timeout; when the store fails the layer
 //!   answers `503` with a configurable body, logs once per burst, and recovers by itself.
 //! - **Bad cookies** (malformed, unsigned, wrongly signed, oversized, duplicated) count as no
-//!   session, cost no store call, and are never logged.
+//!   session, cost no store call, and are never logged. A logout ([`Session::delete`]) still
+//!   removes such a cookie from the browser; a new session's cookie replaces it.
 //!
 //! The layer needs a Tokio runtime (store timeouts use `tokio::time`).
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,12 +13,13 @@ use axum::routing::{get, post};
 use http::{Request, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_rampart::clock::ManualClock;
 use tower_rampart::session::Session;
 use tower_rampart::session::{
     SessionConfig, SessionConfigBuilder, SessionKey, SessionLayer, SessionRecord, SessionStore,
-    StoreFuture, WriteOutcome,
+    StoreError, StoreFuture, WriteOutcome,
 };
 
 pub const KEY_A: &[u8] = b"test key A: 0123456789abcdef0123456789abcdef";
@@ -110,6 +111,113 @@ impl SessionStore for Counting {
     }
     fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
         self.counts.touch.fetch_add(1, Ordering::SeqCst);
+        self.inner.touch(key, now)
+    }
+    fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
+        self.inner.delete_user_sessions(user, now)
+    }
+}
+
+/// Wraps a store to fail chosen operations on demand, and to hold a caller right after a
+/// successful `create` until the test releases it (to run a concurrent request in between).
+#[derive(Debug, Clone)]
+pub struct Faulty {
+    pub inner: Arc<dyn SessionStore>,
+    pub ctl: Arc<FaultControl>,
+}
+
+#[derive(Debug, Default)]
+pub struct FaultControl {
+    pub fail_create: AtomicBool,
+    pub fail_delete: AtomicBool,
+    /// `(reached, release)`: taken by the next successful `create`, which notifies
+    /// `reached` and waits for `release`.
+    pub hold_after_create: std::sync::Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+    /// Keys of the records created, in order.
+    pub created: std::sync::Mutex<Vec<SessionKey>>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Self {
+        Self {
+            inner,
+            ctl: Arc::new(FaultControl::default()),
+        }
+    }
+
+    /// Arms the hold; returns `(reached, release)`.
+    pub fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
+        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.ctl.hold_after_create.lock().unwrap() = Some(pair.clone());
+        pair
+    }
+
+    pub fn last_created(&self) -> SessionKey {
+        self.ctl
+            .created
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a record was created")
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::unavailable("injected failure")
+}
+
+impl SessionStore for Faulty {
+    fn load<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        now: u64,
+        refresh: bool,
+    ) -> StoreFuture<'a, Option<SessionRecord>> {
+        self.inner.load(key, now, refresh)
+    }
+    fn create<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            if self.ctl.fail_create.load(Ordering::SeqCst) {
+                return Err(injected());
+            }
+            let created = self.inner.create(key, record, now).await?;
+            if created {
+                self.ctl.created.lock().unwrap().push(key.clone());
+                let hold = self.ctl.hold_after_create.lock().unwrap().take();
+                if let Some((reached, release)) = hold {
+                    reached.notify_one();
+                    release.notified().await;
+                }
+            }
+            Ok(created)
+        })
+    }
+    fn save<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        record: &'a SessionRecord,
+        now: u64,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        self.inner.save(key, record, now)
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a SessionKey,
+        expected_version: Option<u64>,
+        now: u64,
+    ) -> StoreFuture<'a, WriteOutcome> {
+        if self.ctl.fail_delete.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(injected()) });
+        }
+        self.inner.delete(key, expected_version, now)
+    }
+    fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
         self.inner.touch(key, now)
     }
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
