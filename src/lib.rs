@@ -84,6 +84,9 @@
 
 pub mod clock;
 
+#[cfg(any(feature = "session", feature = "rate-limit"))]
+pub mod body;
+
 #[cfg(feature = "correlation-id")]
 pub mod correlation;
 

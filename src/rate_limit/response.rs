@@ -1,13 +1,9 @@
 //! Responses: the 429 (or gRPC `RESOURCE_EXHAUSTED`), the standard headers, the body type.
 
-use std::fmt::{self, Write as _};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 
 use super::quota::Quota;
 
@@ -240,87 +236,9 @@ pub(crate) fn rejection_response(
     resp
 }
 
-pin_project! {
-    /// Response body of the rate limit layer: the inner service's body, or the layer's own
-    /// rejection body.
-    pub struct RateLimitBody<B> {
-        #[pin]
-        kind: BodyKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = BodyKindProj]
-    enum BodyKind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Vec<u8>> },
-    }
-}
-
-impl<B> RateLimitBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
-        Self {
-            kind: BodyKind::Inner { body },
-        }
-    }
-
-    pub(crate) fn full(data: Vec<u8>) -> Self {
-        Self {
-            kind: BodyKind::Full {
-                data: (!data.is_empty()).then_some(data),
-            },
-        }
-    }
-}
-
-impl<B: fmt::Debug> fmt::Debug for RateLimitBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            BodyKind::Inner { body } => f.debug_tuple("RateLimitBody::Inner").field(body).finish(),
-            BodyKind::Full { data } => f
-                .debug_struct("RateLimitBody::Full")
-                .field("len", &data.as_ref().map_or(0, Vec::len))
-                .finish(),
-        }
-    }
-}
-
-impl<B> Body for RateLimitBody<B>
-where
-    B: Body,
-    B::Data: From<Vec<u8>>,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().kind.project() {
-            BodyKindProj::Inner { body } => body.poll_frame(cx),
-            BodyKindProj::Full { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Inner { body } => body.is_end_stream(),
-            BodyKind::Full { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Inner { body } => body.size_hint(),
-            BodyKind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
+/// Response body of the rate limit layer: the inner service's body, or the layer's own
+/// rejection body.
+pub type RateLimitBody<B> = crate::body::LayerBody<B>;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -278,77 +278,5 @@ where
     response
 }
 
-pin_project! {
-    /// Response body of [`SessionService`]: the inner body, or the layer's own `503` body.
-    pub struct ResponseBody<B> {
-        #[pin]
-        kind: BodyKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = BodyKindProj]
-    enum BodyKind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Vec<u8>> },
-    }
-}
-
-impl<B> ResponseBody<B> {
-    fn inner(body: B) -> Self {
-        Self {
-            kind: BodyKind::Inner { body },
-        }
-    }
-
-    fn full(data: Vec<u8>) -> Self {
-        Self {
-            kind: BodyKind::Full {
-                data: (!data.is_empty()).then_some(data),
-            },
-        }
-    }
-}
-
-impl<B> fmt::Debug for ResponseBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseBody").finish_non_exhaustive()
-    }
-}
-
-impl<B> Body for ResponseBody<B>
-where
-    B: Body,
-    B::Data: From<Vec<u8>>,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().kind.project() {
-            BodyKindProj::Inner { body } => body.poll_frame(cx),
-            BodyKindProj::Full { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Inner { body } => body.is_end_stream(),
-            BodyKind::Full { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Inner { body } => body.size_hint(),
-            BodyKind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
+/// Response body of [`SessionService`]: the inner body, or the layer's own `503` body.
+pub type ResponseBody<B> = crate::body::LayerBody<B>;
