@@ -280,6 +280,19 @@ impl Key {
 }
 
 /// Extractor of the client address (see [`Key::client_ip`]).
+///
+/// ```
+/// use tower_rampart::net::{PeerAddr, TrustedProxies};
+/// use tower_rampart::rate_limit::{Key, KeyExtractor, LimitKey};
+///
+/// let key = Key::client_ip(TrustedProxies::parse("10.0.0.0/8").unwrap());
+/// let mut req = http::Request::builder()
+///     .header("x-forwarded-for", "203.0.113.9")
+///     .body(())
+///     .unwrap();
+/// req.extensions_mut().insert(PeerAddr("10.0.0.2:443".parse().unwrap()));
+/// assert_eq!(key.extract(&req), Some(LimitKey::ip("203.0.113.9".parse().unwrap())));
+/// ```
 #[derive(Clone, Debug)]
 pub struct ClientIpKey {
     trusted: TrustedProxies,
@@ -316,6 +329,17 @@ impl KeyExtractor for ClientIpKey {
 }
 
 /// Extractor of a header value (see [`Key::header`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, KeyExtractor};
+///
+/// let key = Key::header("x-api-key");
+/// let req = http::Request::builder().header("x-api-key", "k-123").body(()).unwrap();
+/// let extracted = key.extract(&req).unwrap();
+/// // Only a hash of the value is kept.
+/// assert!(!extracted.to_string().contains("k-123"));
+/// assert!(key.extract(&http::Request::new(())).is_none());
+/// ```
 #[derive(Clone, Debug)]
 pub struct HeaderKey {
     name: Result<HeaderName, String>,
@@ -341,6 +365,12 @@ impl KeyExtractor for HeaderKey {
 }
 
 /// Extractor of the global key (see [`Key::global`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, KeyExtractor, LimitKey};
+///
+/// assert_eq!(Key::global().extract(&http::Request::new(())), Some(LimitKey::global()));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct GlobalKey;
 
@@ -351,6 +381,21 @@ impl KeyExtractor for GlobalKey {
 }
 
 /// Extractor of the session key (see [`Key::session`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, KeyExtractor};
+/// use tower_rampart::session::SessionConfig;
+///
+/// let config = SessionConfig::builder()
+///     .key(b"a secret key of at least 32 bytes, from configuration")
+///     .build()
+///     .unwrap();
+/// let key = Key::session(config.cookie_reader());
+/// // No cookie, or a forged one: no key (and no store access either way).
+/// assert!(key.extract(&http::Request::new(())).is_none());
+/// let forged = http::Request::builder().header("cookie", "session=forged").body(()).unwrap();
+/// assert!(key.extract(&forged).is_none());
+/// ```
 #[cfg(feature = "session")]
 #[derive(Clone, Debug)]
 pub struct SessionKeyExtractor {

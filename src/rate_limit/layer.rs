@@ -29,6 +29,19 @@ use super::redis::RedisBackend;
 
 /// What to do with a request that has no key for a quota (e.g. no session cookie, or no
 /// client address because the server does not record peers).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, Limit, MissingKey, Quota, RateLimitLayer};
+///
+/// // Anonymous requests carry no API key: only the per-IP quota applies to them.
+/// let layer = RateLimitLayer::builder()
+///     .quota("ip", Quota::per_minute(60), Key::peer_ip())
+///     .limit(Limit::new("api-key", Quota::per_minute(600), Key::header("x-api-key"))
+///         .on_missing_key(MissingKey::Skip))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MissingKey {
     /// The quota does not apply to this request (its other quotas still do). Choose it for
@@ -43,6 +56,18 @@ pub enum MissingKey {
 /// What the layer does when its Redis backend cannot be reached (timeout, connection lost,
 /// circuit breaker open). Every such decision is counted
 /// ([`RateLimitMetrics::degraded`]) and logged once per burst.
+///
+/// ```
+/// use tower_rampart::rate_limit::{FailureMode, Key, Quota, RateLimitLayer};
+///
+/// // A login endpoint: better to refuse for a moment than to let a brute force through.
+/// let layer = RateLimitLayer::builder()
+///     .quota("login", Quota::per_minute(5), Key::peer_ip())
+///     .failure_mode(FailureMode::Closed)
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureMode {
     /// Decide with an in-process [`MemoryBackend`] enforcing the same quotas, per instance (so
@@ -58,6 +83,20 @@ pub enum FailureMode {
 }
 
 /// Where quota state lives.
+///
+/// ```
+/// use tower_rampart::rate_limit::{Backend, Key, MemoryBackend, Quota, RateLimitLayer};
+///
+/// // One memory backend shared by two layers bounds their keys together.
+/// let backend = MemoryBackend::builder().max_keys(50_000).build();
+/// let api = RateLimitLayer::builder()
+///     .quota("api", Quota::per_second(20), Key::peer_ip())
+///     .backend(backend.clone())
+///     .build()
+///     .unwrap();
+/// let _explicit: Backend = backend.into();
+/// # let _ = api;
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Backend {
@@ -82,6 +121,18 @@ impl From<RedisBackend> for Backend {
 }
 
 /// The cost of a request, in quota units (see [`RateLimitBuilder::cost_with`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+///
+/// // Exports are ten times as expensive as other calls.
+/// let layer = RateLimitLayer::builder()
+///     .quota("ip", Quota::per_minute(100), Key::peer_ip())
+///     .cost_with(|req: &http::Request<()>| if req.uri().path().starts_with("/export") { 10 } else { 1 })
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
 pub trait CostFn: Send + Sync + 'static {
     /// Units this request uses (0 = checked without being counted).
     fn cost(&self, req: &Request<()>) -> u64;
@@ -143,6 +194,13 @@ impl Limit {
 }
 
 /// A configuration the layer refuses to build with.
+///
+/// ```
+/// use tower_rampart::rate_limit::RateLimitLayer;
+///
+/// let err = RateLimitLayer::builder().build().unwrap_err();
+/// assert!(err.to_string().contains("no quota"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfigError {
     msg: String,
@@ -157,6 +215,28 @@ impl fmt::Display for RateLimitConfigError {
 impl std::error::Error for RateLimitConfigError {}
 
 /// Counters of a layer's decisions (all clones of a layer share them).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = RateLimitLayer::builder()
+///     .quota("all", Quota::per_minute(1), Key::global())
+///     .build()
+///     .unwrap();
+/// let svc = layer.layer(service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, Infallible>(http::Response::new(String::new()))
+/// }));
+/// for _ in 0..3 {
+///     svc.clone().oneshot(http::Request::new(String::new())).await.unwrap();
+/// }
+/// let m = layer.metrics();
+/// assert_eq!((m.allowed, m.denied), (1, 2));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateLimitMetrics {
@@ -192,6 +272,20 @@ fn bump(c: &AtomicU64) {
 }
 
 /// Builder of a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
+///
+/// ```
+/// use tower_rampart::net::TrustedProxies;
+/// use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .quota("ip", Quota::parse("10/minute").unwrap(), Key::client_ip(TrustedProxies::none()))
+///     .quota("burst", Quota::rate(5, std::time::Duration::from_secs(1)).burst(20), Key::global())
+///     .headers_on_success(false)
+///     .shadow(true) // observe first, enforce later
+///     .build()
+///     .expect("a consistent configuration");
+/// # let _ = layer;
+/// ```
 pub struct RateLimitBuilder {
     limits: Vec<Limit>,
     backend: Option<Backend>,
@@ -389,6 +483,22 @@ impl RateLimitBuilder {
 
 /// Rate limiting layer: checks every request's quotas in one atomic step and answers 429
 /// itself when one is used up. See the [module docs](super).
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+///
+/// let limits = RateLimitLayer::builder()
+///     .quota("ip", Quota::per_minute(10), Key::peer_ip())
+///     .build()
+///     .unwrap();
+/// let service = ServiceBuilder::new()
+///     .layer(limits)
+///     .service_fn(|_req: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     });
+/// # let _ = service;
+/// ```
 #[derive(Clone)]
 pub struct RateLimitLayer {
     shared: Arc<Shared>,
@@ -458,6 +568,19 @@ pub struct RateLimitDecision {
 }
 
 /// The state of one quota after a request (see [`RateLimitDecision::quotas`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::RateLimitDecision;
+///
+/// fn describe(decision: &RateLimitDecision) -> Vec<String> {
+///     decision
+///         .quotas()
+///         .iter()
+///         .map(|q| format!("{}: limit {}", q.name(), q.quota().limit()))
+///         .collect()
+/// }
+/// # let _ = describe;
+/// ```
 #[derive(Clone, Debug)]
 pub struct QuotaStatus {
     name: Arc<str>,

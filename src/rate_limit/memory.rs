@@ -66,6 +66,14 @@ struct Inner {
 }
 
 /// Builder of a [`MemoryBackend`].
+///
+/// ```
+/// use tower_rampart::rate_limit::MemoryBackend;
+///
+/// // At most 10 000 clients tracked at once, in 16 shards.
+/// let backend = MemoryBackend::builder().max_keys(10_000).shards(16).build();
+/// # let _ = backend;
+/// ```
 #[derive(Debug, Clone)]
 pub struct MemoryBackendBuilder {
     max_keys: usize,

@@ -63,6 +63,14 @@ pub struct Quota {
 }
 
 /// Which of the two meanings a [`Quota`] has.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::rate_limit::{Meaning, Quota};
+///
+/// assert_eq!(Quota::parse("10/minute").unwrap().meaning(), Meaning::Window);
+/// assert_eq!(Quota::rate(10, Duration::from_secs(60)).burst(5).meaning(), Meaning::Gcra);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Meaning {
     /// At most `limit` admitted in any rolling window (an exact sliding log).
@@ -320,6 +328,14 @@ impl FromStr for Quota {
 }
 
 /// A quota string that does not parse, or numbers that make no sense.
+///
+/// ```
+/// use tower_rampart::rate_limit::Quota;
+///
+/// let err = Quota::parse("0/minute").unwrap_err();
+/// println!("RATE_LIMIT_QUERY_IP: {err}");
+/// assert!(Quota::parse("ten per minute").is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaError {
     msg: String,

@@ -15,7 +15,22 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_UNAVAILABLE: &str = "14";
 
-/// Why a request was not admitted.
+/// Why a request was not admitted (see [`Rejection::reason`]).
+///
+/// ```
+/// use http::HeaderValue;
+/// use tower_rampart::rate_limit::{RejectReason, Rejection};
+///
+/// fn body(r: &Rejection<'_>) -> (HeaderValue, Vec<u8>) {
+///     let text = match r.reason() {
+///         RejectReason::Exceeded => "slow down",
+///         RejectReason::Unavailable => "try again in a moment",
+///         _ => "request refused",
+///     };
+///     (HeaderValue::from_static("text/plain"), text.as_bytes().to_vec())
+/// }
+/// # let _ = body;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -33,6 +48,19 @@ pub enum RejectReason {
 }
 
 /// What a [`RejectionBody`] is told about a refused request.
+///
+/// ```
+/// use http::HeaderValue;
+/// use tower_rampart::rate_limit::Rejection;
+///
+/// // A body naming the quota and the wait.
+/// fn body(r: &Rejection<'_>) -> (HeaderValue, Vec<u8>) {
+///     let wait = r.retry_after().map_or(0, |d| d.as_secs());
+///     let text = format!("{} (quota {:?}, retry in {wait} s)", r.message(), r.quota_name());
+///     (HeaderValue::from_static("text/plain"), text.into_bytes())
+/// }
+/// # let _ = body;
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Rejection<'a> {
     pub(crate) reason: RejectReason,
@@ -125,7 +153,19 @@ where
     }
 }
 
-/// The default rejection body: `{"detail": "<message>"}` as `application/json`.
+/// The default rejection body: `{"detail": "<message>"}` as `application/json`, e.g.
+/// `{"detail": "Rate limit exceeded: 10 per 1 minute"}`.
+///
+/// ```
+/// use tower_rampart::rate_limit::{JsonRejection, Key, Quota, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .quota("ip", Quota::per_minute(10), Key::peer_ip())
+///     .rejection_body(JsonRejection) // the default, spelled out
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonRejection;
 
