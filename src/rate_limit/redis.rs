@@ -69,20 +69,12 @@ end
 return nd
 "#;
 
-/// One window quota. ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
-/// State: "w", the total count of the stored slots, then (time, count) slots, all packed as
-/// little-endian doubles; a decision unpacks only the slots it needs (the expired prefix, the
-/// oldest live one, the newest) and an admission rewrites the string by slicing, so the cost
-/// does not grow with the number of live admissions.
-/// Reply: {admitted, remaining, reset, retry (-1: never)}.
-const WINDOW_ONE: &str = r#"
-local now = tonumber(ARGV[2])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
-end
-local cost, N, W = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local raw = redis.call('GET', KEYS[1])
+/// Lua shared by the window scripts: decodes the state in `raw` and skips the slots that
+/// have left the window (`W` microseconds before `now`). Leaves `m` (slots), `first` (oldest
+/// live slot), `at1` (its time), `count` (live admissions).
+macro_rules! lua_window_scan {
+    () => {
+        r#"
 local m, total = 0, 0
 if raw and #raw >= 9 and string.byte(raw, 1) == 119 and (#raw - 9) % 16 == 0 then
   m = (#raw - 9) / 16
@@ -96,39 +88,72 @@ while first <= m do
   first = first + 1
 end
 local count = total - gone
-local reset = 0
+"#
+    };
+}
+
+/// Lua shared by the window scripts: the new state after admitting `cost` at `now` (needs
+/// the scan's variables, `g` the granularity and `bound` the slot bound). Leaves `stamp`,
+/// `kept` (total count), `body` (packed slots) and `newest` (time of the newest slot).
+macro_rules! lua_window_admit {
+    () => {
+        r#"
+local stamp = now
+if g > 1 then
+  local r = now % g
+  if r < 0 then r = r + g elseif r >= g then r = r - g end
+  if r > 0 then stamp = now - r + g end
+end
+local k = m - first + 1
+local last_at, last_c = 0, 0
+if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
+local merge = k > 0 and stamp <= last_at
+local drop = k - bound
+if not merge then drop = drop + 1 end
+if drop < 0 then drop = 0 end
+local kept = count + cost
+for j = first, first + drop - 1 do
+  local _, c = struct.unpack('<dd', raw, 16 * j - 6)
+  kept = kept - c
+end
+local from, body, newest = first + drop, nil, stamp
+if merge then
+  body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
+  newest = last_at
+elseif m > 0 then
+  body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
+else
+  body = struct.pack('<dd', stamp, cost)
+end
+"#
+    };
+}
+
+/// One window quota. ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
+/// State: "w", the total count of the stored slots, then (time, count) slots, all packed as
+/// little-endian doubles; a decision unpacks only the slots it needs (the expired prefix, the
+/// oldest live one, the newest) and an admission rewrites the string by slicing, so the cost
+/// does not grow with the number of live admissions.
+/// Reply: {admitted, remaining, reset, retry (-1: never)}.
+const WINDOW_ONE: &str = concat!(
+    r#"
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local cost, N, W = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local raw = redis.call('GET', KEYS[1])
+"#,
+    lua_window_scan!(),
+    r#"local reset = 0
 if first <= m then reset = at1 + W - now end
 if cost <= N and count + cost <= N then
   if cost == 0 then return {1, N - count, reset, 0} end
   local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
-  local stamp = now
-  if g > 1 then
-    local r = now % g
-    if r < 0 then r = r + g elseif r >= g then r = r - g end
-    if r > 0 then stamp = now - r + g end
-  end
-  if first > m then reset = stamp + W - now end
-  local k = m - first + 1
-  local last_at, last_c = 0, 0
-  if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
-  local merge = k > 0 and stamp <= last_at
-  local drop = k - bound
-  if not merge then drop = drop + 1 end
-  if drop < 0 then drop = 0 end
-  local kept = count + cost
-  for j = first, first + drop - 1 do
-    local _, c = struct.unpack('<dd', raw, 16 * j - 6)
-    kept = kept - c
-  end
-  local from, body, newest = first + drop, nil, stamp
-  if merge then
-    body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
-    newest = last_at
-  elseif m > 0 then
-    body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
-  else
-    body = struct.pack('<dd', stamp, cost)
-  end
+"#,
+    lua_window_admit!(),
+    r#"  if first > m then reset = stamp + W - now end
   local ttl = newest + W - now
   redis.call('SET', KEYS[1], 'w' .. struct.pack('<d', kept) .. body,
     'PX', (ttl - ttl % 1000) / 1000 + 1)
@@ -147,13 +172,15 @@ for j = first, m do
   end
 end
 return {0, rem, reset, retry}
-"#;
+"#
+);
 
 /// Several quotas of one request, all or nothing. Then five values per quota: kind (1 window,
 /// 2 GCRA) and its parameters (window: limit, window, granularity, slot bound; GCRA: interval,
 /// burst, 0, 0). Reply: {all admitted, then per quota: admitted, a, b, retry (-1: never)} with
 /// (a, b) = (remaining, reset) for a window and (microseconds in use, 0) for GCRA.
-const MULTI: &str = r#"
+const MULTI: &str = concat!(
+    r#"
 local cost = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 if now == 0 then
@@ -182,51 +209,15 @@ for i = 1, #KEYS do
   else
     local N, W = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     local g, bound = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
-    local m, total = 0, 0
-    if raw and #raw >= 9 and string.byte(raw, 1) == 119 and (#raw - 9) % 16 == 0 then
-      m = (#raw - 9) / 16
-      total = struct.unpack('<d', raw, 2)
-    end
-    local first, gone, at1, c1 = 1, 0, 0, 0
-    while first <= m do
-      at1, c1 = struct.unpack('<dd', raw, 16 * first - 6)
-      if at1 + W > now then break end
-      gone = gone + c1
-      first = first + 1
-    end
-    local count = total - gone
-    if first <= m then b = at1 + W - now end
+"#,
+    lua_window_scan!(),
+    r#"    if first <= m then b = at1 + W - now end
     if cost <= N and count + cost <= N then
       ok, a = 1, N - count - cost
       if cost > 0 then
-        local stamp = now
-        if g > 1 then
-          local r = now % g
-          if r < 0 then r = r + g elseif r >= g then r = r - g end
-          if r > 0 then stamp = now - r + g end
-        end
-        if first > m then b = stamp + W - now end
-        local k = m - first + 1
-        local last_at, last_c = 0, 0
-        if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
-        local merge = k > 0 and stamp <= last_at
-        local drop = k - bound
-        if not merge then drop = drop + 1 end
-        if drop < 0 then drop = 0 end
-        local kept = count + cost
-        for j = first, first + drop - 1 do
-          local _, c = struct.unpack('<dd', raw, 16 * j - 6)
-          kept = kept - c
-        end
-        local from, body, newest = first + drop, nil, stamp
-        if merge then
-          body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
-          newest = last_at
-        elseif m > 0 then
-          body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
-        else
-          body = struct.pack('<dd', stamp, cost)
-        end
+"#,
+    lua_window_admit!(),
+    r#"        if first > m then b = stamp + W - now end
         writes[#writes + 1] = {KEYS[i], 'w' .. struct.pack('<d', kept) .. body, newest + W - now}
       end
     else
@@ -258,7 +249,8 @@ if reply[1] == 1 then
   end
 end
 return reply
-"#;
+"#
+);
 
 /// `GCRA_ONE`'s reply floor for "can never be admitted" (-2^52).
 const IMPOSSIBLE: i64 = -(1 << 52);
