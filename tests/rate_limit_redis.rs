@@ -6,7 +6,9 @@
 mod support;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -799,38 +801,12 @@ async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() 
     }
 }
 
-/// Polls `first` then `second` (first poll in that order) until both are done.
-async fn join2_in_order<A: std::future::Future, B: std::future::Future>(
-    first: A,
-    second: B,
-) -> (A::Output, B::Output) {
-    let (mut first, mut second) = (std::pin::pin!(first), std::pin::pin!(second));
-    let (mut a, mut b) = (None, None);
-    std::future::poll_fn(|cx| {
-        if a.is_none()
-            && let std::task::Poll::Ready(v) = first.as_mut().poll(cx)
-        {
-            a = Some(v);
-        }
-        if b.is_none()
-            && let std::task::Poll::Ready(v) = second.as_mut().poll(cx)
-        {
-            b = Some(v);
-        }
-        if a.is_some() && b.is_some() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    (a.unwrap(), b.unwrap())
-}
-
-/// The raw decisions of the batch script and of the single-request scripts agree on random
+/// The raw decisions of the batch scripts and of the single-request scripts agree on random
 /// quotas, costs and times (single-quota requests; the multi-quota script is compared above).
-/// Each checked request is queued behind a filler request holding the only call slot, so that
-/// it is decided by the batch script.
+/// Each checked batch is queued behind a filler request holding the only call slot, so that
+/// it is decided as one batch: one request alone; two on one key (the general batch script,
+/// where the second reads the first's write); or two on two keys with one cost (the per-key
+/// script of the common batch).
 #[tokio::test]
 async fn batched_and_single_call_scripts_agree_on_random_traces() {
     let redis = support::shared();
@@ -853,7 +829,7 @@ async fn batched_and_single_call_scripts_agree_on_random_traces() {
         rng ^= rng << 17;
         rng % n
     };
-    let mut checked = 0;
+    let mut checked = [0; 3];
     for round in 0..24u64 {
         let window = Duration::from_micros(1_000 + next(3_000_000_000));
         let n = 1 + next(40) as u32;
@@ -868,28 +844,68 @@ async fn batched_and_single_call_scripts_agree_on_random_traces() {
         let name = format!("q{round}");
         let a = batched.keyed(&name, quota).unwrap();
         let b = single.keyed(&name, quota).unwrap();
-        let key = LimitKey::new(format!("k{round}"));
+        let keys = [
+            LimitKey::new(format!("k{round}")),
+            LimitKey::new(format!("j{round}")),
+        ];
         let mut now = 1_700_000_000_000_000 + next(1 << 40);
         let step = (quota.window_length().as_micros() as u64 / u64::from(n)).max(1);
-        for _ in 0..50 {
+        for _ in 0..60 {
             now += match next(3) {
                 0 => 0,
                 1 => next(step * 2),
                 _ => next(quota.window_length().as_micros() as u64),
             };
-            let cost = next(quota.burst_size().min(4) + 2);
-            let (_, got) = join2_in_order(
-                filler.check_at(&filler_key, 0, 0),
-                a.check_at(&key, cost, now),
-            )
-            .await;
-            let got = got.unwrap();
-            let want = b.check_at(&key, cost, now).await.unwrap();
-            assert_eq!(got, want, "round {round} {quota:?} now {now} cost {cost}");
-            checked += 1;
+            let kind = next(3) as usize;
+            let max = quota.burst_size().min(4) + 2;
+            // (key index, cost) of each request of the batch, in arrival order.
+            let batch = match kind {
+                0 => vec![(0, next(max))],
+                1 => vec![(0, next(max)), (0, next(max))],
+                _ => {
+                    let c = next(max);
+                    vec![(0, c), (1, c)]
+                }
+            };
+            let mut futures: Vec<Pin<Box<dyn Future<Output = _> + '_>>> =
+                vec![Box::pin(filler.check_at(&filler_key, 0, 0))];
+            for &(k, c) in &batch {
+                futures.push(Box::pin(a.check_at(&keys[k], c, now)));
+            }
+            let got = join_all_in_order(futures).await;
+            for (&(k, c), got) in batch.iter().zip(&got[1..]) {
+                let want = b.check_at(&keys[k], c, now).await.unwrap();
+                let got = got.as_ref().unwrap();
+                assert_eq!(
+                    *got, want,
+                    "round {round} {quota:?} now {now} batch {batch:?}"
+                );
+            }
+            checked[kind] += 1;
         }
     }
-    assert!(checked > 800);
+    assert!(checked.iter().all(|&n| n > 250), "{checked:?}");
+}
+
+/// Polls `futures` (first polls in their order) until all are done.
+async fn join_all_in_order<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none()
+                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *o = Some(v);
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// Concurrent requests on the server clock: one global quota, many requests queued into

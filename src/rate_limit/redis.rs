@@ -12,12 +12,8 @@ use super::key::LimitKey;
 use super::quota::{Meaning, Quota, QuotaError};
 use super::window;
 use crate::clock::Clock;
-use crate::redis::driver::Script;
+use crate::redis::driver::{Script, ScriptInvocation};
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
-
-mod batch;
-
-use self::batch::{Ask, Batcher, Check, Turn};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "rampart:rl:";
@@ -42,136 +38,218 @@ const DEFAULT_MAX_BATCH: usize = 128;
 // `TIME` (production; a non-zero value is for tests replaying a trace on a controlled clock).
 // State: GCRA, the TAT as a decimal integer; window, "w", the total count, then (time, count)
 // slots, packed as little-endian doubles. Each key expires (`PX`, rounded up) when its bucket
-// is full again. Kept lean (three `redis.call`s when admitting, two when refusing, no
-// closures), since the script's cost is Redis CPU spent on every request.
+// is full again.
+//
+// Redis CPU is the budget, and the Lua interpreter is a third of it (the rest is the key's
+// read and write, which every design with per-key expiry pays): library functions are read
+// into locals (`unpk`, `pk`, `sub`, `byte`, which every script using the window fragments
+// below defines), a decision unpacks only the slots it needs, no closures, no table per key.
 
-/// One GCRA quota. ARGV[3] interval, ARGV[4] burst.
-/// Reply, one integer (a table costs Redis more to build and send): admitted, the microseconds
-/// of the bucket in use (>= 0); refused, minus the retry time (<= -1); refused because the cost
-/// exceeds the burst, -2^52 minus the microseconds in use. The remaining count and reset time
-/// are derived from these on the client.
-const GCRA_ONE: &str = r#"
-local now = tonumber(ARGV[2])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
+/// Lua shared by the window scripts: the time an admission at `now` is recorded at
+/// (`window::stamp`), for granularity `g`. Leaves `stamp`.
+macro_rules! lua_window_stamp {
+    () => {
+        r#"
+local stamp = now
+if g > 1 then
+  local rr = now % g
+  if rr < 0 then rr = rr + g elseif rr >= g then rr = rr - g end
+  if rr > 0 then stamp = now - rr + g end
 end
-local cost, T, b = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
-local d = 0
-if tat > now then d = tat - now end
-if cost > b then return -4503599627370496 - d end
-local nd = d + cost * T
-if nd > b * T then return b * T - nd end
-if cost > 0 then
-  redis.call('SET', KEYS[1], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
-end
-return nd
-"#;
+"#
+    };
+}
 
 /// Lua shared by the window scripts: decodes the state in `raw` and skips the slots that
 /// have left the window (`W` microseconds before `now`). Leaves `m` (slots), `first` (oldest
-/// live slot), `at1` (its time), `count` (live admissions).
+/// live slot), `at1`, `c1` (its time and count, if `first <= m`), `count` (live admissions).
 macro_rules! lua_window_scan {
     () => {
         r#"
-local m, total = 0, 0
-if raw and #raw >= 9 and string.byte(raw, 1) == 119 and (#raw - 9) % 16 == 0 then
-  m = (#raw - 9) / 16
-  total = struct.unpack('<d', raw, 2)
-end
-local first, gone, at1, c1 = 1, 0, 0, 0
-while first <= m do
-  at1, c1 = struct.unpack('<dd', raw, 16 * first - 6)
-  if at1 + W > now then break end
-  gone = gone + c1
-  first = first + 1
+local m, total, first, gone, at1, c1 = 0, 0, 1, 0, 0, 0
+local len = raw and #raw or 0
+if len >= 9 and (len - 9) % 16 == 0 and byte(raw, 1) == 119 then
+  m = (len - 9) / 16
+  if m > 0 then
+    total, at1, c1 = unpk('<ddd', raw, 2)
+    while at1 + W <= now do
+      gone = gone + c1
+      first = first + 1
+      if first > m then break end
+      at1, c1 = unpk('<dd', raw, 16 * first - 6)
+    end
+  else
+    total = unpk('<d', raw, 2)
+  end
 end
 local count = total - gone
 "#
     };
 }
 
-/// Lua shared by the window scripts: the new state after admitting `cost` at `now` (needs
-/// the scan's variables, `g` the granularity and `bound` the slot bound). Leaves `stamp`,
-/// `kept` (total count), `body` (packed slots) and `newest` (time of the newest slot).
+/// Lua shared by the window scripts: the new state after admitting `cost` at `stamp` (needs
+/// the scan's variables, `bound` the slot bound, `lp` the packed slot `(stamp, cost)` and
+/// `heads`, a table memoising the packed headers). Leaves `value` (the new state) and `newest`
+/// (the time of its newest slot).
 macro_rules! lua_window_admit {
     () => {
         r#"
-local stamp = now
-if g > 1 then
-  local r = now % g
-  if r < 0 then r = r + g elseif r >= g then r = r - g end
-  if r > 0 then stamp = now - r + g end
-end
-local k = m - first + 1
-local last_at, last_c = 0, 0
-if k > 0 then last_at, last_c = struct.unpack('<dd', raw, 16 * m - 6) end
-local merge = k > 0 and stamp <= last_at
-local drop = k - bound
+local live = m - first + 1
+local last_at, last_c = at1, c1
+if live > 1 then last_at, last_c = unpk('<dd', raw, 16 * m - 6) end
+local merge = live > 0 and stamp <= last_at
+local drop = live - bound
 if not merge then drop = drop + 1 end
-if drop < 0 then drop = 0 end
 local kept = count + cost
-for j = first, first + drop - 1 do
-  local _, c = struct.unpack('<dd', raw, 16 * j - 6)
-  kept = kept - c
+if drop > 0 then
+  kept = kept - c1
+  for j = first + 1, first + drop - 1 do
+    local _, c = unpk('<dd', raw, 16 * j - 6)
+    kept = kept - c
+  end
+else
+  drop = 0
 end
-local from, body, newest = first + drop, nil, stamp
+local head = heads[kept]
+if not head then
+  head = 'w' .. pk('<d', kept)
+  heads[kept] = head
+end
+local from, value, newest = first + drop, nil, stamp
 if merge then
-  body = string.sub(raw, 16 * from - 6, 16 * m - 7) .. struct.pack('<dd', last_at, last_c + cost)
+  value = head .. sub(raw, 16 * from - 6, 16 * m - 7) .. pk('<dd', last_at, last_c + cost)
   newest = last_at
 elseif m > 0 then
-  body = string.sub(raw, 16 * from - 6, 16 * m + 9) .. struct.pack('<dd', stamp, cost)
+  value = head .. sub(raw, 16 * from - 6, 16 * m + 9) .. lp
 else
-  body = struct.pack('<dd', stamp, cost)
+  value = head .. lp
 end
 "#
     };
 }
 
-/// One window quota. ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
+/// Lua shared by the window scripts, for a refused request: `rem`, the units left, and
+/// `retry`, the wait until `cost` fits (-1: never; needs the scan's variables, `N` and `b`,
+/// the time until the oldest live slot leaves).
+macro_rules! lua_window_retry {
+    () => {
+        r#"
+local rem = N - count
+if rem < 0 then rem = 0 end
+local wait = -1
+if cost <= N then
+  local excess, acc = count + cost - N, 0
+  wait = b
+  for j = first, m do
+    local at, c = unpk('<dd', raw, 16 * j - 6)
+    acc = acc + c
+    if acc >= excess then
+      wait = at + W - now
+      break
+    end
+  end
+end
+"#
+    };
+}
+
+/// The start of the per-key scripts: locals, cost, time, and every key's state (one `MGET`).
+macro_rules! lua_keys_prelude {
+    () => {
+        r#"
+local call, keys = redis.call, KEYS
+local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
+local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+if now == 0 then
+  local t = call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local state = call('MGET', unpack(keys))
+local reply = {}
+"#
+    };
+}
+
+mod batch;
+
+use self::batch::{Ask, Batcher, Check, Turn};
+
+/// One GCRA quota for one or more distinct keys, each decided on its own (a single request,
+/// or a batch of single-quota requests on keys of their own). ARGV[3] interval, ARGV[4] burst.
+/// Reply, one integer per key (cheaper for Redis to build and send than a table): admitted,
+/// the microseconds of the bucket in use (>= 0); refused, minus the retry time (<= -1);
+/// refused because the cost exceeds the burst, -2^52 minus the microseconds in use. The
+/// remaining count and reset time are derived from these on the client.
+const GCRA_KEYS: &str = concat!(
+    lua_keys_prelude!(),
+    r#"
+local T, B = tonumber(ARGV[3]), tonumber(ARGV[4])
+local BT, inc = B * T, cost * T
+for i = 1, #keys do
+  local d, raw = 0, state[i]
+  if raw then
+    local tat = tonumber(raw) or 0
+    if tat > now then d = tat - now end
+  end
+  local nd = d + inc
+  if cost > B then
+    reply[i] = -4503599627370496 - d
+  elseif nd > BT then
+    reply[i] = BT - nd
+  else
+    reply[i] = nd
+    if cost > 0 then
+      call('SET', keys[i], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
+    end
+  end
+end
+return reply
+"#
+);
+
+/// One window quota for one or more distinct keys, each decided on its own. ARGV[3] limit,
+/// ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
 /// State: "w", the total count of the stored slots, then (time, count) slots, all packed as
 /// little-endian doubles; a decision unpacks only the slots it needs (the expired prefix, the
 /// oldest live one, the newest) and an admission rewrites the string by slicing, so the cost
 /// does not grow with the number of live admissions.
-/// Reply: {admitted, remaining, reset, retry (-1: never)}.
-const WINDOW_ONE: &str = concat!(
+/// Reply, three integers per key: remaining (`-1 - remaining` if refused), reset, retry (-1:
+/// never; 0 if admitted).
+const WINDOW_KEYS: &str = concat!(
+    lua_keys_prelude!(),
     r#"
-local now = tonumber(ARGV[2])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
-end
-local cost, N, W = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local raw = redis.call('GET', KEYS[1])
+local N, W = tonumber(ARGV[3]), tonumber(ARGV[4])
+local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
+"#,
+    lua_window_stamp!(),
+    r#"
+local lp, heads, r = pk('<dd', stamp, cost), {}, 0
+for i = 1, #keys do
+  local raw = state[i]
 "#,
     lua_window_scan!(),
-    r#"local reset = 0
-if first <= m then reset = at1 + W - now end
-if cost <= N and count + cost <= N then
-  if cost == 0 then return {1, N - count, reset, 0} end
-  local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
+    r#"
+  local b = 0
+  if first <= m then b = at1 + W - now end
+  if cost <= N and count + cost <= N then
+    if cost > 0 then
 "#,
     lua_window_admit!(),
-    r#"  if first > m then reset = stamp + W - now end
-  local ttl = newest + W - now
-  redis.call('SET', KEYS[1], 'w' .. struct.pack('<d', kept) .. body,
-    'PX', (ttl - ttl % 1000) / 1000 + 1)
-  return {1, N - count - cost, reset, 0}
-end
-local rem = N - count
-if rem < 0 then rem = 0 end
-if cost > N then return {0, rem, reset, -1} end
-local excess, acc, retry = count + cost - N, 0, reset
-for j = first, m do
-  local at, c = struct.unpack('<dd', raw, 16 * j - 6)
-  acc = acc + c
-  if acc >= excess then
-    retry = at + W - now
-    break
+    r#"
+      if first > m then b = stamp + W - now end
+      local ttl = newest + W - now
+      call('SET', keys[i], value, 'PX', (ttl - ttl % 1000) / 1000 + 1)
+    end
+    reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, b, 0
+  else
+"#,
+    lua_window_retry!(),
+    r#"
+    reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
   end
+  r = r + 3
 end
-return {0, rem, reset, retry}
+return reply
 "#
 );
 
@@ -180,18 +258,14 @@ return {0, rem, reset, retry}
 /// burst, 0, 0). Reply: {all admitted, then per quota: admitted, a, b, retry (-1: never)} with
 /// (a, b) = (remaining, reset) for a window and (microseconds in use, 0) for GCRA.
 const MULTI: &str = concat!(
+    lua_keys_prelude!(),
     r#"
-local cost = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
-end
-local reply = {1}
+reply[1] = 1
 local writes = {}
-for i = 1, #KEYS do
+local heads = {}
+for i = 1, #keys do
   local p = 2 + (i - 1) * 5
-  local raw = redis.call('GET', KEYS[i])
+  local raw = state[i]
   local ok, a, b, retry = 0, 0, 0, 0
   if tonumber(ARGV[p + 1]) == 2 then
     local T, B = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
@@ -201,7 +275,7 @@ for i = 1, #KEYS do
     local nd = d + cost * T
     if cost <= B and nd <= B * T then
       ok, a = 1, nd
-      if cost > 0 then writes[#writes + 1] = {KEYS[i], now + nd, nd} end
+      if cost > 0 then writes[#writes + 1] = {keys[i], now + nd, nd} end
     else
       a = d
       if cost <= B then retry = nd - B * T else retry = -1 end
@@ -211,32 +285,26 @@ for i = 1, #KEYS do
     local g, bound = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
 "#,
     lua_window_scan!(),
-    r#"    if first <= m then b = at1 + W - now end
+    r#"
+    if first <= m then b = at1 + W - now end
     if cost <= N and count + cost <= N then
       ok, a = 1, N - count - cost
       if cost > 0 then
 "#,
+    lua_window_stamp!(),
+    r#"
+        local lp = pk('<dd', stamp, cost)
+"#,
     lua_window_admit!(),
-    r#"        if first > m then b = stamp + W - now end
-        writes[#writes + 1] = {KEYS[i], 'w' .. struct.pack('<d', kept) .. body, newest + W - now}
+    r#"
+        if first > m then b = stamp + W - now end
+        writes[#writes + 1] = {keys[i], value, newest + W - now}
       end
     else
-      a = N - count
-      if a < 0 then a = 0 end
-      if cost > N then
-        retry = -1
-      else
-        local excess, acc = count + cost - N, 0
-        retry = b
-        for j = first, m do
-          local at, c = struct.unpack('<dd', raw, 16 * j - 6)
-          acc = acc + c
-          if acc >= excess then
-            retry = at + W - now
-            break
-          end
-        end
-      end
+"#,
+    lua_window_retry!(),
+    r#"
+      a, retry = rem, wait
     end
   end
   if ok == 0 then reply[1] = 0 end
@@ -245,18 +313,18 @@ for i = 1, #KEYS do
 end
 if reply[1] == 1 then
   for _, w in ipairs(writes) do
-    redis.call('SET', w[1], w[2], 'PX', (w[3] - w[3] % 1000) / 1000 + 1)
+    call('SET', w[1], w[2], 'PX', (w[3] - w[3] % 1000) / 1000 + 1)
   end
 end
 return reply
 "#
 );
 
-/// `GCRA_ONE`'s reply floor for "can never be admitted" (-2^52).
+/// `GCRA_KEYS`'s reply floor for "can never be admitted" (-2^52).
 const IMPOSSIBLE: i64 = -(1 << 52);
 
-static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_ONE));
-static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW_ONE));
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_KEYS));
+static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW_KEYS));
 static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 
 /// Quota state in Redis, shared by every instance: limits are global.
@@ -588,7 +656,7 @@ impl RedisBackend {
         self.run_alone(items, cost, now).await
     }
 
-    /// One script call for one request (`GCRA_ONE`, `WINDOW_ONE` or `MULTI`).
+    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or `MULTI`).
     async fn run_alone(
         &self,
         items: &[RedisItem<'_>],
@@ -611,37 +679,13 @@ impl RedisBackend {
             )
         };
         if let [item] = items {
-            let q = item.quota;
-            let key = self.key_name(item.name, item.key);
-            return match q.meaning() {
-                Meaning::Gcra => {
-                    let mut inv = GCRA_SCRIPT.prepare_invoke();
-                    inv.key(key)
-                        .arg(cost)
-                        .arg(now)
-                        .arg(q.emission_interval_us())
-                        .arg(q.burst_size());
-                    let reply: i64 = self.inner.conn.invoke_script(&inv).await?;
-                    let d = gcra_reply(q, cost, reply);
-                    Ok((d.allowed, vec![d]))
-                }
-                Meaning::Window => {
-                    let mut inv = WINDOW_SCRIPT.prepare_invoke();
-                    inv.key(key)
-                        .arg(cost)
-                        .arg(now)
-                        .arg(q.limit)
-                        .arg(q.window_us)
-                        .arg(q.granularity_us())
-                        .arg(window::max_slots(q));
-                    let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
-                    let [allowed, remaining, reset, r] = reply[..] else {
-                        return Err(protocol(reply.len()));
-                    };
-                    let d = QuotaDecision::new(allowed == 1, num(remaining), num(reset), retry(r));
-                    Ok((allowed == 1, vec![d]))
-                }
-            };
+            let mut inv = keys_invocation(&definition(item.quota), cost, now);
+            inv.key(self.key_name(item.name, item.key));
+            let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
+            if reply.len() != width(item.quota) {
+                return Err(protocol(reply.len()));
+            }
+            return decode(items, cost, &reply);
         }
         let mut inv = MULTI_SCRIPT.prepare_invoke();
         for item in items {
@@ -681,6 +725,27 @@ impl RedisBackend {
     }
 }
 
+/// The call of `GCRA_KEYS` or `WINDOW_KEYS` (one quota, keys each decided on their own) for
+/// the quota of [`definition`] `def`, without its keys.
+pub(crate) fn keys_invocation(def: &[u64; 5], cost: u64, now: u64) -> ScriptInvocation<'static> {
+    let (script, params) = if def[0] == batch::GCRA {
+        (&*GCRA_SCRIPT, &def[1..3])
+    } else {
+        (&*WINDOW_SCRIPT, &def[1..5])
+    };
+    let mut inv = script.prepare_invoke();
+    inv.arg(cost).arg(now).arg(params);
+    inv
+}
+
+/// Values a decision of `q` takes in a reply of `GCRA_KEYS`, `WINDOW_KEYS` or the batch script.
+pub(crate) fn width(q: &Quota) -> usize {
+    match q.meaning() {
+        Meaning::Gcra => 1,
+        Meaning::Window => 3,
+    }
+}
+
 fn num(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -690,7 +755,7 @@ fn retry(v: i64) -> u64 {
     if v < 0 { NEVER } else { num(v) }
 }
 
-/// A GCRA decision from its one-integer reply (see `GCRA_ONE`).
+/// A GCRA decision from its one-integer reply (see `GCRA_KEYS`).
 fn gcra_reply(q: &Quota, cost: u64, reply: i64) -> QuotaDecision {
     let (t, b) = (q.emission_interval_us(), q.burst_size());
     match reply {
@@ -719,7 +784,8 @@ fn definition(q: &Quota) -> [u64; 5] {
     }
 }
 
-/// One request's decisions from its part of a batch reply (see `batch::BATCH`).
+/// One request's decisions from its part of a reply of `GCRA_KEYS`, `WINDOW_KEYS` or the batch
+/// script (see `batch::BATCH`).
 fn decode(
     items: &[RedisItem<'_>],
     cost: u64,
