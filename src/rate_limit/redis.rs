@@ -185,6 +185,9 @@ const GCRA_KEYS: &str = concat!(
     r#"
 local T, B = tonumber(ARGV[3]), tonumber(ARGV[4])
 local BT, inc = B * T, cost * T
+-- The state and TTL of a key whose bucket was full (the common case), formatted once.
+local fresh = string.format('%d', now + inc)
+local fresh_ms = string.format('%d', (inc - inc % 1000) / 1000 + 1)
 for i = 1, #keys do
   local d, raw = 0, state[i]
   if raw then
@@ -198,7 +201,10 @@ for i = 1, #keys do
     reply[i] = BT - nd
   else
     reply[i] = nd
-    if cost > 0 then
+    if cost == 0 then
+    elseif d == 0 then
+      call('SET', keys[i], fresh, 'PX', fresh_ms)
+    else
       call('SET', keys[i], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
     end
   end
@@ -224,6 +230,9 @@ local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
     lua_window_stamp!(),
     r#"
 local lp, heads, r = pk('<dd', stamp, cost), {}, 0
+-- The TTL of a state whose newest slot is the one added now (all but merges), formatted once.
+local ttl = stamp + W - now
+local stamp_ms = string.format('%d', (ttl - ttl % 1000) / 1000 + 1)
 for i = 1, #keys do
   local raw = state[i]
 "#,
@@ -237,8 +246,12 @@ for i = 1, #keys do
     lua_window_admit!(),
     r#"
       if first > m then b = stamp + W - now end
-      local ttl = newest + W - now
-      call('SET', keys[i], value, 'PX', (ttl - ttl % 1000) / 1000 + 1)
+      if newest == stamp then
+        call('SET', keys[i], value, 'PX', stamp_ms)
+      else
+        local ttl = newest + W - now
+        call('SET', keys[i], value, 'PX', (ttl - ttl % 1000) / 1000 + 1)
+      end
     end
     reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, b, 0
   else
