@@ -346,6 +346,76 @@ async fn script_and_rust_functions_agree_on_random_traces() {
     assert!(checked > 2_000);
 }
 
+/// The window state's compact form is chosen from the quota (the widths of its times and
+/// counts): a quota changed under the same name re-encodes the state, and a clock stepping
+/// back records at the newest slot's time. Both must decide exactly like the memory backend.
+#[tokio::test]
+async fn window_state_survives_quota_changes_and_clock_steps_back() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let backend = RedisBackend::builder(conn)
+        .prefix(format!("{}qc:", redis.prefix))
+        .build();
+    let memory = MemoryBackend::new();
+    let mut rng = 0x0dd_ba11_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut checked = 0;
+    for round in 0..60u64 {
+        // Quotas of very different widths: windows from 10 s to 366 days (times of 3 to 6
+        // bytes), limits up to 70 000 (counts of 1 to 3 bytes), exact or with a granularity.
+        // (Not shorter: Redis expires a key by its real time, after about one window, while
+        // this trace's clock is a client clock.)
+        let mut quotas = Vec::new();
+        while quotas.len() < 3 {
+            let window = Duration::from_micros(match next(3) {
+                0 => 10_000_000 + next(6_000_000),
+                1 => 20_000_000 + next(3_000_000_000),
+                _ => 86_400_000_000 + next(365 * 86_400_000_000),
+            });
+            let top = [4, 300, 70_000][next(3) as usize];
+            let n = 1 + next(top) as u32;
+            let q = match next(2) {
+                0 => Quota::window(n, window),
+                _ => Quota::window(n, window).max_slots(1 + next(12) as u32),
+            };
+            if q.validate().is_ok() {
+                quotas.push(q);
+            }
+        }
+        let name = format!("q{round}");
+        let mem: Vec<_> = quotas.iter().map(|q| memory.keyed(&name, *q).unwrap()).collect();
+        let red: Vec<_> = quotas.iter().map(|q| backend.keyed(&name, *q).unwrap()).collect();
+        let key = LimitKey::new(format!("k{round}"));
+        let mut now = 1_700_000_000_000_000 + next(1 << 40);
+        let mut which = 0;
+        for _ in 0..80 {
+            let span = quotas[which].window_length().as_micros() as u64;
+            let step = (span / quotas[which].limit().max(1)).max(1);
+            match next(8) {
+                0 => now -= next(step * 3),
+                1 => which = next(3) as usize,
+                2 => now += next(span),
+                _ => now += next(step),
+            }
+            let cost = [1, 1, 1, 0, 2, 3][next(6) as usize];
+            let want = mem[which].check_at(&key, cost, now);
+            let got = red[which].check_at(&key, cost, now).await.unwrap();
+            assert_eq!(
+                got, want,
+                "round {round} {:?} now {now} cost {cost}",
+                quotas[which]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 3_000);
+}
+
 #[tokio::test]
 async fn two_instances_sharing_redis_enforce_one_global_quota() {
     let redis = support::shared();

@@ -36,14 +36,61 @@ const DEFAULT_MAX_BATCH: usize = 128;
 //
 // Common arguments: ARGV[1] the cost; ARGV[2] "now" in microseconds, 0 meaning the server's
 // `TIME` (production; a non-zero value is for tests replaying a trace on a controlled clock).
-// State: GCRA, the TAT as a decimal integer; window, "w", the total count, then (time, count)
-// slots, packed as little-endian doubles. Each key expires (`PX`, rounded up) when its bucket
-// is full again.
+// Each key expires (`PX`, rounded up) when its bucket is full again.
+//
+// GCRA state: the TAT as a decimal integer.
+//
+// Window state: the (time, count) slots, oldest first, in a compact binary form, so that a
+// state of a few slots fits Redis's inline strings (at most 44 bytes: "10/minute" takes 44,
+// "10 per 10 s" 35), which makes it markedly cheaper to read and write than a long one:
+//
+// * byte 1, the tag: 128 + 16·(wt - 1) + wc, where wt (1..=6) is the width of a slot's time
+//   and wc (0..=4) that of a count, in bytes; wc = 0 means every count is 1 (no counts are
+//   stored, the usual case);
+// * `7 - wt` bytes: the newest slot's time divided by M = 256^wt (the "high" part);
+// * `wc` bytes: the total count (absent when wc = 0: the total is the number of slots);
+// * the slots, `wt + wc` bytes each: the time modulo M, then the count.
+//
+// All integers are little-endian. A slot's time is the newest time minus (newest - stored)
+// mod M, exact because every state spans less than M: the widths are chosen from the quota,
+// M >= window + granularity, and a state never spans more than window + granularity - 1 (the
+// slots kept are inside the window, and a new slot is recorded at most a granule late; a
+// clock stepping back records at the newest slot's time, which spans nothing more). So an
+// admission appends a slot and rewrites the header, never the other slots: the new state is
+// the new header, a slice of the old string, and the new slot. A state in another form (a
+// changed quota, cost above 1 in a state without counts) is re-encoded once, slot by slot.
+// Anything unreadable (another meaning's state) reads as no admission.
 //
 // Redis CPU is the budget, and the Lua interpreter is a third of it (the rest is the key's
 // read and write, which every design with per-key expiry pays): library functions are read
 // into locals (`unpk`, `pk`, `sub`, `byte`, which every script using the window fragments
-// below defines), a decision unpacks only the slots it needs, no closures, no table per key.
+// below defines), formats and constant strings are built once per call, a decision unpacks
+// only the slots it needs (two in the usual case), no closures, no table per key.
+
+/// Lua shared by the window scripts, once per script: the format strings (`F[w]`, an unsigned
+/// integer of `w` bytes), the powers of 256 (`P[w]`) and the per-tag format memos.
+macro_rules! lua_window_tables {
+    () => {
+        r#"
+local F = {'<I1', '<I2', '<I3', '<I4', '<I5', '<I6', '<I7'}
+local P = {256, 65536, 16777216, 4294967296, 1099511627776, 281474976710656}
+local HF, FS = {}, {}
+"#
+    };
+}
+
+/// Lua shared by the window scripts: the state's widths for a quota (limit `N`, window `W`,
+/// granularity `g`). Leaves `wt0`, `wc0` and `M0 = 256^wt0 >= W + g`.
+macro_rules! lua_window_widths {
+    () => {
+        r#"
+local wt0, wc0 = 1, 1
+while P[wt0] < W + g do wt0 = wt0 + 1 end
+while P[wc0] <= N do wc0 = wc0 + 1 end
+local M0 = P[wt0]
+"#
+    };
+}
 
 /// Lua shared by the window scripts: the time an admission at `now` is recorded at
 /// (`window::stamp`), for granularity `g`. Leaves `stamp`.
@@ -60,26 +107,78 @@ end
     };
 }
 
+/// Lua shared by the window scripts: the pieces of a state written at `stamp` with `cost`
+/// (needs the widths). Assigns (the script declares them) `ones_head` (tag and high part of a
+/// state without counts), `ones_slot` (its new slot), `counts_tag`, `counts_head`,
+/// `counts_slot` (the same with counts of `wc0` bytes) and `fresh`, the state holding only the
+/// new slot.
+macro_rules! lua_window_fresh {
+    () => {
+        r#"
+local high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
+ones_head = string.char(112 + 16 * wt0) .. high0
+ones_slot = pk(F[wt0], stamp % M0)
+counts_tag = 112 + 16 * wt0 + wc0
+counts_head = string.char(counts_tag) .. high0
+counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+if cost == 1 then
+  fresh = ones_head .. ones_slot
+else
+  fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
+end
+"#
+    };
+}
+
 /// Lua shared by the window scripts: decodes the state in `raw` and skips the slots that
-/// have left the window (`W` microseconds before `now`). Leaves `m` (slots), `first` (oldest
-/// live slot), `at1`, `c1` (its time and count, if `first <= m`), `count` (live admissions).
+/// have left the window (`W` microseconds before `now`). Leaves `m` (slots; 0 if none or
+/// unreadable), `first` (oldest live slot), `at1`, `c1` (its time and count, if `first <= m`),
+/// `count` (live admissions), `newest` and `lastc` (the newest slot's time and count), and the
+/// form: `tag`, `wt`, `wc`, `hz` (header bytes), `ss` (slot bytes), `M`.
 macro_rules! lua_window_scan {
     () => {
         r#"
 local m, total, first, gone, at1, c1 = 0, 0, 1, 0, 0, 0
+local tag, wt, wc, hz, ss, M, newest, lastc = -1, 1, 0, 0, 0, 1, 0, 0
 local len = raw and #raw or 0
-if len >= 9 and (len - 9) % 16 == 0 and byte(raw, 1) == 119 then
-  m = (len - 9) / 16
-  if m > 0 then
-    total, at1, c1 = unpk('<ddd', raw, 2)
+if len > 1 then
+  tag = byte(raw, 1)
+  local t = tag - 128
+  wc = t % 16
+  wt = (t - wc) / 16 + 1
+  hz, ss = 8 - wt + wc, wt + wc
+  if t >= 0 and wt <= 6 and wc <= 4 and len > hz and (len - hz) % ss == 0 then
+    m, M = (len - hz) / ss, P[wt]
+    local hf = HF[tag]
+    if not hf then
+      local c = wc > 0 and sub(F[wc], 2) or ''
+      hf = F[7 - wt] .. c .. sub(F[wt], 2) .. c
+      HF[tag], FS[tag] = hf, F[wt] .. c
+    end
+    local high, tm
+    if wc > 0 then
+      high, total, at1, c1 = unpk(hf, raw, 2)
+      tm, lastc = unpk(FS[tag], raw, len - ss + 1)
+    else
+      high, at1 = unpk(hf, raw, 2)
+      total, c1, lastc = m, 1, 1
+      tm = unpk(F[wt], raw, len - wt + 1)
+    end
+    newest = high * M + tm
+    at1 = newest - (newest - at1) % M
     while at1 + W <= now do
       gone = gone + c1
       first = first + 1
       if first > m then break end
-      at1, c1 = unpk('<dd', raw, 16 * first - 6)
+      if wc > 0 then
+        at1, c1 = unpk(FS[tag], raw, hz + (first - 1) * ss + 1)
+      else
+        at1 = unpk(F[wt], raw, hz + (first - 1) * wt + 1)
+      end
+      at1 = newest - (newest - at1) % M
     end
   else
-    total = unpk('<d', raw, 2)
+    tag, wc = -1, 0
   end
 end
 local count = total - gone
@@ -88,48 +187,90 @@ local count = total - gone
 }
 
 /// Lua shared by the window scripts: the new state after admitting `cost` at `stamp` (needs
-/// the scan's variables, `bound` the slot bound, `lp` the packed slot `(stamp, cost)` and
-/// `heads`, a table memoising the packed headers). Leaves `value` (the new state) and `newest`
-/// (the time of its newest slot).
+/// the scan's variables, `bound` the slot bound, the widths and the fresh pieces). Leaves
+/// `value` (the new state) and `nn` (the time of its newest slot).
 macro_rules! lua_window_admit {
     () => {
         r#"
 local live = m - first + 1
-local last_at, last_c = at1, c1
-if live > 1 then last_at, last_c = unpk('<dd', raw, 16 * m - 6) end
-local merge = live > 0 and stamp <= last_at
+local merge = live > 0 and stamp <= newest
 local drop = live - bound
 if not merge then drop = drop + 1 end
 local kept = count + cost
 if drop > 0 then
   kept = kept - c1
   for j = first + 1, first + drop - 1 do
-    local _, c = unpk('<dd', raw, 16 * j - 6)
-    kept = kept - c
+    if wc > 0 then
+      local _, c = unpk(FS[tag], raw, hz + (j - 1) * ss + 1)
+      kept = kept - c
+    else
+      kept = kept - 1
+    end
   end
 else
   drop = 0
 end
-local head = heads[kept]
-if not head then
-  head = 'w' .. pk('<d', kept)
-  heads[kept] = head
-end
-local from, value, newest = first + drop, nil, stamp
-if merge then
-  value = head .. sub(raw, 16 * from - 6, 16 * m - 7) .. pk('<dd', last_at, last_c + cost)
-  newest = last_at
-elseif m > 0 then
-  value = head .. sub(raw, 16 * from - 6, 16 * m + 9) .. lp
+local from, value, nn = first + drop, nil, stamp
+local p = hz + (from - 1) * ss + 1
+if merge then nn = newest end
+if from > m then
+  value = fresh
+elseif tag == counts_tag then
+  if merge then
+    value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], lastc + cost)
+  else
+    value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
+  end
+elseif tag == counts_tag - wc0 and cost == 1 and not merge then
+  value = ones_head .. sub(raw, p) .. ones_slot
 else
-  value = head .. lp
+  -- Another form: re-encode the kept slots (with the new admission) in the quota's form.
+  local ts, cs, n = {}, {}, 0
+  for j = from, m do
+    local q = hz + (j - 1) * ss + 1
+    local t, c = unpk(F[wt], raw, q), 1
+    if wc > 0 then c = unpk(F[wc], raw, q + wt) end
+    n = n + 1
+    ts[n], cs[n] = newest - (newest - t) % M, c
+  end
+  if merge then
+    cs[n] = cs[n] + cost
+  else
+    n = n + 1
+    ts[n], cs[n] = stamp, cost
+  end
+  -- Only a clock stepping back (the newest slot ahead of now) across a quota change can span
+  -- M0 or more: the times are then written wider. Slots more than 2^48 µs (8.9 years) older
+  -- than the newest, which only a clock stepping back by more than that could keep, are
+  -- forgotten.
+  local s, ones, w, v = 1, true, 0, wt0
+  while P[v] <= nn - ts[s] and v < 6 do v = v + 1 end
+  while P[v] <= nn - ts[s] do
+    kept = kept - cs[s]
+    s = s + 1
+  end
+  for j = s, n do
+    if cs[j] ~= 1 then ones = false end
+  end
+  if not ones then
+    w = wc0
+    while P[w] <= kept do w = w + 1 end
+  end
+  local Mv = P[v]
+  local parts = {string.char(112 + 16 * v + w), pk(F[7 - v], (nn - nn % Mv) / Mv)}
+  if w > 0 then parts[3] = pk(F[w], kept) end
+  for j = s, n do
+    parts[#parts + 1] = pk(F[v], ts[j] % Mv)
+    if w > 0 then parts[#parts + 1] = pk(F[w], cs[j]) end
+  end
+  value = table.concat(parts)
 end
 "#
     };
 }
 
 /// Lua shared by the window scripts, for a refused request: `rem`, the units left, and
-/// `retry`, the wait until `cost` fits (-1: never; needs the scan's variables, `N` and `b`,
+/// `wait`, the time until `cost` fits (-1: never; needs the scan's variables, `N` and `b`,
 /// the time until the oldest live slot leaves).
 macro_rules! lua_window_retry {
     () => {
@@ -140,12 +281,20 @@ local wait = -1
 if cost <= N then
   local excess, acc = count + cost - N, 0
   wait = b
-  for j = first, m do
-    local at, c = unpk('<dd', raw, 16 * j - 6)
-    acc = acc + c
-    if acc >= excess then
-      wait = at + W - now
-      break
+  if wc == 0 then
+    local j = first + excess - 1
+    if j <= m then
+      local t = unpk(F[wt], raw, hz + (j - 1) * wt + 1)
+      wait = newest - (newest - t) % M + W - now
+    end
+  else
+    for j = first, m do
+      local t, c = unpk(FS[tag], raw, hz + (j - 1) * ss + 1)
+      acc = acc + c
+      if acc >= excess then
+        wait = newest - (newest - t) % M + W - now
+        break
+      end
     end
   end
 end
@@ -227,12 +376,18 @@ const WINDOW_KEYS: &str = concat!(
 local N, W = tonumber(ARGV[3]), tonumber(ARGV[4])
 local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
 "#,
+    lua_window_tables!(),
+    lua_window_widths!(),
     lua_window_stamp!(),
     r#"
-local lp, heads, r = pk('<dd', stamp, cost), {}, 0
+local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
+"#,
+    lua_window_fresh!(),
+    r#"
 -- The TTL of a state whose newest slot is the one added now (all but merges), formatted once.
 local ttl = stamp + W - now
 local stamp_ms = string.format('%d', (ttl - ttl % 1000) / 1000 + 1)
+local r = 0
 for i = 1, #keys do
   local raw = state[i]
 "#,
@@ -246,10 +401,10 @@ for i = 1, #keys do
     lua_window_admit!(),
     r#"
       if first > m then b = stamp + W - now end
-      if newest == stamp then
+      if nn == stamp then
         call('SET', keys[i], value, 'PX', stamp_ms)
       else
-        local ttl = newest + W - now
+        ttl = nn + W - now
         call('SET', keys[i], value, 'PX', (ttl - ttl % 1000) / 1000 + 1)
       end
     end
@@ -275,7 +430,9 @@ const MULTI: &str = concat!(
     r#"
 reply[1] = 1
 local writes = {}
-local heads = {}
+"#,
+    lua_window_tables!(),
+    r#"
 for i = 1, #keys do
   local p = 2 + (i - 1) * 5
   local raw = state[i]
@@ -304,14 +461,16 @@ for i = 1, #keys do
       ok, a = 1, N - count - cost
       if cost > 0 then
 "#,
+    lua_window_widths!(),
     lua_window_stamp!(),
     r#"
-        local lp = pk('<dd', stamp, cost)
+        local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
 "#,
+    lua_window_fresh!(),
     lua_window_admit!(),
     r#"
         if first > m then b = stamp + W - now end
-        writes[#writes + 1] = {keys[i], value, newest + W - now}
+        writes[#writes + 1] = {keys[i], value, nn + W - now}
       end
     else
 "#,

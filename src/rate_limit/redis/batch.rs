@@ -66,6 +66,9 @@ pub(crate) const BATCH: &str = concat!(
     r#"
 local call, num, fmt = redis.call, tonumber, string.format
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
+"#,
+    lua_window_tables!(),
+    r#"
 local argv, keys = ARGV, KEYS
 local client, simple = argv[1] == '1', argv[1] == '2'
 local nq, ns = num(argv[2]), num(argv[3])
@@ -94,8 +97,9 @@ if not client then
   clock = t[1] * 1000000 + t[2]
 end
 local px, dirty, ndirty = {}, {}, 0
-local text, heads = {}, {}
-local ls, lc, lp = -1, -1, ''
+local text = {}
+local ls, lc, lq = -1, -1, -1
+local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
 local reply, r = {}, 0
 local stage = {}
 local last, nreq, i = #argv, -1, 0
@@ -172,16 +176,20 @@ while true do
         if cost > 0 then
           local g, bound = D[q + 4], D[q + 5]
 "#,
+    lua_window_widths!(),
     lua_window_stamp!(),
     r#"
-          if stamp ~= ls or cost ~= lc then
-            ls, lc, lp = stamp, cost, pk('<dd', stamp, cost)
+          if stamp ~= ls or cost ~= lc or q ~= lq then
+            ls, lc, lq = stamp, cost, q
+"#,
+    lua_window_fresh!(),
+    r#"
           end
 "#,
     lua_window_admit!(),
     r#"
           if first > m then b = stamp + W - now end
-          local ttl = newest + W - now
+          local ttl = nn + W - now
           local ms = (ttl - ttl % 1000) / 1000 + 1
           local sp = text[ms]
           if not sp then
