@@ -388,8 +388,14 @@ async fn window_state_survives_quota_changes_and_clock_steps_back() {
             }
         }
         let name = format!("q{round}");
-        let mem: Vec<_> = quotas.iter().map(|q| memory.keyed(&name, *q).unwrap()).collect();
-        let red: Vec<_> = quotas.iter().map(|q| backend.keyed(&name, *q).unwrap()).collect();
+        let mem: Vec<_> = quotas
+            .iter()
+            .map(|q| memory.keyed(&name, *q).unwrap())
+            .collect();
+        let red: Vec<_> = quotas
+            .iter()
+            .map(|q| backend.keyed(&name, *q).unwrap())
+            .collect();
         let key = LimitKey::new(format!("k{round}"));
         let mut now = 1_700_000_000_000_000 + next(1 << 40);
         let mut which = 0;

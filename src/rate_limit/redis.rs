@@ -58,8 +58,10 @@ const DEFAULT_MAX_BATCH: usize = 128;
 // clock stepping back records at the newest slot's time, which spans nothing more). So an
 // admission appends a slot and rewrites the header, never the other slots: the new state is
 // the new header, a slice of the old string, and the new slot. A state in another form (a
-// changed quota, cost above 1 in a state without counts) is re-encoded once, slot by slot.
-// Anything unreadable (another meaning's state) reads as no admission.
+// changed quota, a cost above 1 or two admissions at one time in a state without counts) is
+// re-encoded, slot by slot, with wider times if the clock stepped back across a quota change
+// (the one way to span more). Anything unreadable (another meaning's state) reads as no
+// admission.
 //
 // Redis CPU is the budget, and the Lua interpreter is a third of it (the rest is the key's
 // read and write, which every design with per-key expiry pays): library functions are read
@@ -507,9 +509,12 @@ static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 ///   Redis server's clock (`TIME`, integer microseconds), so instances with skewed clocks
 ///   agree. Under load, concurrent decisions share script calls: see
 ///   [natural batching](#natural-batching) below.
-/// * **Small state that cleans itself up**: GCRA keeps one integer per key; a window keeps at
-///   most `min(limit, max_slots)` packed (time, count) pairs. Each key expires (`PX`) when its
-///   bucket is full again.
+/// * **Small state that cleans itself up**: GCRA keeps one integer per key (16 digits); a
+///   window keeps at most `min(limit, max_slots)` (time, count) slots in a compact binary form:
+///   times modulo 256^w under one shared high part, w from the window (3 bytes up to 16.7 s, 4
+///   up to 71 minutes), and counts only once one differs from 1. "10/minute" takes at most 44
+///   bytes, so Redis stores it inline, "100/hour" at most 404. Each key expires (`PX`) when
+///   its bucket is full again.
 /// * **Key names** are `<prefix>{<key>}:<quota name>` (e.g. `rampart:rl:{ip:203.0.113.7}:ip`):
 ///   the hash tag is the client key, so all quotas of one client key live in one Redis Cluster
 ///   slot. A request whose quotas use *different* keys (per IP and per session) touches
@@ -539,12 +544,15 @@ static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 ///   whole queue (up to [128 decisions](RedisBackendBuilder::max_batch)) into **one**
 ///   `EVALSHA`, driven by a spawned task. Under load the batches grow by themselves, to about
 ///   half the number of concurrent callers.
-/// * The batch script reads the server's `TIME` once (all decisions of a batch are taken at one
-///   instant), reads every distinct key with one `MGET`, decides the requests **in arrival
+/// * A batch reads the server's `TIME` once (all decisions of a batch are taken at one
+///   instant) and every distinct key with one `MGET`, and writes each changed key once (`SET
+///   key value PX ttl`; refused requests write nothing). The common batch, requests of one
+///   quota on keys of their own (one limit per client IP, say), runs the single-request
+///   script with all its keys, each decided on its own. Any other batch (IP plus session
+///   quotas, one key twice) runs a general script that decides the requests **in arrival
 ///   order**, each one's quotas all or nothing against the state left by the requests before
-///   it, and writes each changed key once (`SET key value PX ttl`; refused requests write
-///   nothing). The decisions are those of the same requests sent one by one (tested, on a
-///   client clock, against single calls). Key names and state encodings are those of the
+///   it. Either way the decisions are those of the same requests sent one by one (tested, on
+///   a client clock, against single calls). Key names and state encodings are those of the
 ///   single-request scripts: instances with batching on and off share state.
 /// * Failures: an error or timeout of a call fails every decision in it, each through the
 ///   layer's failure mode. The circuit breaker sees one call per batch. A queued decision that

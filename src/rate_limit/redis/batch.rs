@@ -11,12 +11,16 @@
 //! [`Slot`] still hands the slot on. Under load the batches grow by themselves, to about
 //! `callers / max_in_flight`.
 //!
-//! One batched call runs [`BATCH`]: one `TIME`, one `MGET` of every distinct key, each
-//! request's quotas decided all or nothing **in arrival order** against the state left by the
-//! requests before it (so the decisions are those of the same requests sent one by one), then
-//! one `SET key value PX ttl` per key that changed. The key names and value encodings are
-//! those of the single-request scripts, so both modes (and instances running either) share
-//! state.
+//! The common batch (requests of one quota each, all of the same quota, cost and time, each on
+//! a key of its own) runs the per-key script of `redis.rs` (`GCRA_KEYS` or `WINDOW_KEYS`, the
+//! very script a single request runs) with all its keys: no request reads another's state,
+//! so each key is decided on its own, at the least cost to Redis. Any other batch (requests
+//! with several quotas, one key twice, mixed quotas or costs) runs [`BATCH`]: one `TIME`, one
+//! `MGET` of every distinct key, each request's quotas decided all or nothing **in arrival
+//! order** against the state left by the requests before it (so the decisions are those of
+//! the same requests sent one by one), then one `SET key value PX ttl` per key that changed.
+//! The key names and value encodings are those of the single-request scripts, so both modes
+//! (and instances running either) share state.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -55,13 +59,14 @@ pub(crate) const GCRA: u64 = 2;
 /// used microseconds if the cost exceeds the burst); window, three: remaining (`-1 -
 /// remaining` if refused), reset, retry (-1: never). A request is admitted iff all its checks
 /// are; only then are its writes applied, to the batch's copy of the state, which later
-/// requests read. The decision steps are those of `MULTI` in `redis.rs`, line for line.
+/// requests read. The window steps are the Lua fragments of `redis.rs`, shared with its
+/// scripts; the GCRA step is `GCRA_KEYS`'s.
 ///
 /// Cost notes (Redis CPU is the budget): library functions are read into locals once; numbers
 /// are formatted in Lua with `%d` (exact below 2^53, the same text Redis would write) and
 /// memoised per batch, since the TTL and the new state of fresh keys admitted at the batch's
-/// time repeat, whereas Redis formats every number argument with `%.17g`, which costs about as
-/// much as the rest of the `SET`; the window slot packing is memoised the same way.
+/// time repeat, whereas Redis formats every number argument with `%.17g`; the pieces of a new
+/// window state are built once per time, cost and quota.
 pub(crate) const BATCH: &str = concat!(
     r#"
 local call, num, fmt = redis.call, tonumber, string.format
