@@ -247,13 +247,7 @@ async fn multi_quota_traces_are_identical_on_memory_and_redis() {
     let mut b = ServiceBuilder::new()
         .layer(build(Some(backend)))
         .service(echo_service());
-    let mut rng = 0x5eed_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x5eed_u64);
     let mut statuses = std::collections::HashMap::new();
     for step in 0..500 {
         clock.advance(Duration::from_micros(match next(6) {
@@ -288,6 +282,16 @@ async fn multi_quota_traces_are_identical_on_memory_and_redis() {
     }
 }
 
+/// A small deterministic generator for the random traces: `next(n)` is in `0..n`.
+fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 /// The raw decisions of the script and of the Rust functions agree on random quotas, costs and
 /// times, including large values where a float division would go wrong.
 #[tokio::test]
@@ -298,13 +302,7 @@ async fn script_and_rust_functions_agree_on_random_traces() {
         .prefix(redis.prefix.clone())
         .build();
     let memory = MemoryBackend::new();
-    let mut rng = 0xdead_beef_cafe_f00du64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0xdead_beef_cafe_f00du64);
     let mut checked = 0;
     for round in 0..60u64 {
         let window = Duration::from_micros(1_000 + next(5_000_000_000));
@@ -357,13 +355,7 @@ async fn window_state_survives_quota_changes_and_clock_steps_back() {
         .prefix(format!("{}qc:", redis.prefix))
         .build();
     let memory = MemoryBackend::new();
-    let mut rng = 0x0dd_ba11_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x0dd_ba11_u64);
     let mut checked = 0;
     for round in 0..60u64 {
         // Quotas of very different widths: windows from 10 s to 366 days (times of 3 to 6
@@ -802,13 +794,7 @@ async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() 
         let _ = send(&mut one_by_one, req_from("192.0.2.200:1")).await;
     }
 
-    let mut rng = 0x0ba7_c4ed_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x0ba7_c4ed_u64);
     let make = |peer: u64, user: u64, cost: u64| {
         let mut r = req_from(&format!("198.51.100.{peer}:1"));
         if user > 0 {
@@ -898,13 +884,7 @@ async fn batched_and_single_call_scripts_agree_on_random_traces() {
         .prefix(format!("{}s:", redis.prefix))
         .batching(false)
         .build();
-    let mut rng = 0x5ca1_ab1e_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x5ca1_ab1e_u64);
     let mut checked = [0; 3];
     for round in 0..24u64 {
         let window = Duration::from_micros(1_000 + next(3_000_000_000));

@@ -564,18 +564,20 @@ static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI));
 ///   dropped; a dropped caller that held a slot hands it on to the queue.
 /// * Latency: at low load, none added. Under load, a decision waits for at most one call in
 ///   flight to return before it is sent, in exchange for far fewer, larger calls, which keeps
-///   Redis and the connection below saturation: on the 2-core VM this crate is measured on
-///   (`limiter_bench`, GCRA, 100 000 keys, local `redis-server`), 1 caller: p50 107 µs with
-///   and 104 µs without batching; 8 callers: p50 188 µs vs 211 µs; 64 callers: p50 465 µs vs
-///   670 µs, p99 0.96 ms vs 1.8 ms, 134 000 vs 86 000 decisions/s.
+///   Redis and the connection below saturation. On the 2-core VM this crate is measured on
+///   (`limiter_bench`, GCRA, 100 000 keys, local `redis-server`, batching on vs off): 1
+///   caller, p50 83 µs vs 85 µs; 8 callers, p50 171 µs vs 143 µs and 48 000 vs 54 000
+///   decisions/s (while Redis has room, the wait for a slot costs more than it saves); 64
+///   callers, p50 317 µs vs 451 µs, p99 0.68 ms vs 0.85 ms, 199 000 vs 137 000 decisions/s.
 /// * Throughput and Redis CPU (`cargo bench --all-features --bench rate_limit_redis`, 64
-///   callers, 100 000 keys, same run; Redis CPU from `INFO commandstats`, `usec_per_call` of
-///   `EVALSHA` divided by the decisions per call): a redis_rate-style float GCRA script called
-///   once per decision did 66 900 decisions/s at 10.1 µs per decision; batched GCRA
-///   141 800/s (2.1x) with 21 decisions per call at 4.6 µs per decision; batched window
-///   (N = 10) 108 800/s (1.6x) at 6.5 µs per decision; without batching, 88 000/s at 8.3 µs
-///   and 67 700/s at 11.2 µs. What remains per decision is mostly the `SET` with its expiry
-///   and the key's read, which every design with per-key expiry pays.
+///   callers, 100 000 keys, interleaved in one run; Redis CPU from `INFO commandstats`,
+///   `usec_per_call` of `EVALSHA` divided by the decisions per call): a redis_rate-style float
+///   GCRA script called once per decision did 113 000 decisions/s at 5.9 µs of Redis CPU per
+///   decision; batched GCRA 224 000/s (2.0x) with 21 decisions per call at 2.5 µs (0.43x);
+///   batched window (N = 10) 185 000/s (1.6x) at 3.5 µs (0.60x); without batching 150 000/s
+///   at 5.4 µs and 104 000/s at 8.1 µs. What remains per decision is mostly the key's read
+///   and its `SET` with an expiry, which every design with per-key expiry pays, and the
+///   interpreter's share of the decision.
 /// * Redis Cluster: a batch holds keys of many clients, hence many hash slots; like the
 ///   multi-key requests above, it needs a single server (plain or TLS). Cluster support would
 ///   batch per slot. `batching(false)` restores one call per decision.
