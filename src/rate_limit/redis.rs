@@ -366,10 +366,9 @@ return reply
 
 /// One window quota for one or more distinct keys, each decided on its own. ARGV[3] limit,
 /// ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
-/// State: "w", the total count of the stored slots, then (time, count) slots, all packed as
-/// little-endian doubles; a decision unpacks only the slots it needs (the expired prefix, the
-/// oldest live one, the newest) and an admission rewrites the string by slicing, so the cost
-/// does not grow with the number of live admissions.
+/// State: the compact form described above; a decision unpacks only the slots it needs (the
+/// expired prefix, the oldest live one, the newest) and an admission rewrites the string by
+/// slicing, so the cost does not grow with the number of live admissions.
 /// Reply, three integers per key: remaining (`-1 - remaining` if refused), reset, retry (-1:
 /// never; 0 if admitted).
 const WINDOW_KEYS: &str = concat!(
