@@ -20,6 +20,7 @@
 //! | `--backend`       | `memory`     | `memory` or `redis` (feature `redis`)                 |
 //! | `--redis-url`     | `$REDIS_URL` | the Redis server (`redis://` or `rediss://`)          |
 //! | `--batching`      | `on`         | Redis: concurrent decisions share script calls, or `off`: one call each |
+//! | `--max-in-flight` | `2`          | Redis with batching: most script calls at once        |
 //! | `--concurrency`   | `64`         | concurrent callers (threads for memory, tasks for Redis) |
 //! | `--keys`          | `100000`     | distinct client keys                                  |
 //! | `--duration`      | `10s`        | run time (`500ms`, `10s`, `2m`)                       |
@@ -44,6 +45,7 @@ struct Options {
     backend: String,
     redis_url: Option<String>,
     batching: bool,
+    max_in_flight: usize,
     concurrency: usize,
     keys: usize,
     duration: Duration,
@@ -67,6 +69,7 @@ fn parse_args() -> Result<Options, String> {
         backend: "memory".into(),
         redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
         batching: true,
+        max_in_flight: 2,
         concurrency: 64,
         keys: 100_000,
         duration: Duration::from_secs(10),
@@ -90,6 +93,7 @@ fn parse_args() -> Result<Options, String> {
                     _ => return Err(bad("value (on or off)")),
                 }
             }
+            "--max-in-flight" => o.max_in_flight = value.parse().map_err(|_| bad("number"))?,
             "--concurrency" => o.concurrency = value.parse().map_err(|_| bad("number"))?,
             "--keys" => o.keys = value.parse().map_err(|_| bad("number"))?,
             "--duration" => o.duration = parse_duration(&value).ok_or_else(|| bad("duration"))?,
@@ -256,6 +260,7 @@ fn run_redis(o: &Options) -> Result<(), String> {
             RedisBackend::builder(conn.clone())
                 .prefix("rampart:bench:")
                 .batching(o.batching)
+                .max_calls_in_flight(o.max_in_flight)
                 .build()
                 .keyed("bench", o.quota)
                 .map_err(|e| e.to_string())?,
@@ -339,7 +344,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: limiter_bench [--backend memory|redis] [--redis-url URL] \
-                 [--batching on|off] [--concurrency N] [--keys N] [--duration 10s] \
+                 [--batching on|off] [--max-in-flight N] [--concurrency N] [--keys N] [--duration 10s] \
                  [--quota 100/minute] [--meaning window|gcra]"
             );
             return ExitCode::from(2);
