@@ -4,7 +4,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 
@@ -12,7 +12,7 @@ use super::clock::MonotonicClock;
 use super::decision::QuotaDecision;
 use super::key::LimitKey;
 use super::quota::{Meaning, Quota, QuotaError};
-use super::{gcra, window};
+use super::{Names, gcra, lock, window};
 use crate::clock::Clock;
 
 /// Default bound on the number of keys a [`MemoryBackend`] holds.
@@ -61,7 +61,7 @@ struct Inner {
     shard_cap: usize,
     max_keys: usize,
     hasher: RandomState,
-    names: Mutex<Vec<Arc<str>>>,
+    names: Names,
     evicted_live: AtomicU64,
 }
 
@@ -109,7 +109,7 @@ impl MemoryBackendBuilder {
                 shard_cap,
                 max_keys: self.max_keys,
                 hasher: RandomState::new(),
-                names: Mutex::new(Vec::new()),
+                names: Names::default(),
                 evicted_live: AtomicU64::new(0),
             }),
         }
@@ -130,11 +130,6 @@ impl fmt::Debug for MemoryBackend {
             .field("shards", &self.inner.shards.len())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state is plain data updated in small steps: a panic elsewhere cannot leave it unusable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One quota check of a multi-quota decision.
@@ -195,12 +190,7 @@ impl MemoryBackend {
 
     /// Interns a quota name: quotas of the same name share buckets.
     pub(crate) fn intern(&self, name: &str) -> u32 {
-        let mut names = lock(&self.inner.names);
-        if let Some(i) = names.iter().position(|n| &**n == name) {
-            return i as u32;
-        }
-        names.push(name.into());
-        (names.len() - 1) as u32
+        self.inner.names.intern(name)
     }
 
     fn hash_wide(&self, id: u32, key: &LimitKey) -> u64 {

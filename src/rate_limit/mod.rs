@@ -96,6 +96,28 @@ mod redis;
 mod response;
 mod window;
 
+/// Locks `m`, shrugging off poisoning: the limiters' shared state is plain data updated in
+/// small steps, so a panic elsewhere cannot leave it unusable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Quota names interned as small ids, per backend: quotas of the same name share buckets.
+#[derive(Default)]
+pub(crate) struct Names(std::sync::Mutex<Vec<std::sync::Arc<str>>>);
+
+impl Names {
+    /// The id of `name`, added if new.
+    pub(crate) fn intern(&self, name: &str) -> u32 {
+        let mut names = lock(&self.0);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return i as u32;
+        }
+        names.push(name.into());
+        (names.len() - 1) as u32
+    }
+}
+
 pub use self::clock::MonotonicClock;
 pub use self::decision::QuotaDecision;
 #[cfg(feature = "session")]

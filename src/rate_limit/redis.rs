@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use super::decision::{NEVER, QuotaDecision};
 use super::key::LimitKey;
 use super::quota::{Meaning, Quota, QuotaError};
-use super::window;
+use super::{Names, lock, window};
 use crate::clock::Clock;
 use crate::redis::driver::{Script, ScriptInvocation};
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
@@ -68,6 +68,30 @@ const DEFAULT_MAX_BATCH: usize = 128;
 // into locals (`unpk`, `pk`, `sub`, `byte`, which every script using the window fragments
 // below defines), formats and constant strings are built once per call, a decision unpacks
 // only the slots it needs (two in the usual case), no closures, no table per key.
+
+/// Lua shared by the GCRA scripts: one decision (`gcra::decide`) for the state in `raw` (the
+/// TAT, or nothing), with `T` the interval, `B` the burst and `BT = B·T`. Leaves `d` (the
+/// microseconds in use before), `nd` (after admitting `cost`) and `v`, the reply integer of
+/// `GCRA_KEYS`: `nd` if admitted (`v >= 0` exactly then), minus the retry time if refused,
+/// -2^52 minus `d` if the cost exceeds the burst.
+macro_rules! lua_gcra_step {
+    () => {
+        r#"
+local d = 0
+if raw then
+  local tat = tonumber(raw) or 0
+  if tat > now then d = tat - now end
+end
+local nd = d + cost * T
+local v = nd
+if cost > B then
+  v = -4503599627370496 - d
+elseif nd > BT then
+  v = BT - nd
+end
+"#
+    };
+}
 
 /// Lua shared by the window scripts, once per script: the format strings (`F[w]`, an unsigned
 /// integer of `w` bytes), the powers of 256 (`P[w]`) and the per-tag format memos.
@@ -340,24 +364,16 @@ local BT, inc = B * T, cost * T
 local fresh = string.format('%d', now + inc)
 local fresh_ms = string.format('%d', (inc - inc % 1000) / 1000 + 1)
 for i = 1, #keys do
-  local d, raw = 0, state[i]
-  if raw then
-    local tat = tonumber(raw) or 0
-    if tat > now then d = tat - now end
-  end
-  local nd = d + inc
-  if cost > B then
-    reply[i] = -4503599627370496 - d
-  elseif nd > BT then
-    reply[i] = BT - nd
+  local raw = state[i]
+"#,
+    lua_gcra_step!(),
+    r#"
+  reply[i] = v
+  if v < 0 or cost == 0 then
+  elseif d == 0 then
+    call('SET', keys[i], fresh, 'PX', fresh_ms)
   else
-    reply[i] = nd
-    if cost == 0 then
-    elseif d == 0 then
-      call('SET', keys[i], fresh, 'PX', fresh_ms)
-    else
-      call('SET', keys[i], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
-    end
+    call('SET', keys[i], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
   end
 end
 return reply
@@ -440,16 +456,16 @@ for i = 1, #keys do
   local ok, a, b, retry = 0, 0, 0, 0
   if tonumber(ARGV[p + 1]) == 2 then
     local T, B = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
-    local tat = tonumber(raw or 0) or 0
-    local d = 0
-    if tat > now then d = tat - now end
-    local nd = d + cost * T
-    if cost <= B and nd <= B * T then
+    local BT = B * T
+"#,
+    lua_gcra_step!(),
+    r#"
+    if v >= 0 then
       ok, a = 1, nd
       if cost > 0 then writes[#writes + 1] = {keys[i], now + nd, nd} end
     else
       a = d
-      if cost <= B then retry = nd - B * T else retry = -1 end
+      if cost <= B then retry = nd - BT else retry = -1 end
     end
   else
     local N, W = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
@@ -605,7 +621,7 @@ struct Inner {
     prefix: String,
     clock: Option<Arc<dyn Clock>>,
     deny: DenyCache,
-    names: Mutex<Vec<Arc<str>>>,
+    names: Names,
     /// `None`: one script call per decision.
     batcher: Option<Arc<Batcher>>,
 }
@@ -703,14 +719,10 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
                 clock: self.clock,
                 deny: DenyCache::new(self.deny_cache),
-                names: Mutex::new(Vec::new()),
+                names: Names::default(),
             }),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One quota check of a multi-quota decision.
@@ -767,13 +779,9 @@ impl RedisBackend {
         format!("{}{{{key}}}:{name}", self.inner.prefix)
     }
 
+    /// Interns a quota name: quotas of the same name share buckets.
     pub(crate) fn intern(&self, name: &str) -> u32 {
-        let mut names = lock(&self.inner.names);
-        if let Some(i) = names.iter().position(|n| &**n == name) {
-            return i as u32;
-        }
-        names.push(name.into());
-        (names.len() - 1) as u32
+        self.inner.names.intern(name)
     }
 
     /// A denial known locally for a request of cost >= 1 (see the deny cache above).

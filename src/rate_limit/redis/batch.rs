@@ -59,8 +59,8 @@ pub(crate) const GCRA: u64 = 2;
 /// used microseconds if the cost exceeds the burst); window, three: remaining (`-1 -
 /// remaining` if refused), reset, retry (-1: never). A request is admitted iff all its checks
 /// are; only then are its writes applied, to the batch's copy of the state, which later
-/// requests read. The window steps are the Lua fragments of `redis.rs`, shared with its
-/// scripts; the GCRA step is `GCRA_KEYS`'s.
+/// requests read. The decision steps are the Lua fragments of `redis.rs`, shared with its
+/// scripts.
 ///
 /// Cost notes (Redis CPU is the budget): library functions are read into locals once; numbers
 /// are formatted in Lua with `%d` (exact below 2^53, the same text Redis would write) and
@@ -137,38 +137,29 @@ while true do
     if not simple then k = num(argv[a + j]) end
     local raw = state[k]
     if D[q + 1] == 2 then
-      local T, BT = D[q + 2], D[q + 6]
-      local d = 0
-      if raw then
-        local tat = num(raw) or 0
-        if tat > now then d = tat - now end
-      end
-      local nd = d + cost * T
+      local T, B, BT = D[q + 2], D[q + 3], D[q + 6]
+"#,
+    lua_gcra_step!(),
+    r#"
       r = r + 1
-      if cost > D[q + 3] then
-        reply[r] = -4503599627370496 - d
+      reply[r] = v
+      if v < 0 then
         all = false
-      elseif nd > BT then
-        reply[r] = BT - nd
-        all = false
-      else
-        reply[r] = nd
-        if cost > 0 then
-          local v = now + nd
-          local sv = text[v]
-          if not sv then
-            sv = fmt('%d', v)
-            text[v] = sv
-          end
-          local ms = (nd - nd % 1000) / 1000 + 1
-          local sp = text[ms]
-          if not sp then
-            sp = fmt('%d', ms)
-            text[ms] = sp
-          end
-          stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, sv, sp
-          nw = nw + 3
+      elseif cost > 0 then
+        local tat = now + nd
+        local sv = text[tat]
+        if not sv then
+          sv = fmt('%d', tat)
+          text[tat] = sv
         end
+        local ms = (nd - nd % 1000) / 1000 + 1
+        local sp = text[ms]
+        if not sp then
+          sp = fmt('%d', ms)
+          text[ms] = sp
+        end
+        stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, sv, sp
+        nw = nw + 3
       end
     else
       local N, W = D[q + 2], D[q + 3]
