@@ -2,72 +2,24 @@
 //! on, on a manual clock.
 #![cfg(feature = "rate-limit")]
 
-use std::convert::Infallible;
+mod rate_limit_common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_rampart::clock::ManualClock;
-use tower_rampart::net::{PeerAddr, TrustedProxies};
-use tower_rampart::rate_limit::{
-    Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitBody, RateLimitDecision,
-    RateLimitLayer,
+use rate_limit_common::{
+    T0, cost_header, header, limited, refused_by_the_second_quota, req_from, req_with, send,
+    status_of,
 };
-
-const T0: u64 = 1_700_000_000_000_000;
-
-type Resp = (StatusCode, HeaderMap, String);
-
-fn echo_service()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    service_fn(|req: Request<Full<Bytes>>| async move {
-        let remaining = req
-            .extensions()
-            .get::<RateLimitDecision>()
-            .and_then(RateLimitDecision::remaining)
-            .map_or("-".to_owned(), |r| r.to_string());
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(remaining))))
-    })
-}
-
-fn req_from(peer: &str) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    let addr: SocketAddr = peer.parse().unwrap();
-    req.extensions_mut().insert(PeerAddr(addr));
-    req
-}
-
-async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Resp
-where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<RateLimitBody<Full<Bytes>>>,
-            Error = Infallible,
-        >,
-{
-    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
-}
-
-fn header(h: &HeaderMap, name: &str) -> String {
-    h.get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
+use tower::{ServiceBuilder, ServiceExt};
+use tower_rampart::clock::ManualClock;
+use tower_rampart::net::TrustedProxies;
+use tower_rampart::rate_limit::{
+    Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitDecision, RateLimitLayer,
+};
 
 #[tokio::test]
 async fn window_ten_per_minute_on_a_manual_clock() {
@@ -77,9 +29,7 @@ async fn window_ten_per_minute_on_a_manual_clock() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     for i in 0..10 {
         let (status, h, body) = send(&mut svc, req_from("198.51.100.7:4000")).await;
         assert_eq!(status, StatusCode::OK);
@@ -135,7 +85,7 @@ async fn gcra_burst_then_refill() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let mut svc = limited(&layer);
     for left in [2, 1, 0] {
         let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
         assert_eq!(status, StatusCode::OK);
@@ -144,64 +94,36 @@ async fn gcra_burst_then_refill() {
     let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&h, "retry-after"), "6");
-    // One request every 6 s refills one unit.
-    clock.advance(Duration::from_secs(6));
-    assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    // After 18 s of quiet the whole burst is back.
-    clock.advance(Duration::from_secs(18));
-    for _ in 0..3 {
-        assert_eq!(
-            send(&mut svc, req_from("192.0.2.1:1")).await.0,
-            StatusCode::OK
-        );
+    // One request every 6 s refills one unit; after 18 s of quiet the whole burst is back.
+    for (quiet, admitted) in [(6, 1), (18, 3)] {
+        clock.advance(Duration::from_secs(quiet));
+        for _ in 0..admitted {
+            let got = status_of(&mut svc, req_from("192.0.2.1:1")).await;
+            assert_eq!(got, StatusCode::OK, "after {quiet} s");
+        }
+        let got = status_of(&mut svc, req_from("192.0.2.1:1")).await;
+        assert_eq!(got, StatusCode::TOO_MANY_REQUESTS, "after {quiet} s");
     }
-    assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
 }
 
 #[tokio::test]
 async fn a_request_refused_by_its_second_quota_consumes_nothing() {
-    let clock = ManualClock::new(T0);
     let layer = RateLimitLayer::builder()
         .quota("ip", Quota::per_minute(5), Key::peer_ip())
         .quota("user", Quota::per_minute(2), Key::header("x-user"))
-        .clock(clock.clone())
+        .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    let with_user = |user: &str| {
-        let mut r = req_from("203.0.113.5:1");
-        r.headers_mut().insert("x-user", user.parse().unwrap());
-        r
-    };
-    for _ in 0..2 {
-        assert_eq!(send(&mut svc, with_user("alice")).await.0, StatusCode::OK);
-    }
-    for _ in 0..5 {
-        let (status, h, body) = send(&mut svc, with_user("alice")).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let mut svc = limited(&layer);
+    // Five refusals by the user quota, which use nothing of the IP quota.
+    let refused = refused_by_the_second_quota(&mut svc, 5, r#""user";r=0;t=60"#).await;
+    for (_, h, body) in refused {
         assert_eq!(body, r#"{"detail": "Rate limit exceeded: 2 per 1 minute"}"#);
-        // Only the refusing quota is reported in RateLimit; the policy lists both.
-        assert_eq!(header(&h, "ratelimit"), r#""user";r=0;t=60"#);
+        // The policy lists both quotas.
         assert_eq!(
             header(&h, "ratelimit-policy"),
             r#""ip";q=5;w=60, "user";q=2;w=60"#
         );
-    }
-    // The five refusals did not use the IP quota: three left for another user.
-    for (left, user) in [(2, "bob"), (1, "carol"), (0, "dave")] {
-        let (status, h, _) = send(&mut svc, with_user(user)).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(header(&h, "ratelimit").starts_with(&format!(r#""ip";r={left};t=60"#)));
     }
 }
 
@@ -213,65 +135,32 @@ async fn client_ip_through_trusted_proxies() {
         .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    let with_xff = |peer: &str, xff: &str| {
-        let mut r = req_from(peer);
-        r.headers_mut()
-            .insert("x-forwarded-for", xff.parse().unwrap());
-        r
-    };
-    // An untrusted peer cannot pick its identity: a spoofed X-Forwarded-For is ignored.
-    assert_eq!(
-        send(&mut svc, with_xff("198.51.100.1:1", "1.1.1.1"))
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&mut svc, with_xff("198.51.100.1:1", "2.2.2.2"))
-            .await
-            .0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    // Through the trusted proxy, the client is the rightmost untrusted hop: the leftmost
-    // (client-written) entry does not matter.
-    assert_eq!(
-        send(
-            &mut svc,
-            with_xff("10.0.0.2:1", "6.6.6.6, 203.0.113.9, 10.0.0.3")
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&mut svc, with_xff("10.0.0.2:1", "7.7.7.7, 203.0.113.9"))
-            .await
-            .0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    // The same client connecting directly shares the bucket.
-    assert_eq!(
-        send(&mut svc, req_from("203.0.113.9:5")).await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    // IPv6: one /64 is one client; the next /64 is another; IPv4-mapped is IPv4.
-    assert_eq!(
-        send(&mut svc, req_from("[2001:db8:1:2::1]:1")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&mut svc, req_from("[2001:db8:1:2:aaaa::9]:1")).await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    assert_eq!(
-        send(&mut svc, req_from("[2001:db8:1:3::1]:1")).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(&mut svc, req_from("[::ffff:198.51.100.1]:1")).await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let mut svc = limited(&layer);
+    let (ok, refused) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
+    let cases = [
+        // An untrusted peer cannot pick its identity: a spoofed X-Forwarded-For is ignored.
+        ("198.51.100.1:1", Some("1.1.1.1"), ok),
+        ("198.51.100.1:1", Some("2.2.2.2"), refused),
+        // Through the trusted proxy, the client is the rightmost untrusted hop: the leftmost
+        // (client-written) entry does not matter.
+        ("10.0.0.2:1", Some("6.6.6.6, 203.0.113.9, 10.0.0.3"), ok),
+        ("10.0.0.2:1", Some("7.7.7.7, 203.0.113.9"), refused),
+        // The same client connecting directly shares the bucket.
+        ("203.0.113.9:5", None, refused),
+        // IPv6: one /64 is one client; the next /64 is another; IPv4-mapped is IPv4.
+        ("[2001:db8:1:2::1]:1", None, ok),
+        ("[2001:db8:1:2:aaaa::9]:1", None, refused),
+        ("[2001:db8:1:3::1]:1", None, ok),
+        ("[::ffff:198.51.100.1]:1", None, refused),
+    ];
+    for (peer, xff, want) in cases {
+        let headers: &[_] = match xff {
+            Some(xff) => &[("x-forwarded-for", xff)],
+            None => &[],
+        };
+        let got = status_of(&mut svc, req_with(peer, headers)).await;
+        assert_eq!(got, want, "peer {peer}, X-Forwarded-For {xff:?}");
+    }
 }
 
 #[tokio::test]
@@ -285,9 +174,7 @@ async fn missing_keys_follow_their_rule() {
         .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     // No peer address (a server that does not record it): refused, never a silent bypass.
     let (status, h, body) = send(&mut svc, Request::new(Full::new(Bytes::new()))).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -312,14 +199,9 @@ async fn grpc_requests_get_resource_exhausted() {
         .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    let grpc = || {
-        let mut r = req_from("192.0.2.1:1");
-        r.headers_mut()
-            .insert("content-type", "application/grpc+proto".parse().unwrap());
-        r
-    };
-    assert_eq!(send(&mut svc, grpc()).await.0, StatusCode::OK);
+    let mut svc = limited(&layer);
+    let grpc = || req_with("192.0.2.1:1", &[("content-type", "application/grpc+proto")]);
+    assert_eq!(status_of(&mut svc, grpc()).await, StatusCode::OK);
     let (status, h, body) = send(&mut svc, grpc()).await;
     assert_eq!(status, StatusCode::OK, "gRPC errors travel in grpc-status");
     assert_eq!(header(&h, "grpc-status"), "8");
@@ -340,9 +222,7 @@ async fn shadow_mode_counts_but_never_refuses() {
         .shadow(true)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     for _ in 0..5 {
         let (status, h, _) = send(&mut svc, req_from("192.0.2.1:1")).await;
         assert_eq!(status, StatusCode::OK);
@@ -356,23 +236,13 @@ async fn shadow_mode_counts_but_never_refuses() {
 async fn cost_per_request_and_headers_only_on_refusals() {
     let layer = RateLimitLayer::builder()
         .quota("units", Quota::per_minute(10), Key::global())
-        .cost_with(|req: &Request<()>| {
-            req.headers()
-                .get("x-cost")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        })
+        .cost_with(cost_header)
         .headers_on_success(false)
         .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    let costing = |c: u64| {
-        let mut r = req_from("192.0.2.1:1");
-        r.headers_mut()
-            .insert("x-cost", c.to_string().parse().unwrap());
-        r
-    };
+    let mut svc = limited(&layer);
+    let costing = |c: u64| req_with("192.0.2.1:1", &[("x-cost", &c.to_string())]);
     let (status, h, body) = send(&mut svc, costing(7)).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "3"));
     assert!(h.get("ratelimit").is_none() && h.get("ratelimit-policy").is_none());
@@ -387,7 +257,7 @@ async fn cost_per_request_and_headers_only_on_refusals() {
         body.contains("request cost 11 exceeds 10 per 1 minute"),
         "{body}"
     );
-    assert_eq!(send(&mut svc, costing(3)).await.0, StatusCode::OK);
+    assert_eq!(status_of(&mut svc, costing(3)).await, StatusCode::OK);
 }
 
 #[test]
@@ -452,14 +322,14 @@ async fn custom_body_and_custom_key() {
         .clock(ManualClock::new(T0))
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
+    let mut svc = limited(&layer);
     let to = |path: &str| {
         let mut r = req_from("192.0.2.1:1");
         *r.uri_mut() = path.parse().unwrap();
         r
     };
-    assert_eq!(send(&mut svc, to("/a")).await.0, StatusCode::OK);
-    assert_eq!(send(&mut svc, to("/b")).await.0, StatusCode::OK);
+    assert_eq!(status_of(&mut svc, to("/a")).await, StatusCode::OK);
+    assert_eq!(status_of(&mut svc, to("/b")).await, StatusCode::OK);
     let (status, h, body) = send(&mut svc, to("/a")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
@@ -478,16 +348,17 @@ async fn a_flood_of_distinct_clients_keeps_memory_bounded() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    // A steady client keeps being limited while 100k spoofed-looking peers flood in.
+    let mut svc = limited(&layer);
+    // A client uses its quota, then 100k distinct peers (one /64 each) flood in: the table
+    // never holds more than its bound, and the live entries it had to drop are counted.
     let steady = "192.0.2.200:1";
     for _ in 0..10 {
-        assert_eq!(send(&mut svc, req_from(steady)).await.0, StatusCode::OK);
+        assert_eq!(status_of(&mut svc, req_from(steady)).await, StatusCode::OK);
     }
     for i in 0..100_000u32 {
         let ip = std::net::Ipv6Addr::from(u128::from(i) << 64);
         let peer = SocketAddr::from((ip, 1)).to_string();
-        assert_eq!(send(&mut svc, req_from(&peer)).await.0, StatusCode::OK);
+        assert_eq!(status_of(&mut svc, req_from(&peer)).await, StatusCode::OK);
         assert!(backend.len() <= 2_000);
     }
     assert!(backend.len() <= 2_000);
@@ -560,10 +431,10 @@ async fn per_session_limits_read_the_session_cookie_without_the_store() {
             Ok::<_, SessionError>(Response::new(Full::new(Bytes::new())))
         });
     let call = |cookie: Option<&str>| {
-        let mut req = req_from("192.0.2.1:1");
-        if let Some(c) = cookie {
-            req.headers_mut().insert("cookie", c.parse().unwrap());
-        }
+        let req = cookie.map_or_else(
+            || req_from("192.0.2.1:1"),
+            |c| req_with("192.0.2.1:1", &[("cookie", c)]),
+        );
         app.clone().oneshot(req)
     };
     let new_session = |resp: &Response<_>| {

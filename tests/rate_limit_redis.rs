@@ -3,76 +3,30 @@
 //! a Redis outage follows the configured failure mode.
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
+mod rate_limit_common;
 mod support;
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_rampart::clock::{Clock, ManualClock};
-use tower_rampart::net::PeerAddr;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use rate_limit_common::{
+    LimitedResponse, Resp, T0, cost_header, header, limited, read, refused_by_the_second_quota,
+    req_from, req_with, send, status_of,
+};
+use tower::{Service, ServiceExt};
+use tower_rampart::clock::ManualClock;
 use tower_rampart::rate_limit::{
-    FailureMode, Key, LimitKey, MemoryBackend, Quota, RateLimitBody, RateLimitDecision,
-    RateLimitLayer, RedisBackend,
+    FailureMode, Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitLayer,
+    RedisBackend,
 };
 use tower_rampart::redis::driver;
-
-type Resp = (StatusCode, HeaderMap, String);
-
-fn echo_service()
--> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    service_fn(|req: Request<Full<Bytes>>| async move {
-        let d = req.extensions().get::<RateLimitDecision>();
-        let degraded = d.is_some_and(RateLimitDecision::is_degraded);
-        let remaining = d
-            .and_then(RateLimitDecision::remaining)
-            .map_or("-".to_owned(), |r| r.to_string());
-        let body = format!("{remaining}{}", if degraded { " degraded" } else { "" });
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-    })
-}
-
-fn req_from(peer: &str) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(Bytes::new()));
-    let addr: SocketAddr = peer.parse().unwrap();
-    req.extensions_mut().insert(PeerAddr(addr));
-    req
-}
-
-async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Resp
-where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<RateLimitBody<Full<Bytes>>>,
-            Error = Infallible,
-        >,
-{
-    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
-}
-
-fn header(h: &HeaderMap, name: &str) -> String {
-    h.get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
 
 /// The parts of a response the replay compares.
 fn visible(r: &Resp) -> (u16, String, String, String, String) {
@@ -97,9 +51,7 @@ async fn ten_per_minute_on_the_server_clock() {
         .backend(backend.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     for i in 0..10 {
         let (status, h, body) = send(&mut svc, req_from("198.51.100.7:1")).await;
         assert_eq!(status, StatusCode::OK);
@@ -159,27 +111,19 @@ async fn the_same_trace_gives_identical_responses_on_memory_and_redis() {
             .clock(clock.clone())
             .build()
             .unwrap();
-        let mut a = ServiceBuilder::new().layer(memory).service(echo_service());
-        let mut b = ServiceBuilder::new()
-            .layer(on_redis.clone())
-            .service(echo_service());
-        let mut rng = 0x1234_5678_9abc_def1u64 ^ name.len() as u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut a = limited(&memory);
+        let mut b = limited(&on_redis);
+        let mut next = xorshift(0x1234_5678_9abc_def1u64 ^ name.len() as u64);
         let (mut allowed, mut denied) = (0, 0);
         for step in 0..600 {
             // Bursts and pauses: mostly sub-second steps, sometimes long quiet periods.
-            let gap = match next() % 10 {
-                0 => next() % 30_000_000,
+            let gap = match next(10) {
+                0 => next(30_000_000),
                 1..=3 => 0,
-                _ => next() % 1_500_000,
+                _ => next(1_500_000),
             };
             clock.advance(Duration::from_micros(gap));
-            let peer = format!("192.0.2.{}:1", next() % 3);
+            let peer = format!("192.0.2.{}:1", next(3));
             let ra = send(&mut a, req_from(&peer)).await;
             let rb = send(&mut b, req_from(&peer)).await;
             assert_eq!(visible(&ra), visible(&rb), "{name}, step {step}");
@@ -205,34 +149,6 @@ async fn the_same_trace_gives_identical_responses_on_memory_and_redis() {
 async fn multi_quota_traces_are_identical_on_memory_and_redis() {
     let redis = support::shared();
     let clock = ManualClock::starting_now();
-    let build = |backend: Option<RedisBackend>| {
-        let mut b = RateLimitLayer::builder()
-            .quota("ip", Quota::per_minute(10), Key::peer_ip())
-            .limit(
-                tower_rampart::rate_limit::Limit::new(
-                    "user",
-                    Quota::rate(6, Duration::from_secs(60)).burst(3),
-                    Key::header("x-user"),
-                )
-                .on_missing_key(tower_rampart::rate_limit::MissingKey::Skip),
-            )
-            .quota(
-                "all",
-                Quota::window(30, Duration::from_secs(60)).max_slots(4),
-                Key::global(),
-            )
-            .cost_with(|req: &Request<()>| {
-                req.headers()
-                    .get("x-cost")
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(1)
-            })
-            .clock(clock.clone());
-        if let Some(r) = backend {
-            b = b.backend(r);
-        }
-        b.build().unwrap()
-    };
     let conn = redis.config.connect().await.unwrap();
     // No deny cache here: with costs above 1 its Retry-After is a lower bound, not the exact
     // value (the other replay covers the cache).
@@ -241,44 +157,89 @@ async fn multi_quota_traces_are_identical_on_memory_and_redis() {
         .client_clock(clock.clone())
         .deny_cache_capacity(0)
         .build();
-    let mut a = ServiceBuilder::new()
-        .layer(build(None))
-        .service(echo_service());
-    let mut b = ServiceBuilder::new()
-        .layer(build(Some(backend)))
-        .service(echo_service());
+    let quotas = ThreeQuotas {
+        ip: 10,
+        user: (6, 3),
+        all: 30,
+    };
+    let mut a = limited(&three_quota_layer(quotas, None, &clock));
+    let mut b = limited(&three_quota_layer(quotas, Some(backend), &clock));
     let mut next = xorshift(0x5eed_u64);
-    let mut statuses = std::collections::HashMap::new();
+    let mut ratelimit_headers = HashMap::new();
     for step in 0..500 {
         clock.advance(Duration::from_micros(match next(6) {
             0 => next(20_000_000),
             1 | 2 => 0,
             _ => next(2_000_000),
         }));
-        let make = |peer: u64, user: u64, cost: u64| {
-            let mut r = req_from(&format!("198.51.100.{peer}:1"));
-            if user > 0 {
-                r.headers_mut()
-                    .insert("x-user", format!("u{user}").parse().unwrap());
-            }
-            r.headers_mut()
-                .insert("x-cost", cost.to_string().parse().unwrap());
-            r
-        };
         let (peer, user, cost) = (next(4), next(4), 1 + next(3));
-        let ra = send(&mut a, make(peer, user, cost)).await;
-        let rb = send(&mut b, make(peer, user, cost)).await;
+        let ra = send(&mut a, traced_request(peer, user, cost)).await;
+        let rb = send(&mut b, traced_request(peer, user, cost)).await;
         assert_eq!(visible(&ra), visible(&rb), "step {step}");
-        *statuses.entry(visible(&ra).2).or_insert(0) += 1;
+        *ratelimit_headers.entry(visible(&ra).2).or_insert(0) += 1;
     }
     // Each quota refused something: every branch of the script took part.
     for name in ["\"ip\";r=0", "\"user\";r=", "\"all\";r="] {
         assert!(
-            statuses
+            ratelimit_headers
                 .keys()
                 .any(|k| k.starts_with(name) && !k.contains(',')),
-            "{name} never refused alone: {statuses:?}"
+            "{name} never refused alone: {ratelimit_headers:?}"
         );
+    }
+}
+
+/// The limits of [`three_quota_layer`]: per-IP window, per-user GCRA (rate, burst), global
+/// window, all per minute.
+#[derive(Clone, Copy)]
+struct ThreeQuotas {
+    ip: u32,
+    user: (u32, u32),
+    all: u32,
+}
+
+/// A layer with three quotas (window per IP, GCRA per user when present, global window of 4
+/// slots) and the `x-cost` header as cost, on `backend` (memory for `None`), for the
+/// comparisons of multi-quota traces.
+fn three_quota_layer(
+    quotas: ThreeQuotas,
+    backend: Option<RedisBackend>,
+    clock: &ManualClock,
+) -> RateLimitLayer {
+    let minute = Duration::from_secs(60);
+    let (rate, burst) = quotas.user;
+    let mut builder = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(quotas.ip), Key::peer_ip())
+        .limit(
+            Limit::new(
+                "user",
+                Quota::rate(rate, minute).burst(burst),
+                Key::header("x-user"),
+            )
+            .on_missing_key(MissingKey::Skip),
+        )
+        .quota(
+            "all",
+            Quota::window(quotas.all, minute).max_slots(4),
+            Key::global(),
+        )
+        .cost_with(cost_header)
+        .clock(clock.clone());
+    if let Some(backend) = backend {
+        builder = builder.backend(backend);
+    }
+    builder.build().unwrap()
+}
+
+/// A request of the multi-quota traces: from `198.51.100.{peer}`, as user `u{user}` (no user
+/// for 0), costing `cost`.
+fn traced_request(peer: u64, user: u64, cost: u64) -> Request<Full<Bytes>> {
+    let peer = format!("198.51.100.{peer}:1");
+    let (user, cost) = (format!("u{user}"), cost.to_string());
+    if user == "u0" {
+        req_with(&peer, &[("x-cost", &cost)])
+    } else {
+        req_with(&peer, &[("x-user", &user), ("x-cost", &cost)])
     }
 }
 
@@ -323,7 +284,7 @@ async fn script_and_rust_functions_agree_on_random_traces() {
         let mut now = if round % 5 == 0 && round % 4 != 3 {
             8_800_000_000_000_000 + next(1 << 40)
         } else {
-            1_700_000_000_000_000 + next(1 << 40)
+            T0 + next(1 << 40)
         };
         let key = LimitKey::new(format!("k{round}"));
         let step = (quota.window_length().as_micros() as u64 / n as u64).max(1);
@@ -389,7 +350,7 @@ async fn window_state_survives_quota_changes_and_clock_steps_back() {
             .map(|q| backend.keyed(&name, *q).unwrap())
             .collect();
         let key = LimitKey::new(format!("k{round}"));
-        let mut now = 1_700_000_000_000_000 + next(1 << 40);
+        let mut now = T0 + next(1 << 40);
         let mut which = 0;
         for _ in 0..80 {
             let span = quotas[which].window_length().as_micros() as u64;
@@ -429,12 +390,12 @@ async fn two_instances_sharing_redis_enforce_one_global_quota() {
             .backend(backend)
             .build()
             .unwrap();
-        instances.push(ServiceBuilder::new().layer(layer).service(echo_service()));
+        instances.push(limited(&layer));
     }
     let mut admitted = 0;
     for i in 0..40 {
         let svc = &mut instances[i % 2];
-        if send(svc, req_from("203.0.113.50:1")).await.0 == StatusCode::OK {
+        if status_of(svc, req_from("203.0.113.50:1")).await == StatusCode::OK {
             admitted += 1;
         }
     }
@@ -444,7 +405,7 @@ async fn two_instances_sharing_redis_enforce_one_global_quota() {
     for i in 0..40 {
         let mut svc = instances[i % 2].clone();
         tasks.push(tokio::spawn(async move {
-            send(&mut svc, req_from("203.0.113.51:1")).await.0 == StatusCode::OK
+            status_of(&mut svc, req_from("203.0.113.51:1")).await == StatusCode::OK
         }));
     }
     let mut concurrent = 0;
@@ -475,25 +436,8 @@ async fn a_request_refused_by_its_second_quota_consumes_nothing_on_redis() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(echo_service());
-    let with_user = |user: &str| {
-        let mut r = req_from("203.0.113.5:1");
-        r.headers_mut().insert("x-user", user.parse().unwrap());
-        r
-    };
-    for _ in 0..2 {
-        assert_eq!(send(&mut svc, with_user("alice")).await.0, StatusCode::OK);
-    }
-    for _ in 0..4 {
-        let (status, h, _) = send(&mut svc, with_user("alice")).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(header(&h, "ratelimit"), r#""user";r=0;t=30"#);
-    }
-    for (left, user) in [(2, "bob"), (1, "carol"), (0, "dave")] {
-        let (status, h, _) = send(&mut svc, with_user(user)).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(header(&h, "ratelimit").starts_with(&format!(r#""ip";r={left};t=60"#)));
-    }
+    let mut svc = limited(&layer);
+    refused_by_the_second_quota(&mut svc, 4, r#""user";r=0;t=30"#).await;
 }
 
 #[tokio::test]
@@ -510,24 +454,22 @@ async fn the_deny_cache_answers_without_a_round_trip_until_the_retry_time() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     // Warm up (the first call loads the script: EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
     assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        status_of(&mut svc, req_from("192.0.2.1:1")).await,
         StatusCode::OK
     );
     server.reset_stats();
     for _ in 0..3 {
         assert_eq!(
-            send(&mut svc, req_from("192.0.2.77:1")).await.0,
+            status_of(&mut svc, req_from("192.0.2.77:1")).await,
             StatusCode::OK
         );
     }
     // The third admission left nothing: Redis said so, and nothing can come back for 60 s.
     for s in 0..50u64 {
-        clock.set(clock.now_micros() + 1_000_000);
+        clock.advance(Duration::from_secs(1));
         let (status, h, _) = send(&mut svc, req_from("192.0.2.77:1")).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header(&h, "retry-after"), (60 - s - 1).to_string());
@@ -538,13 +480,13 @@ async fn the_deny_cache_answers_without_a_round_trip_until_the_retry_time() {
     assert_eq!(backend.deny_cache_len(), 1);
     // Other clients still go to Redis.
     assert_eq!(
-        send(&mut svc, req_from("192.0.2.78:1")).await.0,
+        status_of(&mut svc, req_from("192.0.2.78:1")).await,
         StatusCode::OK
     );
     // Once the retry time has passed, Redis is asked again and admits.
-    clock.set(clock.now_micros() + 10_000_000);
+    clock.advance(Duration::from_secs(10));
     assert_eq!(
-        send(&mut svc, req_from("192.0.2.77:1")).await.0,
+        status_of(&mut svc, req_from("192.0.2.77:1")).await,
         StatusCode::OK
     );
     assert_eq!(server.command_count("evalsha"), 5);
@@ -560,9 +502,7 @@ async fn the_script_is_reloaded_after_a_flush() {
         .backend(backend)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     assert_eq!(send(&mut svc, req_from("192.0.2.1:1")).await.2, "2");
     let () = server.run(driver::cmd("SCRIPT").arg("FLUSH"));
     assert_eq!(send(&mut svc, req_from("192.0.2.1:1")).await.2, "1");
@@ -580,9 +520,7 @@ async fn outage(mode: FailureMode) -> Vec<Resp> {
         .failure_mode(mode)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     let first = send(&mut svc, req_from("192.0.2.1:1")).await;
     assert_eq!((first.0, first.2.as_str()), (StatusCode::OK, "1"));
 
@@ -662,9 +600,7 @@ async fn redis_outage_with_failure_mode_closed() {
 // ---------------------------------------------------------------------------------------------
 // Natural batching: concurrent decisions share script calls.
 
-type RespFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Response<RateLimitBody<Full<Bytes>>>> + Send>,
->;
+type RespFuture = Pin<Box<dyn Future<Output = LimitedResponse> + Send>>;
 
 /// Starts `requests` on `svc` in order without awaiting them (each future is polled for the
 /// first time, in this order, by [`join_in_order`]).
@@ -672,7 +608,7 @@ async fn start_all<S>(svc: &mut S, requests: Vec<Request<Full<Bytes>>>) -> Vec<R
 where
     S: Service<
             Request<Full<Bytes>>,
-            Response = Response<RateLimitBody<Full<Bytes>>>,
+            Response = LimitedResponse,
             Error = Infallible,
             Future: Send + 'static,
         >,
@@ -687,71 +623,33 @@ where
 
 /// Polls every future, in order, until all are done (a minimal `join_all` that keeps the
 /// first-poll order deterministic: that order is the arrival order at the batcher).
-async fn join_in_order(futures: Vec<RespFuture>) -> Vec<Resp> {
-    let mut futures: Vec<Option<RespFuture>> = futures.into_iter().map(Some).collect();
-    let mut done: Vec<Option<Response<RateLimitBody<Full<Bytes>>>>> =
-        futures.iter().map(|_| None).collect();
+async fn join_all_in_order<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, out) in futures.iter_mut().zip(done.iter_mut()) {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(resp) => {
-                        *out = Some(resp);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none()
+                && let Poll::Ready(v) = Pin::new(f).poll(cx)
+            {
+                *o = Some(v);
             }
         }
-        if pending {
-            std::task::Poll::Pending
+        if out.iter().all(Option::is_some) {
+            Poll::Ready(())
         } else {
-            std::task::Poll::Ready(())
+            Poll::Pending
         }
     })
     .await;
-    let mut out = Vec::new();
-    for resp in done {
-        let (parts, body) = resp.unwrap().into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        out.push((
-            parts.status,
-            parts.headers,
-            String::from_utf8(body.to_vec()).unwrap(),
-        ));
-    }
-    out
+    out.into_iter().flatten().collect()
 }
 
-/// A layer with three quotas (window per IP, GCRA per user when present, bucketed global
-/// window) and a per-request cost, for the batching comparisons.
-fn three_quota_layer(backend: RedisBackend, clock: &ManualClock) -> RateLimitLayer {
-    RateLimitLayer::builder()
-        .quota("ip", Quota::per_minute(15), Key::peer_ip())
-        .limit(
-            tower_rampart::rate_limit::Limit::new(
-                "user",
-                Quota::rate(30, Duration::from_secs(60)).burst(6),
-                Key::header("x-user"),
-            )
-            .on_missing_key(tower_rampart::rate_limit::MissingKey::Skip),
-        )
-        .quota(
-            "all",
-            Quota::window(60, Duration::from_secs(60)).max_slots(4),
-            Key::global(),
-        )
-        .cost_with(|req: &Request<()>| {
-            req.headers()
-                .get("x-cost")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(1)
-        })
-        .backend(backend)
-        .clock(clock.clone())
-        .build()
-        .unwrap()
+/// [`join_all_in_order`], then reads every response.
+async fn join_in_order(futures: Vec<RespFuture>) -> Vec<Resp> {
+    let mut out = Vec::new();
+    for resp in join_all_in_order(futures).await {
+        out.push(read(resp).await);
+    }
+    out
 }
 
 /// The acceptance test of natural batching: requests sent concurrently (so that they queue
@@ -762,27 +660,24 @@ fn three_quota_layer(backend: RedisBackend, clock: &ManualClock) -> RateLimitLay
 async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() {
     let server = support::RedisServer::start();
     // A fixed start: the bucketed global window rounds times to 15 s boundaries.
-    let clock = ManualClock::new(1_700_000_000_000_000);
-    let mut backends = Vec::new();
-    for (prefix, batching) in [("batched:", true), ("single:", false)] {
+    let clock = ManualClock::new(T0);
+    let layer = async |prefix: &str, batching: bool| {
         let conn = server.config().connect().await.unwrap();
-        backends.push(
-            RedisBackend::builder(conn)
-                .prefix(prefix)
-                .client_clock(clock.clone())
-                .deny_cache_capacity(0)
-                .batching(batching)
-                .build(),
-        );
-    }
-    let single = backends.pop().unwrap();
-    let batched = backends.pop().unwrap();
-    let mut together = ServiceBuilder::new()
-        .layer(three_quota_layer(batched, &clock))
-        .service(echo_service());
-    let mut one_by_one = ServiceBuilder::new()
-        .layer(three_quota_layer(single, &clock))
-        .service(echo_service());
+        let backend = RedisBackend::builder(conn)
+            .prefix(prefix)
+            .client_clock(clock.clone())
+            .deny_cache_capacity(0)
+            .batching(batching)
+            .build();
+        let quotas = ThreeQuotas {
+            ip: 15,
+            user: (30, 6),
+            all: 60,
+        };
+        three_quota_layer(quotas, Some(backend), &clock)
+    };
+    let mut together = limited(&layer("batched:", true).await);
+    let mut one_by_one = limited(&layer("single:", false).await);
     // Load the scripts first (a lone request uses the single-request script, a batch the
     // batch script), so that no call of the rounds below is a NOSCRIPT retry.
     let warm = (0..4).map(|_| req_from("192.0.2.200:1")).collect();
@@ -795,18 +690,8 @@ async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() 
     }
 
     let mut next = xorshift(0x0ba7_c4ed_u64);
-    let make = |peer: u64, user: u64, cost: u64| {
-        let mut r = req_from(&format!("198.51.100.{peer}:1"));
-        if user > 0 {
-            r.headers_mut()
-                .insert("x-user", format!("u{user}").parse().unwrap());
-        }
-        r.headers_mut()
-            .insert("x-cost", cost.to_string().parse().unwrap());
-        r
-    };
     let (mut calls, mut requests, mut refused) = (0, 0, 0);
-    let mut refusing = std::collections::HashSet::new();
+    let mut refusing = HashSet::new();
     for round in 0..8 {
         clock.advance(Duration::from_micros(next(25_000_000)));
         let trace: Vec<(u64, u64, u64)> =
@@ -821,13 +706,16 @@ async fn a_concurrent_batch_decides_exactly_like_the_same_requests_one_by_one() 
         server.reset_stats();
         let futures = start_all(
             &mut together,
-            trace.iter().map(|&(p, u, c)| make(p, u, c)).collect(),
+            trace
+                .iter()
+                .map(|&(p, u, c)| traced_request(p, u, c))
+                .collect(),
         )
         .await;
         let concurrent = join_in_order(futures).await;
         calls += server.command_count("evalsha");
         for (i, &(p, u, c)) in trace.iter().enumerate() {
-            let alone = send(&mut one_by_one, make(p, u, c)).await;
+            let alone = send(&mut one_by_one, traced_request(p, u, c)).await;
             assert_eq!(
                 visible(&concurrent[i]),
                 visible(&alone),
@@ -904,7 +792,7 @@ async fn batched_and_single_call_scripts_agree_on_random_traces() {
             LimitKey::new(format!("k{round}")),
             LimitKey::new(format!("j{round}")),
         ];
-        let mut now = 1_700_000_000_000_000 + next(1 << 40);
+        let mut now = T0 + next(1 << 40);
         let step = (quota.window_length().as_micros() as u64 / u64::from(n)).max(1);
         for _ in 0..60 {
             now += match next(3) {
@@ -943,27 +831,6 @@ async fn batched_and_single_call_scripts_agree_on_random_traces() {
     assert!(checked.iter().all(|&n| n > 250), "{checked:?}");
 }
 
-/// Polls `futures` (first polls in their order) until all are done.
-async fn join_all_in_order<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
-    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
-            if o.is_none()
-                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
-            {
-                *o = Some(v);
-            }
-        }
-        if out.iter().all(Option::is_some) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
-
 /// Concurrent requests on the server clock: one global quota, many requests queued into
 /// shared calls, never more admitted than the quota.
 #[tokio::test]
@@ -984,9 +851,7 @@ async fn concurrent_requests_on_the_server_clock_never_overshoot() {
         .backend(backend)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     let requests = (0..120)
         .map(|i| req_from(&format!("203.0.113.{}:1", 60 + i % 3)))
         .collect();
@@ -1011,11 +876,9 @@ async fn dropped_requests_do_not_break_their_batch() {
         .backend(backend)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        status_of(&mut svc, req_from("192.0.2.1:1")).await,
         StatusCode::OK
     );
 
@@ -1030,7 +893,7 @@ async fn dropped_requests_do_not_break_their_batch() {
         for fut in futures.iter_mut().flatten() {
             assert!(fut.as_mut().poll(cx).is_pending());
         }
-        std::task::Poll::Ready(())
+        Poll::Ready(())
     })
     .await;
     // Every third queued request goes away, then request 0, mid-call (its slot is handed on
@@ -1074,11 +937,9 @@ async fn a_failed_batch_fails_every_decision_through_the_failure_mode() {
         .failure_mode(FailureMode::Closed)
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(echo_service());
+    let mut svc = limited(&layer);
     assert_eq!(
-        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        status_of(&mut svc, req_from("192.0.2.1:1")).await,
         StatusCode::OK
     );
     server.stop();
