@@ -182,6 +182,45 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Which session value could not be converted (its key), and nothing else: serde's own
+/// messages quote the offending value, and sessions hold tokens, so neither the value nor
+/// serde's error is kept, shown or offered as a source.
+///
+/// ```
+/// use tower_rampart::session::{SessionError, ValueError};
+///
+/// let e = SessionError::Deserialize(ValueError::of("visits"));
+/// assert_eq!(e.to_string(), r#"session value "visits" does not have the requested type"#);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValueError {
+    key: Option<String>,
+}
+
+impl ValueError {
+    /// The error of the value under `key`.
+    pub fn of(key: &str) -> Self {
+        Self {
+            key: Some(key.to_owned()),
+        }
+    }
+
+    /// The key of the value, if the error concerns one value (not the whole record).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+/// Writes ` "key"` (with a leading space), or nothing for the whole record.
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, " {k:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An error of a [`Session`] method or of saving the session.
 ///
 /// With the `axum` feature it is also a response: `503` for store failures,
@@ -193,9 +232,9 @@ pub enum SessionError {
     /// The store failed or did not answer in time.
     Store(StoreError),
     /// A value could not be serialized.
-    Serialize(serde_json::Error),
+    Serialize(ValueError),
     /// A stored value does not deserialize into the requested type.
-    Deserialize(serde_json::Error),
+    Deserialize(ValueError),
     /// The operating system's random generator failed.
     Random,
     /// Concurrent requests kept changing this session; this request's changes were not saved.
@@ -217,9 +256,9 @@ impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionError::Store(e) => e.fmt(f),
-            SessionError::Serialize(e) => write!(f, "session value cannot be serialized: {e}"),
+            SessionError::Serialize(e) => write!(f, "session value{e} cannot be serialized"),
             SessionError::Deserialize(e) => {
-                write!(f, "session value does not have the requested type: {e}")
+                write!(f, "session value{e} does not have the requested type")
             }
             SessionError::Random => f.write_str("the operating system's random generator failed"),
             SessionError::Contention => {
@@ -233,7 +272,7 @@ impl std::error::Error for SessionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SessionError::Store(e) => Some(e),
-            SessionError::Serialize(e) | SessionError::Deserialize(e) => Some(e),
+            SessionError::Serialize(_) | SessionError::Deserialize(_) => None,
             _ => None,
         }
     }
@@ -296,7 +335,7 @@ impl Session {
             None => Ok(None),
             Some(value) => T::deserialize(value)
                 .map(Some)
-                .map_err(SessionError::Deserialize),
+                .map_err(|_| SessionError::Deserialize(ValueError::of(key))),
         }
     }
 
@@ -312,8 +351,9 @@ impl Session {
         key: impl Into<String>,
         value: impl Serialize,
     ) -> Result<(), SessionError> {
-        let value = serde_json::to_value(value).map_err(SessionError::Serialize)?;
         let key = key.into();
+        let value = serde_json::to_value(value)
+            .map_err(|_| SessionError::Serialize(ValueError::of(&key)))?;
         let mut state = self.loaded().await?;
         if state.data.get(&key) != Some(&value) {
             state.data.insert(key.clone(), value.clone());
@@ -725,7 +765,8 @@ fn encode(
     key: &SessionKey,
     data: &Map<String, Value>,
 ) -> Result<Vec<u8>, SessionError> {
-    let json = serde_json::to_vec(data).map_err(SessionError::Serialize)?;
+    let json =
+        serde_json::to_vec(data).map_err(|_| SessionError::Serialize(ValueError::default()))?;
     if !config.encrypt {
         return Ok(json);
     }

@@ -81,7 +81,7 @@ pub use cookie::{SameSite, SessionCookieReader, SessionKey};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use handle::MissingSessionLayer;
-pub use handle::{Expiry, Session, SessionError};
+pub use handle::{Expiry, Session, SessionError, ValueError};
 pub use layer::{ResponseBody, ResponseFuture, SessionLayer, SessionService};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
