@@ -10,9 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use session_common::*;
-use tower::ServiceExt;
 use tower_rampart::session::{
     MemoryStore, SameSite, Session, SessionConfig, SessionError, SessionLayer, SessionStore,
 };
@@ -91,39 +89,12 @@ async fn cookie_setting_responses_are_not_cacheable_unless_the_app_says_otherwis
         )
         .merge(routes());
     let app2 = App::with(app.store.clone(), builder(), router);
-    let res = app2
-        .router
-        .clone()
-        .oneshot(
-            Request::post("/set/a/1")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = send(&app2.router, Request::post("/set/a/1")).await;
     assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
-    let res = app2
-        .router
-        .clone()
-        .oneshot(
-            Request::post("/cached")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = send(&app2.router, Request::post("/cached")).await;
     assert_eq!(res.headers()[header::CACHE_CONTROL], "private, max-age=5");
     // Untouched sessions leave responses alone.
-    let res = app2
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/nothing")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = send(&app2.router, Request::get("/nothing")).await;
     assert!(res.headers().get(header::CACHE_CONTROL).is_none());
     assert!(res.headers().get(header::SET_COOKIE).is_none());
 }
@@ -147,15 +118,7 @@ async fn axum_extractor_and_missing_layer_rejection() {
     let with_layer = router
         .clone()
         .layer(SessionLayer::new(MemoryStore::new(), config));
-    let res = with_layer
-        .clone()
-        .oneshot(
-            Request::get("/visit")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = send(&with_layer, Request::get("/visit")).await;
     assert_eq!(res.status(), 200);
     let cookie = res.headers()[header::SET_COOKIE]
         .to_str()
@@ -164,42 +127,21 @@ async fn axum_extractor_and_missing_layer_rejection() {
         .next()
         .unwrap()
         .to_owned();
-    let res = with_layer
-        .clone()
-        .oneshot(
-            Request::get("/visit")
-                .header(header::COOKIE, &cookie)
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "2");
+    let res = send(
+        &with_layer,
+        Request::get("/visit").header(header::COOKIE, &cookie),
+    )
+    .await;
+    assert_eq!(body_text(res).await, "2");
 
     // Without the layer: a 500 that names the missing layer.
-    let res = router
-        .clone()
-        .oneshot(
-            Request::get("/visit")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = send(&router, Request::get("/visit")).await;
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let body = String::from_utf8_lossy(&body);
+    let body = body_text(res).await;
     assert!(body.contains("SessionLayer"), "{body}");
     // `Option<Session>` is `None` instead.
-    let res = router
-        .oneshot(
-            Request::get("/maybe")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "false");
+    let res = send(&router, Request::get("/maybe")).await;
+    assert_eq!(body_text(res).await, "false");
 }
 
 #[tokio::test]
@@ -284,24 +226,13 @@ async fn deserialize_errors_are_500_and_do_not_touch_the_session() {
 
 #[tokio::test]
 async fn a_store_chosen_at_run_time() {
-    let store: Arc<dyn SessionStore> = if std::env::var("NO_SUCH_VARIABLE_X").is_ok() {
-        unreachable!()
-    } else {
-        Arc::new(MemoryStore::with_capacity(2))
-    };
+    // Behind `Arc<dyn SessionStore>`, as a store picked from configuration would be.
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::with_capacity(2));
     let config = SessionConfig::builder().key(KEY_A).build().unwrap();
     let layer = SessionLayer::from_arc(store.clone(), config);
     let router = routes().layer(layer);
     for _ in 0..3 {
-        let res = router
-            .clone()
-            .oneshot(
-                Request::post("/set/a/1")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let res = send(&router, Request::post("/set/a/1")).await;
         assert_eq!(res.status(), 200);
     }
     // Capacity 2: the third session evicted the one closest to expiry.
@@ -309,32 +240,9 @@ async fn a_store_chosen_at_run_time() {
     assert!(dbg.contains("len: 2"), "{dbg}");
 }
 
-/// Captures everything logged on this thread.
-#[derive(Clone, Default)]
-struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logout_with_a_rejected_cookie_removes_it_without_a_store_call() {
-    use base64::Engine as _;
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let _logs = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let (capture, _logs) = capture_logs();
     let config = || {
         builder()
             .cookie_path("/api")
@@ -344,21 +252,13 @@ async fn logout_with_a_rejected_cookie_removes_it_without_a_store_call() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let app = App::with(store.clone(), config(), routes());
     let good = app.new_session().await;
-    let value = good.split_once('=').unwrap().1.to_owned();
-    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&value)
-        .unwrap();
+    let mut raw = cookie_bytes(&good);
     *raw.last_mut().unwrap() ^= 1;
-    let tampered = format!(
-        "{COOKIE}={}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw)
-    );
+    let tampered = format!("{COOKIE}={}", b64(&raw));
     // Signed with a key this app no longer has.
     let retired = App::with(
         store.clone(),
-        SessionConfig::builder()
-            .key(KEY_B)
-            .cookie_name(COOKIE)
+        builder_with_keys(&[KEY_B])
             .cookie_path("/api")
             .cookie_domain("example.com")
             .same_site(SameSite::Strict),
@@ -405,7 +305,7 @@ async fn logout_with_a_rejected_cookie_removes_it_without_a_store_call() {
         let r = app.post("/logout", cookie).await;
         assert!(r.set_cookies.is_empty(), "{cookie:?}");
     }
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains("ignoring the session cookie"), "{logs}");
     for cookie in &rejected {
         let value = cookie.rsplit_once(&format!("{COOKIE}=")).unwrap().1;
@@ -420,26 +320,25 @@ async fn logout_with_a_rejected_cookie_removes_it_without_a_store_call() {
 #[tokio::test]
 async fn cycle_id_store_failure_keeps_the_old_session() {
     use std::sync::atomic::Ordering::SeqCst;
-    let faulty = Faulty::new(Arc::new(MemoryStore::new()));
-    let app = App::new(Arc::new(faulty.clone()));
+    let app = memory_app();
     let old = app.new_session().await;
     app.post("/set/cart/3", Some(&old)).await;
 
     // The new record cannot be created: the old session is untouched.
-    faulty.ctl.fail_create.store(true, SeqCst);
+    app.faults.fail_create.store(true, SeqCst);
     let r = app.post("/login/u1", Some(&old)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.set_cookies.is_empty());
-    faulty.ctl.fail_create.store(false, SeqCst);
+    app.faults.fail_create.store(false, SeqCst);
     assert_eq!(app.get("/get/cart", Some(&old)).await.body, "\"3\"");
 
     // The old record cannot be deleted: 503 as well, the new id is never handed out and the
     // old session is still the one in use, without the login's changes.
-    faulty.ctl.fail_delete.store(true, SeqCst);
+    app.faults.fail_delete.store(true, SeqCst);
     let r = app.post("/login/u1", Some(&old)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.set_cookies.is_empty());
-    faulty.ctl.fail_delete.store(false, SeqCst);
+    app.faults.fail_delete.store(false, SeqCst);
     assert_eq!(app.get("/get/cart", Some(&old)).await.body, "\"3\"");
     assert_eq!(app.get("/user", Some(&old)).await.body, "");
 
@@ -450,4 +349,39 @@ async fn cycle_id_store_failure_keeps_the_old_session() {
     assert_eq!(app.get("/get/cart", Some(&new)).await.body, "\"3\"");
     assert_eq!(app.get("/user", Some(&new)).await.body, "u1");
     assert_eq!(app.get("/get/cart", Some(&old)).await.body, "null");
+}
+
+/// A value of the wrong type is reported by its key only: serde's message would quote the
+/// value, and sessions hold tokens, so neither the error's text, its `Debug` nor a source
+/// shows it.
+#[tokio::test]
+async fn a_value_of_the_wrong_type_is_reported_without_the_value() {
+    use std::error::Error as _;
+    use tower::ServiceExt;
+    use tower_rampart::session::{MemoryStore, Session, SessionError, SessionLayer};
+
+    let app = tower::ServiceBuilder::new()
+        .layer(SessionLayer::new(
+            MemoryStore::new(),
+            builder().build().unwrap(),
+        ))
+        .service_fn(|req: http::Request<String>| async move {
+            let session = req.extensions().get::<Session>().unwrap().clone();
+            session.insert("token", "tok-SECRET-4711").await?;
+            let e = session.get::<u32>("token").await.unwrap_err();
+            assert!(matches!(e, SessionError::Deserialize(_)));
+            let shown = format!("{e} | {e:?} | {:?}", e.source().map(ToString::to_string));
+            Ok::<_, SessionError>(http::Response::new(shown))
+        });
+    let res = app
+        .oneshot(http::Request::new(String::new()))
+        .await
+        .unwrap();
+    let bytes = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let shown = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(shown.contains(r#""token""#), "{shown}");
+    assert!(!shown.contains("tok-SECRET-4711"), "{shown}");
 }

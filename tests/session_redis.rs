@@ -5,8 +5,7 @@
 mod session_common;
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use session_common::*;
@@ -136,28 +135,14 @@ async fn redis_ttl_is_the_earlier_of_idle_and_absolute() {
 #[tokio::test]
 async fn redis_expires_abandoned_sessions_by_itself() {
     let server = RedisServer::start();
-    let config = tower_rampart::session::SessionConfig::builder()
-        .key(KEY_A)
-        .cookie_name(COOKIE)
-        .idle_timeout(Duration::from_secs(1))
-        .absolute_lifetime(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let layer = tower_rampart::session::SessionLayer::new(
-        RedisStore::new(server.config().connect_lazy().unwrap()).with_prefix("exp:"),
-        config,
+    let app = App::with(
+        store(&server, "exp:"),
+        builder()
+            .idle_timeout(Duration::from_secs(1))
+            .absolute_lifetime(Duration::from_secs(60)),
+        routes(),
     );
-    let router = routes().layer(layer);
-    use tower::ServiceExt;
-    let res = router
-        .oneshot(
-            http::Request::post("/set/a/1")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(res.headers().contains_key("set-cookie"));
+    assert!(app.post("/set/a/1", None).await.cookie().is_some());
     let keys = || server.run::<Vec<String>>(driver::cmd("KEYS").arg("exp:*"));
     assert_eq!(keys().len(), 1);
     // Waiting for the server's own expiry (not for our logic): gone after the idle timeout.
@@ -173,7 +158,6 @@ async fn redis_expires_abandoned_sessions_by_itself() {
 
 #[tokio::test]
 async fn a_redis_dump_reveals_neither_cookies_nor_data() {
-    use base64::Engine as _;
     let server = RedisServer::start();
     let app = App::new(store(&server, "dump:"));
     let secret_token = "eyJ-fabric-token-SECRET-0123456789";
@@ -189,12 +173,7 @@ async fn a_redis_dump_reveals_neither_cookies_nor_data() {
         format!("\"{secret_token}\"")
     );
     let value = cookie.split_once('=').unwrap().1;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(value)
-        .unwrap();
-    let id = &raw[..16];
-    let id_hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let id_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    let (id, id_hex, id_b64) = id_forms(&cookie);
 
     let mut dump = Vec::new();
     for key in server.run::<Vec<Vec<u8>>>(driver::cmd("KEYS").arg("*")) {
@@ -214,7 +193,7 @@ async fn a_redis_dump_reveals_neither_cookies_nor_data() {
     let contains = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
     assert!(!dump.is_empty());
     assert!(!contains(value.as_bytes()), "cookie value in Redis");
-    assert!(!contains(id), "raw id in Redis");
+    assert!(!contains(&id), "raw id in Redis");
     assert!(!contains(id_hex.as_bytes()), "hex id in Redis");
     assert!(!contains(id_b64.as_bytes()), "base64 id in Redis");
     assert!(
@@ -226,43 +205,11 @@ async fn a_redis_dump_reveals_neither_cookies_nor_data() {
     assert!(contains(app.key_of(&cookie).as_str().as_bytes()));
 }
 
-/// Captures everything logged on this thread.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture_logs() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    (capture, tracing::subscriber::set_default(subscriber))
-}
-
 /// Redis stopped mid-test: the layer answers 503 within its timeout, with the configured
 /// body, logs once for the burst; restarted: sessions work again, no restart of the app.
 /// Nothing logged on the way contains a cookie value or a session id.
 #[tokio::test]
 async fn redis_down_answers_503_fast_then_recovers_and_logs_no_secrets() {
-    use base64::Engine as _;
     let (logs, _guard) = capture_logs();
     let mut server = RedisServer::start();
     let store_timeout = Duration::from_millis(300);
@@ -324,12 +271,7 @@ async fn redis_down_answers_503_fast_then_recovers_and_logs_no_secrets() {
     );
     for cookie in [&cookie, &login, &fresh] {
         let value = cookie.split_once('=').unwrap().1;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(value)
-            .unwrap();
-        let id = &raw[..16];
-        let id_hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let id_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        let (_, id_hex, id_b64) = id_forms(cookie);
         for secret in [value, &value[..20], &id_hex, &id_b64] {
             assert!(
                 !text.contains(secret),

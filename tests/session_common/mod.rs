@@ -1,5 +1,6 @@
 //! Helpers shared by the session integration tests: a test app (axum router behind the
-//! session layer), a cookie jar of one, a store wrapper counting calls, and the backends.
+//! session layer), a cookie jar of one, an instrumented store (counts calls, injects faults),
+//! log capture, cookie decoding, and the backends.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use axum::Router;
 use axum::extract::{Extension, Path};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use http::{Request, header};
+use base64::Engine as _;
+use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -66,13 +68,50 @@ impl Counts {
     }
 }
 
+/// The store the test app's layer uses: delegates every call to the real store, counting
+/// the calls, failing chosen operations on demand, and holding a caller right after a
+/// successful `create` until the test releases it (to run a concurrent request in between).
 #[derive(Debug, Clone)]
-pub struct Counting {
+pub struct Instrumented {
     pub inner: Arc<dyn SessionStore>,
     pub counts: Arc<Counts>,
+    pub faults: Arc<FaultControl>,
 }
 
-impl SessionStore for Counting {
+#[derive(Debug, Default)]
+pub struct FaultControl {
+    pub fail_create: AtomicBool,
+    pub fail_delete: AtomicBool,
+    /// `(reached, release)`: taken by the next successful `create`, which notifies
+    /// `reached` and waits for `release`.
+    pub hold_after_create: std::sync::Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+    /// Keys of the records created, in order.
+    pub created: std::sync::Mutex<Vec<SessionKey>>,
+}
+
+impl FaultControl {
+    /// Arms the hold; returns `(reached, release)`.
+    pub fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
+        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.hold_after_create.lock().unwrap() = Some(pair.clone());
+        pair
+    }
+
+    pub fn last_created(&self) -> SessionKey {
+        self.created
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a record was created")
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::unavailable("injected failure")
+}
+
+impl SessionStore for Instrumented {
     fn load<'a>(
         &'a self,
         key: &'a SessionKey,
@@ -89,7 +128,21 @@ impl SessionStore for Counting {
         now: u64,
     ) -> StoreFuture<'a, bool> {
         self.counts.create.fetch_add(1, Ordering::SeqCst);
-        self.inner.create(key, record, now)
+        Box::pin(async move {
+            if self.faults.fail_create.load(Ordering::SeqCst) {
+                return Err(injected());
+            }
+            let created = self.inner.create(key, record, now).await?;
+            if created {
+                self.faults.created.lock().unwrap().push(key.clone());
+                let hold = self.faults.hold_after_create.lock().unwrap().take();
+                if let Some((reached, release)) = hold {
+                    reached.notify_one();
+                    release.notified().await;
+                }
+            }
+            Ok(created)
+        })
     }
     fn save<'a>(
         &'a self,
@@ -107,117 +160,13 @@ impl SessionStore for Counting {
         now: u64,
     ) -> StoreFuture<'a, WriteOutcome> {
         self.counts.delete.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(key, expected_version, now)
-    }
-    fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
-        self.counts.touch.fetch_add(1, Ordering::SeqCst);
-        self.inner.touch(key, now)
-    }
-    fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
-        self.inner.delete_user_sessions(user, now)
-    }
-}
-
-/// Wraps a store to fail chosen operations on demand, and to hold a caller right after a
-/// successful `create` until the test releases it (to run a concurrent request in between).
-#[derive(Debug, Clone)]
-pub struct Faulty {
-    pub inner: Arc<dyn SessionStore>,
-    pub ctl: Arc<FaultControl>,
-}
-
-#[derive(Debug, Default)]
-pub struct FaultControl {
-    pub fail_create: AtomicBool,
-    pub fail_delete: AtomicBool,
-    /// `(reached, release)`: taken by the next successful `create`, which notifies
-    /// `reached` and waits for `release`.
-    pub hold_after_create: std::sync::Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
-    /// Keys of the records created, in order.
-    pub created: std::sync::Mutex<Vec<SessionKey>>,
-}
-
-impl Faulty {
-    pub fn new(inner: Arc<dyn SessionStore>) -> Self {
-        Self {
-            inner,
-            ctl: Arc::new(FaultControl::default()),
-        }
-    }
-
-    /// Arms the hold; returns `(reached, release)`.
-    pub fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
-        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        *self.ctl.hold_after_create.lock().unwrap() = Some(pair.clone());
-        pair
-    }
-
-    pub fn last_created(&self) -> SessionKey {
-        self.ctl
-            .created
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a record was created")
-    }
-}
-
-fn injected() -> StoreError {
-    StoreError::unavailable("injected failure")
-}
-
-impl SessionStore for Faulty {
-    fn load<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        now: u64,
-        refresh: bool,
-    ) -> StoreFuture<'a, Option<SessionRecord>> {
-        self.inner.load(key, now, refresh)
-    }
-    fn create<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        record: &'a SessionRecord,
-        now: u64,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            if self.ctl.fail_create.load(Ordering::SeqCst) {
-                return Err(injected());
-            }
-            let created = self.inner.create(key, record, now).await?;
-            if created {
-                self.ctl.created.lock().unwrap().push(key.clone());
-                let hold = self.ctl.hold_after_create.lock().unwrap().take();
-                if let Some((reached, release)) = hold {
-                    reached.notify_one();
-                    release.notified().await;
-                }
-            }
-            Ok(created)
-        })
-    }
-    fn save<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        record: &'a SessionRecord,
-        now: u64,
-    ) -> StoreFuture<'a, WriteOutcome> {
-        self.inner.save(key, record, now)
-    }
-    fn delete<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        expected_version: Option<u64>,
-        now: u64,
-    ) -> StoreFuture<'a, WriteOutcome> {
-        if self.ctl.fail_delete.load(Ordering::SeqCst) {
+        if self.faults.fail_delete.load(Ordering::SeqCst) {
             return Box::pin(async { Err(injected()) });
         }
         self.inner.delete(key, expected_version, now)
     }
     fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
+        self.counts.touch.fetch_add(1, Ordering::SeqCst);
         self.inner.touch(key, now)
     }
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
@@ -392,19 +341,27 @@ impl axum::response::IntoResponse for Error {
     }
 }
 
-/// A router behind a session layer, with a manual clock and a call-counting store.
+/// A router behind a session layer, with a manual clock and an [`Instrumented`] store.
 #[derive(Clone)]
 pub struct App {
     pub router: Router,
     pub clock: ManualClock,
     pub counts: Arc<Counts>,
+    pub faults: Arc<FaultControl>,
+    /// The real store, without the instrumentation.
     pub store: Arc<dyn SessionStore>,
     pub config: SessionConfig,
 }
 
+/// The test config: key `KEY_A`, cookie `sid`, idle 600 s, absolute 3600 s.
 pub fn builder() -> SessionConfigBuilder {
+    builder_with_keys(&[KEY_A])
+}
+
+/// [`builder`] with other keys (the first signs).
+pub fn builder_with_keys(keys: &[&[u8]]) -> SessionConfigBuilder {
     SessionConfig::builder()
-        .key(KEY_A)
+        .keys(keys.iter().copied())
         .cookie_name(COOKIE)
         .idle_timeout(Duration::from_secs(600))
         .absolute_lifetime(Duration::from_secs(3600))
@@ -431,16 +388,18 @@ impl App {
         clock: ManualClock,
     ) -> Self {
         let config = config.clock(clock.clone()).build().expect("valid config");
-        let counts = Arc::new(Counts::default());
-        let counting = Counting {
+        let instrumented = Instrumented {
             inner: store.clone(),
-            counts: counts.clone(),
+            counts: Arc::default(),
+            faults: Arc::default(),
         };
-        let router = router.layer(SessionLayer::new(counting, config.clone()));
+        let (counts, faults) = (instrumented.counts.clone(), instrumented.faults.clone());
+        let router = router.layer(SessionLayer::new(instrumented, config.clone()));
         Self {
             router,
             clock,
             counts,
+            faults,
             store,
             config,
         }
@@ -451,12 +410,7 @@ impl App {
         if let Some(c) = cookie {
             req = req.header(header::COOKIE, c);
         }
-        let res = self
-            .router
-            .clone()
-            .oneshot(req.body(axum::body::Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let res = send(&self.router, req).await;
         let status = res.status();
         let set_cookies = res
             .headers()
@@ -464,10 +418,9 @@ impl App {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
         Reply {
             status,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: body_text(res).await,
             set_cookies,
         }
     }
@@ -501,6 +454,79 @@ impl App {
         use tower_rampart::clock::Clock;
         self.clock.now_micros()
     }
+
+    /// The live record under `key` in the store (bypassing the layer), at the app's time.
+    pub async fn stored(&self, key: &SessionKey) -> Option<SessionRecord> {
+        self.store.load(key, self.now(), false).await.unwrap()
+    }
+}
+
+/// Sends a request without a body through `router`.
+pub async fn send(router: &Router, req: http::request::Builder) -> Response<axum::body::Body> {
+    router
+        .clone()
+        .oneshot(req.body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The whole body of `res`, as text.
+pub async fn body_text(res: Response<axum::body::Body>) -> String {
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Base64url without padding, the encoding of the session cookie's value.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The decoded value of a session cookie `name=value`: the 16-byte id, then the signature.
+pub fn cookie_bytes(cookie: &str) -> Vec<u8> {
+    let value = cookie.split_once('=').expect("name=value").1;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .expect("a base64url cookie value")
+}
+
+/// The session id of a cookie `name=value` in the forms a leak could take: raw bytes, hex,
+/// base64url.
+pub fn id_forms(cookie: &str) -> (Vec<u8>, String, String) {
+    let id = cookie_bytes(cookie)[..16].to_vec();
+    let hex = id.iter().map(|b| format!("{b:02x}")).collect();
+    let b64 = b64(&id);
+    (id, hex, b64)
+}
+
+/// Captures everything logged (every level) while the guard is held, on this thread.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+pub fn capture_logs() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (capture, tracing::subscriber::set_default(subscriber))
 }
 
 /// A store to run the suites against, with whatever keeps it alive.

@@ -121,7 +121,7 @@ pub enum WriteOutcome {
 /// overwritten) rest on it. A store that cannot answer must fail fast with a [`StoreError`]
 /// rather than hang; the layer also bounds every call with its own timeout.
 ///
-/// The crate runs one conformance suite (tests/session_store.rs) against every store it
+/// The crate runs one conformance suite (tests/session_conformance.rs) against every store it
 /// ships; a custom store should pass the same assertions.
 pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// The live record under `key`, or `None`. When `refresh` is set and
