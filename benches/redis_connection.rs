@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 use support::RedisServer;
-use tower_rampart::redis::driver::{self, Script};
+use tower_rampart::redis::driver::{self, Script, ScriptInvocation};
 
 const CALLERS: usize = 64;
 const KEYS: u64 = 1024;
@@ -46,8 +46,31 @@ end
 return 0
 ";
 
-fn key(i: u64) -> String {
-    format!("{{bench}}:k{}", i % KEYS)
+/// The call every variant makes: the script on the `i`-th key (modulo `KEYS`).
+fn gcra_call(script: &Script, i: u64) -> ScriptInvocation<'_> {
+    let mut invocation = script.key(format!("{{bench}}:k{}", i % KEYS));
+    invocation.arg(1000).arg(100_000);
+    invocation
+}
+
+/// Measures and reports (a) or (b): each call checks a connection out of `pool`.
+async fn measure_pool(
+    name: &str,
+    secs: f64,
+    pool: bb8::Pool<RedisConnectionManager>,
+    script: Arc<Script>,
+) {
+    let call = move |i: u64| {
+        let (pool, script) = (pool.clone(), script.clone());
+        async move {
+            let mut conn = pool.get().await.expect("pool get");
+            let _: i64 = gcra_call(&script, i)
+                .invoke_async(&mut *conn)
+                .await
+                .expect("evalsha");
+        }
+    };
+    report(name, measure(secs, call).await);
 }
 
 /// Runs `call` from `CALLERS` tasks for warm-up + `secs`, returns calls per second.
@@ -110,51 +133,20 @@ fn main() {
     runtime.block_on(async {
         let script = Arc::new(Script::new(GCRA));
 
-        // (a) bb8 pool, defaults (test_on_check_out = true).
-        let manager = RedisConnectionManager::new(server.url()).expect("manager");
-        let pool = bb8::Pool::builder().build(manager).await.expect("pool");
-        let call = {
-            let (pool, script) = (pool.clone(), script.clone());
-            move |i: u64| {
-                let (pool, script) = (pool.clone(), script.clone());
-                async move {
-                    let mut conn = pool.get().await.expect("pool get");
-                    let mut inv = script.key(key(i));
-                    inv.arg(1000).arg(100_000);
-                    let _: i64 = inv.invoke_async(&mut *conn).await.expect("evalsha");
-                }
-            }
-        };
-        report(
-            "(a) bb8-redis pool, test_on_check_out (default)",
-            measure(secs, call).await,
-        );
-        drop(pool);
-
-        // (b) bb8 pool without test_on_check_out.
-        let manager = RedisConnectionManager::new(server.url()).expect("manager");
-        let pool = bb8::Pool::builder()
-            .test_on_check_out(false)
-            .build(manager)
-            .await
-            .expect("pool");
-        let call = {
-            let (pool, script) = (pool.clone(), script.clone());
-            move |i: u64| {
-                let (pool, script) = (pool.clone(), script.clone());
-                async move {
-                    let mut conn = pool.get().await.expect("pool get");
-                    let mut inv = script.key(key(i));
-                    inv.arg(1000).arg(100_000);
-                    let _: i64 = inv.invoke_async(&mut *conn).await.expect("evalsha");
-                }
-            }
-        };
-        report(
-            "(b) bb8-redis pool, no test_on_check_out",
-            measure(secs, call).await,
-        );
-        drop(pool);
+        // (a) bb8 pool, defaults (test_on_check_out = true); (b) without test_on_check_out.
+        // Each pool is dropped (its connections closed) before the next variant runs.
+        for (name, test_on_check_out) in [
+            ("(a) bb8-redis pool, test_on_check_out (default)", true),
+            ("(b) bb8-redis pool, no test_on_check_out", false),
+        ] {
+            let manager = RedisConnectionManager::new(server.url()).expect("manager");
+            let pool = bb8::Pool::builder()
+                .test_on_check_out(test_on_check_out)
+                .build(manager)
+                .await
+                .expect("pool");
+            measure_pool(name, secs, pool, script.clone()).await;
+        }
 
         // (c) one shared MultiplexedConnection.
         let client = driver::Client::open(server.url()).expect("client");
@@ -167,9 +159,10 @@ fn main() {
             move |i: u64| {
                 let (mut conn, script) = (shared.clone(), script.clone());
                 async move {
-                    let mut inv = script.key(key(i));
-                    inv.arg(1000).arg(100_000);
-                    let _: i64 = inv.invoke_async(&mut conn).await.expect("evalsha");
+                    let _: i64 = gcra_call(&script, i)
+                        .invoke_async(&mut conn)
+                        .await
+                        .expect("evalsha");
                 }
             }
         };
@@ -191,9 +184,10 @@ fn main() {
             move |i: u64| {
                 let (conn, script) = (conn.clone(), script.clone());
                 async move {
-                    let mut inv = script.key(key(i));
-                    inv.arg(1000).arg(100_000);
-                    let _: i64 = conn.invoke_script(&inv).await.expect("evalsha");
+                    let _: i64 = conn
+                        .invoke_script(&gcra_call(&script, i))
+                        .await
+                        .expect("evalsha");
                 }
             }
         };

@@ -95,13 +95,19 @@ impl Clock for ManualClock {
 /// Lets one event through per interval: used to log a failure "once per burst" rather than
 /// once per request.
 #[derive(Debug)]
-#[allow(dead_code)]
+#[cfg_attr(
+    not(any(feature = "session", feature = "rate-limit")),
+    allow(dead_code)
+)]
 pub(crate) struct Throttle {
     interval_micros: u64,
     next_micros: AtomicU64,
 }
 
-#[allow(dead_code)]
+#[cfg_attr(
+    not(any(feature = "session", feature = "rate-limit")),
+    allow(dead_code)
+)]
 impl Throttle {
     /// A throttle that opens at most once per `interval`.
     pub(crate) const fn new(interval: Duration) -> Self {

@@ -525,7 +525,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
+        // Only the access event needs the latency: no clock reads without it.
+        let start = self.config.access_log.then(Instant::now);
         // An id put there by an outer layer is authoritative; never replace it.
         let (id, rejected) = match req.extensions().get::<CorrelationId>() {
             Some(existing) => (existing.clone(), None),
@@ -579,7 +580,8 @@ pin_project! {
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
         id: Option<CorrelationId>,
         span: tracing::Span,
-        start: Instant,
+        // When the request arrived; `None` when the access event is off.
+        start: Option<Instant>,
         config: Arc<Config>,
     }
 }
@@ -601,17 +603,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = this.start.map(|s| s.elapsed().as_secs_f64() * 1000.0);
         let id = this.id.take();
         match result {
             Ok(mut response) => {
                 if let Some(id) = id {
-                    let headers = response.headers_mut();
-                    if !headers.contains_key(&this.config.response_header) {
-                        headers.insert(this.config.response_header.clone(), id.0);
-                    }
+                    // One lookup; a header the handler set is kept.
+                    response
+                        .headers_mut()
+                        .entry(&this.config.response_header)
+                        .or_insert(id.0);
                 }
-                if this.config.access_log {
+                if let Some(latency_ms) = latency_ms {
                     let status = response.status().as_u16();
                     this.span.in_scope(|| {
                         tracing::info!(
@@ -625,7 +628,7 @@ where
                 Poll::Ready(Ok(response))
             }
             Err(error) => {
-                if this.config.access_log {
+                if let Some(latency_ms) = latency_ms {
                     this.span.in_scope(|| {
                         tracing::warn!(
                             target: "tower_rampart::access",

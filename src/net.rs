@@ -519,11 +519,13 @@ fn is_port(port: &str) -> bool {
     digits || obfuscated
 }
 
-fn trim_ows(s: &str) -> &str {
+/// `s` without the optional whitespace (spaces and tabs) HTTP allows around list elements.
+pub(crate) fn trim_ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
-fn is_tchar(b: u8) -> bool {
+/// A byte of an HTTP token (RFC 9110 `tchar`), which is also what a cookie name may hold.
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

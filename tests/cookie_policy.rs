@@ -1,9 +1,8 @@
 //! The cookie policy layer, end to end through tower and axum.
 
+mod common;
+
 use std::convert::Infallible;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,9 @@ use tower_rampart::clock::ManualClock;
 use tower_rampart::cookie_policy::{
     CookiePolicy, CookiePolicyError, CookiePolicyLayer, CookiePolicyService, SameSite, SecureMode,
 };
-use tower_rampart::net::{PeerAddr, ProxyHeader, TrustedProxies};
+use tower_rampart::net::{ProxyHeader, TrustedProxies};
+
+use common::{Capture, Rng, from_peer};
 
 /// Runs one request through `policy` around a handler answering with `cookies`; returns the
 /// resulting `Set-Cookie` values as raw bytes.
@@ -51,17 +52,6 @@ fn strs(values: &[Vec<u8>]) -> Vec<&str> {
         .iter()
         .map(|v| std::str::from_utf8(v).unwrap())
         .collect()
-}
-
-fn from_peer(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
-    let mut builder = Request::builder().uri("/");
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let mut req = builder.body(()).unwrap();
-    req.extensions_mut()
-        .insert(PeerAddr(peer.parse::<SocketAddr>().unwrap()));
-    req
 }
 
 #[tokio::test]
@@ -317,33 +307,11 @@ async fn lifetime_cap_and_removals() {
     );
 }
 
-/// Collects everything logged while alive on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn malformed_cookies_pass_through_with_a_warning_that_hides_the_value() {
-    let logs = Captured::default();
-    let writer = logs.clone();
+    let logs = Capture::default();
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
+        .with_writer(logs.clone())
         .with_ansi(false)
         .with_max_level(tracing::Level::TRACE)
         .finish();
@@ -534,18 +502,6 @@ fn attribute_keys(cookie: &str) -> (&str, Vec<String>) {
         })
         .collect();
     (pair, keys)
-}
-
-/// A small deterministic generator, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

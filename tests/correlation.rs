@@ -1,10 +1,11 @@
 //! The correlation-id layer under concurrency, over real HTTP/1.1 and HTTP/2 connections,
 //! with a JSON log subscriber capturing every event.
 
+mod common;
+
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -17,34 +18,22 @@ use tokio::sync::Barrier;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_rampart::correlation::{CorrelationId, CorrelationIdLayer, propagate};
 
+use common::{Capture, is_uuid_v7};
+
 // ---------------------------------------------------------------------------------------
 // A global JSON subscriber writing into memory. Each test marks its requests with a path
 // of its own and reads back only its lines, so tests can share the subscriber.
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn capture() -> &'static Capture {
     static CAPTURE: OnceLock<Capture> = OnceLock::new();
     CAPTURE.get_or_init(|| {
         let capture = Capture::default();
-        let writer = capture.clone();
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
+            .with_writer(capture.clone())
             .init();
         capture
     })
@@ -52,8 +41,7 @@ fn capture() -> &'static Capture {
 
 /// Every captured event whose request span has `path` equal to `path`.
 fn events_for_path(path: &str) -> Vec<Value> {
-    let bytes = capture().0.lock().unwrap().clone();
-    String::from_utf8(bytes)
+    String::from_utf8(capture().bytes())
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).expect("each log line is JSON"))
@@ -62,18 +50,12 @@ fn events_for_path(path: &str) -> Vec<Value> {
 }
 
 fn all_log_text() -> String {
-    String::from_utf8(capture().0.lock().unwrap().clone()).unwrap()
+    String::from_utf8(capture().bytes()).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
 
 type Body = Full<Bytes>;
-
-fn is_uuid_v7(s: &str) -> bool {
-    s.len() == 36
-        && s.as_bytes()[14] == b'7'
-        && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_of_100_concurrent_requests_carries_its_own_id() {
@@ -237,6 +219,13 @@ async fn invalid_incoming_ids_are_replaced_and_never_logged() {
             assert!(
                 !text.contains(&needle),
                 "{name}: the rejected value was logged"
+            );
+            // The JSON formatter escapes quotes, backslashes and tabs, so such a value would
+            // not appear raw even if it were logged.
+            let escaped = serde_json::to_string(&needle).unwrap();
+            assert!(
+                !text.contains(&escaped[1..escaped.len() - 1]),
+                "{name}: the rejected value was logged (JSON-escaped)"
             );
         }
     }

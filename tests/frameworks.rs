@@ -27,6 +27,7 @@ mod hyper_plain;
 #[path = "../examples/tonic_greeter.rs"]
 mod tonic_greeter;
 
+mod common;
 #[cfg(feature = "redis")]
 mod support;
 
@@ -38,6 +39,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_rampart::session::SessionConfig;
+
+use common::is_uuid_v7;
 
 /// A server task, stopped when the test ends (even when it fails).
 struct Running(JoinHandle<()>);
@@ -109,10 +112,6 @@ fn retry_after(headers: &HeaderMap) -> u64 {
     let secs: u64 = header(headers, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&secs), "Retry-After {secs}");
     secs
-}
-
-fn is_uuid_v7(id: &str) -> bool {
-    id.len() == 36 && id.as_bytes()[14] == b'7'
 }
 
 #[cfg(feature = "axum")]

@@ -1,23 +1,16 @@
 //! Client address and scheme resolution through trusted proxies.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 
 use http::Request;
 use tower_rampart::net::{IpCidr, PeerAddr, ProxyHeader, TrustedProxies, peer_addr};
 
+use common::{Rng, from_peer as request};
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
-    let mut builder = Request::builder().uri("/");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let mut req = builder.body(()).unwrap();
-    req.extensions_mut()
-        .insert(PeerAddr(peer.parse::<SocketAddr>().unwrap()));
-    req
 }
 
 fn lb() -> TrustedProxies {
@@ -329,22 +322,6 @@ fn peer_address_sources() {
     let other: SocketAddr = "198.51.100.1:1".parse().unwrap();
     req.extensions_mut().insert(PeerAddr(other));
     assert_eq!(peer_addr(&req), Some(other));
-}
-
-/// A small deterministic generator, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
 }
 
 #[test]

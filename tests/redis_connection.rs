@@ -2,12 +2,12 @@
 //! outage and recovery, script loading.
 #![cfg(feature = "redis")]
 
+mod common;
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Capture;
 use support::RedisServer;
 use tower_rampart::redis::driver::{self, Script};
 use tower_rampart::redis::{RedisConfig, RedisConnection, RedisErrorKind, RedisHealth};
@@ -45,12 +45,15 @@ async fn wait_until_usable(conn: &RedisConnection, within: Duration) -> Duration
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A connection to `server` with both the connect and the command timeout set to `timeout`.
+async fn connect_with_timeouts(server: &RedisServer, timeout: Duration) -> RedisConnection {
+    server
+        .config()
+        .connect_timeout(timeout)
+        .command_timeout(timeout)
+        .connect()
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -200,7 +203,7 @@ async fn invalid_ca_pem_is_a_config_error() {
 
 #[tokio::test]
 async fn connect_lazy_does_not_touch_the_network() {
-    let port = free_port();
+    let port = support::free_port();
     let conn = RedisConfig::from_parts("127.0.0.1", port)
         .connect_lazy()
         .expect("lazy");
@@ -214,7 +217,7 @@ async fn connect_lazy_does_not_touch_the_network() {
 
 #[tokio::test]
 async fn refused_connection_fails_fast() {
-    let port = free_port();
+    let port = support::free_port();
     let config = RedisConfig::from_parts("127.0.0.1", port).connect_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let err = config.connect().await.unwrap_err();
@@ -326,13 +329,7 @@ async fn concurrent_first_calls_share_one_connection() {
 async fn outage_fails_fast_opens_breaker_and_recovers_after_restart() {
     let mut server = RedisServer::start_with_password(PASSWORD);
     let timeout = Duration::from_millis(300);
-    let conn = server
-        .config()
-        .connect_timeout(timeout)
-        .command_timeout(timeout)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_with_timeouts(&server, timeout).await;
     set_get_roundtrip(&conn, "before").await;
 
     server.stop();
@@ -458,30 +455,10 @@ async fn script_is_one_evalsha_and_reloads_after_script_flush() {
 /// Log output captured from `tracing`: a process-wide subscriber (a thread-local one misses
 /// events whose call sites other tests registered concurrently), so tests filter the lines by
 /// their server's port.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-fn captured_logs() -> &'static Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+fn captured_logs() -> &'static Capture {
+    static CAPTURED: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
     CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
+        let captured = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_max_level(tracing::Level::DEBUG)
@@ -496,14 +473,7 @@ fn captured_logs() -> &'static Captured {
 async fn state_changes_are_logged_once_without_the_password() {
     let captured = captured_logs();
     let mut server = RedisServer::start_with_password(PASSWORD);
-    let timeout = Duration::from_millis(300);
-    let conn = server
-        .config()
-        .connect_timeout(timeout)
-        .command_timeout(timeout)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_with_timeouts(&server, Duration::from_millis(300)).await;
     for _ in 0..20 {
         let () = conn
             .query(driver::cmd("SET").arg("k").arg("v"))
@@ -524,21 +494,16 @@ async fn state_changes_are_logged_once_without_the_password() {
             .await
             .unwrap();
     }
-    // A wrong password through another connection: its error is logged scrubbed too.
-    let _ = server
-        .config()
-        .password("Other-Wrong-Pw-123")
-        .connect()
-        .await;
-
-    let all = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(!all.contains(PASSWORD), "{all}");
     let addr = format!("addr=127.0.0.1:{}", server.port());
-    let logs: String = all
-        .lines()
-        .filter(|l| l.split_whitespace().any(|w| w == addr))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let lines_of_this_server = |all: &str| -> String {
+        all.lines()
+            .filter(|l| l.split_whitespace().any(|w| w == addr))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let all = String::from_utf8(captured.bytes()).unwrap();
+    assert!(!all.contains(PASSWORD), "{all}");
+    let logs = lines_of_this_server(&all);
     let count = |needle: &str| logs.matches(needle).count();
     assert_eq!(count("redis connected"), 1, "{logs}");
     assert_eq!(count("redis connection lost"), 1, "{logs}");
@@ -546,5 +511,26 @@ async fn state_changes_are_logged_once_without_the_password() {
     assert_eq!(count("redis reconnected"), 1, "{logs}");
     assert_eq!(count("redis recovered"), 1, "{logs}");
     assert!(!logs.contains(PASSWORD), "{logs}");
-    assert!(!logs.contains("Other-Wrong-Pw-123"), "{logs}");
+
+    // A wrong password through another connection: failing to connect until its breaker
+    // opens, which logs the error, scrubbed too.
+    let before = captured.bytes().len();
+    let wrong = server
+        .config()
+        .password("Other-Wrong-Pw-123")
+        .connect_lazy()
+        .unwrap();
+    for calls in 1.. {
+        if !wrong.is_available() {
+            break;
+        }
+        assert!(calls <= 5, "breaker did not open after {calls} failures");
+        let err = wrong.query::<()>(&driver::cmd("PING")).await.unwrap_err();
+        assert_eq!(err.kind(), RedisErrorKind::Auth, "{err}");
+    }
+    let all = String::from_utf8(captured.bytes()[before..].to_vec()).unwrap();
+    let logs = lines_of_this_server(&all);
+    assert!(logs.contains("redis circuit breaker open"), "{logs}");
+    assert!(!all.contains(PASSWORD), "{all}");
+    assert!(!all.contains("Other-Wrong-Pw-123"), "{all}");
 }

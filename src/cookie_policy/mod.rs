@@ -99,7 +99,7 @@ use http::HeaderMap;
 use http::header::{Entry, SET_COOKIE};
 
 use crate::clock::{Clock, SystemClock};
-use crate::net::TrustedProxies;
+use crate::net::{TrustedProxies, is_tchar};
 
 pub use service::{CookiePolicyLayer, CookiePolicyService, ResponseFuture};
 
@@ -450,10 +450,7 @@ impl CookiePolicyBuilder {
             if name.is_empty() || !name.bytes().all(is_tchar) {
                 return Err(CookiePolicyError::InvalidCookieName { name: name.clone() });
             }
-            let b = name.as_bytes();
-            if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"__Http-")
-                || b.len() >= 12 && b[..12].eq_ignore_ascii_case(b"__Host-Http-")
-            {
+            if rewrite::has_http_only_prefix(name.as_bytes()) {
                 return Err(CookiePolicyError::ScriptAccessToHttpOnlyPrefix { name: name.clone() });
             }
         }
@@ -476,10 +473,6 @@ impl CookiePolicyBuilder {
             Err(err) => unreachable!("preset cookie policy is inconsistent: {err}"),
         }
     }
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

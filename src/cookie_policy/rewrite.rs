@@ -5,6 +5,7 @@ use http::HeaderValue;
 
 use super::date::parse_cookie_date;
 use super::{CookiePolicy, SameSite, SecureMode};
+use crate::net::trim_ows;
 
 /// Why a `Set-Cookie` value was passed through unchanged. Never carries any part of the
 /// cookie: its name or value may be a secret.
@@ -163,13 +164,14 @@ fn trim_span(s: &str, mut start: usize, mut end: usize) -> (usize, usize) {
     (start, end)
 }
 
-fn trim(s: &str) -> &str {
-    s.trim_matches(|c| c == ' ' || c == '\t')
-}
-
 /// Cookie-name prefixes are matched case-insensitively (RFC 6265bis).
 fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// `__Http-` or `__Host-Http-`: browsers accept such cookies only with `HttpOnly`.
+pub(super) fn has_http_only_prefix(name: &[u8]) -> bool {
+    has_prefix(name, b"__Http-") || has_prefix(name, b"__Host-Http-")
 }
 
 fn parse_same_site(v: &str) -> Option<SameSite> {
@@ -253,7 +255,7 @@ pub(crate) fn rewrite_bytes(
     }
     let pair_end = position(bytes, b';').unwrap_or(bytes.len());
     let eq = position(&bytes[..pair_end], b'=').ok_or(Malformed::NoEquals)?;
-    let name = trim(&s[..eq]);
+    let name = trim_ows(&s[..eq]);
     if name.is_empty() {
         return Err(Malformed::EmptyName);
     }
@@ -261,7 +263,7 @@ pub(crate) fn rewrite_bytes(
 
     let name_bytes = name.as_bytes();
     let host_prefix = has_prefix(name_bytes, b"__Host-");
-    let http_prefix = has_prefix(name_bytes, b"__Http-") || has_prefix(name_bytes, b"__Host-Http-");
+    let http_prefix = has_http_only_prefix(name_bytes);
     let secure_prefix = has_prefix(name_bytes, b"__Secure-");
 
     // Pass 1: what does the cookie say? For repeated attributes the last one counts, as in

@@ -9,8 +9,8 @@
 //! The hot path (closed, no failures) is two relaxed atomic loads; the mutex is only taken
 //! on state changes and while open.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -73,6 +73,11 @@ impl Breaker {
         }
     }
 
+    /// The open state; a panic elsewhere while holding it leaves it usable.
+    fn lock_open(&self) -> MutexGuard<'_, Option<Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// False while the breaker is open (including half-open).
     pub(crate) fn is_closed(&self) -> bool {
         !self.is_open.load(Ordering::Acquire)
@@ -82,7 +87,7 @@ impl Breaker {
         if self.is_closed() {
             return Admission::Pass;
         }
-        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock_open();
         let Some(open) = guard.as_mut() else {
             return Admission::Pass;
         };
@@ -108,7 +113,7 @@ impl Breaker {
         if self.is_closed() {
             return None;
         }
-        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock_open();
         let was_open = guard.take().is_some();
         self.is_open.store(false, Ordering::Release);
         was_open.then_some(Transition::Closed)
@@ -121,7 +126,7 @@ impl Breaker {
             .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        let mut guard = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock_open();
         match guard.as_mut() {
             Some(open) if probe => {
                 open.cool_down = (open.cool_down * 2).min(self.max_cool_down);
@@ -155,6 +160,16 @@ mod tests {
         Breaker::new(3, 1000 * MS, 5000 * MS, 2000 * MS)
     }
 
+    /// A [`breaker`] opened by three failures at `t0`.
+    fn opened_at(t0: Instant) -> Breaker {
+        let b = breaker();
+        for _ in 0..3 {
+            b.on_failure(false, t0);
+        }
+        assert!(!b.is_closed());
+        b
+    }
+
     #[test]
     fn opens_after_threshold_consecutive_failures() {
         let b = breaker();
@@ -185,11 +200,8 @@ mod tests {
 
     #[test]
     fn one_probe_after_cool_down_and_success_closes() {
-        let b = breaker();
         let t0 = Instant::now();
-        for _ in 0..3 {
-            b.on_failure(false, t0);
-        }
+        let b = opened_at(t0);
         let t1 = t0 + 1000 * MS;
         assert_eq!(b.admit(t1), Admission::Probe);
         // Only one probe at a time.
@@ -205,11 +217,8 @@ mod tests {
 
     #[test]
     fn failed_probes_double_the_cool_down_up_to_the_max() {
-        let b = breaker();
         let mut now = Instant::now();
-        for _ in 0..3 {
-            b.on_failure(false, now);
-        }
+        let b = opened_at(now);
         let mut expected = vec![2000, 4000, 5000, 5000].into_iter();
         let mut cool_down = 1000 * MS;
         for _ in 0..4 {
@@ -224,11 +233,8 @@ mod tests {
 
     #[test]
     fn abandoned_probe_is_replaced_after_its_lease() {
-        let b = breaker();
         let t0 = Instant::now();
-        for _ in 0..3 {
-            b.on_failure(false, t0);
-        }
+        let b = opened_at(t0);
         let t1 = t0 + 1000 * MS;
         assert_eq!(b.admit(t1), Admission::Probe);
         // The probe's caller was cancelled and never reports.

@@ -187,9 +187,9 @@ impl RedisConnection {
         &self,
         cmd: &driver::Cmd,
     ) -> Result<T, RedisError> {
-        let mut lease = self.inner.begin(false).await?;
-        let result = timeout(self.inner.command_timeout, cmd.query_async(&mut lease.conn)).await;
-        self.inner.finish(lease, result, "command")
+        self.inner
+            .call(false, "command", async |conn| cmd.query_async(conn).await)
+            .await
     }
 
     /// Runs a pipeline (atomic if built with `.atomic()`) in one round trip.
@@ -197,13 +197,9 @@ impl RedisConnection {
         &self,
         pipe: &driver::Pipeline,
     ) -> Result<T, RedisError> {
-        let mut lease = self.inner.begin(false).await?;
-        let result = timeout(
-            self.inner.command_timeout,
-            pipe.query_async(&mut lease.conn),
-        )
-        .await;
-        self.inner.finish(lease, result, "pipeline")
+        self.inner
+            .call(false, "pipeline", async |conn| pipe.query_async(conn).await)
+            .await
     }
 
     /// Runs a Lua script with `EVALSHA`; when the server does not know the script
@@ -224,13 +220,11 @@ impl RedisConnection {
         &self,
         invocation: &driver::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
-        let mut lease = self.inner.begin(false).await?;
-        let result = timeout(
-            self.inner.command_timeout,
-            invocation.invoke_async(&mut lease.conn),
-        )
-        .await;
-        self.inner.finish(lease, result, "script")
+        self.inner
+            .call(false, "script", async |conn| {
+                invocation.invoke_async(conn).await
+            })
+            .await
     }
 
     /// Sends `PING` within the command timeout (connecting first if needed). Runs even
@@ -238,16 +232,12 @@ impl RedisConnection {
     /// calling it also speeds up recovery.
     pub async fn health_check(&self) -> RedisHealth {
         let started = Instant::now();
-        let result: Result<String, RedisError> = async {
-            let mut lease = self.inner.begin(true).await?;
-            let result = timeout(
-                self.inner.command_timeout,
-                driver::cmd("PING").query_async(&mut lease.conn),
-            )
+        let result: Result<String, RedisError> = self
+            .inner
+            .call(true, "PING", async |conn| {
+                driver::cmd("PING").query_async(conn).await
+            })
             .await;
-            self.inner.finish(lease, result, "PING")
-        }
-        .await;
         match result {
             Ok(_) => RedisHealth::Connected {
                 latency: started.elapsed(),
@@ -284,6 +274,19 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .cloned()
+    }
+
+    /// One call: admission and connection ([`Inner::begin`]), `run` on the connection within
+    /// the command timeout, then the outcome reported ([`Inner::finish`]).
+    async fn call<T>(
+        &self,
+        bypass: bool,
+        what: &str,
+        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> driver::RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        let mut lease = self.begin(bypass).await?;
+        let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
+        self.finish(lease, result, what)
     }
 
     /// Admission by the breaker, then the shared connection (established if needed).

@@ -489,7 +489,8 @@ fn unique_temp_dir() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
+/// A port that was free on loopback a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free loopback port");
     listener.local_addr().expect("local addr").port()
 }
