@@ -197,8 +197,9 @@ pub struct DataAgentSettings {
     pub timeout: Duration,
 }
 
-/// The whole service configuration. `Debug` never shows a secret.
-#[derive(Clone)]
+/// The whole service configuration. `Debug` never shows a secret: the fields holding one
+/// ([`SecretKeys`], the Redis password inside [`RedisConfig`]) mask themselves.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// `BIND_ADDR`, else `0.0.0.0:$PORT`, else `127.0.0.1:8000`.
     pub bind_addr: SocketAddr,
@@ -242,34 +243,6 @@ pub struct Config {
     pub rust_log: String,
     /// Warnings to log once logging is set up (e.g. the generated development key).
     pub warnings: Vec<String>,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("bind_addr", &self.bind_addr)
-            .field("environment", &self.environment)
-            // RedisConfig's Debug masks the password.
-            .field("redis", &self.redis)
-            .field("secret_keys", &self.secret_keys)
-            .field("secret_key_generated", &self.secret_key_generated)
-            .field("session_expiry", &self.session_expiry)
-            .field("session_idle", &self.session_idle)
-            .field("session_cookie_name", &self.session_cookie_name)
-            .field("cookie_samesite", &self.cookie_samesite)
-            .field("allowed_origins", &self.allowed_origins)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("rate_limit_query_ip", &self.rate_limit_query_ip)
-            .field("rate_limit_query_session", &self.rate_limit_query_session)
-            .field("rate_limit_login_ip", &self.rate_limit_login_ip)
-            .field("rate_limit_failure_mode", &self.rate_limit_failure_mode)
-            .field("tenant_id", &self.tenant_id)
-            .field("auth", &self.auth)
-            .field("data_agent", &self.data_agent)
-            .field("log_format", &self.log_format)
-            .field("rust_log", &self.rust_log)
-            .finish_non_exhaustive()
-    }
 }
 
 /// One invalid or missing variable.

@@ -7,15 +7,6 @@ use std::io::{Read, Write};
 use common::*;
 use serde_json::{Value, json};
 
-const SESSION_COOKIE: &str = "fabric_session_id";
-
-async fn signed_in(gw: &Gateway) -> (reqwest::Client, String) {
-    let client = browser();
-    let token = dev_token(&client, gw, "ada@example.com", "Ada Lovelace").await;
-    assert_eq!(login(&client, gw, &token).await.status(), 200);
-    (client, token)
-}
-
 async fn detail(resp: reqwest::Response) -> String {
     let body: Value = resp.json().await.expect("a JSON error body");
     body["detail"].as_str().expect("a detail string").to_owned()
@@ -67,14 +58,7 @@ async fn malformed_and_misshapen_bodies() {
     // Nothing reached the data agent, and the session survived.
     let fake = gw.handle.fake_agent().unwrap();
     assert_eq!(fake.controls.rpc_count("tools/call"), 0);
-    let status: Value = client
-        .get(gw.url("/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = auth_status(&client, &gw).await;
     assert_eq!(status["authenticated"], true);
     assert_no_secret_logged(&[&token]);
 }
@@ -84,23 +68,13 @@ async fn query_length_bounds() {
     let gw = Gateway::local(&[]).await;
     let (client, _) = signed_in(&gw).await;
     for bad in [String::new(), "   ".to_owned(), "x".repeat(1001)] {
-        let resp = client
-            .post(gw.url("/query"))
-            .json(&json!({ "query": bad }))
-            .send()
-            .await
-            .unwrap();
+        let resp = query(&client, &gw, &bad).await;
         assert_eq!(resp.status(), 422, "{} characters", bad.len());
         assert!(detail(resp).await.contains("between 1 and 1000 characters"));
     }
     // 1000 characters are fine, counted as characters, not bytes.
     for good in ["x".repeat(1000), "é".repeat(1000)] {
-        let resp = client
-            .post(gw.url("/query"))
-            .json(&json!({ "query": good }))
-            .send()
-            .await
-            .unwrap();
+        let resp = query(&client, &gw, &good).await;
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["success"], true);
@@ -110,13 +84,8 @@ async fn query_length_bounds() {
 
     // Without a session the answer is "log in", whatever the query looks like.
     let anonymous = reqwest::Client::new();
-    for query in [String::new(), "x".repeat(1001), "fine".to_owned()] {
-        let resp = anonymous
-            .post(gw.url("/query"))
-            .json(&json!({ "query": query }))
-            .send()
-            .await
-            .unwrap();
+    for question in [String::new(), "x".repeat(1001), "fine".to_owned()] {
+        let resp = query(&anonymous, &gw, &question).await;
         assert_eq!(resp.status(), 401);
         assert_eq!(detail(resp).await, "Not authenticated. Please login first.");
     }
@@ -213,14 +182,7 @@ async fn posts_from_a_foreign_origin_are_refused_before_any_handler() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    let status: Value = client
-        .get(gw.url("/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = auth_status(&client, &gw).await;
     assert_eq!(
         status["authenticated"], true,
         "the foreign logout did nothing"
@@ -253,8 +215,7 @@ async fn forged_cookies_are_no_session() {
     let (_, _) = signed_in(&other).await;
     let foreign_client = browser();
     let token = dev_token(&foreign_client, &other, "mallory@example.com", "Mallory").await;
-    let resp = login(&foreign_client, &other, &token).await;
-    let foreign = cookie_value(&set_cookie(resp.headers(), SESSION_COOKIE).unwrap());
+    let foreign = sign_in(&foreign_client, &other, &token).await;
 
     let forged = [
         foreign.clone(),
@@ -264,18 +225,14 @@ async fn forged_cookies_are_no_session() {
         "x".repeat(5000),
     ];
     for value in &forged {
-        let resp = plain()
-            .post(gw.url("/query"))
-            .header("cookie", format!("{SESSION_COOKIE}={value}"))
+        let resp = with_session(plain().post(gw.url("/query")), value)
             .json(&json!({"query": "who am I?"}))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 401, "{value:.20}");
         assert_eq!(detail(resp).await, "Not authenticated. Please login first.");
-        let resp = plain()
-            .get(gw.url("/auth/user"))
-            .header("cookie", format!("{SESSION_COOKIE}={value}"))
+        let resp = with_session(plain().get(gw.url("/auth/user")), value)
             .send()
             .await
             .unwrap();

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use support::RedisServer;
 use tower_rampart::clock::{Clock, ManualClock};
 
-const SESSION_COOKIE: &str = "fabric_session_id";
 const NOT_AUTHENTICATED: &str = "Not authenticated. Please login first.";
 const SESSION_EXPIRED: &str = "Session expired or invalid. Please login again.";
 
@@ -67,25 +66,11 @@ fn token_expiring_in(gw: &Gateway, clock: &ManualClock, lifetime: Duration) -> S
     identity.sign(&claims).unwrap()
 }
 
-/// Logs `client` in with `token`; returns the session cookie's value.
-async fn sign_in(client: &reqwest::Client, gw: &Gateway, token: &str) -> String {
-    let resp = login(client, gw, token).await;
-    assert_eq!(resp.status(), 200, "login");
-    cookie_value(&set_cookie(resp.headers(), SESSION_COOKIE).expect("a session cookie"))
-}
-
-/// `GET /auth/status` with exactly this session cookie (no browser state).
+/// Whether `GET /auth/status` with exactly this session cookie says signed in.
 async fn authenticated(gw: &Gateway, cookie: &str) -> bool {
-    let status: Value = plain()
-        .get(gw.url("/auth/status"))
-        .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
-        .send()
-        .await
+    auth_status_with(gw, cookie).await["authenticated"]
+        .as_bool()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["authenticated"].as_bool().unwrap()
 }
 
 /// Asserts a `401 {"detail": detail}`.
@@ -118,7 +103,7 @@ async fn token_expires_after_login(store: Store) {
     clock.advance(Duration::from_secs(2));
     let resp = query(&client, &gw, "Too late?").await;
     assert!(
-        set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0")),
+        removes_session_cookie(&resp),
         "the session cookie is removed"
     );
     assert_401(resp, SESSION_EXPIRED).await;

@@ -6,7 +6,7 @@ use fabric_gateway::fabric::{
     ChatMessage, DataAgent, DataAgentOptions, DataAgentProtocol, ErrorCategory, FabricError,
 };
 use fabric_gateway::fake_agent::{
-    FAKE_SQL, FakeAgent, FakeAgentHandle, McpResponseMode, ToolFailure, fake_answer,
+    FAKE_SQL, FakeAgent, FakeAgentHandle, McpResponseMode, RecordedRpc, ToolFailure, fake_answer,
 };
 
 const TOKEN: &str = "user-token-abc123";
@@ -38,6 +38,24 @@ async fn ask(
     question: &str,
 ) -> Result<fabric_gateway::fabric::Answer, FabricError> {
     agent.ask(question, &[], TOKEN, CORRELATION, true).await
+}
+
+/// The fake's URL for `protocol`.
+fn url_for(fake: &FakeAgentHandle, protocol: DataAgentProtocol) -> String {
+    match protocol {
+        DataAgentProtocol::Mcp => fake.mcp_url(),
+        DataAgentProtocol::Assistants => fake.assistants_url(),
+    }
+}
+
+/// The last `tools/call` the fake received.
+fn last_tool_call(fake: &FakeAgentHandle) -> RecordedRpc {
+    fake.controls
+        .rpcs()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "tools/call")
+        .expect("a tools/call")
 }
 
 /// Waits (bounded) for an effect of a background task.
@@ -136,13 +154,7 @@ async fn mcp_sse_with_and_without_sessions() {
     fake.controls.set_mcp_sessions(false);
     let answer = ask(&agent, "SSE sessionless").await.unwrap();
     assert_eq!(answer.text, fake_answer("SSE sessionless"));
-    let last_call = fake
-        .controls
-        .rpcs()
-        .into_iter()
-        .rev()
-        .find(|r| r.method == "tools/call")
-        .unwrap();
+    let last_call = last_tool_call(&fake);
     assert_eq!(last_call.session_id, None);
 
     fake.controls.set_mcp_response_mode(McpResponseMode::Json);
@@ -157,13 +169,7 @@ async fn mcp_tool_is_read_from_tools_list_and_cached() {
     assert_eq!(ask(&agent, "one").await.unwrap().text, fake_answer("one"));
     assert_eq!(ask(&agent, "two").await.unwrap().text, fake_answer("two"));
     assert_eq!(fake.controls.rpc_count("tools/list"), 1);
-    let call = fake
-        .controls
-        .rpcs()
-        .into_iter()
-        .rev()
-        .find(|r| r.method == "tools/call")
-        .unwrap();
+    let call = last_tool_call(&fake);
     assert_eq!(call.params["name"], "DataAgent_Finance");
     assert_eq!(call.params["arguments"]["question"], "two");
 }
@@ -184,12 +190,7 @@ async fn mcp_history_is_folded_and_bounded() {
         .ask("And now?", &history, TOKEN, CORRELATION, false)
         .await
         .unwrap();
-    let call = fake
-        .controls
-        .rpcs()
-        .into_iter()
-        .find(|r| r.method == "tools/call")
-        .unwrap();
+    let call = last_tool_call(&fake); // the only one
     let sent = call.params["arguments"]["userQuestion"]
         .as_str()
         .unwrap()
@@ -373,12 +374,7 @@ async fn rate_limit_is_waited_out_within_the_deadline_else_reported() {
 
         // Retry-After beyond the deadline: reported at once, not waited for.
         let agent = DataAgent::new(
-            options(if agent.protocol() == DataAgentProtocol::Mcp {
-                fake.mcp_url()
-            } else {
-                fake.assistants_url()
-            })
-            .timeout(Duration::from_secs(3)),
+            options(url_for(&fake, agent.protocol())).timeout(Duration::from_secs(3)),
         )
         .unwrap();
         fake.controls.rate_limit_next_requests(1, 30);
@@ -394,11 +390,7 @@ async fn rate_limit_is_waited_out_within_the_deadline_else_reported() {
 #[tokio::test]
 async fn deadline_exceeded_is_a_timeout() {
     for (fake, agent) in [mcp().await, assistants().await] {
-        let url = if agent.protocol() == DataAgentProtocol::Mcp {
-            fake.mcp_url()
-        } else {
-            fake.assistants_url()
-        };
+        let url = url_for(&fake, agent.protocol());
         let agent = DataAgent::new(options(url).timeout(Duration::from_millis(400))).unwrap();
         fake.controls.set_answer_delay(Duration::from_secs(5));
         let start = Instant::now();

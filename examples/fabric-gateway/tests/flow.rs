@@ -9,8 +9,6 @@ use common::*;
 use fabric_gateway::fake_agent::fake_answer;
 use serde_json::{Value, json};
 
-const SESSION_COOKIE: &str = "fabric_session_id";
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,14 +139,7 @@ async fn the_whole_local_flow() {
     assert_eq!(body["run_status"], "completed");
 
     // Status and user.
-    let status: Value = client
-        .get(gw.url("/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = auth_status(&client, &gw).await;
     assert_eq!(status["authenticated"], true);
     assert_eq!(status["user"]["email"], "ada@example.com");
     assert_eq!(status["session_id"], Value::Null);
@@ -179,9 +170,7 @@ async fn the_whole_local_flow() {
         body,
         json!({"detail": "Not authenticated. Please login first."})
     );
-    let resp = plain()
-        .post(gw.url("/query"))
-        .header("cookie", format!("{SESSION_COOKIE}={value}"))
+    let resp = with_session(plain().post(gw.url("/query")), &value)
         .json(&json!({"query": "With the old cookie?"}))
         .send()
         .await
@@ -189,14 +178,7 @@ async fn the_whole_local_flow() {
     assert_eq!(resp.status(), 401, "the old session id no longer works");
     let resp = client.get(gw.url("/auth/user")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    let status: Value = client
-        .get(gw.url("/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = auth_status(&client, &gw).await;
     assert_eq!(
         status,
         json!({"authenticated": false, "user": null, "session_id": null})
@@ -210,34 +192,17 @@ async fn login_always_starts_a_fresh_session() {
     let gw = Gateway::local(&[]).await;
     let client = browser();
     let token = dev_token(&client, &gw, "grace@example.com", "Grace Hopper").await;
-    let first = login(&client, &gw, &token).await;
-    let first = cookie_value(&set_cookie(first.headers(), SESSION_COOKIE).unwrap());
+    let first = sign_in(&client, &gw, &token).await;
     // The browser sends its session cookie with the second login: it gets a new id anyway.
-    let second = login(&client, &gw, &token).await;
-    assert_eq!(second.status(), 200);
-    let second = cookie_value(&set_cookie(second.headers(), SESSION_COOKIE).unwrap());
+    let second = sign_in(&client, &gw, &token).await;
     assert_ne!(first, second);
 
-    let status_with = |value: String| {
-        let url = gw.url("/auth/status");
-        async move {
-            let v: Value = plain()
-                .get(url)
-                .header("cookie", format!("{SESSION_COOKIE}={value}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["authenticated"].as_bool().unwrap()
-        }
-    };
-    assert!(
-        !status_with(first.clone()).await,
+    assert_eq!(
+        auth_status_with(&gw, &first).await["authenticated"],
+        false,
         "the pre-login id is dead"
     );
-    assert!(status_with(second.clone()).await);
+    assert_eq!(auth_status_with(&gw, &second).await["authenticated"], true);
     assert_no_secret_logged(&[&token, &first, &second]);
 }
 
@@ -255,14 +220,12 @@ async fn an_expired_stored_token_ends_the_session() {
     let token = identity.sign(&claims).unwrap();
 
     let client = browser();
-    let resp = login(&client, &gw, &token).await;
-    assert_eq!(resp.status(), 200);
-    let value = cookie_value(&set_cookie(resp.headers(), SESSION_COOKIE).unwrap());
+    let value = sign_in(&client, &gw, &token).await;
 
     let resp = query(&client, &gw, "Anything?").await;
     assert_eq!(resp.status(), 401);
     assert!(
-        set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0")),
+        removes_session_cookie(&resp),
         "the session is ended and its cookie removed"
     );
     let body: Value = resp.json().await.unwrap();
@@ -278,22 +241,13 @@ async fn an_expired_stored_token_ends_the_session() {
     );
 
     // The session is gone on the server, not just in this browser.
-    let status: Value = plain()
-        .get(gw.url("/auth/status"))
-        .header("cookie", format!("{SESSION_COOKIE}={value}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["authenticated"], false);
+    assert_eq!(auth_status_with(&gw, &value).await["authenticated"], false);
 
     // /auth/status on a session with an expired token: not authenticated, and ended.
     let client = browser();
     login(&client, &gw, &token).await;
     let resp = client.get(gw.url("/auth/status")).send().await.unwrap();
-    assert!(set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0")));
+    assert!(removes_session_cookie(&resp));
     let status: Value = resp.json().await.unwrap();
     assert_eq!(status["authenticated"], false);
     assert_eq!(status["user"], Value::Null);
@@ -350,9 +304,7 @@ async fn login_refusals_say_which_check_failed() {
 #[tokio::test]
 async fn data_agent_failures_keep_the_old_shape() {
     let gw = Gateway::local(&[]).await;
-    let client = browser();
-    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
-    assert_eq!(login(&client, &gw, &token).await.status(), 200);
+    let (client, token) = signed_in(&gw).await;
     let fake = gw.handle.fake_agent().unwrap();
 
     fake.controls.fail_next_requests(1, 403, Some("Forbidden"));
@@ -372,12 +324,7 @@ async fn data_agent_failures_keep_the_old_shape() {
 
     fake.controls
         .fail_next_requests(1, 404, Some("CapacityNotActive"));
-    let resp = client
-        .post(gw.url("/query/detailed"))
-        .json(&json!({"query": "Paused?"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = query_detailed(&client, &gw, "Paused?").await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["success"], false);
@@ -428,43 +375,24 @@ async fn login_is_rate_limited_per_ip_and_health_never_is() {
         assert!(!resp.headers().contains_key("ratelimit"));
     }
     // The session of the successful logins still answers: only logins are limited.
-    let status: Value = client
-        .get(gw.url("/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = auth_status(&client, &gw).await;
     assert_eq!(status["authenticated"], true);
 }
 
 #[tokio::test]
 async fn the_query_quota_is_one_bucket_for_both_routes() {
     let gw = Gateway::local(&[]).await;
-    let client = browser();
-    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
-    login(&client, &gw, &token).await;
+    let (client, _) = signed_in(&gw).await;
     for i in 0..10 {
-        let path = if i % 2 == 0 {
-            "/query"
+        let question = format!("q{i}");
+        let resp = if i % 2 == 0 {
+            query(&client, &gw, &question).await
         } else {
-            "/query/detailed"
+            query_detailed(&client, &gw, &question).await
         };
-        let resp = client
-            .post(gw.url(path))
-            .json(&json!({"query": format!("q{i}")}))
-            .send()
-            .await
-            .unwrap();
         assert_eq!(resp.status(), 200, "query #{i}");
     }
-    let resp = client
-        .post(gw.url("/query/detailed"))
-        .json(&json!({"query": "one too many"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = query_detailed(&client, &gw, "one too many").await;
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
@@ -540,14 +468,7 @@ async fn cors_serves_only_the_configured_origins() {
 async fn root_lists_the_endpoints_and_errors_are_json() {
     let gw = Gateway::local(&[]).await;
     let client = plain();
-    let body: Value = client
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&client, gw.url("/")).await;
     assert_eq!(body["name"], "fabric-gateway");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     let paths: Vec<&str> = body["endpoints"]

@@ -17,7 +17,6 @@ use support::RedisServer;
 const TENANT: &str = "4d4eca3f-1111-2222-3333-444455556666";
 const SECRET_KEY: &str = "production-test-secret-key-9f8e7d6c5b4a39281706";
 const REDIS_PASSWORD: &str = "prod-redis-pw-4c2b8e61";
-const SESSION_COOKIE: &str = "fabric_session_id";
 
 struct Production {
     gw: Gateway,
@@ -61,24 +60,13 @@ async fn production(extra: &[(&str, &str)]) -> Production {
     }
 }
 
-fn with_cookie(req: reqwest::RequestBuilder, value: &str) -> reqwest::RequestBuilder {
-    req.header("cookie", format!("{SESSION_COOKIE}={value}"))
-}
-
 #[tokio::test]
 async fn production_mode_end_to_end() {
     let p = production(&[]).await;
     let gw = &p.gw;
     let client = plain(); // Secure cookies are sent by hand over this plain-http loopback
 
-    let health: Value = client
-        .get(gw.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(gw).await;
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["environment"], "production");
     assert_eq!(health["redis_connected"], true);
@@ -104,14 +92,7 @@ async fn production_mode_end_to_end() {
             .status(),
         404
     );
-    let root: Value = client
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root = get_json(&client, gw.url("/")).await;
     assert!(!root.to_string().contains("/dev/"));
 
     // Login with a token signed by the keys at AUTH_JWKS_URL: a Secure cookie.
@@ -138,7 +119,7 @@ async fn production_mode_end_to_end() {
     let oid = body["user"]["id"].as_str().unwrap().to_owned();
 
     // A question with our correlation id; the Fabric token (not the Graph one) is sent.
-    let resp = with_cookie(client.post(gw.url("/query")), &value)
+    let resp = with_session(client.post(gw.url("/query")), &value)
         .header("x-correlation-id", "prod-corr-0001")
         .json(&json!({"query": "Revenue by quarter?"}))
         .send()
@@ -165,13 +146,13 @@ async fn production_mode_end_to_end() {
     );
 
     // Logout: the removal cookie is Secure too (same attributes as when set).
-    let resp = with_cookie(client.post(gw.url("/auth/logout")), &value)
+    let resp = with_session(client.post(gw.url("/auth/logout")), &value)
         .send()
         .await
         .unwrap();
     let removal = set_cookie(resp.headers(), SESSION_COOKIE).unwrap();
     assert_eq!(cookie_attributes(&removal), cookie_attributes(&cookie));
-    let resp = with_cookie(client.post(gw.url("/query")), &value)
+    let resp = with_session(client.post(gw.url("/query")), &value)
         .json(&json!({"query": "again?"}))
         .send()
         .await

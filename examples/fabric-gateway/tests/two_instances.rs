@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::RedisServer;
 use tower_rampart::redis::driver;
 
-const SESSION_COOKIE: &str = "fabric_session_id";
 const SECRET_KEY: &str = "two-instances-test-secret-key-0123456789abcdef";
 const REDIS_PASSWORD: &str = "redis-pass-7d1e9c0a55";
 
@@ -78,14 +77,7 @@ async fn two_instances_share_sessions_quotas_and_logouts() {
     let a = instance(&redis).await;
     let b = instance(&redis).await;
     for gw in [&a, &b] {
-        let health: Value = plain()
-            .get(gw.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = health(gw).await;
         assert_eq!(health["status"], "healthy");
         assert_eq!(health["redis_connected"], true);
         assert_eq!(health["session_store"], "redis");
@@ -94,20 +86,10 @@ async fn two_instances_share_sessions_quotas_and_logouts() {
     // Sign in on A. (Cookies do not depend on the port: one browser talks to both.)
     let client = browser();
     let token = dev_token(&client, &a, "ada@example.com", "Ada Lovelace").await;
-    let resp = login(&client, &a, &token).await;
-    assert_eq!(resp.status(), 200);
-    let cookie = set_cookie(resp.headers(), SESSION_COOKIE).unwrap();
-    let value = cookie_value(&cookie);
+    let value = sign_in(&client, &a, &token).await;
 
     // The session works on B.
-    let user: Value = client
-        .get(b.url("/auth/user"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let user = get_json(&client, b.url("/auth/user")).await;
     assert_eq!(user["user"]["email"], "ada@example.com");
 
     // The quota is global: 10 across both instances, the 11th refused wherever it lands.
@@ -161,22 +143,12 @@ async fn two_instances_share_sessions_quotas_and_logouts() {
     let resp = client.post(b.url("/auth/logout")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     for gw in [&a, &b] {
-        let resp = plain()
-            .get(gw.url("/auth/user"))
-            .header("cookie", format!("{SESSION_COOKIE}={value}"))
+        let resp = with_session(plain().get(gw.url("/auth/user")), &value)
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 401);
-        let status: Value = plain()
-            .get(gw.url("/auth/status"))
-            .header("cookie", format!("{SESSION_COOKIE}={value}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = auth_status_with(gw, &value).await;
         assert_eq!(status["authenticated"], false);
     }
 
@@ -191,26 +163,13 @@ async fn timed<F: std::future::Future<Output = reqwest::Response>>(
     (resp, started.elapsed())
 }
 
-async fn health(gw: &Gateway) -> Value {
-    plain()
-        .get(gw.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_redis_outage_degrades_fast_and_recovers() {
     let mut redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
     let gw = instance(&redis).await;
-    let client = browser();
-    let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
-    assert_eq!(login(&client, &gw, &token).await.status(), 200);
+    let (client, token) = signed_in(&gw).await;
     assert_eq!(query(&client, &gw, "before").await.status(), 200);
 
     let redis = tokio::task::spawn_blocking(move || {
@@ -222,16 +181,8 @@ async fn a_redis_outage_degrades_fast_and_recovers() {
     let mut redis = redis;
 
     // /health says degraded within a few seconds (still 200).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let h = health(&gw).await;
-        if h["status"] == "degraded" {
-            assert_eq!(h["redis_connected"], false);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not degraded in time: {h}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let h = health_reaches(&gw, "degraded", Duration::from_secs(5)).await;
+    assert_eq!(h["redis_connected"], false);
 
     // Session-backed endpoints answer 503 fast, never hang.
     for _ in 0..3 {
@@ -255,29 +206,47 @@ async fn a_redis_outage_degrades_fast_and_recovers() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let h = health(&gw).await;
-        if h["status"] == "healthy" {
-            assert_eq!(h["redis_connected"], true);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not recovered within 30 s: {h}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = login(&client, &gw, &token).await;
-        if resp.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "login not back within 30 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let h = health_reaches(&gw, "healthy", Duration::from_secs(30)).await;
+    assert_eq!(h["redis_connected"], true);
+    login_succeeds_within(&client, &gw, &token, Duration::from_secs(30)).await;
     let resp = query(&client, &gw, "after").await;
     assert_eq!(resp.status(), 200);
     drop(redis);
     assert_no_secret_logged(&[&token, SECRET_KEY]);
+}
+
+/// Polls `/health` (Redis reconnects in real time) until its status is `status`; fails after
+/// `within`. Returns the last answer.
+async fn health_reaches(gw: &Gateway, status: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let h = health(gw).await;
+        if h["status"] == status {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {status} within {within:?}: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retries logging in until it succeeds (Redis is back); fails after `within`.
+async fn login_succeeds_within(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    token: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while login(client, gw, token).await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "login not back within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `send()` futures as `Response` futures (panicking on transport errors).
@@ -326,13 +295,7 @@ async fn the_session_quota_is_shared_by_instances_for_one_session() {
     let second = browser();
     // (Each local-mode instance has its own dev identity: A's tokens are signed in on A.)
     assert_eq!(login(&second, &a, &token).await.status(), 200);
-    let resp = second
-        .post(b.url("/query"))
-        .json(&json!({"query": "mine"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(query(&second, &b, "mine").await.status(), 200);
 }
 
 #[tokio::test]
@@ -364,15 +327,7 @@ async fn starts_degraded_without_redis_and_connects_when_it_answers() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = login(&client, &gw, &token).await;
-        if resp.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Redis not used within 30 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    login_succeeds_within(&client, &gw, &token, Duration::from_secs(30)).await;
     assert_eq!(health(&gw).await["status"], "healthy");
     assert_eq!(query(&client, &gw, "hello").await.status(), 200);
     drop(redis);

@@ -12,10 +12,10 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 use serde_json::{Value, json};
 
-use super::Answer;
 use super::error::{ErrorCategory, FabricError};
 use super::history::{ChatMessage, replay, table_lines};
 use super::http::{Call, MAX_BODY_BYTES, Transport, read_body};
+use super::{Answer, content_text};
 
 /// How many pages of thread messages are read looking for the run's answer.
 const MAX_MESSAGE_PAGES: usize = 5;
@@ -114,16 +114,9 @@ impl AssistantsClient {
                 }
             })
             .await?;
-        let bytes = read_body(&mut resp, MAX_BODY_BYTES).await.map_err(|e| {
-            if e.is_timeout() {
-                call.timeout_error(what)
-            } else {
-                FabricError::new(
-                    ErrorCategory::ConnectionError,
-                    format!("{what}: the connection broke while reading the answer"),
-                )
-            }
-        })?;
+        let bytes = read_body(&mut resp, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| call.body_error(what, &e))?;
         serde_json::from_slice(&bytes).map_err(|_| {
             FabricError::new(
                 ErrorCategory::Error,
@@ -330,7 +323,7 @@ impl AssistantsClient {
                 let ours = m.get("role").and_then(Value::as_str) == Some("assistant")
                     && m.get("run_id").and_then(Value::as_str) == Some(run_id);
                 if ours {
-                    found.push(message_text(m));
+                    found.push(content_text(m, "/text/value"));
                 }
             }
             let has_more = page.get("has_more").and_then(Value::as_bool) == Some(true);
@@ -384,21 +377,6 @@ fn id_of(value: &Value, what: &str) -> Result<String, FabricError> {
                 format!("{what}: the answer has no valid id"),
             )
         })
-}
-
-fn message_text(message: &Value) -> String {
-    message
-        .get("content")
-        .and_then(Value::as_array)
-        .map(|parts| {
-            parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|p| p.pointer("/text/value").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 fn run_failure(status: &str, code: &str) -> FabricError {

@@ -73,6 +73,18 @@ impl Call {
             ),
         )
     }
+
+    /// The error for an answer body that could not be read to its end.
+    pub(crate) fn body_error(&self, what: &str, e: &reqwest::Error) -> FabricError {
+        if e.is_timeout() {
+            self.timeout_error(what)
+        } else {
+            FabricError::new(
+                ErrorCategory::ConnectionError,
+                format!("{what}: the connection broke while reading the answer"),
+            )
+        }
+    }
 }
 
 /// Retry policy and the shared connection pool.

@@ -12,10 +12,10 @@ use http::{HeaderMap, HeaderValue};
 use reqwest::{Response, Url};
 use serde_json::{Value, json};
 
-use super::Answer;
 use super::error::{CAPACITY_PAUSED, ErrorCategory, FabricError};
 use super::history::{ChatMessage, fold_into_question, table_lines};
 use super::http::{Call, MAX_BODY_BYTES, Transport, read_body};
+use super::{Answer, content_text};
 
 /// The protocol version we ask for.
 pub(crate) const PROTOCOL_VERSION: &str = "2025-06-18";
@@ -339,16 +339,7 @@ async fn read_response(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let body_error = |e: reqwest::Error| {
-        if e.is_timeout() {
-            call.timeout_error(what)
-        } else {
-            FabricError::new(
-                ErrorCategory::ConnectionError,
-                format!("{what}: the connection broke while reading the answer"),
-            )
-        }
-    };
+    let body_error = |e: reqwest::Error| call.body_error(what, &e);
     let no_answer = || {
         FabricError::new(
             ErrorCategory::Error,
@@ -515,18 +506,7 @@ fn pick_tool(result: &Value) -> Result<Tool, FabricError> {
 
 /// The answer text of a `tools/call` result, or the failure it reports.
 fn tool_result_text(result: &Value) -> Result<String, FabricError> {
-    let texts: Vec<&str> = result
-        .get("content")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter(|c| c.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|c| c.get("text").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
-    let text = texts.join("\n");
+    let text = content_text(result, "/text");
     let is_error = result.get("isError").and_then(Value::as_bool) == Some(true);
     let json_error = serde_json::from_str::<Value>(text.trim())
         .ok()

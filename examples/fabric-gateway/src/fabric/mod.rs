@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::time::Instant;
 
 pub use crate::config::DataAgentProtocol;
@@ -294,6 +295,21 @@ impl DataAgent {
         }
         result
     }
+}
+
+/// The `{"type": "text"}` parts of `value`'s `content` array, joined by newlines; each part's
+/// text is at `text_pointer` (`/text` in MCP tool results, `/text/value` in assistants
+/// messages).
+fn content_text(value: &Value, text_pointer: &str) -> String {
+    let Some(parts) = value.get("content").and_then(Value::as_array) else {
+        return String::new();
+    };
+    parts
+        .iter()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|p| p.pointer(text_pointer).and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Deletes the question's threads in the background (best effort, its own short deadline).

@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_rampart::clock::ManualClock;
 
+/// The session cookie's name (the default `SESSION_COOKIE_NAME`).
+pub const SESSION_COOKIE: &str = "fabric_session_id";
+
 /// A gateway served on a loopback port. Dropping it stops the server.
 pub struct Gateway {
     pub base: String,
@@ -35,21 +38,7 @@ impl Gateway {
     /// Builds the service for `config` and serves it on `127.0.0.1:0`.
     pub async fn start(config: Config) -> Self {
         capture_logs();
-        let service = app(config).await.expect("the gateway starts");
-        let (router, handle) = service.into_parts();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            fabric_gateway::app::serve(router, listener, std::future::pending())
-                .await
-                .unwrap();
-        });
-        Self {
-            base: format!("http://{addr}"),
-            addr,
-            handle,
-            task,
-        }
+        Self::serve(app(config).await.expect("the gateway starts")).await
     }
 
     /// Local mode with these variables (nothing else set).
@@ -61,14 +50,12 @@ impl Gateway {
     /// [`app_with_clock`]) and serves it on `127.0.0.1:0`.
     pub async fn start_with_clock(config: Config, clock: ManualClock) -> Self {
         capture_logs();
-        let service = app_with_clock(config, Arc::new(clock))
-            .await
-            .expect("the gateway starts");
-        Self::serve(service).await
+        let service = app_with_clock(config, Arc::new(clock)).await;
+        Self::serve(service.expect("the gateway starts")).await
     }
 
     /// Serves an already built service on `127.0.0.1:0`.
-    pub async fn serve(service: App) -> Self {
+    async fn serve(service: App) -> Self {
         let (router, handle) = service.into_parts();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -129,24 +116,93 @@ pub async fn dev_token(client: &reqwest::Client, gw: &Gateway, email: &str, name
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// `POST path` with the JSON `body`.
+pub async fn post_json(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    path: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client.post(gw.url(path)).json(body).send().await.unwrap()
+}
+
+/// `GET url` → the JSON body.
+pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// `POST /auth/client-login` with `access_token`; returns the response.
 pub async fn login(client: &reqwest::Client, gw: &Gateway, token: &str) -> reqwest::Response {
-    client
-        .post(gw.url("/auth/client-login"))
-        .json(&json!({ "access_token": token }))
-        .send()
-        .await
-        .unwrap()
+    post_json(
+        client,
+        gw,
+        "/auth/client-login",
+        &json!({ "access_token": token }),
+    )
+    .await
+}
+
+/// Logs `client` in with `token` (asserting a 200); returns the session cookie's value.
+pub async fn sign_in(client: &reqwest::Client, gw: &Gateway, token: &str) -> String {
+    let resp = login(client, gw, token).await;
+    assert_eq!(resp.status(), 200, "login");
+    session_cookie(&resp)
+}
+
+/// A browser signed in as Ada with a fresh dev token; returns it and the token.
+pub async fn signed_in(gw: &Gateway) -> (reqwest::Client, String) {
+    let client = browser();
+    let token = dev_token(&client, gw, "ada@example.com", "Ada Lovelace").await;
+    sign_in(&client, gw, &token).await;
+    (client, token)
 }
 
 /// `POST /query` with `question`.
 pub async fn query(client: &reqwest::Client, gw: &Gateway, question: &str) -> reqwest::Response {
-    client
-        .post(gw.url("/query"))
-        .json(&json!({ "query": question }))
+    post_json(client, gw, "/query", &json!({ "query": question })).await
+}
+
+/// `POST /query/detailed` with `question`.
+pub async fn query_detailed(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    question: &str,
+) -> reqwest::Response {
+    post_json(client, gw, "/query/detailed", &json!({ "query": question })).await
+}
+
+/// `GET /auth/status` as `client` (with whatever cookies it keeps).
+pub async fn auth_status(client: &reqwest::Client, gw: &Gateway) -> Value {
+    get_json(client, gw.url("/auth/status")).await
+}
+
+/// `GET /auth/status` with exactly this session cookie (no browser state).
+pub async fn auth_status_with(gw: &Gateway, session: &str) -> Value {
+    let resp = with_session(plain().get(gw.url("/auth/status")), session)
         .send()
         .await
-        .unwrap()
+        .unwrap();
+    resp.json().await.unwrap()
+}
+
+/// `GET /health`.
+pub async fn health(gw: &Gateway) -> Value {
+    get_json(&plain(), gw.url("/health")).await
+}
+
+/// `req` carrying exactly this session cookie (sent by hand: no cookie store involved).
+pub fn with_session(req: reqwest::RequestBuilder, session: &str) -> reqwest::RequestBuilder {
+    req.header("cookie", format!("{SESSION_COOKIE}={session}"))
+}
+
+/// The value of the session cookie `resp` sets (panics without one).
+pub fn session_cookie(resp: &reqwest::Response) -> String {
+    cookie_value(&set_cookie(resp.headers(), SESSION_COOKIE).expect("a session cookie"))
+}
+
+/// Whether `resp` removes the session cookie (`Max-Age=0`).
+pub fn removes_session_cookie(resp: &reqwest::Response) -> bool {
+    set_cookie(resp.headers(), SESSION_COOKIE).is_some_and(|c| c.contains("Max-Age=0"))
 }
 
 /// The `Set-Cookie` header of `name`, if the response has one.
@@ -241,7 +297,7 @@ pub fn log_lines() -> Vec<String> {
         .collect()
 }
 
-/// Asserts that no captured line contains any of `secrets` (empty strings ignored).
+/// Asserts that no captured line contains any of `secrets` (those under 8 bytes ignored).
 pub fn assert_no_secret_logged(secrets: &[&str]) {
     let lines = log_lines();
     assert!(!lines.is_empty(), "nothing was logged at all");
