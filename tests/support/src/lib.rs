@@ -1,11 +1,13 @@
-//! Real `redis-server` processes for the integration tests (and the Redis benchmarks).
+//! Real `redis-server` processes for tower-rampart's integration tests, the gateway's tests
+//! and the Redis benchmarks (a workspace crate, `publish = false`).
 //!
-//! Every integration test declares `mod support;` and starts the servers it needs:
+//! A test starts the servers it needs:
 //!
-//! ```ignore
-//! mod support;
+//! ```no_run
+//! use rampart_test_support as support;
 //! let server = support::RedisServer::start();
 //! let conn = server.config().connect_lazy().unwrap();
+//! # drop(conn);
 //! ```
 //!
 //! Each server runs on a free loopback port with persistence off (`--save "" --appendonly
@@ -15,9 +17,7 @@
 //!
 //! [`shared`] uses an external server when `REDIS_URL` is set (tests then isolate their data
 //! by key prefix), and a fresh [`RedisServer`] otherwise.
-#![cfg(feature = "redis")]
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::{self, File};
