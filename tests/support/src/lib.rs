@@ -323,7 +323,6 @@ impl RedisServer {
 
     /// A blocking connection for test assertions (`FLUSHALL`, `SCRIPT FLUSH`, reading keys).
     pub fn sync_connection(&self) -> driver::RedisResult<driver::Connection> {
-        install_crypto_provider();
         let addr = match &self.settings.tls {
             None => driver::ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.port),
             Some(_) => driver::ConnectionAddr::TcpTls {
@@ -511,9 +510,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// CA + server certificate for `127.0.0.1`/`localhost`, written as PEM files into `dir`.
 fn generate_tls_files(dir: &Path) -> TlsFiles {
