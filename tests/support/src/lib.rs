@@ -510,7 +510,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-
 /// CA + server certificate for `127.0.0.1`/`localhost`, written as PEM files into `dir`.
 fn generate_tls_files(dir: &Path) -> TlsFiles {
     use rcgen::{
