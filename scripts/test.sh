@@ -37,7 +37,22 @@ ensure_redis() {
     fi
 }
 
+# The gateway README's walkthrough test runs its curl lines in bash.
+ensure_curl() {
+    if ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        step "installing curl with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq curl >/dev/null
+    fi
+    if ! command -v curl >/dev/null 2>&1; then
+        echo "error: curl is not installed (Debian/Ubuntu: 'sudo apt-get install curl')." >&2
+        exit 1
+    fi
+}
+
 ensure_redis
+ensure_curl
 echo "redis-server: $(redis-server --version)"
 
 step "cargo fmt --check"

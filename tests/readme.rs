@@ -111,7 +111,10 @@ fn local_dependencies(dependencies: &str, crate_dir: &Path) -> String {
         )
         .unwrap();
     }
-    assert!(found, "a [dependencies] block without tower-rampart:\n{dependencies}");
+    assert!(
+        found,
+        "a [dependencies] block without tower-rampart:\n{dependencies}"
+    );
     out
 }
 
