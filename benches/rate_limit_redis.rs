@@ -26,8 +26,7 @@
 //! wall-clock times inside Redis, so on a machine shared with other work they grow with the
 //! load: compare variants within one run (the interleaved table), not across runs.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use rampart_test_support as support;
 
 use std::future::Future;
 use std::hint::black_box;

@@ -15,8 +15,7 @@
 //! A plain timed harness (`harness = false`): each variant warms up for 0.5 s, then runs for
 //! `BENCH_SECS` seconds (default 3); the result is printed as calls/s.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use rampart_test_support as support;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,6 +6,13 @@
 #
 # Tests start their own redis-server processes on free loopback ports; set REDIS_URL to
 # run the shared-server tests against a server of your own instead.
+#
+#   LATEST_DEPS=1 scripts/test.sh
+#
+# also builds and lints the workspace against the newest versions of its dependencies that
+# Cargo.toml allows (a scratch copy with a fresh lockfile), so that a deprecation or break
+# in a new upstream release shows here before a user's fresh lockfile meets it. Not part of
+# CI: an upstream release must not turn CI red by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +37,22 @@ ensure_redis() {
     fi
 }
 
+# The gateway README's walkthrough test runs its curl lines in bash.
+ensure_curl() {
+    if ! command -v curl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        step "installing curl with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq curl >/dev/null
+    fi
+    if ! command -v curl >/dev/null 2>&1; then
+        echo "error: curl is not installed (Debian/Ubuntu: 'sudo apt-get install curl')." >&2
+        exit 1
+    fi
+}
+
 ensure_redis
+ensure_curl
 echo "redis-server: $(redis-server --version)"
 
 step "cargo fmt --check"
@@ -57,5 +79,48 @@ fi
 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
+
+step "package: what a user downloads (cargo package)"
+# --allow-dirty: a developer's uncommitted work is packaged as it is; CI's clone is clean.
+errors=$(mktemp)
+if ! listing=$(cargo package -p tower-rampart --list --allow-dirty 2>"$errors"); then
+    cat "$errors" >&2
+    exit 1
+fi
+rm -f "$errors"
+for needed in Cargo.toml README.md CHANGELOG.md LICENSE-MIT LICENSE-APACHE src/lib.rs; do
+    if ! grep -qx "$needed" <<<"$listing"; then
+        echo "error: the package lacks $needed" >&2
+        exit 1
+    fi
+done
+if unwanted=$(grep -E '^(\.ci/|\.config/|scripts/|tests/|benches/|examples/|\.env|\.docker)|\.(pem|key|crt)$' <<<"$listing"); then
+    echo "error: the package would ship files a user does not need:" >&2
+    echo "$unwanted" >&2
+    exit 1
+fi
+# Builds the packaged sources on their own, as a user's build would.
+if ! output=$(cargo package -p tower-rampart --allow-dirty 2>&1); then
+    echo "$output" >&2
+    exit 1
+fi
+echo "  $(wc -l <<<"$listing") files"
+
+if [ "${LATEST_DEPS:-0}" = 1 ]; then
+    step "newest compatible dependencies (LATEST_DEPS=1)"
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    # The working tree as it is (uncommitted changes included), without build output.
+    tar --exclude=./target --exclude=./.git -cf - . | tar -xf - -C "$scratch"
+    (
+        cd "$scratch"
+        export CARGO_TARGET_DIR="$OLDPWD/target/latest-deps"
+        echo "  versions that moved:"
+        cargo update 2>&1 | grep -E '^ *(Updating|Adding|Removing) [a-z]' | grep -v ' index$' || true
+        cargo clippy --workspace --all-targets --all-features -q -- -D warnings
+        RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
+        cargo test --workspace --all-features --no-run -q
+    )
+fi
 
 step "all checks passed"

@@ -116,6 +116,28 @@ tokio::task_local! {
 /// Cheap to clone (a reference-counted header value). Its `Display` is the id itself, which
 /// is safe to log: the validation rules out anything that could forge a log line or a
 /// header.
+///
+/// With the `axum` feature it is an extractor: the id [`CorrelationIdLayer`] gave the
+/// request.
+///
+/// ```
+/// # #[cfg(feature = "axum")] {
+/// use axum::{Router, routing::get};
+/// use tower_rampart::correlation::{CorrelationId, CorrelationIdLayer};
+///
+/// async fn handler(id: CorrelationId) -> String {
+///     format!("your request is {id}")
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/", get(handler))
+///     .layer(CorrelationIdLayer::new());
+/// # }
+/// ```
+///
+/// Without the layer around the route the extractor answers `500` (a bug in the
+/// application, logged as such: `MissingCorrelationIdLayer`); `Option<CorrelationId>`
+/// gives `None` instead.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CorrelationId(HeaderValue);
 
@@ -603,7 +625,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let latency_ms = this.start.map(|s| s.elapsed().as_secs_f64() * 1000.0);
+        let latency_ms = this.start.map(|s| latency_ms(s.elapsed()));
         let id = this.id.take();
         match result {
             Ok(mut response) => {
@@ -643,9 +665,109 @@ where
     }
 }
 
+/// Milliseconds rounded to the microsecond: the access line shows `0.472`, never
+/// `0.47187900000000005` (a whole number of microseconds over 1000 has a short decimal form).
+fn latency_ms(elapsed: std::time::Duration) -> f64 {
+    let micros = (elapsed.as_nanos() + 500) / 1000;
+    // Exact as f64 below 2^53 µs (285 years).
+    micros as f64 / 1000.0
+}
+
+// The axum extractor (feature `axum`): documented on `CorrelationId`.
+#[cfg(feature = "axum")]
+mod axum_impls {
+    use super::CorrelationId;
+    use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+    use axum::response::{IntoResponse, Response};
+    use http::StatusCode;
+    use http::request::Parts;
+    use std::convert::Infallible;
+    use std::fmt;
+
+    /// The rejection of the [`CorrelationId`] extractor: the router has no
+    /// [`CorrelationIdLayer`](super::CorrelationIdLayer). A bug in the application, answered
+    /// with `500`.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct MissingCorrelationIdLayer;
+
+    impl fmt::Display for MissingCorrelationIdLayer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "the CorrelationId extractor needs \
+                 tower_rampart::correlation::CorrelationIdLayer around this route",
+            )
+        }
+    }
+
+    impl std::error::Error for MissingCorrelationIdLayer {}
+
+    impl IntoResponse for MissingCorrelationIdLayer {
+        fn into_response(self) -> Response {
+            tracing::error!("{self}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                format!(r#"{{"detail":"{self}"}}"#),
+            )
+                .into_response()
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+        type Rejection = MissingCorrelationIdLayer;
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<CorrelationId>()
+                .cloned()
+                .ok_or(MissingCorrelationIdLayer)
+        }
+    }
+
+    impl<S: Send + Sync> OptionalFromRequestParts<S> for CorrelationId {
+        type Rejection = Infallible;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _: &S,
+        ) -> Result<Option<Self>, Self::Rejection> {
+            Ok(parts.extensions.get::<CorrelationId>().cloned())
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use self::axum_impls::MissingCorrelationIdLayer;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_is_rounded_to_the_microsecond() {
+        use std::time::Duration;
+        assert_eq!(
+            latency_ms(Duration::from_nanos(471_879)).to_string(),
+            "0.472"
+        );
+        assert_eq!(
+            latency_ms(Duration::from_nanos(471_479)).to_string(),
+            "0.471"
+        );
+        assert_eq!(
+            latency_ms(Duration::from_nanos(12_345_678_901)).to_string(),
+            "12345.679"
+        );
+        assert_eq!(latency_ms(Duration::ZERO).to_string(), "0");
+        // Every whole number of microseconds prints with at most three decimals.
+        for micros in (0..2_000_000u64).step_by(7) {
+            let text = latency_ms(Duration::from_micros(micros)).to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{micros} µs printed as {text}");
+        }
+    }
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()

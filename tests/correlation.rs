@@ -531,3 +531,75 @@ fn layer_and_service_are_clone_send_sync_and_futures_send() {
     let future = service.call(Request::new(Full::new(Bytes::new())));
     assert_send(&future);
 }
+
+#[tokio::test]
+async fn access_line_latency_has_at_most_three_decimals() {
+    capture();
+    let path = "/latency-format";
+    let service = ServiceBuilder::new()
+        .layer(CorrelationIdLayer::new())
+        .service(service_fn(echo_id));
+    for _ in 0..20 {
+        let request = Request::get(path).body(Body::default()).unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    // The raw JSON text, as a log store receives it (a parsed f64 would hide the digits).
+    let lines: Vec<String> = all_log_text()
+        .lines()
+        .filter(|line| line.contains(r#""path":"/latency-format""#) && line.contains("latency_ms"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 20);
+    for line in lines {
+        let value = line
+            .split(r#""latency_ms":"#)
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .unwrap();
+        let decimals = value.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3 && value.parse::<f64>().is_ok(),
+            "latency_ms written as {value}: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn axum_extractor_gives_the_request_id_and_needs_the_layer() {
+    use axum::{Router, routing::get};
+
+    async fn handler(id: CorrelationId) -> String {
+        id.to_string()
+    }
+    async fn optional(id: Option<CorrelationId>) -> String {
+        id.map_or_else(|| "none".to_owned(), |id| id.to_string())
+    }
+    let body = |response: Response<axum::body::Body>| async move {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+
+    let with_layer = Router::new()
+        .route("/", get(handler))
+        .layer(CorrelationIdLayer::new());
+    let request = Request::get("/")
+        .header("x-correlation-id", "order-42")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = with_layer.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await, "order-42");
+
+    // Forgetting the layer is the application's bug: a 500 that names the fix.
+    let without = Router::new()
+        .route("/", get(handler))
+        .route("/optional", get(optional));
+    let request = Request::get("/").body(axum::body::Body::empty()).unwrap();
+    let response = without.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body(response).await.contains("CorrelationIdLayer"));
+    let request = Request::get("/optional")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(body(without.oneshot(request).await.unwrap()).await, "none");
+}

@@ -29,7 +29,7 @@ mod tonic_greeter;
 
 mod common;
 #[cfg(feature = "redis")]
-mod support;
+use rampart_test_support as support;
 
 use std::net::SocketAddr;
 

@@ -3,7 +3,7 @@
 #![cfg(feature = "redis")]
 
 mod common;
-mod support;
+use rampart_test_support as support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 #![cfg(all(feature = "session", feature = "redis"))]
 
 mod session_common;
-mod support;
+use rampart_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -118,7 +118,7 @@ impl RedisConnection {
         let info = config.connection_info().map_err(config_error)?;
         let client = match (&config.ca_pem, config.tls) {
             (Some(pem), true) => {
-                install_crypto_provider();
+                ensure_crypto_provider()?;
                 if !pem
                     .windows(b"-----BEGIN CERTIFICATE-----".len())
                     .any(|w| w == b"-----BEGIN CERTIFICATE-----")
@@ -139,7 +139,7 @@ impl RedisConnection {
             }
             (_, tls) => {
                 if tls {
-                    install_crypto_provider();
+                    ensure_crypto_provider()?;
                 }
                 driver::Client::open(info).map_err(config_error)?
             }
@@ -468,7 +468,23 @@ impl Inner {
     }
 }
 
-fn install_crypto_provider() {
-    // Fails only if a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// TLS needs rustls's process-wide `CryptoProvider`. A library does not choose it for the
+/// application: one the application installed is used as it is; otherwise rustls installs
+/// the one its crate features name (this crate enables `ring`). That fails only when the
+/// build also enables another provider (`aws-lc-rs`, through some other dependency) and the
+/// application installed neither: reported here, when the connection is built, rather than
+/// as a panic inside the first TLS handshake on a request.
+fn ensure_crypto_provider() -> Result<(), RedisError> {
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return Ok(());
+    }
+    // `ClientConfig::builder` installs the provider the crate features name, or panics with
+    // rustls's own explanation when they name several.
+    std::panic::catch_unwind(|| drop(rustls::ClientConfig::builder())).map_err(|_| {
+        RedisError::new(
+            RedisErrorKind::Config,
+            "TLS: this build enables several rustls crypto providers and none is installed; \
+             call rustls::crypto::CryptoProvider::install_default at start-up",
+        )
+    })
 }

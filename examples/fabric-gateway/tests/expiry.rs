@@ -5,8 +5,7 @@
 //! injected clock's time instead of the server's).
 
 mod common;
-#[path = "../../../tests/support/mod.rs"]
-mod support;
+use rampart_test_support as support;
 
 use std::time::Duration;
 

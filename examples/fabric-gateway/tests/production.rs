@@ -2,8 +2,7 @@
 //! the correlation id, real JWKS over HTTP, Redis with a password.
 
 mod common;
-#[path = "../../../tests/support/mod.rs"]
-mod support;
+use rampart_test_support as support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,8 +2,7 @@
 //! outage with recovery.
 
 mod common;
-#[path = "../../../tests/support/mod.rs"]
-mod support;
+use rampart_test_support as support;
 
 use std::time::{Duration, Instant};
 

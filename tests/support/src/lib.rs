@@ -1,11 +1,13 @@
-//! Real `redis-server` processes for the integration tests (and the Redis benchmarks).
+//! Real `redis-server` processes for tower-rampart's integration tests, the gateway's tests
+//! and the Redis benchmarks (a workspace crate, `publish = false`).
 //!
-//! Every integration test declares `mod support;` and starts the servers it needs:
+//! A test starts the servers it needs:
 //!
-//! ```ignore
-//! mod support;
+//! ```no_run
+//! use rampart_test_support as support;
 //! let server = support::RedisServer::start();
 //! let conn = server.config().connect_lazy().unwrap();
+//! # drop(conn);
 //! ```
 //!
 //! Each server runs on a free loopback port with persistence off (`--save "" --appendonly
@@ -15,9 +17,7 @@
 //!
 //! [`shared`] uses an external server when `REDIS_URL` is set (tests then isolate their data
 //! by key prefix), and a fresh [`RedisServer`] otherwise.
-#![cfg(feature = "redis")]
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -323,7 +323,6 @@ impl RedisServer {
 
     /// A blocking connection for test assertions (`FLUSHALL`, `SCRIPT FLUSH`, reading keys).
     pub fn sync_connection(&self) -> driver::RedisResult<driver::Connection> {
-        install_crypto_provider();
         let addr = match &self.settings.tls {
             None => driver::ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.port),
             Some(_) => driver::ConnectionAddr::TcpTls {
@@ -509,10 +508,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// CA + server certificate for `127.0.0.1`/`localhost`, written as PEM files into `dir`.
