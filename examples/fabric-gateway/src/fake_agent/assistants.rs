@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 
 use super::controls::FakeControls;
@@ -33,7 +35,24 @@ pub(super) struct Run {
     pub(super) input: Vec<(String, String)>,
 }
 
-pub(super) async fn check_api_version(
+/// The assistants API's routes, relative to `.../aiassistant/openai`; every one checks
+/// `api-version`.
+pub(super) fn routes() -> Router<FakeControls> {
+    Router::new()
+        .route("/assistants", post(create_assistant))
+        .route("/threads", post(create_thread))
+        .route("/threads/{thread}", delete(delete_thread))
+        .route(
+            "/threads/{thread}/messages",
+            post(add_message).get(list_messages),
+        )
+        .route("/threads/{thread}/runs", post(create_run))
+        .route("/threads/{thread}/runs/{run}", get(get_run))
+        .route("/threads/{thread}/runs/{run}/steps", get(list_steps))
+        .route_layer(middleware::from_fn(check_api_version))
+}
+
+async fn check_api_version(
     Query(query): Query<HashMap<String, String>>,
     req: Request,
     next: Next,
@@ -75,7 +94,7 @@ fn message_json(thread_id: &str, m: &Message) -> Value {
     })
 }
 
-pub(super) async fn create_assistant(State(controls): State<FakeControls>) -> Response {
+async fn create_assistant(State(controls): State<FakeControls>) -> Response {
     let id = controls.lock().new_id("asst");
     axum::Json(
         json!({"id": id, "object": "assistant", "created_at": now_secs(), "model": "not used"}),
@@ -83,7 +102,7 @@ pub(super) async fn create_assistant(State(controls): State<FakeControls>) -> Re
     .into_response()
 }
 
-pub(super) async fn create_thread(State(controls): State<FakeControls>) -> Response {
+async fn create_thread(State(controls): State<FakeControls>) -> Response {
     let mut s = controls.lock();
     let id = if s.shared_thread {
         let id = "thread_shared".to_owned();
@@ -118,7 +137,7 @@ pub(super) async fn create_thread(State(controls): State<FakeControls>) -> Respo
         .into_response()
 }
 
-pub(super) async fn delete_thread(
+async fn delete_thread(
     State(controls): State<FakeControls>,
     Path((_, _, thread)): Path<(String, String, String)>,
 ) -> Response {
@@ -130,7 +149,7 @@ pub(super) async fn delete_thread(
     axum::Json(json!({"id": thread, "object": "thread.deleted", "deleted": true})).into_response()
 }
 
-pub(super) async fn add_message(
+async fn add_message(
     State(controls): State<FakeControls>,
     Path((_, _, thread)): Path<(String, String, String)>,
     body: Bytes,
@@ -168,7 +187,7 @@ pub(super) async fn add_message(
     axum::Json(json).into_response()
 }
 
-pub(super) async fn list_messages(
+async fn list_messages(
     State(controls): State<FakeControls>,
     Path((_, _, thread)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
@@ -224,7 +243,7 @@ fn run_json(id: &str, run: &Run) -> Value {
     v
 }
 
-pub(super) async fn create_run(
+async fn create_run(
     State(controls): State<FakeControls>,
     Path((_, _, thread)): Path<(String, String, String)>,
     body: Bytes,
@@ -276,7 +295,7 @@ pub(super) async fn create_run(
     axum::Json(json).into_response()
 }
 
-pub(super) async fn get_run(
+async fn get_run(
     State(controls): State<FakeControls>,
     Path((_, _, thread, run_id)): Path<(String, String, String, String)>,
 ) -> Response {
@@ -337,7 +356,7 @@ pub(super) async fn get_run(
     axum::Json(json).into_response()
 }
 
-pub(super) async fn list_steps(
+async fn list_steps(
     State(controls): State<FakeControls>,
     Path((_, _, thread, run_id)): Path<(String, String, String, String)>,
 ) -> Response {

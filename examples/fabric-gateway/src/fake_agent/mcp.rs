@@ -4,10 +4,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
 use serde_json::{Value, json};
 
 use super::controls::{FakeControls, McpResponseMode, RecordedRpc, ToolFailure};
 use super::{fake_answer, header_string};
+
+/// The MCP endpoint's methods: `POST` a JSON-RPC message, `DELETE` a session, and `GET`
+/// (no server-initiated stream: 405).
+pub(super) fn routes() -> MethodRouter<FakeControls> {
+    post(mcp_post).delete(mcp_delete).get(mcp_get)
+}
 
 fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
@@ -49,7 +56,7 @@ fn session_missing() -> Response {
         .into_response()
 }
 
-pub(super) async fn mcp_post(
+async fn mcp_post(
     State(controls): State<FakeControls>,
     headers: HeaderMap,
     body: Bytes,
@@ -203,10 +210,7 @@ pub(super) async fn mcp_post(
     mcp_reply(mode, message, None)
 }
 
-pub(super) async fn mcp_delete(
-    State(controls): State<FakeControls>,
-    headers: HeaderMap,
-) -> StatusCode {
+async fn mcp_delete(State(controls): State<FakeControls>, headers: HeaderMap) -> StatusCode {
     match header_string(&headers, "mcp-session-id") {
         Some(sid) if controls.lock().sessions.remove(&sid).is_some() => StatusCode::OK,
         Some(_) => StatusCode::NOT_FOUND,
@@ -214,6 +218,6 @@ pub(super) async fn mcp_delete(
     }
 }
 
-pub(super) async fn mcp_get() -> StatusCode {
+async fn mcp_get() -> StatusCode {
     StatusCode::METHOD_NOT_ALLOWED
 }

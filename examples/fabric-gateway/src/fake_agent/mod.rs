@@ -35,17 +35,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use assistants::{
-    add_message, check_api_version, create_assistant, create_run, create_thread, delete_thread,
-    get_run, list_messages, list_steps,
-};
 pub use controls::{FakeControls, McpResponseMode, RecordedRequest, RecordedRpc, ToolFailure};
-use mcp::{mcp_delete, mcp_get, mcp_post};
 
 /// Path of the MCP endpoint (with the fake's workspace and agent ids).
 pub const MCP_PATH: &str = "/v1/mcp/workspaces/fake-workspace/dataagents/fake-agent/agent";
@@ -109,26 +103,14 @@ impl FakeAgent {
 
     /// The fake's routes, driven by `controls`.
     pub fn router(controls: FakeControls) -> Router {
-        let assistants = Router::new()
-            .route("/assistants", post(create_assistant))
-            .route("/threads", post(create_thread))
-            .route("/threads/{thread}", axum::routing::delete(delete_thread))
-            .route(
-                "/threads/{thread}/messages",
-                post(add_message).get(list_messages),
-            )
-            .route("/threads/{thread}/runs", post(create_run))
-            .route("/threads/{thread}/runs/{run}", get(get_run))
-            .route("/threads/{thread}/runs/{run}/steps", get(list_steps))
-            .route_layer(middleware::from_fn(check_api_version));
         Router::new()
             .route(
                 "/v1/mcp/workspaces/{ws}/dataagents/{id}/agent",
-                post(mcp_post).delete(mcp_delete).get(mcp_get),
+                mcp::routes(),
             )
             .nest(
                 "/v1/workspaces/{ws}/dataagents/{id}/aiassistant/openai",
-                assistants,
+                assistants::routes(),
             )
             .layer(middleware::from_fn_with_state(controls.clone(), guard))
             .with_state(controls)
