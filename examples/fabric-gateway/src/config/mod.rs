@@ -25,177 +25,26 @@ use std::time::Duration;
 use tower_rampart::net::TrustedProxies;
 use tower_rampart::redis::RedisConfig;
 
-/// Tenant id used by the development identity when `TENANT_ID` is not set.
-pub const DEV_TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
-/// Minimum length of each `SECRET_KEY` entry, in bytes.
-pub const MIN_SECRET_KEY_BYTES: usize = 32;
-const DEFAULT_BIND: &str = "127.0.0.1:8000";
-const DEFAULT_AUDIENCE: &str = "https://api.fabric.microsoft.com";
-const DEFAULT_API_VERSION: &str = "2024-05-01-preview";
-const DEFAULT_QUOTA: &str = "10/minute";
-const DEFAULT_LOGIN_QUOTA: &str = "5/minute";
+mod auth;
+mod clients;
+mod data_agent;
+mod limits;
+mod logging;
+mod server;
+mod sessions;
 
-/// The run mode (`ENVIRONMENT`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Environment {
-    /// Local mode: memory store unless Redis is configured, fake data agent unless
-    /// `DATA_AGENT_URL` is set, dev token endpoint.
-    Development,
-    /// Production: Redis, `SECRET_KEY`, `TENANT_ID` and `DATA_AGENT_URL` required.
-    Production,
-}
-
-impl Environment {
-    /// `"development"` or `"production"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Development => "development",
-            Self::Production => "production",
-        }
-    }
-
-    /// `true` for [`Environment::Production`].
-    pub fn is_production(self) -> bool {
-        self == Self::Production
-    }
-}
-
-/// `COOKIE_SAMESITE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CookieSameSite {
-    /// `SameSite=Lax` (the default).
-    Lax,
-    /// `SameSite=Strict`.
-    Strict,
-    /// `SameSite=None` (forces `Secure`); needed when the SPA and the API are on
-    /// different sites.
-    None,
-}
-
-/// `RATE_LIMIT_FAILURE_MODE`: what the rate limiter does while Redis is unreachable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RateLimitFailureMode {
-    /// Per-instance limits (the default).
-    Local,
-    /// Admit everything.
-    Open,
-    /// Refuse everything limited.
-    Closed,
-}
-
-/// `LOG_FORMAT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (the production default).
-    Json,
-    /// Human-readable (the development default).
-    Pretty,
-}
-
-/// Which protocol the data agent speaks (`DATA_AGENT_PROTOCOL`, else from the URL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataAgentProtocol {
-    /// MCP over Streamable HTTP (`.../v1/mcp/workspaces/{ws}/dataagents/{id}/agent`).
-    Mcp,
-    /// The older OpenAI-Assistants-style API (`.../aiassistant/openai`).
-    Assistants,
-}
-
-impl DataAgentProtocol {
-    /// The protocol a data agent URL's shape implies, if it is recognisable.
-    ///
-    /// ```
-    /// use fabric_gateway::config::DataAgentProtocol;
-    ///
-    /// let mcp = "https://api.fabric.microsoft.com/v1/mcp/workspaces/w/dataagents/a/agent";
-    /// assert_eq!(DataAgentProtocol::detect(mcp), Some(DataAgentProtocol::Mcp));
-    /// let old = "https://api.fabric.microsoft.com/v1/workspaces/w/dataagents/a/aiassistant/openai";
-    /// assert_eq!(DataAgentProtocol::detect(old), Some(DataAgentProtocol::Assistants));
-    /// assert_eq!(DataAgentProtocol::detect("https://example.com/"), None);
-    /// ```
-    pub fn detect(url: &str) -> Option<Self> {
-        let parsed = reqwest::Url::parse(url).ok()?;
-        let path = parsed.path().trim_end_matches('/').to_ascii_lowercase();
-        if path.contains("/aiassistant/openai") || path.contains("/aiskills/") {
-            Some(Self::Assistants)
-        } else if path.contains("/mcp/") || path.ends_with("/mcp") {
-            Some(Self::Mcp)
-        } else {
-            None
-        }
-    }
-
-    /// `"mcp"` or `"assistants"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mcp => "mcp",
-            Self::Assistants => "assistants",
-        }
-    }
-}
-
-/// The session signing/encryption keys (`SECRET_KEY`): the first signs, all verify.
-///
-/// `Debug` shows only how many keys there are.
-#[derive(Clone)]
-pub struct SecretKeys(Vec<Vec<u8>>);
-
-impl SecretKeys {
-    /// The keys, the signing one first. Each is at least [`MIN_SECRET_KEY_BYTES`] long.
-    pub fn keys(&self) -> Vec<&[u8]> {
-        self.0.iter().map(Vec::as_slice).collect()
-    }
-
-    /// The signing key.
-    pub fn primary(&self) -> &[u8] {
-        &self.0[0]
-    }
-
-    /// A random key, for development.
-    fn random() -> Self {
-        let mut key = vec![0u8; 48];
-        // The OS random source failing is not recoverable at start-up; fall back to a
-        // time- and address-derived value would be weaker, so report it loudly instead.
-        getrandom::fill(&mut key).expect("the operating system's random source is unavailable");
-        Self(vec![key])
-    }
-}
-
-impl fmt::Debug for SecretKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretKeys({} key(s), redacted)", self.0.len())
-    }
-}
-
-/// How tokens presented at login are validated.
-#[derive(Clone, Debug)]
-pub struct AuthSettings {
-    /// The tenant tokens must carry as `tid` (`TENANT_ID`, or [`DEV_TENANT_ID`] in
-    /// development when unset).
-    pub tenant_id: String,
-    /// Where signing keys are fetched (`AUTH_JWKS_URL`; by default Microsoft's keys of
-    /// `TENANT_ID`). `None` in development without `TENANT_ID`: only the built-in dev
-    /// identity's key is trusted then.
-    pub jwks_url: Option<String>,
-    /// Accepted `aud` values (`AUTH_AUDIENCE`).
-    pub audiences: Vec<String>,
-    /// Accepted `iss` values (`AUTH_ISSUER`).
-    pub issuers: Vec<String>,
-}
-
-/// How the data agent is reached.
-#[derive(Clone, Debug)]
-pub struct DataAgentSettings {
-    /// `DATA_AGENT_URL`; `None` in development means "start the built-in fake".
-    pub url: Option<String>,
-    /// The protocol: `DATA_AGENT_PROTOCOL`, else from the URL; `None` only when `url` is
-    /// `None` (then the fake is spoken to over MCP).
-    pub protocol: Option<DataAgentProtocol>,
-    /// `DATA_AGENT_API_VERSION` (assistants protocol).
-    pub api_version: String,
-    /// `DATA_AGENT_TIMEOUT_SECS`: one question's deadline.
-    pub timeout: Duration,
-}
+use auth::DEFAULT_AUDIENCE;
+pub use auth::{AuthSettings, DEV_TENANT_ID};
+use clients::parse_origin;
+use data_agent::DEFAULT_API_VERSION;
+pub use data_agent::{DataAgentProtocol, DataAgentSettings};
+pub use limits::RateLimitFailureMode;
+use limits::{DEFAULT_LOGIN_QUOTA, DEFAULT_QUOTA};
+pub use logging::LogFormat;
+pub use server::Environment;
+use server::default_bind;
+use sessions::is_cookie_name_byte;
+pub use sessions::{CookieSameSite, MIN_SECRET_KEY_BYTES, SecretKeys};
 
 /// The whole service configuration. `Debug` never shows a secret: the fields holding one
 /// ([`SecretKeys`], the Redis password inside [`RedisConfig`]) mask themselves.
@@ -741,12 +590,6 @@ impl Problems {
     }
 }
 
-fn default_bind() -> SocketAddr {
-    DEFAULT_BIND
-        .parse()
-        .expect("the default bind address is valid")
-}
-
 /// Parses a positive integer variable within `1..=max`; `None` after reporting a problem.
 fn positive_int<G>(get: &G, p: &mut Problems, name: &str, default: u64, max: u64) -> Option<u64>
 where
@@ -769,29 +612,6 @@ where
 
 fn split_list(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-/// RFC 6265 cookie-name (token) characters.
-fn is_cookie_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn parse_origin(entry: &str) -> Result<String, &'static str> {
-    if entry == "*" {
-        return Err("is not allowed: credentials need explicit origins");
-    }
-    let url =
-        reqwest::Url::parse(entry).map_err(|_| "is not an origin like https://app.example.com")?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err("is not an http(s) origin");
-    }
-    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err("must be an origin only (no path, query or fragment)");
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain credentials");
-    }
-    Ok(url.origin().ascii_serialization())
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
