@@ -1,7 +1,47 @@
 //! The clients section: which browser origins may call with credentials (`ALLOWED_ORIGINS`)
 //! and whose forwarded headers name the client (`TRUSTED_PROXIES`).
 
-pub(super) fn parse_origin(entry: &str) -> Result<String, &'static str> {
+use tower_rampart::net::TrustedProxies;
+
+use super::{Reader, split_list};
+
+/// What the clients section reads.
+pub(super) struct Clients {
+    pub(super) allowed_origins: Vec<String>,
+    pub(super) trusted_proxies: TrustedProxies,
+}
+
+/// Reads `ALLOWED_ORIGINS` (each entry an origin only, never `*`) and `TRUSTED_PROXIES`.
+pub(super) fn read(r: &mut Reader<'_>) -> Clients {
+    let allowed_origins = match r.get("ALLOWED_ORIGINS") {
+        None => vec!["http://localhost:4200".to_owned()],
+        Some(list) => {
+            let mut origins = Vec::new();
+            for entry in split_list(&list) {
+                match parse_origin(entry) {
+                    Ok(o) => origins.push(o),
+                    Err(why) => r.problem("ALLOWED_ORIGINS", format!("{entry:?} {why}")),
+                }
+            }
+            origins
+        }
+    };
+
+    let trusted_proxies = match r.get("TRUSTED_PROXIES") {
+        None => TrustedProxies::none(),
+        Some(list) => TrustedProxies::parse(&list).unwrap_or_else(|e| {
+            r.problem("TRUSTED_PROXIES", e.to_string());
+            TrustedProxies::none()
+        }),
+    };
+
+    Clients {
+        allowed_origins,
+        trusted_proxies,
+    }
+}
+
+fn parse_origin(entry: &str) -> Result<String, &'static str> {
     if entry == "*" {
         return Err("is not allowed: credentials need explicit origins");
     }

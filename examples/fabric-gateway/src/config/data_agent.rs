@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-pub(super) const DEFAULT_API_VERSION: &str = "2024-05-01-preview";
+use super::{Reader, check_http_url};
+
+const DEFAULT_API_VERSION: &str = "2024-05-01-preview";
 
 /// Which protocol the data agent speaks (`DATA_AGENT_PROTOCOL`, else from the URL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,4 +61,77 @@ pub struct DataAgentSettings {
     pub api_version: String,
     /// `DATA_AGENT_TIMEOUT_SECS`: one question's deadline.
     pub timeout: Duration,
+}
+
+/// Reads `DATA_AGENT_URL` (required in production), the protocol (explicit, else from the
+/// URL's shape), the api-version and the deadline.
+pub(super) fn read(r: &mut Reader<'_>) -> DataAgentSettings {
+    let data_agent_url = r.get("DATA_AGENT_URL");
+    if let Some(url) = &data_agent_url {
+        if let Err(why) = check_http_url(url) {
+            r.problem("DATA_AGENT_URL", why);
+        }
+    } else if r.production {
+        r.problem(
+            "DATA_AGENT_URL",
+            "is required when ENVIRONMENT=production".to_owned(),
+        );
+    }
+    let explicit_protocol = match r
+        .get("DATA_AGENT_PROTOCOL")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None => None,
+        Some("mcp") => Some(DataAgentProtocol::Mcp),
+        Some("assistants") => Some(DataAgentProtocol::Assistants),
+        Some(other) => {
+            r.problem(
+                "DATA_AGENT_PROTOCOL",
+                format!("{other:?} is not one of mcp, assistants"),
+            );
+            None
+        }
+    };
+    let protocol = match (&data_agent_url, explicit_protocol) {
+        (_, Some(p)) => Some(p),
+        (Some(url), None) => {
+            let detected = DataAgentProtocol::detect(url);
+            if detected.is_none() && check_http_url(url).is_ok() {
+                r.problem(
+                    "DATA_AGENT_URL",
+                    "its shape tells neither .../mcp/.../agent nor .../aiassistant/openai: \
+                     set DATA_AGENT_PROTOCOL to mcp or assistants"
+                        .to_owned(),
+                );
+            }
+            detected
+        }
+        (None, None) => None,
+    };
+    let api_version = match r.get("DATA_AGENT_API_VERSION") {
+        None => DEFAULT_API_VERSION.to_owned(),
+        Some(v) => {
+            if !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                r.problem(
+                    "DATA_AGENT_API_VERSION",
+                    format!("{v:?} is not an api-version like 2024-05-01-preview"),
+                );
+            }
+            v
+        }
+    };
+    let timeout = r
+        .positive_int("DATA_AGENT_TIMEOUT_SECS", 120, 3600)
+        .map(Duration::from_secs);
+
+    DataAgentSettings {
+        url: data_agent_url,
+        protocol,
+        api_version,
+        timeout: timeout.unwrap_or_default(),
+    }
 }

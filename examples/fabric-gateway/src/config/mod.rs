@@ -1,6 +1,10 @@
 //! Configuration from the environment (and a `.env` file), validated at start-up.
 //!
-//! Every variable of the service's configuration table is read here, with its default.
+//! Every variable of the service's configuration table is read here, with its default, one
+//! section per file, in the order [`Config::from_lookup`] calls them: `server` (`ENVIRONMENT`,
+//! `BIND_ADDR`/`PORT`), `redis`, `sessions`, `clients` (`ALLOWED_ORIGINS`, `TRUSTED_PROXIES`),
+//! `limits`, `auth`, `data_agent`, `logging`. Each has a `read` function that takes the
+//! shared reader (values, problems, warnings, production or not) and returns what it read.
 //! Invalid values stop start-up with a [`ConfigError`] that names each offending variable
 //! and never contains a secret. Production (`ENVIRONMENT=production`) additionally requires
 //! Redis (`REDIS_URL` or `REDIS_HOST`), `SECRET_KEY`, `TENANT_ID` and `DATA_AGENT_URL`.
@@ -30,20 +34,15 @@ mod clients;
 mod data_agent;
 mod limits;
 mod logging;
+mod redis;
 mod server;
 mod sessions;
 
-use auth::DEFAULT_AUDIENCE;
 pub use auth::{AuthSettings, DEV_TENANT_ID};
-use clients::parse_origin;
-use data_agent::DEFAULT_API_VERSION;
 pub use data_agent::{DataAgentProtocol, DataAgentSettings};
 pub use limits::RateLimitFailureMode;
-use limits::{DEFAULT_LOGIN_QUOTA, DEFAULT_QUOTA};
 pub use logging::LogFormat;
 pub use server::Environment;
-use server::default_bind;
-use sessions::is_cookie_name_byte;
 pub use sessions::{CookieSameSite, MIN_SECRET_KEY_BYTES, SecretKeys};
 
 /// The whole service configuration. `Debug` never shows a secret: the fields holding one
@@ -198,370 +197,43 @@ impl Config {
     where
         F: Fn(&str) -> Option<String>,
     {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let mut p = Problems::default();
+        // One section after the other, in this order: problems are reported in the order
+        // the variables are read. A new section is a file with a `read(r)` function, one
+        // line here and its fields below.
+        let mut r = Reader::new(&lookup);
+        let server = server::read(&mut r);
+        // ENVIRONMENT decides what every following section requires.
+        r.production = server.environment.is_production();
+        let redis = redis::read(&mut r);
+        let sessions = sessions::read(&mut r);
+        let clients = clients::read(&mut r);
+        let limits = limits::read(&mut r);
+        let auth = auth::read(&mut r);
+        let data_agent = data_agent::read(&mut r);
+        let logging = logging::read(&mut r);
+        let warnings = r.finish()?;
 
-        // ENVIRONMENT first: it decides what is required.
-        let environment = match get("ENVIRONMENT")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("development") => Environment::Development,
-            Some("production") => Environment::Production,
-            Some(other) => {
-                p.add(
-                    "ENVIRONMENT",
-                    format!("{other:?} is not one of development, production"),
-                );
-                Environment::Development
-            }
-        };
-        let production = environment.is_production();
-
-        let bind_addr = match (get("BIND_ADDR"), get("PORT")) {
-            (Some(addr), _) => addr.parse::<SocketAddr>().unwrap_or_else(|_| {
-                p.add(
-                    "BIND_ADDR",
-                    format!("{addr:?} is not a socket address like 0.0.0.0:8000"),
-                );
-                default_bind()
-            }),
-            (None, Some(port)) => match port.parse::<u16>() {
-                Ok(p) => SocketAddr::from(([0, 0, 0, 0], p)),
-                Err(_) => {
-                    p.add("PORT", format!("{port:?} is not a port number (0-65535)"));
-                    default_bind()
-                }
-            },
-            (None, None) => default_bind(),
-        };
-
-        let redis = match RedisConfig::from_env_with(&lookup) {
-            Ok(r) => r,
-            Err(e) => {
-                // RedisConfigError never contains the password or the URL.
-                p.add(e.variable(), e.to_string());
-                None
-            }
-        };
-        if production && redis.is_none() && !p.mentions("REDIS") {
-            p.add(
-                "REDIS_URL",
-                "Redis is required when ENVIRONMENT=production: set REDIS_URL or REDIS_HOST"
-                    .to_owned(),
-            );
-        }
-
-        let mut warnings = Vec::new();
-        let (secret_keys, secret_key_generated) = match lookup("SECRET_KEY") {
-            Some(raw) if !raw.trim().is_empty() => {
-                let mut keys = Vec::new();
-                let mut ok = true;
-                for (i, key) in raw.split(',').map(str::trim).enumerate() {
-                    if key.len() < MIN_SECRET_KEY_BYTES {
-                        ok = false;
-                        p.add(
-                            "SECRET_KEY",
-                            format!(
-                                "key #{} is {} bytes long; each key needs at least {} bytes",
-                                i + 1,
-                                key.len(),
-                                MIN_SECRET_KEY_BYTES
-                            ),
-                        );
-                    }
-                    keys.push(key.as_bytes().to_vec());
-                }
-                if ok {
-                    (SecretKeys(keys), false)
-                } else {
-                    (SecretKeys::random(), false)
-                }
-            }
-            _ => {
-                if production {
-                    p.add(
-                        "SECRET_KEY",
-                        format!(
-                            "is required when ENVIRONMENT=production (at least {MIN_SECRET_KEY_BYTES} bytes)"
-                        ),
-                    );
-                } else {
-                    warnings.push(
-                        "SECRET_KEY is not set: using a random key for this process; sessions \
-                         end when it restarts and are not shared with other instances"
-                            .to_owned(),
-                    );
-                }
-                (SecretKeys::random(), true)
-            }
-        };
-
-        let session_expiry = positive_int(&get, &mut p, "SESSION_EXPIRY_HOURS", 24, 24 * 366)
-            .map(|h| Duration::from_secs(h * 3600));
-        let session_idle = positive_int(&get, &mut p, "SESSION_IDLE_MINUTES", 60, 60 * 24 * 366)
-            .map(|m| Duration::from_secs(m * 60));
-
-        if let (Some(idle), Some(expiry)) = (session_idle, session_expiry)
-            && idle > expiry
-        {
-            p.add(
-                "SESSION_IDLE_MINUTES",
-                format!(
-                    "the idle timeout ({} min) is longer than the absolute lifetime \
-                     (SESSION_EXPIRY_HOURS = {} h)",
-                    idle.as_secs() / 60,
-                    expiry.as_secs() / 3600
-                ),
-            );
-        }
-
-        let session_cookie_name = match get("SESSION_COOKIE_NAME") {
-            None => "fabric_session_id".to_owned(),
-            Some(name) => {
-                if !name.bytes().all(is_cookie_name_byte) {
-                    p.add(
-                        "SESSION_COOKIE_NAME",
-                        format!("{name:?} is not a valid cookie name"),
-                    );
-                }
-                name
-            }
-        };
-
-        let cookie_samesite = match get("COOKIE_SAMESITE")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("lax") => CookieSameSite::Lax,
-            Some("strict") => CookieSameSite::Strict,
-            Some("none") => CookieSameSite::None,
-            Some(other) => {
-                p.add(
-                    "COOKIE_SAMESITE",
-                    format!("{other:?} is not one of lax, strict, none"),
-                );
-                CookieSameSite::Lax
-            }
-        };
-
-        let allowed_origins = match get("ALLOWED_ORIGINS") {
-            None => vec!["http://localhost:4200".to_owned()],
-            Some(list) => {
-                let mut origins = Vec::new();
-                for entry in split_list(&list) {
-                    match parse_origin(entry) {
-                        Ok(o) => origins.push(o),
-                        Err(why) => p.add("ALLOWED_ORIGINS", format!("{entry:?} {why}")),
-                    }
-                }
-                origins
-            }
-        };
-
-        let trusted_proxies = match get("TRUSTED_PROXIES") {
-            None => TrustedProxies::none(),
-            Some(list) => TrustedProxies::parse(&list).unwrap_or_else(|e| {
-                p.add("TRUSTED_PROXIES", e.to_string());
-                TrustedProxies::none()
-            }),
-        };
-
-        let rate_limit_query_ip =
-            get("RATE_LIMIT_QUERY_IP").unwrap_or_else(|| DEFAULT_QUOTA.to_owned());
-        let rate_limit_query_session =
-            get("RATE_LIMIT_QUERY_SESSION").unwrap_or_else(|| DEFAULT_QUOTA.to_owned());
-        let rate_limit_login_ip =
-            get("RATE_LIMIT_LOGIN_IP").unwrap_or_else(|| DEFAULT_LOGIN_QUOTA.to_owned());
-        let rate_limit_failure_mode = match get("RATE_LIMIT_FAILURE_MODE")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("local") => RateLimitFailureMode::Local,
-            Some("open") => RateLimitFailureMode::Open,
-            Some("closed") => RateLimitFailureMode::Closed,
-            Some(other) => {
-                p.add(
-                    "RATE_LIMIT_FAILURE_MODE",
-                    format!("{other:?} is not one of local, open, closed"),
-                );
-                RateLimitFailureMode::Local
-            }
-        };
-
-        let tenant_id = get("TENANT_ID");
-        if let Some(t) = &tenant_id {
-            if uuid::Uuid::try_parse(t).is_err() {
-                p.add(
-                    "TENANT_ID",
-                    format!("{t:?} is not a tenant id (a GUID like 4d4eca3f-...)"),
-                );
-            }
-        } else if production {
-            p.add(
-                "TENANT_ID",
-                "is required when ENVIRONMENT=production".to_owned(),
-            );
-        }
-        let effective_tenant = tenant_id
-            .clone()
-            .unwrap_or_else(|| DEV_TENANT_ID.to_owned())
-            .to_ascii_lowercase();
-
-        let jwks_url = match get("AUTH_JWKS_URL") {
-            Some(url) => {
-                if let Err(why) = check_http_url(&url) {
-                    p.add("AUTH_JWKS_URL", why);
-                }
-                Some(url)
-            }
-            None => tenant_id
-                .as_ref()
-                .map(|t| format!("https://login.microsoftonline.com/{t}/discovery/v2.0/keys")),
-        };
-        let audiences = match get("AUTH_AUDIENCE") {
-            None => vec![DEFAULT_AUDIENCE.to_owned()],
-            Some(list) => {
-                let v: Vec<String> = split_list(&list).map(str::to_owned).collect();
-                if v.is_empty() {
-                    p.add("AUTH_AUDIENCE", "lists no audience".to_owned());
-                }
-                v
-            }
-        };
-        let issuers = match get("AUTH_ISSUER") {
-            None => vec![
-                format!("https://sts.windows.net/{effective_tenant}/"),
-                format!("https://login.microsoftonline.com/{effective_tenant}/v2.0"),
-            ],
-            Some(list) => {
-                let v: Vec<String> = split_list(&list).map(str::to_owned).collect();
-                if v.is_empty() {
-                    p.add("AUTH_ISSUER", "lists no issuer".to_owned());
-                }
-                v
-            }
-        };
-
-        let data_agent_url = get("DATA_AGENT_URL");
-        if let Some(url) = &data_agent_url {
-            if let Err(why) = check_http_url(url) {
-                p.add("DATA_AGENT_URL", why);
-            }
-        } else if production {
-            p.add(
-                "DATA_AGENT_URL",
-                "is required when ENVIRONMENT=production".to_owned(),
-            );
-        }
-        let explicit_protocol = match get("DATA_AGENT_PROTOCOL")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None => None,
-            Some("mcp") => Some(DataAgentProtocol::Mcp),
-            Some("assistants") => Some(DataAgentProtocol::Assistants),
-            Some(other) => {
-                p.add(
-                    "DATA_AGENT_PROTOCOL",
-                    format!("{other:?} is not one of mcp, assistants"),
-                );
-                None
-            }
-        };
-        let protocol = match (&data_agent_url, explicit_protocol) {
-            (_, Some(p)) => Some(p),
-            (Some(url), None) => {
-                let detected = DataAgentProtocol::detect(url);
-                if detected.is_none() && check_http_url(url).is_ok() {
-                    p.add(
-                        "DATA_AGENT_URL",
-                        "its shape tells neither .../mcp/.../agent nor .../aiassistant/openai: \
-                         set DATA_AGENT_PROTOCOL to mcp or assistants"
-                            .to_owned(),
-                    );
-                }
-                detected
-            }
-            (None, None) => None,
-        };
-        let api_version = match get("DATA_AGENT_API_VERSION") {
-            None => DEFAULT_API_VERSION.to_owned(),
-            Some(v) => {
-                if !v
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                {
-                    p.add(
-                        "DATA_AGENT_API_VERSION",
-                        format!("{v:?} is not an api-version like 2024-05-01-preview"),
-                    );
-                }
-                v
-            }
-        };
-        let timeout = positive_int(&get, &mut p, "DATA_AGENT_TIMEOUT_SECS", 120, 3600)
-            .map(Duration::from_secs);
-
-        let log_format = match get("LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
-            None if production => LogFormat::Json,
-            None => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(other) => {
-                p.add(
-                    "LOG_FORMAT",
-                    format!("{other:?} is not one of json, pretty"),
-                );
-                LogFormat::Pretty
-            }
-        };
-        let rust_log = get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&rust_log).is_err() {
-            p.add(
-                "RUST_LOG",
-                format!("{rust_log:?} is not a valid tracing filter"),
-            );
-        }
-
-        if !p.0.is_empty() {
-            return Err(ConfigError { problems: p.0 });
-        }
         Ok(Self {
-            bind_addr,
-            environment,
+            bind_addr: server.bind_addr,
+            environment: server.environment,
             redis,
-            secret_keys,
-            secret_key_generated,
-            session_expiry: session_expiry.unwrap_or_default(),
-            session_idle: session_idle.unwrap_or_default(),
-            session_cookie_name,
-            cookie_samesite,
-            allowed_origins,
-            trusted_proxies,
-            rate_limit_query_ip,
-            rate_limit_query_session,
-            rate_limit_login_ip,
-            rate_limit_failure_mode,
-            tenant_id,
-            auth: AuthSettings {
-                tenant_id: effective_tenant,
-                jwks_url,
-                audiences,
-                issuers,
-            },
-            data_agent: DataAgentSettings {
-                url: data_agent_url,
-                protocol,
-                api_version,
-                timeout: timeout.unwrap_or_default(),
-            },
-            log_format,
-            rust_log,
+            secret_keys: sessions.secret_keys,
+            secret_key_generated: sessions.secret_key_generated,
+            session_expiry: sessions.session_expiry,
+            session_idle: sessions.session_idle,
+            session_cookie_name: sessions.session_cookie_name,
+            cookie_samesite: sessions.cookie_samesite,
+            allowed_origins: clients.allowed_origins,
+            trusted_proxies: clients.trusted_proxies,
+            rate_limit_query_ip: limits.rate_limit_query_ip,
+            rate_limit_query_session: limits.rate_limit_query_session,
+            rate_limit_login_ip: limits.rate_limit_login_ip,
+            rate_limit_failure_mode: limits.rate_limit_failure_mode,
+            tenant_id: auth.tenant_id,
+            auth: auth.settings,
+            data_agent,
+            log_format: logging.log_format,
+            rust_log: logging.rust_log,
             warnings,
         })
     }
@@ -574,39 +246,82 @@ impl Config {
     }
 }
 
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
+/// What every section reads with: the variables, whether production rules apply, and what
+/// it found (problems, warnings).
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// `ENVIRONMENT=production`; set once the server section has read it.
+    production: bool,
+    problems: Vec<ConfigProblem>,
+    warnings: Vec<String>,
+}
 
-impl Problems {
-    fn add(&mut self, variable: &str, message: String) {
-        self.0.push(ConfigProblem {
+impl<'a> Reader<'a> {
+    fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self {
+            lookup,
+            production: false,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The variable's value, trimmed; `None` when unset or empty.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The variable's value exactly as set.
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
+    /// Records a problem with `variable`.
+    fn problem(&mut self, variable: &str, message: String) {
+        self.problems.push(ConfigProblem {
             variable: variable.to_owned(),
             message,
         });
     }
 
+    /// Whether a problem was recorded for a variable starting with `prefix`.
     fn mentions(&self, prefix: &str) -> bool {
-        self.0.iter().any(|p| p.variable.starts_with(prefix))
+        self.problems.iter().any(|p| p.variable.starts_with(prefix))
     }
-}
 
-/// Parses a positive integer variable within `1..=max`; `None` after reporting a problem.
-fn positive_int<G>(get: &G, p: &mut Problems, name: &str, default: u64, max: u64) -> Option<u64>
-where
-    G: Fn(&str) -> Option<String>,
-{
-    match get(name) {
-        None => Some(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if (1..=max).contains(&n) => Some(n),
-            _ => {
-                p.add(
-                    name,
-                    format!("{v:?} is not a whole number between 1 and {max}"),
-                );
-                None
-            }
-        },
+    /// Records a warning, logged once logging is set up.
+    fn warn(&mut self, message: String) {
+        self.warnings.push(message);
+    }
+
+    /// Parses a positive integer variable within `1..=max`; `None` after reporting a problem.
+    fn positive_int(&mut self, name: &str, default: u64, max: u64) -> Option<u64> {
+        match self.get(name) {
+            None => Some(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Some(n),
+                _ => {
+                    self.problem(
+                        name,
+                        format!("{v:?} is not a whole number between 1 and {max}"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// The warnings when nothing was wrong, else every problem.
+    fn finish(self) -> Result<Vec<String>, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(self.warnings)
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
     }
 }
 

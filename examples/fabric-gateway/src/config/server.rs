@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-pub(super) const DEFAULT_BIND: &str = "127.0.0.1:8000";
+use super::Reader;
+
+const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
 /// The run mode (`ENVIRONMENT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +31,57 @@ impl Environment {
     }
 }
 
-pub(super) fn default_bind() -> SocketAddr {
+fn default_bind() -> SocketAddr {
     DEFAULT_BIND
         .parse()
         .expect("the default bind address is valid")
+}
+
+/// What the server section reads.
+pub(super) struct Server {
+    pub(super) environment: Environment,
+    pub(super) bind_addr: SocketAddr,
+}
+
+/// Reads `ENVIRONMENT` (first of all: it decides what the other sections require), then
+/// `BIND_ADDR` / `PORT`.
+pub(super) fn read(r: &mut Reader<'_>) -> Server {
+    let environment = match r
+        .get("ENVIRONMENT")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("development") => Environment::Development,
+        Some("production") => Environment::Production,
+        Some(other) => {
+            r.problem(
+                "ENVIRONMENT",
+                format!("{other:?} is not one of development, production"),
+            );
+            Environment::Development
+        }
+    };
+
+    let bind_addr = match (r.get("BIND_ADDR"), r.get("PORT")) {
+        (Some(addr), _) => addr.parse::<SocketAddr>().unwrap_or_else(|_| {
+            r.problem(
+                "BIND_ADDR",
+                format!("{addr:?} is not a socket address like 0.0.0.0:8000"),
+            );
+            default_bind()
+        }),
+        (None, Some(port)) => match port.parse::<u16>() {
+            Ok(p) => SocketAddr::from(([0, 0, 0, 0], p)),
+            Err(_) => {
+                r.problem("PORT", format!("{port:?} is not a port number (0-65535)"));
+                default_bind()
+            }
+        },
+        (None, None) => default_bind(),
+    };
+
+    Server {
+        environment,
+        bind_addr,
+    }
 }
