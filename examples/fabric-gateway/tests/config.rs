@@ -312,3 +312,27 @@ fn dotenv_file_is_read_and_process_env_wins() {
     assert!(!e.to_string().contains("unterminated-secret-value"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn word_settings_list_their_words() {
+    let cases = [
+        ("ENVIRONMENT", "Staging", "development, production"),
+        ("COOKIE_SAMESITE", "sometimes", "lax, strict, none"),
+        ("RATE_LIMIT_FAILURE_MODE", "MAYBE", "local, open, closed"),
+        ("DATA_AGENT_PROTOCOL", "grpc", "mcp, assistants"),
+        ("LOG_FORMAT", "xml", "json, pretty"),
+    ];
+    for (var, value, words) in cases {
+        let e = load(&[(var, value)]).unwrap_err();
+        let lowered = value.to_ascii_lowercase();
+        assert_eq!(
+            e.problems()[0].message,
+            format!("{lowered:?} is not one of {words}"),
+            "{var}"
+        );
+    }
+    // The words are matched whatever their case.
+    let c = load(&[("COOKIE_SAMESITE", "Strict"), ("LOG_FORMAT", "JSON")]).unwrap();
+    assert_eq!(c.cookie_samesite, CookieSameSite::Strict);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
