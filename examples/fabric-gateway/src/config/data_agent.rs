@@ -77,22 +77,13 @@ pub(super) fn read(r: &mut Reader<'_>) -> DataAgentSettings {
             "is required when ENVIRONMENT=production".to_owned(),
         );
     }
-    let explicit_protocol = match r
-        .get("DATA_AGENT_PROTOCOL")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        None => None,
-        Some("mcp") => Some(DataAgentProtocol::Mcp),
-        Some("assistants") => Some(DataAgentProtocol::Assistants),
-        Some(other) => {
-            r.problem(
-                "DATA_AGENT_PROTOCOL",
-                format!("{other:?} is not one of mcp, assistants"),
-            );
-            None
-        }
-    };
+    let explicit_protocol = r.one_of(
+        "DATA_AGENT_PROTOCOL",
+        &[
+            ("mcp", DataAgentProtocol::Mcp),
+            ("assistants", DataAgentProtocol::Assistants),
+        ],
+    );
     let protocol = match (&data_agent_url, explicit_protocol) {
         (_, Some(p)) => Some(p),
         (Some(url), None) => {

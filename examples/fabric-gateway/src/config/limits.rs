@@ -37,22 +37,16 @@ pub(super) fn read(r: &mut Reader<'_>) -> Limits {
     let rate_limit_login_ip = r
         .get("RATE_LIMIT_LOGIN_IP")
         .unwrap_or_else(|| DEFAULT_LOGIN_QUOTA.to_owned());
-    let rate_limit_failure_mode = match r
-        .get("RATE_LIMIT_FAILURE_MODE")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("local") => RateLimitFailureMode::Local,
-        Some("open") => RateLimitFailureMode::Open,
-        Some("closed") => RateLimitFailureMode::Closed,
-        Some(other) => {
-            r.problem(
-                "RATE_LIMIT_FAILURE_MODE",
-                format!("{other:?} is not one of local, open, closed"),
-            );
-            RateLimitFailureMode::Local
-        }
-    };
+    let rate_limit_failure_mode = r
+        .one_of(
+            "RATE_LIMIT_FAILURE_MODE",
+            &[
+                ("local", RateLimitFailureMode::Local),
+                ("open", RateLimitFailureMode::Open),
+                ("closed", RateLimitFailureMode::Closed),
+            ],
+        )
+        .unwrap_or(RateLimitFailureMode::Local);
 
     Limits {
         rate_limit_query_ip,

@@ -19,23 +19,17 @@ pub(super) struct Logging {
 
 /// Reads `LOG_FORMAT` (JSON by default in production) and `RUST_LOG` (a valid filter).
 pub(super) fn read(r: &mut Reader<'_>) -> Logging {
-    let log_format = match r
-        .get("LOG_FORMAT")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        None if r.production => LogFormat::Json,
-        None => LogFormat::Pretty,
-        Some("json") => LogFormat::Json,
-        Some("pretty") => LogFormat::Pretty,
-        Some(other) => {
-            r.problem(
-                "LOG_FORMAT",
-                format!("{other:?} is not one of json, pretty"),
-            );
-            LogFormat::Pretty
-        }
+    let default_format = if r.production {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
     };
+    let log_format = r
+        .one_of(
+            "LOG_FORMAT",
+            &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
+        )
+        .unwrap_or(default_format);
     let rust_log = r.get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
     if tracing_subscriber::EnvFilter::try_new(&rust_log).is_err() {
         r.problem(

@@ -296,6 +296,24 @@ impl<'a> Reader<'a> {
         self.warnings.push(message);
     }
 
+    /// A "one of these words" setting. `choices` pairs each accepted word (lowercase; the
+    /// value is compared case-insensitively) with its meaning, in the order the error message
+    /// lists them. `None` when the variable is unset, and when its value is none of the words,
+    /// after reporting `"<value>" is not one of <word>, <word>`: the caller applies its
+    /// default in both cases.
+    fn one_of<T: Copy>(&mut self, name: &str, choices: &[(&str, T)]) -> Option<T> {
+        let value = self.get(name)?.to_ascii_lowercase();
+        if let Some((_, meaning)) = choices.iter().find(|(word, _)| *word == value) {
+            return Some(*meaning);
+        }
+        let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+        self.problem(
+            name,
+            format!("{value:?} is not one of {}", words.join(", ")),
+        );
+        None
+    }
+
     /// Parses a positive integer variable within `1..=max`; `None` after reporting a problem.
     fn positive_int(&mut self, name: &str, default: u64, max: u64) -> Option<u64> {
         match self.get(name) {

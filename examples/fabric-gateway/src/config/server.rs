@@ -46,21 +46,15 @@ pub(super) struct Server {
 /// Reads `ENVIRONMENT` (first of all: it decides what the other sections require), then
 /// `BIND_ADDR` / `PORT`.
 pub(super) fn read(r: &mut Reader<'_>) -> Server {
-    let environment = match r
-        .get("ENVIRONMENT")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("development") => Environment::Development,
-        Some("production") => Environment::Production,
-        Some(other) => {
-            r.problem(
-                "ENVIRONMENT",
-                format!("{other:?} is not one of development, production"),
-            );
-            Environment::Development
-        }
-    };
+    let environment = r
+        .one_of(
+            "ENVIRONMENT",
+            &[
+                ("development", Environment::Development),
+                ("production", Environment::Production),
+            ],
+        )
+        .unwrap_or(Environment::Development);
 
     let bind_addr = match (r.get("BIND_ADDR"), r.get("PORT")) {
         (Some(addr), _) => addr.parse::<SocketAddr>().unwrap_or_else(|_| {

@@ -151,22 +151,16 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         }
     };
 
-    let cookie_samesite = match r
-        .get("COOKIE_SAMESITE")
-        .map(|v| v.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("lax") => CookieSameSite::Lax,
-        Some("strict") => CookieSameSite::Strict,
-        Some("none") => CookieSameSite::None,
-        Some(other) => {
-            r.problem(
-                "COOKIE_SAMESITE",
-                format!("{other:?} is not one of lax, strict, none"),
-            );
-            CookieSameSite::Lax
-        }
-    };
+    let cookie_samesite = r
+        .one_of(
+            "COOKIE_SAMESITE",
+            &[
+                ("lax", CookieSameSite::Lax),
+                ("strict", CookieSameSite::Strict),
+                ("none", CookieSameSite::None),
+            ],
+        )
+        .unwrap_or(CookieSameSite::Lax);
 
     Sessions {
         secret_keys,
