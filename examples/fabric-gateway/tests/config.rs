@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use fabric_gateway::StartError;
 use fabric_gateway::config::{
     Config, ConfigError, CookieSameSite, DEV_TENANT_ID, DataAgentProtocol, Environment, LogFormat,
     RateLimitFailureMode,
@@ -311,4 +312,53 @@ fn dotenv_file_is_read_and_process_env_wins() {
     assert_eq!(e.variables(), [".env"]);
     assert!(!e.to_string().contains("unterminated-secret-value"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn word_settings_list_their_words() {
+    let cases = [
+        ("ENVIRONMENT", "Staging", "development, production"),
+        ("COOKIE_SAMESITE", "sometimes", "lax, strict, none"),
+        ("RATE_LIMIT_FAILURE_MODE", "MAYBE", "local, open, closed"),
+        ("DATA_AGENT_PROTOCOL", "grpc", "mcp, assistants"),
+        ("LOG_FORMAT", "xml", "json, pretty"),
+    ];
+    for (var, value, words) in cases {
+        let e = load(&[(var, value)]).unwrap_err();
+        let lowered = value.to_ascii_lowercase();
+        assert_eq!(
+            e.problems()[0].message,
+            format!("{lowered:?} is not one of {words}"),
+            "{var}"
+        );
+    }
+    // The words are matched whatever their case.
+    let c = load(&[("COOKIE_SAMESITE", "Strict"), ("LOG_FORMAT", "JSON")]).unwrap();
+    assert_eq!(c.cookie_samesite, CookieSameSite::Strict);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+/// Settings that only the layers can check are named when the service is built (before it
+/// starts anything).
+#[tokio::test]
+async fn settings_the_layers_refuse_are_named() {
+    let cases: &[(&str, &str)] = &[
+        // A __Host- cookie needs Secure, which local mode over http:// does not set.
+        ("SESSION_COOKIE_NAME", "__Host-sid"),
+        ("SESSION_COOKIE_NAME", "__Secure-sid"),
+        ("RATE_LIMIT_QUERY_IP", "ten a minute"),
+        ("RATE_LIMIT_QUERY_SESSION", "0/minute"),
+        ("RATE_LIMIT_LOGIN_IP", "5/fortnight"),
+    ];
+    for (var, value) in cases {
+        let config = load(&[(var, value)]).expect("the configuration alone accepts it");
+        let e = fabric_gateway::app(config)
+            .await
+            .expect_err(&format!("{var}={value} must be refused"));
+        match &e {
+            StartError::Config { variable, .. } => assert_eq!(variable, var, "{e}"),
+            other => panic!("{var}={value}: {other}"),
+        }
+        assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
+    }
 }

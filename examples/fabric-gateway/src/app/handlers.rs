@@ -1,4 +1,5 @@
-//! The endpoints of SERVICE.md. Shapes and texts are the browser app's contract.
+//! The endpoints of the gateway's README (`examples/fabric-gateway/README.md`, section
+//! "Endpoints"). Shapes and texts are the browser app's contract.
 
 use axum::Json;
 use axum::extract::State;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::{ErrorCategory, FabricError};
 use super::history::{ChatMessage, replay, table_lines};
-use super::http::{Call, MAX_BODY_BYTES, Transport, read_body};
+use super::transport::{Call, MAX_BODY_BYTES, Transport, read_body};
 use super::{Answer, content_text};
 
 /// How many pages of thread messages are read looking for the run's answer.

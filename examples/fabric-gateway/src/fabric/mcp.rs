@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::{CAPACITY_PAUSED, ErrorCategory, FabricError};
 use super::history::{ChatMessage, fold_into_question, table_lines};
-use super::http::{Call, MAX_BODY_BYTES, Transport, read_body};
+use super::transport::{Call, MAX_BODY_BYTES, Transport, read_body};
 use super::{Answer, content_text};
 
 /// The protocol version we ask for.

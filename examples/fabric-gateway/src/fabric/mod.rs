@@ -49,8 +49,8 @@
 mod assistants;
 mod error;
 mod history;
-mod http;
 mod mcp;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,8 +68,8 @@ pub use history::{
 };
 
 use assistants::{AssistantsClient, Threads};
-use http::{Call, Transport};
 use mcp::McpClient;
+use transport::{Call, Transport};
 
 /// A data agent's answer to one question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

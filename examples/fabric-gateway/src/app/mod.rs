@@ -58,11 +58,12 @@ use tower_rampart::clock::{Clock, SystemClock};
 use tower_rampart::cookie_policy::{self, CookiePolicy, CookiePolicyLayer, SecureMode};
 use tower_rampart::correlation::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_rampart::rate_limit::{
-    self, FailureMode, Key, Limit, MissingKey, Quota, RateLimitLayer, RedisBackend,
+    self, FailureMode, Key, Limit, MissingKey, Quota, RateLimitConfigError, RateLimitLayer,
+    RedisBackend,
 };
 use tower_rampart::redis::{RedisConnection, RedisHealth};
 use tower_rampart::session::{
-    self, MemoryStore, RedisStore, SessionConfig, SessionLayer, SessionStore,
+    self, MemoryStore, RedisStore, SessionConfig, SessionConfigError, SessionLayer, SessionStore,
 };
 
 use crate::auth::TokenValidator;
@@ -397,27 +398,33 @@ fn session_layer(
             r#"{"detail":"Session store unavailable"}"#,
         )
         .build()
-        .map_err(|e| {
-            // Name the variable behind the setting the session layer refused.
-            let message = e.to_string();
-            let variable = if message.contains("cookie") || message.contains("prefix") {
-                "SESSION_COOKIE_NAME"
-            } else if message.contains("SameSite") {
-                "COOKIE_SAMESITE"
-            } else if message.contains("idle") {
-                "SESSION_IDLE_MINUTES"
-            } else if message.contains("lifetime") {
-                "SESSION_EXPIRY_HOURS"
-            } else {
-                "SECRET_KEY"
-            };
-            config_error(variable, e)
-        })?;
+        .map_err(|e| config_error(session_setting_variable(&e), e))?;
     let store: Arc<dyn SessionStore> = match redis {
         Some(conn) => Arc::new(RedisStore::new(conn.clone())),
         None => Arc::new(MemoryStore::new()),
     };
     Ok(SessionLayer::from_arc(store, session_config))
+}
+
+/// The variable behind the setting the session layer refused.
+///
+/// `SessionConfigError` is a message today, so this reads its text. Once it is a typed enum,
+/// this body becomes a `match` on its variants (keys → `SECRET_KEY`; cookie name and prefix
+/// rules → `SESSION_COOKIE_NAME`; `SameSite` → `COOKIE_SAMESITE`; idle timeout →
+/// `SESSION_IDLE_MINUTES`; lifetime → `SESSION_EXPIRY_HOURS`) and nothing else changes.
+fn session_setting_variable(err: &SessionConfigError) -> &'static str {
+    let message = err.to_string();
+    if message.contains("cookie") || message.contains("prefix") {
+        "SESSION_COOKIE_NAME"
+    } else if message.contains("SameSite") {
+        "COOKIE_SAMESITE"
+    } else if message.contains("idle") {
+        "SESSION_IDLE_MINUTES"
+    } else if message.contains("lifetime") {
+        "SESSION_EXPIRY_HOURS"
+    } else {
+        "SECRET_KEY"
+    }
 }
 
 /// `Secure` cookies: always in production, and whenever `SameSite=None` (browsers refuse
@@ -501,12 +508,35 @@ fn rate_limits(
             .on_missing_key(MissingKey::Skip),
         )
         .build()
-        .map_err(|e| config_error("RATE_LIMIT_QUERY_IP", e))?;
+        .map_err(|e| {
+            let quotas = [
+                ("query-ip", "RATE_LIMIT_QUERY_IP"),
+                ("query-session", "RATE_LIMIT_QUERY_SESSION"),
+            ];
+            config_error(rate_limit_setting_variable(&e, &quotas), e)
+        })?;
     let login = builder()
         .quota("login-ip", login_ip, client_ip())
         .build()
-        .map_err(|e| config_error("RATE_LIMIT_LOGIN_IP", e))?;
+        .map_err(|e| {
+            let quotas = [("login-ip", "RATE_LIMIT_LOGIN_IP")];
+            config_error(rate_limit_setting_variable(&e, &quotas), e)
+        })?;
     Ok((query, login))
+}
+
+/// The variable to name when a rate-limit layer refuses its configuration; `quotas` pairs
+/// each of the layer's quota names with its variable, the layer's main quota first.
+///
+/// `RateLimitConfigError` is a message today, so this names the main quota's variable
+/// whatever the error. Once it is a typed enum, this body becomes a `match` on its variants
+/// (one naming a quota → that quota's variable in `quotas`; the others → the first) and
+/// nothing else changes.
+fn rate_limit_setting_variable(
+    _err: &RateLimitConfigError,
+    quotas: &[(&str, &'static str)],
+) -> &'static str {
+    quotas[0].1
 }
 
 /// `ALLOWED_ORIGINS` as header values.

@@ -1,0 +1,25 @@
+//! The Redis section: `REDIS_URL`, or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL`
+//! (read by the crate's [`RedisConfig`]); required in production.
+
+use tower_rampart::redis::RedisConfig;
+
+use super::Reader;
+
+/// Reads the Redis variables; `None` means the memory store.
+pub(super) fn read(r: &mut Reader<'_>) -> Option<RedisConfig> {
+    let redis = match RedisConfig::from_env_with(r.lookup) {
+        Ok(config) => config,
+        Err(e) => {
+            // RedisConfigError never contains the password or the URL.
+            r.problem(e.variable(), e.to_string());
+            None
+        }
+    };
+    if r.production && redis.is_none() && !r.mentions("REDIS") {
+        r.problem(
+            "REDIS_URL",
+            "Redis is required when ENVIRONMENT=production: set REDIS_URL or REDIS_HOST".to_owned(),
+        );
+    }
+    redis
+}
