@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::micros::{ceil_div, next_unit};
 use super::quota::Quota;
 
-/// Retry time of a request that can never be admitted (its cost exceeds the quota's burst).
-pub(crate) const NEVER: u64 = u64::MAX;
+// Also imported from here by the Redis backend.
+pub(crate) use super::micros::NEVER;
 
 /// The outcome of checking one quota for one key: what both backends compute, identically.
 ///
@@ -83,7 +84,7 @@ impl QuotaDecision {
                 used_us,
                 interval_us,
                 ..
-            } => super::gcra::next_unit(used_us, interval_us),
+            } => next_unit(used_us, interval_us),
         }
     }
 }
@@ -143,7 +144,7 @@ impl QuotaDecision {
                 used_us,
                 interval_us,
                 burst,
-            } => burst.saturating_sub(super::gcra::ceil_div(used_us, interval_us)),
+            } => burst.saturating_sub(ceil_div(used_us, interval_us)),
         }
     }
 

@@ -92,6 +92,7 @@ mod gcra;
 mod key;
 mod memory;
 mod metrics;
+mod micros;
 mod pipeline;
 mod quota;
 #[cfg(feature = "redis")]
