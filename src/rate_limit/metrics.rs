@@ -44,6 +44,7 @@ pub struct RateLimitMetrics {
     pub backend_calls: u64,
 }
 
+/// The live counts behind [`RateLimitMetrics`], shared by all clones of a layer.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     pub(super) allowed: AtomicU64,
@@ -55,6 +56,23 @@ pub(super) struct Counters {
     pub(super) backend_calls: AtomicU64,
 }
 
+/// Adds one to a counter (relaxed: the counts order nothing).
 pub(super) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// The counts so far.
+    pub(super) fn snapshot(&self) -> RateLimitMetrics {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RateLimitMetrics {
+            allowed: l(&self.allowed),
+            denied: l(&self.denied),
+            shadow_denied: l(&self.shadow_denied),
+            degraded: l(&self.degraded),
+            deny_cache_hits: l(&self.deny_cache_hits),
+            missing_key: l(&self.missing_key),
+            backend_calls: l(&self.backend_calls),
+        }
+    }
 }

@@ -6,7 +6,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request};
@@ -15,7 +14,7 @@ use super::config::{CostFn, FailureMode, MissingKey};
 use super::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 use super::key::{KeyExtractor, LimitKey};
 use super::memory::{Item, MemoryBackend};
-use super::metrics::{Counters, RateLimitMetrics, bump};
+use super::metrics::{Counters, bump};
 use super::quota::Quota;
 use super::response::{
     RATELIMIT, RATELIMIT_POLICY, RejectReason, Rejection, RejectionBody, push_status,
@@ -112,20 +111,6 @@ pub(super) enum Plan {
 }
 
 impl Shared {
-    pub(super) fn metrics(&self) -> RateLimitMetrics {
-        let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RateLimitMetrics {
-            allowed: l(&c.allowed),
-            denied: l(&c.denied),
-            shadow_denied: l(&c.shadow_denied),
-            degraded: l(&c.degraded),
-            deny_cache_hits: l(&c.deny_cache_hits),
-            missing_key: l(&c.missing_key),
-            backend_calls: l(&c.backend_calls),
-        }
-    }
-
     /// Extracts keys and cost; settles requests that need no backend.
     pub(super) fn plan(&self, head: &Request<()>) -> Plan {
         let cost = match &self.cost {

@@ -55,7 +55,7 @@ impl RateLimitLayer {
 
     /// The decision counters so far.
     pub fn metrics(&self) -> RateLimitMetrics {
-        self.shared.metrics()
+        self.shared.counters.snapshot()
     }
 }
 
@@ -89,7 +89,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimitService<S> {
 impl<S> RateLimitService<S> {
     /// The decision counters so far.
     pub fn metrics(&self) -> RateLimitMetrics {
-        self.shared.metrics()
+        self.shared.counters.snapshot()
     }
 }
 
