@@ -8,10 +8,11 @@ use http::HeaderValue;
 
 use super::clock::MonotonicClock;
 use super::config::{Backend, CostFn, FailureMode, Limit, RateLimitConfigError};
+use super::engine::Engine;
 use super::key::KeyExtractor;
 use super::memory::MemoryBackend;
 use super::metrics::Counters;
-use super::pipeline::{Engine, Shared, Slot};
+use super::pipeline::{Shared, Slot};
 use super::quota::Quota;
 use super::response::{JsonRejection, RejectionBody, policy_value};
 use super::service::RateLimitLayer;
@@ -195,21 +196,12 @@ impl RateLimitBuilder {
             (_, Some(m)) => m,
             _ => MemoryBackend::new(),
         };
-        let engine = match self.backend {
-            None | Some(Backend::Memory(_)) => Engine::Memory,
-            #[cfg(feature = "redis")]
-            Some(Backend::Redis(r)) => Engine::Redis(r),
-        };
+        let engine = Engine::new(self.backend);
         let limits: Box<[Slot]> = self
             .limits
             .into_iter()
             .map(|l| Slot {
-                mem_id: memory.intern(&l.name),
-                #[cfg(feature = "redis")]
-                redis_id: match &engine {
-                    Engine::Redis(r) => r.intern(&l.name),
-                    Engine::Memory => 0,
-                },
+                ids: engine.intern(&memory, &l.name),
                 name: l.name.into(),
                 quota: l.quota,
                 key: l.key,
@@ -234,7 +226,6 @@ impl RateLimitBuilder {
                 rejection: self.rejection,
                 policy,
                 counters: Counters::default(),
-                degraded_log: Throttle::new(Duration::from_secs(10)),
                 missing_log: Throttle::new(Duration::from_secs(10)),
                 shadow_log: Throttle::new(Duration::from_secs(1)),
             }),

@@ -88,6 +88,7 @@ mod builder;
 mod clock;
 mod config;
 mod decision;
+mod engine;
 mod gcra;
 mod key;
 mod memory;

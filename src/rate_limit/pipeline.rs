@@ -1,19 +1,23 @@
-//! The decision pipeline of the layer: plan (keys and cost) → decide now (memory backend,
-//! deny cache) → decide later (the Redis round trip) → settle (call the inner service, or
-//! refuse) → the rejection response.
+//! The decision pipeline of the layer, in the order a request goes through it:
+//!
+//! 1. [`plan`](Shared::plan): the request's cost and one key per quota; requests that need
+//!    no backend (no quota applies, a missing key, a cost above a burst) are settled here;
+//! 2. decide now, else decide later: the backends, behind the seam in `engine.rs`;
+//! 3. [`settle`](Shared::settle): count, then either call the inner service (with the
+//!    [`RateLimitDecision`] in the request and the headers for its response) or refuse;
+//! 4. the rejection response (status, headers, body).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request};
 
 use super::config::{CostFn, FailureMode, MissingKey};
-use super::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
-use super::key::{KeyExtractor, LimitKey};
-use super::memory::{Item, MemoryBackend};
+use super::decision::{QuotaStatus, RateLimitDecision};
+use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
+use super::key::KeyExtractor;
+use super::memory::MemoryBackend;
 use super::metrics::{Counters, bump};
 use super::quota::Quota;
 use super::response::{
@@ -22,25 +26,16 @@ use super::response::{
 };
 use crate::clock::{Clock, Throttle};
 
-#[cfg(feature = "redis")]
-use super::redis::RedisBackend;
-
+/// One quota of the layer, checked.
 pub(super) struct Slot {
     pub(super) name: Arc<str>,
     pub(super) quota: Quota,
     pub(super) key: Arc<dyn KeyExtractor>,
     pub(super) missing: MissingKey,
-    pub(super) mem_id: u32,
-    #[cfg(feature = "redis")]
-    pub(super) redis_id: u32,
+    pub(super) ids: QuotaIds,
 }
 
-pub(super) enum Engine {
-    Memory,
-    #[cfg(feature = "redis")]
-    Redis(RedisBackend),
-}
-
+/// The layer's settings and state, shared by every clone of the layer and its services.
 pub(super) struct Shared {
     pub(super) limits: Box<[Slot]>,
     pub(super) engine: Engine,
@@ -55,8 +50,6 @@ pub(super) struct Shared {
     pub(super) rejection: Arc<dyn RejectionBody>,
     pub(super) policy: HeaderValue,
     pub(super) counters: Counters,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(super) degraded_log: Throttle,
     pub(super) missing_log: Throttle,
     pub(super) shadow_log: Throttle,
 }
@@ -66,47 +59,18 @@ impl fmt::Debug for Shared {
         let names: Vec<_> = self.limits.iter().map(|l| (&*l.name, l.quota)).collect();
         let mut d = f.debug_struct("RateLimit");
         d.field("quotas", &names);
-        match &self.engine {
-            Engine::Memory => d.field("backend", &self.memory),
-            #[cfg(feature = "redis")]
-            Engine::Redis(r) => d.field("backend", r),
-        };
-        d.field("shadow", &self.shadow)
+        d.field("backend", self.engine.backend(&self.memory))
+            .field("shadow", &self.shadow)
             .field("failure_mode", &self.failure_mode)
             .finish_non_exhaustive()
     }
 }
 
-/// The keys of one request.
-pub(super) struct Checks {
-    idx: Vec<usize>,
-    keys: Vec<LimitKey>,
-    cost: u64,
-}
-
-/// Why a verdict was reached without (or despite) the backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Backend,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    DenyCache,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Degraded,
-    Refused(RejectReason, Option<usize>),
-    Pass,
-}
-
-pub(super) struct Verdict {
-    allowed: bool,
-    /// (limit index, decision) for each checked quota.
-    statuses: Vec<(usize, QuotaDecision)>,
-    source: Source,
-    /// The request's cost.
-    cost: u64,
-}
-
+/// What [`plan`](Shared::plan) found.
 pub(super) enum Plan {
+    /// Settled without a backend.
     Done(Verdict),
+    /// To be decided by the backend.
     Check(Checks),
 }
 
@@ -167,122 +131,6 @@ impl Shared {
             });
         }
         Plan::Check(checks)
-    }
-
-    fn decide_memory(&self, checks: &Checks, source: Source) -> Verdict {
-        let now = self.clock.now_micros();
-        let items: Vec<Item<'_>> = checks
-            .idx
-            .iter()
-            .zip(&checks.keys)
-            .map(|(&i, key)| Item {
-                id: self.limits[i].mem_id,
-                quota: &self.limits[i].quota,
-                key,
-            })
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        let allowed = self.memory.decide_all(&items, checks.cost, now, &mut out);
-        Verdict {
-            allowed,
-            statuses: checks.idx.iter().copied().zip(out).collect(),
-            source,
-            cost: checks.cost,
-        }
-    }
-
-    /// A synchronous verdict if there is one (memory backend, deny cache hit).
-    pub(super) fn decide_now(&self, checks: &Checks) -> Option<Verdict> {
-        match &self.engine {
-            Engine::Memory => Some(self.decide_memory(checks, Source::Backend)),
-            #[cfg(feature = "redis")]
-            Engine::Redis(redis) => {
-                let now = self.clock.now_micros();
-                let mut statuses = Vec::new();
-                for (&i, key) in checks.idx.iter().zip(&checks.keys) {
-                    if let Some(d) = redis.cached_denial(self.limits[i].redis_id, key, now) {
-                        statuses.push((i, d));
-                    }
-                }
-                if statuses.is_empty() {
-                    return None;
-                }
-                bump(&self.counters.deny_cache_hits);
-                Some(Verdict {
-                    allowed: false,
-                    statuses,
-                    source: Source::DenyCache,
-                    cost: checks.cost,
-                })
-            }
-        }
-    }
-
-    /// The failure mode's verdict.
-    #[cfg(feature = "redis")]
-    fn degraded(&self, checks: &Checks, error: &crate::redis::RedisError) -> Verdict {
-        bump(&self.counters.degraded);
-        if self.degraded_log.allow(self.clock.now_micros()) {
-            tracing::warn!(
-                error = %error,
-                failure_mode = ?self.failure_mode,
-                "rate limit: Redis unreachable, deciding with the failure mode"
-            );
-        }
-        match self.failure_mode {
-            FailureMode::Local => self.decide_memory(checks, Source::Degraded),
-            FailureMode::Open => Verdict {
-                allowed: true,
-                statuses: Vec::new(),
-                source: Source::Degraded,
-                cost: checks.cost,
-            },
-            FailureMode::Closed => Verdict {
-                allowed: false,
-                statuses: Vec::new(),
-                source: Source::Refused(RejectReason::Unavailable, None),
-                cost: checks.cost,
-            },
-        }
-    }
-
-    /// The Redis round trip, as an owned future.
-    #[cfg(feature = "redis")]
-    pub(super) fn decide_later(self: &Arc<Self>, checks: Checks) -> DecisionFuture {
-        let shared = self.clone();
-        Box::pin(async move {
-            let Engine::Redis(redis) = &shared.engine else {
-                return shared.decide_memory(&checks, Source::Backend);
-            };
-            let items: Vec<super::redis::RedisItem<'_>> = checks
-                .idx
-                .iter()
-                .zip(&checks.keys)
-                .map(|(&i, key)| super::redis::RedisItem {
-                    id: shared.limits[i].redis_id,
-                    name: &shared.limits[i].name,
-                    quota: &shared.limits[i].quota,
-                    key,
-                })
-                .collect();
-            bump(&shared.counters.backend_calls);
-            let sent_at = shared.clock.now_micros();
-            match redis.decide(&items, checks.cost, sent_at).await {
-                Ok((allowed, decisions)) => Verdict {
-                    allowed,
-                    statuses: checks.idx.iter().copied().zip(decisions).collect(),
-                    source: Source::Backend,
-                    cost: checks.cost,
-                },
-                Err(e) => shared.degraded(&checks, &e),
-            }
-        })
-    }
-
-    #[cfg(not(feature = "redis"))]
-    pub(super) fn decide_later(self: &Arc<Self>, checks: Checks) -> DecisionFuture {
-        let verdict = self.decide_memory(&checks, Source::Backend);
-        Box::pin(std::future::ready(verdict))
     }
 
     /// Turns a verdict into either "call the inner service" (with the extension set and the
@@ -403,9 +251,11 @@ impl Shared {
     }
 }
 
+/// What to do with a request once its verdict is known.
 pub(super) enum Settled {
+    /// Call the inner service, adding these `RateLimit-Policy` and `RateLimit` values to
+    /// its response.
     Call(Option<(HeaderValue, Option<HeaderValue>)>),
+    /// Answer with this response.
     Reject(http::Response<Vec<u8>>),
 }
-
-pub(super) type DecisionFuture = Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>;

@@ -12,8 +12,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::builder::RateLimitBuilder;
+use super::engine::DecisionFuture;
 use super::metrics::RateLimitMetrics;
-use super::pipeline::{DecisionFuture, Plan, Settled, Shared};
+use super::pipeline::{Plan, Settled, Shared};
 use super::response::{RATELIMIT, RATELIMIT_POLICY, RateLimitBody, is_grpc};
 
 /// Rate limiting layer: checks every request's quotas in one atomic step and answers 429
