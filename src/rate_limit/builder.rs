@@ -148,47 +148,60 @@ impl RateLimitBuilder {
     }
 
     /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`RateLimitConfigError`] naming the first setting found wrong: no quota
+    /// ([`NoQuota`](RateLimitConfigError::NoQuota)), more than 64
+    /// ([`TooManyQuotas`](RateLimitConfigError::TooManyQuotas)), a fixed cost of 0
+    /// ([`ZeroCost`](RateLimitConfigError::ZeroCost)) or above a quota's burst
+    /// ([`CostAboveBurst`](RateLimitConfigError::CostAboveBurst)), or a quota with a bad or
+    /// repeated name, bad numbers or a misconfigured key
+    /// ([`InvalidQuotaName`](RateLimitConfigError::InvalidQuotaName),
+    /// [`DuplicateQuotaName`](RateLimitConfigError::DuplicateQuotaName),
+    /// [`InvalidQuota`](RateLimitConfigError::InvalidQuota),
+    /// [`InvalidKey`](RateLimitConfigError::InvalidKey)).
     pub fn build(self) -> Result<RateLimitLayer, RateLimitConfigError> {
         MonotonicClock::init();
-        let err = |msg: String| Err(RateLimitConfigError { msg });
         if self.limits.is_empty() {
-            return err("no quota: add one with .quota(name, quota, key)".into());
+            return Err(RateLimitConfigError::NoQuota);
         }
         if self.limits.len() > 64 {
-            return err("more than 64 quotas in one layer".into());
+            return Err(RateLimitConfigError::TooManyQuotas);
         }
         if self.fixed_cost == 0 {
-            return err("the cost of a request must be at least 1".into());
+            return Err(RateLimitConfigError::ZeroCost);
         }
         for (i, l) in self.limits.iter().enumerate() {
             let valid_name = (1..=64).contains(&l.name.len())
                 && l.name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            let name = || l.name.clone();
             if !valid_name {
-                return err(format!(
-                    "quota name {:?}: use 1 to 64 characters among A-Z a-z 0-9 _ . -",
-                    l.name
-                ));
+                return Err(RateLimitConfigError::InvalidQuotaName { name: name() });
             }
             if self.limits[..i].iter().any(|o| o.name == l.name) {
-                return err(format!("quota name {:?} is used twice", l.name));
+                return Err(RateLimitConfigError::DuplicateQuotaName { name: name() });
             }
-            if let Err(e) = l.quota.validate() {
-                return err(format!("quota {:?}: {e}", l.name));
+            if let Err(error) = l.quota.validate() {
+                return Err(RateLimitConfigError::InvalidQuota {
+                    name: name(),
+                    error,
+                });
             }
-            if let Err(e) = l.key.validate() {
-                return err(format!("quota {:?}: key: {e}", l.name));
+            if let Err(reason) = l.key.validate() {
+                return Err(RateLimitConfigError::InvalidKey {
+                    name: name(),
+                    reason,
+                });
             }
             if self.fixed_cost > l.quota.burst_size() {
-                return err(format!(
-                    "quota {:?} ({}): a cost of {} per request exceeds its burst of {}, \
-                     so no request could ever be admitted",
-                    l.name,
-                    l.quota,
-                    self.fixed_cost,
-                    l.quota.burst_size()
-                ));
+                return Err(RateLimitConfigError::CostAboveBurst {
+                    name: name(),
+                    quota: l.quota,
+                    cost: self.fixed_cost,
+                });
             }
         }
         let memory = match (&self.backend, self.local_fallback) {
@@ -209,9 +222,8 @@ impl RateLimitBuilder {
             })
             .collect();
         let policy = policy_value(limits.iter().map(|l| (&*l.name, &l.quota)));
-        let policy = HeaderValue::from_str(&policy).map_err(|_| RateLimitConfigError {
-            msg: "cannot build the RateLimit-Policy header".into(),
-        })?;
+        let policy =
+            HeaderValue::from_str(&policy).map_err(|_| RateLimitConfigError::PolicyHeader)?;
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limits,
@@ -230,5 +242,130 @@ impl RateLimitBuilder {
                 shadow_log: Throttle::new(Duration::from_secs(1)),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::key::Key;
+    use super::*;
+
+    fn refused(builder: RateLimitBuilder) -> RateLimitConfigError {
+        builder.build().unwrap_err()
+    }
+
+    fn one(quota: Quota) -> RateLimitBuilder {
+        RateLimitLayer::builder().quota("ip", quota, Key::global())
+    }
+
+    /// Each wrong setting has its variant, and the message is the one this error always had
+    /// (users and tests match on it).
+    #[test]
+    fn each_wrong_setting_has_its_variant_and_its_message() {
+        let cases = [
+            (
+                refused(RateLimitLayer::builder()),
+                RateLimitConfigError::NoQuota,
+                "no quota: add one with .quota(name, quota, key)",
+            ),
+            (
+                refused((0..65).fold(RateLimitLayer::builder(), |b, i| {
+                    b.quota(format!("q{i}"), Quota::per_minute(5), Key::global())
+                })),
+                RateLimitConfigError::TooManyQuotas,
+                "more than 64 quotas in one layer",
+            ),
+            (
+                refused(one(Quota::per_minute(5)).cost(0)),
+                RateLimitConfigError::ZeroCost,
+                "the cost of a request must be at least 1",
+            ),
+            (
+                refused(RateLimitLayer::builder().quota(
+                    "bad name",
+                    Quota::per_minute(5),
+                    Key::global(),
+                )),
+                RateLimitConfigError::InvalidQuotaName {
+                    name: "bad name".into(),
+                },
+                "quota name \"bad name\": use 1 to 64 characters among A-Z a-z 0-9 _ . -",
+            ),
+            (
+                refused(one(Quota::per_minute(5)).quota("ip", Quota::per_minute(9), Key::global())),
+                RateLimitConfigError::DuplicateQuotaName { name: "ip".into() },
+                "quota name \"ip\" is used twice",
+            ),
+            (
+                refused(one(Quota::per_minute(5)).cost(6)),
+                RateLimitConfigError::CostAboveBurst {
+                    name: "ip".into(),
+                    quota: Quota::per_minute(5),
+                    cost: 6,
+                },
+                "quota \"ip\" (5 per 1 minute): a cost of 6 per request exceeds its burst of 5, \
+                 so no request could ever be admitted",
+            ),
+        ];
+        for (err, variant, message) in cases {
+            assert_eq!(err, variant);
+            assert_eq!(
+                err.to_string(),
+                format!("rate limit configuration: {message}")
+            );
+        }
+        assert_eq!(
+            RateLimitConfigError::PolicyHeader.to_string(),
+            "rate limit configuration: cannot build the RateLimit-Policy header"
+        );
+    }
+
+    #[test]
+    fn quota_and_key_errors_carry_the_cause() {
+        let bad = Quota::rate(5, Duration::from_secs(1)).burst(0);
+        let error = bad.validate().unwrap_err();
+        let err = refused(one(bad));
+        assert_eq!(
+            err.to_string(),
+            format!("rate limit configuration: quota \"ip\": {error}")
+        );
+        assert_eq!(
+            err,
+            RateLimitConfigError::InvalidQuota {
+                name: "ip".into(),
+                error
+            }
+        );
+
+        let err = refused(RateLimitLayer::builder().quota(
+            "h",
+            Quota::per_minute(5),
+            Key::header("bad header"),
+        ));
+        let RateLimitConfigError::InvalidKey { name, reason } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(name, "h");
+        assert!(reason.starts_with("invalid header name"), "{reason}");
+        assert_eq!(
+            err.to_string(),
+            format!("rate limit configuration: quota \"h\": key: {reason}")
+        );
+    }
+
+    #[test]
+    fn the_quota_concerned_is_named() {
+        assert_eq!(
+            refused(one(Quota::per_minute(5)).cost(6)).quota_name(),
+            Some("ip")
+        );
+        assert_eq!(refused(one(Quota::per_minute(0))).quota_name(), Some("ip"));
+        assert_eq!(refused(RateLimitLayer::builder()).quota_name(), None);
+        assert_eq!(
+            refused(one(Quota::per_minute(5)).cost(0)).quota_name(),
+            None
+        );
     }
 }

@@ -8,7 +8,7 @@ use http::Request;
 
 use super::key::KeyExtractor;
 use super::memory::MemoryBackend;
-use super::quota::Quota;
+use super::quota::{Quota, QuotaError};
 
 #[cfg(feature = "redis")]
 use super::redis::RedisBackend;
@@ -181,22 +181,114 @@ impl Limit {
     }
 }
 
-/// A configuration the layer refuses to build with.
+/// A configuration [`RateLimitBuilder::build`](super::RateLimitBuilder::build) refuses, one
+/// variant per setting that can be wrong, so that an application can point at its own
+/// setting (an environment variable, a field of its configuration file) without reading the
+/// message. Most variants name the quota concerned ([`quota_name`](Self::quota_name)).
 ///
 /// ```
-/// use tower_rampart::rate_limit::RateLimitLayer;
+/// use tower_rampart::rate_limit::{Key, Quota, RateLimitConfigError, RateLimitLayer};
 ///
-/// let err = RateLimitLayer::builder().build().unwrap_err();
-/// assert!(err.to_string().contains("no quota"));
+/// let err = RateLimitLayer::builder()
+///     .quota("login", Quota::per_minute(5), Key::peer_ip())
+///     .cost(10)
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, RateLimitConfigError::CostAboveBurst { cost: 10, .. }));
+/// assert_eq!(err.quota_name(), Some("login"));
+/// assert_eq!(
+///     err.to_string(),
+///     "rate limit configuration: quota \"login\" (5 per 1 minute): a cost of 10 per request \
+///      exceeds its burst of 5, so no request could ever be admitted"
+/// );
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitConfigError {
-    pub(super) msg: String,
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateLimitConfigError {
+    /// The builder has no quota: a layer that limits nothing is a mistake.
+    NoQuota,
+    /// More than 64 quotas in one layer.
+    TooManyQuotas,
+    /// [`RateLimitBuilder::cost`](super::RateLimitBuilder::cost) is 0: every request must
+    /// cost at least one unit (a per-request [`CostFn`] may return 0).
+    ZeroCost,
+    /// A quota name that is empty, longer than 64 characters, or has a character other than
+    /// `A-Z a-z 0-9 _ . -` (names appear in headers and Redis key names).
+    InvalidQuotaName {
+        /// The name as given.
+        name: String,
+    },
+    /// Two quotas of the layer have the same name.
+    DuplicateQuotaName {
+        /// The name used twice.
+        name: String,
+    },
+    /// A quota whose numbers are out of range (see [`Quota::validate`]).
+    InvalidQuota {
+        /// The quota's name.
+        name: String,
+        /// What is wrong with it.
+        error: QuotaError,
+    },
+    /// A quota whose key extractor is misconfigured (an invalid header name, an IPv6 prefix
+    /// longer than 128 bits, ...).
+    InvalidKey {
+        /// The quota's name.
+        name: String,
+        /// What the key extractor reported.
+        reason: String,
+    },
+    /// The fixed cost of a request ([`RateLimitBuilder::cost`](super::RateLimitBuilder::cost))
+    /// exceeds a quota's burst, so no request could ever be admitted.
+    CostAboveBurst {
+        /// The quota's name.
+        name: String,
+        /// The quota (its burst is [`Quota::burst_size`]).
+        quota: Quota,
+        /// The cost of a request.
+        cost: u64,
+    },
+    /// The `RateLimit-Policy` header value could not be built from the quotas. Not expected:
+    /// names and quotas are checked first, and this reports rather than panics.
+    PolicyHeader,
+}
+
+impl RateLimitConfigError {
+    /// The name of the quota the error is about, if it is about one quota.
+    pub fn quota_name(&self) -> Option<&str> {
+        match self {
+            Self::InvalidQuotaName { name }
+            | Self::DuplicateQuotaName { name }
+            | Self::InvalidQuota { name, .. }
+            | Self::InvalidKey { name, .. }
+            | Self::CostAboveBurst { name, .. } => Some(name),
+            Self::NoQuota | Self::TooManyQuotas | Self::ZeroCost | Self::PolicyHeader => None,
+        }
+    }
 }
 
 impl fmt::Display for RateLimitConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limit configuration: {}", self.msg)
+        f.write_str("rate limit configuration: ")?;
+        match self {
+            Self::NoQuota => f.write_str("no quota: add one with .quota(name, quota, key)"),
+            Self::TooManyQuotas => f.write_str("more than 64 quotas in one layer"),
+            Self::ZeroCost => f.write_str("the cost of a request must be at least 1"),
+            Self::InvalidQuotaName { name } => write!(
+                f,
+                "quota name {name:?}: use 1 to 64 characters among A-Z a-z 0-9 _ . -"
+            ),
+            Self::DuplicateQuotaName { name } => write!(f, "quota name {name:?} is used twice"),
+            Self::InvalidQuota { name, error } => write!(f, "quota {name:?}: {error}"),
+            Self::InvalidKey { name, reason } => write!(f, "quota {name:?}: key: {reason}"),
+            Self::CostAboveBurst { name, quota, cost } => write!(
+                f,
+                "quota {name:?} ({quota}): a cost of {cost} per request exceeds its burst of {}, \
+                 so no request could ever be admitted",
+                quota.burst_size()
+            ),
+            Self::PolicyHeader => f.write_str("cannot build the RateLimit-Policy header"),
+        }
     }
 }
 
