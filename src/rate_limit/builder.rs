@@ -58,6 +58,7 @@ impl fmt::Debug for RateLimitBuilder {
 }
 
 impl RateLimitBuilder {
+    /// The defaults each setter documents.
     pub(super) fn new() -> Self {
         RateLimitBuilder {
             limits: Vec::new(),

@@ -104,12 +104,18 @@ pub(super) struct Checks {
 /// Why a verdict was reached without (or despite) the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Source {
+    /// The backend decided.
     Backend,
+    /// The deny cache knew the refusal (Redis, no round trip).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     DenyCache,
+    /// Redis could not be reached: the failure mode decided.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Degraded,
+    /// Refused before any backend (or by `FailureMode::Closed`), for this reason, naming
+    /// this quota (an index in the layer's limits).
     Refused(RejectReason, Option<usize>),
+    /// No quota applied to the request.
     Pass,
 }
 

@@ -26,7 +26,7 @@ use super::response::{
 };
 use crate::clock::{Clock, Throttle};
 
-/// One quota of the layer, checked.
+/// One quota of the layer, ready to check.
 pub(super) struct Slot {
     pub(super) name: Arc<str>,
     pub(super) quota: Quota,
@@ -57,9 +57,9 @@ pub(super) struct Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<_> = self.limits.iter().map(|l| (&*l.name, l.quota)).collect();
-        let mut d = f.debug_struct("RateLimit");
-        d.field("quotas", &names);
-        d.field("backend", self.engine.backend(&self.memory))
+        f.debug_struct("RateLimit")
+            .field("quotas", &names)
+            .field("backend", self.engine.backend(&self.memory))
             .field("shadow", &self.shadow)
             .field("failure_mode", &self.failure_mode)
             .finish_non_exhaustive()
