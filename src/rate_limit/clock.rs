@@ -4,16 +4,15 @@ use std::sync::LazyLock;
 
 use crate::clock::{Clock, SystemClock};
 
-/// The default clock of the rate limiter: monotonic, and about four times cheaper to read
-/// than the system clock.
+/// The default clock of the rate limiter: monotonic, and cheaper to read than the system
+/// clock.
 ///
 /// It reads the CPU's invariant time-stamp counter through the `quanta` crate (falling back to
 /// the OS monotonic clock where there is none) and adds the elapsed time to the Unix time
 /// taken when it was first used. So it is immune to wall-clock steps (NTP corrections, manual
 /// changes), which matters more to a limiter than agreeing with the wall clock to the
-/// millisecond. On the 2-core VM this crate is benchmarked on, a system clock read costs about
-/// 40 ns and this one about 10 ns; a decision of the memory backend costs 50 to 100 ns, so the
-/// clock is a large share of it.
+/// millisecond. A memory-backend decision is a hash, a lock and a few integer operations, so
+/// the clock read is a large share of its cost.
 ///
 /// The first use calibrates the counter against the OS clock (up to 200 ms, usually a few ms):
 /// [`RateLimitBuilder::build`](super::RateLimitBuilder::build) does it, at start-up rather than

@@ -1,9 +1,13 @@
 //! The outcome of one quota check.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Retry time of a request that can never be admitted (its cost exceeds the quota's burst).
-pub(crate) const NEVER: u64 = u64::MAX;
+use super::micros::{ceil_div, next_unit};
+use super::quota::Quota;
+
+// Also imported from here by the Redis backend.
+pub(crate) use super::micros::NEVER;
 
 /// The outcome of checking one quota for one key: what both backends compute, identically.
 ///
@@ -80,7 +84,7 @@ impl QuotaDecision {
                 used_us,
                 interval_us,
                 ..
-            } => super::gcra::next_unit(used_us, interval_us),
+            } => next_unit(used_us, interval_us),
         }
     }
 }
@@ -140,7 +144,7 @@ impl QuotaDecision {
                 used_us,
                 interval_us,
                 burst,
-            } => burst.saturating_sub(super::gcra::ceil_div(used_us, interval_us)),
+            } => burst.saturating_sub(ceil_div(used_us, interval_us)),
         }
     }
 
@@ -164,5 +168,97 @@ impl QuotaDecision {
     /// Denied because the cost exceeds the quota's burst: retrying cannot help.
     pub fn is_impossible(&self) -> bool {
         !self.allowed && self.retry_us == NEVER
+    }
+}
+
+/// The decision of the rate limiter for a request, in its extensions for handlers to read.
+///
+/// ```
+/// use tower_rampart::rate_limit::RateLimitDecision;
+///
+/// fn handler(req: http::Request<()>) -> String {
+///     match req.extensions().get::<RateLimitDecision>() {
+///         Some(d) => format!("{} requests left", d.remaining().unwrap_or(u64::MAX)),
+///         None => "not limited".into(),
+///     }
+/// }
+/// # let _ = handler;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RateLimitDecision {
+    pub(super) allowed: bool,
+    pub(super) shadow: bool,
+    pub(super) degraded: bool,
+    pub(super) quotas: Vec<QuotaStatus>,
+}
+
+/// The state of one quota after a request (see [`RateLimitDecision::quotas`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::RateLimitDecision;
+///
+/// fn describe(decision: &RateLimitDecision) -> Vec<String> {
+///     decision
+///         .quotas()
+///         .iter()
+///         .map(|q| format!("{}: limit {}", q.name(), q.quota().limit()))
+///         .collect()
+/// }
+/// # let _ = describe;
+/// ```
+#[derive(Clone, Debug)]
+pub struct QuotaStatus {
+    pub(super) name: Arc<str>,
+    pub(super) quota: Quota,
+    pub(super) decision: QuotaDecision,
+}
+
+impl QuotaStatus {
+    /// The quota's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// Remaining units, time to the next unit, retry time.
+    pub fn decision(&self) -> &QuotaDecision {
+        &self.decision
+    }
+}
+
+impl RateLimitDecision {
+    /// True if the request was admitted by the limiter (false only in shadow mode, where the
+    /// handler runs anyway).
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// True in shadow mode.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// True if Redis could not be reached and the failure mode decided.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// Each checked quota (skipped ones are absent).
+    pub fn quotas(&self) -> &[QuotaStatus] {
+        &self.quotas
+    }
+
+    /// The smallest remaining count over the checked quotas.
+    pub fn remaining(&self) -> Option<u64> {
+        self.quotas.iter().map(|q| q.decision.remaining()).min()
+    }
+
+    /// The longest time until a checked quota gets a unit back.
+    pub fn reset_after(&self) -> Option<Duration> {
+        self.quotas.iter().map(|q| q.decision.reset_after()).max()
     }
 }

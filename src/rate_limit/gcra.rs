@@ -7,22 +7,9 @@
 //! `now + b·T` with `b·T <= 2^48` (checked by [`Quota::validate`]), so the Lua twin in
 //! `redis.rs`, whose numbers are doubles exact below 2^53, computes the same results.
 
-use super::decision::{NEVER, QuotaDecision};
+use super::decision::QuotaDecision;
+use super::micros::NEVER;
 use super::quota::Quota;
-
-/// `ceil(a / b)`, `b > 0`.
-pub(crate) fn ceil_div(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
-}
-
-/// Time until the next unit comes back when `d` microseconds of the bucket are in use.
-pub(crate) fn next_unit(d: u64, t: u64) -> u64 {
-    if d == 0 {
-        0
-    } else {
-        d - (ceil_div(d, t) - 1) * t
-    }
-}
 
 /// Decides a request of `cost` units at `now` against the state `tat` (pure). Returns the
 /// decision and the new `tat` (unchanged if refused).

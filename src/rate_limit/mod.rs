@@ -84,16 +84,22 @@
 //! `SessionCookieReader`: it verifies the signed cookie itself and yields the session's hashed
 //! key, without a store round trip; the session id never reaches Redis key names or logs.
 
+mod builder;
 mod clock;
+mod config;
 mod decision;
+mod engine;
 mod gcra;
 mod key;
-mod layer;
 mod memory;
+mod metrics;
+mod micros;
+mod pipeline;
 mod quota;
 #[cfg(feature = "redis")]
 mod redis;
 mod response;
+mod service;
 mod window;
 
 /// Locks `m`, shrugging off poisoning: the limiters' shared state is plain data updated in
@@ -118,17 +124,15 @@ impl Names {
     }
 }
 
+pub use self::builder::RateLimitBuilder;
 pub use self::clock::MonotonicClock;
-pub use self::decision::QuotaDecision;
+pub use self::config::{Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError};
+pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 #[cfg(feature = "session")]
 pub use self::key::SessionKeyExtractor;
 pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey};
-pub use self::layer::{
-    Backend, CostFn, FailureMode, Limit, MissingKey, QuotaStatus, RateLimitBuilder,
-    RateLimitConfigError, RateLimitDecision, RateLimitLayer, RateLimitMetrics, RateLimitService,
-    ResponseFuture,
-};
 pub use self::memory::{DEFAULT_MAX_KEYS, KeyedLimiter, MemoryBackend, MemoryBackendBuilder};
+pub use self::metrics::RateLimitMetrics;
 pub use self::quota::{
     DEFAULT_WINDOW_SLOTS, MAX_COUNT, MAX_WINDOW, MIN_WINDOW, Meaning, Quota, QuotaError,
 };
@@ -140,3 +144,4 @@ pub use self::response::{
     JsonRejection, RATELIMIT, RATELIMIT_POLICY, RateLimitBody, RejectReason, Rejection,
     RejectionBody,
 };
+pub use self::service::{RateLimitLayer, RateLimitService, ResponseFuture};

@@ -18,7 +18,8 @@
 
 use std::collections::VecDeque;
 
-use super::decision::{NEVER, QuotaDecision};
+use super::decision::QuotaDecision;
+use super::micros::NEVER;
 use super::quota::Quota;
 
 /// Admissions recorded at one time.

@@ -1,0 +1,261 @@
+//! The decision pipeline of the layer, in the order a request goes through it:
+//!
+//! 1. [`plan`](Shared::plan): the request's cost and one key per quota; requests that need
+//!    no backend (no quota applies, a missing key, a cost above a burst) are settled here;
+//! 2. decide now, else decide later: the backends, behind the seam in `engine.rs`;
+//! 3. [`settle`](Shared::settle): count, then either call the inner service (with the
+//!    [`RateLimitDecision`] in the request and the headers for its response) or refuse;
+//! 4. the rejection response (status, headers, body).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request};
+
+use super::config::{CostFn, FailureMode, MissingKey};
+use super::decision::{QuotaStatus, RateLimitDecision};
+use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
+use super::key::KeyExtractor;
+use super::memory::MemoryBackend;
+use super::metrics::{Counters, bump};
+use super::quota::Quota;
+use super::response::{
+    RATELIMIT, RATELIMIT_POLICY, RejectReason, Rejection, RejectionBody, push_status,
+    rejection_response,
+};
+use crate::clock::{Clock, Throttle};
+
+/// One quota of the layer, ready to check.
+pub(super) struct Slot {
+    pub(super) name: Arc<str>,
+    pub(super) quota: Quota,
+    pub(super) key: Arc<dyn KeyExtractor>,
+    pub(super) missing: MissingKey,
+    pub(super) ids: QuotaIds,
+}
+
+/// The layer's settings and state, shared by every clone of the layer and its services.
+pub(super) struct Shared {
+    pub(super) limits: Box<[Slot]>,
+    pub(super) engine: Engine,
+    /// The memory backend (the engine itself, or the local fallback of Redis).
+    pub(super) memory: MemoryBackend,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) cost: Option<Arc<dyn CostFn>>,
+    pub(super) fixed_cost: u64,
+    pub(super) shadow: bool,
+    pub(super) headers_on_success: bool,
+    pub(super) failure_mode: FailureMode,
+    pub(super) rejection: Arc<dyn RejectionBody>,
+    pub(super) policy: HeaderValue,
+    pub(super) counters: Counters,
+    pub(super) missing_log: Throttle,
+    pub(super) shadow_log: Throttle,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.limits.iter().map(|l| (&*l.name, l.quota)).collect();
+        f.debug_struct("RateLimit")
+            .field("quotas", &names)
+            .field("backend", self.engine.backend(&self.memory))
+            .field("shadow", &self.shadow)
+            .field("failure_mode", &self.failure_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`plan`](Shared::plan) found.
+pub(super) enum Plan {
+    /// Settled without a backend.
+    Done(Verdict),
+    /// To be decided by the backend.
+    Check(Checks),
+}
+
+impl Shared {
+    /// Extracts keys and cost; settles requests that need no backend.
+    pub(super) fn plan(&self, head: &Request<()>) -> Plan {
+        let cost = match &self.cost {
+            Some(f) => f.cost(head),
+            None => self.fixed_cost,
+        };
+        let mut checks = Checks {
+            idx: Vec::with_capacity(self.limits.len()),
+            keys: Vec::with_capacity(self.limits.len()),
+            cost,
+        };
+        for (i, l) in self.limits.iter().enumerate() {
+            match l.key.extract(head) {
+                Some(k) => {
+                    if cost > l.quota.burst_size() {
+                        return Plan::Done(Verdict {
+                            allowed: false,
+                            statuses: Vec::new(),
+                            source: Source::Refused(RejectReason::CostTooHigh, Some(i)),
+                            cost,
+                        });
+                    }
+                    checks.idx.push(i);
+                    checks.keys.push(k);
+                }
+                None => {
+                    bump(&self.counters.missing_key);
+                    if l.missing == MissingKey::Skip {
+                        // Expected (e.g. no session yet): the quota simply does not apply.
+                        tracing::trace!(quota = %l.name, "rate limit: no key, quota skipped");
+                        continue;
+                    }
+                    if self.missing_log.allow(self.clock.now_micros()) {
+                        tracing::warn!(
+                            quota = %l.name,
+                            "rate limit: request without a key for this quota refused"
+                        );
+                    }
+                    return Plan::Done(Verdict {
+                        allowed: false,
+                        statuses: Vec::new(),
+                        source: Source::Refused(RejectReason::MissingKey, Some(i)),
+                        cost,
+                    });
+                }
+            }
+        }
+        if checks.idx.is_empty() {
+            return Plan::Done(Verdict {
+                allowed: true,
+                statuses: Vec::new(),
+                source: Source::Pass,
+                cost,
+            });
+        }
+        Plan::Check(checks)
+    }
+
+    /// Turns a verdict into either "call the inner service" (with the extension set and the
+    /// headers to add) or a rejection response.
+    pub(super) fn settle<B>(&self, verdict: Verdict, req: &mut Request<B>, grpc: bool) -> Settled {
+        let enforce = !self.shadow;
+        if verdict.allowed {
+            bump(&self.counters.allowed);
+        } else if enforce {
+            bump(&self.counters.denied);
+        } else {
+            bump(&self.counters.shadow_denied);
+            if self.shadow_log.allow(self.clock.now_micros()) {
+                tracing::info!(
+                    reason = ?verdict.source,
+                    "rate limit (shadow mode): a request would have been refused"
+                );
+            }
+        }
+        if !verdict.allowed && enforce {
+            return Settled::Reject(self.rejection(&verdict, grpc));
+        }
+        if !verdict.allowed {
+            // Shadow: the handler runs; the count above is the only trace.
+            bump(&self.counters.allowed);
+        }
+        let headers = (enforce && self.headers_on_success && verdict.source != Source::Pass)
+            .then(|| self.rate_headers(&verdict, false));
+        req.extensions_mut().insert(self.public_decision(&verdict));
+        Settled::Call(headers)
+    }
+
+    fn public_decision(&self, verdict: &Verdict) -> RateLimitDecision {
+        RateLimitDecision {
+            allowed: verdict.allowed,
+            shadow: self.shadow,
+            degraded: verdict.source == Source::Degraded,
+            quotas: verdict
+                .statuses
+                .iter()
+                .map(|&(i, decision)| QuotaStatus {
+                    name: self.limits[i].name.clone(),
+                    quota: self.limits[i].quota,
+                    decision,
+                })
+                .collect(),
+        }
+    }
+
+    /// `RateLimit-Policy` (every quota) and `RateLimit` (the checked quotas; on a refusal only
+    /// the refusing ones).
+    fn rate_headers(
+        &self,
+        verdict: &Verdict,
+        refused_only: bool,
+    ) -> (HeaderValue, Option<HeaderValue>) {
+        let mut status = String::new();
+        for &(i, d) in &verdict.statuses {
+            if refused_only && d.is_allowed() {
+                continue;
+            }
+            push_status(
+                &mut status,
+                &self.limits[i].name,
+                d.remaining(),
+                d.reset_us(),
+            );
+        }
+        let status = (!status.is_empty())
+            .then(|| HeaderValue::from_str(&status).ok())
+            .flatten();
+        (self.policy.clone(), status)
+    }
+
+    fn rejection(&self, verdict: &Verdict, grpc: bool) -> http::Response<Vec<u8>> {
+        let mut headers = HeaderMap::new();
+        let (reason, quota, retry) = match verdict.source {
+            Source::Refused(reason, idx) => (reason, idx, None),
+            _ => {
+                // The refusing quota with the longest wait names the refusal.
+                let worst = verdict
+                    .statuses
+                    .iter()
+                    .filter(|(_, d)| !d.is_allowed())
+                    .max_by_key(|(_, d)| d.retry_us);
+                let reason = if worst.is_some_and(|(_, d)| d.is_impossible()) {
+                    RejectReason::CostTooHigh
+                } else {
+                    RejectReason::Exceeded
+                };
+                let retry = worst.and_then(|(_, d)| d.retry_after());
+                (reason, worst.map(|w| w.0), retry)
+            }
+        };
+        if reason != RejectReason::Unavailable {
+            let (policy, status) = self.rate_headers(verdict, true);
+            headers.insert(&RATELIMIT_POLICY, policy);
+            if let Some(s) = status {
+                headers.insert(&RATELIMIT, s);
+            }
+        }
+        let retry = match reason {
+            RejectReason::Unavailable => Some(Duration::from_secs(1)),
+            _ => retry,
+        };
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && let Some(i) = quota
+        {
+            tracing::debug!(quota = %self.limits[i].name, ?reason, "rate limit: request refused");
+        }
+        let rejection = Rejection {
+            reason,
+            quota: quota.map(|i| (&*self.limits[i].name, &self.limits[i].quota)),
+            cost: verdict.cost,
+            retry_after: retry,
+        };
+        rejection_response(&rejection, grpc, &*self.rejection, headers)
+    }
+}
+
+/// What to do with a request once its verdict is known.
+pub(super) enum Settled {
+    /// Call the inner service, adding these `RateLimit-Policy` and `RateLimit` values to
+    /// its response.
+    Call(Option<(HeaderValue, Option<HeaderValue>)>),
+    /// Answer with this response.
+    Reject(http::Response<Vec<u8>>),
+}
