@@ -2,6 +2,7 @@
 //! on, on a manual clock.
 #![cfg(feature = "rate-limit")]
 
+mod common;
 mod rate_limit_common;
 
 use std::net::SocketAddr;
@@ -175,14 +176,28 @@ async fn missing_keys_follow_their_rule() {
         .build()
         .unwrap();
     let mut svc = limited(&layer);
-    // No peer address (a server that does not record it): refused, never a silent bypass.
+    // No peer address (a server that does not record it): never a silent bypass. It is the
+    // deployment's mistake, not the client's: a 500 (see
+    // `a_server_that_records_no_client_address_gets_500_and_the_fix_once`).
     let (status, h, body) = send(&mut svc, Request::new(Full::new(Bytes::new()))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body,
+        r#"{"detail": "Server misconfigured: the rate limiter cannot see client addresses"}"#
+    );
+    assert!(h.get("retry-after").is_none(), "retrying cannot help");
+    // A key that is legitimately absent follows its rule: Reject answers 429.
+    let strict = RateLimitLayer::builder()
+        .quota("tenant", Quota::per_minute(1), Key::header("x-tenant"))
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let (status, _, body) = send(&mut limited(&strict), req_from("192.0.2.9:1")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         body,
-        r#"{"detail": "Rate limit exceeded: no key for quota \"ip\""}"#
+        r#"{"detail": "Rate limit exceeded: no key for quota \"tenant\""}"#
     );
-    assert!(h.get("retry-after").is_none(), "retrying cannot help");
     // No tenant header: that quota is skipped, the IP quota still applies.
     for _ in 0..3 {
         let (status, h, _) = send(&mut svc, req_from("192.0.2.9:1")).await;
@@ -464,4 +479,72 @@ async fn per_session_limits_read_the_session_cookie_without_the_store() {
     let forged = format!("{}{flipped}", &a[..a.len() - 1]);
     assert_eq!(call(Some(&forged)).await.unwrap().status(), StatusCode::OK);
     assert_eq!(limits.metrics().missing_key, 3);
+}
+
+#[tokio::test]
+async fn a_server_that_records_no_client_address_gets_500_and_the_fix_once() {
+    use tower_rampart::rate_limit::{KeyExtractor, NoKey};
+    let logs = common::Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Even with `Skip`: skipping would switch the quota off without anyone noticing.
+    let layer = RateLimitLayer::builder()
+        .limit(
+            Limit::new(
+                "ip",
+                Quota::per_minute(100),
+                Key::client_ip(TrustedProxies::none()),
+            )
+            .on_missing_key(MissingKey::Skip),
+        )
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    for _ in 0..3 {
+        let (status, _, body) = send(&mut svc, Request::new(Full::new(Bytes::new()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("cannot see client addresses"), "{body}");
+    }
+    let grpc = Request::builder()
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, h, _) = send(&mut svc, grpc).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "grpc-status"), "13", "gRPC INTERNAL");
+
+    // One error line for the four requests, naming the fix for each kind of server.
+    let text = logs.text();
+    assert_eq!(
+        text.matches("records no client address").count(),
+        1,
+        "{text}"
+    );
+    for fix in [
+        "into_make_service_with_connect_info::<SocketAddr>()",
+        "`tonic` feature",
+        "PeerAddr",
+    ] {
+        assert!(text.contains(fix), "the log names {fix}: {text}");
+    }
+    assert!(text.contains("ERROR"));
+
+    // A server that records the peer is served normally; X-Forwarded-For alone from an
+    // untrusted peer is not the problem (the peer is the key).
+    let (status, _, _) = send(&mut svc, req_from("192.0.2.9:1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        Key::client_ip(TrustedProxies::none())
+            .key(&req_with("192.0.2.9:1", &[("x-forwarded-for", "junk")]).map(|_| ())),
+        Ok(LimitKey::ip("192.0.2.9".parse().unwrap()))
+    );
+    assert_eq!(
+        Key::header("x-tenant").key(&Request::new(())),
+        Err(NoKey::Absent)
+    );
 }

@@ -240,6 +240,7 @@ impl RateLimitBuilder {
                 policy,
                 counters: Counters::default(),
                 missing_log: Throttle::new(Duration::from_secs(10)),
+                no_address_logged: std::sync::atomic::AtomicBool::new(false),
                 shadow_log: Throttle::new(Duration::from_secs(1)),
             }),
         })

@@ -196,10 +196,44 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of this request, or `None` if it has none.
     fn extract(&self, req: &http::Request<()>) -> Option<LimitKey>;
 
+    /// The key of this request, or why it has none. The layer calls this; the default is
+    /// [`extract`](Self::extract) with [`NoKey::Absent`] for `None`. Override it when a
+    /// missing key can mean that the server is set up wrong ([`NoKey::NoClientAddress`]).
+    fn key(&self, req: &http::Request<()>) -> Result<LimitKey, NoKey> {
+        self.extract(req).ok_or(NoKey::Absent)
+    }
+
     /// Checks the extractor's configuration when the layer is built (default: fine).
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// Why a request has no key for a quota (see [`KeyExtractor::key`]).
+///
+/// ```
+/// use tower_rampart::net::TrustedProxies;
+/// use tower_rampart::rate_limit::{Key, KeyExtractor, NoKey};
+///
+/// // A server that never recorded the TCP peer: the deployment's mistake, not the client's.
+/// let key = Key::client_ip(TrustedProxies::none());
+/// assert_eq!(key.key(&http::Request::new(())).unwrap_err(), NoKey::NoClientAddress);
+/// // No API key: legitimately absent, the quota's `MissingKey` rule decides.
+/// let key = Key::header("x-api-key");
+/// assert_eq!(key.key(&http::Request::new(())).unwrap_err(), NoKey::Absent);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoKey {
+    /// The request has none (no session cookie yet, no API key header): the quota's
+    /// [`MissingKey`](super::MissingKey) rule applies.
+    Absent,
+    /// The quota keys clients by address, but the server recorded no client address at all
+    /// (axum served without `ConnectInfo`, tonic without the crate's `tonic` feature, a hyper
+    /// accept loop that does not insert the peer). A deployment mistake: the layer logs the
+    /// fix once and answers `500` (gRPC `INTERNAL`) whatever the `MissingKey` rule, since
+    /// refusing would blame the client and skipping would disable the quota unnoticed.
+    NoClientAddress,
 }
 
 impl<F> KeyExtractor for F
@@ -315,6 +349,14 @@ impl KeyExtractor for ClientIpKey {
             ip,
             u8::try_from(self.v6_prefix).unwrap_or(128),
         ))
+    }
+
+    fn key(&self, req: &http::Request<()>) -> Result<LimitKey, NoKey> {
+        match self.extract(req) {
+            Some(key) => Ok(key),
+            None if crate::net::peer_addr(req).is_none() => Err(NoKey::NoClientAddress),
+            None => Err(NoKey::Absent),
+        }
     }
 
     fn validate(&self) -> Result<(), String> {

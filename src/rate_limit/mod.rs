@@ -130,7 +130,7 @@ pub use self::config::{Backend, CostFn, FailureMode, Limit, MissingKey, RateLimi
 pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 #[cfg(feature = "session")]
 pub use self::key::SessionKeyExtractor;
-pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey};
+pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey, NoKey};
 pub use self::memory::{DEFAULT_MAX_KEYS, KeyedLimiter, MemoryBackend, MemoryBackendBuilder};
 pub use self::metrics::RateLimitMetrics;
 pub use self::quota::{

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use super::config::{CostFn, FailureMode, MissingKey};
 use super::decision::{QuotaStatus, RateLimitDecision};
 use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
-use super::key::KeyExtractor;
+use super::key::{KeyExtractor, NoKey};
 use super::memory::MemoryBackend;
 use super::metrics::{Counters, bump};
 use super::quota::Quota;
@@ -51,6 +51,9 @@ pub(super) struct Shared {
     pub(super) policy: HeaderValue,
     pub(super) counters: Counters,
     pub(super) missing_log: Throttle,
+    /// Set once the "no client address" error has been logged: a deployment mistake is
+    /// logged once with its fix, not per request.
+    pub(super) no_address_logged: std::sync::atomic::AtomicBool,
     pub(super) shadow_log: Throttle,
 }
 
@@ -87,8 +90,8 @@ impl Shared {
             cost,
         };
         for (i, l) in self.limits.iter().enumerate() {
-            match l.key.extract(head) {
-                Some(k) => {
+            match l.key.key(head) {
+                Ok(k) => {
                     if cost > l.quota.burst_size() {
                         return Plan::Done(Verdict {
                             allowed: false,
@@ -100,7 +103,17 @@ impl Shared {
                     checks.idx.push(i);
                     checks.keys.push(k);
                 }
-                None => {
+                Err(NoKey::NoClientAddress) => {
+                    bump(&self.counters.missing_key);
+                    self.log_no_client_address(&l.name);
+                    return Plan::Done(Verdict {
+                        allowed: false,
+                        statuses: Vec::new(),
+                        source: Source::Refused(RejectReason::NoClientAddress, Some(i)),
+                        cost,
+                    });
+                }
+                Err(_) => {
                     bump(&self.counters.missing_key);
                     if l.missing == MissingKey::Skip {
                         // Expected (e.g. no session yet): the quota simply does not apply.
@@ -131,6 +144,22 @@ impl Shared {
             });
         }
         Plan::Check(checks)
+    }
+
+    fn log_no_client_address(&self, quota: &str) {
+        use std::sync::atomic::Ordering;
+        if self.no_address_logged.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::error!(
+            quota,
+            "rate limit: this quota keys clients by address, but the server records no client \
+             address, so every request is answered 500. Fix the server: axum: serve with \
+             `app.into_make_service_with_connect_info::<SocketAddr>()` (and tower-rampart's \
+             `axum` feature); tonic: enable tower-rampart's `tonic` feature; hyper or another \
+             server: insert the peer `SocketAddr` (or `tower_rampart::net::PeerAddr`) into each \
+             request's extensions. Logged once."
+        );
     }
 
     /// Turns a verdict into either "call the inner service" (with the extension set and the

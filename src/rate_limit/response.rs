@@ -13,6 +13,7 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
+const GRPC_INTERNAL: &str = "13";
 const GRPC_UNAVAILABLE: &str = "14";
 
 /// Why a request was not admitted (see [`Rejection::reason`]).
@@ -45,6 +46,10 @@ pub enum RejectReason {
     /// Redis is unreachable and the failure mode is
     /// [`FailureMode::Closed`](super::FailureMode::Closed) (503 / gRPC 14 `UNAVAILABLE`).
     Unavailable,
+    /// The server records no client address for a quota keyed by it
+    /// ([`NoKey::NoClientAddress`](super::NoKey::NoClientAddress)): a deployment mistake
+    /// (500 / gRPC 13 `INTERNAL`, no `Retry-After`; the fix is in the log).
+    NoClientAddress,
 }
 
 /// What a [`RejectionBody`] is told about a refused request.
@@ -95,6 +100,7 @@ impl Rejection<'_> {
     pub fn status(&self) -> StatusCode {
         match self.reason {
             RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::NoClientAddress => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -114,6 +120,9 @@ impl Rejection<'_> {
                 )
             }
             (RejectReason::Unavailable, _) => "Rate limiter unavailable".to_owned(),
+            (RejectReason::NoClientAddress, _) => {
+                "Server misconfigured: the rate limiter cannot see client addresses".to_owned()
+            }
             _ => "Rate limit exceeded".to_owned(),
         }
     }
@@ -257,6 +266,7 @@ pub(crate) fn rejection_response(
     if grpc {
         let code = match rejection.reason {
             RejectReason::Unavailable => GRPC_UNAVAILABLE,
+            RejectReason::NoClientAddress => GRPC_INTERNAL,
             _ => GRPC_RESOURCE_EXHAUSTED,
         };
         let h = resp.headers_mut();
