@@ -96,6 +96,9 @@ pub mod cookie_policy;
 #[cfg(any(feature = "cookie-policy", feature = "rate-limit"))]
 pub mod net;
 
+#[cfg(any(feature = "session", feature = "cookie-policy"))]
+mod same_site;
+
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::cookie::{CookieCodec, SameSite, SessionCookieReader};
+use super::SameSite;
+use super::cookie::{CookieCodec, SessionCookieReader};
 use super::crypto::{DerivedKeys, random_bytes};
 use crate::clock::{Clock, SystemClock, Throttle};
 

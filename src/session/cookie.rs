@@ -10,6 +10,7 @@ use http::header::{COOKIE, InvalidHeaderValue};
 
 use super::crypto::DerivedKeys;
 use super::id::{ID_LEN, SessionId, SessionKey};
+use crate::same_site::SameSite;
 
 /// Bytes of the HMAC-SHA256 tag in the cookie.
 const TAG_LEN: usize = 32;
@@ -17,29 +18,6 @@ const TAG_LEN: usize = 32;
 const VALUE_LEN: usize = (ID_LEN + TAG_LEN) * 4 / 3;
 /// Cookie values longer than this are rejected before any other work.
 pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 256;
-
-/// The `SameSite` attribute of the session cookie.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SameSite {
-    /// Sent on same-site requests only.
-    Strict,
-    /// Sent on same-site requests and top-level cross-site navigations (the default).
-    #[default]
-    Lax,
-    /// Sent on every request, cross-site included; browsers require `Secure` with it, and a
-    /// CSRF defence (an `Origin` check) becomes the application's job.
-    None,
-}
-
-impl SameSite {
-    fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Strict => "Strict",
-            SameSite::Lax => "Lax",
-            SameSite::None => "None",
-        }
-    }
-}
 
 /// Why a session cookie was ignored (logged at debug level, without the value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

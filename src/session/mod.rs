@@ -85,10 +85,11 @@ pub mod store;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use self::axum::MissingSessionLayer;
+pub use crate::same_site::SameSite;
 pub use config::{
     MAX_LIFETIME, MIN_KEY_LEN, SessionConfig, SessionConfigBuilder, SessionConfigError,
 };
-pub use cookie::{SameSite, SessionCookieReader};
+pub use cookie::SessionCookieReader;
 pub use error::{SessionError, ValueError};
 pub use expiry::Expiry;
 pub use id::SessionKey;
