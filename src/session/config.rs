@@ -10,6 +10,7 @@ use super::SameSite;
 use super::cookie::{CookieCodec, SessionCookieReader};
 use super::crypto::{DerivedKeys, random_bytes};
 use crate::clock::{Clock, SystemClock, Throttle};
+use crate::token::is_tchar;
 
 /// Minimum length of a secret key, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
@@ -327,7 +328,7 @@ impl SessionConfigBuilder {
                 len: self.keys[i].len(),
             });
         }
-        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_token_byte) {
+        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_tchar) {
             return Err(E::InvalidCookieName {
                 name: self.cookie_name,
             });
@@ -400,11 +401,6 @@ impl SessionConfigBuilder {
             }),
         })
     }
-}
-
-/// RFC 6265 cookie-name characters (an RFC 7230 token).
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Characters allowed in a cookie attribute value.

@@ -3,9 +3,8 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use sha2::{Digest, Sha256};
-
 use super::crypto::random_bytes;
+use crate::digest::sha256_hex128;
 
 /// Bytes of randomness in a session id (128 bits).
 pub(crate) const ID_LEN: usize = 16;
@@ -79,16 +78,7 @@ pub struct SessionKey(Arc<str>);
 
 impl SessionKey {
     fn derive(id: &[u8; ID_LEN]) -> Self {
-        let digest = Sha256::new()
-            .chain_update(KEY_LABEL)
-            .chain_update(id)
-            .finalize();
-        let mut hex = String::with_capacity(KEY_HEX_LEN);
-        for byte in &digest[..KEY_HEX_LEN / 2] {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        Self(hex.into())
+        Self(sha256_hex128(&[KEY_LABEL, id]).into())
     }
 
     /// Parses the text form (32 lowercase hex characters), e.g. when a store lists its keys.
@@ -139,5 +129,16 @@ mod tests {
         let id_b64 = URL_SAFE_NO_PAD.encode(id.bytes);
         assert!(!format!("{id:?}").contains(&id_b64));
         assert!(SessionKey::parse("0123456789ABCDEF0123456789abcdef").is_none());
+    }
+
+    #[test]
+    fn session_key_derivation_is_pinned() {
+        // Stores keep sessions under this name: it must never change.
+        // SHA-256("tower-rampart/session/store-key/v1:" || 00 01 .. 0f), first 16 bytes.
+        let id: [u8; ID_LEN] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            SessionId::from_bytes(id).key().as_str(),
+            "f6de64fb70782095580adb0884b56eac"
+        );
     }
 }

@@ -3,9 +3,8 @@
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
-use sha2::{Digest, Sha256};
-
 use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
+use crate::digest::sha256_hex128;
 use crate::redis::driver::{self, Script, Value};
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 use crate::session::SessionKey;
@@ -112,11 +111,7 @@ impl RedisStore {
     }
 
     fn user_key(&self, user: &str) -> String {
-        let digest = Sha256::new()
-            .chain_update(b"tower-rampart/session/user/v1:")
-            .chain_update(user.as_bytes())
-            .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = sha256_hex128(&[b"tower-rampart/session/user/v1:", user.as_bytes()]);
         format!("{}user:{{{hex}}}", self.prefix)
     }
 
