@@ -43,7 +43,7 @@ impl fmt::Display for ValueError {
     }
 }
 
-/// An error of a [`Session`] method or of saving the session.
+/// An error of a [`Session`](super::Session) method or of saving the session.
 ///
 /// With the `axum` feature it is also a response: `503` for store failures,
 /// `500` for data that cannot be (de)serialized. The layer answers a `5xx` response given

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 /// A per-session override of the layer's expiry settings, for
-/// [`Session::set_expiry`]: e.g. a shorter idle timeout for an administrator, or an
+/// [`Session::set_expiry`](super::Session::set_expiry): e.g. a shorter idle timeout for an administrator, or an
 /// absolute deadline tied to a token's expiry.
 ///
 /// ```
