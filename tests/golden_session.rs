@@ -130,7 +130,7 @@ async fn plaintext_record() {
     // Exactly two keys: the session (name by shape) and the user's index (name exact).
     let session_key = format!("rampart:session:{{{}}}", app.key_of(&cookie));
     let index_key = entry(PLAIN, "index-key");
-    let mut keys: Vec<String> = server.run(&driver::cmd("KEYS").arg("*"));
+    let mut keys: Vec<String> = server.run(driver::cmd("KEYS").arg("*"));
     keys.sort();
     let mut expected = vec![session_key.clone(), index_key.to_owned()];
     expected.sort();
