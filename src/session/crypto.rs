@@ -145,6 +145,8 @@ impl std::fmt::Debug for DerivedKeys {
     }
 }
 
+/// The stored form of session data: JSON, sealed with the first key unless encryption at
+/// rest is off.
 pub(super) fn encode(
     config: &ConfigInner,
     key: &SessionKey,
