@@ -96,6 +96,15 @@ pub mod cookie_policy;
 #[cfg(any(feature = "cookie-policy", feature = "rate-limit"))]
 pub mod net;
 
+#[cfg(any(feature = "session", feature = "cookie-policy"))]
+mod same_site;
+
+#[cfg(any(feature = "session", feature = "cookie-policy", feature = "rate-limit"))]
+mod token;
+
+#[cfg(any(feature = "session", feature = "rate-limit"))]
+mod digest;
+
 #[cfg(feature = "redis")]
 pub mod redis;
 

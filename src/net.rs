@@ -71,6 +71,9 @@ use std::sync::Arc;
 use http::Request;
 use http::header::{FORWARDED, HeaderName};
 
+/// Written once for the crate; the cookie policy reaches it through here.
+pub(crate) use crate::token::is_tchar;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -522,11 +525,6 @@ fn is_port(port: &str) -> bool {
 /// `s` without the optional whitespace (spaces and tabs) HTTP allows around list elements.
 pub(crate) fn trim_ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
-}
-
-/// A byte of an HTTP token (RFC 9110 `tchar`), which is also what a cookie name may hold.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parses one `Forwarded` header value (RFC 7239 §4) and reports one [`Hop`] per element, left

@@ -101,40 +101,8 @@ use http::header::{Entry, SET_COOKIE};
 use crate::clock::{Clock, SystemClock};
 use crate::net::{TrustedProxies, is_tchar};
 
+pub use crate::same_site::SameSite;
 pub use service::{CookiePolicyLayer, CookiePolicyService, ResponseFuture};
-
-/// The `SameSite` attribute values, ordered from weakest to strongest.
-///
-/// ```
-/// use tower_rampart::cookie_policy::SameSite;
-/// assert!(SameSite::None < SameSite::Lax && SameSite::Lax < SameSite::Strict);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SameSite {
-    /// Sent on cross-site requests too. Requires `Secure`.
-    None,
-    /// Sent on same-site requests and top-level cross-site navigations (following a link).
-    Lax,
-    /// Sent on same-site requests only.
-    Strict,
-}
-
-impl SameSite {
-    /// The attribute value as written in a `Set-Cookie` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "None",
-            Self::Lax => "Lax",
-            Self::Strict => "Strict",
-        }
-    }
-}
-
-impl fmt::Display for SameSite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// When the layer adds the `Secure` attribute. It never removes one the application set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -163,14 +163,7 @@ impl fmt::Debug for LimitKey {
 
 /// Lowercase hex of the first 16 bytes of SHA-256(`value`).
 fn hex_digest(value: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(value);
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
+    crate::digest::sha256_hex128(&[value])
 }
 
 /// Computes the key of a request for one quota.

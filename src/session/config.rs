@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::cookie::{CookieCodec, SameSite, SessionCookieReader};
+use super::SameSite;
+use super::cookie::{CookieCodec, SessionCookieReader};
 use super::crypto::{DerivedKeys, random_bytes};
 use crate::clock::{Clock, SystemClock, Throttle};
+use crate::token::is_tchar;
 
 /// Minimum length of a secret key, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
@@ -313,31 +315,26 @@ impl SessionConfigBuilder {
 
     /// Checks the settings and builds the config.
     pub fn build(self) -> Result<SessionConfig, SessionConfigError> {
-        let err = |msg: String| Err(SessionConfigError(msg));
+        use SessionConfigError as E;
         if self.random_key_failed {
-            return err("the operating system's random generator failed".into());
+            return Err(E::RandomKeyFailed);
         }
         if self.keys.is_empty() {
-            return err("at least one secret key is required".into());
+            return Err(E::MissingKey);
         }
         if let Some(i) = self.keys.iter().position(|k| k.len() < MIN_KEY_LEN) {
-            return err(format!(
-                "secret key #{} is {} bytes long; at least {MIN_KEY_LEN} bytes are required",
-                i + 1,
-                self.keys[i].len()
-            ));
+            return Err(E::KeyTooShort {
+                number: i + 1,
+                len: self.keys[i].len(),
+            });
         }
-        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_token_byte) {
-            return err(format!(
-                "cookie name {:?} is not a valid cookie name (token characters only)",
-                self.cookie_name
-            ));
+        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_tchar) {
+            return Err(E::InvalidCookieName {
+                name: self.cookie_name,
+            });
         }
         if !self.path.starts_with('/') || !self.path.bytes().all(is_attribute_byte) {
-            return err(format!(
-                "cookie path {:?} must start with '/' and contain no ';' or control characters",
-                self.path
-            ));
+            return Err(E::InvalidCookiePath { path: self.path });
         }
         if let Some(domain) = &self.domain {
             let valid = !domain.is_empty()
@@ -345,40 +342,41 @@ impl SessionConfigBuilder {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
             if !valid {
-                return err(format!("cookie domain {domain:?} is not a valid domain"));
+                return Err(E::InvalidCookieDomain {
+                    domain: domain.clone(),
+                });
             }
         }
         if self.same_site == SameSite::None && !self.secure {
-            return err("SameSite=None requires Secure (browsers reject it otherwise)".into());
+            return Err(E::SameSiteNoneWithoutSecure);
         }
         if self.cookie_name.starts_with("__Host-")
             && (!self.secure || self.path != "/" || self.domain.is_some())
         {
-            return err("a __Host- cookie requires Secure, Path=/ and no Domain".into());
+            return Err(E::HostPrefixRequirements);
         }
         if self.cookie_name.starts_with("__Secure-") && !self.secure {
-            return err("a __Secure- cookie requires Secure".into());
+            return Err(E::SecurePrefixWithoutSecure);
         }
         if self.idle_timeout < Duration::from_secs(1) {
-            return err("the idle timeout must be at least one second".into());
+            return Err(E::IdleTimeoutTooShort);
         }
         if self.absolute_lifetime > MAX_LIFETIME {
-            return err(format!(
-                "the absolute lifetime ({:?}) exceeds 400 days, the longest cookie lifetime browsers keep",
-                self.absolute_lifetime
-            ));
+            return Err(E::AbsoluteLifetimeTooLong {
+                lifetime: self.absolute_lifetime,
+            });
         }
         if self.idle_timeout > self.absolute_lifetime {
-            return err(format!(
-                "the idle timeout ({:?}) must not exceed the absolute lifetime ({:?})",
-                self.idle_timeout, self.absolute_lifetime
-            ));
+            return Err(E::IdleTimeoutExceedsLifetime {
+                idle_timeout: self.idle_timeout,
+                absolute_lifetime: self.absolute_lifetime,
+            });
         }
         if self.store_timeout.is_zero() {
-            return err("the store timeout must be greater than zero".into());
+            return Err(E::ZeroStoreTimeout);
         }
         let Ok(content_type) = HeaderValue::try_from(self.unavailable_content_type.as_str()) else {
-            return err("the unavailable response's content type is not a valid header".into());
+            return Err(E::InvalidUnavailableContentType);
         };
         let codec = CookieCodec {
             keys: self.keys.iter().map(|k| DerivedKeys::derive(k)).collect(),
@@ -405,23 +403,142 @@ impl SessionConfigBuilder {
     }
 }
 
-/// RFC 6265 cookie-name characters (an RFC 7230 token).
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// Characters allowed in a cookie attribute value.
 fn is_attribute_byte(b: u8) -> bool {
     (0x20..0x7f).contains(&b) && b != b';'
 }
 
-/// A [`SessionConfig`] that cannot work; the message names the setting.
+/// A [`SessionConfig`] that cannot work, rejected by [`SessionConfigBuilder::build`]: each
+/// variant names the setting at fault (so a caller can point at the configuration value
+/// behind it), and the message says what is wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_rampart::session::{SessionConfig, SessionConfigError};
+///
+/// let err = SessionConfig::builder()
+///     .key(b"a secret key of at least 32 bytes, from configuration")
+///     .idle_timeout(Duration::from_secs(7200))
+///     .absolute_lifetime(Duration::from_secs(3600))
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, SessionConfigError::IdleTimeoutExceedsLifetime { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid session configuration: the idle timeout (7200s) must not exceed the absolute lifetime (3600s)"
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionConfigError(String);
+#[non_exhaustive]
+pub enum SessionConfigError {
+    /// [`random_key`](SessionConfigBuilder::random_key): the operating system's random
+    /// generator failed.
+    RandomKeyFailed,
+    /// No secret key was given ([`key`](SessionConfigBuilder::key)).
+    MissingKey,
+    /// A secret key is shorter than [`MIN_KEY_LEN`] bytes.
+    KeyTooShort {
+        /// Its position among the keys, counted from 1 in the order they were added.
+        number: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The [cookie name](SessionConfigBuilder::cookie_name) is empty or holds a character
+    /// that is not an HTTP token character.
+    InvalidCookieName {
+        /// The name as given.
+        name: String,
+    },
+    /// The [cookie path](SessionConfigBuilder::cookie_path) does not start with `/`, or holds
+    /// a `;` or a control character.
+    InvalidCookiePath {
+        /// The path as given.
+        path: String,
+    },
+    /// The [cookie domain](SessionConfigBuilder::cookie_domain) is empty or holds a character
+    /// other than letters, digits, `-` and `.`.
+    InvalidCookieDomain {
+        /// The domain as given.
+        domain: String,
+    },
+    /// [`SameSite::None`] without [`secure`](SessionConfigBuilder::secure): browsers reject
+    /// such cookies.
+    SameSiteNoneWithoutSecure,
+    /// A cookie name starting with `__Host-` without `Secure`, with a path other than `/`, or
+    /// with a domain: browsers reject such cookies.
+    HostPrefixRequirements,
+    /// A cookie name starting with `__Secure-` without `Secure`: browsers reject such
+    /// cookies.
+    SecurePrefixWithoutSecure,
+    /// The [idle timeout](SessionConfigBuilder::idle_timeout) is under one second.
+    IdleTimeoutTooShort,
+    /// The [absolute lifetime](SessionConfigBuilder::absolute_lifetime) exceeds
+    /// [`MAX_LIFETIME`] (400 days, the longest cookie lifetime browsers keep).
+    AbsoluteLifetimeTooLong {
+        /// The lifetime as given.
+        lifetime: Duration,
+    },
+    /// The idle timeout exceeds the absolute lifetime.
+    IdleTimeoutExceedsLifetime {
+        /// The idle timeout as given.
+        idle_timeout: Duration,
+        /// The absolute lifetime as given.
+        absolute_lifetime: Duration,
+    },
+    /// The [store timeout](SessionConfigBuilder::store_timeout) is zero.
+    ZeroStoreTimeout,
+    /// The content type of the [unavailable
+    /// response](SessionConfigBuilder::unavailable_response) is not a valid header value.
+    InvalidUnavailableContentType,
+}
 
 impl fmt::Display for SessionConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid session configuration: {}", self.0)
+        f.write_str("invalid session configuration: ")?;
+        match self {
+            Self::RandomKeyFailed => f.write_str("the operating system's random generator failed"),
+            Self::MissingKey => f.write_str("at least one secret key is required"),
+            Self::KeyTooShort { number, len } => write!(
+                f,
+                "secret key #{number} is {len} bytes long; at least {MIN_KEY_LEN} bytes are required"
+            ),
+            Self::InvalidCookieName { name } => write!(
+                f,
+                "cookie name {name:?} is not a valid cookie name (token characters only)"
+            ),
+            Self::InvalidCookiePath { path } => write!(
+                f,
+                "cookie path {path:?} must start with '/' and contain no ';' or control characters"
+            ),
+            Self::InvalidCookieDomain { domain } => {
+                write!(f, "cookie domain {domain:?} is not a valid domain")
+            }
+            Self::SameSiteNoneWithoutSecure => {
+                f.write_str("SameSite=None requires Secure (browsers reject it otherwise)")
+            }
+            Self::HostPrefixRequirements => {
+                f.write_str("a __Host- cookie requires Secure, Path=/ and no Domain")
+            }
+            Self::SecurePrefixWithoutSecure => f.write_str("a __Secure- cookie requires Secure"),
+            Self::IdleTimeoutTooShort => {
+                f.write_str("the idle timeout must be at least one second")
+            }
+            Self::AbsoluteLifetimeTooLong { lifetime } => write!(
+                f,
+                "the absolute lifetime ({lifetime:?}) exceeds 400 days, the longest cookie lifetime browsers keep"
+            ),
+            Self::IdleTimeoutExceedsLifetime {
+                idle_timeout,
+                absolute_lifetime,
+            } => write!(
+                f,
+                "the idle timeout ({idle_timeout:?}) must not exceed the absolute lifetime ({absolute_lifetime:?})"
+            ),
+            Self::ZeroStoreTimeout => f.write_str("the store timeout must be greater than zero"),
+            Self::InvalidUnavailableContentType => {
+                f.write_str("the unavailable response's content type is not a valid header")
+            }
+        }
     }
 }
 
@@ -495,6 +612,102 @@ mod tests {
                 .key(KEY)
                 .store_timeout(Duration::ZERO),
             "store timeout",
+        );
+    }
+
+    /// Each refused setting gives its own variant, and the message the plain-string error
+    /// gave before the variants existed, byte for byte.
+    #[test]
+    fn each_error_names_its_setting_with_the_same_message() {
+        use SessionConfigError as E;
+        let b = || SessionConfig::builder().key(KEY);
+        let cases: Vec<(SessionConfigBuilder, E, &str)> = vec![
+            (
+                SessionConfig::builder(),
+                E::MissingKey,
+                "at least one secret key is required",
+            ),
+            (
+                b().key([0u8; 31]),
+                E::KeyTooShort { number: 2, len: 31 },
+                "secret key #2 is 31 bytes long; at least 32 bytes are required",
+            ),
+            (
+                b().cookie_name("a b"),
+                E::InvalidCookieName { name: "a b".into() },
+                r#"cookie name "a b" is not a valid cookie name (token characters only)"#,
+            ),
+            (
+                b().cookie_path("x"),
+                E::InvalidCookiePath { path: "x".into() },
+                r#"cookie path "x" must start with '/' and contain no ';' or control characters"#,
+            ),
+            (
+                b().cookie_domain("a;b"),
+                E::InvalidCookieDomain {
+                    domain: "a;b".into(),
+                },
+                r#"cookie domain "a;b" is not a valid domain"#,
+            ),
+            (
+                b().same_site(SameSite::None).secure(false),
+                E::SameSiteNoneWithoutSecure,
+                "SameSite=None requires Secure (browsers reject it otherwise)",
+            ),
+            (
+                b().cookie_name("__Host-s").cookie_path("/app"),
+                E::HostPrefixRequirements,
+                "a __Host- cookie requires Secure, Path=/ and no Domain",
+            ),
+            (
+                b().cookie_name("__Secure-s").secure(false),
+                E::SecurePrefixWithoutSecure,
+                "a __Secure- cookie requires Secure",
+            ),
+            (
+                b().idle_timeout(Duration::from_millis(999)),
+                E::IdleTimeoutTooShort,
+                "the idle timeout must be at least one second",
+            ),
+            (
+                b().absolute_lifetime(Duration::from_secs(401 * 86400)),
+                E::AbsoluteLifetimeTooLong {
+                    lifetime: Duration::from_secs(401 * 86400),
+                },
+                "the absolute lifetime (34646400s) exceeds 400 days, the longest cookie lifetime browsers keep",
+            ),
+            (
+                b().idle_timeout(Duration::from_secs(7200))
+                    .absolute_lifetime(Duration::from_secs(3600)),
+                E::IdleTimeoutExceedsLifetime {
+                    idle_timeout: Duration::from_secs(7200),
+                    absolute_lifetime: Duration::from_secs(3600),
+                },
+                "the idle timeout (7200s) must not exceed the absolute lifetime (3600s)",
+            ),
+            (
+                b().store_timeout(Duration::ZERO),
+                E::ZeroStoreTimeout,
+                "the store timeout must be greater than zero",
+            ),
+            (
+                b().unavailable_response("text/plain\n", "down"),
+                E::InvalidUnavailableContentType,
+                "the unavailable response's content type is not a valid header",
+            ),
+        ];
+        for (builder, variant, message) in cases {
+            let e = builder.build().unwrap_err();
+            assert_eq!(e, variant);
+            assert_eq!(
+                e.to_string(),
+                format!("invalid session configuration: {message}")
+            );
+        }
+        let e = E::RandomKeyFailed.to_string();
+        assert_eq!(
+            e,
+            "invalid session configuration: the operating system's random generator failed"
         );
     }
 

@@ -1,160 +1,23 @@
-//! Session ids, their signed cookie form, and the hash-derived [`SessionKey`].
+//! The signed cookie form of session ids.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use http::header::{COOKIE, InvalidHeaderValue};
-use sha2::{Digest, Sha256};
 
-use super::crypto::{DerivedKeys, random_bytes};
+use super::crypto::DerivedKeys;
+use super::id::{ID_LEN, SessionId, SessionKey};
+use crate::same_site::SameSite;
 
-/// Bytes of randomness in a session id (128 bits).
-pub(crate) const ID_LEN: usize = 16;
 /// Bytes of the HMAC-SHA256 tag in the cookie.
 const TAG_LEN: usize = 32;
 /// Length of a well-formed cookie value: base64url (no padding) of `id || tag`.
 const VALUE_LEN: usize = (ID_LEN + TAG_LEN) * 4 / 3;
 /// Cookie values longer than this are rejected before any other work.
 pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 256;
-/// Hex characters in a [`SessionKey`] (128 bits of a SHA-256).
-const KEY_HEX_LEN: usize = 32;
-const KEY_LABEL: &[u8] = b"tower-rampart/session/store-key/v1:";
-
-/// A session id: 128 bits from the operating system's CSPRNG.
-///
-/// Never printed: `Debug` shows the derived [`SessionKey`] only.
-#[derive(Clone)]
-pub(crate) struct SessionId {
-    bytes: [u8; ID_LEN],
-    /// Derived on first use: requests that never touch their session skip the hash.
-    key: OnceLock<SessionKey>,
-}
-
-impl PartialEq for SessionId {
-    fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
-    }
-}
-
-impl Eq for SessionId {}
-
-impl SessionId {
-    pub(crate) fn generate() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; ID_LEN];
-        random_bytes(&mut bytes)?;
-        Ok(Self::from_bytes(bytes))
-    }
-
-    fn from_bytes(bytes: [u8; ID_LEN]) -> Self {
-        Self {
-            bytes,
-            key: OnceLock::new(),
-        }
-    }
-
-    /// The hash-derived key this session is stored under.
-    pub(crate) fn key(&self) -> &SessionKey {
-        self.key.get_or_init(|| SessionKey::derive(&self.bytes))
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SessionId").field(self.key()).finish()
-    }
-}
-
-/// A session's public name: the first 128 bits of a domain-separated SHA-256 of its id, in
-/// lowercase hex (32 characters).
-///
-/// Safe to log, to put in metrics, and to use as part of a Redis key: the id (and so the
-/// cookie) cannot be recovered from it. Stores keep sessions under this key, so a dump of the
-/// store holds no usable cookie value. It is not keyed by the signing secret on purpose: the
-/// id is 128 random bits (a keyed hash would add nothing), and the key must not change when
-/// signing keys are rotated.
-///
-/// ```
-/// use tower_rampart::session::SessionKey;
-///
-/// let key = SessionKey::parse("0123456789abcdef0123456789abcdef").unwrap();
-/// assert_eq!(key.as_str().len(), 32);
-/// assert_eq!(key.to_string(), "0123456789abcdef0123456789abcdef");
-/// assert!(SessionKey::parse("not a key").is_none());
-/// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(Arc<str>);
-
-impl SessionKey {
-    fn derive(id: &[u8; ID_LEN]) -> Self {
-        let digest = Sha256::new()
-            .chain_update(KEY_LABEL)
-            .chain_update(id)
-            .finalize();
-        let mut hex = String::with_capacity(KEY_HEX_LEN);
-        for byte in &digest[..KEY_HEX_LEN / 2] {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        Self(hex.into())
-    }
-
-    /// Parses the text form (32 lowercase hex characters), e.g. when a store lists its keys.
-    pub fn parse(text: &str) -> Option<Self> {
-        (text.len() == KEY_HEX_LEN && text.bytes().all(|b| HEX.contains(&b)))
-            .then(|| Self(text.into()))
-    }
-
-    /// The key as 32 lowercase hex characters.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-impl fmt::Display for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SessionKey").field(&&*self.0).finish()
-    }
-}
-
-impl AsRef<str> for SessionKey {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The `SameSite` attribute of the session cookie.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SameSite {
-    /// Sent on same-site requests only.
-    Strict,
-    /// Sent on same-site requests and top-level cross-site navigations (the default).
-    #[default]
-    Lax,
-    /// Sent on every request, cross-site included; browsers require `Secure` with it, and a
-    /// CSRF defence (an `Origin` check) becomes the application's job.
-    None,
-}
-
-impl SameSite {
-    fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Strict => "Strict",
-            SameSite::Lax => "Lax",
-            SameSite::None => "None",
-        }
-    }
-}
 
 /// Why a session cookie was ignored (logged at debug level, without the value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,17 +340,6 @@ mod tests {
             old.read(&headers(&[&format!("sid={new_value}")])),
             Err(Rejected::BadSignature)
         );
-    }
-
-    #[test]
-    fn session_key_is_hex_and_hides_the_id() {
-        let id = SessionId::generate().unwrap();
-        let key = id.key().as_str();
-        assert_eq!(key.len(), KEY_HEX_LEN);
-        assert!(SessionKey::parse(key).is_some());
-        let id_b64 = URL_SAFE_NO_PAD.encode(id.bytes);
-        assert!(!format!("{id:?}").contains(&id_b64));
-        assert!(SessionKey::parse("0123456789ABCDEF0123456789abcdef").is_none());
     }
 
     #[test]

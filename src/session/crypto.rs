@@ -14,7 +14,12 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
+use serde_json::{Map, Value};
 use sha2::Sha256;
+
+use super::config::ConfigInner;
+use super::error::{SessionError, ValueError};
+use super::id::SessionKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -138,6 +143,45 @@ impl std::fmt::Debug for DerivedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DerivedKeys(<redacted>)")
     }
+}
+
+/// The stored form of session data: JSON, sealed with the first key unless encryption at
+/// rest is off.
+pub(super) fn encode(
+    config: &ConfigInner,
+    key: &SessionKey,
+    data: &Map<String, Value>,
+) -> Result<Vec<u8>, SessionError> {
+    let json =
+        serde_json::to_vec(data).map_err(|_| SessionError::Serialize(ValueError::default()))?;
+    if !config.encrypt {
+        return Ok(json);
+    }
+    config.keys()[0]
+        .encrypt(key.as_str(), &json)
+        .map_err(|_| SessionError::Random)
+}
+
+/// The data of a record: decrypted with any configured key, or plain JSON when encryption is
+/// off (so turning it off keeps encrypted sessions readable, and turning it on does not
+/// trust records it did not seal).
+pub(super) fn decode(
+    config: &ConfigInner,
+    key: &SessionKey,
+    bytes: &[u8],
+) -> Option<Map<String, Value>> {
+    if bytes.first() == Some(&b'{') {
+        return if config.encrypt {
+            None
+        } else {
+            serde_json::from_slice(bytes).ok()
+        };
+    }
+    config
+        .keys()
+        .iter()
+        .find_map(|k| k.decrypt(key.as_str(), bytes))
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::commit::CookieUpdate;
 use super::config::ConfigInner;
-use super::handle::{CookieUpdate, Session, SessionError, Shared};
+use super::error::SessionError;
+use super::session::{Session, Shared};
 use super::store::SessionStore;
 use super::{SessionConfig, SessionCookieReader};
 

@@ -67,22 +67,34 @@
 //!
 //! The layer needs a Tokio runtime (store timeouts use `tokio::time`).
 
+#[cfg(feature = "axum")]
+mod axum;
+mod commit;
 mod config;
 mod cookie;
 mod crypto;
-mod handle;
+mod error;
+mod expiry;
+mod id;
 mod layer;
+// The handle is the module's main type; `session::session` mirrors the file layout.
+#[allow(clippy::module_inception)]
+mod session;
 pub mod store;
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use self::axum::MissingSessionLayer;
+pub use crate::same_site::SameSite;
 pub use config::{
     MAX_LIFETIME, MIN_KEY_LEN, SessionConfig, SessionConfigBuilder, SessionConfigError,
 };
-pub use cookie::{SameSite, SessionCookieReader, SessionKey};
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use handle::MissingSessionLayer;
-pub use handle::{Expiry, Session, SessionError, ValueError};
+pub use cookie::SessionCookieReader;
+pub use error::{SessionError, ValueError};
+pub use expiry::Expiry;
+pub use id::SessionKey;
 pub use layer::{ResponseBody, ResponseFuture, SessionLayer, SessionService};
+pub use session::Session;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;

@@ -528,16 +528,3 @@ pub fn capture_logs() -> (Capture, tracing::subscriber::DefaultGuard) {
         .finish();
     (capture, tracing::subscriber::set_default(subscriber))
 }
-
-/// A store to run the suites against, with whatever keeps it alive.
-pub struct Backend {
-    pub store: Arc<dyn SessionStore>,
-    pub keep: Box<dyn std::any::Any + Send>,
-}
-
-pub fn memory() -> Backend {
-    Backend {
-        store: Arc::new(tower_rampart::session::MemoryStore::new()),
-        keep: Box::new(()),
-    }
-}

@@ -26,6 +26,9 @@ pub use memory::MemoryStore;
 
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
@@ -121,8 +124,8 @@ pub enum WriteOutcome {
 /// overwritten) rest on it. A store that cannot answer must fail fast with a [`StoreError`]
 /// rather than hang; the layer also bounds every call with its own timeout.
 ///
-/// The crate runs one conformance suite (tests/session_conformance.rs) against every store it
-/// ships; a custom store should pass the same assertions.
+/// The crate runs one conformance suite against every store it ships; a custom store should
+/// pass it too: it is the module `testing` (feature `testing`).
 pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// The live record under `key`, or `None`. When `refresh` is set and
     /// [`record.needs_refresh(now)`](SessionRecord::needs_refresh), also refreshes it at `now`

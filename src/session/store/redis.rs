@@ -3,115 +3,40 @@
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
-use sha2::{Digest, Sha256};
-
 use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
+use crate::digest::sha256_hex128;
 use crate::redis::driver::{self, Script, Value};
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 use crate::session::SessionKey;
 
 const DEFAULT_PREFIX: &str = "rampart:session:";
 
-/// Fields of a session hash, in the order every script returns them.
-const FIELDS: &str = "'v', 'c', 'a', 'i', 'x', 'u', 'd'";
-
-/// Shared Lua: `r` = the record's fields, `now` = ARGV[now_index] as a number; `alive` is
-/// whether the record exists and has not expired at `now`.
-fn script(now_arg: usize, body: &str) -> Script {
-    Script::new(&format!(
-        "local r = redis.call('HMGET', KEYS[1], {FIELDS})\n\
-         local now = tonumber(ARGV[{now_arg}])\n\
-         local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))\n\
-         local function ttl(a)\n\
-           return math.max(1, math.ceil((math.min(a + tonumber(r[4]), tonumber(r[5])) - now) / 1000))\n\
-         end\n\
-         {body}"
-    ))
+/// The scripts, one Lua file each under `lua/`; each file opens with what it reads (KEYS,
+/// ARGV) and what it replies and leaves. Record fields come back in the order
+/// `v c a i x u d`.
+pub(crate) mod lua {
+    /// Reads a session, refreshing its idle deadline when due.
+    pub(crate) const LOAD: &str = include_str!("lua/load.lua");
+    /// Stores a new session, only if no live one has its key.
+    pub(crate) const CREATE: &str = include_str!("lua/create.lua");
+    /// Compare-and-set write of a live session.
+    pub(crate) const SAVE: &str = include_str!("lua/save.lua");
+    /// Removes a session, unconditionally or at an expected version.
+    pub(crate) const DELETE: &str = include_str!("lua/delete.lua");
+    /// Marks a live session as used now.
+    pub(crate) const TOUCH: &str = include_str!("lua/touch.lua");
+    /// Records a session in its user's index.
+    pub(crate) const INDEX_ADD: &str = include_str!("lua/index_add.lua");
+    /// Removes a session if it belongs to a user.
+    pub(crate) const DELETE_IF_USER: &str = include_str!("lua/delete_if_user.lua");
 }
 
-/// ARGV: now, refresh ('1'/'0'). Returns the fields, or nil.
-static LOAD: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        1,
-        "if not alive then return false end\n\
-         if ARGV[2] == '1' and now - tonumber(r[3]) > math.floor(tonumber(r[4]) / 4) then\n\
-           redis.call('HSET', KEYS[1], 'a', ARGV[1])\n\
-           redis.call('PEXPIRE', KEYS[1], ttl(now))\n\
-           r[3] = ARGV[1]\n\
-         end\n\
-         return r",
-    )
-});
-
-/// ARGV: now, c, a, i, x, has_user, user, data, ttl_ms. Returns 1 (created) or 0 (taken).
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        1,
-        "if alive then return 0 end\n\
-         redis.call('DEL', KEYS[1])\n\
-         redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8])\n\
-         if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'u', ARGV[7]) end\n\
-         redis.call('PEXPIRE', KEYS[1], ARGV[9])\n\
-         return 1",
-    )
-});
-
-/// ARGV: now, expected version, c, a, i, x, has_user, user, data, ttl_ms.
-/// Returns {0} missing, {1, fields...} conflict, {2, old user, old x} written.
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        1,
-        "if not alive then return {0} end\n\
-         if r[1] ~= ARGV[2] then return {1, r[1], r[2], r[3], r[4], r[5], r[6], r[7]} end\n\
-         redis.call('HSET', KEYS[1], 'v', tostring(tonumber(r[1]) + 1), 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9])\n\
-         if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'u', ARGV[8]) else redis.call('HDEL', KEYS[1], 'u') end\n\
-         redis.call('PEXPIRE', KEYS[1], ARGV[10])\n\
-         return {2, r[6], r[5]}",
-    )
-});
-
-/// ARGV: now, expected version or ''. Returns {0} missing, {1, fields...} conflict, {2} deleted.
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        1,
-        "if not alive then redis.call('DEL', KEYS[1]) return {0} end\n\
-         if ARGV[2] ~= '' and r[1] ~= ARGV[2] then return {1, r[1], r[2], r[3], r[4], r[5], r[6], r[7]} end\n\
-         redis.call('DEL', KEYS[1])\n\
-         return {2}",
-    )
-});
-
-/// ARGV: now. Returns 1 (touched) or 0.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        1,
-        "if not alive then return 0 end\n\
-         redis.call('HSET', KEYS[1], 'a', ARGV[1])\n\
-         redis.call('PEXPIRE', KEYS[1], ttl(now))\n\
-         return 1",
-    )
-});
-
-/// KEYS[1] = a user's index (sorted set of session keys scored by absolute deadline).
-/// ARGV: now, session key, deadline. Drops entries past their deadline, adds this one, and
-/// keeps the index alive as long as its longest-lived session.
-static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])\n\
-         redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])\n\
-         local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')\n\
-         redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(top[2]) - tonumber(ARGV[1])) / 1000)))\n\
-         return 1",
-    )
-});
-
-/// KEYS[1] = a session; ARGV: user, now. Deletes it if it is alive and belongs to the user.
-const DELETE_IF_USER: &str = "local r = redis.call('HMGET', KEYS[1], 'u', 'a', 'i', 'x')\n\
-     if r[1] ~= ARGV[1] then return 0 end\n\
-     local now = tonumber(ARGV[2])\n\
-     local alive = now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))\n\
-     redis.call('DEL', KEYS[1])\n\
-     if alive then return 1 else return 0 end";
+static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::LOAD));
+static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(lua::CREATE));
+static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(lua::SAVE));
+static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(lua::DELETE));
+static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(lua::TOUCH));
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD));
 
 /// Sessions in Redis: every instance behind the load balancer sees the same sessions.
 ///
@@ -186,11 +111,7 @@ impl RedisStore {
     }
 
     fn user_key(&self, user: &str) -> String {
-        let digest = Sha256::new()
-            .chain_update(b"tower-rampart/session/user/v1:")
-            .chain_update(user.as_bytes())
-            .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = sha256_hex128(&[b"tower-rampart/session/user/v1:", user.as_bytes()]);
         format!("{}user:{{{hex}}}", self.prefix)
     }
 
@@ -402,7 +323,7 @@ impl SessionStore for RedisStore {
             let mut pipe = driver::pipe();
             for key in &keys {
                 pipe.cmd("EVAL")
-                    .arg(DELETE_IF_USER)
+                    .arg(lua::DELETE_IF_USER)
                     .arg(1)
                     .arg(self.redis_key(key))
                     .arg(user)

@@ -1,0 +1,319 @@
+//! The commit that runs after the response: load, compare-and-set save, merge after a
+//! conflict, `cycle_id`, create.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::config::MAX_LIFETIME;
+use super::crypto::{self, decode, encode};
+use super::error::SessionError;
+use super::expiry::{End, Expiry};
+use super::id::SessionId;
+use super::session::{Current, Shared, State};
+use super::store::{SessionRecord, StoreError, StoreFuture, WriteOutcome};
+
+/// Compare-and-set attempts of one commit before it gives up with
+/// [`SessionError::Contention`]. Each attempt after a conflict costs one round trip (the
+/// conflicting record comes back with the refusal), so this only bounds pathological cases.
+const MAX_ATTEMPTS: usize = 128;
+/// Attempts to find an unused id (a collision of 128 random bits does not happen; a broken
+/// random generator must not loop forever).
+const MAX_CREATE_ATTEMPTS: usize = 4;
+
+/// This request's own changes, re-applied on top of a newer record after a conflict.
+#[derive(Default)]
+pub(super) struct Changes {
+    pub(super) cleared: bool,
+    /// Per key: the new value, or `None` for a removal. Later changes replace earlier ones.
+    pub(super) ops: BTreeMap<String, Option<Value>>,
+    pub(super) user: Option<Option<String>>,
+    pub(super) expiry: Option<Expiry>,
+}
+
+impl Changes {
+    pub(super) fn is_empty(&self) -> bool {
+        !self.cleared && self.ops.is_empty() && self.user.is_none() && self.expiry.is_none()
+    }
+
+    fn apply(&self, data: &mut Map<String, Value>) {
+        if self.cleared {
+            data.clear();
+        }
+        for (key, op) in &self.ops {
+            match op {
+                Some(value) => data.insert(key.clone(), value.clone()),
+                None => data.remove(key),
+            };
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What the commit asks of the response's cookies.
+pub(crate) enum CookieUpdate {
+    Keep,
+    Set { id: SessionId, max_age_secs: u64 },
+    Remove,
+}
+
+impl Shared {
+    /// A store call bounded by the configured timeout; failures are remembered for the layer
+    /// and logged once per burst.
+    pub(super) async fn call<T>(&self, fut: StoreFuture<'_, T>) -> Result<T, StoreError> {
+        let timeout = self.config.store_timeout;
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::timeout(timeout)),
+        };
+        if let Err(error) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+            if self.config.log_throttle.allow(self.config.now()) {
+                tracing::warn!(%error, "session store call failed");
+            }
+        }
+        result
+    }
+
+    pub(super) async fn load(&self, state: &mut State) -> Result<(), SessionError> {
+        let Some(id) = &self.incoming else {
+            state.loaded = true;
+            return Ok(());
+        };
+        let now = self.config.now();
+        let record = self.call(self.store.load(id.key(), now, true)).await?;
+        state.loaded = true;
+        if let Some(record) = record {
+            match decode(&self.config, id.key(), &record.data) {
+                Some(data) => {
+                    state.data = data;
+                    state.user.clone_from(&record.user_id);
+                    state.current = Some(Current {
+                        id: id.clone(),
+                        record,
+                    });
+                }
+                None => tracing::warn!(
+                    session = %id.key(),
+                    "session record cannot be decoded (unknown key or corrupt): starting a new session"
+                ),
+            }
+        }
+        Ok(())
+    }
+    /// Writes this request's changes. `server_error`: the response is a 5xx, so only a
+    /// deletion is carried out.
+    pub(crate) async fn commit(&self, server_error: bool) -> Result<CookieUpdate, SessionError> {
+        let mut guard = self.state.lock().await;
+        let state = &mut *guard;
+        let mut update = CookieUpdate::Keep;
+        if let Some(old) = state.delete.take() {
+            let now = self.config.now();
+            self.call(self.store.delete(old.key(), None, now)).await?;
+        }
+        if std::mem::take(&mut state.remove_cookie) {
+            update = CookieUpdate::Remove;
+        }
+        if server_error || (state.changes.is_empty() && !state.cycle) {
+            return Ok(update);
+        }
+        let changes = std::mem::take(&mut state.changes);
+        let cycle = std::mem::take(&mut state.cycle);
+        let now = self.config.now();
+        let Some(current) = state.current.take() else {
+            let record = self.build(None, &changes, now);
+            let (id, record) = self.create(record, &state.data, now).await?;
+            return Ok(self.set_cookie(id, &record, now));
+        };
+        let mut data = std::mem::take(&mut state.data);
+        if cycle {
+            return self.cycle(current, &changes, &data, now, update).await;
+        }
+        let key = current.id.key();
+        let mut base = current.record;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let mut record = self.build(Some(&base), &changes, now);
+            record.data = encode(&self.config, key, &data)?;
+            match self.call(self.store.save(key, &record, now)).await? {
+                WriteOutcome::Written if changes.expiry.is_some() => {
+                    return Ok(self.set_cookie(current.id, &record, now));
+                }
+                WriteOutcome::Written => return Ok(update),
+                WriteOutcome::Missing => {
+                    // Deleted (logout wins) or expired meanwhile: never recreate it.
+                    tracing::debug!(session = %key, "session ended by a concurrent request; changes dropped");
+                    return Ok(update);
+                }
+                WriteOutcome::Conflict(newer) => {
+                    let Some(mut newer_data) = decode(&self.config, key, &newer.data) else {
+                        tracing::warn!(session = %key, "concurrently saved session cannot be decoded; changes dropped");
+                        return Ok(update);
+                    };
+                    changes.apply(&mut newer_data);
+                    data = newer_data;
+                    base = newer;
+                }
+            }
+        }
+        Err(SessionError::Contention)
+    }
+
+    /// Moves the session `old` to a fresh id (`cycle_id`): creates the new record (only if
+    /// absent), then deletes the old one if it still has the version the new record was built
+    /// from. A concurrent save of the old record is merged into the new record and the delete
+    /// retried; a concurrent logout or expiry of the old record wins: the new record is
+    /// discarded and no cookie is sent.
+    ///
+    /// A failed store call is returned (the request is answered `503`) and the new id is
+    /// never sent, so the browser keeps the old session. A record left under the unsent id
+    /// is unreachable and expires with its idle timeout; it is not cleaned up here, as that
+    /// would add one more call (and possibly one more timeout) to a store that just failed.
+    async fn cycle(
+        &self,
+        old: Current,
+        changes: &Changes,
+        data: &Map<String, Value>,
+        now: u64,
+        update: CookieUpdate,
+    ) -> Result<CookieUpdate, SessionError> {
+        let old_key = old.id.key();
+        let mut base = old.record;
+        let (mut id, mut record) = self
+            .create(self.build(Some(&base), changes, now), data, now)
+            .await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            match self
+                .call(self.store.delete(old_key, Some(base.version), now))
+                .await?
+            {
+                WriteOutcome::Written => return Ok(self.set_cookie(id, &record, now)),
+                WriteOutcome::Missing => {
+                    // Logged out (logout wins) or expired meanwhile: the new id is never sent.
+                    tracing::debug!(session = %old_key, "session ended by a concurrent request; its new id is dropped");
+                    self.discard(&id, now).await;
+                    return Ok(update);
+                }
+                WriteOutcome::Conflict(newer) => {
+                    let Some(mut newer_data) = decode(&self.config, old_key, &newer.data) else {
+                        tracing::warn!(session = %old_key, "concurrently saved session cannot be decoded; changes dropped");
+                        self.discard(&id, now).await;
+                        return Ok(update);
+                    };
+                    changes.apply(&mut newer_data);
+                    let mut next = self.build(Some(&newer), changes, now);
+                    next.version = record.version;
+                    next.data = encode(&self.config, id.key(), &newer_data)?;
+                    match self.call(self.store.save(id.key(), &next, now)).await? {
+                        WriteOutcome::Written => {
+                            next.version += 1;
+                            record = next;
+                        }
+                        // Only this request knows the new id, so its record can only have been
+                        // evicted (a full memory store): start over under another fresh id.
+                        WriteOutcome::Missing | WriteOutcome::Conflict(_) => {
+                            (id, record) = self.create(next, &newer_data, now).await?;
+                        }
+                    }
+                    base = newer;
+                }
+            }
+        }
+        self.discard(&id, now).await;
+        Err(SessionError::Contention)
+    }
+
+    /// Deletes a record this request created but whose id it will not send. Best effort: a
+    /// failure is logged by [`call`](Self::call), and the record is unreachable anyway.
+    async fn discard(&self, id: &SessionId, now: u64) {
+        let _ = self.call(self.store.delete(id.key(), None, now)).await;
+    }
+
+    /// The record to write: `base`'s fields with this request's user and expiry changes.
+    fn build(&self, base: Option<&SessionRecord>, changes: &Changes, now: u64) -> SessionRecord {
+        let config = &self.config;
+        let created = base.map_or(now, |b| b.created_micros);
+        let mut idle = base.map_or(micros(config.idle_timeout), |b| b.idle_micros);
+        let mut expires = base.map_or(now.saturating_add(micros(config.absolute_lifetime)), |b| {
+            b.expires_micros
+        });
+        if let Some(expiry) = changes.expiry {
+            if let Some(d) = expiry.idle {
+                idle = micros(d.min(MAX_LIFETIME));
+            }
+            match expiry.end {
+                Some(End::Lifetime(d)) => expires = created.saturating_add(micros(d)),
+                Some(End::At(at)) => {
+                    expires = at
+                        .duration_since(UNIX_EPOCH)
+                        .map(micros)
+                        .unwrap_or_default();
+                }
+                None => {}
+            }
+            // Browsers keep cookies at most 400 days; so do stores.
+            expires = expires.min(now.saturating_add(micros(MAX_LIFETIME)));
+        }
+        let user_id = match &changes.user {
+            Some(user) => user.clone(),
+            None => base.and_then(|b| b.user_id.clone()),
+        };
+        SessionRecord {
+            version: base.map_or(0, |b| b.version),
+            created_micros: created,
+            accessed_micros: now,
+            idle_micros: idle,
+            expires_micros: expires,
+            user_id,
+            data: Vec::new(),
+        }
+    }
+
+    /// Stores `record` under a fresh id (only if absent: an existing session is never
+    /// overwritten).
+    async fn create(
+        &self,
+        mut record: SessionRecord,
+        data: &Map<String, Value>,
+        now: u64,
+    ) -> Result<(SessionId, SessionRecord), SessionError> {
+        for _ in 0..MAX_CREATE_ATTEMPTS {
+            let id = SessionId::generate().map_err(|_| SessionError::Random)?;
+            record.data = encode(&self.config, id.key(), data)?;
+            if self.call(self.store.create(id.key(), &record, now)).await? {
+                record.version = 1;
+                return Ok((id, record));
+            }
+        }
+        Err(SessionError::Random)
+    }
+
+    fn set_cookie(&self, id: SessionId, record: &SessionRecord, now: u64) -> CookieUpdate {
+        CookieUpdate::Set {
+            id,
+            max_age_secs: record.expires_micros.saturating_sub(now) / 1_000_000,
+        }
+    }
+}
+
+/// After a conflict: retry at once a few times, then wait a little, randomly, so a crowd of
+/// requests of one session stops colliding.
+async fn backoff(attempt: usize) {
+    if attempt >= 4 {
+        let mut r = [0u8; 2];
+        let _ = crypto::random_bytes(&mut r);
+        let cap = 200 * attempt.min(10) as u64;
+        let wait = u64::from(u16::from_le_bytes(r)) % cap;
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+    }
+}

@@ -1,0 +1,12 @@
+-- DELETE_IF_USER: remove a session if it belongs to a user (sign out everywhere).
+-- KEYS[1]: the session hash (fields v c a i x u d).
+-- ARGV[1]: the user id, ARGV[2]: now (microseconds).
+-- Replies: 1 when a live session of the user was removed, else 0.
+-- Leaves: the key removed whenever 'u' is the user (an expired leftover too), untouched
+-- otherwise.
+local r = redis.call('HMGET', KEYS[1], 'u', 'a', 'i', 'x')
+if r[1] ~= ARGV[1] then return 0 end
+local now = tonumber(ARGV[2])
+local alive = now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
+redis.call('DEL', KEYS[1])
+if alive then return 1 else return 0 end

@@ -1,0 +1,216 @@
+//! The stored format of sessions in Redis, pinned by checked-in files (tests/golden/):
+//!
+//! - a plaintext record written by `RedisStore` through the layer on a fixed clock: every
+//!   hash field and value, the TTLs and the user index, against
+//!   `session_plain_record.txt`;
+//! - an encrypted record (its nonce is random, so it cannot be rewritten identically),
+//!   written once and checked in with its secret key and cookie in
+//!   `session_encrypted_record.txt`: the current code must read it back.
+//!
+//! The files are only read here, never written: a deliberate format change edits them by
+//! hand and says so in the CHANGELOG.
+#![cfg(all(feature = "session", feature = "redis"))]
+
+mod session_common;
+use rampart_test_support as support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use session_common::*;
+use support::RedisServer;
+use tower_rampart::clock::ManualClock;
+use tower_rampart::redis::driver;
+use tower_rampart::session::RedisStore;
+
+const PLAIN: &str = include_str!("golden/session_plain_record.txt");
+const ENCRYPTED: &str = include_str!("golden/session_encrypted_record.txt");
+
+/// The clock the golden traces start at: 2023-11-14T22:13:20Z, in microseconds.
+const T0: u64 = 1_700_000_000_000_000;
+/// Each test finishes well within this.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Real time the test may take between a write and the TTL check, in milliseconds.
+const TTL_SLACK_MS: i64 = 10_000;
+
+/// The `name: value` lines of a golden file (comments and blank lines skipped).
+fn entries(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.split_once(": ")
+                .unwrap_or_else(|| panic!("bad line {l:?}"))
+        })
+        .collect()
+}
+
+/// The single value of `name` in a golden file.
+fn entry<'a>(text: &'a str, name: &str) -> &'a str {
+    let found: Vec<&str> = entries(text)
+        .into_iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(found.len(), 1, "one {name:?} in the golden file");
+    found[0]
+}
+
+/// The `field X` (text) and `field-hex X` (hex) lines of a golden file, decoded.
+fn fields(text: &str) -> BTreeMap<String, Vec<u8>> {
+    entries(text)
+        .into_iter()
+        .filter_map(|(name, value)| {
+            if let Some(field) = name.strip_prefix("field ") {
+                Some((field.to_owned(), value.as_bytes().to_vec()))
+            } else {
+                name.strip_prefix("field-hex ")
+                    .map(|field| (field.to_owned(), unhex(value)))
+            }
+        })
+        .collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    assert_eq!(text.len() % 2, 0, "hex of whole bytes");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn hash(server: &RedisServer, key: &str) -> BTreeMap<String, Vec<u8>> {
+    let fields: Vec<(String, Vec<u8>)> = server.run(driver::cmd("HGETALL").arg(key));
+    fields.into_iter().collect()
+}
+
+/// `ttl` (from Redis) is the golden one, counted down by at most the slack.
+fn assert_ttl(what: &str, ttl: i64, golden: &str) {
+    let golden: i64 = golden.parse().expect("a TTL in milliseconds");
+    assert!(
+        ttl <= golden && ttl > golden - TTL_SLACK_MS,
+        "{what}: TTL {ttl} ms, golden {golden} ms"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_record_matches_the_golden_fields() {
+    tokio::time::timeout(DEADLINE, plaintext_record())
+        .await
+        .expect("deadline");
+}
+
+async fn plaintext_record() {
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::new(server.config().connect_lazy().unwrap()));
+    let clock = ManualClock::new(T0);
+    let app = App::with_clock(
+        store,
+        builder().encrypt_at_rest(false),
+        routes(),
+        clock.clone(),
+    );
+    // The trace of the golden file.
+    let first = app
+        .post("/set/greeting/hello", None)
+        .await
+        .cookie()
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(app.post("/set/n/2", Some(&first)).await.status, 200);
+    clock.advance(Duration::from_secs(10));
+    let cookie = app
+        .post("/login/alice", Some(&first))
+        .await
+        .cookie()
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(app.post("/set/n/3", Some(&cookie)).await.status, 200);
+
+    // Exactly two keys: the session (name by shape) and the user's index (name exact).
+    let session_key = format!("rampart:session:{{{}}}", app.key_of(&cookie));
+    let index_key = entry(PLAIN, "index-key");
+    let mut keys: Vec<String> = server.run(driver::cmd("KEYS").arg("*"));
+    keys.sort();
+    let mut expected = vec![session_key.clone(), index_key.to_owned()];
+    expected.sort();
+    assert_eq!(keys, expected);
+    let hex = session_key
+        .strip_prefix("rampart:session:{")
+        .and_then(|k| k.strip_suffix('}'))
+        .expect("rampart:session:{...}");
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{session_key}"
+    );
+
+    // Every field and value.
+    assert_eq!(hash(&server, &session_key), fields(PLAIN));
+    let ttl: i64 = server.run(driver::cmd("PTTL").arg(&session_key));
+    assert_ttl("session", ttl, entry(PLAIN, "ttl-ms"));
+
+    // The index: this session, scored by its absolute deadline.
+    let members: Vec<(String, u64)> = server.run(
+        driver::cmd("ZRANGE")
+            .arg(index_key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+    );
+    let score: u64 = entry(PLAIN, "index-score").parse().unwrap();
+    assert_eq!(members, vec![(hex.to_owned(), score)]);
+    let ttl: i64 = server.run(driver::cmd("PTTL").arg(index_key));
+    assert_ttl("user index", ttl, entry(PLAIN, "index-ttl-ms"));
+}
+
+#[tokio::test]
+async fn encrypted_golden_record_is_read_back() {
+    tokio::time::timeout(DEADLINE, encrypted_record())
+        .await
+        .expect("deadline");
+}
+
+async fn encrypted_record() {
+    let server = RedisServer::start();
+    let redis_key = entry(ENCRYPTED, "redis-key");
+    let mut hset = driver::cmd("HSET");
+    hset.arg(redis_key);
+    for (field, value) in fields(ENCRYPTED) {
+        hset.arg(field).arg(value);
+    }
+    let _: i64 = server.run(&hset);
+
+    let store = Arc::new(RedisStore::new(server.config().connect_lazy().unwrap()));
+    let secret = entry(ENCRYPTED, "secret");
+    // Within the record's lifetime: 10 s after its last save.
+    let clock = ManualClock::new(T0 + 20_000_000);
+    let app = App::with_clock(
+        store,
+        builder_with_keys(&[secret.as_bytes()]),
+        routes(),
+        clock,
+    );
+    assert!(app.config.encrypts_at_rest());
+    let cookie = entry(ENCRYPTED, "cookie");
+    // The cookie still verifies and names the stored record (same id hash, same key name).
+    assert_eq!(
+        format!("rampart:session:{{{}}}", app.key_of(cookie)),
+        redis_key
+    );
+    let values: Vec<(&str, &str)> = entries(ENCRYPTED)
+        .into_iter()
+        .filter_map(|(n, v)| n.strip_prefix("value ").map(|n| (n, v)))
+        .collect();
+    assert_eq!(values.len(), 2);
+    for (name, json) in values {
+        let r = app.get(&format!("/get/{name}"), Some(cookie)).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, json), "{name}");
+    }
+    // The values came from decrypting these exact bytes: one flipped bit of the sealed data
+    // and the record is unreadable (a fresh, empty session).
+    let mut data = fields(ENCRYPTED).remove("d").expect("field d");
+    *data.last_mut().unwrap() ^= 1;
+    let _: i64 = server.run(driver::cmd("HSET").arg(redis_key).arg("d").arg(data));
+    let r = app.get("/get/greeting", Some(cookie)).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "null"));
+}
