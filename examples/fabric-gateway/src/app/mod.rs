@@ -55,7 +55,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_rampart::clock::{Clock, SystemClock};
-use tower_rampart::cookie_policy::{self, CookiePolicy, CookiePolicyLayer, SecureMode};
+use tower_rampart::cookie_policy::{CookiePolicy, CookiePolicyLayer, SecureMode};
 use tower_rampart::correlation::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_rampart::rate_limit::{
     self, FailureMode, Key, Limit, MissingKey, Quota, RateLimitConfigError, RateLimitLayer,
@@ -63,7 +63,7 @@ use tower_rampart::rate_limit::{
 };
 use tower_rampart::redis::{RedisConnection, RedisHealth};
 use tower_rampart::session::{
-    self, MemoryStore, RedisStore, SessionConfig, SessionConfigError, SessionLayer, SessionStore,
+    MemoryStore, RedisStore, SessionConfig, SessionConfigError, SessionLayer, SessionStore,
 };
 
 use crate::auth::TokenValidator;
@@ -379,15 +379,10 @@ fn session_layer(
     redis: Option<&RedisConnection>,
     clock: &Arc<dyn Clock>,
 ) -> Result<SessionLayer, StartError> {
-    let same_site = match config.cookie_samesite {
-        CookieSameSite::Lax => session::SameSite::Lax,
-        CookieSameSite::Strict => session::SameSite::Strict,
-        CookieSameSite::None => session::SameSite::None,
-    };
     let session_config = SessionConfig::builder()
         .keys(config.secret_keys.keys())
         .cookie_name(config.session_cookie_name.clone())
-        .same_site(same_site)
+        .same_site(config.cookie_samesite)
         .secure(secure_cookies(config))
         .idle_timeout(config.session_idle)
         .absolute_lifetime(config.session_expiry)
@@ -407,23 +402,19 @@ fn session_layer(
 }
 
 /// The variable behind the setting the session layer refused.
-///
-/// `SessionConfigError` is a message today, so this reads its text. Once it is a typed enum,
-/// this body becomes a `match` on its variants (keys → `SECRET_KEY`; cookie name and prefix
-/// rules → `SESSION_COOKIE_NAME`; `SameSite` → `COOKIE_SAMESITE`; idle timeout →
-/// `SESSION_IDLE_MINUTES`; lifetime → `SESSION_EXPIRY_HOURS`) and nothing else changes.
 fn session_setting_variable(err: &SessionConfigError) -> &'static str {
-    let message = err.to_string();
-    if message.contains("cookie") || message.contains("prefix") {
-        "SESSION_COOKIE_NAME"
-    } else if message.contains("SameSite") {
-        "COOKIE_SAMESITE"
-    } else if message.contains("idle") {
-        "SESSION_IDLE_MINUTES"
-    } else if message.contains("lifetime") {
-        "SESSION_EXPIRY_HOURS"
-    } else {
-        "SECRET_KEY"
+    use SessionConfigError as E;
+    match err {
+        E::InvalidCookieName { .. }
+        | E::InvalidCookiePath { .. }
+        | E::InvalidCookieDomain { .. }
+        | E::HostPrefixRequirements
+        | E::SecurePrefixWithoutSecure => "SESSION_COOKIE_NAME",
+        E::SameSiteNoneWithoutSecure => "COOKIE_SAMESITE",
+        E::IdleTimeoutTooShort | E::IdleTimeoutExceedsLifetime { .. } => "SESSION_IDLE_MINUTES",
+        E::AbsoluteLifetimeTooLong { .. } => "SESSION_EXPIRY_HOURS",
+        // The keys, and settings the gateway never varies.
+        _ => "SECRET_KEY",
     }
 }
 
@@ -435,11 +426,7 @@ fn secure_cookies(config: &Config) -> bool {
 
 /// The policy every `Set-Cookie` passes through.
 fn cookie_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<CookiePolicy, StartError> {
-    let min_same_site = match config.cookie_samesite {
-        CookieSameSite::Lax => cookie_policy::SameSite::Lax,
-        CookieSameSite::Strict => cookie_policy::SameSite::Strict,
-        CookieSameSite::None => cookie_policy::SameSite::None,
-    };
+    let min_same_site = config.cookie_samesite;
     let secure = if secure_cookies(config) {
         SecureMode::Always
     } else {
@@ -527,16 +514,13 @@ fn rate_limits(
 
 /// The variable to name when a rate-limit layer refuses its configuration; `quotas` pairs
 /// each of the layer's quota names with its variable, the layer's main quota first.
-///
-/// `RateLimitConfigError` is a message today, so this names the main quota's variable
-/// whatever the error. Once it is a typed enum, this body becomes a `match` on its variants
-/// (one naming a quota → that quota's variable in `quotas`; the others → the first) and
-/// nothing else changes.
 fn rate_limit_setting_variable(
-    _err: &RateLimitConfigError,
+    err: &RateLimitConfigError,
     quotas: &[(&str, &'static str)],
 ) -> &'static str {
-    quotas[0].1
+    err.quota_name()
+        .and_then(|name| quotas.iter().find(|(quota, _)| *quota == name))
+        .map_or(quotas[0].1, |(_, variable)| variable)
 }
 
 /// `ALLOWED_ORIGINS` as header values.

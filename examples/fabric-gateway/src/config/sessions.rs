@@ -9,17 +9,9 @@ use super::Reader;
 /// Minimum length of each `SECRET_KEY` entry, in bytes.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
 
-/// `COOKIE_SAMESITE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CookieSameSite {
-    /// `SameSite=Lax` (the default).
-    Lax,
-    /// `SameSite=Strict`.
-    Strict,
-    /// `SameSite=None` (forces `Secure`); needed when the SPA and the API are on
-    /// different sites.
-    None,
-}
+/// `COOKIE_SAMESITE`: the crate's one `SameSite` type (`Lax` by default; `None` forces
+/// `Secure` and is needed when the SPA and the API are on different sites).
+pub use tower_rampart::cookie_policy::SameSite as CookieSameSite;
 
 /// The session signing/encryption keys (`SECRET_KEY`): the first signs, all verify.
 ///
