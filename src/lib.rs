@@ -64,8 +64,10 @@
 //! | `session` | yes | [`session`] with the in-memory store |
 //! | `rate-limit` | yes | [`rate_limit`] with the in-memory backend, [`net`] |
 //! | `redis` | no | [`redis`], and the Redis backends of the enabled layers |
-//! | `axum` | no | axum extractors, and reading axum's `ConnectInfo` for client addresses |
+//! | `axum` | no | axum extractors (`Session`, `CorrelationId`), and reading axum's `ConnectInfo` for client addresses |
+//! | `tonic` | no | reading tonic's `TcpConnectInfo` for client addresses |
 //! | `full` | no | all of the above |
+//! | `testing` | no | `session::store::testing`: the conformance suite a session store of your own can run |
 //!
 //! Memory-only users do not compile the Redis client.
 //!
@@ -85,15 +87,22 @@
 pub mod clock;
 
 #[cfg(any(feature = "session", feature = "rate-limit"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "session", feature = "rate-limit"))))]
 pub mod body;
 
 #[cfg(feature = "correlation-id")]
+#[cfg_attr(docsrs, doc(cfg(feature = "correlation-id")))]
 pub mod correlation;
 
 #[cfg(feature = "cookie-policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cookie-policy")))]
 pub mod cookie_policy;
 
 #[cfg(any(feature = "cookie-policy", feature = "rate-limit"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "cookie-policy", feature = "rate-limit")))
+)]
 pub mod net;
 
 #[cfg(any(feature = "session", feature = "cookie-policy"))]
@@ -106,10 +115,13 @@ mod token;
 mod digest;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 #[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub mod session;
 
 #[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;

@@ -129,6 +129,7 @@ pub use self::clock::MonotonicClock;
 pub use self::config::{Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError};
 pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 #[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use self::key::SessionKeyExtractor;
 pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey, NoKey};
 pub use self::memory::{DEFAULT_MAX_KEYS, KeyedLimiter, MemoryBackend, MemoryBackendBuilder};
@@ -137,6 +138,7 @@ pub use self::quota::{
     DEFAULT_WINDOW_SLOTS, MAX_COUNT, MAX_WINDOW, MIN_WINDOW, Meaning, Quota, QuotaError,
 };
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{
     DEFAULT_DENY_CACHE, DEFAULT_PREFIX, RedisBackend, RedisBackendBuilder, RedisKeyedLimiter,
 };

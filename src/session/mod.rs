@@ -2,6 +2,10 @@
 //! [`Session`] handle, the [`SessionStore`] trait, [`MemoryStore`] and (feature `redis`)
 //! [`RedisStore`].
 //!
+//! In axum, [`Session`] is an extractor with the crate's `axum` feature
+//! (`features = ["axum"]`); without a framework, read it from the request extensions as
+//! below.
+//!
 //! ```
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt};

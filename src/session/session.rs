@@ -33,6 +33,13 @@ use super::store::{SessionRecord, SessionStore};
 /// The session id itself is never exposed; [`key`](Self::key) gives its hash, which is safe
 /// to log.
 ///
+/// **As an axum extractor** (`async fn handler(session: Session)`) it needs the crate's
+/// `axum` feature: `tower-rampart = { version = "0.1", features = ["axum"] }`. Without it
+/// axum reports only that `Handler<_, _>` is not implemented. Without axum, read it from the
+/// request extensions (`req.extensions().get::<Session>()`). Return
+/// `Result<_, SessionError>` from handlers and use `?`: with the `axum` feature a
+/// `SessionError` answers `503` (store unavailable) or `500`, never a panic.
+///
 /// ```
 /// use tower_rampart::session::{Session, SessionError};
 ///
