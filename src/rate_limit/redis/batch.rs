@@ -24,210 +24,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::lock;
-use crate::redis::driver::{Script, ScriptInvocation};
+use super::scripts::{BATCH_SCRIPT, GCRA, keys_invocation};
+use crate::rate_limit::lock;
+use crate::redis::driver::ScriptInvocation;
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 
 /// Most quota checks in one call (bounds the script's `unpack` of the keys).
 const MAX_CHECKS: usize = 512;
-
-/// Quota kinds in the script's quota definitions.
-pub(crate) const WINDOW: u64 = 1;
-pub(crate) const GCRA: u64 = 2;
-
-/// The batch script.
-///
-/// KEYS: the distinct keys of the batch, in order of first use.
-///
-/// ARGV: the mode: `0`, all requests use the server's time (one `TIME`); `1`, every request
-/// carries its own time (a client clock or a replay; `0` there still means the server's
-/// time); `2`, "simple": the server's time, one shape, and every check on a key of its own,
-/// request `i`'s checks on keys `i·n + 1 ..= i·n + n` (the common case, which then needs no
-/// per-request argument at all). Then the number of quota definitions and of request shapes;
-/// the definitions, five values each: kind (1 window, 2 GCRA), then window: limit, window,
-/// granularity, slot bound; GCRA: interval, burst, 0, 0; the shapes: cost, number of checks,
-/// that many definition indices; then (modes 0 and 1) the requests in arrival order: shape
-/// index, the time (mode 1 only), one key index per check.
-///
-/// Reply, flat, per request and check: GCRA, one integer (the encoding of the single GCRA
-/// script: used microseconds if admitted, minus the retry time if refused, -2^52 minus the
-/// used microseconds if the cost exceeds the burst); window, three: remaining (`-1 -
-/// remaining` if refused), reset, retry (-1: never). A request is admitted iff all its checks
-/// are; only then are its writes applied, to the batch's copy of the state, which later
-/// requests read. The decision steps are the Lua fragments of `redis.rs`, shared with its
-/// scripts.
-///
-/// Cost notes (Redis CPU is the budget): library functions are read into locals once; numbers
-/// are formatted in Lua with `%d` (exact below 2^53, the same text Redis would write) and
-/// memoised per batch, since the TTL and the new state of fresh keys admitted at the batch's
-/// time repeat, whereas Redis formats every number argument with `%.17g`; the pieces of a new
-/// window state are built once per time, cost and quota.
-pub(crate) const BATCH: &str = concat!(
-    r#"
-local call, num, fmt = redis.call, tonumber, string.format
-local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
-"#,
-    lua_window_tables!(),
-    r#"
-local argv, keys = ARGV, KEYS
-local client, simple = argv[1] == '1', argv[1] == '2'
-local nq, ns = num(argv[2]), num(argv[3])
--- D: six values per definition at offset 6 (q - 1): kind, its four parameters, and the
--- GCRA capacity (interval times burst). S: the offset of each shape, then per shape: cost,
--- number of checks, the definitions' offsets in D.
-local D, S = {}, {}
-local a = 4
-for q = 0, 6 * (nq - 1), 6 do
-  D[q + 1], D[q + 2], D[q + 3] = num(argv[a]), num(argv[a + 1]), num(argv[a + 2])
-  D[q + 4], D[q + 5], D[q + 6] = num(argv[a + 3]), num(argv[a + 4]), D[q + 2] * D[q + 3]
-  a = a + 5
-end
-local o = ns
-for s = 1, ns do
-  local n = num(argv[a + 1])
-  S[s], S[o + 1], S[o + 2] = o + 1, num(argv[a]), n
-  for j = 1, n do S[o + 2 + j] = 6 * (num(argv[a + 1 + j]) - 1) end
-  o = o + 2 + n
-  a = a + 2 + n
-end
-local state = call('MGET', unpack(keys))
-local clock = 0
-if not client then
-  local t = call('TIME')
-  clock = t[1] * 1000000 + t[2]
-end
-local px, dirty, ndirty = {}, {}, 0
-local text = {}
-local ls, lc, lq = -1, -1, -1
-local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
-local reply, r = {}, 0
-local stage = {}
-local last, nreq, i = #argv, -1, 0
-if simple then nreq = #keys / S[S[1] + 1] end
-while true do
-  local s, now = 1, clock
-  if simple then
-    if i == nreq then break end
-  else
-    if a > last then break end
-    s = num(argv[a])
-    if client then
-      a = a + 1
-      now = num(argv[a])
-      if now == 0 then
-        if clock == 0 then
-          local t = call('TIME')
-          clock = t[1] * 1000000 + t[2]
-        end
-        now = clock
-      end
-    end
-    a = a + 1
-  end
-  local so = S[s]
-  local cost, n = S[so], S[so + 1]
-  local all, nw = true, 0
-  for j = 0, n - 1 do
-    local k, q = i * n + j + 1, S[so + 2 + j]
-    if not simple then k = num(argv[a + j]) end
-    local raw = state[k]
-    if D[q + 1] == 2 then
-      local T, B, BT = D[q + 2], D[q + 3], D[q + 6]
-"#,
-    lua_gcra_step!(),
-    r#"
-      r = r + 1
-      reply[r] = v
-      if v < 0 then
-        all = false
-      elseif cost > 0 then
-        local tat = now + nd
-        local sv = text[tat]
-        if not sv then
-          sv = fmt('%d', tat)
-          text[tat] = sv
-        end
-        local ms = (nd - nd % 1000) / 1000 + 1
-        local sp = text[ms]
-        if not sp then
-          sp = fmt('%d', ms)
-          text[ms] = sp
-        end
-        stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, sv, sp
-        nw = nw + 3
-      end
-    else
-      local N, W = D[q + 2], D[q + 3]
-"#,
-    lua_window_scan!(),
-    r#"
-      local b = 0
-      if first <= m then b = at1 + W - now end
-      if cost <= N and count + cost <= N then
-        if cost > 0 then
-          local g, bound = D[q + 4], D[q + 5]
-"#,
-    lua_window_widths!(),
-    lua_window_stamp!(),
-    r#"
-          if stamp ~= ls or cost ~= lc or q ~= lq then
-            ls, lc, lq = stamp, cost, q
-"#,
-    lua_window_fresh!(),
-    r#"
-          end
-"#,
-    lua_window_admit!(),
-    r#"
-          if first > m then b = stamp + W - now end
-          local ttl = nn + W - now
-          local ms = (ttl - ttl % 1000) / 1000 + 1
-          local sp = text[ms]
-          if not sp then
-            sp = fmt('%d', ms)
-            text[ms] = sp
-          end
-          stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, value, sp
-          nw = nw + 3
-        end
-        reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, b, 0
-      else
-"#,
-    lua_window_retry!(),
-    r#"
-        reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
-        all = false
-      end
-      r = r + 3
-    end
-  end
-  i = i + 1
-  if not simple then a = a + n end
-  if all then
-    for j = 1, nw, 3 do
-      local k = stage[j]
-      if not px[k] then
-        ndirty = ndirty + 1
-        dirty[ndirty] = k
-      end
-      state[k], px[k] = stage[j + 1], stage[j + 2]
-    end
-  end
-end
-for i = 1, ndirty do
-  local k = dirty[i]
-  call('SET', keys[k], state[k], 'PX', px[k])
-end
-return reply
-"#
-);
-
-static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BATCH));
 
 /// One quota check of a request: the Redis key and the quota's definition (kind, then its
 /// four parameters, as the script reads them).
@@ -618,7 +426,7 @@ fn keys_only<'a>(
     if distinct.len() != keys.len() {
         return None;
     }
-    let mut inv = super::keys_invocation(&check.def, first.cost, first.now);
+    let mut inv = keys_invocation(&check.def, first.cost, first.now);
     for k in &keys {
         inv.key(*k);
     }

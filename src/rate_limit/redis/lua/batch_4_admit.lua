@@ -1,0 +1,6 @@
+
+      local b = 0
+      if first <= m then b = at1 + W - now end
+      if cost <= N and count + cost <= N then
+        if cost > 0 then
+          local g, bound = D[q + 4], D[q + 5]

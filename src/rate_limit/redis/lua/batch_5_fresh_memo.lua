@@ -1,0 +1,3 @@
+
+          if stamp ~= ls or cost ~= lc or q ~= lq then
+            ls, lc, lq = stamp, cost, q

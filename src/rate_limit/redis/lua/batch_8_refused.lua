@@ -1,0 +1,25 @@
+
+        reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
+        all = false
+      end
+      r = r + 3
+    end
+  end
+  i = i + 1
+  if not simple then a = a + n end
+  if all then
+    for j = 1, nw, 3 do
+      local k = stage[j]
+      if not px[k] then
+        ndirty = ndirty + 1
+        dirty[ndirty] = k
+      end
+      state[k], px[k] = stage[j + 1], stage[j + 2]
+    end
+  end
+end
+for i = 1, ndirty do
+  local k = dirty[i]
+  call('SET', keys[k], state[k], 'PX', px[k])
+end
+return reply

@@ -1,0 +1,3 @@
+
+reply[1] = 1
+local writes = {}

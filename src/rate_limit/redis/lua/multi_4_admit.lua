@@ -1,0 +1,5 @@
+
+    if first <= m then b = at1 + W - now end
+    if cost <= N and count + cost <= N then
+      ok, a = 1, N - count - cost
+      if cost > 0 then

@@ -1,0 +1,14 @@
+
+      a, retry = rem, wait
+    end
+  end
+  if ok == 0 then reply[1] = 0 end
+  local r = #reply
+  reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = ok, a, b, retry
+end
+if reply[1] == 1 then
+  for _, w in ipairs(writes) do
+    call('SET', w[1], w[2], 'PX', (w[3] - w[3] % 1000) / 1000 + 1)
+  end
+end
+return reply

@@ -1,0 +1,2 @@
+
+local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh

@@ -1,0 +1,6 @@
+
+    reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
+  end
+  r = r + 3
+end
+return reply
