@@ -4,10 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::Names;
 use super::decision::QuotaDecision;
 use super::key::LimitKey;
-use super::quota::{Meaning, Quota, QuotaError};
-use super::{Names, window};
+use super::quota::{Quota, QuotaError};
 use crate::clock::Clock;
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 
@@ -27,9 +27,9 @@ mod batch;
 mod deny_cache;
 mod scripts;
 
-use self::batch::{Ask, Batcher, Check, Turn};
+use self::batch::{Batcher, Turn};
 use self::deny_cache::DenyCache;
-use self::scripts::{MULTI_SCRIPT, decode, definition, keys_invocation, num, retry, width};
+use self::scripts::{Ask, Check, Definition};
 
 /// Quota state in Redis, shared by every instance: limits are global.
 ///
@@ -138,7 +138,7 @@ struct Inner {
     deny: DenyCache,
     names: Names,
     /// `None`: one script call per decision.
-    batcher: Option<Arc<Batcher>>,
+    batcher: Option<Arc<Batcher<Ask>>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -343,7 +343,7 @@ impl RedisBackend {
                     .iter()
                     .map(|item| Check {
                         key: self.key_name(item.name, item.key),
-                        def: definition(item.quota),
+                        def: Definition::of(item.quota),
                     })
                     .collect(),
                 cost,
@@ -360,7 +360,8 @@ impl RedisBackend {
                 }
                 Turn::Queued(pending) => {
                     let answer = pending.answer().await?;
-                    return decode(items, cost, answer.values());
+                    let defs = items.iter().map(|item| Definition::of(item.quota));
+                    return scripts::decode_keys(defs, cost, answer.values());
                 }
             }
         }
@@ -374,65 +375,23 @@ impl RedisBackend {
         cost: u64,
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
-        let protocol = |n: usize| {
-            RedisError::new(
-                RedisErrorKind::Protocol,
-                format!("rate limit script replied {n} values"),
-            )
+        let defs = || items.iter().map(|item| Definition::of(item.quota));
+        let mut inv = match items {
+            [item] => Definition::of(item.quota).keys_invocation(cost, now),
+            _ => scripts::multi_invocation(defs(), cost, now),
         };
-        let gcra = |q: &Quota, allowed: bool, used: i64, r: i64| {
-            QuotaDecision::gcra(
-                allowed,
-                num(used),
-                q.emission_interval_us(),
-                q.burst_size(),
-                retry(r),
-            )
-        };
-        if let [item] = items {
-            let mut inv = keys_invocation(&definition(item.quota), cost, now);
-            inv.key(self.key_name(item.name, item.key));
-            let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
-            if reply.len() != width(item.quota) {
-                return Err(protocol(reply.len()));
-            }
-            return decode(items, cost, &reply);
-        }
-        let mut inv = MULTI_SCRIPT.prepare_invoke();
         for item in items {
             inv.key(self.key_name(item.name, item.key));
-        }
-        inv.arg(cost).arg(now);
-        for item in items {
-            let q = item.quota;
-            match q.meaning() {
-                Meaning::Window => inv
-                    .arg(1)
-                    .arg(q.limit)
-                    .arg(q.window_us)
-                    .arg(q.granularity_us())
-                    .arg(window::max_slots(q)),
-                Meaning::Gcra => inv
-                    .arg(2)
-                    .arg(q.emission_interval_us())
-                    .arg(q.burst_size())
-                    .arg(0)
-                    .arg(0),
-            };
         }
         let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
-        if reply.len() != 1 + 4 * items.len() {
-            return Err(protocol(reply.len()));
+        if let [item] = items {
+            let width = Definition::of(item.quota).width();
+            if reply.len() != width {
+                return Err(scripts::replied(reply.len()));
+            }
+            return scripts::decode_keys(defs(), cost, &reply);
         }
-        let decisions = reply[1..]
-            .chunks_exact(4)
-            .zip(items)
-            .map(|(c, item)| match item.quota.meaning() {
-                Meaning::Gcra => gcra(item.quota, c[0] == 1, c[1], c[3]),
-                Meaning::Window => QuotaDecision::new(c[0] == 1, num(c[1]), num(c[2]), retry(c[3])),
-            })
-            .collect();
-        Ok((reply[0] == 1, decisions))
+        scripts::decode_multi(defs(), &reply)
     }
 }
 
