@@ -28,7 +28,7 @@ if not client then
 end
 local px, dirty, ndirty = {}, {}, 0
 local text = {}
-local ls, lc, lq = -1, -1, -1
+local memo_stamp, memo_cost, memo_q = -1, -1, -1
 local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
 local reply, r = {}, 0
 local stage = {}
@@ -56,7 +56,7 @@ while true do
   end
   local so = S[s]
   local cost, n = S[so], S[so + 1]
-  local all, nw = true, 0
+  local all, nstaged = true, 0
   for j = 0, n - 1 do
     local k, q = i * n + j + 1, S[so + 2 + j]
     if not simple then k = num(argv[a + j]) end

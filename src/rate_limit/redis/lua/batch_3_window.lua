@@ -1,23 +1,23 @@
 
       r = r + 1
-      reply[r] = v
-      if v < 0 then
+      reply[r] = outcome
+      if outcome < 0 then
         all = false
       elseif cost > 0 then
-        local tat = now + nd
-        local sv = text[tat]
-        if not sv then
-          sv = fmt('%d', tat)
-          text[tat] = sv
+        local tat = now + used_after
+        local tat_text = text[tat]
+        if not tat_text then
+          tat_text = fmt('%d', tat)
+          text[tat] = tat_text
         end
-        local ms = (nd - nd % 1000) / 1000 + 1
-        local sp = text[ms]
-        if not sp then
-          sp = fmt('%d', ms)
-          text[ms] = sp
+        local ms = (used_after - used_after % 1000) / 1000 + 1
+        local ttl_text = text[ms]
+        if not ttl_text then
+          ttl_text = fmt('%d', ms)
+          text[ms] = ttl_text
         end
-        stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, sv, sp
-        nw = nw + 3
+        stage[nstaged + 1], stage[nstaged + 2], stage[nstaged + 3] = k, tat_text, ttl_text
+        nstaged = nstaged + 3
       end
     else
       local N, W = D[q + 2], D[q + 3]

@@ -1,3 +1,3 @@
 
-          if stamp ~= ls or cost ~= lc or q ~= lq then
-            ls, lc, lq = stamp, cost, q
+          if stamp ~= memo_stamp or cost ~= memo_cost or q ~= memo_q then
+            memo_stamp, memo_cost, memo_q = stamp, cost, q

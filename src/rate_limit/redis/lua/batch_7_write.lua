@@ -1,14 +1,14 @@
 
-          if first > m then b = stamp + W - now end
-          local ttl = nn + W - now
+          if first > nslots then reset = stamp + W - now end
+          local ttl = newest_after + W - now
           local ms = (ttl - ttl % 1000) / 1000 + 1
-          local sp = text[ms]
-          if not sp then
-            sp = fmt('%d', ms)
-            text[ms] = sp
+          local ttl_text = text[ms]
+          if not ttl_text then
+            ttl_text = fmt('%d', ms)
+            text[ms] = ttl_text
           end
-          stage[nw + 1], stage[nw + 2], stage[nw + 3] = k, value, sp
-          nw = nw + 3
+          stage[nstaged + 1], stage[nstaged + 2], stage[nstaged + 3] = k, value, ttl_text
+          nstaged = nstaged + 3
         end
-        reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, b, 0
+        reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, reset, 0
       else

@@ -1,5 +1,5 @@
 
-        reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
+        reply[r + 1], reply[r + 2], reply[r + 3] = -1 - remaining, reset, wait
         all = false
       end
       r = r + 3
@@ -8,7 +8,7 @@
   i = i + 1
   if not simple then a = a + n end
   if all then
-    for j = 1, nw, 3 do
+    for j = 1, nstaged, 3 do
       local k = stage[j]
       if not px[k] then
         ndirty = ndirty + 1

@@ -1,13 +1,13 @@
 
-local d = 0
+local used = 0
 if raw then
   local tat = tonumber(raw) or 0
-  if tat > now then d = tat - now end
+  if tat > now then used = tat - now end
 end
-local nd = d + cost * T
-local v = nd
+local used_after = used + cost * T
+local outcome = used_after
 if cost > B then
-  v = -4503599627370496 - d
-elseif nd > BT then
-  v = BT - nd
+  outcome = -4503599627370496 - used
+elseif used_after > BT then
+  outcome = BT - used_after
 end

@@ -1,10 +1,10 @@
 
-    if v >= 0 then
-      ok, a = 1, nd
-      if cost > 0 then writes[#writes + 1] = {keys[i], now + nd, nd} end
+    if outcome >= 0 then
+      ok, a = 1, used_after
+      if cost > 0 then writes[#writes + 1] = {keys[i], now + used_after, used_after} end
     else
-      a = d
-      if cost <= B then retry = nd - BT else retry = -1 end
+      a = used
+      if cost <= B then retry = used_after - BT else retry = -1 end
     end
   else
     local N, W = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])

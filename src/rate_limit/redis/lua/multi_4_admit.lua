@@ -1,5 +1,5 @@
 
-    if first <= m then b = at1 + W - now end
+    if first <= nslots then reset = first_at + W - now end
     if cost <= N and count + cost <= N then
       ok, a = 1, N - count - cost
       if cost > 0 then

@@ -1,5 +1,5 @@
 
-        if first > m then b = stamp + W - now end
-        writes[#writes + 1] = {keys[i], value, nn + W - now}
+        if first > nslots then reset = stamp + W - now end
+        writes[#writes + 1] = {keys[i], value, newest_after + W - now}
       end
     else

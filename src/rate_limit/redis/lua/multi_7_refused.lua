@@ -1,10 +1,10 @@
 
-      a, retry = rem, wait
+      a, retry = remaining, wait
     end
   end
   if ok == 0 then reply[1] = 0 end
   local r = #reply
-  reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = ok, a, b, retry
+  reply[r + 1], reply[r + 2], reply[r + 3], reply[r + 4] = ok, a, reset, retry
 end
 if reply[1] == 1 then
   for _, w in ipairs(writes) do

@@ -1,5 +1,5 @@
 
-  local b = 0
-  if first <= m then b = at1 + W - now end
+  local reset = 0
+  if first <= nslots then reset = first_at + W - now end
   if cost <= N and count + cost <= N then
     if cost > 0 then

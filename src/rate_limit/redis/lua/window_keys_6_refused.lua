@@ -1,5 +1,5 @@
 
-    reply[r + 1], reply[r + 2], reply[r + 3] = -1 - rem, b, wait
+    reply[r + 1], reply[r + 2], reply[r + 3] = -1 - remaining, reset, wait
   end
   r = r + 3
 end

@@ -1,42 +1,42 @@
 
-local m, total, first, gone, at1, c1 = 0, 0, 1, 0, 0, 0
-local tag, wt, wc, hz, ss, M, newest, lastc = -1, 1, 0, 0, 0, 1, 0, 0
+local nslots, total, first, gone, first_at, first_count = 0, 0, 1, 0, 0, 0
+local tag, wt, wc, head_len, slot_len, M, newest, newest_count = -1, 1, 0, 0, 0, 1, 0, 0
 local len = raw and #raw or 0
 if len > 1 then
   tag = byte(raw, 1)
   local t = tag - 128
   wc = t % 16
   wt = (t - wc) / 16 + 1
-  hz, ss = 8 - wt + wc, wt + wc
-  if t >= 0 and wt <= 6 and wc <= 4 and len > hz and (len - hz) % ss == 0 then
-    m, M = (len - hz) / ss, P[wt]
-    local hf = HF[tag]
-    if not hf then
+  head_len, slot_len = 8 - wt + wc, wt + wc
+  if t >= 0 and wt <= 6 and wc <= 4 and len > head_len and (len - head_len) % slot_len == 0 then
+    nslots, M = (len - head_len) / slot_len, P[wt]
+    local head_fmt = HEAD_FMTS[tag]
+    if not head_fmt then
       local c = wc > 0 and sub(F[wc], 2) or ''
-      hf = F[7 - wt] .. c .. sub(F[wt], 2) .. c
-      HF[tag], FS[tag] = hf, F[wt] .. c
+      head_fmt = F[7 - wt] .. c .. sub(F[wt], 2) .. c
+      HEAD_FMTS[tag], SLOT_FMTS[tag] = head_fmt, F[wt] .. c
     end
-    local high, tm
+    local high, newest_low
     if wc > 0 then
-      high, total, at1, c1 = unpk(hf, raw, 2)
-      tm, lastc = unpk(FS[tag], raw, len - ss + 1)
+      high, total, first_at, first_count = unpk(head_fmt, raw, 2)
+      newest_low, newest_count = unpk(SLOT_FMTS[tag], raw, len - slot_len + 1)
     else
-      high, at1 = unpk(hf, raw, 2)
-      total, c1, lastc = m, 1, 1
-      tm = unpk(F[wt], raw, len - wt + 1)
+      high, first_at = unpk(head_fmt, raw, 2)
+      total, first_count, newest_count = nslots, 1, 1
+      newest_low = unpk(F[wt], raw, len - wt + 1)
     end
-    newest = high * M + tm
-    at1 = newest - (newest - at1) % M
-    while at1 + W <= now do
-      gone = gone + c1
+    newest = high * M + newest_low
+    first_at = newest - (newest - first_at) % M
+    while first_at + W <= now do
+      gone = gone + first_count
       first = first + 1
-      if first > m then break end
+      if first > nslots then break end
       if wc > 0 then
-        at1, c1 = unpk(FS[tag], raw, hz + (first - 1) * ss + 1)
+        first_at, first_count = unpk(SLOT_FMTS[tag], raw, head_len + (first - 1) * slot_len + 1)
       else
-        at1 = unpk(F[wt], raw, hz + (first - 1) * wt + 1)
+        first_at = unpk(F[wt], raw, head_len + (first - 1) * wt + 1)
       end
-      at1 = newest - (newest - at1) % M
+      first_at = newest - (newest - first_at) % M
     end
   else
     tag, wc = -1, 0

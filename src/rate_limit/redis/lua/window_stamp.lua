@@ -1,7 +1,7 @@
 
 local stamp = now
 if g > 1 then
-  local rr = now % g
-  if rr < 0 then rr = rr + g elseif rr >= g then rr = rr - g end
-  if rr > 0 then stamp = now - rr + g end
+  local offset = now % g
+  if offset < 0 then offset = offset + g elseif offset >= g then offset = offset - g end
+  if offset > 0 then stamp = now - offset + g end
 end

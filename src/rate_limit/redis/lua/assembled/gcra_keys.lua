@@ -10,32 +10,32 @@ local state = call('MGET', unpack(keys))
 local reply = {}
 
 local T, B = tonumber(ARGV[3]), tonumber(ARGV[4])
-local BT, inc = B * T, cost * T
+local BT, cost_us = B * T, cost * T
 -- The state and TTL of a key whose bucket was full (the common case), formatted once.
-local fresh = string.format('%d', now + inc)
-local fresh_ms = string.format('%d', (inc - inc % 1000) / 1000 + 1)
+local fresh = string.format('%d', now + cost_us)
+local fresh_ms = string.format('%d', (cost_us - cost_us % 1000) / 1000 + 1)
 for i = 1, #keys do
   local raw = state[i]
 
-local d = 0
+local used = 0
 if raw then
   local tat = tonumber(raw) or 0
-  if tat > now then d = tat - now end
+  if tat > now then used = tat - now end
 end
-local nd = d + cost * T
-local v = nd
+local used_after = used + cost * T
+local outcome = used_after
 if cost > B then
-  v = -4503599627370496 - d
-elseif nd > BT then
-  v = BT - nd
+  outcome = -4503599627370496 - used
+elseif used_after > BT then
+  outcome = BT - used_after
 end
 
-  reply[i] = v
-  if v < 0 or cost == 0 then
-  elseif d == 0 then
+  reply[i] = outcome
+  if outcome < 0 or cost == 0 then
+  elseif used == 0 then
     call('SET', keys[i], fresh, 'PX', fresh_ms)
   else
-    call('SET', keys[i], now + nd, 'PX', (nd - nd % 1000) / 1000 + 1)
+    call('SET', keys[i], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
   end
 end
 return reply
