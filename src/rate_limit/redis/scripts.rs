@@ -108,6 +108,7 @@ macro_rules! lua_script {
 /// or a batch of single-quota requests on keys of their own). `ARGV[3]` interval, `ARGV[4]`
 /// burst. Reply, one integer per key, decoded by [`decode_gcra`].
 pub(super) const GCRA_KEYS: Source = lua_script!("gcra_keys":
+    "gcra_keys_0_about.lua",
     "keys_prelude.lua",
     "gcra_keys_1_args.lua",
     "gcra_step.lua",
@@ -120,6 +121,7 @@ pub(super) const GCRA_KEYS: Source = lua_script!("gcra_keys":
 /// rewrites the string by slicing, so the cost does not grow with the number of live
 /// admissions. Reply, three integers per key, decoded by [`decode_window`].
 pub(super) const WINDOW_KEYS: Source = lua_script!("window_keys":
+    "window_keys_0_about.lua",
     "keys_prelude.lua",
     "window_keys_1_args.lua",
     "window_tables.lua",
@@ -139,6 +141,7 @@ pub(super) const WINDOW_KEYS: Source = lua_script!("window_keys":
 /// Several quotas of one request, all or nothing: after cost and now, five values per quota
 /// ([`Definition::push_args`]). Reply decoded by [`decode_multi`].
 pub(super) const MULTI: Source = lua_script!("multi":
+    "multi_0_about.lua",
     "keys_prelude.lua",
     "multi_1_setup.lua",
     "window_tables.lua",
@@ -181,6 +184,7 @@ pub(super) const MULTI: Source = lua_script!("multi":
 /// batch's time repeat, whereas Redis formats every number argument with `%.17g`; the pieces
 /// of a new window state are built once per time, cost and quota.
 pub(super) const BATCH: Source = lua_script!("batch":
+    "batch_0_about.lua",
     "batch_1_locals.lua",
     "window_tables.lua",
     "batch_2_loop.lua",
@@ -593,6 +597,20 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/rate_limit/redis/lua");
         for s in SCRIPTS {
             let path = format!("{dir}/assembled/{}.lua", s.name);
+            // The script's header lists its files: those of the code, in order.
+            let about = std::fs::read_to_string(format!("{dir}/{}", s.parts[0])).unwrap();
+            let listed = about
+                .replace("--", " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let listed = listed.split("Assembled from ").nth(1).unwrap_or_default();
+            assert!(
+                listed.starts_with(&format!("{} (", s.parts[1..].join(" "))),
+                "the header of {} must list its files as scripts.rs does: {:?}",
+                s.parts[0],
+                &s.parts[1..]
+            );
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 on_disk == s.text,

@@ -1,4 +1,12 @@
-
+-- batch_2_loop.lua: parses the definitions and shapes, reads every key (one MGET), and
+-- opens the loop over the requests and, inside it, over the request's checks, and the
+-- branch of a GCRA check.
+-- Reads: ARGV, KEYS.
+-- Leaves: D, S (the parsed definitions and shapes), state, clock, px, dirty, ndirty, text
+--   (number formats memoised per batch), the memo of window_fresh's pieces (memo_stamp,
+--   memo_cost, memo_q, and the pieces declared), reply, r, stage; in the request loop
+--   (closed by batch_8_refused.lua) s, now, cost, n, all, nstaged; in the check loop k, q,
+--   raw; in the GCRA branch T, B, BT.
 local argv, keys = ARGV, KEYS
 local client, simple = argv[1] == '1', argv[1] == '2'
 local nq, ns = num(argv[2]), num(argv[3])

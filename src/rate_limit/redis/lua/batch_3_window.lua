@@ -1,4 +1,7 @@
-
+-- batch_3_window.lua: records a GCRA check's decision (stages its write), and opens the
+-- branch of a window check.
+-- Reads: gcra_step's outcome and used_after; now, cost, k, text, fmt, stage, nstaged, r.
+-- Leaves: reply[r], all, a staged write if admitted; in the window branch, N, W.
       r = r + 1
       reply[r] = outcome
       if outcome < 0 then

@@ -1,4 +1,9 @@
-
+-- batch_8_refused.lua: records a refused window check, closes the check loop, applies the
+-- request's staged writes to the batch's state if all its checks admitted, closes the
+-- request loop, writes each changed key once and replies.
+-- Reads: window_retry's remaining and wait; reset, r, all, stage, nstaged, state, px, dirty,
+--   ndirty, keys.
+-- Leaves: the reply.
         reply[r + 1], reply[r + 2], reply[r + 3] = -1 - remaining, reset, wait
         all = false
       end

@@ -1,4 +1,7 @@
-
+-- multi_7_refused.lua: records a refused window quota, the quota's reply values, closes the
+-- loop, and applies the writes if every quota admitted.
+-- Reads: window_retry's remaining and wait; ok, a, reset, retry, writes, reply.
+-- Leaves: the reply.
       a, retry = remaining, wait
     end
   end

@@ -1,4 +1,7 @@
-
+-- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
+-- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
+--   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces.
+-- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
 local drop = live - bound

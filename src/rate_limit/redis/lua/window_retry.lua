@@ -1,4 +1,7 @@
-
+-- window_retry.lua: for a refused window request, the units left and the wait.
+-- Reads: window_scan's variables, raw, unpk, F, SLOT_FMTS, N, W, now, cost, reset (the
+--   time until the oldest live slot leaves).
+-- Leaves: remaining (units left, >= 0), wait (microseconds until cost fits; -1: never).
 local remaining = N - count
 if remaining < 0 then remaining = 0 end
 local wait = -1

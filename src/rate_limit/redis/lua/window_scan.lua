@@ -1,4 +1,10 @@
-
+-- window_scan.lua: decodes a window state and skips the slots that have left the window.
+-- Reads: raw (the key's state, or false), now, W, unpk, sub, byte, F, P, HEAD_FMTS,
+--   SLOT_FMTS (and fills the two memos).
+-- Leaves: nslots (slots stored; 0 if none or unreadable), first (index of the oldest live
+--   slot), first_at and first_count (its time and count, if first <= nslots), count (live
+--   admissions), newest and newest_count (the newest slot's time and count), and the form:
+--   tag (-1 if unreadable), wt, wc, head_len and slot_len (bytes), M = 256^wt, len.
 local nslots, total, first, gone, first_at, first_count = 0, 0, 1, 0, 0, 0
 local tag, wt, wc, head_len, slot_len, M, newest, newest_count = -1, 1, 0, 0, 0, 1, 0, 0
 local len = raw and #raw or 0

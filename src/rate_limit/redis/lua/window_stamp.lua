@@ -1,4 +1,7 @@
-
+-- window_stamp.lua: the time an admission at now is recorded at (window::stamp): now
+-- rounded up to the granularity.
+-- Reads: now, g.
+-- Leaves: stamp.
 local stamp = now
 if g > 1 then
   local offset = now % g

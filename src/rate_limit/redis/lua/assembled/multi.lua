@@ -1,4 +1,22 @@
-
+-- multi: several quotas of one request, all or nothing (one key per quota).
+-- KEYS: the quotas' keys, in order. ARGV: cost, now (microseconds; 0: the server's TIME),
+--   then five values per quota: kind (1 window, 2 GCRA: Definition::kind in scripts.rs),
+--   then for a window its limit, window, granularity and slot bound; for GCRA its interval,
+--   burst, 0, 0.
+-- Stores: only if every quota admits (and cost > 0), each key's new state (the formats of
+--   gcra_keys and window_keys), expiring (PX, rounded up) when its bucket is full again.
+-- Reply: all admitted (1 or 0), then four integers per quota: admitted (1 or 0), a, b, retry
+--   (-1: never), with (a, b) = (remaining, reset) for a window and (microseconds in use, 0)
+--   for GCRA.
+-- Assembled from keys_prelude.lua multi_1_setup.lua window_tables.lua multi_2_loop.lua
+--   gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua window_widths.lua
+--   window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua multi_6_write.lua
+--   window_retry.lua multi_7_refused.lua (src/rate_limit/redis/lua/, see README.md there).
+-- keys_prelude.lua: the start of the per-key scripts (gcra_keys, window_keys, multi).
+-- Reads: KEYS (the keys to decide), ARGV[1] the cost, ARGV[2] now in microseconds (0: the
+--   server's TIME).
+-- Leaves: call, keys, unpk, pk, sub, byte (library functions read once), cost, now,
+--   state (every key's value, one MGET; false for a missing key), reply = {}.
 local call, keys = redis.call, KEYS
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -8,14 +26,22 @@ if now == 0 then
 end
 local state = call('MGET', unpack(keys))
 local reply = {}
-
+-- multi_1_setup.lua: the reply's first value and the pending writes.
+-- Reads: reply.
+-- Leaves: reply[1] = 1 (all admitted so far), writes = {} ({key, value, ttl} per admission).
 reply[1] = 1
 local writes = {}
-
+-- window_tables.lua: constants of the window scripts, once per script call.
+-- Reads: nothing.
+-- Leaves: F[w] (the struct format of an unsigned little-endian integer of w bytes), P[w] =
+--   256^w, and the per-tag format memos HEAD_FMTS and SLOT_FMTS (filled by window_scan).
 local F = {'<I1', '<I2', '<I3', '<I4', '<I5', '<I6', '<I7'}
 local P = {256, 65536, 16777216, 4294967296, 1099511627776, 281474976710656}
 local HEAD_FMTS, SLOT_FMTS = {}, {}
-
+-- multi_2_loop.lua: the loop over the quotas, and the branch of a GCRA quota.
+-- Reads: keys, state, ARGV.
+-- Leaves: inside the loop (closed by multi_7_refused.lua): i, p (the quota's offset in
+--   ARGV), raw, ok, a, reset, retry (this quota's reply values); in the GCRA branch, T, B, BT.
 for i = 1, #keys do
   local p = 2 + (i - 1) * 5
   local raw = state[i]
@@ -23,7 +49,12 @@ for i = 1, #keys do
   if tonumber(ARGV[p + 1]) == 2 then
     local T, B = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     local BT = B * T
-
+-- gcra_step.lua: one GCRA decision (the twin of gcra::decide).
+-- Reads: raw (the key's state: the TAT as decimal text, or false), now, cost, T (the
+--   interval), B (the burst), BT = B * T.
+-- Leaves: used (microseconds of the bucket in use before), used_after (after admitting
+--   cost), outcome: used_after if admitted (outcome >= 0 exactly then), minus the retry time
+--   if refused, -2^52 minus used if the cost exceeds the burst (never admitted).
 local used = 0
 if raw then
   local tat = tonumber(raw) or 0
@@ -36,7 +67,10 @@ if cost > B then
 elseif used_after > BT then
   outcome = BT - used_after
 end
-
+-- multi_3_window.lua: records a GCRA quota's decision, and opens the branch of a window
+-- quota.
+-- Reads: gcra_step's outcome, used, used_after; keys, i, now, cost, B, BT, ARGV, p.
+-- Leaves: ok, a, retry, a pending write if admitted; in the window branch, N, W, g, bound.
     if outcome >= 0 then
       ok, a = 1, used_after
       if cost > 0 then writes[#writes + 1] = {keys[i], now + used_after, used_after} end
@@ -47,7 +81,13 @@ end
   else
     local N, W = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
     local g, bound = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
-
+-- window_scan.lua: decodes a window state and skips the slots that have left the window.
+-- Reads: raw (the key's state, or false), now, W, unpk, sub, byte, F, P, HEAD_FMTS,
+--   SLOT_FMTS (and fills the two memos).
+-- Leaves: nslots (slots stored; 0 if none or unreadable), first (index of the oldest live
+--   slot), first_at and first_count (its time and count, if first <= nslots), count (live
+--   admissions), newest and newest_count (the newest slot's time and count), and the form:
+--   tag (-1 if unreadable), wt, wc, head_len and slot_len (bytes), M = 256^wt, len.
 local nslots, total, first, gone, first_at, first_count = 0, 0, 1, 0, 0, 0
 local tag, wt, wc, head_len, slot_len, M, newest, newest_count = -1, 1, 0, 0, 0, 1, 0, 0
 local len = raw and #raw or 0
@@ -92,26 +132,42 @@ if len > 1 then
   end
 end
 local count = total - gone
-
+-- multi_4_admit.lua: a window quota's reset time, and the branch of an admission.
+-- Reads: window_scan's first, nslots, first_at, count; W, now, N, cost.
+-- Leaves: reset, ok and a (if admitted), and opens the blocks "admitted" and "cost > 0"
+--   (closed by multi_6_write.lua).
     if first <= nslots then reset = first_at + W - now end
     if cost <= N and count + cost <= N then
       ok, a = 1, N - count - cost
       if cost > 0 then
-
+-- window_widths.lua: the widths of a window state written for the quota.
+-- Reads: P, N (limit), W (window), g (granularity).
+-- Leaves: wt0 (bytes of a slot's time), wc0 (bytes of a count, when counts are stored),
+--   M0 = 256^wt0 >= W + g.
 local wt0, wc0 = 1, 1
 while P[wt0] < W + g do wt0 = wt0 + 1 end
 while P[wc0] <= N do wc0 = wc0 + 1 end
 local M0 = P[wt0]
-
+-- window_stamp.lua: the time an admission at now is recorded at (window::stamp): now
+-- rounded up to the granularity.
+-- Reads: now, g.
+-- Leaves: stamp.
 local stamp = now
 if g > 1 then
   local offset = now % g
   if offset < 0 then offset = offset + g elseif offset >= g then offset = offset - g end
   if offset > 0 then stamp = now - offset + g end
 end
-
+-- multi_5_pieces.lua: declares the pieces window_fresh.lua assigns.
+-- Reads: nothing.
+-- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh (nil).
         local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
-
+-- window_fresh.lua: the pieces of a window state written at stamp with cost.
+-- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
+-- Assigns (the script declares them, so that a batch can keep them across keys):
+--   ones_head, ones_slot (tag and high part, and the new slot, of a state without counts),
+--   counts_tag, counts_head, counts_slot (the same with counts of wc0 bytes), and fresh,
+--   the state holding only the new slot.
 local high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 ones_head = string.char(112 + 16 * wt0) .. high0
 ones_slot = pk(F[wt0], stamp % M0)
@@ -123,7 +179,10 @@ if cost == 1 then
 else
   fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
-
+-- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
+-- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
+--   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces.
+-- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
 local drop = live - bound
@@ -197,12 +256,18 @@ else
   end
   value = table.concat(parts)
 end
-
+-- multi_6_write.lua: queues an admitted window quota's write, and opens the branch of a
+-- refusal (closed by multi_7_refused.lua).
+-- Reads: window_admit's value and newest_after; first, nslots, stamp, W, now, keys, i.
+-- Leaves: reset (updated when the only live slot is the new one), a pending write.
         if first > nslots then reset = stamp + W - now end
         writes[#writes + 1] = {keys[i], value, newest_after + W - now}
       end
     else
-
+-- window_retry.lua: for a refused window request, the units left and the wait.
+-- Reads: window_scan's variables, raw, unpk, F, SLOT_FMTS, N, W, now, cost, reset (the
+--   time until the oldest live slot leaves).
+-- Leaves: remaining (units left, >= 0), wait (microseconds until cost fits; -1: never).
 local remaining = N - count
 if remaining < 0 then remaining = 0 end
 local wait = -1
@@ -226,7 +291,10 @@ if cost <= N then
     end
   end
 end
-
+-- multi_7_refused.lua: records a refused window quota, the quota's reply values, closes the
+-- loop, and applies the writes if every quota admitted.
+-- Reads: window_retry's remaining and wait; ok, a, reset, retry, writes, reply.
+-- Leaves: the reply.
       a, retry = remaining, wait
     end
   end

@@ -1,4 +1,20 @@
-
+-- window_keys: one window quota for one or more distinct keys, each decided on its own.
+-- KEYS: the keys. ARGV: cost, now (microseconds; 0: the server's TIME), limit, window
+--   (microseconds), granularity (microseconds; 1: exact), slot bound (most slots kept).
+-- Stores: per admitted key (cost > 0), its window state (the binary form of the module docs
+--   of src/rate_limit/redis/scripts.rs), expiring (PX, rounded up) when the window is empty.
+-- Reply: three integers per key: remaining (-1 - remaining if refused), reset (microseconds
+--   until a unit comes back), retry (microseconds; 0 if admitted, -1: never).
+-- Assembled from keys_prelude.lua window_keys_1_args.lua window_tables.lua
+--   window_widths.lua window_stamp.lua window_keys_2_pieces.lua window_fresh.lua
+--   window_keys_3_loop.lua window_scan.lua window_keys_4_decide.lua window_admit.lua
+--   window_keys_5_write.lua window_retry.lua window_keys_6_refused.lua
+--   (src/rate_limit/redis/lua/, see README.md there).
+-- keys_prelude.lua: the start of the per-key scripts (gcra_keys, window_keys, multi).
+-- Reads: KEYS (the keys to decide), ARGV[1] the cost, ARGV[2] now in microseconds (0: the
+--   server's TIME).
+-- Leaves: call, keys, unpk, pk, sub, byte (library functions read once), cost, now,
+--   state (every key's value, one MGET; false for a missing key), reply = {}.
 local call, keys = redis.call, KEYS
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -8,28 +24,46 @@ if now == 0 then
 end
 local state = call('MGET', unpack(keys))
 local reply = {}
-
+-- window_keys_1_args.lua: the quota.
+-- Reads: ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
+-- Leaves: N, W, g, bound.
 local N, W = tonumber(ARGV[3]), tonumber(ARGV[4])
 local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
-
+-- window_tables.lua: constants of the window scripts, once per script call.
+-- Reads: nothing.
+-- Leaves: F[w] (the struct format of an unsigned little-endian integer of w bytes), P[w] =
+--   256^w, and the per-tag format memos HEAD_FMTS and SLOT_FMTS (filled by window_scan).
 local F = {'<I1', '<I2', '<I3', '<I4', '<I5', '<I6', '<I7'}
 local P = {256, 65536, 16777216, 4294967296, 1099511627776, 281474976710656}
 local HEAD_FMTS, SLOT_FMTS = {}, {}
-
+-- window_widths.lua: the widths of a window state written for the quota.
+-- Reads: P, N (limit), W (window), g (granularity).
+-- Leaves: wt0 (bytes of a slot's time), wc0 (bytes of a count, when counts are stored),
+--   M0 = 256^wt0 >= W + g.
 local wt0, wc0 = 1, 1
 while P[wt0] < W + g do wt0 = wt0 + 1 end
 while P[wc0] <= N do wc0 = wc0 + 1 end
 local M0 = P[wt0]
-
+-- window_stamp.lua: the time an admission at now is recorded at (window::stamp): now
+-- rounded up to the granularity.
+-- Reads: now, g.
+-- Leaves: stamp.
 local stamp = now
 if g > 1 then
   local offset = now % g
   if offset < 0 then offset = offset + g elseif offset >= g then offset = offset - g end
   if offset > 0 then stamp = now - offset + g end
 end
-
+-- window_keys_2_pieces.lua: declares the pieces window_fresh.lua assigns.
+-- Reads: nothing.
+-- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh (nil).
 local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
-
+-- window_fresh.lua: the pieces of a window state written at stamp with cost.
+-- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
+-- Assigns (the script declares them, so that a batch can keep them across keys):
+--   ones_head, ones_slot (tag and high part, and the new slot, of a state without counts),
+--   counts_tag, counts_head, counts_slot (the same with counts of wc0 bytes), and fresh,
+--   the state holding only the new slot.
 local high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 ones_head = string.char(112 + 16 * wt0) .. high0
 ones_slot = pk(F[wt0], stamp % M0)
@@ -41,14 +75,24 @@ if cost == 1 then
 else
   fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
-
+-- window_keys_3_loop.lua: the TTL of a state whose newest slot is the one added now, and the
+-- loop over the keys.
+-- Reads: stamp, W, now, keys, state.
+-- Leaves: ttl, stamp_ms (that TTL in milliseconds, formatted once), r (reply values so far),
+--   and, inside the loop (closed by window_keys_6_refused.lua), i and raw.
 -- The TTL of a state whose newest slot is the one added now (all but merges), formatted once.
 local ttl = stamp + W - now
 local stamp_ms = string.format('%d', (ttl - ttl % 1000) / 1000 + 1)
 local r = 0
 for i = 1, #keys do
   local raw = state[i]
-
+-- window_scan.lua: decodes a window state and skips the slots that have left the window.
+-- Reads: raw (the key's state, or false), now, W, unpk, sub, byte, F, P, HEAD_FMTS,
+--   SLOT_FMTS (and fills the two memos).
+-- Leaves: nslots (slots stored; 0 if none or unreadable), first (index of the oldest live
+--   slot), first_at and first_count (its time and count, if first <= nslots), count (live
+--   admissions), newest and newest_count (the newest slot's time and count), and the form:
+--   tag (-1 if unreadable), wt, wc, head_len and slot_len (bytes), M = 256^wt, len.
 local nslots, total, first, gone, first_at, first_count = 0, 0, 1, 0, 0, 0
 local tag, wt, wc, head_len, slot_len, M, newest, newest_count = -1, 1, 0, 0, 0, 1, 0, 0
 local len = raw and #raw or 0
@@ -93,12 +137,18 @@ if len > 1 then
   end
 end
 local count = total - gone
-
+-- window_keys_4_decide.lua: the reset time, and the branch of an admitted request.
+-- Reads: window_scan's first, nslots, first_at, count; W, now, N, cost.
+-- Leaves: reset (microseconds until the oldest live slot leaves; 0 if none), and opens the
+--   blocks "admitted" and "cost > 0" (closed by window_keys_5_write.lua).
   local reset = 0
   if first <= nslots then reset = first_at + W - now end
   if cost <= N and count + cost <= N then
     if cost > 0 then
-
+-- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
+-- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
+--   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces.
+-- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
 local drop = live - bound
@@ -172,7 +222,11 @@ else
   end
   value = table.concat(parts)
 end
-
+-- window_keys_5_write.lua: writes an admitted key's new state, records the admission, and
+-- opens the branch of a refused request (closed by window_keys_6_refused.lua).
+-- Reads: window_admit's value and newest_after; first, nslots, stamp, stamp_ms, W, now, N,
+--   count, cost, keys, i, r, reset.
+-- Leaves: reset (updated when the only live slot is the new one), reply[r + 1 .. r + 3].
       if first > nslots then reset = stamp + W - now end
       if newest_after == stamp then
         call('SET', keys[i], value, 'PX', stamp_ms)
@@ -183,7 +237,10 @@ end
     end
     reply[r + 1], reply[r + 2], reply[r + 3] = N - count - cost, reset, 0
   else
-
+-- window_retry.lua: for a refused window request, the units left and the wait.
+-- Reads: window_scan's variables, raw, unpk, F, SLOT_FMTS, N, W, now, cost, reset (the
+--   time until the oldest live slot leaves).
+-- Leaves: remaining (units left, >= 0), wait (microseconds until cost fits; -1: never).
 local remaining = N - count
 if remaining < 0 then remaining = 0 end
 local wait = -1
@@ -207,7 +264,9 @@ if cost <= N then
     end
   end
 end
-
+-- window_keys_6_refused.lua: records a refusal, closes the loop and replies.
+-- Reads: window_retry's remaining and wait; reset, r.
+-- Leaves: the reply.
     reply[r + 1], reply[r + 2], reply[r + 3] = -1 - remaining, reset, wait
   end
   r = r + 3
