@@ -43,8 +43,10 @@ use self::scripts::{Ask, Check, Definition};
 ///   window keeps at most `min(limit, max_slots)` (time, count) slots in a compact binary form:
 ///   times modulo 256^w under one shared high part, w from the window (3 bytes up to 16.7 s, 4
 ///   up to 71 minutes), and counts only once one differs from 1. "10/minute" takes at most 44
-///   bytes, so Redis stores it inline, "100/hour" at most 404. Each key expires (`PX`) when
-///   its bucket is full again.
+///   bytes while its admissions are of one unit at distinct times (the usual case), so Redis
+///   stores it inline, "100/hour" at most 404; counts, once needed (a cost above 1, two
+///   admissions in one microsecond), add a byte per slot. Each key expires (`PX`) when its
+///   bucket is full again. The format is a contract between versions: see `scripts.rs`.
 /// * **Key names** are `<prefix>{<key>}:<quota name>` (e.g. `rampart:rl:{ip:203.0.113.7}:ip`):
 ///   the hash tag is the client key, so all quotas of one client key live in one Redis Cluster
 ///   slot. A request whose quotas use *different* keys (per IP and per session) touches

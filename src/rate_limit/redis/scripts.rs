@@ -34,8 +34,8 @@
 //!
 //! **Window**: the (time, count) slots, oldest first, in a compact binary form, so that a
 //! state of a few slots fits Redis's inline strings (at most 44 bytes: "10/minute" admitted
-//! one unit at a time takes at most 44, "10 per 10 s" 35), which makes it markedly cheaper to
-//! read and write than a long one:
+//! one unit at a time, at distinct times, takes at most 44, "10 per 10 s" 35), which makes it
+//! markedly cheaper to read and write than a long one:
 //!
 //! * byte 1, the tag: 128 + 16·(wt - 1) + wc, where wt (1..=6) is the width of a slot's time
 //!   and wc (0..=4) that of a count, in bytes; wc = 0 means every count is 1 (no counts are
@@ -59,7 +59,9 @@
 //! For example "10/minute" (W = 60 s, so wt = 4: 256^4 µs is 71 minutes) admitted once at
 //! t = 1 700 000 000 000 000 µs stores 8 bytes: the tag `0xb0` (128 + 16·3 + 0), the high
 //! part `t / 2^32` in 3 bytes, and one slot, `t mod 2^32` in 4 bytes; ten admissions store
-//! 4 + 10·4 = 44 bytes.
+//! 4 + 10·4 = 44 bytes. With counts (tag `0xb1`, one byte each, and the total after the high
+//! part), ten slots would take 5 + 10·5 = 55 bytes. `tests/golden/rate_limit_window.txt`
+//! walks through a trace byte by byte.
 //!
 //! # Cost
 //!
