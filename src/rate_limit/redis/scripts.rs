@@ -72,6 +72,7 @@
 //! the slots it needs (two in the usual case), no closures, no table per key. The fragments
 //! are inlined text, never Lua functions: a call per key would cost more than the decision.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use super::batch::Batchable;
@@ -490,7 +491,7 @@ impl Batchable for Ask {
 /// The `BATCH` call of `asks`.
 fn batch_invocation<'a>(asks: impl Iterator<Item = &'a Ask> + Clone) -> ScriptInvocation<'static> {
     let mut inv = BATCH_SCRIPT.prepare_invoke();
-    let mut keys: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut keys: HashMap<&str, u32> = HashMap::new();
     let mut defs: Vec<Definition> = Vec::new();
     // Shapes: (cost, definition indices).
     let mut shapes: Vec<(u64, Vec<u32>)> = Vec::new();
