@@ -1,0 +1,69 @@
+-- gcra_keys: one GCRA quota for one or more distinct keys, each decided on its own (a single
+-- request, or a batch of single-quota requests on keys of their own).
+-- KEYS: the keys. ARGV: cost, now (microseconds; 0: the server's TIME), interval
+--   (microseconds per unit), burst (units).
+-- Stores: per admitted key (cost > 0), its new TAT (theoretical arrival time, microseconds)
+--   as decimal text, expiring (PX, rounded up) when the bucket is full again.
+-- Reply: one integer per key: admitted, the microseconds of the bucket in use (>= 0);
+--   refused, minus the retry time (<= -1); refused because the cost exceeds the burst,
+--   -2^52 minus the microseconds in use.
+-- Assembled from keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua gcra_keys_2_write.lua
+--   (src/rate_limit/redis/lua/, see README.md there).
+-- keys_prelude.lua: the start of the per-key scripts (gcra_keys, window_keys, multi).
+-- Reads: KEYS (the keys to decide), ARGV[1] the cost, ARGV[2] now in microseconds (0: the
+--   server's TIME).
+-- Leaves: call, keys, unpk, pk, sub, byte (library functions read once), cost, now,
+--   state (every key's value, one MGET; false for a missing key), reply = {}.
+local call, keys = redis.call, KEYS
+local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
+local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+if now == 0 then
+  local t = call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local state = call('MGET', unpack(keys))
+local reply = {}
+-- gcra_keys_1_args.lua: the quota, the state of a key whose bucket was full, and the loop
+-- over the keys.
+-- Reads: ARGV[3] interval, ARGV[4] burst, cost, now, keys, state.
+-- Leaves: T, B, BT, cost_us, fresh and fresh_ms (the new state and TTL of a key whose
+--   bucket was full, formatted once), and, inside the loop (closed by
+--   gcra_keys_2_write.lua), i and raw.
+local T, B = tonumber(ARGV[3]), tonumber(ARGV[4])
+local BT, cost_us = B * T, cost * T
+-- The state and TTL of a key whose bucket was full (the common case), formatted once.
+local fresh = string.format('%d', now + cost_us)
+local fresh_ms = string.format('%d', (cost_us - cost_us % 1000) / 1000 + 1)
+for i = 1, #keys do
+  local raw = state[i]
+-- gcra_step.lua: one GCRA decision (the twin of gcra::decide).
+-- Reads: raw (the key's state: the TAT as decimal text, or false), now, cost, T (the
+--   interval), B (the burst), BT = B * T.
+-- Leaves: used (microseconds of the bucket in use before), used_after (after admitting
+--   cost), outcome: used_after if admitted (outcome >= 0 exactly then), minus the retry time
+--   if refused, -2^52 minus used if the cost exceeds the burst (never admitted).
+local used = 0
+if raw then
+  local tat = tonumber(raw) or 0
+  if tat > now then used = tat - now end
+end
+local used_after = used + cost * T
+local outcome = used_after
+if cost > B then
+  outcome = -4503599627370496 - used
+elseif used_after > BT then
+  outcome = BT - used_after
+end
+-- gcra_keys_2_write.lua: records the key's decision, writes its new state, closes the loop
+-- and replies.
+-- Reads: gcra_step's outcome, used, used_after; i, keys, cost, now, fresh, fresh_ms.
+-- Leaves: the reply.
+  reply[i] = outcome
+  if outcome < 0 or cost == 0 then
+  elseif used == 0 then
+    call('SET', keys[i], fresh, 'PX', fresh_ms)
+  else
+    call('SET', keys[i], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
+  end
+end
+return reply

@@ -1,0 +1,18 @@
+-- batch: the requests of a batch, decided in arrival order, each request's quotas all or
+-- nothing against the state left by the requests before it.
+-- KEYS: the batch's distinct keys, in order of first use.
+-- ARGV: the mode (0: the server's time for all; 1: each request carries its time, 0 there
+--   meaning the server's; 2, "simple": the server's time, one shape, every check on a key of
+--   its own, request i's checks on keys i*n + 1 .. i*n + n); the number of definitions and
+--   of shapes; the definitions, five values each (kind: 1 window, 2 GCRA, as in multi; then
+--   the quota's four parameters); the shapes (cost, number of checks, that many definition
+--   indices); then, except in mode 2, per request: shape index, its time (mode 1 only), one
+--   key index per check.
+-- Stores: each changed key once, with the formats of gcra_keys and window_keys.
+-- Reply: flat, per request and check, the reply formats of gcra_keys (one integer) and
+--   window_keys (three).
+-- Assembled from batch_1_locals.lua window_tables.lua batch_2_loop.lua gcra_step.lua
+--   batch_3_window.lua window_scan.lua batch_4_admit.lua window_widths.lua window_stamp.lua
+--   batch_5_fresh_memo.lua window_fresh.lua batch_6_fresh_end.lua window_admit.lua
+--   batch_7_write.lua window_retry.lua batch_8_refused.lua (src/rate_limit/redis/lua/, see
+--   README.md there).

@@ -1,0 +1,11 @@
+-- gcra_keys: one GCRA quota for one or more distinct keys, each decided on its own (a single
+-- request, or a batch of single-quota requests on keys of their own).
+-- KEYS: the keys. ARGV: cost, now (microseconds; 0: the server's TIME), interval
+--   (microseconds per unit), burst (units).
+-- Stores: per admitted key (cost > 0), its new TAT (theoretical arrival time, microseconds)
+--   as decimal text, expiring (PX, rounded up) when the bucket is full again.
+-- Reply: one integer per key: admitted, the microseconds of the bucket in use (>= 0);
+--   refused, minus the retry time (<= -1); refused because the cost exceeds the burst,
+--   -2^52 minus the microseconds in use.
+-- Assembled from keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua gcra_keys_2_write.lua
+--   (src/rate_limit/redis/lua/, see README.md there).

@@ -1,0 +1,14 @@
+-- multi: several quotas of one request, all or nothing (one key per quota).
+-- KEYS: the quotas' keys, in order. ARGV: cost, now (microseconds; 0: the server's TIME),
+--   then five values per quota: kind (1 window, 2 GCRA: Definition::kind in scripts.rs),
+--   then for a window its limit, window, granularity and slot bound; for GCRA its interval,
+--   burst, 0, 0.
+-- Stores: only if every quota admits (and cost > 0), each key's new state (the formats of
+--   gcra_keys and window_keys), expiring (PX, rounded up) when its bucket is full again.
+-- Reply: all admitted (1 or 0), then four integers per quota: admitted (1 or 0), a, b, retry
+--   (-1: never), with (a, b) = (remaining, reset) for a window and (microseconds in use, 0)
+--   for GCRA.
+-- Assembled from keys_prelude.lua multi_1_setup.lua window_tables.lua multi_2_loop.lua
+--   gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua window_widths.lua
+--   window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua multi_6_write.lua
+--   window_retry.lua multi_7_refused.lua (src/rate_limit/redis/lua/, see README.md there).

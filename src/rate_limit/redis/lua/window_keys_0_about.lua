@@ -1,0 +1,12 @@
+-- window_keys: one window quota for one or more distinct keys, each decided on its own.
+-- KEYS: the keys. ARGV: cost, now (microseconds; 0: the server's TIME), limit, window
+--   (microseconds), granularity (microseconds; 1: exact), slot bound (most slots kept).
+-- Stores: per admitted key (cost > 0), its window state (the binary form of the module docs
+--   of src/rate_limit/redis/scripts.rs), expiring (PX, rounded up) when the window is empty.
+-- Reply: three integers per key: remaining (-1 - remaining if refused), reset (microseconds
+--   until a unit comes back), retry (microseconds; 0 if admitted, -1: never).
+-- Assembled from keys_prelude.lua window_keys_1_args.lua window_tables.lua
+--   window_widths.lua window_stamp.lua window_keys_2_pieces.lua window_fresh.lua
+--   window_keys_3_loop.lua window_scan.lua window_keys_4_decide.lua window_admit.lua
+--   window_keys_5_write.lua window_retry.lua window_keys_6_refused.lua
+--   (src/rate_limit/redis/lua/, see README.md there).
