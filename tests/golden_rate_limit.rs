@@ -9,7 +9,7 @@
 //! says so in the CHANGELOG.
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
-mod support;
+use rampart_test_support as support;
 
 use std::fmt::Write as _;
 use std::time::Duration;

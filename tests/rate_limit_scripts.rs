@@ -9,7 +9,7 @@
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
 mod rate_limit_common;
-mod support;
+use rampart_test_support as support;
 
 use std::convert::Infallible;
 use std::net::IpAddr;

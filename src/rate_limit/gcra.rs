@@ -5,7 +5,8 @@
 //! admitted iff `max(tat, now) + c·T - now <= b·T`; admitting it sets
 //! `tat = max(tat, now) + c·T`. Everything is integer microseconds; the largest value handled is
 //! `now + b·T` with `b·T <= 2^48` (checked by [`Quota::validate`]), so the Lua twin in
-//! `redis.rs`, whose numbers are doubles exact below 2^53, computes the same results.
+//! `redis/lua/gcra_step.lua`, whose numbers are doubles exact below 2^53, computes the same
+//! results.
 
 use super::decision::QuotaDecision;
 use super::micros::NEVER;

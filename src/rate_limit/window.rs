@@ -13,8 +13,9 @@
 //! late. If the clock steps back behind the newest slot, the admission is recorded at the newest
 //! slot's time (again erring on the strict side).
 //!
-//! `src/rate_limit/redis.rs` holds the Lua twin of these functions; a test replays traces
-//! through both and requires identical results.
+//! `src/rate_limit/redis/lua/window_*.lua` hold the Lua twin of these functions (their stored
+//! form is specified in `redis/scripts.rs`); a test replays traces through both and requires
+//! identical results.
 
 use std::collections::VecDeque;
 

@@ -96,20 +96,14 @@ use self::scripts::{Ask, Check, Definition};
 ///   dropped; a dropped caller that held a slot hands it on to the queue.
 /// * Latency: at low load, none added. Under load, a decision waits for at most one call in
 ///   flight to return before it is sent, in exchange for far fewer, larger calls, which keeps
-///   Redis and the connection below saturation. On the 2-core VM this crate is measured on
-///   (`limiter_bench`, GCRA, 100 000 keys, local `redis-server`, batching on vs off): 1
-///   caller, p50 83 µs vs 85 µs; 8 callers, p50 171 µs vs 143 µs and 48 000 vs 54 000
-///   decisions/s (while Redis has room, the wait for a slot costs more than it saves); 64
-///   callers, p50 317 µs vs 451 µs, p99 0.68 ms vs 0.85 ms, 199 000 vs 137 000 decisions/s.
-/// * Throughput and Redis CPU (`cargo bench --all-features --bench rate_limit_redis`, 64
-///   callers, 100 000 keys, interleaved in one run; Redis CPU from `INFO commandstats`,
-///   `usec_per_call` of `EVALSHA` divided by the decisions per call): a redis_rate-style float
-///   GCRA script called once per decision did 113 000 decisions/s at 5.9 µs of Redis CPU per
-///   decision; batched GCRA 224 000/s (2.0x) with 21 decisions per call at 2.5 µs (0.43x);
-///   batched window (N = 10) 185 000/s (1.6x) at 3.5 µs (0.60x); without batching 150 000/s
-///   at 5.4 µs and 104 000/s at 8.1 µs. What remains per decision is mostly the key's read
+///   Redis and the connection below saturation. While Redis has room (a few callers), the
+///   wait for a slot can cost more than it saves: measure with `limiter_bench
+///   --batching on|off`.
+/// * Throughput and Redis CPU: several times fewer round trips and less Redis CPU per
+///   decision than one script call each; what remains per decision is mostly the key's read
 ///   and its `SET` with an expiry, which every design with per-key expiry pays, and the
-///   interpreter's share of the decision.
+///   interpreter's share of the decision. Figures, and how to reproduce them:
+///   `benches/README.md` in the repository.
 /// * Redis Cluster: a batch holds keys of many clients, hence many hash slots; like the
 ///   multi-key requests above, it needs a single server (plain or TLS). Cluster support would
 ///   batch per slot. `batching(false)` restores one call per decision.
@@ -203,12 +197,10 @@ impl RedisBackendBuilder {
     /// decision that finds a free slot and no queue is sent at once, alone; the others queue
     /// for the next free slot.
     ///
-    /// The trade-off, measured with `limiter_bench` (GCRA, 100 000 keys, local Redis, 2-core
-    /// VM): with 8 callers, 4 slots gave 58 000 decisions/s at p50 130 µs against 50 000 at
-    /// 165 µs with 2; with 64 callers both gave 200 000/s at p50 about 310 µs, but 4 slots
-    /// halve the batches (11 decisions per call instead of 21), which cost Redis about 8% more
-    /// CPU per decision. Raise it when Redis has CPU to spare and latency under moderate load
-    /// matters more.
+    /// The trade-off: more slots lower the latency under moderate load, but halve the
+    /// batches under heavy load, which costs Redis more CPU per decision (figures in the
+    /// repository's `benches/README.md`). Raise it when Redis has CPU to spare and latency
+    /// under moderate load matters more.
     pub fn max_calls_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
         self
