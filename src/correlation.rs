@@ -677,64 +677,14 @@ fn latency_ms(elapsed: std::time::Duration) -> f64 {
 #[cfg(feature = "axum")]
 mod axum_impls {
     use super::CorrelationId;
-    use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-    use axum::response::{IntoResponse, Response};
-    use http::StatusCode;
-    use http::request::Parts;
-    use std::convert::Infallible;
-    use std::fmt;
 
-    /// The rejection of the [`CorrelationId`] extractor: the router has no
-    /// [`CorrelationIdLayer`](super::CorrelationIdLayer). A bug in the application, answered
-    /// with `500`.
-    #[derive(Clone, Copy, Debug, Default)]
-    pub struct MissingCorrelationIdLayer;
-
-    impl fmt::Display for MissingCorrelationIdLayer {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(
-                "the CorrelationId extractor needs \
-                 tower_rampart::correlation::CorrelationIdLayer around this route",
-            )
-        }
-    }
-
-    impl std::error::Error for MissingCorrelationIdLayer {}
-
-    impl IntoResponse for MissingCorrelationIdLayer {
-        fn into_response(self) -> Response {
-            tracing::error!("{self}");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(http::header::CONTENT_TYPE, "application/json")],
-                format!(r#"{{"detail":"{self}"}}"#),
-            )
-                .into_response()
-        }
-    }
-
-    impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
-        type Rejection = MissingCorrelationIdLayer;
-
-        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-            parts
-                .extensions
-                .get::<CorrelationId>()
-                .cloned()
-                .ok_or(MissingCorrelationIdLayer)
-        }
-    }
-
-    impl<S: Send + Sync> OptionalFromRequestParts<S> for CorrelationId {
-        type Rejection = Infallible;
-
-        async fn from_request_parts(
-            parts: &mut Parts,
-            _: &S,
-        ) -> Result<Option<Self>, Self::Rejection> {
-            Ok(parts.extensions.get::<CorrelationId>().cloned())
-        }
-    }
+    crate::axum_extract::extension_extractor!(
+        CorrelationId,
+        MissingCorrelationIdLayer,
+        "the CorrelationId extractor needs tower_rampart::correlation::CorrelationIdLayer \
+         around this route",
+        "super::CorrelationIdLayer"
+    );
 }
 
 #[cfg(feature = "axum")]

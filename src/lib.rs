@@ -114,6 +114,9 @@ mod token;
 #[cfg(any(feature = "session", feature = "rate-limit"))]
 mod digest;
 
+#[cfg(all(feature = "axum", any(feature = "session", feature = "correlation-id")))]
+mod axum_extract;
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -603,3 +603,34 @@ async fn axum_extractor_gives_the_request_id_and_needs_the_layer() {
         .unwrap();
     assert_eq!(body(without.oneshot(request).await.unwrap()).await, "none");
 }
+
+#[tokio::test]
+async fn a_panicking_handler_inside_the_recommended_stack_is_a_500_with_its_id_and_access_line() {
+    use axum::{Router, routing::get};
+    use tower_http::catch_panic::CatchPanicLayer;
+    capture();
+
+    async fn boom() -> &'static str {
+        panic!("handler bug")
+    }
+    // As the README stacks them: the panic is caught inside the correlation layer.
+    let app = Router::new().route("/panics", get(boom)).layer(
+        ServiceBuilder::new()
+            .layer(CorrelationIdLayer::new())
+            .layer(CatchPanicLayer::new()),
+    );
+    let request = Request::get("/panics")
+        .header("x-correlation-id", "panic-7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.headers()["x-correlation-id"], "panic-7");
+    let access: Vec<Value> = events_for_path("/panics")
+        .into_iter()
+        .filter(|e| e["target"] == "tower_rampart::access")
+        .collect();
+    assert_eq!(access.len(), 1);
+    assert_eq!(access[0]["fields"]["status"], 500);
+    assert_eq!(access[0]["span"]["correlation_id"], "panic-7");
+}
