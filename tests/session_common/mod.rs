@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,164 +14,21 @@ use base64::Engine as _;
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_rampart::clock::ManualClock;
 use tower_rampart::session::Session;
 use tower_rampart::session::{
     SessionConfig, SessionConfigBuilder, SessionKey, SessionLayer, SessionRecord, SessionStore,
-    StoreError, StoreFuture, WriteOutcome,
 };
 
 pub const KEY_A: &[u8] = b"test key A: 0123456789abcdef0123456789abcdef";
 pub const KEY_B: &[u8] = b"test key B: 0123456789abcdef0123456789abcdef";
 pub const COOKIE: &str = "sid";
 
-/// Counts the calls a store receives (delegating every call to the real store).
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub load: AtomicU64,
-    pub create: AtomicU64,
-    pub save: AtomicU64,
-    pub delete: AtomicU64,
-    pub touch: AtomicU64,
-}
-
-impl Counts {
-    pub fn total(&self) -> u64 {
-        self.load.load(Ordering::SeqCst)
-            + self.create.load(Ordering::SeqCst)
-            + self.save.load(Ordering::SeqCst)
-            + self.delete.load(Ordering::SeqCst)
-            + self.touch.load(Ordering::SeqCst)
-    }
-    pub fn writes(&self) -> u64 {
-        self.create.load(Ordering::SeqCst)
-            + self.save.load(Ordering::SeqCst)
-            + self.delete.load(Ordering::SeqCst)
-            + self.touch.load(Ordering::SeqCst)
-    }
-    pub fn loads(&self) -> u64 {
-        self.load.load(Ordering::SeqCst)
-    }
-    pub fn reset(&self) {
-        for c in [
-            &self.load,
-            &self.create,
-            &self.save,
-            &self.delete,
-            &self.touch,
-        ] {
-            c.store(0, Ordering::SeqCst);
-        }
-    }
-}
-
-/// The store the test app's layer uses: delegates every call to the real store, counting
-/// the calls, failing chosen operations on demand, and holding a caller right after a
-/// successful `create` until the test releases it (to run a concurrent request in between).
-#[derive(Debug, Clone)]
-pub struct Instrumented {
-    pub inner: Arc<dyn SessionStore>,
-    pub counts: Arc<Counts>,
-    pub faults: Arc<FaultControl>,
-}
-
-#[derive(Debug, Default)]
-pub struct FaultControl {
-    pub fail_create: AtomicBool,
-    pub fail_delete: AtomicBool,
-    /// `(reached, release)`: taken by the next successful `create`, which notifies
-    /// `reached` and waits for `release`.
-    pub hold_after_create: std::sync::Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
-    /// Keys of the records created, in order.
-    pub created: std::sync::Mutex<Vec<SessionKey>>,
-}
-
-impl FaultControl {
-    /// Arms the hold; returns `(reached, release)`.
-    pub fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
-        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        *self.hold_after_create.lock().unwrap() = Some(pair.clone());
-        pair
-    }
-
-    pub fn last_created(&self) -> SessionKey {
-        self.created
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a record was created")
-    }
-}
-
-fn injected() -> StoreError {
-    StoreError::unavailable("injected failure")
-}
-
-impl SessionStore for Instrumented {
-    fn load<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        now: u64,
-        refresh: bool,
-    ) -> StoreFuture<'a, Option<SessionRecord>> {
-        self.counts.load.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(key, now, refresh)
-    }
-    fn create<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        record: &'a SessionRecord,
-        now: u64,
-    ) -> StoreFuture<'a, bool> {
-        self.counts.create.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if self.faults.fail_create.load(Ordering::SeqCst) {
-                return Err(injected());
-            }
-            let created = self.inner.create(key, record, now).await?;
-            if created {
-                self.faults.created.lock().unwrap().push(key.clone());
-                let hold = self.faults.hold_after_create.lock().unwrap().take();
-                if let Some((reached, release)) = hold {
-                    reached.notify_one();
-                    release.notified().await;
-                }
-            }
-            Ok(created)
-        })
-    }
-    fn save<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        record: &'a SessionRecord,
-        now: u64,
-    ) -> StoreFuture<'a, WriteOutcome> {
-        self.counts.save.fetch_add(1, Ordering::SeqCst);
-        self.inner.save(key, record, now)
-    }
-    fn delete<'a>(
-        &'a self,
-        key: &'a SessionKey,
-        expected_version: Option<u64>,
-        now: u64,
-    ) -> StoreFuture<'a, WriteOutcome> {
-        self.counts.delete.fetch_add(1, Ordering::SeqCst);
-        if self.faults.fail_delete.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(injected()) });
-        }
-        self.inner.delete(key, expected_version, now)
-    }
-    fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
-        self.counts.touch.fetch_add(1, Ordering::SeqCst);
-        self.inner.touch(key, now)
-    }
-    fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
-        self.inner.delete_user_sessions(user, now)
-    }
-}
+/// The instrumented store of the library's `testing` feature: counts calls, injects faults.
+pub use tower_rampart::session::store::testing::{
+    InstrumentedStore as Instrumented, StoreCalls as Counts, StoreFaults as FaultControl,
+};
 
 /// The response of one test request.
 #[derive(Debug)]
@@ -388,12 +244,8 @@ impl App {
         clock: ManualClock,
     ) -> Self {
         let config = config.clock(clock.clone()).build().expect("valid config");
-        let instrumented = Instrumented {
-            inner: store.clone(),
-            counts: Arc::default(),
-            faults: Arc::default(),
-        };
-        let (counts, faults) = (instrumented.counts.clone(), instrumented.faults.clone());
+        let instrumented = Instrumented::new(store.clone());
+        let (counts, faults) = (instrumented.calls().clone(), instrumented.faults().clone());
         let router = router.layer(SessionLayer::new(instrumented, config.clone()));
         Self {
             router,

@@ -62,7 +62,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,7 +76,7 @@ use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{SessionRecord, SessionStore, StoreFuture, WriteOutcome};
+use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
 use crate::clock::{Clock, ManualClock};
 use crate::session::{
     Expiry, Session, SessionConfig, SessionConfigBuilder, SessionError, SessionKey, SessionLayer,
@@ -919,17 +919,22 @@ impl Service<Request<()>> for Handlers {
     }
 }
 
-/// Counts the calls a store receives.
+/// How many calls of each kind an [`InstrumentedStore`] received.
 #[derive(Debug, Default)]
-struct Counts {
-    load: AtomicU64,
-    create: AtomicU64,
-    save: AtomicU64,
-    delete: AtomicU64,
-    touch: AtomicU64,
+pub struct StoreCalls {
+    /// `load` calls.
+    pub load: AtomicU64,
+    /// `create` calls.
+    pub create: AtomicU64,
+    /// `save` calls.
+    pub save: AtomicU64,
+    /// `delete` calls.
+    pub delete: AtomicU64,
+    /// `touch` calls.
+    pub touch: AtomicU64,
 }
 
-impl Counts {
+impl StoreCalls {
     fn all(&self) -> [&AtomicU64; 5] {
         [
             &self.load,
@@ -940,58 +945,113 @@ impl Counts {
         ]
     }
 
-    fn total(&self) -> u64 {
+    /// Every call so far (`delete_user_sessions` is not counted).
+    pub fn total(&self) -> u64 {
         self.all().iter().map(|c| c.load(Ordering::SeqCst)).sum()
     }
 
-    fn writes(&self) -> u64 {
+    /// Calls that write: `create`, `save`, `delete`, `touch`.
+    pub fn writes(&self) -> u64 {
         self.total() - self.loads()
     }
 
-    fn loads(&self) -> u64 {
+    /// `load` calls.
+    pub fn loads(&self) -> u64 {
         self.load.load(Ordering::SeqCst)
     }
 
-    fn reset(&self) {
+    /// Back to zero.
+    pub fn reset(&self) {
         for c in self.all() {
             c.store(0, Ordering::SeqCst);
         }
     }
 }
 
-/// Holds a caller right after a successful `create` until released, and remembers the keys
-/// created.
+/// Faults an [`InstrumentedStore`] injects on demand: failing `create` or `delete` (as an
+/// unavailable store), and holding the next successful `create` until released, so that a
+/// test can run a concurrent request in between.
 #[derive(Debug, Default)]
-struct Faults {
+pub struct StoreFaults {
+    /// While true, `create` fails with an unavailable-store error.
+    pub fail_create: AtomicBool,
+    /// While true, `delete` fails with an unavailable-store error.
+    pub fail_delete: AtomicBool,
     /// `(reached, release)`: taken by the next successful `create`, which notifies `reached`
     /// and waits for `release`.
     hold_after_create: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
     created: Mutex<Vec<SessionKey>>,
 }
 
-impl Faults {
-    fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
+impl StoreFaults {
+    /// Arms the hold of the next successful `create`; returns `(reached, release)`: wait
+    /// for `reached`, do what must happen in between, then `release.notify_one()`.
+    pub fn hold_next_create(&self) -> (Arc<Notify>, Arc<Notify>) {
         let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         *self.hold_after_create.lock().unwrap() = Some(pair.clone());
         pair
     }
 
-    fn last_created(&self) -> SessionKey {
+    /// The key of the last record created.
+    ///
+    /// # Panics
+    ///
+    /// If no record was created yet.
+    pub fn last_created(&self) -> SessionKey {
         let created = self.created.lock().unwrap();
         created.last().cloned().expect("a record was created")
     }
 }
 
-/// The store the test app's layer uses: hands every call to the store under test, counting
-/// them, and holds a `create` when asked.
+/// A store that hands every call to another store, counting the calls ([`StoreCalls`]) and
+/// injecting faults on demand ([`StoreFaults`]): for tests of a layer or an application on
+/// top of any store, e.g. "a request without a cookie costs no store call", or "a store
+/// outage during login answers 503".
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_rampart::session::MemoryStore;
+/// use tower_rampart::session::store::testing::InstrumentedStore;
+///
+/// let store = InstrumentedStore::new(Arc::new(MemoryStore::new()));
+/// let (calls, faults) = (store.calls().clone(), store.faults().clone());
+/// // ... build a SessionLayer on `store`, send requests ...
+/// assert_eq!(calls.total(), 0);
+/// faults.fail_create.store(true, std::sync::atomic::Ordering::SeqCst);
+/// ```
 #[derive(Debug, Clone)]
-struct Instrumented {
+pub struct InstrumentedStore {
     inner: Arc<dyn SessionStore>,
-    counts: Arc<Counts>,
-    faults: Arc<Faults>,
+    counts: Arc<StoreCalls>,
+    faults: Arc<StoreFaults>,
 }
 
-impl SessionStore for Instrumented {
+impl InstrumentedStore {
+    /// Wraps `inner`, with no call counted and no fault armed.
+    pub fn new(inner: Arc<dyn SessionStore>) -> Self {
+        Self {
+            inner,
+            counts: Arc::default(),
+            faults: Arc::default(),
+        }
+    }
+
+    /// The call counts (shared by clones).
+    pub fn calls(&self) -> &Arc<StoreCalls> {
+        &self.counts
+    }
+
+    /// The fault switches (shared by clones).
+    pub fn faults(&self) -> &Arc<StoreFaults> {
+        &self.faults
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::unavailable("injected failure")
+}
+
+impl SessionStore for InstrumentedStore {
     fn load<'a>(
         &'a self,
         key: &'a SessionKey,
@@ -1010,6 +1070,9 @@ impl SessionStore for Instrumented {
     ) -> StoreFuture<'a, bool> {
         self.counts.create.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
+            if self.faults.fail_create.load(Ordering::SeqCst) {
+                return Err(injected());
+            }
             let created = self.inner.create(key, record, now).await?;
             if created {
                 self.faults.created.lock().unwrap().push(key.clone());
@@ -1040,6 +1103,9 @@ impl SessionStore for Instrumented {
         now: u64,
     ) -> StoreFuture<'a, WriteOutcome> {
         self.counts.delete.fetch_add(1, Ordering::SeqCst);
+        if self.faults.fail_delete.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(injected()) });
+        }
         self.inner.delete(key, expected_version, now)
     }
 
@@ -1093,13 +1159,13 @@ fn builder_with_keys(keys: &[&[u8]]) -> SessionConfigBuilder {
         .absolute_lifetime(Duration::from_secs(3600))
 }
 
-/// The routes behind a session layer, with a manual clock and an [`Instrumented`] store.
+/// The routes behind a session layer, with a manual clock and an [`InstrumentedStore`].
 #[derive(Clone)]
 struct App {
     service: SessionService<Handlers>,
     clock: ManualClock,
-    counts: Arc<Counts>,
-    faults: Arc<Faults>,
+    counts: Arc<StoreCalls>,
+    faults: Arc<StoreFaults>,
     /// The store under test, without the instrumentation.
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
@@ -1127,12 +1193,8 @@ impl App {
         clock: ManualClock,
     ) -> Self {
         let config = config.clock(clock.clone()).build().expect("valid config");
-        let instrumented = Instrumented {
-            inner: store.clone(),
-            counts: Arc::default(),
-            faults: Arc::default(),
-        };
-        let (counts, faults) = (instrumented.counts.clone(), instrumented.faults.clone());
+        let instrumented = InstrumentedStore::new(store.clone());
+        let (counts, faults) = (instrumented.calls().clone(), instrumented.faults().clone());
         let service =
             SessionLayer::new(instrumented, config.clone()).layer(Handlers(Arc::new(router)));
         Self {
