@@ -254,6 +254,13 @@ impl RedisConnection {
         self.inner.breaker.is_closed()
     }
 
+    /// Whether this connection talks to a Redis Cluster (known once it has connected, or
+    /// from the configuration). Callers whose keys may span hash slots (batches, multi-key
+    /// scripts, pipelines) split them by [`key_slot`](super::key_slot) when it is true.
+    pub fn is_cluster(&self) -> bool {
+        false
+    }
+
     /// The command timeout this connection applies to every call.
     pub fn command_timeout(&self) -> Duration {
         self.inner.command_timeout

@@ -100,10 +100,12 @@ mod breaker;
 mod config;
 mod connection;
 mod error;
+mod slot;
 
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::{RedisConnection, RedisHealth};
 pub use self::error::{RedisError, RedisErrorKind};
+pub use self::slot::{SLOTS, key_slot};
 
 /// The `redis` crate this module is built on (commands, pipelines, scripts, values).
 pub use ::redis as driver;
