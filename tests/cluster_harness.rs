@@ -20,15 +20,20 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
 /// A 6-node cluster forms in about 2 s here; this bound catches a harness that got slow.
 const START_BUDGET: Duration = Duration::from_secs(10);
 
-fn start(masters: usize, replicas: usize, tls: bool) -> RedisCluster {
+const PASSWORD: &str = "cluster s3cr3t/:@";
+
+fn start(masters: usize, replicas: usize, tls: bool, password: bool) -> RedisCluster {
     let started = Instant::now();
-    let cluster = if tls {
-        RedisCluster::start_tls(masters, replicas)
-    } else {
-        RedisCluster::start(masters, replicas)
+    let cluster = match (tls, password) {
+        (false, false) => RedisCluster::start(masters, replicas),
+        (false, true) => RedisCluster::start_with_password(masters, replicas, PASSWORD),
+        (true, false) => RedisCluster::start_tls(masters, replicas),
+        (true, true) => RedisCluster::start_tls_with_password(masters, replicas, PASSWORD),
     };
     let took = started.elapsed();
-    eprintln!("{masters}+{replicas} cluster (tls: {tls}) started in {took:?}");
+    eprintln!(
+        "{masters}+{replicas} cluster (tls: {tls}, password: {password}) started in {took:?}"
+    );
     assert!(
         took < START_BUDGET,
         "a {masters}+{replicas} cluster took {took:?} to start"
@@ -76,9 +81,38 @@ fn redirected_to(err: &driver::RedisError) -> Option<u16> {
     addr.strip_prefix("127.0.0.1:")?.parse().ok()
 }
 
+/// Every node answers `NOAUTH` to a client without the password.
+fn refuses_unauthenticated(cluster: &RedisCluster) {
+    for port in cluster.ports() {
+        let url = if cluster.is_tls() {
+            format!("rediss://127.0.0.1:{port}")
+        } else {
+            format!("redis://127.0.0.1:{port}")
+        };
+        let client = match cluster.ca_pem() {
+            None => driver::Client::open(url),
+            Some(ca) => driver::Client::build_with_tls(
+                url,
+                driver::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.as_bytes().to_vec()),
+                },
+            ),
+        }
+        .unwrap();
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect without a password");
+        let err = driver::cmd("PING")
+            .query::<String>(&mut conn)
+            .expect_err("PING without the password");
+        assert!(err.to_string().contains("NOAUTH"), "node {port}: {err}");
+    }
+}
+
 #[test]
 fn plain_cluster_serves_every_slot_on_three_masters() {
-    let cluster = start(3, 1, false);
+    let cluster = start(3, 1, false, false);
     assert_eq!(cluster.ports().len(), 6);
     let masters = cluster.master_ports();
     assert_eq!(masters.len(), 3, "{}", cluster.describe());
@@ -138,8 +172,10 @@ fn plain_cluster_serves_every_slot_on_three_masters() {
 
 #[test]
 fn slots_and_keys_agree_with_the_crate_and_the_stats_add_up() {
-    let cluster = start(3, 0, false);
+    let cluster = start(3, 0, false, true);
     assert_eq!(cluster.master_ports().len(), 3);
+    assert_eq!(cluster.password(), Some(PASSWORD));
+    refuses_unauthenticated(&cluster);
 
     let mut keys: Vec<Vec<u8>> = (0..300)
         .map(|i| format!("rl:{{ip:10.0.{}.{}}}:q{i}", i / 256, i % 256).into_bytes())
@@ -191,7 +227,7 @@ fn slots_and_keys_agree_with_the_crate_and_the_stats_add_up() {
 
 #[test]
 fn a_killed_master_is_replaced_by_its_replica_and_rejoins_as_a_replica() {
-    let mut cluster = start(3, 1, false);
+    let mut cluster = start(3, 1, false, false);
     let (key, _) = keys_on_different_masters(&cluster, "harness:failover:");
     let slot = key_slot(key.as_bytes());
     let old_master = cluster.master_of_slot(slot);
@@ -254,7 +290,7 @@ fn a_killed_master_is_replaced_by_its_replica_and_rejoins_as_a_replica() {
 
 #[test]
 fn a_tls_cluster_answers_over_tls_only() {
-    let cluster = start(3, 1, true);
+    let cluster = start(3, 1, true, true);
     assert!(cluster.is_tls());
     let ca = cluster.ca_pem().expect("TLS cluster has a CA");
     assert!(ca.contains("BEGIN CERTIFICATE"));
@@ -262,8 +298,13 @@ fn a_tls_cluster_answers_over_tls_only() {
     assert_eq!(cluster.replica_ports().len(), 3, "{}", cluster.describe());
     assert_eq!(
         cluster.seed_url(),
-        format!("rediss://127.0.0.1:{}", cluster.ports()[0])
+        format!(
+            "rediss://:cluster%20s3cr3t%2F%3A%40@127.0.0.1:{}",
+            cluster.ports()[0]
+        )
     );
+    // The replicas synced (wait_until_ok saw to it), so masterauth works over TLS.
+    refuses_unauthenticated(&cluster);
 
     for port in cluster.ports() {
         let pong: String = cluster.run_on(port, &driver::cmd("PING"));

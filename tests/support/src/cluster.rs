@@ -32,10 +32,13 @@ use tower_rampart::redis::{RedisConfig, SLOTS, driver, key_slot};
 
 use super::{
     PORT_ATTEMPTS, START_DEADLINE, TEST_COMMAND_TIMEOUT, TEST_CONNECT_TIMEOUT, TlsFiles,
-    generate_tls_files, parse_commandstats, random_u64, read_log, sync_connection_to,
-    unique_temp_dir,
+    generate_tls_files, parse_commandstats, percent_encode, random_u64, read_log,
+    sync_connection_to, unique_temp_dir,
 };
 
+/// The nodes' `cluster-node-timeout`: a master unreachable this long is suspected, and
+/// failed over once a majority of masters agree (a few seconds in all on loopback).
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the whole cluster may take to form (`redis-cli --cluster create`, then every
 /// node reporting `cluster_state:ok`).
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
@@ -81,6 +84,7 @@ impl Node {
 pub struct RedisCluster {
     dir: PathBuf,
     tls: Option<TlsFiles>,
+    password: Option<String>,
     nodes: Vec<Node>,
     /// The masters as created (ports), in `redis-cli --cluster create` order.
     initial_masters: Vec<u16>,
@@ -173,17 +177,37 @@ impl RedisCluster {
     /// Panics with the nodes' logs when the cluster does not form, and with a clear message
     /// when `redis-server` or `redis-cli` is missing.
     pub fn start(masters: usize, replicas_per_master: usize) -> Self {
-        Self::launch(masters, replicas_per_master, false)
+        Self::launch(masters, replicas_per_master, false, None)
+    }
+
+    /// Like [`RedisCluster::start`], with every node requiring `password` (`requirepass`,
+    /// and `masterauth` for the replicas). [`RedisCluster::config`] and the URLs carry it.
+    pub fn start_with_password(masters: usize, replicas_per_master: usize, password: &str) -> Self {
+        Self::launch(masters, replicas_per_master, false, Some(password))
     }
 
     /// Like [`RedisCluster::start`], with TLS-only nodes: no plain TCP port, `tls-cluster`
     /// and `tls-replication` on, a CA and a server certificate for `127.0.0.1` and
     /// `localhost` generated now. [`RedisCluster::config`] trusts that CA.
     pub fn start_tls(masters: usize, replicas_per_master: usize) -> Self {
-        Self::launch(masters, replicas_per_master, true)
+        Self::launch(masters, replicas_per_master, true, None)
     }
 
-    fn launch(masters: usize, replicas_per_master: usize, tls: bool) -> Self {
+    /// [`RedisCluster::start_tls`] with every node requiring `password`.
+    pub fn start_tls_with_password(
+        masters: usize,
+        replicas_per_master: usize,
+        password: &str,
+    ) -> Self {
+        Self::launch(masters, replicas_per_master, true, Some(password))
+    }
+
+    fn launch(
+        masters: usize,
+        replicas_per_master: usize,
+        tls: bool,
+        password: Option<&str>,
+    ) -> Self {
         assert!(
             masters >= 3,
             "a Redis Cluster made by `redis-cli --cluster create` needs at least 3 masters, got {masters}"
@@ -195,6 +219,7 @@ impl RedisCluster {
         let mut cluster = Self {
             dir,
             tls,
+            password: password.map(str::to_owned),
             nodes: Vec::with_capacity(count),
             initial_masters: Vec::new(),
         };
@@ -297,7 +322,7 @@ impl RedisCluster {
             .arg("--cluster-config-file")
             .arg("nodes.conf")
             .arg("--cluster-node-timeout")
-            .arg("1000")
+            .arg(CLUSTER_NODE_TIMEOUT.as_millis().to_string())
             .arg("--cluster-replica-validity-factor")
             .arg("0")
             // A replica's full sync starts at once instead of after the 5 s default.
@@ -326,6 +351,12 @@ impl RedisCluster {
                     .arg("yes");
             }
         }
+        if let Some(password) = &self.password {
+            cmd.arg("--requirepass")
+                .arg(password)
+                .arg("--masterauth")
+                .arg(password);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -347,6 +378,10 @@ impl RedisCluster {
         let mut cmd = Command::new("redis-cli");
         if let Some(tls) = &self.tls {
             cmd.arg("--tls").arg("--cacert").arg(&tls.ca_file);
+        }
+        if let Some(password) = &self.password {
+            // From the environment rather than `-a`, which `ps` shows.
+            cmd.env("REDISCLI_AUTH", password);
         }
         cmd.arg("--cluster").arg("create");
         for node in &self.nodes {
@@ -388,7 +423,8 @@ impl RedisCluster {
         );
     }
 
-    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS cluster) of a master that is running:
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS cluster; `redis://:PASSWORD@…` with
+    /// a password) of a master that is running:
     /// the first master as created while it is alive and a master, else the first running
     /// master the cluster reports.
     pub fn seed_url(&self) -> String {
@@ -409,7 +445,10 @@ impl RedisCluster {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{port}")
+        match &self.password {
+            Some(pw) => format!("{scheme}://:{}@127.0.0.1:{port}", percent_encode(pw)),
+            None => format!("{scheme}://127.0.0.1:{port}"),
+        }
     }
 
     fn seed_port(&self) -> u16 {
@@ -440,6 +479,11 @@ impl RedisCluster {
     /// The PEM of the CA that signed a TLS cluster's certificate.
     pub fn ca_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// The nodes' password, if they have one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// Whether the nodes speak TLS only.
@@ -543,7 +587,7 @@ impl RedisCluster {
     /// A blocking connection to the node on `port` (TLS for a TLS cluster). It speaks to that
     /// node only: keys of other nodes' slots answer `MOVED`.
     pub fn sync_connection(&self, port: u16) -> driver::RedisResult<driver::Connection> {
-        sync_connection_to(port, self.tls.as_ref(), None)
+        sync_connection_to(port, self.tls.as_ref(), self.password.as_deref())
     }
 
     /// `FLUSHALL` on every running master (the replicas follow).
