@@ -233,9 +233,15 @@ impl RedisCluster {
     /// Spawns `count` nodes on fresh port pairs and waits until each answers PING; a node
     /// that exits (its port or bus port was taken meanwhile) is moved to another pair.
     fn spawn_all(&mut self, count: usize) {
+        self.spawn_all_from(count, &mut pick_port_pair);
+    }
+
+    /// [`RedisCluster::spawn_all`] with the first port of each node chosen by `first_pick`
+    /// (a test forces a taken bus port with it); replacements come from [`pick_port_pair`].
+    fn spawn_all_from(&mut self, count: usize, first_pick: &mut dyn FnMut(&BTreeSet<u16>) -> u16) {
         let mut taken = BTreeSet::new();
         for i in 0..count {
-            let port = pick_port_pair(&taken);
+            let port = first_pick(&taken);
             taken.insert(port);
             let dir = self.dir.join(format!("node-{i}"));
             fs::create_dir_all(&dir).expect("create redis node directory");
@@ -921,5 +927,67 @@ fn check_redis_cli() {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => panic!("{REDIS_CLI_MISSING}"),
         Err(e) => panic!("cannot run redis-cli: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_nodes_lines() {
+        let text = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,hostname4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail? - 0 1426238318243 3 disconnected 10923-16383 [93->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 16000
+:0@0 noaddr - 0 0 0 disconnected
+";
+        let view = parse_cluster_nodes(text);
+        assert_eq!(view.len(), 4, "the short line is skipped");
+        assert_eq!(view[0].port, 30004);
+        assert!(view[0].has_flag("slave") && !view[0].is_master());
+        assert_eq!(
+            view[0].master_id.as_deref(),
+            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
+        );
+        assert!(view[2].is_failing() && !view[2].connected);
+        assert_eq!(
+            view[2].slots,
+            vec![(10923, 16383)],
+            "migrations are not owned slots"
+        );
+        assert_eq!(view[3].slots, vec![(0, 5460), (16000, 16000)]);
+        assert!(view[3].has_flag("myself"));
+        assert_eq!(
+            slot_map(&view),
+            vec![
+                (0, 5460, 30001),
+                (5461, 10922, 30002),
+                (10923, 16383, 30003),
+                (16000, 16000, 30001)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_whose_bus_port_is_taken_moves_to_another_port_pair() {
+        let dir = unique_temp_dir();
+        let mut cluster = RedisCluster {
+            dir,
+            tls: None,
+            password: None,
+            nodes: Vec::new(),
+            initial_masters: Vec::new(),
+        };
+        // Hold the bus port of the first pair offered: that node cannot start there.
+        let blocked = pick_port_pair(&BTreeSet::new());
+        let _holder = TcpListener::bind((Ipv4Addr::LOCALHOST, blocked + BUS_OFFSET))
+            .expect("hold a bus port");
+        cluster.spawn_all_from(1, &mut |_| blocked);
+        let port = cluster.ports()[0];
+        assert_ne!(port, blocked);
+        assert!(cluster.ping(port).is_ok());
+        assert!(cluster.is_running(port));
     }
 }
