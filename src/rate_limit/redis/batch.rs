@@ -17,13 +17,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::rate_limit::lock;
-use crate::redis::driver::ScriptInvocation;
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 
 /// A request a [`Batcher`] can coalesce: how a batch of them becomes one script call whose
@@ -38,10 +38,15 @@ pub(super) trait Batchable: Send + 'static {
     /// The number of reply values that are this request's.
     fn width(&self) -> usize;
 
-    /// The one script call deciding `asks`, in order.
-    fn invocation<'a>(asks: impl Iterator<Item = &'a Self> + Clone) -> ScriptInvocation<'static>
-    where
-        Self: 'a;
+    /// What [`call`](Self::call) needs besides the requests (shared by the batcher).
+    type Ctx: Send + Sync + 'static;
+
+    /// Decides `asks`, in order: their reply values, flat (one script call on a single
+    /// server; the rate limiter's splits by hash slot on a cluster).
+    fn call<'a>(
+        ctx: &'a Self::Ctx,
+        asks: Vec<&'a Self>,
+    ) -> impl Future<Output = Result<Vec<i64>, RedisError>> + Send + 'a;
 }
 
 /// The reply values of one request: `values[at..]`, its checks in order.
@@ -70,8 +75,8 @@ struct Queue<A> {
 }
 
 /// Coalesces concurrent requests into script calls (see the module docs).
-pub(crate) struct Batcher<A> {
-    conn: RedisConnection,
+pub(crate) struct Batcher<A: Batchable> {
+    ctx: A::Ctx,
     queue: Mutex<Queue<A>>,
     max_in_flight: usize,
     max_batch: usize,
@@ -79,7 +84,7 @@ pub(crate) struct Batcher<A> {
     max_wait: Duration,
 }
 
-impl<A> fmt::Debug for Batcher<A> {
+impl<A: Batchable> fmt::Debug for Batcher<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batcher")
             .field("max_in_flight", &self.max_in_flight)
@@ -89,10 +94,16 @@ impl<A> fmt::Debug for Batcher<A> {
 }
 
 impl<A: Batchable> Batcher<A> {
-    pub(crate) fn new(conn: RedisConnection, max_in_flight: usize, max_batch: usize) -> Self {
+    /// A batcher whose calls may wait at most `conn`'s command timeout for a slot.
+    pub(crate) fn new(
+        conn: &RedisConnection,
+        ctx: A::Ctx,
+        max_in_flight: usize,
+        max_batch: usize,
+    ) -> Self {
         Self {
             max_wait: conn.command_timeout(),
-            conn,
+            ctx,
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 in_flight: 0,
@@ -130,9 +141,8 @@ impl<A: Batchable> Batcher<A> {
 
     /// One batch's call; every request in it gets its part of the reply or the error.
     async fn call_batch(&self, batch: Vec<Waiting<A>>) {
-        let inv = A::invocation(batch.iter().map(|w| &w.ask));
         let len = batch.iter().map(|w| w.ask.width()).sum();
-        let result: Result<Vec<i64>, RedisError> = self.conn.invoke_script(&inv).await;
+        let result = A::call(&self.ctx, batch.iter().map(|w| &w.ask).collect()).await;
         match result.and_then(|v| check_len(&v, len).map(|()| v)) {
             Ok(values) => {
                 let values = Arc::new(values);
@@ -299,11 +309,11 @@ impl Pending {
 
 /// A driver task dropped before it finished (its runtime shutting down): frees its slot and
 /// fails the queue rather than leave it without a driver.
-struct DriverGuard<'a, A> {
+struct DriverGuard<'a, A: Batchable> {
     batcher: &'a Arc<Batcher<A>>,
 }
 
-impl<A> Drop for DriverGuard<'_, A> {
+impl<A: Batchable> Drop for DriverGuard<'_, A> {
     fn drop(&mut self) {
         let mut q = lock(&self.batcher.queue);
         q.in_flight -= 1;

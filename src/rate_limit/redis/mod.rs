@@ -26,10 +26,14 @@ const DEFAULT_MAX_BATCH: usize = 128;
 mod batch;
 mod deny_cache;
 mod scripts;
+mod split;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use self::batch::{Batcher, Turn};
 use self::deny_cache::DenyCache;
 use self::scripts::{Ask, Check, Definition};
+use self::split::Router;
 
 /// Quota state in Redis, shared by every instance: limits are global.
 ///
@@ -129,6 +133,7 @@ pub struct RedisBackend {
 
 struct Inner {
     conn: RedisConnection,
+    router: Arc<Router>,
     prefix: String,
     clock: Option<Arc<dyn Clock>>,
     deny: DenyCache,
@@ -159,6 +164,8 @@ pub struct RedisBackendBuilder {
     batching: bool,
     max_in_flight: usize,
     max_batch: usize,
+    every_key_own_slot: bool,
+    skip_releases: bool,
 }
 
 impl RedisBackendBuilder {
@@ -212,17 +219,44 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Test switch: routes as on a Redis Cluster where every distinct key is in a slot of
+    /// its own, also on a single server, so that the split paths (per-slot batches, a
+    /// request's quotas reserved slot by slot and released if another refuses) can be tested
+    /// there. Not for production: it only costs more calls.
+    #[doc(hidden)]
+    pub fn every_key_in_its_own_slot(mut self, on: bool) -> Self {
+        self.every_key_own_slot = on;
+        self
+    }
+
+    /// Test hook: a request refused on one slot keeps what it reserved on the others (no
+    /// release), as if the process died between its reserve and its release. Counted by
+    /// [`RedisBackend::unreleased_reservations`].
+    #[doc(hidden)]
+    pub fn skip_releases(mut self, on: bool) -> Self {
+        self.skip_releases = on;
+        self
+    }
+
     /// Builds the backend.
     pub fn build(self) -> RedisBackend {
+        let router = Arc::new(Router {
+            conn: self.conn.clone(),
+            every_key_own_slot: self.every_key_own_slot,
+            skip_releases: AtomicBool::new(self.skip_releases),
+            unreleased: AtomicU64::new(0),
+        });
         let batcher = self.batching.then(|| {
             Arc::new(Batcher::new(
-                self.conn.clone(),
+                &self.conn,
+                router.clone(),
                 self.max_in_flight,
                 self.max_batch,
             ))
         });
         RedisBackend {
             inner: Arc::new(Inner {
+                router,
                 batcher,
                 conn: self.conn,
                 prefix: self.prefix,
@@ -258,6 +292,8 @@ impl RedisBackend {
             batching: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_batch: DEFAULT_MAX_BATCH,
+            every_key_own_slot: false,
+            skip_releases: false,
         }
     }
 
@@ -276,6 +312,17 @@ impl RedisBackend {
             id: self.intern(name),
             quota,
         })
+    }
+
+    /// Reservations that could not be released (Redis Cluster only): a request whose quotas
+    /// live in several hash slots reserves its units on each and, if one slot refuses,
+    /// releases the others; when that release fails (a node or the connection failing
+    /// between the two calls), each such key keeps the refused request's units counted as
+    /// if it had been admitted, until they leave the window (window meaning) or are drained
+    /// like any admission (GCRA). Each is also logged. Always 0 on a single server. See
+    /// [Redis Cluster](RedisBackend#redis-cluster).
+    pub fn unreleased_reservations(&self) -> u64 {
+        self.inner.router.unreleased.load(Ordering::Relaxed)
     }
 
     /// Number of keys in the deny cache.
@@ -362,7 +409,8 @@ impl RedisBackend {
         self.run_alone(items, cost, now).await
     }
 
-    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or `MULTI`).
+    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or
+    /// `MULTI`); on a cluster, a request whose keys span slots is split.
     async fn run_alone(
         &self,
         items: &[RedisItem<'_>],
@@ -370,6 +418,20 @@ impl RedisBackend {
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         let defs = || items.iter().map(|item| Definition::of(item.quota));
+        let router = &self.inner.router;
+        if items.len() > 1 && router.splits() {
+            let checks: Vec<Check> = items
+                .iter()
+                .map(|item| Check {
+                    key: self.key_name(item.name, item.key),
+                    def: Definition::of(item.quota),
+                })
+                .collect();
+            if router.groups(checks.iter().map(|c| c.key.as_str())).len() > 1 {
+                let reply = self.run_split(checks, cost, now).await?;
+                return scripts::decode_multi(defs(), &reply);
+            }
+        }
         let mut inv = match items {
             [item] => Definition::of(item.quota).keys_invocation(cost, now),
             _ => scripts::multi_invocation(defs(), cost, now),
@@ -386,6 +448,25 @@ impl RedisBackend {
             return scripts::decode_keys(defs(), cost, &reply);
         }
         scripts::decode_multi(defs(), &reply)
+    }
+
+    /// A request spanning slots, on a task of its own, so that a caller going away between
+    /// its reserve and its release does not leave the reservation behind.
+    async fn run_split(
+        &self,
+        checks: Vec<Check>,
+        cost: u64,
+        now: u64,
+    ) -> Result<Vec<i64>, RedisError> {
+        let router = self.inner.router.clone();
+        let task = async move { router.split(&checks, cost, now).await };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(task)
+                .await
+                .unwrap_or_else(|_| Err(split::abandoned())),
+            Err(_) => task.await,
+        }
     }
 }
 
