@@ -45,9 +45,9 @@ local function slots(raw)
   end
   return wt, wc, ts, cs
 end
--- Writes a state that is empty at until (microseconds), or deletes the key if that is past.
-local function put(value, until)
-  local ttl = until - now
+-- Writes a state that is empty at `empty` (microseconds), or deletes the key if that is past.
+local function put(value, empty)
+  local ttl = empty - now
   if ttl <= 0 then
     call('DEL', key)
   else
