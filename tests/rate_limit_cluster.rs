@@ -36,7 +36,12 @@ fn quota_b() -> Quota {
 
 /// A layer with quota `a` keyed by the `x-a` header and quota `b` by `x-b` (each skipped
 /// when its header is absent), the `x-cost` header as cost.
-fn two_quota_layer(backend: RedisBackend, a: Quota, b: Quota, clock: Option<&ManualClock>) -> RateLimitLayer {
+fn two_quota_layer(
+    backend: RedisBackend,
+    a: Quota,
+    b: Quota,
+    clock: Option<&ManualClock>,
+) -> RateLimitLayer {
     let by = |name: &'static str| {
         Key::custom(move |req: &Request<()>| {
             req.headers()
@@ -136,7 +141,10 @@ async fn refused_requests_leave_every_key_identical(
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert!(header(&h, "ratelimit").starts_with("\"b\";r=0"), "{h:?}");
         let after = (raw(&conn, &name_a).await, raw(&conn, &name_b).await);
-        assert_eq!(after, before, "cost {cost}: a refused request changed a key");
+        assert_eq!(
+            after, before,
+            "cost {cost}: a refused request changed a key"
+        );
     }
     // a still has its 2 units.
     for _ in 0..2 {
@@ -257,11 +265,25 @@ async fn a_failed_release_leaks_at_most_the_cost(
         assert_eq!(send(&mut svc, request(None, b, 1)).await.0, StatusCode::OK);
     }
     assert_eq!(left_on(&mut svc, a, None, "a").await, 3);
-    assert_eq!(send(&mut svc, request(a, b, 1)).await.0, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(left_on(&mut svc, a, None, "a").await, 2, "leaked exactly the cost, 1");
+    assert_eq!(
+        send(&mut svc, request(a, b, 1)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        left_on(&mut svc, a, None, "a").await,
+        2,
+        "leaked exactly the cost, 1"
+    );
     assert_eq!(backend.unreleased_reservations(), 1);
-    assert_eq!(send(&mut svc, request(a, b, 2)).await.0, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(left_on(&mut svc, a, None, "a").await, 0, "leaked exactly the cost, 2");
+    assert_eq!(
+        send(&mut svc, request(a, b, 2)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        left_on(&mut svc, a, None, "a").await,
+        0,
+        "leaked exactly the cost, 2"
+    );
     assert_eq!(backend.unreleased_reservations(), 2);
     // A window later (b is full again after its burst time, 60 s) everything is back.
     clock.advance(Duration::from_secs(60));
@@ -271,8 +293,15 @@ async fn a_failed_release_leaks_at_most_the_cost(
     for _ in 0..3 {
         assert_eq!(send(&mut svc, request(a, None, 1)).await.0, StatusCode::OK);
     }
-    assert_eq!(send(&mut svc, request(a, b, 1)).await.0, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(left_on(&mut svc, None, b, "b").await, 1, "leaked exactly the cost, 1");
+    assert_eq!(
+        send(&mut svc, request(a, b, 1)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        left_on(&mut svc, None, b, "b").await,
+        1,
+        "leaked exactly the cost, 1"
+    );
     assert_eq!(backend.unreleased_reservations(), 3);
     // Drained like an admission: one interval (30 s) later the unit is back.
     clock.advance(Duration::from_secs(30));

@@ -19,9 +19,7 @@ use tower_rampart::rate_limit::{
 };
 use tower_rampart::redis::driver;
 
-use rate_limit_common::replay::{
-    self, RespFuture, join_in_order, start_all, xorshift,
-};
+use rate_limit_common::replay::{self, RespFuture, join_in_order, start_all, xorshift};
 
 #[tokio::test]
 async fn ten_per_minute_on_the_server_clock() {

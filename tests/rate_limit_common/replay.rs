@@ -71,7 +71,6 @@ pub fn visible(r: &Resp) -> (u16, String, String, String, String) {
     )
 }
 
-
 /// Replays one request trace through a memory layer and a Redis layer driven by the same
 /// manual clock: every response (status, Retry-After, RateLimit, RateLimit-Policy, body) must be
 /// identical, for both meanings.
@@ -138,7 +137,6 @@ pub async fn memory_and_redis_give_identical_responses(config: &RedisConfig, pre
     }
 }
 
-
 /// Several quotas per request (a window per IP, a GCRA per user, a bucketed global window),
 /// random costs: the all-or-nothing script and the memory backend give identical responses.
 pub async fn multi_quota_traces_are_identical(config: &RedisConfig, prefix: &str) {
@@ -182,7 +180,6 @@ pub async fn multi_quota_traces_are_identical(config: &RedisConfig, prefix: &str
         );
     }
 }
-
 
 /// The limits of [`three_quota_layer`]: per-IP window, per-user GCRA (rate, burst), global
 /// window, all per minute.
@@ -248,7 +245,6 @@ pub fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Natural batching: concurrent decisions share script calls.
 
@@ -303,7 +299,6 @@ pub async fn join_in_order(futures: Vec<RespFuture>) -> Vec<Resp> {
     }
     out
 }
-
 
 /// The acceptance test of natural batching: requests sent concurrently (so that they queue
 /// and share script calls, with repeated keys inside one call) get exactly the responses the
@@ -387,7 +382,10 @@ pub async fn batch_decides_like_one_by_one(target: &Target<'_>) {
     // The first two requests of a round go out at once, alone, in calls of their own (two
     // calls may be in flight); the other 48 queue and share one call.
     if let Some(most) = target.most_batch_calls {
-        assert!(calls <= most, "{calls} script calls for {requests} requests");
+        assert!(
+            calls <= most,
+            "{calls} script calls for {requests} requests"
+        );
     } else {
         println!("{calls} script calls for {requests} requests");
     }
@@ -402,7 +400,6 @@ pub async fn batch_decides_like_one_by_one(target: &Target<'_>) {
         );
     }
 }
-
 
 /// The raw decisions of the batch scripts and of the single-request scripts agree on random
 /// quotas, costs and times (single-quota requests; the multi-quota script is compared above).
@@ -481,4 +478,3 @@ pub async fn batched_and_single_calls_agree(config: &RedisConfig, prefix: &str) 
     }
     assert!(checked.iter().all(|&n| n > 250), "{checked:?}");
 }
-

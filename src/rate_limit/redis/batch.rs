@@ -38,6 +38,12 @@ pub(super) trait Batchable: Send + 'static {
     /// The number of reply values that are this request's.
     fn width(&self) -> usize;
 
+    /// Whether a call holding this request must be the only call in flight (the rate
+    /// limiter's requests that span hash slots on a cluster, decided in two steps: no other
+    /// call may run between them, so that decisions stay those of the requests one by one in
+    /// arrival order).
+    fn exclusive(&self) -> bool;
+
     /// What [`call`](Self::call) needs besides the requests (shared by the batcher).
     type Ctx: Send + Sync + 'static;
 
@@ -72,6 +78,8 @@ struct Waiting<A> {
 struct Queue<A> {
     waiting: VecDeque<Waiting<A>>,
     in_flight: usize,
+    /// The call in flight is exclusive (no other may start until it is done).
+    exclusive: bool,
 }
 
 /// Coalesces concurrent requests into script calls (see the module docs).
@@ -107,6 +115,7 @@ impl<A: Batchable> Batcher<A> {
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 in_flight: 0,
+                exclusive: false,
             }),
             max_in_flight: max_in_flight.max(1),
             max_batch: max_batch.max(1),
@@ -115,12 +124,23 @@ impl<A: Batchable> Batcher<A> {
 
     /// Takes a free slot for a request to be sent at once, alone, by its caller (when a slot
     /// is free and nobody waits), or queues the request `ask()` builds for the next batch.
-    pub(crate) fn enqueue(self: &Arc<Self>, ask: impl FnOnce() -> A) -> Turn<'_, A> {
+    ///
+    /// An `exclusive` request (see [`Batchable::exclusive`]) is sent alone only when no other
+    /// call is in flight, and no other call starts until it is done.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        exclusive: bool,
+        ask: impl FnOnce() -> A,
+    ) -> Turn<'_, A> {
         let mut q = lock(&self.queue);
-        let free = q.in_flight < self.max_in_flight;
-        if free && q.waiting.is_empty() {
+        let free = q.in_flight < self.max_in_flight && !q.exclusive;
+        if free && q.waiting.is_empty() && (!exclusive || q.in_flight == 0) {
             q.in_flight += 1;
-            return Turn::Alone(Slot { batcher: self });
+            q.exclusive = exclusive;
+            return Turn::Alone(Slot {
+                batcher: self,
+                exclusive,
+            });
         }
         let (tx, rx) = oneshot::channel();
         q.waiting.push_back(Waiting {
@@ -165,15 +185,18 @@ impl<A: Batchable> Batcher<A> {
         }
     }
 
-    /// Takes the next batch from the queue: requests in arrival order, up to the caps,
-    /// leaving out those whose caller is gone; returns it with the requests that waited too
-    /// long (to fail them outside the lock).
+    /// Takes the next batch from the queue, for a slot already counted in flight: requests
+    /// in arrival order, up to the caps, leaving out those whose caller is gone, and stopping
+    /// before an exclusive request while another call is in flight (the batch then holds the
+    /// requests before it); returns it with the requests that waited too long (to fail them
+    /// outside the lock). A batch holding an exclusive request makes its call exclusive.
     fn take(&self, q: &mut Queue<A>) -> (Vec<Waiting<A>>, Vec<Waiting<A>>) {
         let mut batch = Vec::new();
         let mut late = Vec::new();
         if q.waiting.is_empty() {
             return (batch, late);
         }
+        let others = q.in_flight.saturating_sub(1);
         let now = Instant::now();
         let mut checks = 0;
         while let Some(w) = q.waiting.pop_front() {
@@ -185,11 +208,15 @@ impl<A: Batchable> Batcher<A> {
                 continue;
             }
             let n = w.ask.size();
-            if batch.len() == self.max_batch || (!batch.is_empty() && checks + n > A::MAX_SIZE) {
+            if batch.len() == self.max_batch
+                || (!batch.is_empty() && checks + n > A::MAX_SIZE)
+                || (w.ask.exclusive() && others > 0)
+            {
                 q.waiting.push_front(w);
                 break;
             }
             checks += n;
+            q.exclusive |= w.ask.exclusive();
             batch.push(w);
         }
         (batch, late)
@@ -205,8 +232,11 @@ impl<A: Batchable> Batcher<A> {
     }
 
     /// A call finished: its slot takes the queue into a new call, or is freed.
-    fn pass_on(self: &Arc<Self>) {
+    fn pass_on(self: &Arc<Self>, exclusive: bool) {
         let mut q = lock(&self.queue);
+        if exclusive {
+            q.exclusive = false;
+        }
         let (batch, late) = self.take(&mut q);
         if batch.is_empty() {
             q.in_flight -= 1;
@@ -237,8 +267,12 @@ impl<A: Batchable> Batcher<A> {
             let guard = DriverGuard { batcher: &this };
             let mut batch = batch;
             loop {
+                let exclusive = batch.iter().any(|w| w.ask.exclusive());
                 this.call_batch(batch).await;
                 let mut q = lock(&this.queue);
+                if exclusive {
+                    q.exclusive = false;
+                }
                 let (next, late) = this.take(&mut q);
                 if next.is_empty() {
                     q.in_flight -= 1;
@@ -281,11 +315,12 @@ pub(crate) enum Turn<'a, A: Batchable> {
 /// caller's future is dropped mid-call) passes the slot on to the requests queued meanwhile.
 pub(crate) struct Slot<'a, A: Batchable> {
     batcher: &'a Arc<Batcher<A>>,
+    exclusive: bool,
 }
 
 impl<A: Batchable> Drop for Slot<'_, A> {
     fn drop(&mut self) {
-        self.batcher.pass_on();
+        self.batcher.pass_on(self.exclusive);
     }
 }
 
@@ -317,6 +352,7 @@ impl<A: Batchable> Drop for DriverGuard<'_, A> {
     fn drop(&mut self) {
         let mut q = lock(&self.batcher.queue);
         q.in_flight -= 1;
+        q.exclusive = false;
         let waiting = std::mem::take(&mut q.waiting);
         drop(q);
         drop(waiting);

@@ -379,7 +379,22 @@ impl RedisBackend {
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         if let Some(batcher) = &self.inner.batcher {
+            let router = &self.inner.router;
+            let exclusive = items.len() > 1
+                && router.splits()
+                && router
+                    .groups(
+                        items
+                            .iter()
+                            .map(|item| self.key_name(item.name, item.key))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
+                    )
+                    .len()
+                    > 1;
             let ask = || Ask {
+                exclusive,
                 checks: items
                     .iter()
                     .map(|item| Check {
@@ -390,7 +405,7 @@ impl RedisBackend {
                 cost,
                 now,
             };
-            match batcher.enqueue(ask) {
+            match batcher.enqueue(exclusive, ask) {
                 Turn::Alone(slot) => {
                     // Nobody waiting: this call goes out now, alone, with the single-request
                     // scripts (exactly the call made without batching); the slot is passed

@@ -600,6 +600,8 @@ pub(super) struct Ask {
     pub(super) checks: Vec<Check>,
     pub(super) cost: u64,
     pub(super) now: u64,
+    /// Its checks span hash slots on a cluster (decided in two steps, alone).
+    pub(super) exclusive: bool,
 }
 
 impl Batchable for Ask {
@@ -612,6 +614,10 @@ impl Batchable for Ask {
 
     fn width(&self) -> usize {
         self.checks.iter().map(|c| c.def.width()).sum()
+    }
+
+    fn exclusive(&self) -> bool {
+        self.exclusive
     }
 
     type Ctx = std::sync::Arc<Router>;

@@ -82,7 +82,10 @@ impl Router {
             let slots: HashSet<u64> = ask.checks.iter().map(|c| self.slot(&c.key)).collect();
             match slots.len() {
                 0 => {}
-                1 => run.entry(self.slot(&ask.checks[0].key)).or_default().push(n),
+                1 => run
+                    .entry(self.slot(&ask.checks[0].key))
+                    .or_default()
+                    .push(n),
                 _ => {
                     self.flush(&mut run, asks, &mut out).await?;
                     let multi = self.split(&ask.checks, ask.cost, ask.now).await?;
@@ -139,7 +142,8 @@ impl Router {
     ) -> Result<Vec<i64>, RedisError> {
         let groups = self.groups(checks.iter().map(|c| c.key.as_str()));
         let reserves = groups.iter().map(|group| {
-            let mut inv = scripts::reserve_invocation(group.iter().map(|&i| checks[i].def), cost, now);
+            let mut inv =
+                scripts::reserve_invocation(group.iter().map(|&i| checks[i].def), cost, now);
             for &i in group {
                 inv.key(checks[i].key.as_str());
             }
@@ -222,7 +226,11 @@ impl std::fmt::Display for Hold {
                 window_us,
                 granularity_us,
                 ..
-            } => write!(f, "at most {} µs (window + granularity)", window_us + granularity_us),
+            } => write!(
+                f,
+                "at most {} µs (window + granularity)",
+                window_us + granularity_us
+            ),
             Definition::Gcra { interval_us, burst } => write!(
                 f,
                 "like an admission: drained within {} µs (burst × interval) of the last one",
