@@ -308,6 +308,34 @@ async fn a_failed_release_leaks_at_most_the_cost(
     assert_eq!(left_on(&mut svc, None, b, "b").await, 2);
 }
 
+/// A connection made lazily learns it talks to a cluster on its first call: a first request
+/// spanning slots is still decided by Redis (the cluster refuses the unsplit call before
+/// running it, and the backend splits it), on a first call alone and in a first batch.
+async fn a_lazy_connection_splits_from_the_first_request(config: &RedisConfig, prefix: &str) {
+    for batched in [false, true] {
+        let conn = config.connect_lazy().unwrap();
+        assert!(!conn.is_cluster(), "not known before the first call");
+        let backend = RedisBackend::builder(conn)
+            .prefix(format!("{prefix}{batched}:"))
+            .max_calls_in_flight(1)
+            .build();
+        let layer = two_quota_layer(backend, quota_a(), quota_b(), None);
+        let mut svc = limited(&layer);
+        let requests: Vec<_> = (0..if batched { 3 } else { 1 })
+            .map(|i| request(Some(&format!("x{i}")), Some(&format!("y{i}")), 1))
+            .collect();
+        let futures = replay::start_all(&mut svc, requests).await;
+        for (status, _, body) in replay::join_in_order(futures).await {
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                body, "1",
+                "decided by Redis (a: 2 left, b: 1 left; the lower)"
+            );
+        }
+        assert_eq!(layer.metrics().degraded, 0);
+    }
+}
+
 /// The replay tests of `rate_limit_redis.rs` (memory vs Redis, identical responses; batched
 /// vs one by one, identical responses), and the tests of the multi-slot guarantee, on one
 /// 3-master cluster with a replica each.
@@ -331,6 +359,7 @@ async fn on_a_cluster() {
     refused_requests_leave_every_key_identical(&config, "refused:", Some(&cluster)).await;
     concurrent_load_never_exceeds_either_quota(&config, "load:", Some(&cluster)).await;
     a_failed_release_leaks_at_most_the_cost(&config, "leak:", Some(&cluster)).await;
+    a_lazy_connection_splits_from_the_first_request(&config, "lazy:").await;
     println!("cluster tests took {:?}", started.elapsed());
 }
 

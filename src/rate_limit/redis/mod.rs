@@ -454,7 +454,24 @@ impl RedisBackend {
         for item in items {
             inv.key(self.key_name(item.name, item.key));
         }
-        let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
+        let reply: Vec<i64> = match self.inner.conn.invoke_script(&inv).await {
+            Ok(reply) => reply,
+            // The first call of a connection that had not yet learnt it talks to a cluster
+            // (`REDIS_CLUSTER=auto`, connected lazily): the cluster refused the call before
+            // running it; split it now.
+            Err(e) if items.len() > 1 && split::crossed_slots(&e) && router.splits() => {
+                let checks = items
+                    .iter()
+                    .map(|item| Check {
+                        key: self.key_name(item.name, item.key),
+                        def: Definition::of(item.quota),
+                    })
+                    .collect();
+                let reply = self.run_split(checks, cost, now).await?;
+                return scripts::decode_multi(defs(), &reply);
+            }
+            Err(e) => return Err(e),
+        };
         if let [item] = items {
             let width = Definition::of(item.quota).width();
             if reply.len() != width {

@@ -62,10 +62,17 @@ impl Router {
     /// in order.
     pub(super) async fn call_batch(&self, asks: Vec<&Ask>) -> Result<Vec<i64>, RedisError> {
         if !self.splits() {
-            return self
+            let result = self
                 .conn
                 .invoke_script(&Ask::invocation(asks.iter().copied()))
                 .await;
+            match result {
+                // The first call of a connection that had not yet learnt it talks to a cluster
+                // (`REDIS_CLUSTER=auto`, connected lazily): the cluster refused the call before
+                // running it; split it now.
+                Err(e) if crossed_slots(&e) && self.splits() => {}
+                other => return other,
+            }
         }
         self.call_batch_split(&asks).await
     }
@@ -258,6 +265,11 @@ pub(super) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+/// Whether a cluster refused a call because its keys span slots (`CROSSSLOT`): nothing ran.
+pub(super) fn crossed_slots(e: &RedisError) -> bool {
+    e.server_code() == Some("CROSSSLOT")
 }
 
 /// A split request's task ended without an answer (its runtime shutting down).
