@@ -16,6 +16,11 @@
 //! | [`MULTI`] | several quotas of one request, all or nothing | cost, now, five values per [`Definition`] | all admitted, then four integers per quota |
 //! | [`BATCH`] | the requests of a batch, in arrival order | see [`BATCH`] | the per-key formats, request after request |
 //!
+//! Two more run only on a Redis Cluster, for a request whose quotas span hash slots (the
+//! backend's "Redis Cluster" docs): [`RESERVE`] (`MULTI`'s pieces, one slot's share, replying
+//! also what it wrote) and [`RELEASE`] (undoes exactly that). They store nothing new: the
+//! states they write are those of the formats below.
+//!
 //! They are the Lua twins of `gcra::decide` and `window::decide`/`admit`. Every number they
 //! handle stays below 2^53, where Lua's doubles are exact integers, and their only roundings
 //! (a window's granularity, the TTL in milliseconds) are corrected to exact integers, so they
