@@ -18,7 +18,7 @@ use http_body_util::Full;
 use rate_limit_common::accounting::AdmissionLog;
 use rate_limit_common::replay::{self, Target};
 use rate_limit_common::{T0, cost_header, header, limited, req_with, send};
-use tower_rampart::clock::ManualClock;
+use tower_rampart::clock::{Clock, ManualClock};
 use tower_rampart::rate_limit::{
     Key, Limit, LimitKey, MissingKey, Quota, RateLimitLayer, RedisBackend,
 };
@@ -308,6 +308,111 @@ async fn a_failed_release_leaks_at_most_the_cost(
     assert_eq!(left_on(&mut svc, None, b, "b").await, 2);
 }
 
+const RELEASE: &str = include_str!("../src/rate_limit/redis/lua/assembled/release.lua");
+
+/// `RELEASE` after other admissions came on the key between the reservation and its release
+/// (the case the byte-for-byte restore does not cover): the key is left exactly as the other
+/// admissions alone would have left it, byte for byte, for both meanings. The reservation
+/// is left behind with the test hook, another admission made, then `RELEASE` run by hand
+/// with what the reservation read and wrote.
+async fn a_late_release_undoes_only_its_own_admission(config: &RedisConfig, prefix: &str) {
+    let clock = ManualClock::new(T0);
+    let conn = config.connect().await.unwrap();
+    let build = |prefix: String, skip: bool| {
+        RedisBackend::builder(conn.clone())
+            .prefix(prefix)
+            .client_clock(clock.clone())
+            .deny_cache_capacity(0)
+            .every_key_in_its_own_slot(true)
+            .skip_releases(skip)
+            .build()
+    };
+    let b3 = Quota::rate(2, Duration::from_secs(60)).burst(3);
+    let backend = build(format!("{prefix}late:"), true);
+    let reference = build(format!("{prefix}ref:"), false);
+    let mut svc = limited(&two_quota_layer(
+        backend.clone(),
+        quota_a(),
+        b3,
+        Some(&clock),
+    ));
+    let mut alone = limited(&two_quota_layer(
+        reference.clone(),
+        quota_a(),
+        b3,
+        Some(&clock),
+    ));
+    let ok = StatusCode::OK;
+    // (meaning, (key a, key b)): the window's reservation is refused by a full GCRA key,
+    // the GCRA's by a full window key.
+    for (kind, (a, b)) in [
+        ("window", (Some("w"), Some("wfull"))),
+        ("gcra", (Some("gfull"), Some("g"))),
+    ] {
+        let (key_a, key_b) = if kind == "window" {
+            (a, None)
+        } else {
+            (None, b)
+        };
+        // The refusing key is made full.
+        let refusing = if kind == "window" {
+            (None, b)
+        } else {
+            (a, None)
+        };
+        for _ in 0..3 {
+            let _ = send(&mut svc, request(refusing.0, refusing.1, 1)).await;
+        }
+        let name = if kind == "window" {
+            backend.key_name("a", &LimitKey::new("w"))
+        } else {
+            backend.key_name("b", &LimitKey::new("g"))
+        };
+        // One admission at t, on the key and on the reference.
+        assert_eq!(send(&mut svc, request(key_a, key_b, 1)).await.0, ok);
+        assert_eq!(send(&mut alone, request(key_a, key_b, 1)).await.0, ok);
+        clock.advance(Duration::from_secs(1));
+        let old = raw(&conn, &name).await.unwrap();
+        let (status, _, _) = send(&mut svc, request(a, b, 1)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{kind}");
+        let written = raw(&conn, &name).await.unwrap();
+        assert_ne!(written, old, "{kind}: the reservation stayed (test hook)");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(send(&mut svc, request(key_a, key_b, 1)).await.0, ok);
+        assert_eq!(send(&mut alone, request(key_a, key_b, 1)).await.0, ok);
+        let def: [u64; 5] = if kind == "window" {
+            [1, 3, 60_000_000, 1, 3]
+        } else {
+            [2, 30_000_000, 3, 0, 0]
+        };
+        let now = clock.now_micros();
+        let mut cmd = driver::cmd("EVAL");
+        cmd.arg(RELEASE)
+            .arg(1)
+            .arg(&name)
+            .arg(now)
+            .arg(1)
+            .arg(1)
+            .arg(&old)
+            .arg(&written);
+        for v in def {
+            cmd.arg(v);
+        }
+        let code: i64 = conn.query(&cmd).await.unwrap();
+        assert_eq!(code, if kind == "window" { 3 } else { 2 }, "{kind}");
+        let want_name = if kind == "window" {
+            reference.key_name("a", &LimitKey::new("w"))
+        } else {
+            reference.key_name("b", &LimitKey::new("g"))
+        };
+        assert_eq!(
+            raw(&conn, &name).await,
+            raw(&conn, &want_name).await,
+            "{kind}: not the state of the other admissions alone"
+        );
+    }
+}
+
 /// A connection made lazily learns it talks to a cluster on its first call: a first request
 /// spanning slots is still decided by Redis (the cluster refuses the unsplit call before
 /// running it, and the backend splits it), on a first call alone and in a first batch.
@@ -372,4 +477,5 @@ async fn split_paths_on_a_single_server() {
     refused_requests_leave_every_key_identical(&redis.config, &p("refused:"), None).await;
     concurrent_load_never_exceeds_either_quota(&redis.config, &p("load:"), None).await;
     a_failed_release_leaks_at_most_the_cost(&redis.config, &p("leak:"), None).await;
+    a_late_release_undoes_only_its_own_admission(&redis.config, &p("release:")).await;
 }
