@@ -169,7 +169,8 @@ fn script_key_slot(cmd: &driver::Cmd) -> Option<u16> {
 
 fn is_script_load(cmd: &driver::Cmd) -> bool {
     let mut args = args_of(cmd);
-    args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"SCRIPT"))
+    args.next()
+        .is_some_and(|a| a.eq_ignore_ascii_case(b"SCRIPT"))
         && args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD"))
 }
 
@@ -214,8 +215,8 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The masters serving slots in a `CLUSTER SLOTS` reply, each with one slot it serves:
-/// `[[start, end, [host, port, id, ...], replicas...], ...]`.
+/// The masters serving slots in a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id,
+/// ...], replicas...], ...]`), as `(host, port)`.
 fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
     use driver::Value as V;
     let mut masters: Vec<(String, u16)> = Vec::new();
@@ -224,7 +225,7 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
     };
     for range in ranges {
         let V::Array(fields) = range else { continue };
-        let (Some(V::Int(start)), Some(V::Array(master))) = (fields.first(), fields.get(2)) else {
+        let Some(V::Array(master)) = fields.get(2) else {
             continue;
         };
         let host = match master.first() {
@@ -232,12 +233,14 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
             Some(V::SimpleString(s)) => s.clone(),
             _ => continue,
         };
-        let Some(V::Int(port)) = master.get(1) else {
+        let Some(port) = master.get(1).and_then(|p| match p {
+            V::Int(port) => u16::try_from(*port).ok(),
+            _ => None,
+        }) else {
             continue;
         };
-        let addr = format!("{host}:{port}");
-        if !masters.iter().any(|(a, _)| *a == addr) {
-            masters.push((addr, *start as u16));
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
         }
     }
     masters
@@ -626,7 +629,9 @@ impl Inner {
     ) -> HealthReport {
         let slots = timeout(
             self.command_timeout,
-            driver::cmd("CLUSTER").arg("SLOTS").query_async::<driver::Value>(&mut conn),
+            driver::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<driver::Value>(&mut conn),
         )
         .await;
         let masters = match slots {
@@ -651,17 +656,26 @@ impl Inner {
         self.last_masters.store(masters.len(), Ordering::Relaxed);
         let pings: Vec<_> = masters
             .iter()
-            .map(|(addr, slot)| {
+            .map(|(host, port)| {
                 let mut conn = conn.clone();
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(*slot, SlotAddr::Master),
-                ));
+                // By address: routing by slot would fall back to a replica or any node when
+                // the master is not connected, and a dead master would look alive.
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
                 let command_timeout = self.command_timeout;
-                let addr = addr.clone();
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
                 tokio::spawn(async move {
-                    let outcome =
-                        timeout(command_timeout, conn.route_command(driver::cmd("PING"), routing))
-                            .await;
+                    let outcome = timeout(
+                        command_timeout,
+                        conn.route_command(driver::cmd("PING"), routing),
+                    )
+                    .await;
                     (addr, outcome)
                 })
             })
@@ -858,9 +872,7 @@ impl Inner {
             .query_async(&mut conn)
             .await;
         let cluster = match info {
-            Ok(info) => info
-                .lines()
-                .any(|line| line.trim() == "cluster_enabled:1"),
+            Ok(info) => info.lines().any(|line| line.trim() == "cluster_enabled:1"),
             Err(e) => {
                 let err = RedisError::from_driver(&e, self.password.as_deref());
                 if err.kind() != RedisErrorKind::Command {

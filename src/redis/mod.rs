@@ -103,7 +103,7 @@ mod error;
 mod slot;
 
 pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
-pub use self::connection::{RedisConnection, RedisHealth};
+pub use self::connection::{HealthReport, NodeCounts, RedisConnection, RedisHealth, Topology};
 pub use self::error::{RedisError, RedisErrorKind};
 pub use self::slot::{SLOTS, key_slot};
 
