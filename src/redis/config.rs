@@ -18,7 +18,8 @@ const DEFAULT_PORT: u16 = 6379;
 /// Port of a TLS Redis server by convention (Azure Cache for Redis listens here).
 const DEFAULT_TLS_PORT: u16 = 6380;
 
-/// How to reach one Redis server: address, credentials, TLS and timeouts.
+/// How to reach one Redis server or a Redis Cluster: address (or seed nodes), credentials,
+/// TLS, cluster mode and timeouts.
 ///
 /// Build it from a URL ([`RedisConfig::from_url`]), from parts
 /// ([`RedisConfig::from_parts`] and the builder methods), or from the environment

@@ -682,15 +682,17 @@ impl Inner {
             .collect();
         let mut failures = Vec::new();
         let mut first_error = None;
-        for ping in pings {
-            let (addr, outcome) = match ping.await {
-                Ok(done) => done,
-                Err(_) => continue,
-            };
-            let err = match outcome {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => RedisError::from_driver(&e, self.password.as_deref()),
-                Err(_) => RedisError::timeout("PING", self.command_timeout),
+        for (ping, (host, port)) in pings.into_iter().zip(&masters) {
+            let (addr, err) = match ping.await {
+                Ok((_, Ok(Ok(_)))) => continue,
+                Ok((addr, Ok(Err(e)))) => {
+                    (addr, RedisError::from_driver(&e, self.password.as_deref()))
+                }
+                Ok((addr, Err(_))) => (addr, RedisError::timeout("PING", self.command_timeout)),
+                Err(_) => (
+                    format!("{host}:{port}"),
+                    RedisError::new(RedisErrorKind::Unavailable, "PING task failed"),
+                ),
             };
             failures.push(format!("{addr}: {err}"));
             first_error.get_or_insert(err);
