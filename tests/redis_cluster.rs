@@ -85,6 +85,11 @@ async fn auto_detects_a_cluster_from_one_seed_and_from_a_list() {
     assert_eq!(conn.topology(), None);
     assert!(!conn.is_cluster());
     set(&conn, &a, "va").await;
+    assert_eq!(conn.topology(), Some(Topology::Cluster));
+    // detect_topology connects when needed: a fresh connection knows after it.
+    let fresh = config.connect_lazy().unwrap();
+    assert_eq!(fresh.detect_topology().await.unwrap(), Topology::Cluster);
+    assert!(fresh.is_cluster());
     set(&conn, &b, "vb").await;
     assert_eq!(conn.topology(), Some(Topology::Cluster));
     assert!(conn.is_cluster());
@@ -442,4 +447,42 @@ async fn tls_cluster_with_the_test_ca() {
         .await
         .unwrap_err();
     assert!(untrusted.is_unavailable(), "{untrusted}");
+}
+
+#[tokio::test]
+async fn a_single_server_is_detected_as_single_and_keeps_its_database() {
+    // Nothing listens yet: the topology stays unknown, the lazy connection is fine.
+    let dead = RedisConfig::from_url(&format!("redis://127.0.0.1:{}", support::free_port()))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(300))
+        .connect_lazy()
+        .expect("lazy start with Redis down");
+    assert!(dead.detect_topology().await.unwrap_err().is_unavailable());
+    assert_eq!(dead.topology(), None);
+    let report = dead.health_report().await;
+    assert!(!report.health.is_connected());
+    assert_eq!((report.topology, report.nodes), (None, None));
+
+    let server = support::RedisServer::start();
+    let conn = server.config().database(2).connect_lazy().unwrap();
+    assert_eq!(conn.detect_topology().await.unwrap(), Topology::Single);
+    assert!(!conn.is_cluster());
+    set(&conn, "single:k", "v").await;
+    let in_db2: Option<String> = server.run(
+        driver::cmd("EVAL")
+            .arg("redis.call('SELECT', 2); return redis.call('GET', KEYS[1])")
+            .arg(1)
+            .arg("single:k"),
+    );
+    assert_eq!(in_db2.as_deref(), Some("v"));
+    let report = conn.health_report().await;
+    assert!(report.health.is_connected());
+    assert_eq!(report.topology, Some(Topology::Single));
+    assert_eq!(
+        report.nodes,
+        Some(NodeCounts {
+            expected: 1,
+            reachable: 1
+        })
+    );
 }

@@ -572,6 +572,33 @@ impl RedisConnection {
         self.inner.topology()
     }
 
+    /// The topology, connecting first when it is not known yet ([`ClusterMode::Auto`]
+    /// before the first successful connection): for a caller that shapes its calls by
+    /// topology (splitting a batch by slot on a cluster) and must decide before its first
+    /// call. Goes through the circuit breaker like any call; fails like a call would.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: tower_rampart::redis::RedisConnection) -> Result<(), tower_rampart::redis::RedisError> {
+    /// use tower_rampart::redis::Topology;
+    ///
+    /// if conn.detect_topology().await? == Topology::Cluster {
+    ///     // group the keys by `key_slot` ...
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn detect_topology(&self) -> Result<Topology, RedisError> {
+        if let Some(topology) = self.topology() {
+            return Ok(topology);
+        }
+        let lease = self.inner.begin(false).await?;
+        let topology = if lease.conn.is_cluster() {
+            Topology::Cluster
+        } else {
+            Topology::Single
+        };
+        self.inner.settle(lease, Ok(topology))
+    }
+
     /// The command timeout this connection applies to every call.
     pub fn command_timeout(&self) -> Duration {
         self.inner.command_timeout
