@@ -416,11 +416,16 @@ async fn health_counts_masters_and_an_outage_of_every_node_opens_the_breaker_unt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_cluster_with_the_test_ca() {
-    let cluster = RedisCluster::start_tls(3, 1);
+async fn tls_cluster_with_a_password_and_the_test_ca() {
+    let captured = captured_logs();
+    const PASSWORD: &str = "Cluster-Pa55-9f3e";
+    let cluster = RedisCluster::start_tls_with_password(3, 1, PASSWORD);
     assert!(cluster.seed_url().starts_with("rediss://"));
-    let conn = cluster.config().connect().await.expect("connect over TLS");
+    let config = cluster.config();
+    assert!(!format!("{config} {config:?}").contains(PASSWORD));
+    let conn = config.connect().await.expect("connect over TLS");
     assert!(conn.is_cluster());
+    assert!(!format!("{conn:?}").contains(PASSWORD));
     let (a, b) = keys_on_different_masters(&cluster, "tls:");
     let script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     for key in [&a, &b] {
@@ -447,6 +452,27 @@ async fn tls_cluster_with_the_test_ca() {
         .await
         .unwrap_err();
     assert!(untrusted.is_unavailable(), "{untrusted}");
+
+    // A wrong password, in auto and in enabled mode: an authentication error that quotes
+    // neither password.
+    const WRONG: &str = "Wrong-Pa55-0c1d";
+    for mode in [ClusterMode::Auto, ClusterMode::Enabled] {
+        let err = cluster
+            .config()
+            .password(WRONG)
+            .cluster(mode)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), RedisErrorKind::Auth, "{mode:?}: {err}");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains(WRONG) && !shown.contains(PASSWORD),
+            "{shown}"
+        );
+    }
+    let logs = String::from_utf8(captured.bytes()).unwrap();
+    assert!(!logs.contains(PASSWORD) && !logs.contains(WRONG), "{logs}");
 }
 
 #[tokio::test]

@@ -957,8 +957,19 @@ impl Inner {
                 conn,
                 script_slot: None,
             }),
-            Err(e) => Err(RedisError::from_driver(&e, self.password.as_deref())
-                .context(&format!("cannot connect to the cluster at {}", self.addr))),
+            Err(e) => {
+                let mut err = RedisError::from_driver(&e, self.password.as_deref());
+                // The driver reports a refused password on every seed as an I/O error
+                // ("Failed to create initial connections") that names the cause.
+                let text = err.to_string();
+                if ["AuthenticationFailed", "WRONGPASS", "NOAUTH", "NOPERM"]
+                    .iter()
+                    .any(|code| text.contains(code))
+                {
+                    err = err.with_kind(RedisErrorKind::Auth);
+                }
+                Err(err.context(&format!("cannot connect to the cluster at {}", self.addr)))
+            }
         }
     }
 
