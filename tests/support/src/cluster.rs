@@ -32,10 +32,13 @@ use tower_rampart::redis::{RedisConfig, SLOTS, driver, key_slot};
 
 use super::{
     PORT_ATTEMPTS, START_DEADLINE, TEST_COMMAND_TIMEOUT, TEST_CONNECT_TIMEOUT, TlsFiles,
-    generate_tls_files, parse_commandstats, random_u64, read_log, sync_connection_to,
-    unique_temp_dir,
+    generate_tls_files, parse_commandstats, percent_encode, random_u64, read_log,
+    sync_connection_to, unique_temp_dir,
 };
 
+/// The nodes' `cluster-node-timeout`: a master unreachable this long is suspected, and
+/// failed over once a majority of masters agree (a few seconds in all on loopback).
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the whole cluster may take to form (`redis-cli --cluster create`, then every
 /// node reporting `cluster_state:ok`).
 const CLUSTER_DEADLINE: Duration = Duration::from_secs(30);
@@ -81,6 +84,7 @@ impl Node {
 pub struct RedisCluster {
     dir: PathBuf,
     tls: Option<TlsFiles>,
+    password: Option<String>,
     nodes: Vec<Node>,
     /// The masters as created (ports), in `redis-cli --cluster create` order.
     initial_masters: Vec<u16>,
@@ -173,17 +177,37 @@ impl RedisCluster {
     /// Panics with the nodes' logs when the cluster does not form, and with a clear message
     /// when `redis-server` or `redis-cli` is missing.
     pub fn start(masters: usize, replicas_per_master: usize) -> Self {
-        Self::launch(masters, replicas_per_master, false)
+        Self::launch(masters, replicas_per_master, false, None)
+    }
+
+    /// Like [`RedisCluster::start`], with every node requiring `password` (`requirepass`,
+    /// and `masterauth` for the replicas). [`RedisCluster::config`] and the URLs carry it.
+    pub fn start_with_password(masters: usize, replicas_per_master: usize, password: &str) -> Self {
+        Self::launch(masters, replicas_per_master, false, Some(password))
     }
 
     /// Like [`RedisCluster::start`], with TLS-only nodes: no plain TCP port, `tls-cluster`
     /// and `tls-replication` on, a CA and a server certificate for `127.0.0.1` and
     /// `localhost` generated now. [`RedisCluster::config`] trusts that CA.
     pub fn start_tls(masters: usize, replicas_per_master: usize) -> Self {
-        Self::launch(masters, replicas_per_master, true)
+        Self::launch(masters, replicas_per_master, true, None)
     }
 
-    fn launch(masters: usize, replicas_per_master: usize, tls: bool) -> Self {
+    /// [`RedisCluster::start_tls`] with every node requiring `password`.
+    pub fn start_tls_with_password(
+        masters: usize,
+        replicas_per_master: usize,
+        password: &str,
+    ) -> Self {
+        Self::launch(masters, replicas_per_master, true, Some(password))
+    }
+
+    fn launch(
+        masters: usize,
+        replicas_per_master: usize,
+        tls: bool,
+        password: Option<&str>,
+    ) -> Self {
         assert!(
             masters >= 3,
             "a Redis Cluster made by `redis-cli --cluster create` needs at least 3 masters, got {masters}"
@@ -195,6 +219,7 @@ impl RedisCluster {
         let mut cluster = Self {
             dir,
             tls,
+            password: password.map(str::to_owned),
             nodes: Vec::with_capacity(count),
             initial_masters: Vec::new(),
         };
@@ -208,9 +233,15 @@ impl RedisCluster {
     /// Spawns `count` nodes on fresh port pairs and waits until each answers PING; a node
     /// that exits (its port or bus port was taken meanwhile) is moved to another pair.
     fn spawn_all(&mut self, count: usize) {
+        self.spawn_all_from(count, &mut pick_port_pair);
+    }
+
+    /// [`RedisCluster::spawn_all`] with the first port of each node chosen by `first_pick`
+    /// (a test forces a taken bus port with it); replacements come from [`pick_port_pair`].
+    fn spawn_all_from(&mut self, count: usize, first_pick: &mut dyn FnMut(&BTreeSet<u16>) -> u16) {
         let mut taken = BTreeSet::new();
         for i in 0..count {
-            let port = pick_port_pair(&taken);
+            let port = first_pick(&taken);
             taken.insert(port);
             let dir = self.dir.join(format!("node-{i}"));
             fs::create_dir_all(&dir).expect("create redis node directory");
@@ -297,7 +328,7 @@ impl RedisCluster {
             .arg("--cluster-config-file")
             .arg("nodes.conf")
             .arg("--cluster-node-timeout")
-            .arg("1000")
+            .arg(CLUSTER_NODE_TIMEOUT.as_millis().to_string())
             .arg("--cluster-replica-validity-factor")
             .arg("0")
             // A replica's full sync starts at once instead of after the 5 s default.
@@ -326,6 +357,12 @@ impl RedisCluster {
                     .arg("yes");
             }
         }
+        if let Some(password) = &self.password {
+            cmd.arg("--requirepass")
+                .arg(password)
+                .arg("--masterauth")
+                .arg(password);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -347,6 +384,10 @@ impl RedisCluster {
         let mut cmd = Command::new("redis-cli");
         if let Some(tls) = &self.tls {
             cmd.arg("--tls").arg("--cacert").arg(&tls.ca_file);
+        }
+        if let Some(password) = &self.password {
+            // From the environment rather than `-a`, which `ps` shows.
+            cmd.env("REDISCLI_AUTH", password);
         }
         cmd.arg("--cluster").arg("create");
         for node in &self.nodes {
@@ -388,7 +429,8 @@ impl RedisCluster {
         );
     }
 
-    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS cluster) of a master that is running:
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS cluster; `redis://:PASSWORD@…` with
+    /// a password) of a master that is running:
     /// the first master as created while it is alive and a master, else the first running
     /// master the cluster reports.
     pub fn seed_url(&self) -> String {
@@ -409,7 +451,10 @@ impl RedisCluster {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{port}")
+        match &self.password {
+            Some(pw) => format!("{scheme}://:{}@127.0.0.1:{port}", percent_encode(pw)),
+            None => format!("{scheme}://127.0.0.1:{port}"),
+        }
     }
 
     fn seed_port(&self) -> u16 {
@@ -440,6 +485,11 @@ impl RedisCluster {
     /// The PEM of the CA that signed a TLS cluster's certificate.
     pub fn ca_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|t| t.ca_pem.as_str())
+    }
+
+    /// The nodes' password, if they have one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// Whether the nodes speak TLS only.
@@ -543,7 +593,7 @@ impl RedisCluster {
     /// A blocking connection to the node on `port` (TLS for a TLS cluster). It speaks to that
     /// node only: keys of other nodes' slots answer `MOVED`.
     pub fn sync_connection(&self, port: u16) -> driver::RedisResult<driver::Connection> {
-        sync_connection_to(port, self.tls.as_ref(), None)
+        sync_connection_to(port, self.tls.as_ref(), self.password.as_deref())
     }
 
     /// `FLUSHALL` on every running master (the replicas follow).
@@ -877,5 +927,67 @@ fn check_redis_cli() {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => panic!("{REDIS_CLI_MISSING}"),
         Err(e) => panic!("cannot run redis-cli: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_nodes_lines() {
+        let text = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,hostname4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail? - 0 1426238318243 3 disconnected 10923-16383 [93->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 16000
+:0@0 noaddr - 0 0 0 disconnected
+";
+        let view = parse_cluster_nodes(text);
+        assert_eq!(view.len(), 4, "the short line is skipped");
+        assert_eq!(view[0].port, 30004);
+        assert!(view[0].has_flag("slave") && !view[0].is_master());
+        assert_eq!(
+            view[0].master_id.as_deref(),
+            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
+        );
+        assert!(view[2].is_failing() && !view[2].connected);
+        assert_eq!(
+            view[2].slots,
+            vec![(10923, 16383)],
+            "migrations are not owned slots"
+        );
+        assert_eq!(view[3].slots, vec![(0, 5460), (16000, 16000)]);
+        assert!(view[3].has_flag("myself"));
+        assert_eq!(
+            slot_map(&view),
+            vec![
+                (0, 5460, 30001),
+                (5461, 10922, 30002),
+                (10923, 16383, 30003),
+                (16000, 16000, 30001)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_whose_bus_port_is_taken_moves_to_another_port_pair() {
+        let dir = unique_temp_dir();
+        let mut cluster = RedisCluster {
+            dir,
+            tls: None,
+            password: None,
+            nodes: Vec::new(),
+            initial_masters: Vec::new(),
+        };
+        // Hold the bus port of the first pair offered: that node cannot start there.
+        let blocked = pick_port_pair(&BTreeSet::new());
+        let _holder = TcpListener::bind((Ipv4Addr::LOCALHOST, blocked + BUS_OFFSET))
+            .expect("hold a bus port");
+        cluster.spawn_all_from(1, &mut |_| blocked);
+        let port = cluster.ports()[0];
+        assert_ne!(port, blocked);
+        assert!(cluster.ping(port).is_ok());
+        assert!(cluster.is_running(port));
     }
 }

@@ -15,6 +15,10 @@
 //! when the [`RedisServer`] is dropped. A missing `redis-server` binary panics with a clear
 //! message: Redis tests are never skipped silently.
 //!
+//! [`RedisCluster`] starts a Redis Cluster the same way (masters and replicas, plain or TLS,
+//! joined by `redis-cli --cluster create`), with helpers to kill and restart nodes and to
+//! find keys on different masters.
+//!
 //! [`shared`] uses an external server when `REDIS_URL` is set (tests then isolate their data
 //! by key prefix), and a fresh [`RedisServer`] otherwise.
 #![forbid(unsafe_code)]
