@@ -3,6 +3,10 @@
 //! tests compare.
 #![allow(dead_code)]
 
+pub mod accounting;
+#[cfg(feature = "redis")]
+pub mod replay;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 

@@ -17,13 +17,13 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::rate_limit::lock;
-use crate::redis::driver::ScriptInvocation;
 use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
 
 /// A request a [`Batcher`] can coalesce: how a batch of them becomes one script call whose
@@ -38,10 +38,21 @@ pub(super) trait Batchable: Send + 'static {
     /// The number of reply values that are this request's.
     fn width(&self) -> usize;
 
-    /// The one script call deciding `asks`, in order.
-    fn invocation<'a>(asks: impl Iterator<Item = &'a Self> + Clone) -> ScriptInvocation<'static>
-    where
-        Self: 'a;
+    /// Whether a call holding this request must be the only call in flight (the rate
+    /// limiter's requests that span hash slots on a cluster, decided in two steps: no other
+    /// call may run between them, so that decisions stay those of the requests one by one in
+    /// arrival order).
+    fn exclusive(&self) -> bool;
+
+    /// What [`call`](Self::call) needs besides the requests (shared by the batcher).
+    type Ctx: Send + Sync + 'static;
+
+    /// Decides `asks`, in order: their reply values, flat (one script call on a single
+    /// server; the rate limiter's splits by hash slot on a cluster).
+    fn call<'a>(
+        ctx: &'a Self::Ctx,
+        asks: Vec<&'a Self>,
+    ) -> impl Future<Output = Result<Vec<i64>, RedisError>> + Send + 'a;
 }
 
 /// The reply values of one request: `values[at..]`, its checks in order.
@@ -67,11 +78,13 @@ struct Waiting<A> {
 struct Queue<A> {
     waiting: VecDeque<Waiting<A>>,
     in_flight: usize,
+    /// The call in flight is exclusive (no other may start until it is done).
+    exclusive: bool,
 }
 
 /// Coalesces concurrent requests into script calls (see the module docs).
-pub(crate) struct Batcher<A> {
-    conn: RedisConnection,
+pub(crate) struct Batcher<A: Batchable> {
+    ctx: A::Ctx,
     queue: Mutex<Queue<A>>,
     max_in_flight: usize,
     max_batch: usize,
@@ -79,7 +92,7 @@ pub(crate) struct Batcher<A> {
     max_wait: Duration,
 }
 
-impl<A> fmt::Debug for Batcher<A> {
+impl<A: Batchable> fmt::Debug for Batcher<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batcher")
             .field("max_in_flight", &self.max_in_flight)
@@ -89,13 +102,20 @@ impl<A> fmt::Debug for Batcher<A> {
 }
 
 impl<A: Batchable> Batcher<A> {
-    pub(crate) fn new(conn: RedisConnection, max_in_flight: usize, max_batch: usize) -> Self {
+    /// A batcher whose calls may wait at most `conn`'s command timeout for a slot.
+    pub(crate) fn new(
+        conn: &RedisConnection,
+        ctx: A::Ctx,
+        max_in_flight: usize,
+        max_batch: usize,
+    ) -> Self {
         Self {
             max_wait: conn.command_timeout(),
-            conn,
+            ctx,
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 in_flight: 0,
+                exclusive: false,
             }),
             max_in_flight: max_in_flight.max(1),
             max_batch: max_batch.max(1),
@@ -104,12 +124,23 @@ impl<A: Batchable> Batcher<A> {
 
     /// Takes a free slot for a request to be sent at once, alone, by its caller (when a slot
     /// is free and nobody waits), or queues the request `ask()` builds for the next batch.
-    pub(crate) fn enqueue(self: &Arc<Self>, ask: impl FnOnce() -> A) -> Turn<'_, A> {
+    ///
+    /// An `exclusive` request (see [`Batchable::exclusive`]) is sent alone only when no other
+    /// call is in flight, and no other call starts until it is done.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        exclusive: bool,
+        ask: impl FnOnce() -> A,
+    ) -> Turn<'_, A> {
         let mut q = lock(&self.queue);
-        let free = q.in_flight < self.max_in_flight;
-        if free && q.waiting.is_empty() {
+        let free = q.in_flight < self.max_in_flight && !q.exclusive;
+        if free && q.waiting.is_empty() && (!exclusive || q.in_flight == 0) {
             q.in_flight += 1;
-            return Turn::Alone(Slot { batcher: self });
+            q.exclusive = exclusive;
+            return Turn::Alone(Slot {
+                batcher: self,
+                exclusive,
+            });
         }
         let (tx, rx) = oneshot::channel();
         q.waiting.push_back(Waiting {
@@ -130,9 +161,8 @@ impl<A: Batchable> Batcher<A> {
 
     /// One batch's call; every request in it gets its part of the reply or the error.
     async fn call_batch(&self, batch: Vec<Waiting<A>>) {
-        let inv = A::invocation(batch.iter().map(|w| &w.ask));
         let len = batch.iter().map(|w| w.ask.width()).sum();
-        let result: Result<Vec<i64>, RedisError> = self.conn.invoke_script(&inv).await;
+        let result = A::call(&self.ctx, batch.iter().map(|w| &w.ask).collect()).await;
         match result.and_then(|v| check_len(&v, len).map(|()| v)) {
             Ok(values) => {
                 let values = Arc::new(values);
@@ -155,15 +185,18 @@ impl<A: Batchable> Batcher<A> {
         }
     }
 
-    /// Takes the next batch from the queue: requests in arrival order, up to the caps,
-    /// leaving out those whose caller is gone; returns it with the requests that waited too
-    /// long (to fail them outside the lock).
+    /// Takes the next batch from the queue, for a slot already counted in flight: requests
+    /// in arrival order, up to the caps, leaving out those whose caller is gone, and stopping
+    /// before an exclusive request while another call is in flight (the batch then holds the
+    /// requests before it); returns it with the requests that waited too long (to fail them
+    /// outside the lock). A batch holding an exclusive request makes its call exclusive.
     fn take(&self, q: &mut Queue<A>) -> (Vec<Waiting<A>>, Vec<Waiting<A>>) {
         let mut batch = Vec::new();
         let mut late = Vec::new();
         if q.waiting.is_empty() {
             return (batch, late);
         }
+        let others = q.in_flight.saturating_sub(1);
         let now = Instant::now();
         let mut checks = 0;
         while let Some(w) = q.waiting.pop_front() {
@@ -175,11 +208,15 @@ impl<A: Batchable> Batcher<A> {
                 continue;
             }
             let n = w.ask.size();
-            if batch.len() == self.max_batch || (!batch.is_empty() && checks + n > A::MAX_SIZE) {
+            if batch.len() == self.max_batch
+                || (!batch.is_empty() && checks + n > A::MAX_SIZE)
+                || (w.ask.exclusive() && others > 0)
+            {
                 q.waiting.push_front(w);
                 break;
             }
             checks += n;
+            q.exclusive |= w.ask.exclusive();
             batch.push(w);
         }
         (batch, late)
@@ -195,8 +232,11 @@ impl<A: Batchable> Batcher<A> {
     }
 
     /// A call finished: its slot takes the queue into a new call, or is freed.
-    fn pass_on(self: &Arc<Self>) {
+    fn pass_on(self: &Arc<Self>, exclusive: bool) {
         let mut q = lock(&self.queue);
+        if exclusive {
+            q.exclusive = false;
+        }
         let (batch, late) = self.take(&mut q);
         if batch.is_empty() {
             q.in_flight -= 1;
@@ -227,8 +267,12 @@ impl<A: Batchable> Batcher<A> {
             let guard = DriverGuard { batcher: &this };
             let mut batch = batch;
             loop {
+                let exclusive = batch.iter().any(|w| w.ask.exclusive());
                 this.call_batch(batch).await;
                 let mut q = lock(&this.queue);
+                if exclusive {
+                    q.exclusive = false;
+                }
                 let (next, late) = this.take(&mut q);
                 if next.is_empty() {
                     q.in_flight -= 1;
@@ -271,11 +315,12 @@ pub(crate) enum Turn<'a, A: Batchable> {
 /// caller's future is dropped mid-call) passes the slot on to the requests queued meanwhile.
 pub(crate) struct Slot<'a, A: Batchable> {
     batcher: &'a Arc<Batcher<A>>,
+    exclusive: bool,
 }
 
 impl<A: Batchable> Drop for Slot<'_, A> {
     fn drop(&mut self) {
-        self.batcher.pass_on();
+        self.batcher.pass_on(self.exclusive);
     }
 }
 
@@ -299,14 +344,15 @@ impl Pending {
 
 /// A driver task dropped before it finished (its runtime shutting down): frees its slot and
 /// fails the queue rather than leave it without a driver.
-struct DriverGuard<'a, A> {
+struct DriverGuard<'a, A: Batchable> {
     batcher: &'a Arc<Batcher<A>>,
 }
 
-impl<A> Drop for DriverGuard<'_, A> {
+impl<A: Batchable> Drop for DriverGuard<'_, A> {
     fn drop(&mut self) {
         let mut q = lock(&self.batcher.queue);
         q.in_flight -= 1;
+        q.exclusive = false;
         let waiting = std::mem::take(&mut q.waiting);
         drop(q);
         drop(waiting);

@@ -26,10 +26,14 @@ const DEFAULT_MAX_BATCH: usize = 128;
 mod batch;
 mod deny_cache;
 mod scripts;
+mod split;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use self::batch::{Batcher, Turn};
 use self::deny_cache::DenyCache;
 use self::scripts::{Ask, Check, Definition};
+use self::split::Router;
 
 /// Quota state in Redis, shared by every instance: limits are global.
 ///
@@ -49,10 +53,10 @@ use self::scripts::{Ask, Check, Definition};
 ///   bucket is full again. The format is a contract between versions: see `scripts.rs`.
 /// * **Key names** are `<prefix>{<key>}:<quota name>` (e.g. `rampart:rl:{ip:203.0.113.7}:ip`):
 ///   the hash tag is the client key, so all quotas of one client key live in one Redis Cluster
-///   slot. A request whose quotas use *different* keys (per IP and per session) touches
-///   several slots: the single-script design needs a single server (plain or TLS, including
-///   managed single-shard services), the supported deployment today. On a Cluster, such a
-///   request would need one script per slot, losing cross-key atomicity.
+///   slot (keep `{` and `}` out of the prefix: a hash tag there would put every key in one
+///   slot). A request whose quotas use *different* keys (per IP and per session) touches
+///   several slots: on one server one script still decides it; on a cluster it is reserved
+///   slot by slot and stays all or nothing: see [Redis Cluster](#redis-cluster).
 /// * **Exact local deny cache**: once Redis answers that a key has no unit left until `t`, this
 ///   instance answers that key locally until `t`, with no round trip. Exact because limiter
 ///   state only moves forward (other instances can only add admissions): no unit can come
@@ -104,9 +108,89 @@ use self::scripts::{Ask, Check, Definition};
 ///   and its `SET` with an expiry, which every design with per-key expiry pays, and the
 ///   interpreter's share of the decision. Figures, and how to reproduce them:
 ///   `benches/README.md` in the repository.
-/// * Redis Cluster: a batch holds keys of many clients, hence many hash slots; like the
-///   multi-key requests above, it needs a single server (plain or TLS). Cluster support would
-///   batch per slot. `batching(false)` restores one call per decision.
+/// * Redis Cluster: a batch is split by hash slot, one call per slot, all sent at once (see
+///   [Redis Cluster](#redis-cluster)). `batching(false)` restores one call per decision.
+///
+/// # Redis Cluster
+///
+/// Nothing to configure: on a [`RedisConnection`] that talks to a cluster
+/// ([`is_cluster`](RedisConnection::is_cluster)) every script call touches the keys of one
+/// hash slot only, and goes to that slot's master. A connection made lazily learns the
+/// topology on its first call; a first call the cluster refuses as `CROSSSLOT` (it ran
+/// nothing) is split and sent again. On a single server nothing below happens: the scripts,
+/// calls and stored bytes are those described above.
+///
+/// * **Requests on one slot** (every quota of the request on one client key, or keys that
+///   share a slot) are decided exactly as on one server, by one call on that slot's master.
+/// * **Batches per slot**: a batch's requests that each live on one slot are grouped by slot,
+///   one call per slot (the per-key script or `BATCH`, as on one server), sent at once.
+///   Requests on different slots share no state, so the decisions are still those of the
+///   requests one by one in arrival order (tested on a cluster against single calls). What
+///   batching buys there is smaller than on one server: keys of different clients rarely
+///   share one of the 16 384 slots, so a batch of per-client keys becomes about one call per
+///   key; what it keeps is the concurrency bound, and shared keys (a global quota) still
+///   share calls. A design batching per node would need one script over several slots,
+///   which a cluster refuses.
+/// * **Requests spanning slots are all or nothing: a refused request consumes nothing on any
+///   slot.** Such a request (an IP quota and a session quota, say) is decided in two steps.
+///   `RESERVE` runs on every slot at once: on each, the request's share is decided exactly
+///   as `MULTI` decides it, and taken only if the whole share admits. If every slot
+///   admitted, the request is admitted: one round trip, as on one server. Otherwise
+///   `RELEASE` undoes, on each slot that took its share, exactly that share (a second round
+///   trip), and the request is refused. Its per-quota decisions (remaining, reset, retry
+///   times) are the values `MULTI` computes, combined as `MULTI` combines them, so the
+///   headers, the deny cache and the failure modes (an error on any slot: the others are
+///   released, the failure mode decides) behave as on one server.
+///
+///   **The guarantee.** Never more admitted than a quota on any key, under any concurrency:
+///   a reservation is an admission in every respect while it stands, and a release removes
+///   only what that reservation added (below). A refused request holds at most `cost` units
+///   per quota on the other slots, for the time between its reserve and its release (one
+///   round trip); meanwhile a concurrent request on those keys may be refused although it
+///   would have fit (a false refusal, never an over-admission). Within one backend, a
+///   request spanning slots is the only call in flight from its reserve to its release (the
+///   batcher holds the others back; a caller that goes away mid-decision lets them go, and
+///   its release still runs, on a task of its own), so one instance's requests never see each other's
+///   reservations and are decided exactly as one by one in arrival order; false refusals
+///   come only from other instances' reservations. If the release cannot be made (the
+///   process dies, the connection or a node fails between the two calls; a reserve that
+///   timed out may also have taken its share unseen), each such key keeps the refused
+///   request's `cost` units counted as if it had been admitted: on a window quota until
+///   that admission leaves the window (at most window + granularity later), on a GCRA quota
+///   like any admission (cost·T on its TAT, drained within burst·T once the key is idle).
+///   Never more than `cost` units per quota per refused request; counted by
+///   [`unreleased_reservations`](RedisBackend::unreleased_reservations) and logged (`warn`,
+///   with the slot and how long the units stay).
+///
+///   **Why a release never undoes someone else's admission.** If the key still holds
+///   exactly what the reservation wrote, nothing happened to it since (a state changes only
+///   by admissions, which add a slot or a count, or raise a TAT; with a server clock that
+///   does not step back, a value once replaced never comes back), so the value before is
+///   restored, byte for byte. Otherwise, for a window, the reservation added `cost` units to
+///   the slot at its recorded time (the newest slot of what it wrote); units of one slot are
+///   interchangeable, so taking `cost` from that slot leaves exactly the others' admissions;
+///   if that slot is gone or holds fewer, the admission has left the window already and
+///   nothing is changed. For GCRA, with `tat0` the TAT before, `tat_r = max(tat0, n0) +
+///   cost·T` the one written, `cur` the current one and `now` the release's time: each
+///   admission since (at `n_i <= now`, cost `c_i`) maps `x` to `max(x, n_i) + c_i·T`, a
+///   non-decreasing map adding at least `c_i·T`, so `cur >= tat_r + Σ c_i·T`, and the TAT
+///   without this reservation would be at most `max(tat0, now) + Σ c_i·T`, hence at most
+///   `max(tat0, now) + cur - tat_r`. `RELEASE` sets `min(cur, max(tat0, now) + cur - tat_r)`: never below
+///   the TAT the others alone would have left (no over-admission), equal to it when the
+///   bucket was not empty at the reservation (`tat0 >= now`), and otherwise above it by at
+///   most what the bucket would have drained between reserve and release (one round trip's
+///   worth of microseconds). If `cur < tat_r` the key expired and began again: nothing is
+///   changed.
+///
+///   **Why reserve on every slot at once** rather than slot by slot in slot order: the order
+///   only helps two requests racing for the last unit of the same two keys (which, inside
+///   one backend, never run at once anyway), and it would cost one round trip per slot on
+///   every admitted request.
+/// * **Cost**: a request spanning slots takes one call per slot (two when refused), and runs
+///   alone: batches decide such requests one after the other, so they cost more calls and
+///   latency than requests on one slot (the batching test's three quotas on three slots:
+///   about four calls per request, against one call per batch on one server). Quotas of one
+///   client key share a slot and keep the one-call path.
 ///
 /// ```no_run
 /// use tower_rampart::net::TrustedProxies;
@@ -129,6 +213,7 @@ pub struct RedisBackend {
 
 struct Inner {
     conn: RedisConnection,
+    router: Arc<Router>,
     prefix: String,
     clock: Option<Arc<dyn Clock>>,
     deny: DenyCache,
@@ -159,6 +244,8 @@ pub struct RedisBackendBuilder {
     batching: bool,
     max_in_flight: usize,
     max_batch: usize,
+    every_key_own_slot: bool,
+    skip_releases: bool,
 }
 
 impl RedisBackendBuilder {
@@ -212,17 +299,44 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Test switch: routes as on a Redis Cluster where every distinct key is in a slot of
+    /// its own, also on a single server, so that the split paths (per-slot batches, a
+    /// request's quotas reserved slot by slot and released if another refuses) can be tested
+    /// there. Not for production: it only costs more calls.
+    #[doc(hidden)]
+    pub fn every_key_in_its_own_slot(mut self, on: bool) -> Self {
+        self.every_key_own_slot = on;
+        self
+    }
+
+    /// Test hook: a request refused on one slot keeps what it reserved on the others (no
+    /// release), as if the process died between its reserve and its release. Counted by
+    /// [`RedisBackend::unreleased_reservations`].
+    #[doc(hidden)]
+    pub fn skip_releases(mut self, on: bool) -> Self {
+        self.skip_releases = on;
+        self
+    }
+
     /// Builds the backend.
     pub fn build(self) -> RedisBackend {
+        let router = Arc::new(Router {
+            conn: self.conn.clone(),
+            every_key_own_slot: self.every_key_own_slot,
+            skip_releases: AtomicBool::new(self.skip_releases),
+            unreleased: AtomicU64::new(0),
+        });
         let batcher = self.batching.then(|| {
             Arc::new(Batcher::new(
-                self.conn.clone(),
+                &self.conn,
+                router.clone(),
                 self.max_in_flight,
                 self.max_batch,
             ))
         });
         RedisBackend {
             inner: Arc::new(Inner {
+                router,
                 batcher,
                 conn: self.conn,
                 prefix: self.prefix,
@@ -258,6 +372,8 @@ impl RedisBackend {
             batching: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_batch: DEFAULT_MAX_BATCH,
+            every_key_own_slot: false,
+            skip_releases: false,
         }
     }
 
@@ -276,6 +392,17 @@ impl RedisBackend {
             id: self.intern(name),
             quota,
         })
+    }
+
+    /// Reservations that could not be released (Redis Cluster only): a request whose quotas
+    /// live in several hash slots reserves its units on each and, if one slot refuses,
+    /// releases the others; when that release fails (a node or the connection failing
+    /// between the two calls), each such key keeps the refused request's units counted as
+    /// if it had been admitted, until they leave the window (window meaning) or are drained
+    /// like any admission (GCRA). Each is also logged. Always 0 on a single server. See
+    /// [Redis Cluster](RedisBackend#redis-cluster).
+    pub fn unreleased_reservations(&self) -> u64 {
+        self.inner.router.unreleased.load(Ordering::Relaxed)
     }
 
     /// Number of keys in the deny cache.
@@ -332,7 +459,22 @@ impl RedisBackend {
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         if let Some(batcher) = &self.inner.batcher {
+            let router = &self.inner.router;
+            let exclusive = items.len() > 1
+                && router.splits()
+                && router
+                    .groups(
+                        items
+                            .iter()
+                            .map(|item| self.key_name(item.name, item.key))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
+                    )
+                    .len()
+                    > 1;
             let ask = || Ask {
+                exclusive,
                 checks: items
                     .iter()
                     .map(|item| Check {
@@ -343,7 +485,7 @@ impl RedisBackend {
                 cost,
                 now,
             };
-            match batcher.enqueue(ask) {
+            match batcher.enqueue(exclusive, ask) {
                 Turn::Alone(slot) => {
                     // Nobody waiting: this call goes out now, alone, with the single-request
                     // scripts (exactly the call made without batching); the slot is passed
@@ -362,7 +504,8 @@ impl RedisBackend {
         self.run_alone(items, cost, now).await
     }
 
-    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or `MULTI`).
+    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or
+    /// `MULTI`); on a cluster, a request whose keys span slots is split.
     async fn run_alone(
         &self,
         items: &[RedisItem<'_>],
@@ -370,6 +513,20 @@ impl RedisBackend {
         now: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         let defs = || items.iter().map(|item| Definition::of(item.quota));
+        let router = &self.inner.router;
+        if items.len() > 1 && router.splits() {
+            let checks: Vec<Check> = items
+                .iter()
+                .map(|item| Check {
+                    key: self.key_name(item.name, item.key),
+                    def: Definition::of(item.quota),
+                })
+                .collect();
+            if router.groups(checks.iter().map(|c| c.key.as_str())).len() > 1 {
+                let reply = self.run_split(checks, cost, now).await?;
+                return scripts::decode_multi(defs(), &reply);
+            }
+        }
         let mut inv = match items {
             [item] => Definition::of(item.quota).keys_invocation(cost, now),
             _ => scripts::multi_invocation(defs(), cost, now),
@@ -377,7 +534,24 @@ impl RedisBackend {
         for item in items {
             inv.key(self.key_name(item.name, item.key));
         }
-        let reply: Vec<i64> = self.inner.conn.invoke_script(&inv).await?;
+        let reply: Vec<i64> = match self.inner.conn.invoke_script(&inv).await {
+            Ok(reply) => reply,
+            // The first call of a connection that had not yet learnt it talks to a cluster
+            // (`REDIS_CLUSTER=auto`, connected lazily): the cluster refused the call before
+            // running it; split it now.
+            Err(e) if items.len() > 1 && split::crossed_slots(&e) && router.splits() => {
+                let checks = items
+                    .iter()
+                    .map(|item| Check {
+                        key: self.key_name(item.name, item.key),
+                        def: Definition::of(item.quota),
+                    })
+                    .collect();
+                let reply = self.run_split(checks, cost, now).await?;
+                return scripts::decode_multi(defs(), &reply);
+            }
+            Err(e) => return Err(e),
+        };
         if let [item] = items {
             let width = Definition::of(item.quota).width();
             if reply.len() != width {
@@ -386,6 +560,25 @@ impl RedisBackend {
             return scripts::decode_keys(defs(), cost, &reply);
         }
         scripts::decode_multi(defs(), &reply)
+    }
+
+    /// A request spanning slots, on a task of its own, so that a caller going away between
+    /// its reserve and its release does not leave the reservation behind.
+    async fn run_split(
+        &self,
+        checks: Vec<Check>,
+        cost: u64,
+        now: u64,
+    ) -> Result<Vec<i64>, RedisError> {
+        let router = self.inner.router.clone();
+        let task = async move { router.split(&checks, cost, now).await };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(task)
+                .await
+                .unwrap_or_else(|_| Err(split::abandoned())),
+            Err(_) => task.await,
+        }
     }
 }
 

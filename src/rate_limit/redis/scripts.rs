@@ -16,6 +16,11 @@
 //! | [`MULTI`] | several quotas of one request, all or nothing | cost, now, five values per [`Definition`] | all admitted, then four integers per quota |
 //! | [`BATCH`] | the requests of a batch, in arrival order | see [`BATCH`] | the per-key formats, request after request |
 //!
+//! Two more run only on a Redis Cluster, for a request whose quotas span hash slots (the
+//! backend's "Redis Cluster" docs): [`RESERVE`] (`MULTI`'s pieces, one slot's share, replying
+//! also what it wrote) and [`RELEASE`] (undoes exactly that). They store nothing new: the
+//! states they write are those of the formats below.
+//!
 //! They are the Lua twins of `gcra::decide` and `window::decide`/`admit`. Every number they
 //! handle stays below 2^53, where Lua's doubles are exact integers, and their only roundings
 //! (a window's granularity, the TTL in milliseconds) are corrected to exact integers, so they
@@ -75,11 +80,14 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use std::future::Future;
+
 use super::batch::Batchable;
+use super::split::Router;
 use crate::rate_limit::decision::{NEVER, QuotaDecision};
 use crate::rate_limit::quota::{Meaning, Quota};
 use crate::rate_limit::window;
-use crate::redis::driver::{Script, ScriptInvocation};
+use crate::redis::driver::{self, Script, ScriptInvocation};
 use crate::redis::{RedisError, RedisErrorKind};
 
 /// One script's source: the files of `lua/` it is assembled from, in order, and the text
@@ -206,14 +214,45 @@ pub(super) const BATCH: Source = lua_script!("batch":
     "batch_8_refused.lua",
 );
 
+/// The share of a request's quotas on one hash slot of a Redis Cluster, when its quotas span
+/// several slots: [`MULTI`]'s pieces, deciding exactly as [`MULTI`] does, whose reply adds,
+/// when it admitted (and cost > 0), each key's value before and the value written, so that
+/// [`RELEASE`] can undo exactly this admission. Never sent on a single server. Reply decoded
+/// by [`decode_reserve`].
+pub(super) const RESERVE: Source = lua_script!("reserve":
+    "reserve_0_about.lua",
+    "keys_prelude.lua",
+    "multi_1_setup.lua",
+    "window_tables.lua",
+    "multi_2_loop.lua",
+    "gcra_step.lua",
+    "multi_3_window.lua",
+    "window_scan.lua",
+    "multi_4_admit.lua",
+    "window_widths.lua",
+    "window_stamp.lua",
+    "multi_5_pieces.lua",
+    "window_fresh.lua",
+    "window_admit.lua",
+    "multi_6_write.lua",
+    "window_retry.lua",
+    "reserve_7_refused.lua",
+);
+
+/// Undoes one admission [`RESERVE`] made on one key, and never anyone else's (the file's
+/// header says how, for each meaning; the backend's docs prove it). One file.
+pub(super) const RELEASE: Source = lua_script!("release": "release.lua");
+
 /// Every script, for the tests.
 #[cfg(test)]
-const SCRIPTS: [&Source; 4] = [&GCRA_KEYS, &WINDOW_KEYS, &MULTI, &BATCH];
+const SCRIPTS: [&Source; 6] = [&GCRA_KEYS, &WINDOW_KEYS, &MULTI, &BATCH, &RESERVE, &RELEASE];
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_KEYS.text));
 static WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW_KEYS.text));
 static MULTI_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MULTI.text));
 static BATCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BATCH.text));
+static RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE.text));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE.text));
 
 /// A quota as the scripts decide it: its meaning and the parameters the script reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,6 +393,106 @@ pub(super) fn multi_invocation(
     inv
 }
 
+/// The call of `RESERVE` for one slot's share of a request's quotas, without its keys (one
+/// per definition, in order).
+pub(super) fn reserve_invocation(
+    defs: impl Iterator<Item = Definition>,
+    cost: u64,
+    now: u64,
+) -> ScriptInvocation<'static> {
+    let mut inv = RESERVE_SCRIPT.prepare_invoke();
+    inv.arg(cost).arg(now);
+    for def in defs {
+        def.push_args(&mut inv);
+    }
+    inv
+}
+
+/// What `RESERVE` wrote to one key: the value before (`None`: no key) and the value written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Written {
+    pub(super) old: Option<Vec<u8>>,
+    pub(super) new: Vec<u8>,
+}
+
+/// `RESERVE`'s reply for `n` quotas: `MULTI`'s integers, and what it wrote per quota (empty
+/// unless it admitted with cost > 0).
+pub(super) fn decode_reserve(
+    n: usize,
+    reply: Vec<driver::Value>,
+) -> Result<(Vec<i64>, Vec<Written>), RedisError> {
+    let ints = 1 + 4 * n;
+    let len = reply.len();
+    let bad = || replied(len);
+    if reply.len() != ints && reply.len() != ints + 2 * n {
+        return Err(bad());
+    }
+    let mut values = reply.into_iter();
+    let mut head = Vec::with_capacity(ints);
+    for v in values.by_ref().take(ints) {
+        match v {
+            driver::Value::Int(i) => head.push(i),
+            _ => return Err(bad()),
+        }
+    }
+    let bytes = |v: driver::Value| match v {
+        driver::Value::Nil => Ok(None),
+        driver::Value::BulkString(b) => Ok(Some(b)),
+        driver::Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+        driver::Value::Int(i) => Ok(Some(i.to_string().into_bytes())),
+        _ => Err(bad()),
+    };
+    let mut written = Vec::new();
+    while let (Some(old), Some(new)) = (values.next(), values.next()) {
+        written.push(Written {
+            old: bytes(old)?,
+            new: bytes(new)?.ok_or_else(bad)?,
+        });
+    }
+    Ok((head, written))
+}
+
+/// The call of `RELEASE` undoing what `RESERVE` wrote to one key for quota `def`, without
+/// its key.
+pub(super) fn release_invocation(
+    def: Definition,
+    cost: u64,
+    now: u64,
+    written: &Written,
+) -> ScriptInvocation<'static> {
+    let mut inv = RELEASE_SCRIPT.prepare_invoke();
+    inv.arg(now)
+        .arg(cost)
+        .arg(u8::from(written.old.is_some()))
+        .arg(written.old.as_deref().unwrap_or_default())
+        .arg(&written.new[..]);
+    def.push_args(&mut inv);
+    inv
+}
+
+/// `MULTI`'s four values for one quota (admitted, a, b, retry) in the per-key format of
+/// `GCRA_KEYS`/`WINDOW_KEYS`/`BATCH` (what a batch's reply holds per check): the same
+/// decision once decoded.
+pub(super) fn multi_to_keys(def: Definition, c: &[i64], out: &mut Vec<i64>) {
+    let admitted = c[0] == 1;
+    match def {
+        Definition::Gcra { .. } => out.push(if admitted {
+            c[1]
+        } else if c[3] < 0 {
+            IMPOSSIBLE - c[1]
+        } else {
+            -c[3]
+        }),
+        Definition::Window { .. } => {
+            if admitted {
+                out.extend([c[1], c[2], 0]);
+            } else {
+                out.extend([-1 - c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
 /// A script replied a number of values its request cannot have.
 pub(super) fn replied(n: usize) -> RedisError {
     RedisError::new(
@@ -466,6 +605,8 @@ pub(super) struct Ask {
     pub(super) checks: Vec<Check>,
     pub(super) cost: u64,
     pub(super) now: u64,
+    /// Its checks span hash slots on a cluster (decided in two steps, alone).
+    pub(super) exclusive: bool,
 }
 
 impl Batchable for Ask {
@@ -480,7 +621,26 @@ impl Batchable for Ask {
         self.checks.iter().map(|c| c.def.width()).sum()
     }
 
-    fn invocation<'a>(asks: impl Iterator<Item = &'a Self> + Clone) -> ScriptInvocation<'static> {
+    fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    type Ctx = std::sync::Arc<Router>;
+
+    fn call<'a>(
+        router: &'a Self::Ctx,
+        asks: Vec<&'a Self>,
+    ) -> impl Future<Output = Result<Vec<i64>, RedisError>> + Send + 'a {
+        router.call_batch(asks)
+    }
+}
+
+impl Ask {
+    /// The one script call deciding `asks` (keys of one slot on a cluster), in order: the
+    /// per-key script for the common batch, else `BATCH`.
+    pub(super) fn invocation<'a>(
+        asks: impl Iterator<Item = &'a Self> + Clone,
+    ) -> ScriptInvocation<'static> {
         if let Some(call) = keys_only(asks.clone()) {
             return call;
         }
@@ -600,20 +760,23 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/rate_limit/redis/lua");
         for s in SCRIPTS {
             let path = format!("{dir}/assembled/{}.lua", s.name);
-            // The script's header lists its files: those of the code, in order.
-            let about = std::fs::read_to_string(format!("{dir}/{}", s.parts[0])).unwrap();
-            let listed = about
-                .replace("--", " ")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            let listed = listed.split("Assembled from ").nth(1).unwrap_or_default();
-            assert!(
-                listed.starts_with(&format!("{} (", s.parts[1..].join(" "))),
-                "the header of {} must list its files as scripts.rs does: {:?}",
-                s.parts[0],
-                &s.parts[1..]
-            );
+            // The script's header lists its files: those of the code, in order (a script
+            // of one file lists none).
+            if s.parts.len() > 1 {
+                let about = std::fs::read_to_string(format!("{dir}/{}", s.parts[0])).unwrap();
+                let listed = about
+                    .replace("--", " ")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let listed = listed.split("Assembled from ").nth(1).unwrap_or_default();
+                assert!(
+                    listed.starts_with(&format!("{} (", s.parts[1..].join(" "))),
+                    "the header of {} must list its files as scripts.rs does: {:?}",
+                    s.parts[0],
+                    &s.parts[1..]
+                );
+            }
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 on_disk == s.text,
