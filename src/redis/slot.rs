@@ -64,6 +64,9 @@ mod tests {
         assert_eq!(hash_tag(b"{}foo"), None);
         assert_eq!(hash_tag(b"{foo"), None);
         assert_eq!(hash_tag(b"a{b}}"), Some(&b"b"[..]));
-        assert_eq!(key_slot(b"rampart:rl:{ip:1.2.3.4}:q"), key_slot(b"ip:1.2.3.4"));
+        assert_eq!(
+            key_slot(b"rampart:rl:{ip:1.2.3.4}:q"),
+            key_slot(b"ip:1.2.3.4")
+        );
     }
 }
