@@ -37,8 +37,10 @@ const DEFAULT_TLS_PORT: u16 = 6380;
 /// ```
 #[derive(Clone)]
 pub struct RedisConfig {
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    /// The nodes to connect to, in order; never empty. One server, or the seed nodes of a
+    /// cluster (any of them tells the whole topology).
+    pub(crate) seeds: Vec<Seed>,
+    pub(crate) cluster: ClusterMode,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) db: i64,
@@ -51,10 +53,16 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// Parses a `redis://` (plain) or `rediss://` (TLS) URL:
-    /// `redis[s]://[[username]:password@]host[:port][/db]`.
+    /// `redis[s]://[[username]:password@]host[:port][/db]`, or a comma-separated list of
+    /// such URLs: the seed nodes of a Redis Cluster (any one of them is enough to learn the
+    /// whole cluster; several keep the start-up working while one is down).
     ///
     /// User name and password are percent-decoded. The port defaults to 6379. The error
     /// never contains the URL (it may hold a password).
+    ///
+    /// In a list, every URL has the same scheme; credentials and database may be given on
+    /// any of them (once is enough) but must not differ; spaces around the commas are
+    /// ignored.
     ///
     /// ```
     /// use tower_rampart::redis::RedisConfig;
@@ -62,53 +70,41 @@ impl RedisConfig {
     /// let config = RedisConfig::from_url("redis://:pw@10.0.0.5/3").unwrap();
     /// assert_eq!(config.to_string(), "redis://:***@10.0.0.5:6379/3");
     /// assert!(RedisConfig::from_url("http://10.0.0.5").is_err());
+    ///
+    /// let seeds = RedisConfig::from_url("redis://:pw@10.0.0.5:7000, redis://10.0.0.6:7001").unwrap();
+    /// assert_eq!(seeds.seeds().count(), 2);
+    /// assert_eq!(seeds.to_string(), "redis://:***@10.0.0.5:7000/0,redis://:***@10.0.0.6:7001/0");
+    /// assert!(RedisConfig::from_url("redis://a:7000,rediss://b:7001").is_err());
     /// ```
     pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
         let invalid = |reason: &str| RedisConfigError::new("Redis URL", reason);
-        let url = url.trim();
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("redis" | "rediss" | "valkey" | "valkeys") => {}
-            Some("unix" | "redis+unix" | "valkey+unix") => {
+        let mut parts = url.split(',').map(str::trim);
+        let mut config = parse_one_url(parts.next().unwrap_or_default())?;
+        let mut position = 1;
+        for part in parts {
+            position += 1;
+            if part.is_empty() {
+                return Err(invalid(&format!("seed {position} of the list is empty")));
+            }
+            let other = parse_one_url(part)?;
+            if other.tls != config.tls {
                 return Err(invalid(
-                    "unix sockets are not supported, use redis:// or rediss://",
+                    "the seed URLs mix redis:// and rediss://; use one scheme for every node",
                 ));
             }
-            _ => return Err(invalid("the scheme must be redis:// or rediss://")),
-        }
-        let info = driver::IntoConnectionInfo::into_connection_info(url)
-            // The driver's URL errors are fixed texts (plus the bad `protocol=` value); they
-            // never quote the URL itself.
-            .map_err(|e| invalid(&e.to_string().replace(" - InvalidClientConfig", "")))?;
-        let (host, port, tls) = match info.addr() {
-            driver::ConnectionAddr::Tcp(host, port) => (host.clone(), *port, false),
-            driver::ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => {
-                if *insecure {
-                    return Err(invalid(
-                        "#insecure (no certificate verification) is not supported; \
-                         trust a private CA with ca_certificate_pem instead",
-                    ));
-                }
-                (host.clone(), *port, true)
+            merge_setting(&mut config.username, other.username, "user names")?;
+            merge_setting(&mut config.password, other.password, "passwords")?;
+            match (config.db, other.db) {
+                (a, b) if a == b || b == 0 => {}
+                (0, b) => config.db = b,
+                _ => return Err(invalid("the seed URLs give different database numbers")),
             }
-            _ => return Err(invalid("only TCP addresses are supported")),
-        };
-        if host.is_empty() {
-            return Err(invalid("the host is missing"));
+            if other.protocol != config.protocol {
+                return Err(invalid("the seed URLs give different protocols"));
+            }
+            config.seeds.extend(other.seeds);
         }
-        let settings = info.redis_settings();
-        Ok(Self {
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-            db: settings.db(),
-            protocol: settings.protocol(),
-            ..Self::from_parts(host, port).tls(tls)
-        })
+        Ok(config)
     }
 
     /// A configuration for `host:port`: plain TCP, no credentials, database 0, default
@@ -126,8 +122,11 @@ impl RedisConfig {
     /// ```
     pub fn from_parts(host: impl Into<String>, port: u16) -> Self {
         Self {
-            host: host.into(),
-            port,
+            seeds: vec![Seed {
+                host: host.into(),
+                port,
+            }],
+            cluster: ClusterMode::Auto,
             username: None,
             password: None,
             db: 0,
@@ -192,14 +191,54 @@ impl RedisConfig {
         self.tls
     }
 
-    /// The host name or address.
-    pub fn host(&self) -> &str {
-        &self.host
+    /// Whether the server is a Redis Cluster: [`ClusterMode::Auto`] (the default) asks the
+    /// server on the first successful connection. A non-zero [database](Self::database)
+    /// with [`ClusterMode::Enabled`] is refused by [`RedisConfig::connect_lazy`] (a cluster
+    /// has only database 0).
+    ///
+    /// ```
+    /// use tower_rampart::redis::{ClusterMode, RedisConfig};
+    ///
+    /// let config = RedisConfig::from_url("redis://10.0.0.5:7000,redis://10.0.0.6:7000")
+    ///     .unwrap()
+    ///     .cluster(ClusterMode::Enabled);
+    /// assert_eq!(config.cluster_mode(), ClusterMode::Enabled);
+    /// assert!(config.clone().database(1).connect_lazy().is_err());
+    /// ```
+    pub fn cluster(mut self, mode: ClusterMode) -> Self {
+        self.cluster = mode;
+        self
     }
 
-    /// The port.
+    /// Adds a seed node (same credentials, TLS and database as the others): another node
+    /// of the cluster to ask for the topology, or another server to try in order.
+    pub fn seed(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.seeds.push(Seed {
+            host: host.into(),
+            port,
+        });
+        self
+    }
+
+    /// The cluster mode (see [`RedisConfig::cluster`]).
+    pub fn cluster_mode(&self) -> ClusterMode {
+        self.cluster
+    }
+
+    /// The seed nodes, `(host, port)`, in order: the server, or the nodes a cluster
+    /// connection starts from.
+    pub fn seeds(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.seeds.iter().map(|s| (s.host.as_str(), s.port))
+    }
+
+    /// The host name or address (of the first seed).
+    pub fn host(&self) -> &str {
+        &self.seeds[0].host
+    }
+
+    /// The port (of the first seed).
     pub fn port(&self) -> u16 {
-        self.port
+        self.seeds[0].port
     }
 
     /// Reads the configuration from the process environment:
@@ -209,6 +248,8 @@ impl RedisConfig {
     ///   `1`/`0`, `yes`/`no`), and optionally `REDIS_USERNAME` and `REDIS_DB`, as Azure
     ///   deployments set them. `REDIS_PORT` defaults to 6379, or to 6380 (the port of Azure
     ///   Cache for Redis) when `REDIS_SSL` is on;
+    /// - `REDIS_CLUSTER`: `auto` (default), `true` or `false` (case-insensitive), see
+    ///   [`RedisConfig::cluster`]; `true` with a non-zero database is refused;
     /// - `Ok(None)` if neither `REDIS_URL` nor `REDIS_HOST` is set (and none of the others).
     ///
     /// Errors name the variable and never contain the password.
@@ -244,6 +285,52 @@ impl RedisConfig {
         F: Fn(&str) -> Option<String>,
     {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let cluster = match get("REDIS_CLUSTER") {
+            None => ClusterMode::Auto,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => ClusterMode::Auto,
+                "true" => ClusterMode::Enabled,
+                "false" => ClusterMode::Disabled,
+                _ => {
+                    return Err(RedisConfigError::new(
+                        "REDIS_CLUSTER",
+                        &format!("{:?} is not one of auto/true/false", v.trim()),
+                    ));
+                }
+            },
+        };
+        let config = Self::from_env_parts(&get, &lookup)?;
+        let Some(config) = config else {
+            if cluster != ClusterMode::Auto {
+                return Err(RedisConfigError::new(
+                    "REDIS_HOST",
+                    "is not set, but REDIS_CLUSTER is",
+                ));
+            }
+            return Ok(None);
+        };
+        if cluster == ClusterMode::Enabled && config.db != 0 {
+            let variable = if get("REDIS_URL").is_some() {
+                "REDIS_URL"
+            } else {
+                "REDIS_DB"
+            };
+            return Err(RedisConfigError::new(
+                variable,
+                &format!(
+                    "database {} with REDIS_CLUSTER=true: a Redis Cluster has only database 0",
+                    config.db
+                ),
+            ));
+        }
+        Ok(Some(config.cluster(cluster)))
+    }
+
+    /// [`RedisConfig::from_env_with`] without `REDIS_CLUSTER`.
+    fn from_env_parts(
+        get: &impl Fn(&str) -> Option<String>,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, RedisConfigError> {
         if let Some(url) = get("REDIS_URL") {
             return Self::from_url(&url)
                 .map(Some)
@@ -315,6 +402,9 @@ impl RedisConfig {
     /// A connection that connects on first use: never touches the network, fails only on
     /// invalid configuration (an unreadable CA PEM). Connection errors surface on the first
     /// call instead.
+    ///
+    /// A non-zero database with [`ClusterMode::Enabled`] is refused here
+    /// ([`RedisErrorKind::Config`](super::RedisErrorKind::Config)).
     pub fn connect_lazy(&self) -> Result<RedisConnection, RedisError> {
         RedisConnection::new(self)
     }
@@ -328,26 +418,26 @@ impl RedisConfig {
         Ok(conn)
     }
 
-    /// `host:port`, for log fields.
-    pub(crate) fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    /// `host:port` of every seed, comma-separated, for log fields.
+    pub(crate) fn addrs(&self) -> String {
+        let addrs: Vec<String> = self.seeds.iter().map(Seed::addr).collect();
+        addrs.join(",")
     }
 
-    /// The driver's connection info (holds the password: never log it).
-    pub(crate) fn connection_info(&self) -> Result<driver::ConnectionInfo, driver::RedisError> {
+    /// The driver's connection info for `seed` (holds the password: never log it).
+    pub(crate) fn connection_info(
+        &self,
+        seed: &Seed,
+    ) -> Result<driver::ConnectionInfo, driver::RedisError> {
         let addr = if self.tls {
             driver::ConnectionAddr::TcpTls {
-                host: self.host.clone(),
-                port: self.port,
+                host: seed.host.clone(),
+                port: seed.port,
                 insecure: false,
                 tls_params: None,
             }
         } else {
-            driver::ConnectionAddr::Tcp(self.host.clone(), self.port)
+            driver::ConnectionAddr::Tcp(seed.host.clone(), seed.port)
         };
         let mut settings = driver::RedisConnectionInfo::default()
             .set_db(self.db)
@@ -362,6 +452,110 @@ impl RedisConfig {
     }
 }
 
+/// Whether the server is a Redis Cluster (see [`RedisConfig::cluster`], `REDIS_CLUSTER`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ClusterMode {
+    /// Ask the server on the first successful connection (`INFO cluster`): a cluster node
+    /// gets a cluster connection, anything else the single-server connection. Until the
+    /// first connection succeeds the topology is unknown, so a Redis unreachable at
+    /// start-up still gives a lazy, degraded start.
+    #[default]
+    Auto,
+    /// Always a cluster connection (`REDIS_CLUSTER=true`); database 0 only.
+    Enabled,
+    /// Never a cluster connection, never asks (`REDIS_CLUSTER=false`): a cluster node
+    /// then answers the keys of other nodes' slots with `MOVED`, which the calls return
+    /// as [`RedisErrorKind::Command`](super::RedisErrorKind::Command) errors.
+    Disabled,
+}
+
+/// One node to connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Seed {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl Seed {
+    /// `host:port` (`[v6]:port`).
+    pub(crate) fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One `redis[s]://` URL (no list).
+fn parse_one_url(url: &str) -> Result<RedisConfig, RedisConfigError> {
+    let invalid = |reason: &str| RedisConfigError::new("Redis URL", reason);
+    let url = url.trim();
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("redis" | "rediss" | "valkey" | "valkeys") => {}
+        Some("unix" | "redis+unix" | "valkey+unix") => {
+            return Err(invalid(
+                "unix sockets are not supported, use redis:// or rediss://",
+            ));
+        }
+        _ => return Err(invalid("the scheme must be redis:// or rediss://")),
+    }
+    let info = driver::IntoConnectionInfo::into_connection_info(url)
+        // The driver's URL errors are fixed texts (plus the bad `protocol=` value); they
+        // never quote the URL itself.
+        .map_err(|e| invalid(&e.to_string().replace(" - InvalidClientConfig", "")))?;
+    let (host, port, tls) = match info.addr() {
+        driver::ConnectionAddr::Tcp(host, port) => (host.clone(), *port, false),
+        driver::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => {
+            if *insecure {
+                return Err(invalid(
+                    "#insecure (no certificate verification) is not supported; \
+                     trust a private CA with ca_certificate_pem instead",
+                ));
+            }
+            (host.clone(), *port, true)
+        }
+        _ => return Err(invalid("only TCP addresses are supported")),
+    };
+    if host.is_empty() {
+        return Err(invalid("the host is missing"));
+    }
+    let settings = info.redis_settings();
+    Ok(RedisConfig {
+        username: settings.username().map(str::to_owned),
+        password: settings.password().map(str::to_owned),
+        db: settings.db(),
+        protocol: settings.protocol(),
+        ..RedisConfig::from_parts(host, port).tls(tls)
+    })
+}
+
+/// Merges a credential given on another seed URL: the same value, or given only once.
+fn merge_setting(
+    mine: &mut Option<String>,
+    other: Option<String>,
+    what: &str,
+) -> Result<(), RedisConfigError> {
+    match (mine.as_ref(), other) {
+        (_, None) => Ok(()),
+        (None, Some(other)) => {
+            *mine = Some(other);
+            Ok(())
+        }
+        (Some(a), Some(b)) if *a == b => Ok(()),
+        (Some(_), Some(_)) => Err(RedisConfigError::new(
+            "Redis URL",
+            &format!("the seed URLs give different {what}; a cluster has one set of credentials"),
+        )),
+    }
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -371,25 +565,32 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 impl fmt::Display for RedisConfig {
-    /// `redis[s]://[user:***@]host:port/db`; the password is always `***`.
+    /// `redis[s]://[user:***@]host:port/db`, comma-separated for several seeds; the
+    /// password is always `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        write!(f, "{scheme}://")?;
-        match (&self.username, &self.password) {
-            (Some(user), Some(_)) => write!(f, "{user}:***@")?,
-            (Some(user), None) => write!(f, "{user}@")?,
-            (None, Some(_)) => f.write_str(":***@")?,
-            (None, None) => {}
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{scheme}://")?;
+            match (&self.username, &self.password) {
+                (Some(user), Some(_)) => write!(f, "{user}:***@")?,
+                (Some(user), None) => write!(f, "{user}@")?,
+                (None, Some(_)) => f.write_str(":***@")?,
+                (None, None) => {}
+            }
+            write!(f, "{}/{}", seed.addr(), self.db)?;
         }
-        write!(f, "{}/{}", self.addr(), self.db)
+        Ok(())
     }
 }
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("seeds", &self.addrs())
+            .field("cluster", &self.cluster)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
@@ -453,8 +654,8 @@ mod tests {
     #[test]
     fn url_plain_with_password_and_db() {
         let c = RedisConfig::from_url("redis://:p%40ss@127.0.0.1:7000/4").unwrap();
-        assert_eq!(c.host, "127.0.0.1");
-        assert_eq!(c.port, 7000);
+        assert_eq!(c.host(), "127.0.0.1");
+        assert_eq!(c.port(), 7000);
         assert_eq!(c.password.as_deref(), Some("p@ss"));
         assert_eq!(c.username, None);
         assert_eq!(c.db, 4);
@@ -467,7 +668,7 @@ mod tests {
     fn url_tls_with_user_and_default_port() {
         let c = RedisConfig::from_url("rediss://alice:secret@cache.example.net").unwrap();
         assert!(c.is_tls());
-        assert_eq!(c.port, 6379);
+        assert_eq!(c.port(), 6379);
         assert_eq!(c.username.as_deref(), Some("alice"));
         assert_eq!(c.password.as_deref(), Some("secret"));
         assert_eq!(c.to_string(), "rediss://alice:***@cache.example.net:6379/0");
@@ -476,7 +677,7 @@ mod tests {
     #[test]
     fn url_ipv6_host() {
         let c = RedisConfig::from_url("redis://[::1]:6390").unwrap();
-        assert_eq!(c.host, "::1");
+        assert_eq!(c.host(), "::1");
         assert_eq!(c.to_string(), "redis://[::1]:6390/0");
     }
 
@@ -538,7 +739,7 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("a", 1));
+        assert_eq!((c.host(), c.port()), ("a", 1));
         assert_eq!(c.password.as_deref(), Some("pw"));
     }
 
@@ -560,14 +761,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(c.is_tls());
-        assert_eq!(c.port, 6380);
+        assert_eq!(c.port(), 6380);
         assert_eq!(c.password.as_deref(), Some("k3y"));
 
         let c = env(&[("REDIS_HOST", "h"), ("REDIS_SSL", "0")])
             .unwrap()
             .unwrap();
         assert!(!c.is_tls());
-        assert_eq!(c.port, 6379);
+        assert_eq!(c.port(), 6379);
         assert_eq!(c.password, None);
 
         let c = env(&[
@@ -579,7 +780,7 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!(c.port, 6400);
+        assert_eq!(c.port(), 6400);
         assert!(c.is_tls());
         assert_eq!(c.username.as_deref(), Some("app"));
         assert_eq!(c.db, 3);

@@ -2,17 +2,21 @@
 //! circuit breaker.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ::redis as driver;
-use driver::aio::MultiplexedConnection;
+use driver::aio::{ConnectionLike, MultiplexedConnection};
+use driver::cluster::ClusterClient;
+use driver::cluster_async::ClusterConnection;
+use driver::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use tokio::time::{Instant, timeout};
 
 use super::breaker::{Admission, Breaker, Transition};
-use super::config::RedisConfig;
+use super::config::{ClusterMode, RedisConfig};
 use super::error::{RedisError, RedisErrorKind};
+use super::slot::key_slot;
 
 /// Consecutive failures that open the circuit breaker.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -21,12 +25,17 @@ const BREAKER_MIN_COOL_DOWN: Duration = Duration::from_secs(1);
 /// Longest cool-down: Redis coming back is noticed within this (plus one connect).
 const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
 
-/// A handle to one Redis server, cheap to clone and share between tasks.
+/// A handle to one Redis server or one Redis Cluster, cheap to clone and share between
+/// tasks.
 ///
 /// All clones share one multiplexed connection (commands of concurrent callers are
 /// pipelined on it), established on first use, re-established after it breaks, with every
 /// call bounded by the command timeout and a circuit breaker in front. See the
 /// [module docs](super) for the behaviour on failures and for why this shape.
+///
+/// On a Redis Cluster the same handle holds the driver's cluster connection (one
+/// multiplexed connection per node) and routes every command, script and pipeline by its
+/// first key; see the [module docs](super#redis-cluster).
 ///
 /// Create it with [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
 #[derive(Clone)]
@@ -56,27 +65,214 @@ pub enum RedisHealth {
 }
 
 impl RedisHealth {
-    /// Whether `PING` answered.
+    /// Whether `PING` answered (on a cluster: every master serving slots answered).
     pub fn is_connected(&self) -> bool {
         matches!(self, Self::Connected { .. })
     }
 }
 
+/// What a [`RedisConnection`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One Redis server (or a cluster-mode proxy that hides the cluster).
+    Single,
+    /// A Redis Cluster: commands are routed by hash slot.
+    Cluster,
+}
+
+impl Topology {
+    /// `"single"` or `"cluster"`, as the gateway's `/health` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many nodes a health check needed and how many answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeCounts {
+    /// Nodes that must answer: 1 for a single server; on a cluster, the masters serving
+    /// slots (as the cluster reported them in the last check that reached it).
+    pub expected: usize,
+    /// Of those, how many answered `PING` within the command timeout.
+    pub reachable: usize,
+}
+
+/// The result of [`RedisConnection::health_report`]: [`RedisHealth`] plus the topology
+/// and the node counts.
+///
+/// `RedisHealth` itself keeps its two variants and fields as they were (code matching
+/// `RedisHealth::Connected { latency }` keeps compiling); the node counts live here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Connected only if every node in [`HealthReport::nodes`] answered.
+    pub health: RedisHealth,
+    /// `None` until the topology is known (first successful connection, unless the
+    /// configuration says it).
+    pub topology: Option<Topology>,
+    /// `None` while not even the cluster's list of masters could be read (and none was
+    /// read before).
+    pub nodes: Option<NodeCounts>,
+}
+
+/// The driver connection a call runs on.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster {
+        conn: ClusterConnection,
+        /// The slot of the last `EVALSHA` sent through this handle (each call runs on its
+        /// own clone): a `SCRIPT LOAD` that follows its `NOSCRIPT` goes to that slot's
+        /// master only, not to every node (one dead node would fail it there).
+        script_slot: Option<u16>,
+    },
+}
+
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+}
+
+/// The arguments of `cmd` (a cursor argument reads as empty).
+fn args_of(cmd: &driver::Cmd) -> impl Iterator<Item = &[u8]> {
+    cmd.args_iter().map(|a| match a {
+        driver::Arg::Simple(bytes) => bytes,
+        _ => &[][..],
+    })
+}
+
+/// The slot of the first key of an `EVALSHA`/`EVAL` (`EVALSHA sha numkeys key ...`).
+fn script_key_slot(cmd: &driver::Cmd) -> Option<u16> {
+    let mut args = args_of(cmd);
+    let name = args.next()?;
+    if !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")) {
+        return None;
+    }
+    let _script = args.next()?;
+    let numkeys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+    if numkeys == 0 {
+        return None;
+    }
+    Some(key_slot(args.next()?))
+}
+
+fn is_script_load(cmd: &driver::Cmd) -> bool {
+    let mut args = args_of(cmd);
+    args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"SCRIPT"))
+        && args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD"))
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a driver::Cmd,
+    ) -> driver::RedisFuture<'a, driver::Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster { conn, script_slot } => {
+                if let Some(slot) = script_key_slot(cmd) {
+                    *script_slot = Some(slot);
+                } else if let Some(slot) = script_slot.filter(|_| is_script_load(cmd)) {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::new(slot, SlotAddr::Master),
+                    ));
+                    return Box::pin(conn.route_command(cmd.clone(), routing));
+                }
+                conn.req_packed_command(cmd)
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a driver::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> driver::RedisFuture<'a, Vec<driver::Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster { conn, .. } => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster { conn, .. } => conn.get_db(),
+        }
+    }
+}
+
+/// The masters serving slots in a `CLUSTER SLOTS` reply, each with one slot it serves:
+/// `[[start, end, [host, port, id, ...], replicas...], ...]`.
+fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
+    use driver::Value as V;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    let V::Array(ranges) = reply else {
+        return masters;
+    };
+    for range in ranges {
+        let V::Array(fields) = range else { continue };
+        let (Some(V::Int(start)), Some(V::Array(master))) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(V::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(V::SimpleString(s)) => s.clone(),
+            _ => continue,
+        };
+        let Some(V::Int(port)) = master.get(1) else {
+            continue;
+        };
+        let addr = format!("{host}:{port}");
+        if !masters.iter().any(|(a, _)| *a == addr) {
+            masters.push((addr, *start as u16));
+        }
+    }
+    masters
+}
+
+const TOPOLOGY_UNKNOWN: u8 = 0;
+const TOPOLOGY_SINGLE: u8 = 1;
+const TOPOLOGY_CLUSTER: u8 = 2;
+
 #[derive(Clone)]
 struct Slot {
-    conn: MultiplexedConnection,
+    conn: Conn,
     generation: u64,
 }
 
 /// A call admitted by the breaker, holding the connection it runs on.
 struct Lease {
-    conn: MultiplexedConnection,
+    conn: Conn,
     generation: u64,
     probe: bool,
 }
 
 struct Inner {
-    client: driver::Client,
+    /// One client per seed, tried in order (single-server connections and detection).
+    clients: Vec<driver::Client>,
+    /// The cluster client (all seeds), unless the mode is [`ClusterMode::Disabled`].
+    cluster_client: Option<ClusterClient>,
+    mode: ClusterMode,
+    db: i64,
+    /// `TOPOLOGY_*`: unknown until the first connection in [`ClusterMode::Auto`].
+    topology: AtomicU8,
+    /// Masters serving slots at the last cluster health check that read them (0: never).
+    last_masters: AtomicUsize,
+    /// The "database on a cluster" error is logged once.
+    db_refusal_logged: AtomicBool,
     async_config: driver::AsyncConnectionConfig,
     addr: String,
     tls: bool,
@@ -100,6 +296,8 @@ impl fmt::Debug for Inner {
         let connected = self.slot.read().map(|s| s.is_some()).unwrap_or(false);
         f.debug_struct("RedisConnection")
             .field("addr", &self.addr)
+            .field("cluster_mode", &self.mode)
+            .field("topology", &self.topology())
             .field("tls", &self.tls)
             .field("connected", &connected)
             .field("breaker_closed", &self.breaker.is_closed())
@@ -115,8 +313,16 @@ impl RedisConnection {
         let config_error = |e: driver::RedisError| {
             RedisError::from_driver(&e, password.as_deref()).with_kind(RedisErrorKind::Config)
         };
-        let info = config.connection_info().map_err(config_error)?;
-        let client = match (&config.ca_pem, config.tls) {
+        if config.cluster == ClusterMode::Enabled && config.db != 0 {
+            return Err(RedisError::new(
+                RedisErrorKind::Config,
+                format!(
+                    "database {} with cluster mode enabled: a Redis Cluster has only database 0",
+                    config.db
+                ),
+            ));
+        }
+        let root_cert = match (&config.ca_pem, config.tls) {
             (Some(pem), true) => {
                 ensure_crypto_provider()?;
                 if !pem
@@ -128,30 +334,73 @@ impl RedisConnection {
                         "ca_certificate_pem holds no PEM certificate",
                     ));
                 }
-                driver::Client::build_with_tls(
-                    info,
-                    driver::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem.to_vec()),
-                    },
-                )
-                .map_err(config_error)?
+                Some(pem.to_vec())
             }
             (_, tls) => {
                 if tls {
                     ensure_crypto_provider()?;
                 }
-                driver::Client::open(info).map_err(config_error)?
+                None
             }
+        };
+        let mut infos = Vec::with_capacity(config.seeds.len());
+        let mut clients = Vec::with_capacity(config.seeds.len());
+        for seed in &config.seeds {
+            let info = config.connection_info(seed).map_err(config_error)?;
+            infos.push(info.clone());
+            let client = match &root_cert {
+                Some(pem) => driver::Client::build_with_tls(
+                    info,
+                    driver::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    },
+                )
+                .map_err(config_error)?,
+                None => driver::Client::open(info).map_err(config_error)?,
+            };
+            clients.push(client);
+        }
+        let cluster_client = match config.cluster {
+            ClusterMode::Disabled => None,
+            // Database 0 for the cluster client: a non-zero database is refused above
+            // (Enabled) or when the server turns out to be a cluster (Auto).
+            ClusterMode::Auto | ClusterMode::Enabled => {
+                let infos = infos.into_iter().map(|info| {
+                    let settings = info.redis_settings().clone().set_db(0);
+                    info.set_redis_settings(settings)
+                });
+                let mut builder = ClusterClient::builder(infos)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.command_timeout);
+                if let Some(pem) = &root_cert {
+                    builder = builder.certs(driver::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    });
+                }
+                Some(builder.build().map_err(config_error)?)
+            }
+        };
+        let topology = match config.cluster {
+            ClusterMode::Auto => TOPOLOGY_UNKNOWN,
+            ClusterMode::Enabled => TOPOLOGY_CLUSTER,
+            ClusterMode::Disabled => TOPOLOGY_SINGLE,
         };
         let async_config = driver::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                clients,
+                cluster_client,
+                mode: config.cluster,
+                db: config.db,
+                topology: AtomicU8::new(topology),
+                last_masters: AtomicUsize::new(0),
+                db_refusal_logged: AtomicBool::new(false),
                 async_config,
-                addr: config.addr(),
+                addr: config.addrs(),
                 tls: config.tls,
                 password,
                 connect_timeout: config.connect_timeout,
@@ -193,6 +442,12 @@ impl RedisConnection {
     }
 
     /// Runs a pipeline (atomic if built with `.atomic()`) in one round trip.
+    ///
+    /// On a Redis Cluster a pipeline goes to one node: every key of one pipeline must be in
+    /// the same hash slot (use a hash tag, `{user42}:a` and `{user42}:b`, or split the work
+    /// by [`key_slot`](super::key_slot)). A pipeline whose keys span slots is refused
+    /// before anything is sent, with a [`RedisErrorKind::Command`] error whose
+    /// [`server_code`](RedisError::server_code) is `CROSSSLOT`: never a partial run.
     pub async fn query_pipeline<T: driver::FromRedisValue>(
         &self,
         pipe: &driver::Pipeline,
@@ -206,6 +461,12 @@ impl RedisConnection {
     /// (`NOSCRIPT`, e.g. after a restart or `SCRIPT FLUSH`) loads it and retries once. One
     /// round trip in the normal case; the whole call, retry included, is bounded by the
     /// command timeout.
+    ///
+    /// On a Redis Cluster the call goes to the master of its first key's slot (every key
+    /// of one script must share that slot), and `NOSCRIPT` (a promoted replica, a slot
+    /// moved to another node, a restart) loads the script on that master only, then
+    /// retries; if the slot moved again meanwhile, once more. `NOSCRIPT` never reaches the
+    /// caller.
     ///
     /// ```no_run
     /// # async fn demo(conn: tower_rampart::redis::RedisConnection) -> Result<(), tower_rampart::redis::RedisError> {
@@ -222,7 +483,13 @@ impl RedisConnection {
     ) -> Result<T, RedisError> {
         self.inner
             .call(false, "script", async |conn| {
-                invocation.invoke_async(conn).await
+                let cluster = conn.is_cluster();
+                match invocation.invoke_async(conn).await {
+                    Err(e) if cluster && e.kind() == no_script() => {
+                        invocation.invoke_async(conn).await
+                    }
+                    other => other,
+                }
             })
             .await
     }
@@ -230,21 +497,56 @@ impl RedisConnection {
     /// Sends `PING` within the command timeout (connecting first if needed). Runs even
     /// while the circuit breaker is open, and closes it on success: a readiness probe
     /// calling it also speeds up recovery.
+    ///
+    /// On a Redis Cluster it reads the masters serving slots (`CLUSTER SLOTS`) and pings
+    /// each of them at once, each within the command timeout: `Connected` only if every one
+    /// answers. [`RedisConnection::health_report`] also gives the node counts.
     pub async fn health_check(&self) -> RedisHealth {
+        self.health_report().await.health
+    }
+
+    /// [`RedisConnection::health_check`] with the topology and how many of the nodes it
+    /// needs answered.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: tower_rampart::redis::RedisConnection) {
+    /// let report = conn.health_report().await;
+    /// if let Some(nodes) = report.nodes {
+    ///     println!(
+    ///         "{:?}: {} of {} nodes answer",
+    ///         report.topology, nodes.reachable, nodes.expected
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    pub async fn health_report(&self) -> HealthReport {
         let started = Instant::now();
-        let result: Result<String, RedisError> = self
-            .inner
-            .call(true, "PING", async |conn| {
-                driver::cmd("PING").query_async(conn).await
-            })
-            .await;
-        match result {
-            Ok(_) => RedisHealth::Connected {
-                latency: started.elapsed(),
+        let mut lease = match self.inner.begin(true).await {
+            Ok(lease) => lease,
+            Err(e) => return self.inner.unreachable_report(&e),
+        };
+        if let Conn::Cluster { conn, .. } = &lease.conn {
+            let conn = conn.clone();
+            return self.inner.cluster_health(lease, conn, started).await;
+        }
+        let result = timeout(
+            self.inner.command_timeout,
+            driver::cmd("PING").query_async::<String>(&mut lease.conn),
+        )
+        .await;
+        let topology = self.topology();
+        match self.inner.finish(lease, result, "PING") {
+            Ok(_) => HealthReport {
+                health: RedisHealth::Connected {
+                    latency: started.elapsed(),
+                },
+                topology,
+                nodes: Some(NodeCounts {
+                    expected: 1,
+                    reachable: 1,
+                }),
             },
-            Err(e) => RedisHealth::Disconnected {
-                reason: e.to_string(),
-            },
+            Err(e) => self.inner.unreachable_report(&e),
         }
     }
 
@@ -258,7 +560,13 @@ impl RedisConnection {
     /// from the configuration). Callers whose keys may span hash slots (batches, multi-key
     /// scripts, pipelines) split them by [`key_slot`](super::key_slot) when it is true.
     pub fn is_cluster(&self) -> bool {
-        false
+        self.topology() == Some(Topology::Cluster)
+    }
+
+    /// What this connection talks to: `None` in [`ClusterMode::Auto`] until the first
+    /// successful connection has asked the server; from the configuration otherwise.
+    pub fn topology(&self) -> Option<Topology> {
+        self.inner.topology()
     }
 
     /// The command timeout this connection applies to every call.
@@ -274,7 +582,145 @@ impl RedisConnection {
     }
 }
 
+fn no_script() -> driver::ErrorKind {
+    driver::ErrorKind::Server(driver::ServerErrorKind::NoScript)
+}
+
 impl Inner {
+    fn topology(&self) -> Option<Topology> {
+        match self.topology.load(Ordering::Acquire) {
+            TOPOLOGY_SINGLE => Some(Topology::Single),
+            TOPOLOGY_CLUSTER => Some(Topology::Cluster),
+            _ => None,
+        }
+    }
+
+    /// The report when no node could be asked at all.
+    fn unreachable_report(&self, err: &RedisError) -> HealthReport {
+        let topology = self.topology();
+        let expected = match topology {
+            Some(Topology::Single) => Some(1),
+            Some(Topology::Cluster) => {
+                Some(self.last_masters.load(Ordering::Relaxed)).filter(|n| *n > 0)
+            }
+            None => None,
+        };
+        HealthReport {
+            health: RedisHealth::Disconnected {
+                reason: err.to_string(),
+            },
+            topology,
+            nodes: expected.map(|expected| NodeCounts {
+                expected,
+                reachable: 0,
+            }),
+        }
+    }
+
+    /// The cluster health check: the masters serving slots, each pinged at once.
+    async fn cluster_health(
+        &self,
+        lease: Lease,
+        mut conn: ClusterConnection,
+        started: Instant,
+    ) -> HealthReport {
+        let slots = timeout(
+            self.command_timeout,
+            driver::cmd("CLUSTER").arg("SLOTS").query_async::<driver::Value>(&mut conn),
+        )
+        .await;
+        let masters = match slots {
+            Ok(Ok(value)) => masters_of(&value),
+            other => {
+                let result = other.map(|r| r.map(drop));
+                let err = match self.finish(lease, result, "CLUSTER SLOTS") {
+                    Err(e) => e,
+                    Ok(()) => RedisError::new(RedisErrorKind::Protocol, "no reply"),
+                };
+                return self.unreachable_report(&err);
+            }
+        };
+        if masters.is_empty() {
+            let err = RedisError::new(
+                RedisErrorKind::Unavailable,
+                "CLUSTER SLOTS lists no master serving slots",
+            );
+            let _ = self.settle(lease, Ok(()));
+            return self.unreachable_report(&err);
+        }
+        self.last_masters.store(masters.len(), Ordering::Relaxed);
+        let pings: Vec<_> = masters
+            .iter()
+            .map(|(addr, slot)| {
+                let mut conn = conn.clone();
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(*slot, SlotAddr::Master),
+                ));
+                let command_timeout = self.command_timeout;
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    let outcome =
+                        timeout(command_timeout, conn.route_command(driver::cmd("PING"), routing))
+                            .await;
+                    (addr, outcome)
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        let mut first_error = None;
+        for ping in pings {
+            let (addr, outcome) = match ping.await {
+                Ok(done) => done,
+                Err(_) => continue,
+            };
+            let err = match outcome {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => RedisError::from_driver(&e, self.password.as_deref()),
+                Err(_) => RedisError::timeout("PING", self.command_timeout),
+            };
+            failures.push(format!("{addr}: {err}"));
+            first_error.get_or_insert(err);
+        }
+        let expected = masters.len();
+        let reachable = expected - failures.len();
+        let nodes = Some(NodeCounts {
+            expected,
+            reachable,
+        });
+        let topology = Some(Topology::Cluster);
+        match first_error {
+            None => {
+                let _ = self.settle(lease, Ok(()));
+                HealthReport {
+                    health: RedisHealth::Connected {
+                        latency: started.elapsed(),
+                    },
+                    topology,
+                    nodes,
+                }
+            }
+            Some(err) => {
+                // Some masters answered: the cluster connection works, calls to the silent
+                // masters' slots count their own failures. None answered: a failure.
+                if reachable > 0 {
+                    let _ = self.settle(lease, Ok(()));
+                } else {
+                    let _ = self.settle::<()>(lease, Err(err.clone()));
+                }
+                HealthReport {
+                    health: RedisHealth::Disconnected {
+                        reason: format!(
+                            "{reachable} of {expected} cluster masters answered PING; {}",
+                            failures.join("; ")
+                        ),
+                    },
+                    topology,
+                    nodes,
+                }
+            }
+        }
+    }
+
     fn current(&self) -> Option<Slot> {
         self.slot
             .read()
@@ -289,7 +735,7 @@ impl Inner {
         &self,
         bypass: bool,
         what: &str,
-        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> driver::RedisResult<T>,
+        run: impl AsyncFnOnce(&mut Conn) -> driver::RedisResult<T>,
     ) -> Result<T, RedisError> {
         let mut lease = self.begin(bypass).await?;
         let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
@@ -355,31 +801,27 @@ impl Inner {
                 return Err(err);
             }
         }
-        let attempt = timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&self.async_config),
-        )
-        .await;
+        let attempt = timeout(self.connect_timeout, self.open()).await;
         let outcome = match attempt {
             Ok(Ok(conn)) => {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                let topology = if conn.is_cluster() {
+                    "cluster"
+                } else {
+                    "single"
+                };
                 let slot = Slot { conn, generation };
                 *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(slot.clone());
                 if self.ever_connected.swap(true, Ordering::Relaxed) {
-                    tracing::info!(addr = %self.addr, tls = self.tls, "redis reconnected");
+                    tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis reconnected");
                 } else {
-                    tracing::info!(addr = %self.addr, tls = self.tls, "redis connected");
+                    tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis connected");
                 }
                 Ok(slot)
             }
-            Ok(Err(e)) => {
-                let err = RedisError::from_driver(&e, self.password.as_deref())
-                    .context(&format!("cannot connect to {}", self.addr));
-                // A connect that the driver timed out is a timeout; a refused or reset
-                // connection is "unavailable".
-                Err(err)
-            }
+            // A connect that the driver timed out is a timeout; a refused or reset
+            // connection is "unavailable".
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(RedisError::timeout(
                 &format!("connecting to {}", self.addr),
                 self.connect_timeout,
@@ -393,6 +835,108 @@ impl Inner {
         outcome
     }
 
+    /// One connection attempt: the cluster connection when the topology is (or turns out
+    /// to be) a cluster, else the multiplexed connection to the first seed that answers.
+    async fn open(&self) -> Result<Conn, RedisError> {
+        match self.topology() {
+            Some(Topology::Cluster) => return self.open_cluster().await,
+            Some(Topology::Single) => return self.open_single().await.map(Conn::Single),
+            None => {}
+        }
+        // Auto, first connection: ask the server.
+        let mut conn = match self.open_single().await {
+            Ok(conn) => conn,
+            // With a database other than 0, a cluster node refuses the `SELECT` of the
+            // handshake: that is the answer too.
+            Err(e) if self.db != 0 && e.to_string().contains("cluster mode") => {
+                return Err(self.refuse_database());
+            }
+            Err(e) => return Err(e),
+        };
+        let info: driver::RedisResult<String> = driver::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn)
+            .await;
+        let cluster = match info {
+            Ok(info) => info
+                .lines()
+                .any(|line| line.trim() == "cluster_enabled:1"),
+            Err(e) => {
+                let err = RedisError::from_driver(&e, self.password.as_deref());
+                if err.kind() != RedisErrorKind::Command {
+                    return Err(err.context(&format!("asking {} for its topology", self.addr)));
+                }
+                // `INFO` refused (renamed or forbidden by an ACL): a managed single server.
+                tracing::warn!(addr = %self.addr, error = %err,
+                    "redis INFO cluster refused; assuming a single server (set the cluster mode explicitly to silence this)");
+                false
+            }
+        };
+        if !cluster {
+            self.topology.store(TOPOLOGY_SINGLE, Ordering::Release);
+            return Ok(Conn::Single(conn));
+        }
+        drop(conn);
+        if self.db != 0 {
+            return Err(self.refuse_database());
+        }
+        self.topology.store(TOPOLOGY_CLUSTER, Ordering::Release);
+        self.open_cluster().await
+    }
+
+    /// The multiplexed connection to the first seed that accepts one.
+    async fn open_single(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut last = None;
+        for client in &self.clients {
+            match client
+                .get_multiplexed_async_connection_with_config(&self.async_config)
+                .await
+            {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = Some(e),
+            }
+        }
+        let err = match last {
+            Some(e) => RedisError::from_driver(&e, self.password.as_deref()),
+            None => RedisError::new(RedisErrorKind::Config, "no Redis address"),
+        };
+        Err(err.context(&format!("cannot connect to {}", self.addr)))
+    }
+
+    /// The driver's cluster connection, from all the seeds.
+    async fn open_cluster(&self) -> Result<Conn, RedisError> {
+        let Some(client) = &self.cluster_client else {
+            return Err(RedisError::new(
+                RedisErrorKind::Config,
+                "cluster mode is disabled but the server is a cluster",
+            ));
+        };
+        match client.get_async_connection().await {
+            Ok(conn) => Ok(Conn::Cluster {
+                conn,
+                script_slot: None,
+            }),
+            Err(e) => Err(RedisError::from_driver(&e, self.password.as_deref())
+                .context(&format!("cannot connect to the cluster at {}", self.addr))),
+        }
+    }
+
+    /// A non-zero database on a cluster: refused, logged once.
+    fn refuse_database(&self) -> RedisError {
+        let err = RedisError::new(
+            RedisErrorKind::Config,
+            format!(
+                "{} is a Redis Cluster, which has only database 0, but database {} is configured; \
+                 remove the database number (REDIS_DB, or /{} in REDIS_URL)",
+                self.addr, self.db, self.db
+            ),
+        );
+        if !self.db_refusal_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(addr = %self.addr, db = self.db, error = %err, "redis configuration refused");
+        }
+        err
+    }
+
     /// Turns the outcome of a call into our result, and tells the breaker.
     fn finish<T>(
         &self,
@@ -400,13 +944,22 @@ impl Inner {
         result: Result<driver::RedisResult<T>, tokio::time::error::Elapsed>,
         what: &str,
     ) -> Result<T, RedisError> {
+        let result = match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RedisError::from_driver(&e, self.password.as_deref())),
+            Err(_) => Err(RedisError::timeout(what, self.command_timeout)),
+        };
+        self.settle(lease, result)
+    }
+
+    /// Tells the breaker how a call ended, and drops a broken single-server connection.
+    fn settle<T>(&self, lease: Lease, result: Result<T, RedisError>) -> Result<T, RedisError> {
         let err = match result {
-            Ok(Ok(value)) => {
+            Ok(value) => {
                 self.report_success();
                 return Ok(value);
             }
-            Ok(Err(e)) => RedisError::from_driver(&e, self.password.as_deref()),
-            Err(_) => RedisError::timeout(what, self.command_timeout),
+            Err(err) => err,
         };
         match err.kind() {
             // The server answered: it is healthy, the request was at fault.
@@ -415,8 +968,12 @@ impl Inner {
             }
             RedisErrorKind::Unavailable => {
                 // Connection broken (or the server is loading / read-only after a
-                // failover): replace it on the next call.
-                self.invalidate(lease.generation, &err);
+                // failover): replace it on the next call. A cluster connection reconnects
+                // its nodes and refreshes its slot map by itself; one failing node does not
+                // condemn the connection to the others (the breaker still drops it).
+                if !lease.conn.is_cluster() {
+                    self.invalidate(lease.generation, &err);
+                }
                 self.report_failure(lease.probe, &err);
             }
             RedisErrorKind::Timeout | RedisErrorKind::Config => {

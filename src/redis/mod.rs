@@ -102,7 +102,7 @@ mod connection;
 mod error;
 mod slot;
 
-pub use self::config::{RedisConfig, RedisConfigError};
+pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
 pub use self::connection::{RedisConnection, RedisHealth};
 pub use self::error::{RedisError, RedisErrorKind};
 pub use self::slot::{SLOTS, key_slot};

@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 use tower_rampart::redis::RedisConfig;
 use tower_rampart::redis::driver;
 
+mod cluster;
+pub use cluster::*;
+
 /// How long a server may take to answer its first PING.
 const START_DEADLINE: Duration = Duration::from_secs(15);
 /// How often a fresh port is tried when another process took it between probe and bind.
@@ -323,35 +326,11 @@ impl RedisServer {
 
     /// A blocking connection for test assertions (`FLUSHALL`, `SCRIPT FLUSH`, reading keys).
     pub fn sync_connection(&self) -> driver::RedisResult<driver::Connection> {
-        let addr = match &self.settings.tls {
-            None => driver::ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.port),
-            Some(_) => driver::ConnectionAddr::TcpTls {
-                host: "127.0.0.1".to_owned(),
-                port: self.port,
-                insecure: false,
-                tls_params: None,
-            },
-        };
-        let mut redis_settings = driver::RedisConnectionInfo::default();
-        if let Some(pw) = &self.settings.password {
-            redis_settings = redis_settings.set_password(pw);
-        }
-        let info = driver::IntoConnectionInfo::into_connection_info(addr)?
-            .set_redis_settings(redis_settings);
-        let client = match &self.settings.tls {
-            None => driver::Client::open(info)?,
-            Some(tls) => driver::Client::build_with_tls(
-                info,
-                driver::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(tls.ca_pem.clone().into_bytes()),
-                },
-            )?,
-        };
-        let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-        Ok(conn)
+        sync_connection_to(
+            self.port,
+            self.settings.tls.as_ref(),
+            self.settings.password.as_deref(),
+        )
     }
 
     /// Runs one command on a blocking connection (a test helper: panics on failure).
@@ -385,6 +364,44 @@ impl Drop for RedisServer {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A blocking connection to `127.0.0.1:port` (TLS with the test CA when `tls` is set),
+/// connect timeout 2 s, read and write timeouts 5 s.
+fn sync_connection_to(
+    port: u16,
+    tls: Option<&TlsFiles>,
+    password: Option<&str>,
+) -> driver::RedisResult<driver::Connection> {
+    let addr = match tls {
+        None => driver::ConnectionAddr::Tcp("127.0.0.1".to_owned(), port),
+        Some(_) => driver::ConnectionAddr::TcpTls {
+            host: "127.0.0.1".to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+    };
+    let mut redis_settings = driver::RedisConnectionInfo::default();
+    if let Some(pw) = password {
+        redis_settings = redis_settings.set_password(pw);
+    }
+    let info =
+        driver::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(redis_settings);
+    let client = match tls {
+        None => driver::Client::open(info)?,
+        Some(tls) => driver::Client::build_with_tls(
+            info,
+            driver::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(tls.ca_pem.clone().into_bytes()),
+            },
+        )?,
+    };
+    let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(conn)
 }
 
 /// A Redis to run a test against: `REDIS_URL` if set, else a fresh [`RedisServer`].
