@@ -9,7 +9,6 @@ use std::time::Instant;
 use support::RedisCluster;
 use tower_rampart::redis::driver;
 
-
 #[test]
 fn plain_cluster_serves_every_slot() {
     let started = Instant::now();

@@ -169,7 +169,8 @@ fn script_key_slot(cmd: &driver::Cmd) -> Option<u16> {
 
 fn is_script_load(cmd: &driver::Cmd) -> bool {
     let mut args = args_of(cmd);
-    args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"SCRIPT"))
+    args.next()
+        .is_some_and(|a| a.eq_ignore_ascii_case(b"SCRIPT"))
         && args.next().is_some_and(|a| a.eq_ignore_ascii_case(b"LOAD"))
 }
 
@@ -626,7 +627,9 @@ impl Inner {
     ) -> HealthReport {
         let slots = timeout(
             self.command_timeout,
-            driver::cmd("CLUSTER").arg("SLOTS").query_async::<driver::Value>(&mut conn),
+            driver::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<driver::Value>(&mut conn),
         )
         .await;
         let masters = match slots {
@@ -659,9 +662,11 @@ impl Inner {
                 let command_timeout = self.command_timeout;
                 let addr = addr.clone();
                 tokio::spawn(async move {
-                    let outcome =
-                        timeout(command_timeout, conn.route_command(driver::cmd("PING"), routing))
-                            .await;
+                    let outcome = timeout(
+                        command_timeout,
+                        conn.route_command(driver::cmd("PING"), routing),
+                    )
+                    .await;
                     (addr, outcome)
                 })
             })
@@ -858,9 +863,7 @@ impl Inner {
             .query_async(&mut conn)
             .await;
         let cluster = match info {
-            Ok(info) => info
-                .lines()
-                .any(|line| line.trim() == "cluster_enabled:1"),
+            Ok(info) => info.lines().any(|line| line.trim() == "cluster_enabled:1"),
             Err(e) => {
                 let err = RedisError::from_driver(&e, self.password.as_deref());
                 if err.kind() != RedisErrorKind::Command {
