@@ -99,6 +99,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     store_touch(store.clone()).await;
     store_user_index(store.clone()).await;
     store_user_index_follows_saves(store.clone()).await;
+    sign_ins_racing_sign_out_everywhere(store.clone()).await;
     concurrent_requests_changing_different_keys_lose_nothing(store.clone()).await;
     same_key_later_save_wins_other_keys_merge(store.clone()).await;
     logout_racing_saves_never_comes_back(store.clone()).await;
@@ -388,6 +389,63 @@ pub async fn store_user_index_follows_saves(store: Arc<dyn SessionStore>) {
     assert_eq!(s.delete_user_sessions(&user, at).await.unwrap(), 2);
     assert!(s.load(&later, at, false).await.unwrap().is_none());
     assert!(s.load(&earlier, at, false).await.unwrap().is_none());
+}
+
+/// Store contract: sign-ins (creates with the user, and saves that give an anonymous
+/// session the user) racing `delete_user_sessions` calls. A session signed in meanwhile may
+/// survive a sweep that ran before its write landed, but never escapes the index: one sweep
+/// after they all finished ends every one of them.
+pub async fn sign_ins_racing_sign_out_everywhere(store: Arc<dyn SessionStore>) {
+    let t = now();
+    let user = format!("frank-{t}");
+    let done = Arc::new(AtomicBool::new(false));
+    // Two sweepers, each sweeping again and again until every sign-in has finished.
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, user, done) = (store.clone(), user.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut ended = 0;
+                while !done.load(Ordering::SeqCst) {
+                    ended += s.delete_user_sessions(&user, t).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                ended
+            })
+        })
+        .collect();
+    let sign_ins: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, owner) = (store.clone(), user.clone());
+            tokio::spawn(async move {
+                let k = key(100 + i);
+                if i % 2 == 0 {
+                    let mut r = record(t, 600, 3600, b"x");
+                    r.user_id = Some(owner);
+                    assert!(s.create(&k, &r, t).await.unwrap());
+                } else {
+                    assert!(s.create(&k, &record(t, 600, 3600, b"x"), t).await.unwrap());
+                    let mut r = s.load(&k, t, false).await.unwrap().unwrap();
+                    r.user_id = Some(owner);
+                    assert_eq!(s.save(&k, &r, t).await.unwrap(), WriteOutcome::Written);
+                }
+                k
+            })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for task in sign_ins {
+        keys.push(task.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut ended = 0;
+    for task in sweepers {
+        ended += task.await.unwrap();
+    }
+    ended += store.delete_user_sessions(&user, t + SEC).await.unwrap();
+    assert_eq!(ended, 40, "every sign-in ended exactly once");
+    for k in &keys {
+        assert!(store.load(k, t + SEC, false).await.unwrap().is_none());
+    }
 }
 
 /// Layer: 100 concurrent requests of one session each insert their own key; none is lost.
