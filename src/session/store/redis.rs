@@ -61,17 +61,35 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 /// Round trips: load 1 (idle refresh included), save 1, delete 1, create 1; a create with a
 /// user adds 1 (the index entry, written first); a save that gives the session a user, or
 /// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
-/// entry, the save). Sign out everywhere: 3 on a single server (read the index, one pipeline
-/// of deletes, unindex); on a cluster the deletes are one pipeline per hash slot, at most 16
-/// at a time.
+/// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
+/// pipeline of deletes, unindex); on a cluster the deletes are one pipeline per hash slot,
+/// at most 16 at a time.
 ///
 /// # Redis Cluster
 ///
-/// Every script declares exactly one key, written with a hash tag (`{...}`), so each runs on
-/// the node that owns that key's slot; no script or pipeline spans two slots (a cluster
-/// refuses `CROSSSLOT`). A session and its user's index live in different slots, so they are
-/// never written together atomically: the index design below does not need them to be.
-/// Sign out everywhere groups its deletes by slot. A prefix must not contain `{` or `}`.
+/// The store runs on a Redis Cluster through the same [`RedisConnection`] (cluster mode),
+/// and passes the same conformance suite there as on one server (plain and TLS). What holds:
+///
+/// - Every script declares exactly one key, written with a hash tag (`{...}`), so it runs
+///   on the node that owns that key's slot; no script or pipeline spans two slots (a
+///   cluster refuses `CROSSSLOT`). Every operation on one session is therefore one atomic
+///   script on one node, with the same guarantees as on one server (compare-and-set saves,
+///   create only if absent, logout wins, expiry).
+/// - A session and its user's index live in different slots (often on different masters),
+///   so they are never written together atomically; the index design below does not need
+///   them to be. Sign out everywhere groups its deletes by slot.
+/// - Failover: replication is asynchronous, so a write a master acknowledged and did not
+///   pass to its replica before dying is lost with it: a save (the session goes back to its
+///   previous version), a logout (the session comes back), a create, or an index entry. A
+///   lost index entry whose session write, on another master, survived leaves that session
+///   unindexed: this is the one case where sign out everywhere can miss a live session, and
+///   it needs a failover within the replication delay after the sign-in. Making the index
+///   write wait for a replica (`WAIT`) before the session write closes it; that is not done
+///   yet. (On one server there is no such case: a restart that loses recent writes, without
+///   persistence or with `appendfsync everysec`, loses them in order, so never an index
+///   entry without the session write that followed it.)
+///
+/// A prefix must not contain `{` or `}`.
 ///
 /// # The user index: why sign out everywhere never misses a live session
 ///
@@ -94,13 +112,16 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 ///   deadline earlier keeps the higher score.
 /// - **An entry is removed only when it cannot matter:** when its score is at or before
 ///   `now` (its session is dead: pruned on every index write), or by sign out everywhere
-///   after it deleted that very session. A session key is never created twice (ids are 128
-///   random bits), so a deleted session cannot come back under an entry removed later.
+///   after it deleted that very session. The layer never creates a session key twice (ids
+///   are 128 random bits), so a deleted session cannot come back under an entry removed
+///   later.
 ///   Entries of sessions that are missing or belong to someone else are *not* removed by
 ///   sign out everywhere: such an entry may be a sign-in whose session write is still on
 ///   its way. Stale entries therefore live until their deadline; a user's index holds at
-///   most one entry per session created for that user within the absolute lifetime (the
-///   same bound as before this design), and sign out everywhere checks each once.
+///   most one entry per session signed in for that user within the absolute lifetime (the
+///   same bound as before this design), and each sign out everywhere checks each of them.
+///   A sign out everywhere that fails part-way removes no entry; running it again finishes
+///   it.
 ///
 /// **A sign-in racing sign out everywhere.** Sign out everywhere reads the index, then
 /// deletes, on each session's node, the sessions that belong to the user at that moment.
@@ -113,9 +134,10 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 ///
 /// Time: liveness, like everywhere in the layer, is judged by the caller's clock; instances
 /// whose clocks differ by `d` may prune an entry up to `d` before its session's absolute
-/// deadline as another instance sees it. Records written by versions before this design
-/// (index written after the save) may be unindexed if that write failed; they expire by
-/// themselves.
+/// deadline as another instance sees it. Instances of earlier versions (index written after
+/// the save) sharing Redis during a rolling deploy keep their old behaviour for the writes
+/// they make: a session they saved whose index write failed may be unindexed until it
+/// expires. The stored record and index formats are unchanged.
 ///
 /// ```no_run
 /// use tower_rampart::redis::RedisConfig;
@@ -137,7 +159,7 @@ pub struct RedisStore {
     faults: Arc<TestFaults>,
 }
 
-/// See [`RedisStore::faults`].
+/// Faults the crate's own tests inject into a [`RedisStore`].
 #[cfg(test)]
 #[derive(Debug, Default)]
 struct TestFaults {
