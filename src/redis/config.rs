@@ -18,7 +18,8 @@ const DEFAULT_PORT: u16 = 6379;
 /// Port of a TLS Redis server by convention (Azure Cache for Redis listens here).
 const DEFAULT_TLS_PORT: u16 = 6380;
 
-/// How to reach one Redis server: address, credentials, TLS and timeouts.
+/// How to reach one Redis server or a Redis Cluster: address (or seed nodes), credentials,
+/// TLS, cluster mode and timeouts.
 ///
 /// Build it from a URL ([`RedisConfig::from_url`]), from parts
 /// ([`RedisConfig::from_parts`] and the builder methods), or from the environment
@@ -807,5 +808,124 @@ mod tests {
             assert!(err.to_string().contains(variable), "{err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn seed_lists() {
+        let c =
+            RedisConfig::from_url(" redis://:pw@a:7000 ,redis://b:7001,  redis://:pw@c:7002/0 ")
+                .unwrap();
+        let seeds: Vec<_> = c.seeds().collect();
+        assert_eq!(seeds, [("a", 7000), ("b", 7001), ("c", 7002)]);
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert_eq!((c.host(), c.port()), ("a", 7000));
+        assert_eq!(
+            c.to_string(),
+            "redis://:***@a:7000/0,redis://:***@b:7001/0,redis://:***@c:7002/0"
+        );
+        // Credentials on a later seed only.
+        let c = RedisConfig::from_url("rediss://a:1,rediss://u:hunter2@b:2").unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(c.password.as_deref(), Some("hunter2"));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // A database given once applies to all.
+        assert_eq!(
+            RedisConfig::from_url("redis://a:1,redis://b:2/3")
+                .unwrap()
+                .db,
+            3
+        );
+    }
+
+    #[test]
+    fn bad_seed_lists_are_rejected_without_the_password() {
+        for url in [
+            "redis://:hunter2@a:1,rediss://b:2",
+            "redis://:hunter2@a:1,redis://:other@b:2",
+            "redis://u:hunter2@a:1,redis://v:hunter2@b:2",
+            "redis://:hunter2@a:1/1,redis://b:2/2",
+            "redis://:hunter2@a:1,,redis://b:2",
+            "redis://:hunter2@a:1,",
+            "redis://:hunter2@a:1,http://b",
+        ] {
+            let err = RedisConfig::from_url(url).unwrap_err();
+            assert_eq!(err.variable(), "Redis URL", "{url}");
+            assert!(!err.to_string().contains("hunter2"), "{url}: {err}");
+            assert!(!err.to_string().contains("other"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_from_env() {
+        assert_eq!(
+            env(&[("REDIS_URL", "redis://a:1")])
+                .unwrap()
+                .unwrap()
+                .cluster,
+            ClusterMode::Auto
+        );
+        for (value, mode) in [
+            ("auto", ClusterMode::Auto),
+            ("TRUE", ClusterMode::Enabled),
+            (" false ", ClusterMode::Disabled),
+        ] {
+            let c = env(&[("REDIS_HOST", "h"), ("REDIS_CLUSTER", value)])
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.cluster_mode(), mode, "{value}");
+        }
+        for vars in [
+            &[
+                ("REDIS_URL", "redis://:hunter2@a:1"),
+                ("REDIS_CLUSTER", "yes"),
+            ][..],
+            &[
+                ("REDIS_URL", "redis://:hunter2@a:1"),
+                ("REDIS_CLUSTER", "1"),
+            ][..],
+        ] {
+            let err = env(vars).unwrap_err();
+            assert_eq!(err.variable(), "REDIS_CLUSTER");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        // REDIS_CLUSTER alone configures nothing: a mistake, named.
+        assert_eq!(
+            env(&[("REDIS_CLUSTER", "true")]).unwrap_err().variable(),
+            "REDIS_HOST"
+        );
+        // A database with the cluster mode on is refused, naming where it came from.
+        let err = env(&[
+            ("REDIS_URL", "redis://:hunter2@a:1/2"),
+            ("REDIS_CLUSTER", "true"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable(), "REDIS_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = env(&[
+            ("REDIS_HOST", "h"),
+            ("REDIS_DB", "2"),
+            ("REDIS_CLUSTER", "true"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable(), "REDIS_DB");
+        // Auto and false keep the database (auto refuses it only against a cluster).
+        let c = env(&[("REDIS_HOST", "h"), ("REDIS_DB", "2")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.db, 2);
+    }
+
+    #[test]
+    fn builder_seeds_and_mode() {
+        let c = RedisConfig::from_parts("a", 1)
+            .seed("b", 2)
+            .cluster(ClusterMode::Enabled);
+        assert_eq!(c.seeds().count(), 2);
+        assert_eq!(c.cluster_mode(), ClusterMode::Enabled);
+        assert_eq!(c.to_string(), "redis://a:1/0,redis://b:2/0");
+        assert!(c.clone().database(1).connect_lazy().is_err());
+        assert!(c.connect_lazy().is_ok());
     }
 }

@@ -215,8 +215,8 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The masters serving slots in a `CLUSTER SLOTS` reply, each with one slot it serves:
-/// `[[start, end, [host, port, id, ...], replicas...], ...]`.
+/// The masters serving slots in a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id,
+/// ...], replicas...], ...]`), as `(host, port)`.
 fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
     use driver::Value as V;
     let mut masters: Vec<(String, u16)> = Vec::new();
@@ -225,7 +225,7 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
     };
     for range in ranges {
         let V::Array(fields) = range else { continue };
-        let (Some(V::Int(start)), Some(V::Array(master))) = (fields.first(), fields.get(2)) else {
+        let Some(V::Array(master)) = fields.get(2) else {
             continue;
         };
         let host = match master.first() {
@@ -233,12 +233,14 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
             Some(V::SimpleString(s)) => s.clone(),
             _ => continue,
         };
-        let Some(V::Int(port)) = master.get(1) else {
+        let Some(port) = master.get(1).and_then(|p| match p {
+            V::Int(port) => u16::try_from(*port).ok(),
+            _ => None,
+        }) else {
             continue;
         };
-        let addr = format!("{host}:{port}");
-        if !masters.iter().any(|(a, _)| *a == addr) {
-            masters.push((addr, *start as u16));
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
         }
     }
     masters
@@ -654,13 +656,20 @@ impl Inner {
         self.last_masters.store(masters.len(), Ordering::Relaxed);
         let pings: Vec<_> = masters
             .iter()
-            .map(|(addr, slot)| {
+            .map(|(host, port)| {
                 let mut conn = conn.clone();
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(*slot, SlotAddr::Master),
-                ));
+                // By address: routing by slot would fall back to a replica or any node when
+                // the master is not connected, and a dead master would look alive.
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
                 let command_timeout = self.command_timeout;
-                let addr = addr.clone();
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
                 tokio::spawn(async move {
                     let outcome = timeout(
                         command_timeout,
@@ -673,15 +682,17 @@ impl Inner {
             .collect();
         let mut failures = Vec::new();
         let mut first_error = None;
-        for ping in pings {
-            let (addr, outcome) = match ping.await {
-                Ok(done) => done,
-                Err(_) => continue,
-            };
-            let err = match outcome {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => RedisError::from_driver(&e, self.password.as_deref()),
-                Err(_) => RedisError::timeout("PING", self.command_timeout),
+        for (ping, (host, port)) in pings.into_iter().zip(&masters) {
+            let (addr, err) = match ping.await {
+                Ok((_, Ok(Ok(_)))) => continue,
+                Ok((addr, Ok(Err(e)))) => {
+                    (addr, RedisError::from_driver(&e, self.password.as_deref()))
+                }
+                Ok((addr, Err(_))) => (addr, RedisError::timeout("PING", self.command_timeout)),
+                Err(_) => (
+                    format!("{host}:{port}"),
+                    RedisError::new(RedisErrorKind::Unavailable, "PING task failed"),
+                ),
             };
             failures.push(format!("{addr}: {err}"));
             first_error.get_or_insert(err);

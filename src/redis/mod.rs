@@ -69,6 +69,54 @@
 //! password (driver messages are scrubbed): `redis connected`, `redis connection lost`,
 //! `redis circuit breaker open`, `redis reconnected`, `redis recovered`.
 //!
+//! # Redis Cluster
+//!
+//! The same [`RedisConnection`] talks to one server or to a Redis Cluster; the layers never
+//! know which. [`RedisConfig::from_url`] takes one URL or a comma-separated list of seed
+//! nodes (`REDIS_URL=redis://10.0.0.5:7000,redis://10.0.0.6:7000`), and
+//! [`RedisConfig::cluster`] (`REDIS_CLUSTER=auto|true|false`) chooses:
+//!
+//! - [`ClusterMode::Auto`] (default): the first successful connection asks the server
+//!   (`INFO cluster`, `cluster_enabled:1`). A cluster node gets the driver's cluster
+//!   connection, built from all the seeds with the same password, TLS, CA and timeouts;
+//!   anything else keeps the single-server connection, unchanged. So one address of a
+//!   managed cluster (Azure's OSS clustering policy, ElastiCache cluster mode) just works,
+//!   and a Redis unreachable at start-up still gives a lazy, degraded start:
+//!   [`RedisConnection::topology`] is `None` until then.
+//! - [`ClusterMode::Enabled`]: the cluster connection from the start.
+//! - [`ClusterMode::Disabled`]: never asks. Against a cluster node, keys of other nodes'
+//!   slots are answered by the server's `MOVED` errors, returned as
+//!   [`RedisErrorKind::Command`] (server code `MOVED`).
+//!
+//! A cluster has only database 0: a non-zero database is refused by the configuration with
+//! `Enabled`, and with `Auto` when the server turns out to be a cluster (a
+//! [`RedisErrorKind::Config`] error on every call, logged once, then the breaker opens).
+//! With several seeds and a single server, the seeds are tried in order on each connect.
+//!
+//! On a cluster every command, script and pipeline is routed by its first key to the master
+//! of that key's hash slot (`MOVED`/`ASK` are followed and the slot map refreshed by the
+//! driver). The keys of one script or one pipeline must share a slot (hash tags:
+//! `{user42}:a`, `{user42}:b`); a pipeline whose keys span slots is refused before anything
+//! is sent (server code `CROSSSLOT`), never run in part. [`key_slot`] and
+//! [`RedisConnection::is_cluster`] let callers split work by slot. Scripts are loaded on the
+//! node that needs them: `NOSCRIPT` (after a failover, a slot move, a restart) loads the
+//! script on the master of the call's slot and retries, never surfacing.
+//!
+//! **One breaker for the whole cluster.** The circuit breaker, the timeouts and the
+//! single-flight connect work as above, per connection, not per node: one request's keys
+//! may live on several nodes, so a per-node breaker could not fail a request fast as a
+//! whole; per-node breakers are a possible refinement. While one master is dead, calls to
+//! its slots fail (time out or are refused) until the cluster promotes its replica (about
+//! `cluster-node-timeout` plus an election); those failures count toward the breaker like
+//! any other, so a burst of them can open it for every slot for a cool-down. The cluster
+//! connection reconnects to single nodes by itself and is replaced when the breaker opens.
+//!
+//! [`RedisConnection::health_check`] on a cluster reads the masters serving slots and pings
+//! each: `Connected` only if all answer. [`RedisConnection::health_report`] adds the
+//! [`Topology`] and the [`NodeCounts`] (expected and reachable masters; `1` for a single
+//! server). A health check may take up to twice the command timeout on a cluster (the slot
+//! list, then the pings, each bounded).
+//!
 //! # Why one multiplexed connection
 //!
 //! Measured with `benches/redis_connection.rs` (`cargo bench --bench redis_connection
@@ -92,9 +140,9 @@
 //!
 //! # The driver
 //!
-//! The `redis` crate is re-exported as [`driver`], so that commands, pipelines
-//! and scripts are built with the same version this crate was compiled against:
-//! `tower_rampart::redis::driver::{cmd, Cmd, Pipeline, Script}`.
+//! The `redis` crate is re-exported as [`driver`] (with its `cluster-async` feature), so
+//! that commands, pipelines and scripts are built with the same version this crate was
+//! compiled against: `tower_rampart::redis::driver::{cmd, Cmd, Pipeline, Script}`.
 
 mod breaker;
 mod config;
@@ -103,7 +151,7 @@ mod error;
 mod slot;
 
 pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
-pub use self::connection::{RedisConnection, RedisHealth};
+pub use self::connection::{HealthReport, NodeCounts, RedisConnection, RedisHealth, Topology};
 pub use self::error::{RedisError, RedisErrorKind};
 pub use self::slot::{SLOTS, key_slot};
 

@@ -71,18 +71,22 @@ fn endpoint(method: &str, path: &str, description: &str) -> Value {
     json!({ "method": method, "path": path, "description": description })
 }
 
-/// `GET /health`: never rate limited, never touches the session.
+/// `GET /health`: never rate limited, never touches the session. With Redis it also says
+/// which topology it sees (`redis_topology`: `"single"`, `"cluster"`, or `null` before the
+/// first connection) and how many of the nodes it needs answer (`redis_nodes`: on a
+/// cluster the masters serving slots; `null` while not even that is known).
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
-    let redis_connected = match &state.redis {
+    let report = match &state.redis {
         None => None,
-        Some(conn) => Some(conn.health_check().await.is_connected()),
+        Some(conn) => Some(conn.health_report().await),
     };
+    let redis_connected = report.as_ref().map(|r| r.health.is_connected());
     let status = if redis_connected == Some(false) {
         "degraded"
     } else {
         "healthy"
     };
-    Json(json!({
+    let mut body = json!({
         "status": status,
         "environment": state.config.environment.as_str(),
         "redis_connected": redis_connected,
@@ -90,7 +94,15 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
         "session_store": if state.redis.is_some() { "redis" } else { "memory" },
         "version": env!("CARGO_PKG_VERSION"),
         "tenant_id": state.config.masked_tenant_id(),
-    }))
+    });
+    if let Some(report) = report {
+        body["redis_topology"] = json!(report.topology.map(|t| t.as_str()));
+        body["redis_nodes"] = match report.nodes {
+            Some(nodes) => json!({ "expected": nodes.expected, "reachable": nodes.reachable }),
+            None => Value::Null,
+        };
+    }
+    Json(body)
 }
 
 /// Body of `POST /auth/client-login`. Its `Debug` never shows the tokens.

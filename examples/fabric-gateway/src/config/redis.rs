@@ -1,5 +1,8 @@
-//! The Redis section: `REDIS_URL`, or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL`
-//! (read by the crate's [`RedisConfig`]); required in production.
+//! The Redis section: `REDIS_URL` (one URL, or a comma-separated list of cluster seed
+//! nodes), or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL`; and `REDIS_CLUSTER`
+//! (`auto`, `true`, `false`; default `auto`: decided on the first successful connection).
+//! All read by the crate's [`RedisConfig`] (`REDIS_CLUSTER` becomes
+//! [`RedisConfig::cluster`]); required in production.
 
 use tower_rampart::redis::RedisConfig;
 
