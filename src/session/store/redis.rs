@@ -99,8 +99,8 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 ///
 /// - **The index entry is written first.** A write that makes a session belong to a user
 ///   (a create with a user; a save that sets or changes the user) or that moves its
-///   absolute deadline later first writes the entry (`ZADD GT`: a score is raised, never
-///   lowered), and only when that succeeded writes the session. The save script checks this
+///   absolute deadline later first writes the entry (a score is raised, never lowered;
+///   without `ZADD GT`, so Redis 6.0 servers work too), and only when that succeeded writes the session. The save script checks this
 ///   atomically on the session's node: it refuses (without writing) a save that would need
 ///   a new entry unless the caller says it wrote one. If the index write fails, the session
 ///   is not written (the request is answered `503`); if the session write fails or its node

@@ -7,7 +7,8 @@
 -- score raised to the deadline if lower (never lowered: an entry may outlive its session,
 -- never the reverse), the index expiring with its longest-lived session.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[2])
+local old = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not old or tonumber(old) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2]) end
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(top[2]) - tonumber(ARGV[1])) / 1000)))
 return 1
