@@ -101,6 +101,8 @@ suite!(
     store_idle_refresh_is_throttled,
     store_touch,
     store_user_index,
+    store_user_index_follows_saves,
+    sign_ins_racing_sign_out_everywhere,
     concurrent_requests_changing_different_keys_lose_nothing,
     same_key_later_save_wins_other_keys_merge,
     logout_racing_saves_never_comes_back,

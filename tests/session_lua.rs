@@ -351,3 +351,84 @@ fn the_five_record_scripts_read_a_session_the_same_way() {
         ));
     }
 }
+
+/// The index design in the scripts themselves: SAVE refuses (`{3}`, nothing written) a
+/// write that gives the session a user or a later absolute deadline until the caller says
+/// it wrote the index entry; INDEX_ADD never lowers a score; DELETE_IF_USER tells a live
+/// session (1) from an expired leftover (2). The store does the same (it ends up with the
+/// same hash and index as the scripts run by hand).
+#[tokio::test]
+async fn save_asks_for_the_index_entry_first() {
+    tokio::time::timeout(DEADLINE, index_first())
+        .await
+        .expect("deadline");
+}
+
+async fn index_first() {
+    let server = RedisServer::start();
+    let conn = server.config().connect_lazy().unwrap();
+    let p = Pair {
+        store: RedisStore::new(conn).with_prefix("s:"),
+        key: SessionKey::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        server,
+    };
+    let (ek, key) = (p.eval_key(), &p.key);
+    let anonymous = record(T0, None, b"x");
+    assert!(p.store.create(key, &anonymous, T0).await.unwrap());
+    let mut args = vec![arg(T0)];
+    args.extend(write_args(&anonymous, T0));
+    assert_eq!(p.eval(CREATE, &[&ek], &args), Value::Int(1));
+
+    // Giving it a user: refused until indexed, then written.
+    let mut next = record(T0, Some(USER), b"y");
+    next.version = 1;
+    let save_args = |r: &SessionRecord, indexed: Option<&str>| {
+        let mut a = vec![arg(T0), arg(r.version)];
+        a.extend(write_args(r, T0));
+        a.extend(indexed.map(arg));
+        a
+    };
+    for indexed in [None, Some("0")] {
+        let reply = items(p.eval(SAVE, &[&ek], &save_args(&next, indexed)));
+        assert_eq!(reply, vec![Value::Int(3)], "index first");
+    }
+    let reply = items(p.eval(SAVE, &[&ek], &save_args(&next, Some("1"))));
+    assert_eq!(num(&reply[0]), 2);
+    assert_eq!(
+        p.store.save(key, &next, T0).await.unwrap(),
+        WriteOutcome::Written
+    );
+    p.assert_same_effect("save with a new user");
+    let (s_index, s_members, _) = p.index("s:");
+    assert_eq!(s_members, vec![(key.to_string(), next.expires_micros)]);
+
+    // The same user and an earlier deadline: written at once; a later one: index first.
+    let mut earlier = next.clone();
+    earlier.version = 2;
+    earlier.expires_micros -= 1000 * SEC;
+    let reply = items(p.eval(SAVE, &[&ek], &save_args(&earlier, None)));
+    assert_eq!(num(&reply[0]), 2);
+    let mut later = earlier.clone();
+    later.version = 3;
+    later.expires_micros += 5000 * SEC;
+    let reply = items(p.eval(SAVE, &[&ek], &save_args(&later, None)));
+    assert_eq!(reply, vec![Value::Int(3)]);
+
+    // INDEX_ADD: a lower score leaves the entry as it is; a higher one raises it.
+    let e_index = s_index.replacen("s:", "e:", 1);
+    for (score, expected) in [
+        (next.expires_micros, next.expires_micros),
+        (earlier.expires_micros, next.expires_micros),
+        (later.expires_micros, later.expires_micros),
+    ] {
+        p.eval(INDEX_ADD, &[&e_index], &[arg(T0), arg(key), arg(score)]);
+        let (_, members, _) = p.index("e:");
+        assert_eq!(members, vec![(key.to_string(), expected)], "score {score}");
+    }
+
+    // DELETE_IF_USER on a session of the user past its idle deadline: removed, reply 2.
+    let idle_gone = T0 + 3601 * SEC;
+    let reply = p.eval(DELETE_IF_USER, &[&ek], &[arg(USER), arg(idle_gone)]);
+    assert_eq!(reply, Value::Int(2));
+    assert!(p.hash(&ek).is_empty());
+}

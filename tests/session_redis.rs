@@ -307,3 +307,76 @@ async fn custom_unavailable_response() {
     // Forged cookie + read: no store call at all, so no failure either.
     assert_eq!(app.get("/get/a", Some(&cookie)).await.status, 200);
 }
+
+/// Regression (issue 14, item 5): a sign-in whose user-index write fails must not leave a
+/// session that "sign out everywhere" misses. The index key of `alice` is made to hold a
+/// string, so every index write fails (`WRONGTYPE`) while she signs in twice: through
+/// `cycle_id` (the store creates a record) and by setting the user on the current session
+/// (the store saves one). Once the index works again, "sign out everywhere" must leave no
+/// session of hers in Redis, whatever the sign-ins answered.
+#[tokio::test]
+async fn sign_out_everywhere_ends_every_session_whose_index_write_failed() {
+    use axum::extract::{Extension, Path};
+    use axum::routing::post;
+    use tower_rampart::session::Session;
+
+    let server = RedisServer::start();
+    let conn = server.config().connect_lazy().unwrap();
+    let router = routes()
+        .route(
+            "/adopt/{user}",
+            post(
+                |Extension(s): Extension<Session>, Path(user): Path<String>| async move {
+                    s.set_user_id(user).await?;
+                    Ok::<_, Error>("ok")
+                },
+            ),
+        )
+        .route(
+            "/everywhere/{user}",
+            post(
+                |Extension(s): Extension<Session>, Path(user): Path<String>| async move {
+                    Ok::<_, Error>(s.delete_user_sessions(&user).await?.to_string())
+                },
+            ),
+        );
+    let app = App::with(Arc::new(RedisStore::new(conn)), builder(), router);
+    // alice's index under the default prefix (tests/golden/session_plain_record.txt).
+    let index = "rampart:session:user:{2e45f5205182f867394a62ed4320ce3e}";
+    let sessions_of = |user: &str| -> usize {
+        let keys: Vec<String> = server.run(driver::cmd("KEYS").arg("rampart:session:{*"));
+        keys.iter()
+            .filter(|k| {
+                let u: Option<String> = server.run(driver::cmd("HGET").arg(*k).arg("u"));
+                u.as_deref() == Some(user)
+            })
+            .count()
+    };
+
+    // The control: with a working index, a sign-in is ended by sign-out everywhere.
+    let ok = app.new_session().await;
+    assert_eq!(app.post("/login/alice", Some(&ok)).await.status, 200);
+    assert_eq!(sessions_of("alice"), 1);
+    assert_eq!(app.post("/everywhere/alice", None).await.body, "1");
+    assert_eq!(sessions_of("alice"), 0);
+
+    let () = server.run(driver::cmd("SET").arg(index).arg("not a sorted set"));
+    let via_cycle = app.new_session().await;
+    let r = app.post("/login/alice", Some(&via_cycle)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let via_save = app.new_session().await;
+    let r = app.post("/adopt/alice", Some(&via_save)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+
+    let _: i64 = server.run(driver::cmd("DEL").arg(index));
+    let r = app.post("/everywhere/alice", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        sessions_of("alice"),
+        0,
+        "a session of alice survived sign-out everywhere"
+    );
+    for cookie in [&via_cycle, &via_save] {
+        assert_eq!(app.get("/user", Some(cookie)).await.body, "");
+    }
+}

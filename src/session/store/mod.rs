@@ -171,6 +171,11 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Deletes every live session whose [`user_id`](SessionRecord::user_id) is `user`
     /// ("sign out everywhere") and returns how many were deleted. The default implementation
     /// answers [`StoreErrorKind::Unsupported`].
+    ///
+    /// It must not miss a live session of `user`, also one whose write failed halfway (the
+    /// request was answered `503`, or a node died between two calls): a store that keeps a
+    /// separate per-user index must keep it ahead of its records, as
+    /// `RedisStore` does (its docs say how and why it holds).
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
         let _ = (user, now);
         Box::pin(async { Err(StoreError::unsupported("delete_user_sessions")) })

@@ -1,12 +1,16 @@
 //! [`RedisStore`]: sessions in Redis, shared by every instance (feature `redis`).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 
 use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
 use crate::digest::sha256_hex128;
 use crate::redis::driver::{self, Script, Value};
-use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
+use crate::redis::{RedisConnection, RedisError, RedisErrorKind, key_slot};
 use crate::session::SessionKey;
 
 const DEFAULT_PREFIX: &str = "rampart:session:";
@@ -40,9 +44,9 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 
 /// Sessions in Redis: every instance behind the load balancer sees the same sessions.
 ///
-/// Each operation is one Lua script on one key (one round trip, atomic); expiry is enforced
-/// both by the scripts (against the layer's clock) and by a Redis TTL set to the earlier of
-/// the idle and absolute deadlines, so abandoned sessions disappear by themselves.
+/// Each operation on a session is one Lua script on one key (one round trip, atomic); expiry
+/// is enforced both by the scripts (against the layer's clock) and by a Redis TTL set to the
+/// earlier of the idle and absolute deadlines, so abandoned sessions disappear by themselves.
 ///
 /// Layout, for the default prefix `rampart:session:`:
 ///
@@ -50,14 +54,90 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 ///   (microseconds) and idle timeout `i`, the user id `u` and the data `d` (encrypted by
 ///   the layer unless configured otherwise). The key is a hash of the session id, so a dump
 ///   holds no usable cookie.
-/// - `rampart:session:user:{<hash of the user id>}`: the user's sessions (a sorted set by
-///   absolute deadline), for [`delete_user_sessions`](SessionStore::delete_user_sessions).
+/// - `rampart:session:user:{<hash of the user id>}`: the user's index, a sorted set of
+///   session keys scored by absolute deadline, for
+///   [`delete_user_sessions`](SessionStore::delete_user_sessions) ("sign out everywhere").
 ///
-/// Every script touches one key, in braces (a hash tag), so it runs unchanged on a Redis
-/// Cluster. A prefix must not contain `{` or `}`.
+/// Round trips: load 1 (idle refresh included), save 1, delete 1, create 1; a create with a
+/// user adds 1 (the index entry, written first); a save that gives the session a user, or
+/// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
+/// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
+/// pipeline of deletes, unindex); on a cluster the deletes are one pipeline per hash slot,
+/// at most 16 at a time.
 ///
-/// Round trips: load 1 (idle refresh included), create 1, save 1, delete 1; a save or create
-/// that changes the session's user or absolute deadline adds 1 to update the user's index.
+/// # Redis Cluster
+///
+/// The store runs on a Redis Cluster through the same [`RedisConnection`] (cluster mode),
+/// and passes the same conformance suite there as on one server (plain and TLS). What holds:
+///
+/// - Every script declares exactly one key, written with a hash tag (`{...}`), so it runs
+///   on the node that owns that key's slot; no script or pipeline spans two slots (a
+///   cluster refuses `CROSSSLOT`). Every operation on one session is therefore one atomic
+///   script on one node, with the same guarantees as on one server (compare-and-set saves,
+///   create only if absent, logout wins, expiry).
+/// - A session and its user's index live in different slots (often on different masters),
+///   so they are never written together atomically; the index design below does not need
+///   them to be. Sign out everywhere groups its deletes by slot.
+/// - Failover: replication is asynchronous, so a write a master acknowledged and did not
+///   pass to its replica before dying is lost with it: a save (the session goes back to its
+///   previous version), a logout (the session comes back), a create, or an index entry. A
+///   lost index entry whose session write, on another master, survived leaves that session
+///   unindexed: this is the one case where sign out everywhere can miss a live session, and
+///   it needs a failover within the replication delay after the sign-in. Making the index
+///   write wait for a replica (`WAIT`) before the session write closes it; that is not done
+///   yet. (On one server there is no such case: a restart that loses recent writes, without
+///   persistence or with `appendfsync everysec`, loses them in order, so never an index
+///   entry without the session write that followed it.)
+///
+/// A prefix must not contain `{` or `}`.
+///
+/// # The user index: why sign out everywhere never misses a live session
+///
+/// The invariant: *every live session that belongs to a user has an entry in that user's
+/// index whose score is at least the session's absolute deadline.* It holds on a single
+/// server and on a cluster, whatever call fails and whenever a node dies, because:
+///
+/// - **The index entry is written first.** A write that makes a session belong to a user
+///   (a create with a user; a save that sets or changes the user) or that moves its
+///   absolute deadline later first writes the entry (a score is raised, never lowered;
+///   without `ZADD GT`, so Redis 6.0 servers work too), and only when that succeeded writes the session. The save script checks this
+///   atomically on the session's node: it refuses (without writing) a save that would need
+///   a new entry unless the caller says it wrote one. If the index write fails, the session
+///   is not written (the request is answered `503`); if the session write fails or its node
+///   dies after the entry was written, the entry is *stale*: it names a session that is
+///   missing or not the user's, which is harmless (sign out everywhere checks the owner of
+///   every session it deletes).
+/// - **Nothing else adds a user or extends a deadline.** Loads and touches move the idle
+///   deadline only, which is capped by the absolute one; a save that moves the absolute
+///   deadline earlier keeps the higher score.
+/// - **An entry is removed only when it cannot matter:** when its score is at or before
+///   `now` (its session is dead: pruned on every index write), or by sign out everywhere
+///   after it deleted that very session. The layer never creates a session key twice (ids
+///   are 128 random bits), so a deleted session cannot come back under an entry removed
+///   later.
+///   Entries of sessions that are missing or belong to someone else are *not* removed by
+///   sign out everywhere: such an entry may be a sign-in whose session write is still on
+///   its way. Stale entries therefore live until their deadline; a user's index holds at
+///   most one entry per session signed in for that user within the absolute lifetime (the
+///   same bound as before this design), and each sign out everywhere checks each of them.
+///   A sign out everywhere that fails part-way removes no entry; running it again finishes
+///   it.
+///
+/// **A sign-in racing sign out everywhere.** Sign out everywhere reads the index, then
+/// deletes, on each session's node, the sessions that belong to the user at that moment.
+/// For each session, the order of two scripts on its own key decides: a sign-in whose
+/// session write landed before the delete reached that key is ended (so every sign-in that
+/// was answered before sign out everywhere started is ended); a sign-in whose session write
+/// lands after it (or whose index entry was written after the index was read) survives this
+/// sign-out, still indexed, and the next sign out everywhere ends it. A session is never
+/// left unindexed by the race.
+///
+/// Time: liveness, like everywhere in the layer, is judged by the caller's clock; instances
+/// whose clocks differ by `d` may prune an entry up to `d` before its session's absolute
+/// deadline as another instance sees it. Instances of earlier versions (index written after
+/// the save) sharing Redis during a rolling deploy keep their old behaviour for the writes
+/// they make: a session they saved whose index write failed may be unindexed until it
+/// expires. The stored record and index formats are unchanged.
 ///
 /// ```no_run
 /// use tower_rampart::redis::RedisConfig;
@@ -74,6 +154,18 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 pub struct RedisStore {
     conn: RedisConnection,
     prefix: Arc<str>,
+    /// Faults the crate's own tests inject between two calls of one operation.
+    #[cfg(test)]
+    faults: Arc<TestFaults>,
+}
+
+/// Faults the crate's own tests inject into a [`RedisStore`].
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct TestFaults {
+    /// Fail every write right after its index write succeeded, before the session write (as
+    /// if the node holding the session died between the two calls).
+    fail_after_index: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for RedisStore {
@@ -91,6 +183,8 @@ impl RedisStore {
         Self {
             conn,
             prefix: DEFAULT_PREFIX.into(),
+            #[cfg(test)]
+            faults: Arc::default(),
         }
     }
 
@@ -115,23 +209,144 @@ impl RedisStore {
         format!("{}user:{{{hex}}}", self.prefix)
     }
 
-    async fn index(
+    /// Records `key` in `user`'s index with the absolute deadline `expires`: the first of
+    /// the two calls of a write that makes a session belong to `user` (or moves its deadline
+    /// later); the write itself follows only if this succeeded.
+    async fn index_first(
         &self,
         key: &SessionKey,
-        record: &SessionRecord,
+        user: &str,
+        expires: u64,
         now: u64,
     ) -> Result<(), StoreError> {
-        let Some(user) = &record.user_id else {
-            return Ok(());
-        };
         let mut inv = INDEX_ADD.prepare_invoke();
         inv.key(self.user_key(user))
             .arg(now)
             .arg(key.as_str())
-            .arg(record.expires_micros);
+            .arg(expires);
         let _: i64 = self.conn.invoke_script(&inv).await.map_err(store_error)?;
+        #[cfg(test)]
+        if self
+            .faults
+            .fail_after_index
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::unavailable(
+                "injected failure after the index write",
+            ));
+        }
         Ok(())
     }
+
+    /// One SAVE call; `indexed`: the index entry for the record's user and deadline is
+    /// written.
+    async fn save_once(
+        &self,
+        key: &SessionKey,
+        record: &SessionRecord,
+        now: u64,
+        indexed: bool,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut inv = SAVE.prepare_invoke();
+        inv.key(self.redis_key(key)).arg(now).arg(record.version);
+        write_args(&mut inv, record, now);
+        inv.arg(if indexed { "1" } else { "0" });
+        array(self.conn.invoke_script(&inv).await.map_err(store_error)?)
+    }
+
+    /// DELETE_IF_USER on each of `keys`: one pipeline on a single server; on a cluster one
+    /// pipeline per hash slot (a pipeline's keys must share a slot there), at most
+    /// [`SWEEP_CONCURRENCY`] at a time. The replies, in the order of `keys`.
+    async fn delete_if_user(
+        &self,
+        keys: &[SessionKey],
+        user: &str,
+        now: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let groups: Vec<Vec<usize>> = if self.conn.is_cluster() {
+            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (i, k) in redis_keys.iter().enumerate() {
+                by_slot.entry(key_slot(k.as_bytes())).or_default().push(i);
+            }
+            by_slot.into_values().collect()
+        } else {
+            vec![(0..keys.len()).collect()]
+        };
+        let conn = &self.conn;
+        let calls: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                let mut pipe = driver::pipe();
+                for &i in &group {
+                    pipe.cmd("EVAL")
+                        .arg(lua::DELETE_IF_USER)
+                        .arg(1)
+                        .arg(&redis_keys[i])
+                        .arg(user)
+                        .arg(now);
+                }
+                async move {
+                    let replies: Vec<u64> =
+                        conn.query_pipeline(&pipe).await.map_err(store_error)?;
+                    if replies.len() != group.len() {
+                        return Err(protocol("sweep"));
+                    }
+                    Ok(group.into_iter().zip(replies).collect::<Vec<_>>())
+                }
+            })
+            .collect();
+        let mut replies = vec![0; keys.len()];
+        for result in join_bounded(calls, SWEEP_CONCURRENCY).await {
+            for (i, reply) in result? {
+                replies[i] = reply;
+            }
+        }
+        Ok(replies)
+    }
+}
+
+/// Pipelines a sign-out everywhere runs at once on a cluster.
+const SWEEP_CONCURRENCY: usize = 16;
+
+/// Runs `futures` with at most `limit` of them in flight; their outputs in order.
+async fn join_bounded<F: Future>(
+    futures: impl IntoIterator<Item = F>,
+    limit: usize,
+) -> Vec<F::Output> {
+    let mut pending = futures.into_iter().enumerate();
+    let mut running: Vec<(usize, Pin<Box<F>>)> = Vec::new();
+    let mut done: Vec<Option<F::Output>> = Vec::new();
+    loop {
+        while running.len() < limit.max(1) {
+            let Some((i, f)) = pending.next() else { break };
+            done.push(None);
+            running.push((i, Box::pin(f)));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::future::poll_fn(|cx| {
+            let mut progressed = false;
+            running.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+                Poll::Ready(out) => {
+                    done[*i] = Some(out);
+                    progressed = true;
+                    false
+                }
+                Poll::Pending => true,
+            });
+            if progressed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+    done.into_iter()
+        .map(|o| o.expect("every future ran"))
+        .collect()
 }
 
 fn store_error(e: RedisError) -> StoreError {
@@ -190,6 +405,9 @@ fn array(v: Value) -> Result<Vec<Value>, StoreError> {
     }
 }
 
+/// SAVE's reply when the index entry must be written first.
+const INDEX_FIRST: u64 = 3;
+
 /// The outcome of SAVE / DELETE: `{0}`, `{1, fields..}`, `{2, ..}`.
 fn outcome(reply: &[Value]) -> Result<WriteOutcome, StoreError> {
     match reply.first().and_then(number) {
@@ -237,13 +455,14 @@ impl SessionStore for RedisStore {
         now: u64,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
+            if let Some(user) = &record.user_id {
+                self.index_first(key, user, record.expires_micros, now)
+                    .await?;
+            }
             let mut inv = CREATE.prepare_invoke();
             inv.key(self.redis_key(key)).arg(now);
             write_args(&mut inv, record, now);
             let created: i64 = self.conn.invoke_script(&inv).await.map_err(store_error)?;
-            if created == 1 {
-                self.index(key, record, now).await?;
-            }
             Ok(created == 1)
         })
     }
@@ -255,19 +474,16 @@ impl SessionStore for RedisStore {
         now: u64,
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async move {
-            let mut inv = SAVE.prepare_invoke();
-            inv.key(self.redis_key(key)).arg(now).arg(record.version);
-            write_args(&mut inv, record, now);
-            let reply = array(self.conn.invoke_script(&inv).await.map_err(store_error)?)?;
-            let result = outcome(&reply)?;
-            if result == WriteOutcome::Written {
-                let old_user = reply.get(1).and_then(text);
-                let old_expires = reply.get(2).and_then(number);
-                if record.user_id != old_user || Some(record.expires_micros) != old_expires {
-                    self.index(key, record, now).await?;
-                }
+            let mut reply = self.save_once(key, record, now, false).await?;
+            if reply.first().and_then(number) == Some(INDEX_FIRST) {
+                // The save would make the session belong to its user (or move its deadline
+                // later): index it first, then save, saying so.
+                let user = record.user_id.as_deref().ok_or_else(|| protocol("save"))?;
+                self.index_first(key, user, record.expires_micros, now)
+                    .await?;
+                reply = self.save_once(key, record, now, true).await?;
             }
-            Ok(result)
+            outcome(&reply)
         })
     }
 
@@ -317,27 +533,201 @@ impl SessionStore for RedisStore {
             if keys.is_empty() {
                 return Ok(0);
             }
-            // Sessions live in other hash slots than the index: one script per session, all
-            // in one pipeline (one round trip), each checking that the session still belongs
-            // to this user.
-            let mut pipe = driver::pipe();
-            for key in &keys {
-                pipe.cmd("EVAL")
-                    .arg(lua::DELETE_IF_USER)
-                    .arg(1)
-                    .arg(self.redis_key(key))
-                    .arg(user)
-                    .arg(now);
+            let replies = self.delete_if_user(&keys, user, now).await?;
+            // Unindex only the sessions removed here. An entry whose session is missing or
+            // not the user's stays (until its deadline): it may belong to a sign-in whose
+            // session write has not landed yet, and that session must stay indexed.
+            let removed: Vec<&SessionKey> = keys
+                .iter()
+                .zip(&replies)
+                .filter(|(_, r)| **r != 0)
+                .map(|(k, _)| k)
+                .collect();
+            if !removed.is_empty() {
+                let mut zrem = driver::cmd("ZREM");
+                zrem.arg(&index);
+                for key in removed {
+                    zrem.arg(key.as_str());
+                }
+                let _: i64 = self.conn.query(&zrem).await.map_err(store_error)?;
             }
-            let deleted: Vec<u64> = self.conn.query_pipeline(&pipe).await.map_err(store_error)?;
-            // Only the members seen: a session added meanwhile stays indexed.
-            let mut zrem = driver::cmd("ZREM");
-            zrem.arg(&index);
-            for key in &keys {
-                zrem.arg(key.as_str());
-            }
-            let _: i64 = self.conn.query(&zrem).await.map_err(store_error)?;
-            Ok(deleted.iter().sum())
+            Ok(replies.iter().filter(|r| **r == 1).count() as u64)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The index design against a real Redis, with faults and interleavings the store cannot
+    //! be driven into from outside: a failure between the index write and the session write,
+    //! and a sign-in whose session write lands in the middle of a sign-out everywhere.
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::redis::RedisConfig;
+    use rampart_test_support::RedisServer;
+
+    const SEC: u64 = 1_000_000;
+    const T0: u64 = 1_700_000_000 * SEC;
+
+    fn store(server: &RedisServer) -> RedisStore {
+        let conn = RedisConfig::from_parts("127.0.0.1", server.port())
+            .connect_lazy()
+            .unwrap();
+        RedisStore::new(conn).with_prefix("t:")
+    }
+
+    fn key(n: u8) -> SessionKey {
+        SessionKey::parse(&format!("{n:032x}")).unwrap()
+    }
+
+    fn record(user: Option<&str>) -> SessionRecord {
+        SessionRecord {
+            version: 0,
+            created_micros: T0,
+            accessed_micros: T0,
+            idle_micros: 600 * SEC,
+            expires_micros: T0 + 3600 * SEC,
+            user_id: user.map(str::to_owned),
+            data: b"{}".to_vec(),
+        }
+    }
+
+    /// The members of `user`'s index with their scores.
+    fn index(server: &RedisServer, store: &RedisStore, user: &str) -> Vec<(String, u64)> {
+        server.run(
+            driver::cmd("ZRANGE")
+                .arg(store.user_key(user))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+    }
+
+    /// A fault between the two calls of a sign-in (the index written, the session write
+    /// never sent, as when the session's node dies in between): the sign-in fails, and no
+    /// session of the user exists that "sign out everywhere" could miss. The entry left
+    /// behind is harmless, and a later sign-in of the same session is ended as usual.
+    #[tokio::test]
+    async fn a_fault_between_the_index_write_and_the_session_write() {
+        let server = RedisServer::start();
+        let s = store(&server);
+        let (created, saved) = (key(1), key(2));
+        s.faults.fail_after_index.store(true, Ordering::SeqCst);
+        // Through a create (a sign-in with cycle_id).
+        assert!(
+            s.create(&created, &record(Some("alice")), T0)
+                .await
+                .is_err()
+        );
+        assert_eq!(s.load(&created, T0, false).await.unwrap(), None);
+        // Through a save (the user set on an anonymous session).
+        assert!(s.create(&saved, &record(None), T0).await.unwrap());
+        let mut r = s.load(&saved, T0, false).await.unwrap().unwrap();
+        r.user_id = Some("alice".into());
+        assert!(s.save(&saved, &r, T0).await.is_err());
+        assert_eq!(
+            s.load(&saved, T0, false).await.unwrap().unwrap().user_id,
+            None
+        );
+        // Both entries were written; neither session is alice's.
+        assert_eq!(index(&server, &s, "alice").len(), 2);
+        assert_eq!(s.delete_user_sessions("alice", T0 + SEC).await.unwrap(), 0);
+        assert!(s.load(&saved, T0 + SEC, false).await.unwrap().is_some());
+        // Once the store works again, the same sign-in succeeds and is ended.
+        s.faults.fail_after_index.store(false, Ordering::SeqCst);
+        assert_eq!(
+            s.save(&saved, &r, T0 + SEC).await.unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            s.delete_user_sessions("alice", T0 + 2 * SEC).await.unwrap(),
+            1
+        );
+        assert_eq!(s.load(&saved, T0 + 2 * SEC, false).await.unwrap(), None);
+        // The entry of the session removed is gone; the one of the failed create stays until
+        // its deadline (its session may still be on its way).
+        let left: Vec<String> = index(&server, &s, "alice")
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(left, vec![created.to_string()]);
+    }
+
+    /// A sign-in racing "sign out everywhere", in both orders on the session's key: its
+    /// session write landing before the sweep reaches the session is ended by the sweep; one
+    /// landing after survives this sweep, still indexed, and the next sweep ends it.
+    #[tokio::test]
+    async fn a_sign_in_racing_sign_out_everywhere() {
+        let server = RedisServer::start();
+        let s = store(&server);
+        let (before, after) = (key(3), key(4));
+        for k in [&before, &after] {
+            assert!(s.create(k, &record(None), T0).await.unwrap());
+        }
+        let mut signed_in = record(Some("bob"));
+        signed_in.version = 1;
+        // Both sign-ins have written their index entries (the first call of each).
+        for k in [&before, &after] {
+            s.index_first(k, "bob", signed_in.expires_micros, T0)
+                .await
+                .unwrap();
+        }
+        // `before` lands, then the sweep runs, then `after` lands (its second call).
+        let reply = s.save_once(&before, &signed_in, T0, true).await.unwrap();
+        assert_eq!(outcome(&reply).unwrap(), WriteOutcome::Written);
+        assert_eq!(s.delete_user_sessions("bob", T0 + SEC).await.unwrap(), 1);
+        let reply = s
+            .save_once(&after, &signed_in, T0 + SEC, true)
+            .await
+            .unwrap();
+        assert_eq!(outcome(&reply).unwrap(), WriteOutcome::Written);
+        assert_eq!(s.load(&before, T0 + SEC, false).await.unwrap(), None);
+        let survivor = s.load(&after, T0 + SEC, false).await.unwrap().unwrap();
+        assert_eq!(survivor.user_id.as_deref(), Some("bob"));
+        // Still indexed: the next sign-out everywhere ends it.
+        assert_eq!(
+            index(&server, &s, "bob"),
+            vec![(after.to_string(), signed_in.expires_micros)]
+        );
+        assert_eq!(
+            s.delete_user_sessions("bob", T0 + 2 * SEC).await.unwrap(),
+            1
+        );
+        assert_eq!(s.load(&after, T0 + 2 * SEC, false).await.unwrap(), None);
+        assert!(index(&server, &s, "bob").is_empty());
+    }
+
+    /// A save that moves the absolute deadline earlier writes no index entry and never lowers
+    /// the entry's score; one that moves it later raises the score first.
+    #[tokio::test]
+    async fn index_scores_follow_the_latest_deadline() {
+        let server = RedisServer::start();
+        let s = store(&server);
+        let k = key(5);
+        assert!(s.create(&k, &record(Some("carol")), T0).await.unwrap());
+        let x = T0 + 3600 * SEC;
+        assert_eq!(index(&server, &s, "carol"), vec![(k.to_string(), x)]);
+        server.run::<()>(driver::cmd("CONFIG").arg("RESETSTAT"));
+        let mut r = s.load(&k, T0, false).await.unwrap().unwrap();
+        r.data = b"{\"a\":1}".to_vec();
+        r.expires_micros = x - 1000 * SEC;
+        assert_eq!(s.save(&k, &r, T0).await.unwrap(), WriteOutcome::Written);
+        let calls: String = server.run(driver::cmd("INFO").arg("commandstats"));
+        assert!(!calls.contains("cmdstat_zadd"), "no index write: {calls}");
+        assert_eq!(index(&server, &s, "carol"), vec![(k.to_string(), x)]);
+        let mut r = s.load(&k, T0, false).await.unwrap().unwrap();
+        r.expires_micros = x + 1000 * SEC;
+        assert_eq!(s.save(&k, &r, T0).await.unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            index(&server, &s, "carol"),
+            vec![(k.to_string(), x + 1000 * SEC)]
+        );
+        // Past the first deadline, the session is still found.
+        assert_eq!(
+            s.delete_user_sessions("carol", x + SEC).await.unwrap(),
+            0,
+            "idle-expired"
+        );
     }
 }

@@ -98,6 +98,8 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     store_idle_refresh_is_throttled(store.clone()).await;
     store_touch(store.clone()).await;
     store_user_index(store.clone()).await;
+    store_user_index_follows_saves(store.clone()).await;
+    sign_ins_racing_sign_out_everywhere(store.clone()).await;
     concurrent_requests_changing_different_keys_lose_nothing(store.clone()).await;
     same_key_later_save_wins_other_keys_merge(store.clone()).await;
     logout_racing_saves_never_comes_back(store.clone()).await;
@@ -349,6 +351,101 @@ pub async fn store_user_index(store: Arc<dyn SessionStore>) {
     assert!(s.load(&moved, t + SEC, false).await.unwrap().is_some());
     assert_eq!(s.delete_user_sessions(&user, t + SEC).await.unwrap(), 0);
     assert_eq!(s.delete_user_sessions(&other, t + SEC).await.unwrap(), 2);
+}
+
+/// Store contract: a session that gets its user through a `save` (not at its creation), or
+/// whose absolute deadline a save moves later, is ended by `delete_user_sessions`, also
+/// after its first deadline has passed; one whose deadline a save moves earlier too.
+pub async fn store_user_index_follows_saves(store: Arc<dyn SessionStore>) {
+    let s = &store;
+    let t = now();
+    let user = format!("carol-{t}");
+    let (later, earlier) = (key(14), key(15));
+    // Anonymous, idle 600 s, absolute 60 s; then the user and a later deadline, in two saves.
+    assert!(
+        s.create(&later, &record(t, 600, 60, b"x"), t)
+            .await
+            .unwrap()
+    );
+    let mut r = s.load(&later, t, false).await.unwrap().unwrap();
+    r.user_id = Some(user.clone());
+    assert_eq!(s.save(&later, &r, t).await.unwrap(), WriteOutcome::Written);
+    let mut r = s.load(&later, t, false).await.unwrap().unwrap();
+    r.expires_micros = t + 500 * SEC;
+    assert_eq!(s.save(&later, &r, t).await.unwrap(), WriteOutcome::Written);
+    // With the user from the start, then an earlier deadline.
+    let mut r = record(t, 600, 400, b"x");
+    r.user_id = Some(user.clone());
+    assert!(s.create(&earlier, &r, t).await.unwrap());
+    let mut r = s.load(&earlier, t, false).await.unwrap().unwrap();
+    r.expires_micros = t + 300 * SEC;
+    assert_eq!(
+        s.save(&earlier, &r, t).await.unwrap(),
+        WriteOutcome::Written
+    );
+    // 120 s later the first deadline (60 s) has passed; both are alive and both end.
+    let at = t + 120 * SEC;
+    assert!(s.load(&later, at, false).await.unwrap().is_some());
+    assert_eq!(s.delete_user_sessions(&user, at).await.unwrap(), 2);
+    assert!(s.load(&later, at, false).await.unwrap().is_none());
+    assert!(s.load(&earlier, at, false).await.unwrap().is_none());
+}
+
+/// Store contract: sign-ins (creates with the user, and saves that give an anonymous
+/// session the user) racing `delete_user_sessions` calls. A session signed in meanwhile may
+/// survive a sweep that ran before its write landed, but never escapes the index: one sweep
+/// after they all finished ends every one of them.
+pub async fn sign_ins_racing_sign_out_everywhere(store: Arc<dyn SessionStore>) {
+    let t = now();
+    let user = format!("frank-{t}");
+    let done = Arc::new(AtomicBool::new(false));
+    // Two sweepers, each sweeping again and again until every sign-in has finished.
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, user, done) = (store.clone(), user.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut ended = 0;
+                while !done.load(Ordering::SeqCst) {
+                    ended += s.delete_user_sessions(&user, t).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                ended
+            })
+        })
+        .collect();
+    let sign_ins: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, owner) = (store.clone(), user.clone());
+            tokio::spawn(async move {
+                let k = key(100 + i);
+                if i % 2 == 0 {
+                    let mut r = record(t, 600, 3600, b"x");
+                    r.user_id = Some(owner);
+                    assert!(s.create(&k, &r, t).await.unwrap());
+                } else {
+                    assert!(s.create(&k, &record(t, 600, 3600, b"x"), t).await.unwrap());
+                    let mut r = s.load(&k, t, false).await.unwrap().unwrap();
+                    r.user_id = Some(owner);
+                    assert_eq!(s.save(&k, &r, t).await.unwrap(), WriteOutcome::Written);
+                }
+                k
+            })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for task in sign_ins {
+        keys.push(task.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut ended = 0;
+    for task in sweepers {
+        ended += task.await.unwrap();
+    }
+    ended += store.delete_user_sessions(&user, t + SEC).await.unwrap();
+    assert_eq!(ended, 40, "every sign-in ended exactly once");
+    for k in &keys {
+        assert!(store.load(k, t + SEC, false).await.unwrap().is_none());
+    }
 }
 
 /// Layer: 100 concurrent requests of one session each insert their own key; none is lost.

@@ -1,7 +1,8 @@
 -- DELETE_IF_USER: remove a session if it belongs to a user (sign out everywhere).
 -- KEYS[1]: the session hash (fields v c a i x u d).
 -- ARGV[1]: the user id, ARGV[2]: now (microseconds).
--- Replies: 1 when a live session of the user was removed, else 0.
+-- Replies: 1 when a live session of the user was removed, 2 when an expired leftover of the
+-- user was removed, 0 when the key is missing or belongs to no one or someone else.
 -- Leaves: the key removed whenever 'u' is the user (an expired leftover too), untouched
 -- otherwise.
 local r = redis.call('HMGET', KEYS[1], 'u', 'a', 'i', 'x')
@@ -9,4 +10,4 @@ if r[1] ~= ARGV[1] then return 0 end
 local now = tonumber(ARGV[2])
 local alive = now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
 redis.call('DEL', KEYS[1])
-if alive then return 1 else return 0 end
+if alive then return 1 else return 2 end
