@@ -117,8 +117,12 @@ use self::split::Router;
 /// ([`is_cluster`](RedisConnection::is_cluster)) every script call touches the keys of one
 /// hash slot only, and goes to that slot's master. A connection made lazily learns the
 /// topology on its first call; a first call the cluster refuses as `CROSSSLOT` (it ran
-/// nothing) is split and sent again. On a single server nothing below happens: the scripts,
-/// calls and stored bytes are those described above.
+/// nothing) is split and sent again. The same refusal from what the connection sees as one
+/// server (a proxy in front of a cluster, such as Azure Managed Redis's Enterprise clustering
+/// policy: one endpoint, no cluster protocol, scripts still limited to one slot) is
+/// remembered: from then on the backend splits by slot as below, over that one endpoint. On
+/// a single server nothing below happens: the scripts, calls and stored bytes are those
+/// described above.
 ///
 /// * **Requests on one slot** (every quota of the request on one client key, or keys that
 ///   share a slot) are decided exactly as on one server, by one call on that slot's master.
@@ -325,6 +329,7 @@ impl RedisBackendBuilder {
             every_key_own_slot: self.every_key_own_slot,
             skip_releases: AtomicBool::new(self.skip_releases),
             unreleased: AtomicU64::new(0),
+            slotted: AtomicBool::new(false),
         });
         let batcher = self.batching.then(|| {
             Arc::new(Batcher::new(
@@ -536,10 +541,10 @@ impl RedisBackend {
         }
         let reply: Vec<i64> = match self.inner.conn.invoke_script(&inv).await {
             Ok(reply) => reply,
-            // The first call of a connection that had not yet learnt it talks to a cluster
-            // (`REDIS_CLUSTER=auto`, connected lazily): the cluster refused the call before
-            // running it; split it now.
-            Err(e) if items.len() > 1 && split::crossed_slots(&e) && router.splits() => {
+            // Refused before running: the first call of a connection that had not yet learnt
+            // it talks to a cluster (`REDIS_CLUSTER=auto`, connected lazily), or a single
+            // endpoint that enforces slots (the router remembers it). Split it now.
+            Err(e) if items.len() > 1 && router.learn_slots(&e) => {
                 let checks = items
                     .iter()
                     .map(|item| Check {

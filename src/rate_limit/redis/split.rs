@@ -29,12 +29,33 @@ pub(super) struct Router {
     /// Keys whose release failed or was skipped (each may hold `cost` units too many until
     /// that admission leaves its window or decays).
     pub(super) unreleased: AtomicU64,
+    /// Set by the first `CROSSSLOT` refusal from a server the connection sees as a single
+    /// server: one endpoint that still enforces hash slots (a cluster proxy such as Azure
+    /// Managed Redis's Enterprise clustering policy, or a cluster node reached with
+    /// `REDIS_CLUSTER=false` that serves every slot). From then on calls are split by slot
+    /// up front, as on a cluster.
+    pub(super) slotted: AtomicBool,
 }
 
 impl Router {
     /// Whether calls must be split by slot.
     pub(super) fn splits(&self) -> bool {
-        self.every_key_own_slot || self.conn.is_cluster()
+        self.every_key_own_slot || self.conn.is_cluster() || self.slotted.load(Ordering::Relaxed)
+    }
+
+    /// Whether `e` is a `CROSSSLOT` refusal (nothing ran); remembers that this server
+    /// enforces slots, so that the caller and every later call split by slot.
+    pub(super) fn learn_slots(&self, e: &RedisError) -> bool {
+        if !crossed_slots(e) {
+            return false;
+        }
+        if !self.conn.is_cluster() && !self.slotted.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "redis refused a rate-limit script whose keys span hash slots (CROSSSLOT): \
+                 the server enforces slots behind one endpoint; splitting calls by slot from now on"
+            );
+        }
+        true
     }
 
     /// The slot of `key` (with the test switch, one per distinct key).
@@ -67,10 +88,10 @@ impl Router {
                 .invoke_script(&Ask::invocation(asks.iter().copied()))
                 .await;
             match result {
-                // The first call of a connection that had not yet learnt it talks to a cluster
-                // (`REDIS_CLUSTER=auto`, connected lazily): the cluster refused the call before
-                // running it; split it now.
-                Err(e) if crossed_slots(&e) && self.splits() => {}
+                // Refused before running: the first call of a connection that had not yet
+                // learnt it talks to a cluster (`REDIS_CLUSTER=auto`, connected lazily), or a
+                // single endpoint that enforces slots (see `slotted`). Split it now.
+                Err(e) if self.learn_slots(&e) => {}
                 other => return other,
             }
         }
