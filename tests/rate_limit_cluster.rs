@@ -480,120 +480,14 @@ async fn split_paths_on_a_single_server() {
     a_late_release_undoes_only_its_own_admission(&redis.config, &p("release:")).await;
 }
 
-/// One `redis-server` in cluster mode serving every slot: to a client that does not speak
-/// the cluster protocol it is one endpoint that still refuses scripts whose keys span slots,
-/// as a cluster proxy does (Azure Managed Redis's Enterprise clustering policy). Killed on
-/// drop.
-struct SlottedEndpoint {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A temporary directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl SlottedEndpoint {
-    fn start() -> Self {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // The cluster bus listens on port + 10000: both must be free.
-            let port = support::free_port();
-            if port >= 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
-            {
-                continue;
-            }
-            let dir = std::env::temp_dir().join(format!("rampart-slotted-{port}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--cluster-config-file")
-                .arg(dir.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH");
-            let mut node = Self {
-                child,
-                port,
-                _dir: tempfile_dir::Dir(dir),
-            };
-            if node.claim_every_slot(deadline) {
-                return node;
-            }
-            let _ = node.child.kill();
-            assert!(
-                Instant::now() < deadline,
-                "no cluster-mode redis-server started"
-            );
-        }
-    }
-
-    /// Assigns all 16384 slots to this node and waits for `cluster_state:ok`.
-    fn claim_every_slot(&mut self, deadline: Instant) -> bool {
-        let client = driver::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
-        let mut conn = loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            match client.get_connection() {
-                Ok(conn) => break conn,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(_) => return false,
-            }
-        };
-        let added: driver::RedisResult<()> = driver::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(0)
-            .arg(16_383)
-            .query(&mut conn);
-        added.unwrap();
-        while Instant::now() < deadline {
-            let info: String = driver::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
-            if info.contains("cluster_state:ok") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for SlottedEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One endpoint that enforces hash slots without speaking the cluster protocol (see
-/// [`SlottedEndpoint`]), reached with `REDIS_CLUSTER=false`: the connection sees a single
+/// `SlottedEndpoint` in the test support), reached with `REDIS_CLUSTER=false`: the connection sees a single
 /// server; the limiter learns from the first `CROSSSLOT` refusal that it must split by slot,
 /// and decides exactly as on one server (the replay tests), from the very first request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_endpoint_that_enforces_slots() {
-    let node = SlottedEndpoint::start();
-    let config = RedisConfig::from_parts("127.0.0.1", node.port)
-        .cluster(tower_rampart::redis::ClusterMode::Disabled);
+    let node = support::SlottedEndpoint::start();
+    let config = node.config();
     let conn = config.connect().await.unwrap();
     assert_eq!(
         conn.topology(),

@@ -217,3 +217,20 @@ fn record(now: u64, user: Option<&str>) -> SessionRecord {
         data: b"{}".to_vec(),
     }
 }
+
+/// The conformance suite on one endpoint that enforces hash slots without the cluster
+/// protocol (a cluster proxy such as Azure Managed Redis's Enterprise clustering policy;
+/// here the test support's `SlottedEndpoint`): every call of the store keeps its keys in one
+/// slot, so nothing is refused as `CROSSSLOT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_one_endpoint_that_enforces_slots() {
+    tokio::time::timeout(DEADLINE, async {
+        let node = support::SlottedEndpoint::start();
+        let conn = node.config().connect().await.expect("connect");
+        assert!(!conn.is_cluster(), "seen as one server");
+        let store = RedisStore::new(conn).with_prefix(support::unique_prefix());
+        testing::run_all(Arc::new(store)).await;
+    })
+    .await
+    .expect("deadline");
+}

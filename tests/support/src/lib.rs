@@ -37,7 +37,9 @@ use tower_rampart::redis::RedisConfig;
 use tower_rampart::redis::driver;
 
 mod cluster;
+mod slotted;
 pub use cluster::*;
+pub use slotted::SlottedEndpoint;
 
 /// How long a server may take to answer its first PING.
 const START_DEADLINE: Duration = Duration::from_secs(15);
