@@ -131,7 +131,11 @@ fn parse_args() -> Result<Options, String> {
 }
 
 fn key(i: u64, keys: usize) -> LimitKey {
-    let j = (i.wrapping_mul(2_654_435_761)) % keys as u64;
+    key_of((i.wrapping_mul(2_654_435_761)) % keys as u64)
+}
+
+/// The `j`th distinct client key: an IPv4 address from 10.0.0.0 on.
+fn key_of(j: u64) -> LimitKey {
     LimitKey::ip(IpAddr::V4(Ipv4Addr::from(
         0x0a00_0000u32.wrapping_add(j as u32),
     )))
@@ -225,27 +229,124 @@ fn run_memory(o: &Options) {
 #[cfg(feature = "redis")]
 fn run_redis(o: &Options) -> Result<(), String> {
     use tower_rampart::rate_limit::RedisBackend;
-    use tower_rampart::redis::{RedisConfig, RedisConnection, driver};
+    use tower_rampart::redis::{RedisConfig, RedisConnection, driver, key_slot};
 
-    /// Script calls the server has counted so far (`evalsha` and `eval`).
-    async fn script_calls(conn: &RedisConnection) -> Option<u64> {
-        let info: String = conn
-            .query(driver::cmd("INFO").arg("commandstats"))
-            .await
-            .ok()?;
-        let calls = info
-            .lines()
+    /// Script calls the server has counted so far (`evalsha` and `eval`) and the
+    /// microseconds it spent in them, from `INFO commandstats`.
+    fn script_stats(info: &str) -> (u64, u64) {
+        let field = |line: &str, name: &str| -> u64 {
+            line.split(name)
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        info.lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
+            .fold((0, 0), |(calls, usec), l| {
+                (calls + field(l, "calls="), usec + field(l, "usec="))
             })
-            .sum();
-        Some(calls)
+    }
+
+    /// Where the script statistics are read: the one server, or each master of a cluster
+    /// (a direct connection to each, with the URL's password and TLS).
+    enum Stats {
+        Single(RedisConnection),
+        Masters(Vec<(String, driver::aio::MultiplexedConnection)>),
+    }
+
+    impl Stats {
+        /// Per server: its address and (script calls, usec) so far.
+        async fn read(&self) -> Option<Vec<(String, (u64, u64))>> {
+            let mut out = Vec::new();
+            match self {
+                Stats::Single(conn) => {
+                    let info: String = conn
+                        .query(driver::cmd("INFO").arg("commandstats"))
+                        .await
+                        .ok()?;
+                    out.push(("server".to_owned(), script_stats(&info)));
+                }
+                Stats::Masters(masters) => {
+                    for (addr, conn) in masters {
+                        let mut conn = conn.clone();
+                        let info: String = driver::cmd("INFO")
+                            .arg("commandstats")
+                            .query_async(&mut conn)
+                            .await
+                            .ok()?;
+                        out.push((addr.clone(), script_stats(&info)));
+                    }
+                }
+            }
+            Some(out)
+        }
+    }
+
+    /// A master's host, port and the slot ranges it serves.
+    type Master = (String, u16, Vec<(u16, u16)>);
+
+    /// The masters of a cluster and the slot ranges each serves, from `CLUSTER SLOTS`.
+    async fn masters(conn: &RedisConnection) -> Result<Vec<Master>, String> {
+        let reply: Vec<Vec<driver::Value>> = conn
+            .query(driver::cmd("CLUSTER").arg("SLOTS"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out: Vec<Master> = Vec::new();
+        for range in reply {
+            let int = |v: &driver::Value| match v {
+                driver::Value::Int(n) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let (Some(start), Some(end), Some(driver::Value::Array(node))) = (
+                range.first().and_then(int),
+                range.get(1).and_then(int),
+                range.get(2),
+            ) else {
+                return Err("unexpected CLUSTER SLOTS reply".into());
+            };
+            let host = match node.first() {
+                Some(driver::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => return Err("unexpected CLUSTER SLOTS node".into()),
+            };
+            let Some(port) = node.get(1).and_then(int) else {
+                return Err("unexpected CLUSTER SLOTS port".into());
+            };
+            match out.iter_mut().find(|(h, p, _)| *h == host && *p == port) {
+                Some(m) => m.2.push((start, end)),
+                None => out.push((host, port, vec![(start, end)])),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A direct connection to `host:port` with the password and TLS of `url`.
+    async fn direct(
+        url: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<driver::aio::MultiplexedConnection, String> {
+        use driver::{ConnectionAddr, IntoConnectionInfo};
+        let info = url.into_connection_info().map_err(|e| e.to_string())?;
+        let addr = match info.addr().clone() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        driver::Client::open(info.set_addr(addr))
+            .map_err(|e| e.to_string())?
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -256,16 +357,46 @@ fn run_redis(o: &Options) -> Result<(), String> {
         let url = o.redis_url.as_deref().unwrap_or_default();
         let config = RedisConfig::from_url(url).map_err(|e| e.to_string())?;
         let conn = config.connect().await.map_err(|e| e.to_string())?;
-        let limiter = Arc::new(
-            RedisBackend::builder(conn.clone())
-                .prefix("rampart:bench:")
-                .batching(o.batching)
-                .max_calls_in_flight(o.max_in_flight)
-                .build()
-                .keyed("bench", o.quota)
-                .map_err(|e| e.to_string())?,
-        );
-        let calls_before = script_calls(&conn).await;
+        let backend = RedisBackend::builder(conn.clone())
+            .prefix("rampart:bench:")
+            .batching(o.batching)
+            .max_calls_in_flight(o.max_in_flight)
+            .build();
+        let stats = if conn.is_cluster() {
+            let first_url = url.split(',').next().unwrap_or(url).trim();
+            let masters = masters(&conn).await?;
+            // Where the run's keys live: the share of the distinct client keys per master.
+            let mut per_master = vec![0usize; masters.len()];
+            for j in 0..o.keys as u64 {
+                let slot = key_slot(backend.key_name("bench", &key_of(j)).as_bytes());
+                if let Some(m) = masters
+                    .iter()
+                    .position(|(_, _, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+                {
+                    per_master[m] += 1;
+                }
+            }
+            println!("cluster: {} masters", masters.len());
+            let mut direct_conns = Vec::new();
+            for ((host, port, ranges), n) in masters.iter().zip(&per_master) {
+                let slots: u32 = ranges.iter().map(|&(a, b)| u32::from(b - a) + 1).sum();
+                println!(
+                    "  master {host}:{port}: {slots} slots ({:.1} %), {n} of the {} keys ({:.1} %)",
+                    f64::from(slots) * 100.0 / 16_384.0,
+                    o.keys,
+                    *n as f64 * 100.0 / o.keys as f64
+                );
+                direct_conns.push((
+                    format!("{host}:{port}"),
+                    direct(first_url, host, *port).await?,
+                ));
+            }
+            Stats::Masters(direct_conns)
+        } else {
+            Stats::Single(conn.clone())
+        };
+        let limiter = Arc::new(backend.keyed("bench", o.quota).map_err(|e| e.to_string())?);
+        let stats_before = stats.read().await;
         let totals = Arc::new(Totals::default());
         let errors = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -313,14 +444,36 @@ fn run_redis(o: &Options) -> Result<(), String> {
         let elapsed = started.elapsed();
         let decisions = all.len() as u64;
         report(o, elapsed, &totals, all);
-        if let (Some(before), Some(after)) = (calls_before, script_calls(&conn).await) {
-            let calls = after.saturating_sub(before).max(1);
+        if let (Some(before), Some(after)) = (stats_before, stats.read().await) {
+            let delta: Vec<(String, (u64, u64))> = after
+                .into_iter()
+                .zip(before)
+                .map(|((addr, (c1, u1)), (_, (c0, u0)))| {
+                    (addr, (c1.saturating_sub(c0), u1.saturating_sub(u0)))
+                })
+                .collect();
+            let calls: u64 = delta.iter().map(|(_, (c, _))| c).sum::<u64>().max(1);
+            let usec: u64 = delta.iter().map(|(_, (_, u))| u).sum();
             println!(
-                "batching {} | script calls {calls} ({:.0}/s) | {:.1} decisions per call",
+                "batching {} | script calls {calls} ({:.0}/s) | {:.1} decisions per call | \
+                 Redis CPU {:.2} us per decision (scripts' usec, all servers)",
                 if o.batching { "on" } else { "off" },
                 calls as f64 / elapsed.as_secs_f64(),
-                decisions as f64 / calls as f64
+                decisions as f64 / calls as f64,
+                usec as f64 / decisions.max(1) as f64
             );
+            if delta.len() > 1 {
+                for (addr, (c, u)) in &delta {
+                    println!(
+                        "  {addr}: script calls {c} ({:.0}/s) | Redis CPU {:.2} s in scripts \
+                         ({:.0} % of one core) | {:.2} us per call",
+                        *c as f64 / elapsed.as_secs_f64(),
+                        *u as f64 / 1e6,
+                        *u as f64 / 1e4 / elapsed.as_secs_f64(),
+                        *u as f64 / (*c).max(1) as f64
+                    );
+                }
+            }
         }
         let errors = errors.load(Ordering::Relaxed);
         if errors > 0 {
