@@ -39,7 +39,9 @@
 //! `rediss://` URLs, [`RedisConfig::tls`] or `REDIS_SSL=true` use TLS through rustls. The
 //! server certificate is checked against the system trust store, or only against
 //! [`RedisConfig::ca_certificate_pem`] when given. If the process has not chosen a rustls
-//! crypto provider, `ring` is installed as the process default. Azure Cache for Redis
+//! crypto provider, rustls installs the one its crate features name (`ring`, which this
+//! crate enables) as the process default; a build naming several, with none installed, is
+//! a configuration error when the connection is built. Azure Cache for Redis
 //! listens with TLS on port 6380, the default port when `REDIS_SSL` is on.
 //!
 //! # Timeouts and failures
