@@ -510,3 +510,26 @@ async fn on_one_endpoint_that_enforces_slots() {
     replay::multi_quota_traces_are_identical(&config, "multi:").await;
     replay::batched_and_single_calls_agree(&config, "agree:").await;
 }
+
+/// The replay tests over TLS: on one TLS-only server with a password, and on a 3-master
+/// TLS-only cluster with a password (Azure's managed clusters are TLS-only): decisions
+/// identical to the memory backend's and to one call per decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_over_tls_on_a_server_and_a_cluster() {
+    let server = support::RedisServer::start_tls_with_password("tls-replay-pw");
+    let config = server.config();
+    assert!(config.is_tls());
+    replay::memory_and_redis_give_identical_responses(&config, "replay:").await;
+    replay::multi_quota_traces_are_identical(&config, "multi:").await;
+    replay::batched_and_single_calls_agree(&config, "agree:").await;
+    drop(server);
+
+    let cluster = support::RedisCluster::start_tls_with_password(3, 0, "tls-replay-pw");
+    let config = cluster.config();
+    let conn = config.connect().await.unwrap();
+    assert!(conn.is_cluster() && config.is_tls());
+    replay::memory_and_redis_give_identical_responses(&config, "replay:").await;
+    replay::multi_quota_traces_are_identical(&config, "multi:").await;
+    replay::batched_and_single_calls_agree(&config, "agree:").await;
+    concurrent_load_never_exceeds_either_quota(&config, "load:", Some(&cluster)).await;
+}
