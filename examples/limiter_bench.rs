@@ -30,7 +30,9 @@
 //! Latency percentiles come from every 16th decision (memory) or every decision (Redis) and
 //! include the cost of reading the timer. With Redis the tool also prints the script calls the
 //! server counted during the run (`INFO commandstats`, so other clients of the same server
-//! count too) and the decisions per call.
+//! count too), the decisions per call, and the Redis CPU per decision: the scripts' time
+//! and the whole process's (`INFO cpu`, user + system). Against a cluster (`--redis-url`
+//! of any node) it prints the same per master, and the share of the keys each master holds.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
@@ -231,51 +233,89 @@ fn run_redis(o: &Options) -> Result<(), String> {
     use tower_rampart::rate_limit::RedisBackend;
     use tower_rampart::redis::{RedisConfig, RedisConnection, driver, key_slot};
 
-    /// Script calls the server has counted so far (`evalsha` and `eval`) and the
-    /// microseconds it spent in them, from `INFO commandstats`.
-    fn script_stats(info: &str) -> (u64, u64) {
-        let field = |line: &str, name: &str| -> u64 {
-            line.split(name)
-                .nth(1)
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .fold((0, 0), |(calls, usec), l| {
-                (calls + field(l, "calls="), usec + field(l, "usec="))
-            })
+    /// What one server has counted so far: script calls (`evalsha` and `eval`) and the
+    /// microseconds spent in them (`INFO commandstats`), and the process's CPU time in
+    /// microseconds, user + system (`INFO cpu`: it includes reading, parsing and answering
+    /// the calls, which the scripts' time does not).
+    #[derive(Clone, Copy, Default)]
+    struct Sample {
+        calls: u64,
+        script_us: u64,
+        cpu_us: u64,
     }
 
-    /// Where the script statistics are read: the one server, or each master of a cluster
-    /// (a direct connection to each, with the URL's password and TLS).
+    impl Sample {
+        fn parse(commandstats: &str, cpu: &str) -> Self {
+            let field = |line: &str, name: &str| -> u64 {
+                line.split(name)
+                    .nth(1)
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let (calls, script_us) = commandstats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+                .fold((0, 0), |(c, u), l| {
+                    (c + field(l, "calls="), u + field(l, "usec="))
+                });
+            let seconds = |name: &str| -> f64 {
+                cpu.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let cpu_us = ((seconds("used_cpu_user:") + seconds("used_cpu_sys:")) * 1e6) as u64;
+            Self {
+                calls,
+                script_us,
+                cpu_us,
+            }
+        }
+
+        fn since(self, before: Self) -> Self {
+            Self {
+                calls: self.calls.saturating_sub(before.calls),
+                script_us: self.script_us.saturating_sub(before.script_us),
+                cpu_us: self.cpu_us.saturating_sub(before.cpu_us),
+            }
+        }
+    }
+
+    /// Where the statistics are read: the one server, or each master of a cluster (a
+    /// direct connection to each, with the URL's password and TLS).
     enum Stats {
         Single(RedisConnection),
         Masters(Vec<(String, driver::aio::MultiplexedConnection)>),
     }
 
     impl Stats {
-        /// Per server: its address and (script calls, usec) so far.
-        async fn read(&self) -> Option<Vec<(String, (u64, u64))>> {
+        /// Per server: its address and what it has counted so far.
+        async fn read(&self) -> Option<Vec<(String, Sample)>> {
             let mut out = Vec::new();
             match self {
                 Stats::Single(conn) => {
-                    let info: String = conn
+                    let stats: String = conn
                         .query(driver::cmd("INFO").arg("commandstats"))
                         .await
                         .ok()?;
-                    out.push(("server".to_owned(), script_stats(&info)));
+                    let cpu: String = conn.query(driver::cmd("INFO").arg("cpu")).await.ok()?;
+                    out.push(("server".to_owned(), Sample::parse(&stats, &cpu)));
                 }
                 Stats::Masters(masters) => {
                     for (addr, conn) in masters {
                         let mut conn = conn.clone();
-                        let info: String = driver::cmd("INFO")
+                        let stats: String = driver::cmd("INFO")
                             .arg("commandstats")
                             .query_async(&mut conn)
                             .await
                             .ok()?;
-                        out.push((addr.clone(), script_stats(&info)));
+                        let cpu: String = driver::cmd("INFO")
+                            .arg("cpu")
+                            .query_async(&mut conn)
+                            .await
+                            .ok()?;
+                        out.push((addr.clone(), Sample::parse(&stats, &cpu)));
                     }
                 }
             }
@@ -445,32 +485,34 @@ fn run_redis(o: &Options) -> Result<(), String> {
         let decisions = all.len() as u64;
         report(o, elapsed, &totals, all);
         if let (Some(before), Some(after)) = (stats_before, stats.read().await) {
-            let delta: Vec<(String, (u64, u64))> = after
+            let delta: Vec<(String, Sample)> = after
                 .into_iter()
                 .zip(before)
-                .map(|((addr, (c1, u1)), (_, (c0, u0)))| {
-                    (addr, (c1.saturating_sub(c0), u1.saturating_sub(u0)))
-                })
+                .map(|((addr, a), (_, b))| (addr, a.since(b)))
                 .collect();
-            let calls: u64 = delta.iter().map(|(_, (c, _))| c).sum::<u64>().max(1);
-            let usec: u64 = delta.iter().map(|(_, (_, u))| u).sum();
+            let calls: u64 = delta.iter().map(|(_, d)| d.calls).sum::<u64>().max(1);
+            let script_us: u64 = delta.iter().map(|(_, d)| d.script_us).sum();
+            let cpu_us: u64 = delta.iter().map(|(_, d)| d.cpu_us).sum();
+            let per_decision = |us: u64| us as f64 / decisions.max(1) as f64;
             println!(
                 "batching {} | script calls {calls} ({:.0}/s) | {:.1} decisions per call | \
-                 Redis CPU {:.2} us per decision (scripts' usec, all servers)",
+                 Redis CPU per decision: {:.2} us in scripts, {:.2} us in all (all servers)",
                 if o.batching { "on" } else { "off" },
                 calls as f64 / elapsed.as_secs_f64(),
                 decisions as f64 / calls as f64,
-                usec as f64 / decisions.max(1) as f64
+                per_decision(script_us),
+                per_decision(cpu_us),
             );
             if delta.len() > 1 {
-                for (addr, (c, u)) in &delta {
+                for (addr, d) in &delta {
                     println!(
-                        "  {addr}: script calls {c} ({:.0}/s) | Redis CPU {:.2} s in scripts \
-                         ({:.0} % of one core) | {:.2} us per call",
-                        *c as f64 / elapsed.as_secs_f64(),
-                        *u as f64 / 1e6,
-                        *u as f64 / 1e4 / elapsed.as_secs_f64(),
-                        *u as f64 / (*c).max(1) as f64
+                        "  {addr}: script calls {} ({:.0}/s) | CPU {:.0} % of one core \
+                         ({:.0} % in scripts) | {:.2} us per call in all",
+                        d.calls,
+                        d.calls as f64 / elapsed.as_secs_f64(),
+                        d.cpu_us as f64 / 1e4 / elapsed.as_secs_f64(),
+                        d.script_us as f64 / 1e4 / elapsed.as_secs_f64(),
+                        d.cpu_us as f64 / d.calls.max(1) as f64
                     );
                 }
             }
