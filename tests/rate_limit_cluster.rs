@@ -3,7 +3,9 @@
 //! a request whose quotas live in different slots is all or nothing (a refused one leaves
 //! every key byte-identical); concurrent load never admits beyond a quota on either key,
 //! checked from a client-side log of admissions; a failure between a reservation and its
-//! release leaks at most the request's cost per quota, until the window passes.
+//! release leaks at most the request's cost per quota, until the window passes; the replay
+//! tests over TLS (a server and a cluster); one endpoint that enforces slots (a cluster
+//! proxy); the failure modes with a master down, and recovery when it is back.
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
 mod rate_limit_common;
@@ -17,7 +19,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use rate_limit_common::accounting::AdmissionLog;
 use rate_limit_common::replay::{self, Target};
-use rate_limit_common::{T0, cost_header, header, limited, req_with, send};
+use rate_limit_common::{T0, cost_header, header, limited, req_from, req_with, send};
 use tower_rampart::clock::{Clock, ManualClock};
 use tower_rampart::rate_limit::{
     Key, Limit, LimitKey, MissingKey, Quota, RateLimitLayer, RedisBackend,
@@ -532,4 +534,111 @@ async fn replays_over_tls_on_a_server_and_a_cluster() {
     replay::multi_quota_traces_are_identical(&config, "multi:").await;
     replay::batched_and_single_calls_agree(&config, "agree:").await;
     concurrent_load_never_exceeds_either_quota(&config, "load:", Some(&cluster)).await;
+}
+
+/// The failure modes on a cluster, as on one server: a master of a 3-master cluster with no
+/// replica dies, so the cluster cannot serve every slot; every decision then takes the
+/// layer's failure mode, fast (`Local`: this instance's own memory quota; `Open`: admitted;
+/// `Closed`: `503` with `Retry-After: 1`), each counted as degraded, and the same layers
+/// decide by Redis again once the node is back, with no new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_modes_on_a_cluster_with_a_master_down() {
+    use tower_rampart::rate_limit::FailureMode;
+    let mut cluster = support::RedisCluster::start(3, 0);
+    let conn = cluster.config().connect().await.unwrap();
+    assert!(conn.is_cluster());
+    let modes = [FailureMode::Local, FailureMode::Open, FailureMode::Closed];
+    let layers: Vec<RateLimitLayer> = modes
+        .iter()
+        .enumerate()
+        .map(|(i, &mode)| {
+            RateLimitLayer::builder()
+                .quota(format!("ip{i}"), Quota::per_minute(2), Key::peer_ip())
+                .backend(RedisBackend::builder(conn.clone()).prefix("modes:").build())
+                .failure_mode(mode)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    // The client whose key lives on the master that will die, for each layer.
+    let probe = RedisBackend::builder(conn.clone()).prefix("modes:").build();
+    let client_key = LimitKey::ip("192.0.2.1".parse().unwrap());
+    let victim = cluster.master_of_key(probe.key_name("ip0", &client_key).as_bytes());
+    for (i, layer) in layers.iter().enumerate() {
+        let mut svc = limited(layer);
+        let first = send(&mut svc, req_from("192.0.2.1:1")).await;
+        assert_eq!(
+            (first.0, first.2.as_str()),
+            (StatusCode::OK, "1"),
+            "layer {i}"
+        );
+    }
+
+    cluster.kill_node(victim);
+    for (i, (layer, mode)) in layers.iter().zip(modes).enumerate() {
+        let mut svc = limited(layer);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            answers.push(send(&mut svc, req_from("192.0.2.1:1")).await);
+            // Connect timeout + command timeout (1 s + 500 ms by default) bound one call.
+            assert!(
+                started.elapsed() < Duration::from_millis(3_500),
+                "{mode:?}: {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(layer.metrics().degraded, 3, "{mode:?}: {answers:?}");
+        let statuses: Vec<StatusCode> = answers.iter().map(|a| a.0).collect();
+        match mode {
+            // This instance alone: 2 a minute, not knowing the admission Redis made.
+            FailureMode::Local => {
+                assert_eq!(
+                    statuses,
+                    [
+                        StatusCode::OK,
+                        StatusCode::OK,
+                        StatusCode::TOO_MANY_REQUESTS
+                    ]
+                );
+                assert_eq!(answers[0].2, "1 degraded");
+            }
+            FailureMode::Open => {
+                assert!(
+                    answers
+                        .iter()
+                        .all(|a| a.0 == StatusCode::OK && a.2 == "- degraded")
+                );
+            }
+            FailureMode::Closed => {
+                for (status, h, body) in &answers {
+                    assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+                    assert_eq!(header(h, "retry-after"), "1");
+                    assert_eq!(body, r#"{"detail": "Rate limiter unavailable"}"#);
+                }
+            }
+            _ => unreachable!("{i}"),
+        }
+    }
+
+    cluster.restart_node(victim);
+    cluster.wait_until_ok(Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, layer) in layers.iter().enumerate() {
+        let mut svc = limited(layer);
+        loop {
+            let before = layer.metrics().degraded;
+            // A fresh client: the restarted master lost its keys (no persistence).
+            let r = send(&mut svc, req_from(&format!("192.0.2.{}:1", 50 + i))).await;
+            if layer.metrics().degraded == before {
+                assert_eq!((r.0, r.2.as_str()), (StatusCode::OK, "1"), "layer {i}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "layer {i}: no recovery within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
