@@ -147,11 +147,13 @@
 mod breaker;
 mod config;
 mod connection;
+mod dedicated;
 mod error;
 mod slot;
 
 pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
 pub use self::connection::{HealthReport, NodeCounts, RedisConnection, RedisHealth, Topology};
+pub(crate) use self::dedicated::DedicatedPool;
 pub use self::error::{RedisError, RedisErrorKind};
 pub use self::slot::{SLOTS, key_slot};
 
