@@ -429,6 +429,151 @@ async fn on_a_cluster_writes_wait_on_the_slot_master_and_survive_its_death() {
     .await;
 }
 
+/// Cuts `master` off from its replica for good (the replica's link killed, and a password
+/// it does not know set on the master, so it cannot reconnect): from now on the master's
+/// writes reach no replica. Existing client connections stay authenticated.
+fn cut_replication(cluster: &RedisCluster, master: u16) {
+    let mut c = cluster.sync_connection(master).unwrap();
+    let () = driver::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("replicas-do-not-know-this")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = driver::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut c)
+        .unwrap();
+}
+
+/// Loads `k` through `store` until the cluster answers again after a failover.
+async fn load_after_failover(store: &RedisStore, k: &SessionKey) -> Option<SessionRecord> {
+    let started = Instant::now();
+    loop {
+        match store.load(k, T0, false).await {
+            Ok(found) => return found,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(15), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What a failover loses, with the setting off and on, under the same fault: a master whose
+/// replica stopped receiving its writes dies and that replica is promoted.
+///
+/// - Off: the save the master acknowledged after the cut is lost; the session is back at
+///   its previous version (one acknowledged save lost, the last one).
+/// - On: the same save is *not* acknowledged (it fails after the wait timeout, as no
+///   replica has it), and it is lost too: nothing the application was told succeeded is
+///   lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_loses_an_acknowledged_save_only_without_wait() {
+    within(async {
+        let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+            .await
+            .unwrap();
+        let conn = cluster.config().connect_lazy().unwrap();
+        let prefix = support::unique_prefix();
+        let off = RedisStore::new(conn.clone()).with_prefix(prefix.clone());
+        let on = RedisStore::new(conn)
+            .with_prefix(prefix)
+            .with_wait_replicas(1)
+            .with_wait_timeout(Duration::from_millis(500));
+        // Two sessions on two different masters.
+        let mut keys: Vec<(SessionKey, u16)> = Vec::new();
+        for n in 200.. {
+            let k = key(n);
+            let master = cluster.master_of_key(on.redis_key(&k).as_bytes());
+            if keys.iter().all(|(_, m)| *m != master) {
+                keys.push((k, master));
+            }
+            if keys.len() == 2 {
+                break;
+            }
+        }
+        // Both created and saved once with wait: on their replicas (and the dedicated
+        // connection of `on` is open before the fault).
+        let mut before = Vec::new();
+        for (k, _) in &keys {
+            assert!(on.create(k, &record(None, b"{\"n\":0}"), T0).await.unwrap());
+            let mut r = on.load(k, T0, false).await.unwrap().unwrap();
+            r.data = b"{\"n\":1}".to_vec();
+            assert_eq!(on.save(k, &r, T0).await.unwrap(), WriteOutcome::Written);
+            before.push(on.load(k, T0, false).await.unwrap().unwrap());
+        }
+
+        // Off: acknowledged, then lost with its master.
+        let (k, master) = keys[0].clone();
+        cluster_cut_and(&cluster, master);
+        let mut r = before[0].clone();
+        r.data = b"{\"n\":2}".to_vec();
+        assert_eq!(off.save(&k, &r, T0).await.unwrap(), WriteOutcome::Written);
+        assert_eq!(off.load(&k, T0, false).await.unwrap().unwrap().data, r.data);
+        cluster.kill_node(master);
+        cluster = tokio::task::spawn_blocking(move || {
+            cluster.wait_until_ok(Duration::from_secs(30));
+            cluster
+        })
+        .await
+        .unwrap();
+        let after = load_after_failover(&off, &k).await.unwrap();
+        assert_eq!(
+            (after.version, after.data.as_slice()),
+            (before[0].version, &b"{\"n\":1}"[..]),
+            "without wait the acknowledged save is lost: the session is back at its previous version"
+        );
+
+        // On: the same fault; the save is refused, never acknowledged.
+        let (k, master) = keys[1].clone();
+        cluster_cut_and(&cluster, master);
+        let mut r = before[1].clone();
+        r.data = b"{\"n\":2}".to_vec();
+        let err = on.save(&k, &r, T0).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+        cluster.kill_node(master);
+        let cluster = tokio::task::spawn_blocking(move || {
+            cluster.wait_until_ok(Duration::from_secs(30));
+            cluster
+        })
+        .await
+        .unwrap();
+        let after = load_after_failover(&on, &k).await.unwrap();
+        assert_eq!(
+            (after.version, after.data.as_slice()),
+            (before[1].version, &b"{\"n\":1}"[..]),
+            "the refused save is lost; every acknowledged one survived"
+        );
+        drop(cluster);
+    })
+    .await;
+}
+
+/// [`cut_replication`], then wait until the master sees no replica.
+fn cluster_cut_and(cluster: &RedisCluster, master: u16) {
+    cut_replication(cluster, master);
+    let mut c = cluster.sync_connection(master).unwrap();
+    let () = driver::cmd("AUTH")
+        .arg("replicas-do-not-know-this")
+        .query(&mut c)
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let info: String = driver::cmd("INFO")
+            .arg("replication")
+            .query(&mut c)
+            .unwrap();
+        if info.contains("connected_slaves:0") {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{info}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

@@ -172,7 +172,9 @@ struct WaitSettings {
 ///   replica that had fallen behind, more): a save goes back to the previous version, a
 ///   logout is undone (the session comes back until it expires), a sign-in is lost (its
 ///   next request is anonymous), and on a cluster an index entry can be lost while its
-///   session survives on another master (see above).
+///   session survives on another master (see above). The crate's failover test cuts a
+///   master off from its replica, saves, kills the master: the save it acknowledged is
+///   lost, the session back at its previous version.
 /// - **On (`n` ≥ 1).** Every create, save and delete of a session, every index entry and
 ///   the deletes of sign out everywhere are followed, on the same connection and the same
 ///   node, by `WAIT n timeout`; the call succeeds only if at least `n` replicas of that node
@@ -180,7 +182,9 @@ struct WaitSettings {
 ///   timeout). An acknowledged write is then on `n` replicas, and survives the failure of
 ///   its master as long as the replica promoted is one of them (a Redis Cluster and
 ///   Sentinel promote the replica with the most data; with one replica per master and
-///   `n = 1`, always that one). Loads and touches (the idle deadline) do not wait: losing one
+///   `n = 1`, always that one). Under the same fault as above the save is not
+///   acknowledged (it fails after the wait timeout), so nothing the application was told
+///   succeeded is lost. Loads and touches (the idle deadline) do not wait: losing one
 ///   only moves an idle deadline back.
 ///
 /// **When fewer replicas acknowledge**, the call fails with
