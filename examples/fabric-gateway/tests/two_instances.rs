@@ -671,3 +671,67 @@ async fn master_dies_mid_run(seeds: Seeds) {
     drop((a, b));
     drop(cluster);
 }
+
+/// `REDIS_WAIT_REPLICAS=1` against a primary with one replica: a sign-in on one instance is
+/// on the replica when it is answered and works on the other instance; with the replica
+/// gone, a sign-in is answered `503` ("Session store unavailable") after the wait timeout,
+/// while `/health` and session loads keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_wait_replicas_sign_ins_wait_for_the_replica() {
+    tokio::time::timeout(DEADLINE, wait_replicas_run())
+        .await
+        .expect("deadline");
+}
+
+async fn wait_replicas_run() {
+    let (primary, replica) = tokio::task::spawn_blocking(|| {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        (primary, replica)
+    })
+    .await
+    .unwrap();
+    let url = primary.url();
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("SECRET_KEY", SECRET_KEY),
+        ("REDIS_WAIT_REPLICAS", "1"),
+        ("REDIS_WAIT_TIMEOUT_MS", "300"),
+    ];
+    let a = Gateway::local(&vars).await;
+    let b = Gateway::local(&vars).await;
+    let client = browser();
+    let token = dev_token(&client, &a, "ada@example.com", "Ada Lovelace").await;
+    let session = sign_in(&client, &a, &token).await;
+    // The session record is on the replica already (read there, no waiting).
+    let keys: Vec<String> = replica.run(driver::cmd("KEYS").arg("rampart:session:{*"));
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(primary.command_count("wait") >= 1);
+    let user = get_json(&client, b.url("/auth/user")).await;
+    assert_eq!(user["user"]["email"], "ada@example.com");
+
+    let mut replica = replica;
+    let replica = tokio::task::spawn_blocking(move || {
+        replica.stop();
+        replica
+    })
+    .await
+    .unwrap();
+    let other = browser();
+    let token_b = dev_token(&other, &b, "grace@example.com", "Grace").await;
+    let started = Instant::now();
+    let resp = login(&other, &b, &token_b).await;
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "Session store unavailable");
+    // Loads do not wait: the existing session still works, and Redis is healthy.
+    let resp = with_session(plain().get(a.url("/auth/user")), &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(health(&a).await["status"], "healthy");
+    drop((a, b));
+    drop((primary, replica));
+}
