@@ -585,9 +585,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[ignore = "a measurement: run with --run-ignored only --no-capture"]
 async fn measure_save_latency_with_and_without_wait() {
     let (primary, replica) = primary_and_replica().await;
-    let conn = connection(&primary);
+    measure("one primary + one replica", connection(&primary)).await;
+    drop(replica);
+}
+
+/// The same measurement on a 3-master cluster with a replica each (one session key, so
+/// one master and its replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --run-ignored only --no-capture"]
+async fn measure_save_latency_with_and_without_wait_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+        .await
+        .unwrap();
+    measure("3+3 cluster", cluster.config().connect_lazy().unwrap()).await;
+    drop(cluster);
+}
+
+async fn measure(what: &str, conn: RedisConnection) {
     let off = RedisStore::new(conn.clone()).with_prefix("off:");
-    let on = RedisStore::new(conn.clone())
+    let on = RedisStore::new(conn)
         .with_prefix("on:")
         .with_wait_replicas(1);
     let k = key(9);
@@ -613,13 +629,12 @@ async fn measure_save_latency_with_and_without_wait() {
     for (name, t) in ["wait off", "wait on (1 replica)"].iter().zip(&mut times) {
         t.sort();
         println!(
-            "save latency, {name}: p50 {:?}, p99 {:?}, n {}",
+            "{what}: save latency, {name}: p50 {:?}, p99 {:?}, n {}",
             percentile(t, 0.5),
             percentile(t, 0.99),
             t.len()
         );
     }
     let ratio = percentile(&times[1], 0.5).as_secs_f64() / percentile(&times[0], 0.5).as_secs_f64();
-    println!("p50 ratio on/off: {ratio:.2}");
-    drop(replica);
+    println!("{what}: p50 ratio on/off: {ratio:.2}");
 }

@@ -620,6 +620,7 @@ impl RedisConnection {
     /// The clients and settings that dedicated connections (for calls that block their
     /// connection, such as `WAIT`) are opened from: the same addresses, password, TLS and
     /// CA as the shared connection.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
     pub(crate) fn dedicated_source(&self) -> &DedicatedSource {
         &self.inner.dedicated
     }
