@@ -574,6 +574,101 @@ fn cluster_cut_and(cluster: &RedisCluster, master: u16) {
     }
 }
 
+/// Moves `slot` (and its keys) from the master on `from` to the master on `to`:
+/// `CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, then `SETSLOT … NODE` on every
+/// master, and waits until the cluster agrees.
+fn move_slot(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
+    let id = |port: u16| -> String { cluster.run_on(port, driver::cmd("CLUSTER").arg("MYID")) };
+    let (from_id, to_id) = (id(from), id(to));
+    let () = cluster.run_on(
+        to,
+        driver::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id),
+    );
+    let () = cluster.run_on(
+        from,
+        driver::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id),
+    );
+    let keys: Vec<String> = cluster.run_on(
+        from,
+        driver::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000),
+    );
+    if !keys.is_empty() {
+        let mut migrate = driver::cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(to)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys);
+        let _: String = cluster.run_on(from, &migrate);
+    }
+    for port in cluster.master_ports() {
+        let () = cluster.run_on(
+            port,
+            driver::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id),
+        );
+    }
+    cluster.wait_until_ok(Duration::from_secs(20));
+}
+
+/// A session's slot moved to another master (a resharding) after the dedicated
+/// connections learned the slot map: the next waiting saves follow it (the driver follows a
+/// `MOVED` reply inside a pipeline and refreshes its slot map) and land on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_save_follows_a_slot_moved_to_another_master() {
+    within(async {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+            .await
+            .unwrap();
+        let store = RedisStore::new(cluster.config().connect_lazy().unwrap())
+            .with_prefix(support::unique_prefix())
+            .with_wait_replicas(1);
+        let k = key(300);
+        let rk = store.redis_key(&k);
+        assert!(store.create(&k, &record(None, b"{}"), T0).await.unwrap());
+        let slot = cluster.slot_of(rk.as_bytes());
+        let from = cluster.master_of_slot(slot);
+        let to = *cluster.master_ports().iter().find(|p| **p != from).unwrap();
+        let cluster = tokio::task::spawn_blocking(move || {
+            move_slot(&cluster, slot, from, to);
+            cluster
+        })
+        .await
+        .unwrap();
+        assert_eq!(cluster.master_of_slot(slot), to);
+        for n in 1..=3u8 {
+            let mut r = store.load(&k, T0, false).await.unwrap().unwrap();
+            r.data = format!("{{\"n\":{n}}}").into_bytes();
+            assert_eq!(store.save(&k, &r, T0).await.unwrap(), WriteOutcome::Written);
+        }
+        let keys: Vec<String> = cluster.run_on(to, driver::cmd("KEYS").arg("*"));
+        assert!(keys.contains(&rk), "the session is on its new master");
+        assert_eq!(
+            store.load(&k, T0, false).await.unwrap().unwrap().data,
+            b"{\"n\":3}"
+        );
+        drop(cluster);
+    })
+    .await;
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
