@@ -132,7 +132,9 @@ struct WaitSettings {
 /// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
 /// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
 /// pipeline of deletes, unindex); on a cluster the deletes are one pipeline per hash slot,
-/// at most 16 at a time.
+/// at most 16 at a time. Waiting for replicas ([`RedisStore::with_wait_replicas`]) adds no
+/// round trip: each write and its `WAIT` go as one pipeline (the call lasts until the
+/// replicas acknowledge).
 ///
 /// # Redis Cluster
 ///
