@@ -15,6 +15,7 @@ use tokio::time::{Instant, timeout};
 
 use super::breaker::{Admission, Breaker, Transition};
 use super::config::{ClusterMode, RedisConfig};
+use super::dedicated::DedicatedSource;
 use super::error::{RedisError, RedisErrorKind};
 use super::slot::key_slot;
 
@@ -292,6 +293,8 @@ struct Inner {
     generation: AtomicU64,
     ever_connected: AtomicBool,
     breaker: Breaker,
+    /// Where dedicated connections come from ([`RedisConnection::dedicated_source`]).
+    dedicated: DedicatedSource,
 }
 
 impl fmt::Debug for Inner {
@@ -364,6 +367,15 @@ impl RedisConnection {
             };
             clients.push(client);
         }
+        // What the dedicated connections of blocking calls are opened from (see `dedicated`).
+        let dedicated = DedicatedSource {
+            clients: clients.clone(),
+            cluster_seeds: infos.clone(),
+            root_cert: root_cert.clone(),
+            connect_timeout: config.connect_timeout,
+            password: config.password.clone(),
+            addr: config.addrs(),
+        };
         let cluster_client = match config.cluster {
             ClusterMode::Disabled => None,
             // Database 0 for the cluster client: a non-zero database is refused above
@@ -420,6 +432,7 @@ impl RedisConnection {
                     BREAKER_MAX_COOL_DOWN,
                     config.connect_timeout + config.command_timeout,
                 ),
+                dedicated,
             }),
         })
     }
@@ -602,6 +615,14 @@ impl RedisConnection {
     /// The command timeout this connection applies to every call.
     pub fn command_timeout(&self) -> Duration {
         self.inner.command_timeout
+    }
+
+    /// The clients and settings that dedicated connections (for calls that block their
+    /// connection, such as `WAIT`) are opened from: the same addresses, password, TLS and
+    /// CA as the shared connection.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
+    pub(crate) fn dedicated_source(&self) -> &DedicatedSource {
+        &self.inner.dedicated
     }
 
     /// Connects now (for [`RedisConfig::connect`]).

@@ -140,6 +140,12 @@
 //! bookkeeping (breaker check, timeout, a read lock to clone the connection) is lost in the
 //! noise next to the round trip.
 //!
+//! The one exception is a call that blocks its connection: `WAIT` (the session store's
+//! optional durability, `RedisStore::with_wait_replicas` with the `session` feature)
+//! would hold up every command pipelined behind it, so such calls run on a small pool of
+//! dedicated connections (bb8, opened from the same configuration; a cluster connection each
+//! on a cluster), and the shared connection never carries them.
+//!
 //! # The driver
 //!
 //! The `redis` crate is re-exported as [`driver`] (with its `cluster-async` feature), so
@@ -149,11 +155,16 @@
 mod breaker;
 mod config;
 mod connection;
+// Used by the session store's durable writes only.
+#[cfg_attr(not(feature = "session"), allow(dead_code))]
+mod dedicated;
 mod error;
 mod slot;
 
 pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
 pub use self::connection::{HealthReport, NodeCounts, RedisConnection, RedisHealth, Topology};
+#[cfg(feature = "session")]
+pub(crate) use self::dedicated::DedicatedPool;
 pub use self::error::{RedisError, RedisErrorKind};
 pub use self::slot::{SLOTS, key_slot};
 

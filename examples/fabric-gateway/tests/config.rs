@@ -40,6 +40,8 @@ fn defaults_with_no_environment() {
     assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
     assert_eq!(c.environment, Environment::Development);
     assert!(c.redis.is_none());
+    assert_eq!(c.redis_wait_replicas, 0);
+    assert_eq!(c.redis_wait_timeout, None);
     assert!(c.secret_key_generated);
     assert!(c.secret_keys.primary().len() >= 32);
     assert!(c.warnings.iter().any(|w| w.contains("SECRET_KEY")));
@@ -84,6 +86,8 @@ fn values_are_read() {
         ("REDIS_HOST", "cache.example.net"),
         ("REDIS_PASSWORD", "pw"),
         ("REDIS_SSL", "true"),
+        ("REDIS_WAIT_REPLICAS", "2"),
+        ("REDIS_WAIT_TIMEOUT_MS", "250"),
         ("SECRET_KEY", &format!("{SECRET}, {SECRET}-old")),
         ("SESSION_EXPIRY_HOURS", "8"),
         ("SESSION_IDLE_MINUTES", "15"),
@@ -111,6 +115,8 @@ fn values_are_read() {
     let redis = c.redis.as_ref().unwrap();
     assert!(redis.is_tls());
     assert_eq!(redis.port(), 6380);
+    assert_eq!(c.redis_wait_replicas, 2);
+    assert_eq!(c.redis_wait_timeout, Some(Duration::from_millis(250)));
     assert!(!c.secret_key_generated);
     assert_eq!(c.secret_keys.keys().len(), 2);
     assert_eq!(c.secret_keys.primary(), SECRET.as_bytes());
@@ -196,6 +202,11 @@ fn invalid_values_are_named() {
         ("BIND_ADDR", "localhost"),
         ("PORT", "99999"),
         ("REDIS_URL", "http://cache"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
+        ("REDIS_WAIT_REPLICAS", "17"),
+        ("REDIS_WAIT_REPLICAS", "one"),
+        ("REDIS_WAIT_TIMEOUT_MS", "0"),
+        ("REDIS_WAIT_TIMEOUT_MS", "60001"),
         ("SECRET_KEY", "too-short"),
         ("SESSION_EXPIRY_HOURS", "0"),
         ("SESSION_IDLE_MINUTES", "ten"),

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::Poll;
+use std::time::Duration;
 
 use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
 use crate::digest::sha256_hex128;
-use crate::redis::driver::{self, Script, Value};
-use crate::redis::{RedisConnection, RedisError, RedisErrorKind, key_slot};
+use crate::redis::driver::{self, Script, ToRedisArgs, Value};
+use crate::redis::{DedicatedPool, RedisConnection, RedisError, RedisErrorKind, key_slot};
 use crate::session::SessionKey;
 
 const DEFAULT_PREFIX: &str = "rampart:session:";
@@ -41,6 +42,74 @@ static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(lua::SAVE));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(lua::DELETE));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(lua::TOUCH));
 static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD));
+static DELETE_IF_USER: LazyLock<Script> = LazyLock::new(|| Script::new(lua::DELETE_IF_USER));
+
+/// Dedicated connections of a store that waits for replicas, unless configured otherwise.
+const DEFAULT_WAIT_CONNECTIONS: u32 = 8;
+
+/// One call of a script on one key: run as `EVALSHA` through the shared connection, or
+/// as a command of a pipeline (`EVALSHA`, or `EVAL` after `NOSCRIPT`) on a dedicated one.
+struct Call {
+    script: &'static LazyLock<Script>,
+    source: &'static str,
+    key: String,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn new(script: &'static LazyLock<Script>, source: &'static str, key: String) -> Self {
+        Self {
+            script,
+            source,
+            key,
+            args: Vec::new(),
+        }
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// The invocation for [`RedisConnection::invoke_script`] (the same bytes on the wire as
+    /// building it directly).
+    fn invocation(&self) -> driver::ScriptInvocation<'static> {
+        let script: &'static Script = self.script;
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.key);
+        for arg in &self.args {
+            inv.arg(arg.as_slice());
+        }
+        inv
+    }
+
+    /// `EVALSHA sha 1 key args..` (`by_hash`), or `EVAL source 1 key args..`.
+    fn command(&self, by_hash: bool) -> driver::Cmd {
+        let mut cmd = if by_hash {
+            let mut c = driver::cmd("EVALSHA");
+            c.arg(self.script.get_hash());
+            c
+        } else {
+            let mut c = driver::cmd("EVAL");
+            c.arg(self.source);
+            c
+        };
+        cmd.arg(1).arg(&self.key);
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
+    }
+}
+
+/// [`RedisStore::with_wait_replicas`] and its companions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WaitSettings {
+    replicas: u32,
+    /// `None`: the connection's command timeout.
+    timeout: Option<Duration>,
+    connections: u32,
+}
 
 /// Sessions in Redis: every instance behind the load balancer sees the same sessions.
 ///
@@ -63,7 +132,9 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 /// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
 /// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
 /// pipeline of deletes, unindex); on a cluster the deletes are one pipeline per hash slot,
-/// at most 16 at a time.
+/// at most 16 at a time. Waiting for replicas ([`RedisStore::with_wait_replicas`]) adds no
+/// round trip: each write and its `WAIT` go as one pipeline (the call lasts until the
+/// replicas acknowledge).
 ///
 /// # Redis Cluster
 ///
@@ -83,11 +154,63 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 ///   previous version), a logout (the session comes back), a create, or an index entry. A
 ///   lost index entry whose session write, on another master, survived leaves that session
 ///   unindexed: this is the one case where sign out everywhere can miss a live session, and
-///   it needs a failover within the replication delay after the sign-in. Making the index
-///   write wait for a replica (`WAIT`) before the session write closes it; that is not done
-///   yet. (On one server there is no such case: a restart that loses recent writes, without
-///   persistence or with `appendfsync everysec`, loses them in order, so never an index
-///   entry without the session write that followed it.)
+///   it needs a failover within the replication delay after the sign-in. Waiting for
+///   replicas ([`RedisStore::with_wait_replicas`], below) closes it: the index entry is then
+///   on a replica before the session write is sent. (On one server there is no such case: a
+///   restart that loses recent writes, without persistence or with `appendfsync everysec`,
+///   loses them in order, so never an index entry without the session write that followed
+///   it.)
+///
+/// # Waiting for replicas (durable writes)
+///
+/// Redis replicates asynchronously: a master answers a write before its replicas have it.
+/// [`RedisStore::with_wait_replicas`] (the gateway's `REDIS_WAIT_REPLICAS`) trades latency
+/// for durability:
+///
+/// - **Off (`0`, the default).** A write is acknowledged when the master has it. A failover
+///   (a Redis Cluster promoting a replica, Sentinel, a managed service's patching) can lose
+///   the writes that master acknowledged in the last moments before it died, those not yet
+///   passed to the replica that takes over (usually well under a second's worth; with a
+///   replica that had fallen behind, more): a save goes back to the previous version, a
+///   logout is undone (the session comes back until it expires), a sign-in is lost (its
+///   next request is anonymous), and on a cluster an index entry can be lost while its
+///   session survives on another master (see above). The crate's failover test cuts a
+///   master off from its replica, saves, kills the master: the save it acknowledged is
+///   lost, the session back at its previous version.
+/// - **On (`n` ≥ 1).** Every create, save and delete of a session, every index entry and
+///   the deletes of sign out everywhere are followed, on the same connection and the same
+///   node, by `WAIT n timeout`; the call succeeds only if at least `n` replicas of that node
+///   acknowledged the write within [`RedisStore::with_wait_timeout`] (default: the command
+///   timeout). An acknowledged write is then on `n` replicas, and survives the failure of
+///   its master as long as the replica promoted is one of them (a Redis Cluster and
+///   Sentinel promote the replica with the most data; with one replica per master and
+///   `n = 1`, always that one). Under the same fault as above the save is not
+///   acknowledged (it fails after the wait timeout), so nothing the application was told
+///   succeeded is lost. Loads and touches (the idle deadline) do not wait: losing one
+///   only moves an idle deadline back.
+///
+/// **When fewer replicas acknowledge**, the call fails with
+/// [`StoreErrorKind::Unavailable`](super::StoreErrorKind::Unavailable) and the request is
+/// answered `503`, after the wait timeout. The write itself is *not* undone (Redis cannot):
+/// the master keeps it, as after a timeout, so the outcome is unknown to the client, and a
+/// retry sees it (a retried save conflicts or succeeds, a retried logout finds the session
+/// gone). Failing is the point of the setting: with `n` set, every write the application
+/// was told succeeded is on `n` replicas, with no silent exception. The price is
+/// availability: while a master has fewer than `n` replicas in sync (a replica down or
+/// resyncing, or right after a failover, when the promoted master has none until another
+/// node rejoins as its replica) the writes to its keys fail. Set `n` below the number of
+/// replicas per master to ride out the loss of one (Redis's own `min-replicas-to-write`
+/// makes the same trade on the server side).
+///
+/// `WAIT` blocks the connection it runs on, so waiting writes never use the shared
+/// multiplexed connection: they run on a small pool of dedicated connections
+/// ([`RedisStore::with_wait_connections`], default 8; on a cluster each is a cluster
+/// connection of its own, and the write and its `WAIT` go as one pipeline to the master of
+/// the key's slot). The rate limiter and session loads on the shared connection are not
+/// held up by a waiting write. A waiting write costs one extra round trip to a replica
+/// (the replica applies the write and acknowledges; Redis sends acknowledgements at once
+/// for `WAIT`), and takes at most the connect timeout (a free connection), the command
+/// timeout and the wait timeout in all.
 ///
 /// A prefix must not contain `{` or `}`.
 ///
@@ -154,6 +277,9 @@ static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| Script::new(lua::INDEX_ADD
 pub struct RedisStore {
     conn: RedisConnection,
     prefix: Arc<str>,
+    wait: WaitSettings,
+    /// The dedicated connections of waiting writes, made on first use (inside a runtime).
+    wait_pool: Arc<OnceLock<DedicatedPool>>,
     /// Faults the crate's own tests inject between two calls of one operation.
     #[cfg(test)]
     faults: Arc<TestFaults>,
@@ -173,6 +299,8 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("conn", &self.conn)
             .field("prefix", &self.prefix)
+            .field("wait_replicas", &self.wait.replicas)
+            .field("wait_timeout", &self.wait_timeout())
             .finish()
     }
 }
@@ -183,6 +311,12 @@ impl RedisStore {
         Self {
             conn,
             prefix: DEFAULT_PREFIX.into(),
+            wait: WaitSettings {
+                replicas: 0,
+                timeout: None,
+                connections: DEFAULT_WAIT_CONNECTIONS,
+            },
+            wait_pool: Arc::default(),
             #[cfg(test)]
             faults: Arc::default(),
         }
@@ -192,6 +326,48 @@ impl RedisStore {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
         self
+    }
+
+    /// Makes every write of a session (create, save, delete) and every index entry wait
+    /// until `replicas` replicas of the node that took it acknowledge it (`WAIT`), so that an
+    /// acknowledged write survives a failover; `0` (the default) does not wait. See
+    /// [Waiting for replicas](RedisStore#waiting-for-replicas-durable-writes).
+    ///
+    /// A write that fewer replicas acknowledge within [`RedisStore::with_wait_timeout`]
+    /// fails (the request is answered `503`), although the node that took it keeps it.
+    pub fn with_wait_replicas(mut self, replicas: u32) -> Self {
+        self.wait.replicas = replicas;
+        self.wait_pool = Arc::default();
+        self
+    }
+
+    /// How long a waiting write waits for its replicas (`WAIT`'s timeout; at least 1 ms).
+    /// Default: the connection's command timeout (500 ms unless configured).
+    pub fn with_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait.timeout = Some(timeout.max(Duration::from_millis(1)));
+        self.wait_pool = Arc::default();
+        self
+    }
+
+    /// How many dedicated connections waiting writes may use at once (default 8); further
+    /// waiting writes queue for one. `WAIT` blocks its connection, so waiting writes never
+    /// run on the shared connection the rate limiter and the loads use.
+    pub fn with_wait_connections(mut self, connections: u32) -> Self {
+        self.wait.connections = connections.max(1);
+        self.wait_pool = Arc::default();
+        self
+    }
+
+    /// Replicas each write waits for (`0`: none).
+    pub fn wait_replicas(&self) -> u32 {
+        self.wait.replicas
+    }
+
+    /// How long a waiting write waits for its replicas.
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait
+            .timeout
+            .unwrap_or_else(|| self.conn.command_timeout())
     }
 
     /// The connection.
@@ -209,6 +385,71 @@ impl RedisStore {
         format!("{}user:{{{hex}}}", self.prefix)
     }
 
+    /// Runs one writing script: on the shared connection, or, when waiting for replicas, on
+    /// a dedicated connection followed by `WAIT`.
+    async fn write(&self, call: &Call) -> Result<Value, StoreError> {
+        if self.wait.replicas == 0 {
+            return self
+                .conn
+                .invoke_script(&call.invocation())
+                .await
+                .map_err(store_error);
+        }
+        let mut replies = self.write_and_wait(std::slice::from_ref(call)).await?;
+        replies.pop().ok_or_else(|| protocol("write"))
+    }
+
+    /// `calls` (keys of one slot) then `WAIT replicas timeout`, as one pipeline on one
+    /// dedicated connection; the scripts' replies in order. Fails when a script failed or
+    /// when fewer replicas than asked acknowledged the writes.
+    async fn write_and_wait(&self, calls: &[Call]) -> Result<Vec<Value>, StoreError> {
+        let pool = self.wait_pool.get_or_init(|| {
+            DedicatedPool::new(
+                self.conn.clone(),
+                self.wait.connections,
+                self.wait_timeout(),
+            )
+        });
+        let wait_ms = u64::try_from(self.wait_timeout().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let pipeline = |by_hash: bool| {
+            let mut pipe = driver::pipe();
+            pipe.ignore_errors();
+            for call in calls {
+                pipe.add_command(call.command(by_hash));
+            }
+            pipe.cmd("WAIT").arg(self.wait.replicas).arg(wait_ms);
+            pipe
+        };
+        let mut replies = pool.pipeline(&pipeline(true)).await.map_err(store_error)?;
+        if replies.iter().any(is_noscript) {
+            // A node that does not know a script yet (a restart, a promoted replica): `EVAL`
+            // sends its source, and caches it there for the next `EVALSHA`.
+            replies = pool.pipeline(&pipeline(false)).await.map_err(store_error)?;
+        }
+        if replies.len() != calls.len() + 1 {
+            return Err(protocol("write and wait"));
+        }
+        let acknowledged = replies.pop().as_ref().and_then(number);
+        for reply in &replies {
+            if let Value::ServerError(e) = reply {
+                let err = driver::RedisError::from(e.clone());
+                return Err(store_error(RedisError::from_driver(&err, None)));
+            }
+        }
+        let acknowledged = acknowledged.ok_or_else(|| protocol("WAIT"))?;
+        if acknowledged < u64::from(self.wait.replicas) {
+            return Err(StoreError::unavailable(format!(
+                "the session write was acknowledged by {acknowledged} of the {} replicas \
+                 required within {wait_ms} ms (REDIS_WAIT_REPLICAS): it may not survive a \
+                 failover",
+                self.wait.replicas
+            )));
+        }
+        Ok(replies)
+    }
+
     /// Records `key` in `user`'s index with the absolute deadline `expires`: the first of
     /// the two calls of a write that makes a session belong to `user` (or moves its deadline
     /// later); the write itself follows only if this succeeded.
@@ -219,12 +460,9 @@ impl RedisStore {
         expires: u64,
         now: u64,
     ) -> Result<(), StoreError> {
-        let mut inv = INDEX_ADD.prepare_invoke();
-        inv.key(self.user_key(user))
-            .arg(now)
-            .arg(key.as_str())
-            .arg(expires);
-        let _: i64 = self.conn.invoke_script(&inv).await.map_err(store_error)?;
+        let mut call = Call::new(&INDEX_ADD, lua::INDEX_ADD, self.user_key(user));
+        call.arg(now).arg(key.as_str()).arg(expires);
+        number(&self.write(&call).await?).ok_or_else(|| protocol("index"))?;
         #[cfg(test)]
         if self
             .faults
@@ -247,11 +485,11 @@ impl RedisStore {
         now: u64,
         indexed: bool,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut inv = SAVE.prepare_invoke();
-        inv.key(self.redis_key(key)).arg(now).arg(record.version);
-        write_args(&mut inv, record, now);
-        inv.arg(if indexed { "1" } else { "0" });
-        array(self.conn.invoke_script(&inv).await.map_err(store_error)?)
+        let mut call = Call::new(&SAVE, lua::SAVE, self.redis_key(key));
+        call.arg(now).arg(record.version);
+        write_args(&mut call, record, now);
+        call.arg(if indexed { "1" } else { "0" });
+        array(self.write(&call).await?)
     }
 
     /// DELETE_IF_USER on each of `keys`: one pipeline on a single server; on a cluster one
@@ -277,6 +515,23 @@ impl RedisStore {
         let calls: Vec<_> = groups
             .into_iter()
             .map(|group| {
+                let wait = self.wait.replicas > 0;
+                let durable: Vec<Call> = if wait {
+                    group
+                        .iter()
+                        .map(|&i| {
+                            let mut call = Call::new(
+                                &DELETE_IF_USER,
+                                lua::DELETE_IF_USER,
+                                redis_keys[i].clone(),
+                            );
+                            call.arg(user).arg(now);
+                            call
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let mut pipe = driver::pipe();
                 for &i in &group {
                     pipe.cmd("EVAL")
@@ -287,8 +542,15 @@ impl RedisStore {
                         .arg(now);
                 }
                 async move {
-                    let replies: Vec<u64> =
-                        conn.query_pipeline(&pipe).await.map_err(store_error)?;
+                    let replies: Vec<u64> = if wait {
+                        self.write_and_wait(&durable)
+                            .await?
+                            .iter()
+                            .map(|v| number(v).ok_or_else(|| protocol("sweep")))
+                            .collect::<Result<_, _>>()?
+                    } else {
+                        conn.query_pipeline(&pipe).await.map_err(store_error)?
+                    };
                     if replies.len() != group.len() {
                         return Err(protocol("sweep"));
                     }
@@ -358,6 +620,10 @@ fn store_error(e: RedisError) -> StoreError {
     StoreError::new(kind, e.to_string())
 }
 
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
 fn protocol(what: &'static str) -> StoreError {
     StoreError::other(format!("unexpected reply from the session script ({what})"))
 }
@@ -418,8 +684,8 @@ fn outcome(reply: &[Value]) -> Result<WriteOutcome, StoreError> {
     }
 }
 
-fn write_args(inv: &mut driver::ScriptInvocation<'_>, record: &SessionRecord, now: u64) {
-    inv.arg(record.created_micros)
+fn write_args(call: &mut Call, record: &SessionRecord, now: u64) {
+    call.arg(record.created_micros)
         .arg(record.accessed_micros)
         .arg(record.idle_micros)
         .arg(record.expires_micros)
@@ -459,10 +725,10 @@ impl SessionStore for RedisStore {
                 self.index_first(key, user, record.expires_micros, now)
                     .await?;
             }
-            let mut inv = CREATE.prepare_invoke();
-            inv.key(self.redis_key(key)).arg(now);
-            write_args(&mut inv, record, now);
-            let created: i64 = self.conn.invoke_script(&inv).await.map_err(store_error)?;
+            let mut call = Call::new(&CREATE, lua::CREATE, self.redis_key(key));
+            call.arg(now);
+            write_args(&mut call, record, now);
+            let created = number(&self.write(&call).await?).ok_or_else(|| protocol("create"))?;
             Ok(created == 1)
         })
     }
@@ -494,13 +760,10 @@ impl SessionStore for RedisStore {
         now: u64,
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async move {
-            let mut inv = DELETE.prepare_invoke();
-            inv.key(self.redis_key(key))
-                .arg(now)
+            let mut call = Call::new(&DELETE, lua::DELETE, self.redis_key(key));
+            call.arg(now)
                 .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
-            outcome(&array(
-                self.conn.invoke_script(&inv).await.map_err(store_error)?,
-            )?)
+            outcome(&array(self.write(&call).await?)?)
         })
     }
 

@@ -56,6 +56,8 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 struct Settings {
     password: Option<String>,
     tls: Option<TlsFiles>,
+    /// The port of the primary this server replicates (`--replicaof`).
+    replica_of: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +84,7 @@ impl RedisServer {
         Self::launch(Settings {
             password: None,
             tls: None,
+            replica_of: None,
         })
     }
 
@@ -90,7 +93,43 @@ impl RedisServer {
         Self::launch(Settings {
             password: Some(password.to_owned()),
             tls: None,
+            replica_of: None,
         })
+    }
+
+    /// Starts a replica of `primary` (`--replicaof`, with the primary's password and TLS
+    /// settings; `DEBUG` allowed from loopback, so that a test can pause it with `DEBUG
+    /// SLEEP`), and waits until it is in sync (`master_link_status:up`, and the primary
+    /// counts it). [`RedisServer::restart`] brings it back as a replica of the same port.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let settings = Settings {
+            replica_of: Some(primary.port),
+            ..primary.settings.clone()
+        };
+        let replica = Self::launch(settings);
+        replica.wait_in_sync(primary);
+        replica
+    }
+
+    /// Waits (15 s at most) until this replica's link to `primary` is up and `primary`
+    /// lists it as an online replica.
+    pub fn wait_in_sync(&self, primary: &RedisServer) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let mine: String = self.run(driver::cmd("INFO").arg("replication"));
+            let theirs: String = primary.run(driver::cmd("INFO").arg("replication"));
+            let needle = format!("port={},state=online", self.port);
+            if mine.contains("master_link_status:up") && theirs.contains(&needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} not in sync with {} within {START_DEADLINE:?}:\n{mine}\n{theirs}",
+                self.port,
+                primary.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts a TLS-only server with a CA and a server certificate (for `127.0.0.1` and
@@ -103,6 +142,7 @@ impl RedisServer {
             Settings {
                 password: None,
                 tls: Some(tls),
+                replica_of: None,
             },
         )
     }
@@ -116,6 +156,7 @@ impl RedisServer {
             Settings {
                 password: Some(password.to_owned()),
                 tls: Some(tls),
+                replica_of: None,
             },
         )
     }
@@ -183,6 +224,19 @@ impl RedisServer {
         }
         if let Some(password) = &self.settings.password {
             cmd.arg("--requirepass").arg(password);
+        }
+        if let Some(primary) = self.settings.replica_of {
+            cmd.arg("--replicaof")
+                .arg("127.0.0.1")
+                .arg(primary.to_string())
+                .arg("--enable-debug-command")
+                .arg("local");
+            if let Some(password) = &self.settings.password {
+                cmd.arg("--masterauth").arg(password);
+            }
+            if self.settings.tls.is_some() {
+                cmd.arg("--tls-replication").arg("yes");
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))

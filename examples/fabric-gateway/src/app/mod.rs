@@ -395,7 +395,14 @@ fn session_layer(
         .build()
         .map_err(|e| config_error(session_setting_variable(&e), e))?;
     let store: Arc<dyn SessionStore> = match redis {
-        Some(conn) => Arc::new(RedisStore::new(conn.clone())),
+        Some(conn) => {
+            let mut store =
+                RedisStore::new(conn.clone()).with_wait_replicas(config.redis_wait_replicas);
+            if let Some(timeout) = config.redis_wait_timeout {
+                store = store.with_wait_timeout(timeout);
+            }
+            Arc::new(store)
+        }
         None => Arc::new(MemoryStore::new()),
     };
     Ok(SessionLayer::from_arc(store, session_config))

@@ -55,6 +55,11 @@ pub struct Config {
     pub environment: Environment,
     /// `REDIS_URL` or `REDIS_HOST`/`REDIS_PORT`/`REDIS_PASSWORD`/`REDIS_SSL`; `None` = memory store.
     pub redis: Option<RedisConfig>,
+    /// `REDIS_WAIT_REPLICAS`: replicas each session write waits for (0 = do not wait).
+    pub redis_wait_replicas: u32,
+    /// `REDIS_WAIT_TIMEOUT_MS`: how long a session write waits for them; `None` = the
+    /// Redis command timeout.
+    pub redis_wait_timeout: Option<Duration>,
     /// `SECRET_KEY` (comma list, first signs).
     pub secret_keys: SecretKeys,
     /// `true` when `SECRET_KEY` was unset and a random key was generated (development).
@@ -205,6 +210,7 @@ impl Config {
         // ENVIRONMENT decides what every following section requires.
         r.production = server.environment.is_production();
         let redis = redis::read(&mut r);
+        let (redis_wait_replicas, redis_wait_timeout) = redis::read_wait(&mut r);
         let sessions = sessions::read(&mut r);
         let clients = clients::read(&mut r);
         let limits = limits::read(&mut r);
@@ -217,6 +223,8 @@ impl Config {
             bind_addr: server.bind_addr,
             environment: server.environment,
             redis,
+            redis_wait_replicas,
+            redis_wait_timeout,
             secret_keys: sessions.secret_keys,
             secret_key_generated: sessions.secret_key_generated,
             session_expiry: sessions.session_expiry,

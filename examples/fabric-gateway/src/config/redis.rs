@@ -2,11 +2,45 @@
 //! nodes), or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL`; and `REDIS_CLUSTER`
 //! (`auto`, `true`, `false`; default `auto`: decided on the first successful connection).
 //! All read by the crate's [`RedisConfig`] (`REDIS_CLUSTER` becomes
-//! [`RedisConfig::cluster`]); required in production.
+//! [`RedisConfig::cluster`]); required in production. Also `REDIS_WAIT_REPLICAS` and
+//! `REDIS_WAIT_TIMEOUT_MS`, the session store's durability settings
+//! ([`RedisStore::with_wait_replicas`](tower_rampart::session::RedisStore::with_wait_replicas)).
+
+use std::time::Duration;
 
 use tower_rampart::redis::RedisConfig;
 
 use super::Reader;
+
+/// Largest `REDIS_WAIT_REPLICAS` accepted (more replicas per master than any deployment has).
+const MAX_WAIT_REPLICAS: u64 = 16;
+/// Largest `REDIS_WAIT_TIMEOUT_MS`: a waiting save holds its request this long at most.
+const MAX_WAIT_TIMEOUT_MS: u64 = 60_000;
+
+/// `REDIS_WAIT_REPLICAS` (default 0: do not wait) and `REDIS_WAIT_TIMEOUT_MS` (default
+/// `None`: the Redis command timeout, 500 ms).
+pub(super) fn read_wait(r: &mut Reader<'_>) -> (u32, Option<Duration>) {
+    let replicas = match r.get("REDIS_WAIT_REPLICAS") {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= MAX_WAIT_REPLICAS => n as u32,
+            _ => {
+                r.problem(
+                    "REDIS_WAIT_REPLICAS",
+                    format!("{v:?} is not a whole number between 0 and {MAX_WAIT_REPLICAS}"),
+                );
+                0
+            }
+        },
+    };
+    let timeout = match r.get("REDIS_WAIT_TIMEOUT_MS") {
+        None => None,
+        Some(_) => r
+            .positive_int("REDIS_WAIT_TIMEOUT_MS", 500, MAX_WAIT_TIMEOUT_MS)
+            .map(Duration::from_millis),
+    };
+    (replicas, timeout)
+}
 
 /// Reads the Redis variables; `None` means the memory store.
 pub(super) fn read(r: &mut Reader<'_>) -> Option<RedisConfig> {
