@@ -1079,8 +1079,17 @@ impl Inner {
 
     /// Forgets the connection so the next probe establishes a fresh one (a connection that
     /// only times out may be a dead peer that never sent a reset).
+    ///
+    /// Not a cluster connection: the driver reconnects its nodes and refreshes its slot map by
+    /// itself, from every node it learnt, while a fresh one would start from the configured
+    /// seeds only, and the seed may be the master that just died (a failover would then need
+    /// a restart of the client).
     fn drop_connection(&self) {
-        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|s| s.conn.is_cluster()) {
+            return;
+        }
+        *slot = None;
     }
 }
 
