@@ -135,6 +135,12 @@ enum Conn {
         /// own clone): a `SCRIPT LOAD` that follows its `NOSCRIPT` goes to that slot's
         /// master only, not to every node (one dead node would fail it there).
         script_slot: Option<u16>,
+        /// The source of the last script loaded through this handle (its `SCRIPT LOAD`
+        /// follows a `NOSCRIPT`), for [`Conn::eval_instead`].
+        script_source: Option<Vec<u8>>,
+        /// Set by [`Conn::eval_instead`]: an `EVALSHA` of the script in `script_source` is
+        /// sent as `EVAL` with its source.
+        eval: bool,
     },
 }
 
@@ -142,6 +148,42 @@ impl Conn {
     fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })
     }
+
+    /// After a `NOSCRIPT` that loading the script on its slot's master did not cure: the
+    /// node that answered is another one, a migration's target reached through `ASK` (the
+    /// slot map still names the source, so the load went there). From now on this handle
+    /// sends the script as `EVAL` with its source: whichever node runs it, it runs (and
+    /// that node caches the script for the `EVALSHA`s after it). Returns whether it can
+    /// (a script was loaded through this handle).
+    fn eval_instead(&mut self) -> bool {
+        match self {
+            Self::Cluster {
+                script_source: Some(_),
+                eval,
+                ..
+            } => {
+                *eval = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `EVAL source numkeys key... arg...` for `EVALSHA sha numkeys key... arg...`.
+fn evalsha_as_eval(cmd: &driver::Cmd, source: &[u8]) -> Option<driver::Cmd> {
+    let mut args = args_of(cmd);
+    let name = args.next()?;
+    if !name.eq_ignore_ascii_case(b"EVALSHA") {
+        return None;
+    }
+    let _sha = args.next()?;
+    let mut eval = driver::cmd("EVAL");
+    eval.arg(source);
+    for arg in args {
+        eval.arg(arg);
+    }
+    Some(eval)
 }
 
 /// The arguments of `cmd` (a cursor argument reads as empty).
@@ -181,10 +223,23 @@ impl ConnectionLike for Conn {
     ) -> driver::RedisFuture<'a, driver::Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster { conn, script_slot } => {
+            Self::Cluster {
+                conn,
+                script_slot,
+                script_source,
+                eval,
+            } => {
                 if let Some(slot) = script_key_slot(cmd) {
                     *script_slot = Some(slot);
+                    if let Some(eval) = script_source
+                        .as_deref()
+                        .filter(|_| *eval)
+                        .and_then(|source| evalsha_as_eval(cmd, source))
+                    {
+                        return Box::pin(async move { conn.req_packed_command(&eval).await });
+                    }
                 } else if let Some(slot) = script_slot.filter(|_| is_script_load(cmd)) {
+                    *script_source = args_of(cmd).nth(2).map(<[u8]>::to_vec);
                     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                         Route::new(slot, SlotAddr::Master),
                     ));
@@ -488,7 +543,10 @@ impl RedisConnection {
             .call(false, "script", async |conn| {
                 let cluster = conn.is_cluster();
                 match invocation.invoke_async(conn).await {
+                    // Loaded on the slot's master, and still unknown where it ran: a node
+                    // reached through `ASK` (a slot migrating there), or the slot moved again.
                     Err(e) if cluster && e.kind() == no_script() => {
+                        conn.eval_instead();
                         invocation.invoke_async(conn).await
                     }
                     other => other,
@@ -956,6 +1014,8 @@ impl Inner {
             Ok(conn) => Ok(Conn::Cluster {
                 conn,
                 script_slot: None,
+                script_source: None,
+                eval: false,
             }),
             Err(e) => {
                 let mut err = RedisError::from_driver(&e, self.password.as_deref());
