@@ -153,15 +153,15 @@ impl Conn {
     /// node that answered is another one, a migration's target reached through `ASK` (the
     /// slot map still names the source, so the load went there). From now on this handle
     /// sends the script as `EVAL` with its source: whichever node runs it, it runs (and
-    /// that node caches the script for the `EVALSHA`s after it). Returns whether it can
-    /// (a script was loaded through this handle).
+    /// that node caches the script for the `EVALSHA`s after it). Returns whether it switched
+    /// now (a script was loaded through this handle, and it did not switch before).
     fn eval_instead(&mut self) -> bool {
         match self {
             Self::Cluster {
                 script_source: Some(_),
                 eval,
                 ..
-            } => {
+            } if !*eval => {
                 *eval = true;
                 true
             }
@@ -495,7 +495,16 @@ impl RedisConnection {
         cmd: &driver::Cmd,
     ) -> Result<T, RedisError> {
         self.inner
-            .call(false, "command", async |conn| cmd.query_async(conn).await)
+            .call(false, "command", async |conn| {
+                let mut attempt = 0;
+                loop {
+                    match cmd.query_async(conn).await {
+                        Err(e) if again(conn, &mut attempt, &e) => drop(e),
+                        other => break other,
+                    }
+                    pause(attempt).await;
+                }
+            })
             .await
     }
 
@@ -542,14 +551,20 @@ impl RedisConnection {
         self.inner
             .call(false, "script", async |conn| {
                 let cluster = conn.is_cluster();
-                match invocation.invoke_async(conn).await {
-                    // Loaded on the slot's master, and still unknown where it ran: a node
-                    // reached through `ASK` (a slot migrating there), or the slot moved again.
-                    Err(e) if cluster && e.kind() == no_script() => {
-                        conn.eval_instead();
-                        invocation.invoke_async(conn).await
+                let mut attempt = 0;
+                loop {
+                    match invocation.invoke_async(conn).await {
+                        // Loaded on the slot's master, and still unknown where it ran: a node
+                        // reached through `ASK` (a slot migrating there), or the slot moved
+                        // again. Once.
+                        Err(e) if cluster && e.kind() == no_script() && conn.eval_instead() => {
+                            drop(e);
+                            continue;
+                        }
+                        Err(e) if again(conn, &mut attempt, &e) => drop(e),
+                        other => break other,
                     }
-                    other => other,
+                    pause(attempt).await;
                 }
             })
             .await
@@ -668,6 +683,49 @@ impl RedisConnection {
         drop(lease);
         Ok(())
     }
+}
+
+/// Times a call refused by the cluster without running it is sent again ([`again`]).
+const CLUSTER_RETRIES: u32 = 6;
+/// Pause before the first resend; the n-th waits n times this (105 ms in all).
+const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Whether to send a call again after `e`: on a cluster, when the cluster refused it without
+/// running it ([`not_run`]), up to [`CLUSTER_RETRIES`] times (`attempt` counts them). All
+/// within the command timeout of the call. Pipelines are not sent again (part of one may
+/// have run).
+fn again(conn: &Conn, attempt: &mut u32, e: &driver::RedisError) -> bool {
+    if conn.is_cluster() && *attempt < CLUSTER_RETRIES && not_run(e) {
+        *attempt += 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// The pause before the `attempt`-th resend.
+async fn pause(attempt: u32) {
+    tokio::time::sleep(CLUSTER_RETRY_PAUSE * attempt).await;
+}
+
+/// Whether the cluster refused a command without running it: redirections the driver gave
+/// up on (an `ASKING` on the shared connection can be taken by another caller's command, so
+/// the target answers `MOVED` and the source `ASK` again), a multi-key command over a slot
+/// half migrated, a failover or resharding under way.
+fn not_run(e: &driver::RedisError) -> bool {
+    use driver::ServerErrorKind as S;
+    matches!(
+        e.kind(),
+        driver::ErrorKind::Server(
+            S::Ask
+                | S::Moved
+                | S::TryAgain
+                | S::ClusterDown
+                | S::MasterDown
+                | S::BusyLoading
+                | S::ReadOnly
+        )
+    )
 }
 
 fn no_script() -> driver::ErrorKind {
