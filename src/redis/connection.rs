@@ -428,9 +428,18 @@ impl RedisConnection {
                     let settings = info.redis_settings().clone().set_db(0);
                     info.set_redis_settings(settings)
                 });
+                // The driver waits between its own resends (`TRYAGAIN`, `CLUSTERDOWN`, a
+                // node reconnecting) at least 1.28 s by default: longer than a command timeout,
+                // so a slot half migrated or a failover under way turned every such call
+                // into a timeout. Short waits (5 ms, doubling, at most 50 ms) keep them
+                // within it.
                 let mut builder = ClusterClient::builder(infos)
                     .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.command_timeout);
+                    .response_timeout(config.command_timeout)
+                    .min_retry_wait(DRIVER_MIN_RETRY_WAIT_MS)
+                    .max_retry_wait(DRIVER_MAX_RETRY_WAIT_MS)
+                    .retry_wait_formula(DRIVER_MIN_RETRY_WAIT_MS, 2)
+                    .retries(DRIVER_RETRIES);
                 if let Some(pem) = &root_cert {
                     builder = builder.certs(driver::TlsCertificates {
                         client_tls: None,
@@ -685,6 +694,15 @@ impl RedisConnection {
     }
 }
 
+/// Shortest wait of the cluster driver before one of its own resends, in ms.
+const DRIVER_MIN_RETRY_WAIT_MS: u64 = 5;
+/// Longest wait of the cluster driver before one of its own resends, in ms.
+const DRIVER_MAX_RETRY_WAIT_MS: u64 = 50;
+/// The cluster driver's own resends of one call (16 by default): with the waits above, a
+/// `TRYAGAIN` that lasts (a slot half migrated) reaches the caller within about 0.1 s, who can
+/// do better than wait (the rate limiter splits its batch).
+const DRIVER_RETRIES: u32 = 4;
+
 /// Times a call refused by the cluster without running it is sent again ([`again`]).
 const CLUSTER_RETRIES: u32 = 6;
 /// Pause before the first resend; the n-th waits n times this (105 ms in all).
@@ -708,22 +726,20 @@ async fn pause(attempt: u32) {
     tokio::time::sleep(CLUSTER_RETRY_PAUSE * attempt).await;
 }
 
-/// Whether the cluster refused a command without running it: redirections the driver gave
-/// up on (an `ASKING` on the shared connection can be taken by another caller's command, so
-/// the target answers `MOVED` and the source `ASK` again), a multi-key command over a slot
-/// half migrated, a failover or resharding under way.
+/// Whether the cluster refused a command without running it, for a reason a short pause
+/// cures: redirections the driver gave up on (an `ASKING` on the shared connection can be
+/// taken by another caller's command, so the target answers `MOVED` and the source `ASK`
+/// again), a failover or a slot move under way.
+///
+/// Not `TRYAGAIN` (a multi-key command over a slot half migrated): the driver already sent
+/// it again for about 0.1 s, and it lasts until the migration of the slot's keys ends; the
+/// caller can do better than wait (the rate limiter splits its batch).
 fn not_run(e: &driver::RedisError) -> bool {
     use driver::ServerErrorKind as S;
     matches!(
         e.kind(),
         driver::ErrorKind::Server(
-            S::Ask
-                | S::Moved
-                | S::TryAgain
-                | S::ClusterDown
-                | S::MasterDown
-                | S::BusyLoading
-                | S::ReadOnly
+            S::Ask | S::Moved | S::ClusterDown | S::MasterDown | S::BusyLoading | S::ReadOnly
         )
     )
 }
