@@ -201,6 +201,8 @@ async fn reshard() {
     let backend = RedisBackend::builder(conn.clone())
         .prefix("rs:rl:")
         .deny_cache_capacity(0)
+        // Batches form at once: calls carry several keys of the moving slot.
+        .max_calls_in_flight(1)
         .build();
     let layer = RateLimitLayer::builder()
         .limit(Limit::new(
@@ -270,14 +272,21 @@ async fn reshard() {
     let source = cluster.begin_slot_move(slot, to);
     assert_eq!(source, from);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let in_slot: i64 = cluster.run_on(
+    // Half the limiter keys and half the sessions first: a batch over both halves meets
+    // TRYAGAIN on the source.
+    let mut first_half: Vec<String> = clients[..LIMITER_KEYS / 2]
+        .iter()
+        .map(|c| backend.key_name("q", &LimitKey::new(c.clone())))
+        .collect();
+    first_half.extend(sessions[..SESSIONS / 2].iter().map(|k| store.redis_key(k)));
+    cluster.migrate_keys(from, to, &first_half);
+    let left: i64 = cluster.run_on(
         from,
         driver::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot),
     );
-    let first_half = (in_slot as usize).div_ceil(2);
-    let moved = cluster.migrate_slot_keys(slot, from, to, first_half);
     eprintln!(
-        "RESHARD slot {slot}: {moved} of {in_slot} keys moved from {from} to {to}; the rest stays for 1 s"
+        "RESHARD slot {slot}: {} keys moved from {from} to {to}, {left} stay for 1 s",
+        first_half.len()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     while cluster.migrate_slot_keys(slot, from, to, 100) > 0 {}
