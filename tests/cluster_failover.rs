@@ -398,11 +398,40 @@ async fn failover() {
         .backend(backend.clone())
         .build()
         .unwrap();
+    // Requests refused by a spent quota on the surviving master while their other quota, on
+    // the master that dies, reserves and then releases: a release that cannot reach it
+    // leaves the reservation. A backend of their own, for its count of failed releases.
+    let log = Arc::new(AdmissionLog::new());
+    let releasing_backend = RedisBackend::builder(conn.clone())
+        .prefix("fo:rl:")
+        .deny_cache_capacity(0)
+        .build();
+    let releasing = RateLimitLayer::builder()
+        .limit(Limit::new("ra", Quota::per_minute(1), by("x-a")).on_missing_key(MissingKey::Skip))
+        .limit(Limit::new("rb", Quota::per_minute(HOT), by("x-b")).on_missing_key(MissingKey::Skip))
+        .cost_with(cost)
+        .failure_mode(FailureMode::Closed)
+        .backend(releasing_backend.clone())
+        .build()
+        .unwrap();
+    let ra = client_key_on(&backend, &ranges, "ra", "ra", survivor);
+    let rb = client_key_on(&backend, &ranges, "rb", "rb", victim);
+    let (status, _, _) = send(&mut limited(&releasing), request(&[("x-a", ra.as_str())])).await;
+    assert_eq!(status, StatusCode::OK, "ra's one unit");
+    let released = Arc::new(Track::default());
+    tasks.push(tokio::spawn(limiter_load(
+        releasing.clone(),
+        vec![("x-a", ra.clone()), ("x-b", rb.clone())],
+        vec!["ra", "rb"],
+        stop.clone(),
+        released.clone(),
+        log.clone(),
+        Duration::from_millis(2),
+    )));
     let hot = client_key_on(&backend, &ranges, "hot", "h", victim);
     let tight = client_key_on(&backend, &ranges, "tight", "t", victim);
     let ma = client_key_on(&backend, &ranges, "ma", "a", survivor);
     let mb = client_key_on(&backend, &ranges, "mb", "b", victim);
-    let log = Arc::new(AdmissionLog::new());
     let limiter = Arc::new(Track::default());
     let split = Arc::new(Track::default());
     for _ in 0..2 {
@@ -475,7 +504,7 @@ async fn failover() {
                 );
             }
         }
-        let recovered = [&sessions, &limiter, &split].iter().all(|t| {
+        let recovered = [&sessions, &limiter, &split, &released].iter().all(|t| {
             t.recovered_after(kill)
                 .is_some_and(|at| at.elapsed() >= AFTER_RECOVERY)
         });
@@ -512,6 +541,7 @@ async fn failover() {
         ("sessions", &sessions),
         ("limiter", &limiter),
         ("limiter multi-slot", &split),
+        ("limiter multi-slot refused", &released),
     ] {
         let window = track.report(layer, kill);
         let Some(window) = window else { continue };
@@ -593,7 +623,21 @@ async fn failover() {
         "every unit left behind is a release the backend knows it could not make"
     );
 
-    // Still one connection, healthy: 2 of 3 masters... no: the replica took over, 3 of 3.
+    // Multi-slot: refused requests whose reservation sat on the master that died.
+    let rb_redis = counted(&releasing, "x-b", "rb", &rb, HOT).await;
+    let rb_unreleased = releasing_backend.unreleased_reservations();
+    let rb_failed = released.window().map_or(0, |w| w.failures) as u64;
+    eprintln!(
+        "FAILOVER multi-slot refused: {} admitted (quota ra spent), {rb_redis} units left counted on the dying master's key after the failover; {rb_unreleased} releases failed, {rb_failed} requests failed (503)",
+        log.total("rb")
+    );
+    assert_eq!(log.total("rb"), 0, "every such request is refused");
+    assert!(
+        rb_redis <= rb_unreleased + rb_failed,
+        "a unit left behind is a release that failed or a reservation whose answer was lost"
+    );
+
+    // Still the one connection, healthy: the replica took over, every master answers.
     let report = conn.health_report().await;
     assert!(report.health.is_connected(), "{report:?}");
     assert!(conn.is_available());
