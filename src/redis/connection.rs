@@ -541,8 +541,11 @@ impl RedisConnection {
     /// On a Redis Cluster the call goes to the master of its first key's slot (every key
     /// of one script must share that slot), and `NOSCRIPT` (a promoted replica, a slot
     /// moved to another node, a restart) loads the script on that master only, then
-    /// retries; if the slot moved again meanwhile, once more. `NOSCRIPT` never reaches the
-    /// caller.
+    /// retries; if the node that answered was another one (a slot migrating to a master
+    /// without the script, reached through `ASK`), the call is sent once more as `EVAL`
+    /// with the script's source. `NOSCRIPT` never reaches the caller. A call the cluster
+    /// refused without running it (a failover or a slot move under way) is sent again, see
+    /// the [module docs](super#redis-cluster).
     ///
     /// ```no_run
     /// # async fn demo(conn: tower_rampart::redis::RedisConnection) -> Result<(), tower_rampart::redis::RedisError> {

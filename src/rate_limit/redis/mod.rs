@@ -191,6 +191,14 @@ use self::split::Router;
 ///   latency than requests on one slot (the batching test's three quotas on three slots:
 ///   about four calls per request, against one call per batch on one server). Quotas of one
 ///   client key share a slot and keep the one-call path.
+/// * **Failover and resharding** (figures in the [`redis` module docs](crate::redis)): while
+///   a master is dead, decisions on its slots fail (the failure mode decides) until its
+///   replica is promoted (about 2.5 s with a 1 s `cluster-node-timeout`), then continue on
+///   the same connection; increments the dead master acknowledged but had not replicated
+///   are lost, each one admission a quota could exceed by (none in the tests), and a quota
+///   spent before stays spent. While a slot moves, a batch whose keys are on both sides
+///   (`TRYAGAIN`) is decided request by request, in order, as one by one would; no
+///   decision fails and no quota is exceeded.
 ///
 /// ```no_run
 /// use tower_rampart::net::TrustedProxies;
