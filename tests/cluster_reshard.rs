@@ -364,3 +364,55 @@ async fn reshard() {
     }
     assert_eq!(cluster.master_of_slot(slot), from);
 }
+
+/// A multi-key command over a slot whose keys are split by a migration is refused with
+/// `TRYAGAIN` (within the command timeout: the driver's resends are short), as long as the
+/// split lasts; those refusals do not open the circuit breaker (the node answered), so
+/// calls to every other slot go on; once the slot has moved the command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tryagain_reaches_the_caller_fast_and_keeps_the_breaker_closed() {
+    tokio::time::timeout(DEADLINE, async {
+        let cluster = RedisCluster::start(3, 0);
+        let conn = cluster.config().connect().await.unwrap();
+        let (a, b) = ("{rs:split}:a", "{rs:split}:b");
+        let () = conn
+            .query(driver::cmd("MSET").arg(a).arg(1).arg(b).arg(2))
+            .await
+            .unwrap();
+        let slot = key_slot(a.as_bytes());
+        let from = cluster.master_of_slot(slot);
+        let to = cluster
+            .master_ports()
+            .into_iter()
+            .find(|&p| p != from)
+            .unwrap();
+        cluster.begin_slot_move(slot, to);
+        cluster.migrate_keys(from, to, &[a]);
+        let mget = driver::cmd("MGET").arg(a).arg(b).clone();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let err = conn
+                .query::<Vec<i64>>(&mget)
+                .await
+                .expect_err("keys on both sides of the move");
+            assert_eq!(err.server_code(), Some("TRYAGAIN"), "{err}");
+            assert!(
+                started.elapsed() < conn.command_timeout(),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        assert!(conn.is_available(), "TRYAGAIN opened the breaker");
+        let other: Option<String> = conn
+            .query(driver::cmd("GET").arg("elsewhere"))
+            .await
+            .unwrap();
+        assert_eq!(other, None);
+        cluster.migrate_keys(from, to, &[b]);
+        cluster.finish_slot_move(slot, from, to);
+        let both: Vec<i64> = conn.query(&mget).await.unwrap();
+        assert_eq!(both, [1, 2]);
+    })
+    .await
+    .expect("deadline");
+}

@@ -1155,6 +1155,12 @@ impl Inner {
             RedisErrorKind::Command | RedisErrorKind::Protocol | RedisErrorKind::Auth => {
                 self.report_success();
             }
+            // A cluster node refused a multi-key call over a slot it is migrating: it is
+            // healthy, and such calls may come in a row for as long as the migration lasts
+            // (they would open the breaker for every slot).
+            RedisErrorKind::Unavailable if err.server_code() == Some("TRYAGAIN") => {
+                self.report_success();
+            }
             RedisErrorKind::Unavailable => {
                 // Connection broken (or the server is loading / read-only after a
                 // failover): replace it on the next call. A cluster connection reconnects
