@@ -1155,10 +1155,15 @@ impl Inner {
             RedisErrorKind::Command | RedisErrorKind::Protocol | RedisErrorKind::Auth => {
                 self.report_success();
             }
-            // A cluster node refused a multi-key call over a slot it is migrating: it is
-            // healthy, and such calls may come in a row for as long as the migration lasts
-            // (they would open the breaker for every slot).
-            RedisErrorKind::Unavailable if err.server_code() == Some("TRYAGAIN") => {
+            // A cluster node refused a multi-key call over a slot it is migrating, or the
+            // cluster refused a call while a master's slots are not covered (the moments
+            // before a replica takes over): the nodes answer, and such refusals come in a
+            // row for as long as the migration or the election lasts. Counted as failures,
+            // they opened the breaker for every slot, turning one master's failover into
+            // an outage of the whole cluster.
+            RedisErrorKind::Unavailable
+                if matches!(err.server_code(), Some("TRYAGAIN" | "CLUSTERDOWN")) =>
+            {
                 self.report_success();
             }
             RedisErrorKind::Unavailable => {
