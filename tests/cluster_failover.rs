@@ -658,7 +658,9 @@ async fn failover() {
 /// drops it), sessions are saved and created on that master and acknowledged, then the
 /// master dies and the replica takes over. Every write acknowledged before the cut is
 /// there; every write acknowledged after it is lost: with replication asynchronous (no
-/// `WAIT`), a failover loses exactly the writes its replica had not received.
+/// `WAIT`), a failover loses exactly the writes its replica had not received. The same
+/// for a rate limit quota on that master: the increments made after the cut are lost, and
+/// the quota admits that many again (over-admission = lost increments, exactly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_acknowledged_while_the_replica_lagged_are_lost_in_a_failover() {
     tokio::time::timeout(DEADLINE, lagging_replica())
@@ -697,6 +699,34 @@ async fn lagging_replica() {
     let t = now_micros();
     for key in before {
         assert!(store.create(key, &record(t, 0, b"{}"), t).await.unwrap());
+    }
+    // A quota of 10 on the same master: 4 admitted before the cut, 6 after.
+    let backend = RedisBackend::builder(conn.clone())
+        .prefix("lag:rl:")
+        .deny_cache_capacity(0)
+        .build();
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::new(
+            "q",
+            Quota::per_minute(10),
+            Key::custom(|req: &Request<()>| {
+                req.headers()
+                    .get("x-c")
+                    .map(|v| LimitKey::new(v.to_str().unwrap_or_default()))
+            }),
+        ))
+        .failure_mode(FailureMode::Closed)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let client = client_key_on(&backend, &ranges, "q", "lag", victim);
+    let log = AdmissionLog::new();
+    let mut svc = limited(&layer);
+    for _ in 0..4 {
+        let sent = Instant::now();
+        let (status, _, _) = send(&mut svc, request(&[("x-c", client.as_str())])).await;
+        assert_eq!(status, StatusCode::OK);
+        log.record("q", sent, 1);
     }
     // Replicated: the replica's offset reaches the master's.
     let offset = |port: u16, field: &str| -> i64 {
@@ -750,6 +780,14 @@ async fn lagging_replica() {
         assert!(store.create(key, &record(t, 0, b"{}"), t).await.unwrap());
         acknowledged += 1;
     }
+    for _ in 0..6 {
+        let sent = Instant::now();
+        let (status, _, _) = send(&mut svc, request(&[("x-c", client.as_str())])).await;
+        assert_eq!(status, StatusCode::OK);
+        log.record("q", sent, 1);
+    }
+    let (status, _, _) = send(&mut svc, request(&[("x-c", client.as_str())])).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the quota is spent");
 
     let kill = Instant::now();
     cluster.kill_node(victim);
@@ -784,6 +822,31 @@ async fn lagging_replica() {
     eprintln!(
         "FAILOVER lagging replica: {lost} of {acknowledged} writes acknowledged after the replication link was cut are lost (versions found: {versions:?})"
     );
+    // The quota: the promoted replica counts the 4 admissions before the cut only, so 6
+    // more are admitted, as many as the increments lost.
+    let mut again = 0;
+    loop {
+        let sent = Instant::now();
+        let (status, _, _) = send(&mut svc, request(&[("x-c", client.as_str())])).await;
+        match status {
+            StatusCode::OK => {
+                log.record("q", sent, 1);
+                again += 1;
+            }
+            StatusCode::TOO_MANY_REQUESTS => break,
+            other => assert!(
+                kill.elapsed() < WINDOW_BOUND,
+                "limiter after the failover: {other}"
+            ),
+        }
+        assert!(again <= 10, "the quota holds after the failover");
+    }
+    let most = log.most_in_any_window("q", Duration::from_secs(60));
+    eprintln!(
+        "FAILOVER lagging replica: quota 10/min, 6 admissions made after the cut lost with the master: {again} admitted again after the failover, {most} within one window"
+    );
+    assert_eq!(again, 6, "exactly the lost increments are admitted again");
+    assert_eq!(most, 16);
     assert_eq!(
         &versions[..10],
         &[1; 10],

@@ -167,7 +167,9 @@
 //!   (its user signs in again). Waiting for a replica (`WAIT`) closes that window.
 //! - **The limiter**: a lost increment is one admission a quota can exceed by; none was
 //!   lost in the runs. A quota spent before the failover stays spent (its state replicated
-//!   long before): no admission beyond it in any run.
+//!   long before): no admission beyond it in any run. With the replication link cut, a
+//!   quota of 10 with 4 admissions before the cut and 6 after admitted 6 again after the
+//!   failover: 16 in one window, over-admission equal to the increments lost, exactly.
 //! - **Multi-slot requests**: a reservation whose release fails (its node dying between
 //!   the reserve and the release) stays counted until its admission would leave the window
 //!   (window + granularity), or decays (GCRA); each is counted by
