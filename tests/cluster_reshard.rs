@@ -183,18 +183,27 @@ fn error_stats(cluster: &RedisCluster, port: u16) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_in_use_move_while_requests_flow() {
     let started = Instant::now();
-    tokio::time::timeout(DEADLINE, reshard())
+    tokio::time::timeout(DEADLINE, reshard(RedisCluster::start(3, 0)))
         .await
         .expect("deadline");
     eprintln!("RESHARD test took {:?}", started.elapsed());
 }
 
-async fn reshard() {
+/// The same on a TLS-only cluster (`MIGRATE` runs over TLS between the nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_in_use_move_while_requests_flow_on_a_tls_cluster() {
+    let started = Instant::now();
+    tokio::time::timeout(DEADLINE, reshard(RedisCluster::start_tls(3, 0)))
+        .await
+        .expect("deadline");
+    eprintln!("RESHARD (TLS) test took {:?}", started.elapsed());
+}
+
+async fn reshard(cluster: RedisCluster) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let cluster = RedisCluster::start(3, 0);
     let conn: RedisConnection = cluster.config().connect().await.unwrap();
     assert!(conn.is_cluster());
     let store = RedisStore::new(conn.clone()).with_prefix("rs:");

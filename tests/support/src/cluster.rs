@@ -624,10 +624,9 @@ impl RedisCluster {
     /// Moves up to `max` keys of `slot` from the master on `from_port` to the one on
     /// `to_port` (`CLUSTER GETKEYSINSLOT`, then one `MIGRATE … KEYS`), between
     /// [`RedisCluster::begin_slot_move`] and [`RedisCluster::finish_slot_move`]. Returns how
-    /// many keys it moved (0: the slot is empty on the source). Plain clusters only (the
-    /// migration connection would need the TLS settings).
+    /// many keys it moved (0: the slot is empty on the source). On a TLS cluster `MIGRATE`
+    /// runs over TLS (`tls-cluster`).
     pub fn migrate_slot_keys(&self, slot: u16, from_port: u16, to_port: u16, max: usize) -> usize {
-        assert!(self.tls.is_none(), "migrate_slot_keys: plain clusters only");
         let keys: Vec<Vec<u8>> = self.run_on(
             from_port,
             driver::cmd("CLUSTER")
@@ -643,7 +642,6 @@ impl RedisCluster {
     /// the master on `from_port` to the one on `to_port` with one `MIGRATE … KEYS`: a test
     /// chooses which keys of a slot move first. Keys not on the source are skipped by Redis.
     pub fn migrate_keys(&self, from_port: u16, to_port: u16, keys: &[impl AsRef<[u8]>]) {
-        assert!(self.tls.is_none(), "migrate_keys: plain clusters only");
         if keys.is_empty() {
             return;
         }
