@@ -89,6 +89,20 @@ impl Track {
         *self.errors.lock().unwrap().entry(text).or_default() += 1;
     }
 
+    /// Calls that ended between `margin` before the first failure and `margin` after the
+    /// last one.
+    fn calls_around_failures(&self, margin: Duration) -> u64 {
+        let calls = self.calls.lock().unwrap();
+        let Some(first) = calls.iter().find(|(_, ok)| !ok).map(|(t, _)| *t) else {
+            return 0;
+        };
+        let last = calls.iter().rev().find(|(_, ok)| !ok).unwrap().0;
+        calls
+            .iter()
+            .filter(|(t, _)| *t + margin >= first && *t <= last + margin)
+            .count() as u64
+    }
+
     fn successes_since(&self, t: Instant) -> usize {
         let calls = self.calls.lock().unwrap();
         calls.iter().filter(|(at, ok)| *at >= t && *ok).count()
@@ -631,10 +645,15 @@ async fn failover(mut cluster: RedisCluster) {
         ma_redis as i64 - ma_logged as i64
     );
     assert!(ma_redis >= ma_logged, "the surviving master lost nothing");
-    assert_eq!(
-        ma_redis - ma_logged,
-        unreleased,
-        "every unit left behind is a release the backend knows it could not make"
+    // A unit left behind is a release the backend knows it could not make, or a
+    // reservation that ran unseen: one whose call failed after it ran, or one the driver
+    // sent twice (it resends a command after a connection error, also one that had run).
+    // Both happen only around the failover: at most one per multi-slot call made then.
+    let disrupted = split.calls_around_failures(Duration::from_secs(1));
+    assert!(
+        ma_redis - ma_logged <= unreleased + disrupted,
+        "{} units left behind; {unreleased} unreleased, {disrupted} calls around the failures",
+        ma_redis - ma_logged
     );
 
     // Multi-slot: refused requests whose reservation sat on the master that died.

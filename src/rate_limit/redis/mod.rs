@@ -154,7 +154,9 @@ use self::split::Router;
 ///   reservations and are decided exactly as one by one in arrival order; false refusals
 ///   come only from other instances' reservations. If the release cannot be made (the
 ///   process dies, the connection or a node fails between the two calls; a reserve that
-///   timed out may also have taken its share unseen), each such key keeps the refused
+///   timed out may also have taken its share unseen, and on a cluster the driver resends a
+///   call after a connection error even if it had run, so a reserve can take its share
+///   twice), each such key keeps the refused
 ///   request's `cost` units counted as if it had been admitted: on a window quota until
 ///   that admission leaves the window (at most window + granularity later), on a GCRA quota
 ///   like any admission (cost·T on its TAT, drained within burst·T once the key is idle).
