@@ -288,6 +288,77 @@ fn a_killed_master_is_replaced_by_its_replica_and_rejoins_as_a_replica() {
     assert_eq!(redirected_to(&err), Some(replica), "{err}");
 }
 
+/// `move_slot` moves a slot with its keys while the cluster serves: midway (`begin_slot_move`
+/// and half the keys migrated) the source answers `ASK` for a moved key and `TRYAGAIN` for a
+/// multi-key command over moved and unmoved keys; afterwards every node sees the target
+/// serving the slot, the keys are there with their values, and the source answers `MOVED`.
+#[test]
+fn a_slot_moves_with_its_keys_between_masters() {
+    let cluster = start(3, 0, false, false);
+    let slot = key_slot(b"{harness:move}");
+    let from = cluster.master_of_slot(slot);
+    let to = cluster
+        .master_ports()
+        .into_iter()
+        .find(|&p| p != from)
+        .unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("{{harness:move}}:{i}")).collect();
+    for key in &keys {
+        let () = cluster.run_on(from, driver::cmd("SET").arg(key).arg(key.len() + 1));
+    }
+    let began = cluster.begin_slot_move(slot, to);
+    assert_eq!(began, from);
+    let moved = cluster.migrate_slot_keys(slot, from, to, 5);
+    assert_eq!(moved, 5);
+    let remaining: i64 = cluster.run_on(
+        from,
+        driver::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot),
+    );
+    assert_eq!(remaining, 5);
+    let gone: Vec<String> = keys
+        .iter()
+        .filter(|k| {
+            cluster
+                .try_run_on::<Option<String>>(from, driver::cmd("GET").arg(*k))
+                .is_err()
+        })
+        .cloned()
+        .collect();
+    assert_eq!(gone.len(), 5, "the moved keys answer ASK on the source");
+    let err = cluster
+        .try_run_on::<String>(from, driver::cmd("GET").arg(&gone[0]))
+        .expect_err("ASK");
+    assert_eq!(err.code(), Some("ASK"), "{err}");
+    assert_eq!(redirected_to(&err), Some(to), "{err}");
+    let here = keys.iter().find(|k| !gone.contains(k)).unwrap();
+    let err = cluster
+        .try_run_on::<Vec<Option<String>>>(from, driver::cmd("MGET").arg(here).arg(&gone[0]))
+        .expect_err("TRYAGAIN");
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+
+    cluster.move_slot(slot, to);
+    assert_eq!(cluster.master_of_slot(slot), to);
+    for port in cluster.master_ports() {
+        let ranges = cluster_slots(&cluster, port);
+        assert!(
+            ranges
+                .iter()
+                .any(|&(a, b, p)| (a..=b).contains(&slot) && p == to),
+            "node {port}: {ranges:?}"
+        );
+    }
+    for key in &keys {
+        let got: String = cluster.run_on(to, driver::cmd("GET").arg(key));
+        assert_eq!(got, (key.len() + 1).to_string());
+    }
+    let err = cluster
+        .try_run_on::<String>(from, driver::cmd("GET").arg(&keys[0]))
+        .expect_err("MOVED");
+    assert_eq!(err.code(), Some("MOVED"), "{err}");
+    assert_eq!(redirected_to(&err), Some(to), "{err}");
+    cluster.wait_until_ok(FAILOVER_DEADLINE);
+}
+
 #[test]
 fn a_tls_cluster_answers_over_tls_only() {
     let cluster = start(3, 1, true, true);

@@ -136,6 +136,12 @@ enum Conn {
         /// own clone): a `SCRIPT LOAD` that follows its `NOSCRIPT` goes to that slot's
         /// master only, not to every node (one dead node would fail it there).
         script_slot: Option<u16>,
+        /// The source of the last script loaded through this handle (its `SCRIPT LOAD`
+        /// follows a `NOSCRIPT`), for [`Conn::eval_instead`].
+        script_source: Option<Vec<u8>>,
+        /// Set by [`Conn::eval_instead`]: an `EVALSHA` of the script in `script_source` is
+        /// sent as `EVAL` with its source.
+        eval: bool,
     },
 }
 
@@ -143,6 +149,42 @@ impl Conn {
     fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })
     }
+
+    /// After a `NOSCRIPT` that loading the script on its slot's master did not cure: the
+    /// node that answered is another one, a migration's target reached through `ASK` (the
+    /// slot map still names the source, so the load went there). From now on this handle
+    /// sends the script as `EVAL` with its source: whichever node runs it, it runs (and
+    /// that node caches the script for the `EVALSHA`s after it). Returns whether it switched
+    /// now (a script was loaded through this handle, and it did not switch before).
+    fn eval_instead(&mut self) -> bool {
+        match self {
+            Self::Cluster {
+                script_source: Some(_),
+                eval,
+                ..
+            } if !*eval => {
+                *eval = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `EVAL source numkeys key... arg...` for `EVALSHA sha numkeys key... arg...`.
+fn evalsha_as_eval(cmd: &driver::Cmd, source: &[u8]) -> Option<driver::Cmd> {
+    let mut args = args_of(cmd);
+    let name = args.next()?;
+    if !name.eq_ignore_ascii_case(b"EVALSHA") {
+        return None;
+    }
+    let _sha = args.next()?;
+    let mut eval = driver::cmd("EVAL");
+    eval.arg(source);
+    for arg in args {
+        eval.arg(arg);
+    }
+    Some(eval)
 }
 
 /// The arguments of `cmd` (a cursor argument reads as empty).
@@ -182,10 +224,23 @@ impl ConnectionLike for Conn {
     ) -> driver::RedisFuture<'a, driver::Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster { conn, script_slot } => {
+            Self::Cluster {
+                conn,
+                script_slot,
+                script_source,
+                eval,
+            } => {
                 if let Some(slot) = script_key_slot(cmd) {
                     *script_slot = Some(slot);
+                    if let Some(eval) = script_source
+                        .as_deref()
+                        .filter(|_| *eval)
+                        .and_then(|source| evalsha_as_eval(cmd, source))
+                    {
+                        return Box::pin(async move { conn.req_packed_command(&eval).await });
+                    }
                 } else if let Some(slot) = script_slot.filter(|_| is_script_load(cmd)) {
+                    *script_source = args_of(cmd).nth(2).map(<[u8]>::to_vec);
                     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                         Route::new(slot, SlotAddr::Master),
                     ));
@@ -385,9 +440,18 @@ impl RedisConnection {
                     let settings = info.redis_settings().clone().set_db(0);
                     info.set_redis_settings(settings)
                 });
+                // The driver waits between its own resends (`TRYAGAIN`, `CLUSTERDOWN`, a
+                // node reconnecting) at least 1.28 s by default: longer than a command timeout,
+                // so a slot half migrated or a failover under way turned every such call
+                // into a timeout. Short waits (5 ms, doubling, at most 50 ms) keep them
+                // within it.
                 let mut builder = ClusterClient::builder(infos)
                     .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.command_timeout);
+                    .response_timeout(config.command_timeout)
+                    .min_retry_wait(DRIVER_MIN_RETRY_WAIT_MS)
+                    .max_retry_wait(DRIVER_MAX_RETRY_WAIT_MS)
+                    .retry_wait_formula(DRIVER_MIN_RETRY_WAIT_MS, 2)
+                    .retries(DRIVER_RETRIES);
                 if let Some(pem) = &root_cert {
                     builder = builder.certs(driver::TlsCertificates {
                         client_tls: None,
@@ -453,7 +517,16 @@ impl RedisConnection {
         cmd: &driver::Cmd,
     ) -> Result<T, RedisError> {
         self.inner
-            .call(false, "command", async |conn| cmd.query_async(conn).await)
+            .call(false, "command", async |conn| {
+                let mut attempt = 0;
+                loop {
+                    match cmd.query_async(conn).await {
+                        Err(e) if again(conn, &mut attempt, &e) => drop(e),
+                        other => break other,
+                    }
+                    pause(attempt).await;
+                }
+            })
             .await
     }
 
@@ -481,8 +554,11 @@ impl RedisConnection {
     /// On a Redis Cluster the call goes to the master of its first key's slot (every key
     /// of one script must share that slot), and `NOSCRIPT` (a promoted replica, a slot
     /// moved to another node, a restart) loads the script on that master only, then
-    /// retries; if the slot moved again meanwhile, once more. `NOSCRIPT` never reaches the
-    /// caller.
+    /// retries; if the node that answered was another one (a slot migrating to a master
+    /// without the script, reached through `ASK`), the call is sent once more as `EVAL`
+    /// with the script's source. `NOSCRIPT` never reaches the caller. A call the cluster
+    /// refused without running it (a failover or a slot move under way) is sent again, see
+    /// the [module docs](super#redis-cluster).
     ///
     /// ```no_run
     /// # async fn demo(conn: tower_rampart::redis::RedisConnection) -> Result<(), tower_rampart::redis::RedisError> {
@@ -500,11 +576,20 @@ impl RedisConnection {
         self.inner
             .call(false, "script", async |conn| {
                 let cluster = conn.is_cluster();
-                match invocation.invoke_async(conn).await {
-                    Err(e) if cluster && e.kind() == no_script() => {
-                        invocation.invoke_async(conn).await
+                let mut attempt = 0;
+                loop {
+                    match invocation.invoke_async(conn).await {
+                        // Loaded on the slot's master, and still unknown where it ran: a node
+                        // reached through `ASK` (a slot migrating there), or the slot moved
+                        // again. Once.
+                        Err(e) if cluster && e.kind() == no_script() && conn.eval_instead() => {
+                            drop(e);
+                            continue;
+                        }
+                        Err(e) if again(conn, &mut attempt, &e) => drop(e),
+                        other => break other,
                     }
-                    other => other,
+                    pause(attempt).await;
                 }
             })
             .await
@@ -631,6 +716,56 @@ impl RedisConnection {
         drop(lease);
         Ok(())
     }
+}
+
+/// Shortest wait of the cluster driver before one of its own resends, in ms.
+const DRIVER_MIN_RETRY_WAIT_MS: u64 = 5;
+/// Longest wait of the cluster driver before one of its own resends, in ms.
+const DRIVER_MAX_RETRY_WAIT_MS: u64 = 50;
+/// The cluster driver's own resends of one call (16 by default): with the waits above, a
+/// `TRYAGAIN` that lasts (a slot half migrated) reaches the caller within about 0.1 s, who can
+/// do better than wait (the rate limiter splits its batch).
+const DRIVER_RETRIES: u32 = 4;
+
+/// Times a call refused by the cluster without running it is sent again ([`again`]).
+const CLUSTER_RETRIES: u32 = 6;
+/// Pause before the first resend; the n-th waits n times this (105 ms in all).
+const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// Whether to send a call again after `e`: on a cluster, when the cluster refused it without
+/// running it ([`not_run`]), up to [`CLUSTER_RETRIES`] times (`attempt` counts them). All
+/// within the command timeout of the call. Pipelines are not sent again (part of one may
+/// have run).
+fn again(conn: &Conn, attempt: &mut u32, e: &driver::RedisError) -> bool {
+    if conn.is_cluster() && *attempt < CLUSTER_RETRIES && not_run(e) {
+        *attempt += 1;
+        true
+    } else {
+        false
+    }
+}
+
+/// The pause before the `attempt`-th resend.
+async fn pause(attempt: u32) {
+    tokio::time::sleep(CLUSTER_RETRY_PAUSE * attempt).await;
+}
+
+/// Whether the cluster refused a command without running it, for a reason a short pause
+/// cures: redirections the driver gave up on (an `ASKING` on the shared connection can be
+/// taken by another caller's command, so the target answers `MOVED` and the source `ASK`
+/// again), a failover or a slot move under way.
+///
+/// Not `TRYAGAIN` (a multi-key command over a slot half migrated): the driver already sent
+/// it again for about 0.1 s, and it lasts until the migration of the slot's keys ends; the
+/// caller can do better than wait (the rate limiter splits its batch).
+fn not_run(e: &driver::RedisError) -> bool {
+    use driver::ServerErrorKind as S;
+    matches!(
+        e.kind(),
+        driver::ErrorKind::Server(
+            S::Ask | S::Moved | S::ClusterDown | S::MasterDown | S::BusyLoading | S::ReadOnly
+        )
+    )
 }
 
 fn no_script() -> driver::ErrorKind {
@@ -977,6 +1112,8 @@ impl Inner {
             Ok(conn) => Ok(Conn::Cluster {
                 conn,
                 script_slot: None,
+                script_source: None,
+                eval: false,
             }),
             Err(e) => {
                 let mut err = RedisError::from_driver(&e, self.password.as_deref());
@@ -1037,6 +1174,17 @@ impl Inner {
         match err.kind() {
             // The server answered: it is healthy, the request was at fault.
             RedisErrorKind::Command | RedisErrorKind::Protocol | RedisErrorKind::Auth => {
+                self.report_success();
+            }
+            // A cluster node refused a multi-key call over a slot it is migrating, or the
+            // cluster refused a call while a master's slots are not covered (the moments
+            // before a replica takes over): the nodes answer, and such refusals come in a
+            // row for as long as the migration or the election lasts. Counted as failures,
+            // they opened the breaker for every slot, turning one master's failover into
+            // an outage of the whole cluster.
+            RedisErrorKind::Unavailable
+                if matches!(err.server_code(), Some("TRYAGAIN" | "CLUSTERDOWN")) =>
+            {
                 self.report_success();
             }
             RedisErrorKind::Unavailable => {
@@ -1100,8 +1248,17 @@ impl Inner {
 
     /// Forgets the connection so the next probe establishes a fresh one (a connection that
     /// only times out may be a dead peer that never sent a reset).
+    ///
+    /// Not a cluster connection: the driver reconnects its nodes and refreshes its slot map by
+    /// itself, from every node it learnt, while a fresh one would start from the configured
+    /// seeds only, and the seed may be the master that just died (a failover would then need
+    /// a restart of the client).
     fn drop_connection(&self) {
-        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|s| s.conn.is_cluster()) {
+            return;
+        }
+        *slot = None;
     }
 }
 

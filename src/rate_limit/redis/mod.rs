@@ -158,7 +158,9 @@ use self::split::Router;
 ///   reservations and are decided exactly as one by one in arrival order; false refusals
 ///   come only from other instances' reservations. If the release cannot be made (the
 ///   process dies, the connection or a node fails between the two calls; a reserve that
-///   timed out may also have taken its share unseen), each such key keeps the refused
+///   timed out may also have taken its share unseen, and on a cluster the driver resends a
+///   call after a connection error even if it had run, so a reserve can take its share
+///   twice), each such key keeps the refused
 ///   request's `cost` units counted as if it had been admitted: on a window quota until
 ///   that admission leaves the window (at most window + granularity later), on a GCRA quota
 ///   like any admission (cost·T on its TAT, drained within burst·T once the key is idle).
@@ -195,6 +197,14 @@ use self::split::Router;
 ///   latency than requests on one slot (the batching test's three quotas on three slots:
 ///   about four calls per request, against one call per batch on one server). Quotas of one
 ///   client key share a slot and keep the one-call path.
+/// * **Failover and resharding** (figures in the [`redis` module docs](crate::redis)): while
+///   a master is dead, decisions on its slots fail (the failure mode decides) until its
+///   replica is promoted (about 2.5 s with a 1 s `cluster-node-timeout`), then continue on
+///   the same connection; increments the dead master acknowledged but had not replicated
+///   are lost, each one admission a quota could exceed by (none in the tests), and a quota
+///   spent before stays spent. While a slot moves, a batch whose keys are on both sides
+///   (`TRYAGAIN`) is decided request by request, in order, as one by one would; no
+///   decision fails and no quota is exceeded.
 ///
 /// ```no_run
 /// use tower_rampart::net::TrustedProxies;

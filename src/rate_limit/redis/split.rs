@@ -138,7 +138,23 @@ impl Router {
         let calls = groups.iter().map(|group| {
             let inv = Ask::invocation(group.iter().map(|&n| asks[n]));
             let conn = &self.conn;
-            async move { conn.invoke_script::<Vec<i64>>(&inv).await }
+            async move {
+                match conn.invoke_script::<Vec<i64>>(&inv).await {
+                    // The slot is moving and the batch's keys are on both sides of the
+                    // move (`TRYAGAIN` until the last key moved, which can take a while):
+                    // each request alone, in order (its keys move together or are one), as
+                    // one by one would decide them. Nothing of the batch ran.
+                    Err(e) if group.len() > 1 && half_moved(&e) => {
+                        let mut reply = Vec::new();
+                        for &n in group {
+                            let inv = Ask::invocation(std::iter::once(asks[n]));
+                            reply.extend(conn.invoke_script::<Vec<i64>>(&inv).await?);
+                        }
+                        Ok(reply)
+                    }
+                    other => other,
+                }
+            }
         });
         for (group, reply) in groups.iter().zip(join_all(calls.collect()).await) {
             let reply = reply?;
@@ -291,6 +307,12 @@ pub(super) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// Whether a cluster refused a call because its keys span slots (`CROSSSLOT`): nothing ran.
 pub(super) fn crossed_slots(e: &RedisError) -> bool {
     e.server_code() == Some("CROSSSLOT")
+}
+
+/// The cluster refused a multi-key call because its slot is being migrated and only some
+/// of its keys have moved yet.
+fn half_moved(e: &RedisError) -> bool {
+    e.server_code() == Some("TRYAGAIN")
 }
 
 /// A split request's task ended without an answer (its runtime shutting down).

@@ -573,6 +573,133 @@ impl RedisCluster {
         self.master_of_slot(key_slot(key))
     }
 
+    /// The slot map now, as `(first slot, last slot, master port)` ranges sorted by slot (as a
+    /// running node sees the cluster): one read, for tests that place many keys.
+    pub fn slot_ranges(&self) -> Vec<(u16, u16, u16)> {
+        slot_map(&self.view())
+    }
+
+    /// The cluster node id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        self.run_on(port, driver::cmd("CLUSTER").arg("MYID"))
+    }
+
+    /// Moves `slot` and its keys to the master on `to_port` while the cluster keeps serving:
+    /// [`RedisCluster::begin_slot_move`], then [`RedisCluster::migrate_slot_keys`] in rounds
+    /// of 100 keys until none is left, then [`RedisCluster::finish_slot_move`]. What
+    /// `redis-cli --cluster reshard` does for one slot. Panics (naming the step) on failure.
+    pub fn move_slot(&self, slot: u16, to_port: u16) {
+        let from = self.begin_slot_move(slot, to_port);
+        while self.migrate_slot_keys(slot, from, to_port, 100) > 0 {}
+        self.finish_slot_move(slot, from, to_port);
+    }
+
+    /// First step of a slot move: `CLUSTER SETSLOT slot IMPORTING` on the master on `to_port`,
+    /// then `MIGRATING` on the slot's master now, whose port it returns. From here on the
+    /// source answers `ASK` for keys of the slot it no longer holds, and `TRYAGAIN` for a
+    /// multi-key command whose keys are partly moved.
+    pub fn begin_slot_move(&self, slot: u16, to_port: u16) -> u16 {
+        let from = self.master_of_slot(slot);
+        assert_ne!(from, to_port, "slot {slot} is already on {to_port}");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to_port));
+        let () = self.run_on(
+            to_port,
+            driver::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("IMPORTING")
+                .arg(&from_id),
+        );
+        let () = self.run_on(
+            from,
+            driver::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("MIGRATING")
+                .arg(&to_id),
+        );
+        from
+    }
+
+    /// Moves up to `max` keys of `slot` from the master on `from_port` to the one on
+    /// `to_port` (`CLUSTER GETKEYSINSLOT`, then one `MIGRATE … KEYS`), between
+    /// [`RedisCluster::begin_slot_move`] and [`RedisCluster::finish_slot_move`]. Returns how
+    /// many keys it moved (0: the slot is empty on the source). On a TLS cluster `MIGRATE`
+    /// runs over TLS (`tls-cluster`).
+    pub fn migrate_slot_keys(&self, slot: u16, from_port: u16, to_port: u16, max: usize) -> usize {
+        let keys: Vec<Vec<u8>> = self.run_on(
+            from_port,
+            driver::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(max),
+        );
+        self.migrate_keys(from_port, to_port, &keys);
+        keys.len()
+    }
+
+    /// Moves `keys` (all of one slot being moved, see [`RedisCluster::begin_slot_move`]) from
+    /// the master on `from_port` to the one on `to_port` with one `MIGRATE … KEYS`: a test
+    /// chooses which keys of a slot move first. Keys not on the source are skipped by Redis.
+    pub fn migrate_keys(&self, from_port: u16, to_port: u16, keys: &[impl AsRef<[u8]>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut cmd = driver::cmd("MIGRATE");
+        cmd.arg("127.0.0.1").arg(to_port).arg("").arg(0).arg(5000);
+        if let Some(password) = &self.password {
+            cmd.arg("AUTH").arg(password);
+        }
+        cmd.arg("KEYS");
+        for key in keys {
+            cmd.arg(key.as_ref());
+        }
+        let _: driver::Value = self.run_on(from_port, &cmd);
+    }
+
+    /// Last step of a slot move: `CLUSTER SETSLOT slot NODE <target>` on the target, then the
+    /// source, then every other running master (the order `redis-cli` uses), then waits
+    /// (10 s at most) until every running node sees the target serving the slot.
+    pub fn finish_slot_move(&self, slot: u16, from_port: u16, to_port: u16) {
+        let to_id = self.node_id(to_port);
+        let mut order = vec![to_port, from_port];
+        order.extend(
+            self.live_master_ports()
+                .into_iter()
+                .filter(|p| *p != to_port && *p != from_port),
+        );
+        for port in order {
+            let () = self.run_on(
+                port,
+                driver::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to_id),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let agreed = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                self.try_run_on::<String>(n.port, driver::cmd("CLUSTER").arg("NODES"))
+                    .is_ok_and(|text| {
+                        slot_map(&parse_cluster_nodes(&text))
+                            .iter()
+                            .any(|&(a, b, p)| (a..=b).contains(&slot) && p == to_port)
+                    })
+            });
+            if agreed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot}: not every node sees {to_port} serving it within 10 s\n{}",
+                self.describe()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Runs one command on the node on `port` over a fresh blocking connection (TLS for a TLS
     /// cluster). A test helper: panics on failure, naming the node and the command.
     pub fn run_on<T: driver::FromRedisValue>(&self, port: u16, cmd: &driver::Cmd) -> T {
