@@ -453,17 +453,12 @@ async fn on_a_cluster_a_master_dies_and_both_instances_keep_working() {
         .expect("deadline");
 }
 
-/// The same run with `REDIS_URL` naming one node, and that node the master that dies.
-///
-/// **Fails today (a finding, left to the connection's cluster paths):** an instance whose
-/// circuit breaker opens while the master is dead drops its cluster connection, and
-/// re-establishing one tries only the configured seeds, here the dead node: that instance
-/// answers `503` to every session request until the node comes back (it recovers within
-/// about 50 ms of the node's restart), however long ago the replica was promoted. Seen in
-/// 4 runs of 5 (in the fifth no breaker opened). With every master in `REDIS_URL` (the test
-/// above) both instances recover.
+/// The same run with `REDIS_URL` naming one node, and that node the master that dies: the
+/// instances keep their cluster connections, which reach the cluster through the nodes they
+/// learnt, not only the configured seed. (Before the cluster connection was kept, an
+/// instance whose circuit breaker opened while the master was dead rebuilt its connection
+/// from the dead seed alone and answered `503` until that node came back: 4 runs of 5.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: after a breaker opens, a cluster connection is re-established from the configured seeds only; with the only seed dead an instance never recovers"]
 async fn on_a_cluster_the_only_seed_dies_and_both_instances_keep_working() {
     tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::OneThatDies))
         .await
