@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use ::redis as driver;
@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout};
 use super::breaker::{Admission, Breaker, Transition};
 use super::config::{ClusterMode, RedisConfig};
 use super::error::{RedisError, RedisErrorKind};
+use super::sentinel::{self, Sentinels};
 use super::slot::key_slot;
 
 /// Consecutive failures that open the circuit breaker.
@@ -24,6 +25,8 @@ const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_MIN_COOL_DOWN: Duration = Duration::from_secs(1);
 /// Longest cool-down: Redis coming back is noticed within this (plus one connect).
 const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
+/// How often the sentinels are asked which address is the primary while connected.
+const SENTINEL_WATCH_PERIOD: Duration = Duration::from_millis(250);
 
 /// A handle to one Redis server or one Redis Cluster, cheap to clone and share between
 /// tasks.
@@ -79,14 +82,17 @@ pub enum Topology {
     Single,
     /// A Redis Cluster: commands are routed by hash slot.
     Cluster,
+    /// A primary found through Redis Sentinel, followed across failovers.
+    Sentinel,
 }
 
 impl Topology {
-    /// `"single"` or `"cluster"`, as the gateway's `/health` reports it.
+    /// `"single"`, `"cluster"` or `"sentinel"`, as the gateway's `/health` reports it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Single => "single",
             Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
         }
     }
 }
@@ -100,10 +106,12 @@ impl fmt::Display for Topology {
 /// How many nodes a health check needed and how many answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NodeCounts {
-    /// Nodes that must answer: 1 for a single server; on a cluster, the masters serving
-    /// slots (as the cluster reported them in the last check that reached it).
+    /// Nodes that must answer: 1 for a single server and for the primary behind Sentinel;
+    /// on a cluster, the masters serving slots (as the cluster reported them in the last
+    /// check that reached it).
     pub expected: usize,
-    /// Of those, how many answered `PING` within the command timeout.
+    /// Of those, how many answered `PING` (behind Sentinel: `ROLE`, as a primary) within
+    /// the command timeout.
     pub reachable: usize,
 }
 
@@ -249,11 +257,14 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
 const TOPOLOGY_UNKNOWN: u8 = 0;
 const TOPOLOGY_SINGLE: u8 = 1;
 const TOPOLOGY_CLUSTER: u8 = 2;
+const TOPOLOGY_SENTINEL: u8 = 3;
 
 #[derive(Clone)]
 struct Slot {
     conn: Conn,
     generation: u64,
+    /// Behind Sentinel: the primary's `host:port` this connection goes to.
+    primary: Option<Arc<str>>,
 }
 
 /// A call admitted by the breaker, holding the connection it runs on.
@@ -292,6 +303,14 @@ struct Inner {
     generation: AtomicU64,
     ever_connected: AtomicBool,
     breaker: Breaker,
+    /// With Redis Sentinel: the sentinels and the master name.
+    sentinels: Option<Sentinels>,
+    /// The primary of the last successful Sentinel connection (to log a change once).
+    last_primary: Mutex<Option<Arc<str>>>,
+    /// Whether the task that watches the sentinels' answer runs.
+    watching: AtomicBool,
+    /// This `Inner`, for the watch task (which must not keep it alive).
+    me: Weak<Inner>,
 }
 
 impl fmt::Debug for Inner {
@@ -316,6 +335,13 @@ impl RedisConnection {
         let config_error = |e: driver::RedisError| {
             RedisError::from_driver(&e, password.as_deref()).with_kind(RedisErrorKind::Config)
         };
+        if config.sentinel.is_some() && config.cluster == ClusterMode::Enabled {
+            return Err(RedisError::new(
+                RedisErrorKind::Config,
+                "Sentinel with cluster mode enabled: the sentinels name one primary, \
+                 a Redis Cluster has none; choose one",
+            ));
+        }
         if config.cluster == ClusterMode::Enabled && config.db != 0 {
             return Err(RedisError::new(
                 RedisErrorKind::Config,
@@ -346,9 +372,16 @@ impl RedisConnection {
                 None
             }
         };
-        let mut infos = Vec::with_capacity(config.seeds.len());
-        let mut clients = Vec::with_capacity(config.seeds.len());
-        for seed in &config.seeds {
+        let sentinels = Sentinels::new(config, root_cert.clone()).map_err(config_error)?;
+        // Behind Sentinel the seeds are the sentinels: no data client for them.
+        let data_seeds = if sentinels.is_some() {
+            &[][..]
+        } else {
+            &config.seeds[..]
+        };
+        let mut infos = Vec::with_capacity(data_seeds.len());
+        let mut clients = Vec::with_capacity(data_seeds.len());
+        for seed in data_seeds {
             let info = config.connection_info(seed).map_err(config_error)?;
             infos.push(info.clone());
             let client = match &root_cert {
@@ -365,6 +398,7 @@ impl RedisConnection {
             clients.push(client);
         }
         let cluster_client = match config.cluster {
+            _ if sentinels.is_some() => None,
             ClusterMode::Disabled => None,
             // Database 0 for the cluster client: a non-zero database is refused above
             // (Enabled) or when the server turns out to be a cluster (Auto).
@@ -386,6 +420,7 @@ impl RedisConnection {
             }
         };
         let topology = match config.cluster {
+            _ if sentinels.is_some() => TOPOLOGY_SENTINEL,
             ClusterMode::Auto => TOPOLOGY_UNKNOWN,
             ClusterMode::Enabled => TOPOLOGY_CLUSTER,
             ClusterMode::Disabled => TOPOLOGY_SINGLE,
@@ -393,8 +428,14 @@ impl RedisConnection {
         let async_config = driver::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
+        // Behind Sentinel a connect asks the sentinels first, then the primary.
+        let connect_budget = if sentinels.is_some() {
+            config.connect_timeout * 2
+        } else {
+            config.connect_timeout
+        };
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 clients,
                 cluster_client,
                 mode: config.cluster,
@@ -418,8 +459,12 @@ impl RedisConnection {
                     BREAKER_THRESHOLD,
                     BREAKER_MIN_COOL_DOWN,
                     BREAKER_MAX_COOL_DOWN,
-                    config.connect_timeout + config.command_timeout,
+                    connect_budget + config.command_timeout,
                 ),
+                sentinels,
+                last_primary: Mutex::new(None),
+                watching: AtomicBool::new(false),
+                me: me.clone(),
             }),
         })
     }
@@ -532,6 +577,9 @@ impl RedisConnection {
             let conn = conn.clone();
             return self.inner.cluster_health(lease, conn, started).await;
         }
+        if self.inner.sentinels.is_some() {
+            return self.inner.sentinel_health(lease, started).await;
+        }
         let result = timeout(
             self.inner.command_timeout,
             driver::cmd("PING").query_async::<String>(&mut lease.conn),
@@ -593,6 +641,8 @@ impl RedisConnection {
         let lease = self.inner.begin(false).await?;
         let topology = if lease.conn.is_cluster() {
             Topology::Cluster
+        } else if self.inner.sentinels.is_some() {
+            Topology::Sentinel
         } else {
             Topology::Single
         };
@@ -621,6 +671,7 @@ impl Inner {
         match self.topology.load(Ordering::Acquire) {
             TOPOLOGY_SINGLE => Some(Topology::Single),
             TOPOLOGY_CLUSTER => Some(Topology::Cluster),
+            TOPOLOGY_SENTINEL => Some(Topology::Sentinel),
             _ => None,
         }
     }
@@ -629,7 +680,7 @@ impl Inner {
     fn unreachable_report(&self, err: &RedisError) -> HealthReport {
         let topology = self.topology();
         let expected = match topology {
-            Some(Topology::Single) => Some(1),
+            Some(Topology::Single | Topology::Sentinel) => Some(1),
             Some(Topology::Cluster) => {
                 Some(self.last_masters.load(Ordering::Relaxed)).filter(|n| *n > 0)
             }
@@ -825,10 +876,11 @@ impl Inner {
     /// outcome instead of starting their own.
     async fn establish(&self) -> Result<Slot, RedisError> {
         let seen = self.attempts.load(Ordering::Acquire);
-        let Ok(_guard) = timeout(self.connect_timeout, self.connecting.lock()).await else {
+        let budget = self.connect_budget();
+        let Ok(_guard) = timeout(budget, self.connecting.lock()).await else {
             return Err(RedisError::timeout(
                 &format!("connecting to {}", self.addr),
-                self.connect_timeout,
+                budget,
             ));
         };
         if let Some(slot) = self.current() {
@@ -844,17 +896,26 @@ impl Inner {
                 return Err(err);
             }
         }
-        let attempt = timeout(self.connect_timeout, self.open()).await;
+        let attempt = timeout(budget, self.open()).await;
         let outcome = match attempt {
-            Ok(Ok(conn)) => {
+            Ok(Ok((conn, primary))) => {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 let topology = if conn.is_cluster() {
                     "cluster"
+                } else if self.sentinels.is_some() {
+                    "sentinel"
                 } else {
                     "single"
                 };
-                let slot = Slot { conn, generation };
+                let slot = Slot {
+                    conn,
+                    generation,
+                    primary: primary.clone(),
+                };
                 *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(slot.clone());
+                if let Some(primary) = &primary {
+                    self.note_primary(primary);
+                }
                 if self.ever_connected.swap(true, Ordering::Relaxed) {
                     tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis reconnected");
                 } else {
@@ -867,7 +928,7 @@ impl Inner {
             Ok(Err(err)) => Err(err),
             Err(_) => Err(RedisError::timeout(
                 &format!("connecting to {}", self.addr),
-                self.connect_timeout,
+                budget,
             )),
         };
         *self
@@ -880,11 +941,20 @@ impl Inner {
 
     /// One connection attempt: the cluster connection when the topology is (or turns out
     /// to be) a cluster, else the multiplexed connection to the first seed that answers.
-    async fn open(&self) -> Result<Conn, RedisError> {
+    /// Behind Sentinel, also the primary's `host:port`.
+    async fn open(&self) -> Result<(Conn, Option<Arc<str>>), RedisError> {
         match self.topology() {
+            Some(Topology::Sentinel) => return self.open_sentinel().await,
+            topology => self.open_direct(topology).await.map(|conn| (conn, None)),
+        }
+    }
+
+    /// [`Inner::open`] for a single server or a cluster.
+    async fn open_direct(&self, topology: Option<Topology>) -> Result<Conn, RedisError> {
+        match topology {
             Some(Topology::Cluster) => return self.open_cluster().await,
             Some(Topology::Single) => return self.open_single().await.map(Conn::Single),
-            None => {}
+            Some(Topology::Sentinel) | None => {}
         }
         // Auto, first connection: ask the server.
         let mut conn = match self.open_single().await {
@@ -923,6 +993,75 @@ impl Inner {
         }
         self.topology.store(TOPOLOGY_CLUSTER, Ordering::Release);
         self.open_cluster().await
+    }
+
+    /// The multiplexed connection to the primary the sentinels name (verified with
+    /// `ROLE`), and the task that watches the sentinels' answer started.
+    async fn open_sentinel(&self) -> Result<(Conn, Option<Arc<str>>), RedisError> {
+        let Some(sentinels) = &self.sentinels else {
+            return Err(RedisError::new(RedisErrorKind::Config, "no sentinels"));
+        };
+        let (conn, primary) = sentinels.connect_primary(&self.async_config).await?;
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watch_sentinels(self.me.clone()));
+        }
+        Ok((Conn::Single(conn), Some(primary.into())))
+    }
+
+    /// Logs a primary other than the one of the last Sentinel connection.
+    fn note_primary(&self, primary: &Arc<str>) {
+        let mut last = self.last_primary.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_deref() {
+            Some(old) if old != &**primary => {
+                tracing::info!(sentinels = %self.addr, old = %old, new = %primary,
+                    "redis primary changed: connected to the primary the sentinels name");
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(sentinels = %self.addr, primary = %primary, "redis primary found through the sentinels");
+            }
+        }
+        *last = Some(primary.clone());
+    }
+
+    /// Time allowed for one connection attempt: the connect timeout, twice that behind
+    /// Sentinel (the sentinels' answer, then the primary).
+    fn connect_budget(&self) -> Duration {
+        if self.sentinels.is_some() {
+            self.connect_timeout * 2
+        } else {
+            self.connect_timeout
+        }
+    }
+
+    /// The health check behind Sentinel: `ROLE` on the connection, which must still go to
+    /// a primary (a demoted primary answers `slave`: the connection is then dropped so the
+    /// next call asks the sentinels again).
+    async fn sentinel_health(&self, mut lease: Lease, started: Instant) -> HealthReport {
+        let result = timeout(
+            self.command_timeout,
+            sentinel::check_primary(&mut lease.conn),
+        )
+        .await;
+        let outcome = match result {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(RedisError::from_driver(&e, self.password.as_deref())),
+            Err(_) => Err(RedisError::timeout("ROLE", self.command_timeout)),
+        };
+        match self.settle(lease, outcome) {
+            Ok(()) => HealthReport {
+                health: RedisHealth::Connected {
+                    latency: started.elapsed(),
+                },
+                topology: Some(Topology::Sentinel),
+                nodes: Some(NodeCounts {
+                    expected: 1,
+                    reachable: 1,
+                }),
+            },
+            Err(e) => self.unreachable_report(&e),
+        }
     }
 
     /// The multiplexed connection to the first seed that accepts one.
@@ -1023,10 +1162,13 @@ impl Inner {
                 // failover): replace it on the next call. A cluster connection reconnects
                 // its nodes and refreshes its slot map by itself; one failing node does not
                 // condemn the connection to the others (the breaker still drops it).
-                if !lease.conn.is_cluster() {
-                    self.invalidate(lease.generation, &err);
+                let dropped = !lease.conn.is_cluster() && self.invalidate(lease.generation, &err);
+                // Behind Sentinel, one broken connection (a failover kills the clients of the
+                // old primary, or it answers READONLY) is one failure, however many calls
+                // were in flight on it: the next call asks the sentinels anyway.
+                if self.sentinels.is_none() || dropped || lease.probe {
+                    self.report_failure(lease.probe, &err);
                 }
-                self.report_failure(lease.probe, &err);
             }
             RedisErrorKind::Timeout | RedisErrorKind::Config => {
                 // A single slow call does not condemn the connection; repeated ones open
@@ -1037,13 +1179,17 @@ impl Inner {
         Err(err)
     }
 
-    /// Drops the shared connection if it is still the one of `generation`.
-    fn invalidate(&self, generation: u64, err: &RedisError) {
+    /// Drops the shared connection if it is still the one of `generation`; says whether
+    /// it did.
+    fn invalidate(&self, generation: u64, err: &RedisError) -> bool {
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|s| s.generation == generation) {
             *slot = None;
             drop(slot);
             tracing::warn!(addr = %self.addr, error = %err, "redis connection lost");
+            true
+        } else {
+            false
         }
     }
 
@@ -1081,6 +1227,45 @@ impl Inner {
     /// only times out may be a dead peer that never sent a reset).
     fn drop_connection(&self) {
         *self.slot.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Behind Sentinel, while any handle of the connection lives: every
+/// [`SENTINEL_WATCH_PERIOD`] asks the sentinels which address is the primary, and drops the
+/// shared connection when they name another than the one it goes to, so the next call
+/// connects to the new primary. A graceful failover leaves the old primary up (and a
+/// primary for a while); without the watch, calls would keep going to it until it is
+/// demoted and drops its clients.
+async fn watch_sentinels(me: Weak<Inner>) {
+    let mut watch = match me.upgrade() {
+        Some(inner) => match &inner.sentinels {
+            Some(sentinels) => sentinels.watch(),
+            None => return,
+        },
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(SENTINEL_WATCH_PERIOD).await;
+        let Some(inner) = me.upgrade() else { return };
+        let Some(sentinels) = &inner.sentinels else {
+            return;
+        };
+        let Some(current) = inner.current() else {
+            continue;
+        };
+        let Some(connected) = current.primary.clone() else {
+            continue;
+        };
+        let Some(named) = watch.primary(sentinels).await else {
+            continue;
+        };
+        if *named != *connected {
+            let err = RedisError::new(
+                RedisErrorKind::Unavailable,
+                format!("the sentinels name {named} as the primary, not {connected}"),
+            );
+            inner.invalidate(current.generation, &err);
+        }
     }
 }
 

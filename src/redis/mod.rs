@@ -148,6 +148,7 @@ mod breaker;
 mod config;
 mod connection;
 mod error;
+mod sentinel;
 mod slot;
 
 pub use self::config::{ClusterMode, RedisConfig, RedisConfigError};
