@@ -375,6 +375,25 @@ impl RedisSentinel {
         }
     }
 
+    /// Waits until the data node on `port` answers `ROLE` as a replica.
+    pub fn wait_until_replica(&self, port: u16, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        loop {
+            let role = self.try_run_on::<driver::Value>(port, &driver::cmd("ROLE"));
+            if matches!(&role, Ok(driver::Value::Array(f))
+                if matches!(f.first(), Some(driver::Value::BulkString(b)) if b == b"slave"))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {port} is not a replica after {deadline:?}:\n{}",
+                self.describe()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Asks a sentinel for a failover (`SENTINEL FAILOVER`), retrying while the sentinel
     /// refuses it for a passing reason (no replica ready yet, a failover in progress), for up
     /// to 15 s. Does not wait for the failover to finish: see

@@ -1,0 +1,414 @@
+//! `RedisConnection` behind Redis Sentinel (one primary, one replica, three sentinels from the
+//! test support): the connection finds the primary through the sentinels (passwords,
+//! a dead sentinel first in the list, wrong passwords as clear errors); it follows a
+//! `SENTINEL FAILOVER` and a killed primary under continuous writes without a restart, with
+//! the error window and the acknowledged writes lost measured; a script missing on the new
+//! primary is loaded and retried; the health report names the topology and the primary.
+//!
+//! Each test starts its own setup (about 2-3 s) and runs within [`DEADLINE`].
+#![cfg(feature = "redis")]
+
+mod common;
+use rampart_test_support as support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use support::RedisSentinel;
+use tower_rampart::redis::driver::{self, Script};
+use tower_rampart::redis::{
+    NodeCounts, RedisConfig, RedisConnection, RedisErrorKind, RedisHealth, Topology,
+};
+
+/// Each test finishes well within this, setup included, on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(45);
+/// Time for the sentinels to agree on a new primary.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
+/// The longest the writes may fail (or not be answered) around a failover. Measured here:
+/// see the `eprintln!` of each test; this bound leaves room for a loaded machine.
+const GRACEFUL_WINDOW_BOUND: Duration = Duration::from_secs(4);
+/// With a killed primary the sentinels first wait `down-after-milliseconds` (1 s), then
+/// elect a leader and promote the replica.
+const KILL_WINDOW_BOUND: Duration = Duration::from_secs(8);
+
+const DATA_PASSWORD: &str = "data pa55:@/";
+const SENTINEL_PASSWORD: &str = "sentinel pa55";
+
+fn captured_logs() -> &'static Capture {
+    static CAPTURED: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("global subscriber");
+        captured
+    })
+}
+
+/// Runs a blocking harness call (process management, polling) off the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn with_deadline(test: impl Future<Output = ()>) {
+    tokio::time::timeout(DEADLINE, test)
+        .await
+        .expect("deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_the_primary_through_the_sentinels() {
+    with_deadline(async {
+        let logs = captured_logs();
+        let setup = blocking(|| {
+            RedisSentinel::start_with_passwords(Some(DATA_PASSWORD), Some(SENTINEL_PASSWORD))
+        });
+        let primary = setup.primary_port();
+        let conn = setup
+            .config()
+            .connect()
+            .await
+            .expect("connect through the sentinels");
+        assert_eq!(conn.topology(), Some(Topology::Sentinel));
+        assert_eq!(conn.detect_topology().await.unwrap(), Topology::Sentinel);
+        assert!(!conn.is_cluster());
+        let () = conn
+            .query(driver::cmd("SET").arg("s:k").arg("v"))
+            .await
+            .unwrap();
+        let on_primary: Option<String> =
+            blocking(|| setup.run_on(primary, driver::cmd("GET").arg("s:k")));
+        assert_eq!(
+            on_primary.as_deref(),
+            Some("v"),
+            "the write went to the primary"
+        );
+
+        let report = conn.health_report().await;
+        assert!(report.health.is_connected(), "{report:?}");
+        assert_eq!(report.topology, Some(Topology::Sentinel));
+        assert_eq!(
+            report.nodes,
+            Some(NodeCounts {
+                expected: 1,
+                reachable: 1
+            })
+        );
+
+        // A dead sentinel first in the list: the next one answers.
+        let dead = support::free_port();
+        let mut sentinels = vec![("127.0.0.1".to_owned(), dead)];
+        sentinels.extend(setup.sentinel_addrs());
+        let config = RedisConfig::from_sentinels(support::sentinel::MASTER_NAME, sentinels)
+            .unwrap()
+            .password(DATA_PASSWORD)
+            .sentinel_password(SENTINEL_PASSWORD);
+        let conn = config.connect().await.expect("the second sentinel answers");
+        let v: Option<String> = conn.query(driver::cmd("GET").arg("s:k")).await.unwrap();
+        assert_eq!(v.as_deref(), Some("v"));
+
+        // Wrong passwords and an unknown name: clear errors, no secret in them.
+        let wrong_sentinel_pw = setup.config().sentinel_password("nope-sentinel");
+        let err = wrong_sentinel_pw.connect().await.unwrap_err();
+        assert_eq!(err.kind(), RedisErrorKind::Auth, "{err}");
+        let wrong_data_pw = setup.config().password("nope-data");
+        let err = wrong_data_pw.connect().await.unwrap_err();
+        assert_eq!(err.kind(), RedisErrorKind::Auth, "{err}");
+        assert!(!err.to_string().contains("nope-data"), "{err}");
+        let unknown = RedisConfig::from_sentinels("no-such-primary", setup.sentinel_addrs())
+            .unwrap()
+            .sentinel_password(SENTINEL_PASSWORD);
+        let err = unknown.connect().await.unwrap_err();
+        assert_eq!(err.kind(), RedisErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("does not know"), "{err}");
+
+        let text = logs.text();
+        for secret in [
+            DATA_PASSWORD,
+            SENTINEL_PASSWORD,
+            "nope-sentinel",
+            "nope-data",
+        ] {
+            assert!(!text.contains(secret), "a password in the logs");
+        }
+        drop(setup);
+    })
+    .await;
+}
+
+/// What a writer saw: acknowledged increments, failed calls, and the longest time without
+/// an acknowledged write.
+#[derive(Debug, Default)]
+struct WriteLoad {
+    acked: u64,
+    failed: u64,
+    /// From the send of the first failed call to the answer of the last one.
+    error_window: Duration,
+    /// The longest time between two acknowledged writes (the unavailability as a client
+    /// sees it).
+    longest_gap: Duration,
+    /// Error kinds seen, in order of first appearance.
+    kinds: Vec<RedisErrorKind>,
+}
+
+/// Four tasks `INCR` `key` back to back until `stop`; returns what they saw together.
+async fn write_continuously(
+    conn: RedisConnection,
+    key: &'static str,
+    stop: Arc<AtomicBool>,
+) -> WriteLoad {
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (conn, stop) = (conn.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut events = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let result: Result<i64, _> = conn.query(driver::cmd("INCR").arg(key)).await;
+                events.push((sent, Instant::now(), result.map(drop).map_err(|e| e.kind())));
+                if events.last().is_some_and(|e| e.2.is_err()) {
+                    // A failing call returns at once (breaker, refused connect): do not spin.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            events
+        }));
+    }
+    let mut events = Vec::new();
+    for t in tasks {
+        events.extend(t.await.unwrap());
+    }
+    events.sort_by_key(|e| e.1);
+    let mut load = WriteLoad::default();
+    let mut first_failure: Option<Instant> = None;
+    let mut last_failure: Option<Instant> = None;
+    let mut last_ack: Option<Instant> = None;
+    for (sent, answered, result) in events {
+        match result {
+            Ok(()) => {
+                load.acked += 1;
+                if let Some(prev) = last_ack {
+                    load.longest_gap = load.longest_gap.max(answered - prev);
+                }
+                last_ack = Some(answered);
+            }
+            Err(kind) => {
+                load.failed += 1;
+                first_failure = Some(first_failure.map_or(sent, |f| f.min(sent)));
+                last_failure = Some(answered);
+                if !load.kinds.contains(&kind) {
+                    load.kinds.push(kind);
+                }
+            }
+        }
+    }
+    if let (Some(first), Some(last)) = (first_failure, last_failure) {
+        load.error_window = last - first;
+    }
+    load
+}
+
+/// Writes under load across `fail_over` (which returns the old primary's port); returns
+/// what the writers saw, the increments the new primary holds and the new primary's port.
+async fn across_a_failover(
+    setup: &mut RedisSentinel,
+    key: &'static str,
+    fail_over: impl FnOnce(&mut RedisSentinel) -> u16,
+) -> (WriteLoad, i64, u16) {
+    let conn = setup.config().connect().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = tokio::spawn(write_continuously(conn.clone(), key, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = blocking(|| fail_over(setup));
+    let new = blocking(|| setup.wait_for_new_primary(old, FAILOVER_DEADLINE));
+    // Keep writing until the connection has written on the new primary for a while.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let on_new: Option<i64> = blocking(|| setup.run_on(new, driver::cmd("GET").arg(key)));
+        let before = on_new.unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after: Option<i64> = blocking(|| setup.run_on(new, driver::cmd("GET").arg(key)));
+        if after.unwrap_or(0) > before {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the connection does not write on the new primary {new}:\n{}",
+            setup.describe()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = writers.await.unwrap();
+    let held: Option<i64> = blocking(|| setup.run_on(new, driver::cmd("GET").arg(key)));
+    assert!(conn.is_available(), "the breaker is closed again");
+    (load, held.unwrap_or(0), new)
+}
+
+fn report(what: &str, load: &WriteLoad, held: i64) {
+    let lost = load.acked as i64 - held;
+    eprintln!(
+        "{what}: {} writes acknowledged, {} failed ({:?}); error window {:?} (first failed send \
+         to last failed answer); longest time without an acknowledged write {:?}; the new \
+         primary holds {held}: {} acknowledged writes lost",
+        load.acked,
+        load.failed,
+        load.kinds,
+        load.error_window,
+        load.longest_gap,
+        lost.max(0),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_sentinel_failover_under_load() {
+    with_deadline(async {
+        let logs = captured_logs();
+        let mut setup = blocking(RedisSentinel::start);
+        let (load, held, new) = across_a_failover(&mut setup, "load:graceful", |s| {
+            let old = s.primary_port();
+            s.failover();
+            old
+        })
+        .await;
+        report("SENTINEL FAILOVER", &load, held);
+        assert!(load.acked > 100, "{load:?}");
+        assert!(
+            load.longest_gap < GRACEFUL_WINDOW_BOUND,
+            "writes stopped for {:?}",
+            load.longest_gap
+        );
+        assert!(
+            load.error_window < GRACEFUL_WINDOW_BOUND,
+            "errors for {:?}",
+            load.error_window
+        );
+        assert!(
+            logs.text().contains("redis primary changed"),
+            "the change of primary is logged"
+        );
+        // The old primary is a replica now: it holds what the new one holds, nothing is
+        // written to it directly any more.
+        assert_ne!(new, setup.node_ports()[0]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_killed_primary_under_load() {
+    with_deadline(async {
+        let mut setup = blocking(RedisSentinel::start);
+        let (load, held, _) =
+            across_a_failover(&mut setup, "load:killed", RedisSentinel::kill_primary).await;
+        report("primary killed", &load, held);
+        assert!(load.acked > 100, "{load:?}");
+        assert!(
+            load.failed > 0,
+            "killing the primary fails some calls: {load:?}"
+        );
+        assert!(
+            load.longest_gap < KILL_WINDOW_BOUND,
+            "writes stopped for {:?}",
+            load.longest_gap
+        );
+    })
+    .await;
+}
+
+/// The new primary lacks a script the old one had (flushed here, as after a restart): the
+/// call loads it there and retries; the caller never sees `NOSCRIPT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_missing_on_the_new_primary_is_loaded_and_retried() {
+    with_deadline(async {
+        let setup = blocking(RedisSentinel::start);
+        let conn = setup.config().connect().await.unwrap();
+        let script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+        let n: i64 = conn.invoke_script(script.key("sc:k").arg(2)).await.unwrap();
+        assert_eq!(n, 2);
+        let old = setup.primary_port();
+        blocking(|| setup.failover());
+        let new = blocking(|| setup.wait_for_new_primary(old, FAILOVER_DEADLINE));
+        // Once the old primary is a replica, nothing can run there any more.
+        blocking(|| setup.wait_until_replica(old, FAILOVER_DEADLINE));
+        let () = blocking(|| setup.run_on(new, driver::cmd("SCRIPT").arg("FLUSH")));
+        let until = Instant::now() + Duration::from_secs(10);
+        let n = loop {
+            match conn.invoke_script::<i64>(script.key("sc:k").arg(3)).await {
+                Ok(n) => break n,
+                Err(e) => {
+                    assert_ne!(e.server_code(), Some("NOSCRIPT"), "{e}");
+                    assert!(Instant::now() < until, "no success after the failover: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(
+            n, 5,
+            "ran once on the new primary, which holds the replicated 2"
+        );
+        let loaded: Vec<bool> = blocking(|| {
+            setup.run_on(
+                new,
+                driver::cmd("SCRIPT").arg("EXISTS").arg(script.get_hash()),
+            )
+        });
+        assert_eq!(loaded, [true], "the script was loaded on the new primary");
+    })
+    .await;
+}
+
+/// Health behind Sentinel: the primary is checked with `ROLE`; while the killed primary is
+/// not replaced the report says 0 of 1 reachable; afterwards 1 of 1 on the new primary,
+/// without a restart. A connection that stays on a demoted primary is noticed by the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_primary() {
+    with_deadline(async {
+        let mut setup = blocking(RedisSentinel::start);
+        let conn = setup.config().connect().await.unwrap();
+        assert!(conn.health_check().await.is_connected());
+        let old = blocking(|| setup.kill_primary());
+        let report = conn.health_report().await;
+        assert!(!report.health.is_connected(), "{report:?}");
+        assert_eq!(report.topology, Some(Topology::Sentinel));
+        assert_eq!(
+            report.nodes,
+            Some(NodeCounts {
+                expected: 1,
+                reachable: 0
+            })
+        );
+        let new = blocking(|| setup.wait_for_new_primary(old, FAILOVER_DEADLINE));
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let report = conn.health_report().await;
+            if let RedisHealth::Connected { .. } = report.health {
+                assert_eq!(
+                    report.nodes,
+                    Some(NodeCounts {
+                        expected: 1,
+                        reachable: 1
+                    })
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "health after the failover: {report:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let () = conn
+            .query(driver::cmd("SET").arg("h:after").arg("1"))
+            .await
+            .unwrap();
+        let v: Option<String> = blocking(|| setup.run_on(new, driver::cmd("GET").arg("h:after")));
+        assert_eq!(v.as_deref(), Some("1"));
+    })
+    .await;
+}
