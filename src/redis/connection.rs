@@ -25,8 +25,12 @@ const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_MIN_COOL_DOWN: Duration = Duration::from_secs(1);
 /// Longest cool-down: Redis coming back is noticed within this (plus one connect).
 const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
-/// How often the sentinels are asked which address is the primary while connected.
-const SENTINEL_WATCH_PERIOD: Duration = Duration::from_millis(250);
+/// How often the sentinels are asked which address is the primary and whether a failover
+/// is under way, while connected.
+const SENTINEL_WATCH_PERIOD: Duration = Duration::from_millis(100);
+/// The longest calls are held off while a sentinel reports a failover in progress (a
+/// failover that neither ends nor aborts, e.g. a sentinel stuck in it).
+const SENTINEL_FENCE_MAX: Duration = Duration::from_secs(10);
 
 /// A handle to one Redis server or one Redis Cluster, cheap to clone and share between
 /// tasks.
@@ -309,6 +313,9 @@ struct Inner {
     last_primary: Mutex<Option<Arc<str>>>,
     /// Whether the task that watches the sentinels' answer runs.
     watching: AtomicBool,
+    /// Set while a sentinel reports a failover of the primary in progress: calls fail at
+    /// once instead of writing to a primary about to be demoted (its writes would be lost).
+    fenced: AtomicBool,
     /// This `Inner`, for the watch task (which must not keep it alive).
     me: Weak<Inner>,
 }
@@ -464,6 +471,7 @@ impl RedisConnection {
                 sentinels,
                 last_primary: Mutex::new(None),
                 watching: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
                 me: me.clone(),
             }),
         })
@@ -839,6 +847,17 @@ impl Inner {
     /// Admission by the breaker, then the shared connection (established if needed).
     /// `bypass` lets the call through an open breaker (health checks, eager connect).
     async fn begin(&self, bypass: bool) -> Result<Lease, RedisError> {
+        if self.fenced.load(Ordering::Acquire) {
+            // Not a failure of Redis: the breaker is not told.
+            return Err(RedisError::new(
+                RedisErrorKind::Unavailable,
+                format!(
+                    "a failover of the primary is in progress (sentinels {}); calls resume on \
+                     the new primary",
+                    self.addr
+                ),
+            ));
+        }
         let probe = match self.breaker.admit(Instant::now()) {
             Admission::Pass => false,
             Admission::Probe => true,
@@ -1231,11 +1250,16 @@ impl Inner {
 }
 
 /// Behind Sentinel, while any handle of the connection lives: every
-/// [`SENTINEL_WATCH_PERIOD`] asks the sentinels which address is the primary, and drops the
-/// shared connection when they name another than the one it goes to, so the next call
-/// connects to the new primary. A graceful failover leaves the old primary up (and a
-/// primary for a while); without the watch, calls would keep going to it until it is
-/// demoted and drops its clients.
+/// [`SENTINEL_WATCH_PERIOD`] asks every sentinel for the primary and whether a failover is
+/// under way (`SENTINEL MASTER`), and
+///
+/// - while one reports a failover in progress, drops the shared connection and fences the
+///   calls (they fail at once with [`RedisErrorKind::Unavailable`]) until the sentinels
+///   name the new primary, at most [`SENTINEL_FENCE_MAX`]: a graceful failover leaves the
+///   old primary up and writable until the sentinels demote it, and what it acknowledges
+///   after the replica's promotion is lost;
+/// - drops the shared connection when the sentinels (the highest configuration epoch) name
+///   another primary than the one it goes to, so the next call connects to the new one.
 async fn watch_sentinels(me: Weak<Inner>) {
     let mut watch = match me.upgrade() {
         Some(inner) => match &inner.sentinels {
@@ -1244,25 +1268,57 @@ async fn watch_sentinels(me: Weak<Inner>) {
         },
         None => return,
     };
+    let mut fenced_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(SENTINEL_WATCH_PERIOD).await;
         let Some(inner) = me.upgrade() else { return };
         let Some(sentinels) = &inner.sentinels else {
             return;
         };
+        let Some(view) = watch.look(sentinels).await else {
+            continue;
+        };
+        let fence =
+            view.failover && fenced_since.is_none_or(|since| since.elapsed() < SENTINEL_FENCE_MAX);
+        match (fence, fenced_since) {
+            (true, None) => {
+                fenced_since = Some(Instant::now());
+                inner.fenced.store(true, Ordering::Release);
+                tracing::warn!(sentinels = %inner.addr, primary = %view.primary,
+                    "redis failover in progress: calls fail fast until the sentinels name the new primary");
+                if let Some(current) = inner.current() {
+                    let err = RedisError::new(RedisErrorKind::Unavailable, "failover in progress");
+                    inner.invalidate(current.generation, &err);
+                }
+            }
+            (false, Some(since)) if inner.fenced.swap(false, Ordering::AcqRel) => {
+                if view.failover {
+                    tracing::warn!(sentinels = %inner.addr, fenced_ms = since.elapsed().as_millis() as u64,
+                        "redis failover still reported in progress; calls resume");
+                } else {
+                    tracing::info!(sentinels = %inner.addr, primary = %view.primary,
+                        fenced_ms = since.elapsed().as_millis() as u64, "redis failover over: calls resume");
+                    fenced_since = None;
+                }
+            }
+            _ => {}
+        }
+        if !view.failover {
+            fenced_since = None;
+        }
         let Some(current) = inner.current() else {
             continue;
         };
         let Some(connected) = current.primary.clone() else {
             continue;
         };
-        let Some(named) = watch.primary(sentinels).await else {
-            continue;
-        };
-        if *named != *connected {
+        if *view.primary != *connected {
             let err = RedisError::new(
                 RedisErrorKind::Unavailable,
-                format!("the sentinels name {named} as the primary, not {connected}"),
+                format!(
+                    "the sentinels name {} as the primary, not {connected}",
+                    view.primary
+                ),
             );
             inner.invalidate(current.generation, &err);
         }

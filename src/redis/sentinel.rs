@@ -98,86 +98,114 @@ impl Sentinels {
             .scrub(self.sentinel_password.as_deref())
     }
 
-    /// Asks sentinel `index` for the primary's address: `Ok(None)` when it does not know
-    /// the name.
-    async fn ask(&self, index: usize) -> Result<Option<Seed>, RedisError> {
-        let (addr, client) = &self.sentinels[index];
-        let attempt = timeout(self.ask_timeout, async {
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.ask_config)
-                .await
-                .map_err(|e| self.error(&e))?;
-            self.query_master(&mut conn).await
-        })
-        .await;
-        match attempt {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::timeout(
-                &format!("asking sentinel {addr}"),
-                self.ask_timeout,
-            )),
+    /// Asks every sentinel at once (`SENTINEL MASTER`, each within half the connect
+    /// timeout), reusing the open connections in `conns` (one slot per sentinel) and
+    /// keeping those that answered.
+    async fn ask_all(&self, conns: &mut [Option<MultiplexedConnection>]) -> Vec<Answer> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, (_, client)) in self.sentinels.iter().enumerate() {
+            let conn = conns.get_mut(index).and_then(Option::take);
+            let client = client.clone();
+            let config = self.ask_config.clone();
+            let master = self.master.clone();
+            let limit = self.ask_timeout;
+            tasks.spawn(async move {
+                let answer = timeout(limit, async move {
+                    let mut conn = match conn {
+                        Some(conn) => conn,
+                        None => {
+                            client
+                                .get_multiplexed_async_connection_with_config(&config)
+                                .await?
+                        }
+                    };
+                    let fields: driver::RedisResult<Vec<String>> = driver::cmd("SENTINEL")
+                        .arg("MASTER")
+                        .arg(&master)
+                        .query_async(&mut conn)
+                        .await;
+                    Ok::<_, driver::RedisError>((conn, fields))
+                })
+                .await;
+                (index, answer)
+            });
         }
+        let mut answers = Vec::with_capacity(self.sentinels.len());
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((index, outcome)) = joined else {
+                continue;
+            };
+            let sentinel = self.sentinels[index].0.clone();
+            let reply = match outcome {
+                Err(_) => Err(RedisError::timeout(
+                    &format!("asking sentinel {sentinel}"),
+                    self.ask_timeout,
+                )),
+                Ok(Err(e)) => Err(self.error(&e)),
+                Ok(Ok((conn, fields))) => {
+                    if let Some(slot) = conns.get_mut(index) {
+                        *slot = Some(conn);
+                    }
+                    match fields {
+                        Ok(fields) => Ok(parse_master(&fields)),
+                        Err(e) if e.to_string().contains("No such master") => Ok(None),
+                        Err(e) => Err(self.error(&e)),
+                    }
+                }
+            };
+            answers.push(Answer {
+                index,
+                sentinel,
+                reply,
+            });
+        }
+        answers.sort_by_key(|a| a.index);
+        answers
     }
 
-    /// `SENTINEL get-master-addr-by-name` on an open sentinel connection.
-    async fn query_master(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Option<Seed>, RedisError> {
-        let reply: Option<(String, String)> = driver::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&self.master)
-            .query_async(conn)
-            .await
-            .map_err(|e| self.error(&e))?;
-        let Some((host, port)) = reply else {
-            return Ok(None);
-        };
-        let port = port.parse::<u16>().map_err(|_| {
-            RedisError::new(
-                RedisErrorKind::Protocol,
-                format!("a sentinel answered the port {port:?}"),
-            )
-        })?;
-        Ok(Some(Seed { host, port }))
-    }
-
-    /// The primary: each sentinel in turn names it, and the first address named that
-    /// answers `ROLE` with `master` is connected to (with the data password, database and
-    /// TLS of the configuration). Returns the connection and the primary's `host:port`.
+    /// The primary: every sentinel is asked, the addresses named are tried from the highest
+    /// configuration epoch down (Sentinel's rule: the latest failover wins; a sentinel that
+    /// has not heard of it yet still names the old primary), and the first that answers
+    /// `ROLE` with `master` is connected to (with the data password, database and TLS of
+    /// the configuration). Returns the connection and the primary's `host:port`.
     pub(crate) async fn connect_primary(
         &self,
         async_config: &driver::AsyncConnectionConfig,
     ) -> Result<(MultiplexedConnection, String), RedisError> {
+        let mut conns: Vec<Option<MultiplexedConnection>> =
+            self.sentinels.iter().map(|_| None).collect();
+        let answers = self.ask_all(&mut conns).await;
+        drop(conns);
         let mut problems = Vec::new();
         let mut auth = false;
-        let mut not_primary: Vec<String> = Vec::new();
-        for (index, (sentinel, _)) in self.sentinels.iter().enumerate() {
-            let seed = match self.ask(index).await {
-                Ok(Some(seed)) => seed,
-                Ok(None) => {
-                    problems.push(format!(
-                        "sentinel {sentinel} does not know a primary named {:?}",
-                        self.master
-                    ));
-                    continue;
-                }
+        let mut candidates: Vec<(u64, Seed, String)> = Vec::new();
+        for answer in answers {
+            match answer.reply {
+                Ok(Some(named)) => candidates.push((named.epoch, named.seed, answer.sentinel)),
+                Ok(None) => problems.push(format!(
+                    "sentinel {} does not know a primary named {:?}",
+                    answer.sentinel, self.master
+                )),
                 Err(e) => {
                     auth |= e.kind() == RedisErrorKind::Auth;
-                    problems.push(format!("sentinel {sentinel}: {e}"));
-                    continue;
+                    problems.push(format!("sentinel {}: {e}", answer.sentinel));
                 }
-            };
+            }
+        }
+        // Highest epoch first; the configured order among equals.
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let mut tried: Vec<String> = Vec::new();
+        for (_, seed, sentinel) in candidates {
             let primary = seed.addr();
-            if not_primary.contains(&primary) {
+            if tried.contains(&primary) {
                 continue;
             }
+            tried.push(primary.clone());
             match self.open_verified(&seed, async_config).await {
                 Ok(conn) => return Ok((conn, primary)),
                 Err(e) => {
                     auth |= e.kind() == RedisErrorKind::Auth;
                     problems.push(format!("{primary} (named by sentinel {sentinel}): {e}"));
-                    not_primary.push(primary);
                 }
             }
         }
@@ -217,9 +245,11 @@ impl Sentinels {
         Ok(conn)
     }
 
-    /// A watch over the sentinels' answer (see [`Watch::primary`]).
+    /// A watch over the sentinels' answers (see [`Watch::look`]).
     pub(crate) fn watch(&self) -> Watch {
-        Watch { conn: None }
+        Watch {
+            conns: self.sentinels.iter().map(|_| None).collect(),
+        }
     }
 }
 
@@ -247,42 +277,75 @@ pub(crate) async fn check_primary<C: driver::aio::ConnectionLike>(
     }
 }
 
-/// Keeps one connection to a sentinel to ask, again and again, which address is the
-/// primary; moves to the next sentinel when one fails.
+/// What the sentinels say at one moment (see [`Watch::look`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct View {
+    /// The primary's `host:port` as named by the answering sentinel with the highest
+    /// configuration epoch (Sentinel's own rule: the latest failover wins).
+    pub(crate) primary: String,
+    /// Whether a sentinel is failing the primary over right now (flag
+    /// `failover_in_progress`, set by the sentinel that leads the failover before it
+    /// promotes the replica, cleared when it switches to the new primary).
+    pub(crate) failover: bool,
+}
+
+/// Keeps one connection to each sentinel to ask them all, again and again, for the
+/// primary's address and whether a failover is under way (`SENTINEL MASTER`).
 pub(crate) struct Watch {
-    conn: Option<(usize, MultiplexedConnection)>,
+    conns: Vec<Option<MultiplexedConnection>>,
 }
 
 impl Watch {
-    /// The primary's `host:port` as the sentinels name it now, `None` when no sentinel
-    /// answered (each is tried once per call).
-    pub(crate) async fn primary(&mut self, sentinels: &Sentinels) -> Option<String> {
-        let count = sentinels.sentinels.len();
-        let start = self.conn.as_ref().map_or(0, |(i, _)| *i);
-        for step in 0..count {
-            let index = (start + step) % count;
-            let conn = match self.conn.take() {
-                Some((i, conn)) if i == index => conn,
-                _ => {
-                    let client = &sentinels.sentinels[index].1;
-                    match timeout(
-                        sentinels.ask_timeout,
-                        client.get_multiplexed_async_connection_with_config(&sentinels.ask_config),
-                    )
-                    .await
-                    {
-                        Ok(Ok(conn)) => conn,
-                        _ => continue,
-                    }
+    /// Asks every sentinel at once; `None` when none answered with an address.
+    pub(crate) async fn look(&mut self, sentinels: &Sentinels) -> Option<View> {
+        let answers = sentinels.ask_all(&mut self.conns).await;
+        let mut best: Option<&Named> = None;
+        let mut failover = false;
+        for answer in &answers {
+            if let Ok(Some(named)) = &answer.reply {
+                failover |= named.failover;
+                if best.is_none_or(|b| named.epoch > b.epoch) {
+                    best = Some(named);
                 }
-            };
-            let mut conn = conn;
-            let answer = timeout(sentinels.ask_timeout, sentinels.query_master(&mut conn)).await;
-            if let Ok(Ok(Some(seed))) = answer {
-                self.conn = Some((index, conn));
-                return Some(seed.addr());
             }
         }
-        None
+        best.map(|named| View {
+            primary: named.seed.addr(),
+            failover,
+        })
     }
+}
+
+/// One sentinel's answer to `SENTINEL MASTER`: `Ok(None)` when it does not know the name.
+struct Answer {
+    index: usize,
+    sentinel: String,
+    reply: Result<Option<Named>, RedisError>,
+}
+
+/// The primary as one sentinel names it.
+struct Named {
+    seed: Seed,
+    epoch: u64,
+    failover: bool,
+}
+
+/// The address, configuration epoch and failover flag of a `SENTINEL MASTER` reply (a flat
+/// list of field names and values).
+fn parse_master(fields: &[String]) -> Option<Named> {
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|kv| kv[0] == name)
+            .and_then(|kv| kv.get(1))
+    };
+    let host = field("ip")?.clone();
+    let port = field("port")?.parse::<u16>().ok()?;
+    Some(Named {
+        seed: Seed { host, port },
+        epoch: field("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0),
+        failover: field("flags").is_some_and(|f| f.contains("failover_in_progress")),
+    })
 }
