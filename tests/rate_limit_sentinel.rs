@@ -100,97 +100,121 @@ fn request() -> Request<Full<Bytes>> {
 /// the load goes on until "a" is used up and a little longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_quota_exceeded_across_a_sentinel_failover() {
-    tokio::time::timeout(DEADLINE, async {
-        let setup = tokio::task::block_in_place(RedisSentinel::start);
-        let config = setup.config();
-        let mut instances = Vec::new();
-        for _ in 0..2 {
-            let backend = RedisBackend::builder(config.connect().await.unwrap())
-                .prefix("acct:")
-                .deny_cache_capacity(0)
-                .build();
-            instances.push(layer(backend));
-        }
-        let log = Arc::new(AdmissionLog::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for i in 0..8usize {
-            let mut svc = limited(&instances[i % 2]);
-            let (log, stop) = (log.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut refused, mut unavailable) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    let (status, _, body) = send(&mut svc, request()).await;
-                    match status {
-                        StatusCode::OK => {
-                            assert!(!body.contains("degraded"), "{body}");
-                            log.record("a", sent, 1);
-                            log.record("b", sent, 1);
-                        }
-                        StatusCode::TOO_MANY_REQUESTS => refused += 1,
-                        StatusCode::SERVICE_UNAVAILABLE => {
-                            unavailable.push((sent, Instant::now()));
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        other => panic!("unexpected status {other}"),
-                    }
-                    tokio::task::yield_now().await;
-                }
-                (refused, unavailable)
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let admitted_before = log.total("a");
-        let old = setup.primary_port();
-        let new = tokio::task::block_in_place(|| {
+    tokio::time::timeout(
+        DEADLINE,
+        across("SENTINEL FAILOVER", |setup| {
+            let old = setup.primary_port();
             setup.failover();
-            setup.wait_for_new_primary(old, FAILOVER_DEADLINE)
-        });
-        let admitted_at_switch = log.total("a");
-        // Until "a" is used up (it admits about 50/s), and one more second.
-        let until = Instant::now() + Duration::from_secs(15);
-        while log.total("a") < A_LIMIT && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::Relaxed);
-        let (mut refused, mut unavailable) = (0, Vec::new());
-        for t in tasks {
-            let (r, u) = t.await.unwrap();
-            refused += r;
-            unavailable.extend(u);
-        }
-        let window = match (
-            unavailable.iter().map(|u| u.0).min(),
-            unavailable.iter().map(|u| u.1).max(),
-        ) {
-            (Some(first), Some(last)) => last - first,
-            _ => Duration::ZERO,
-        };
-        eprintln!(
-            "limiter across SENTINEL FAILOVER ({old} -> {new}): a admitted {} of {A_LIMIT} \
-             ({admitted_before} before the failover started, {admitted_at_switch} when the \
-             sentinels agreed on the new primary), {refused} refused (429), {} unavailable \
-             (503) within {window:?}; most admitted on a in any minute {}",
-            log.total("a"),
-            unavailable.len(),
-            log.most_in_any_window("a", Duration::from_secs(60)),
-        );
-        log.check_window("a", A_LIMIT, Duration::from_secs(60));
-        log.check_gcra("b", B_BURST, B_INTERVAL);
-        assert!(
-            admitted_before > 0 && admitted_before < A_LIMIT,
-            "a was deciding when the failover started: {admitted_before}"
-        );
-        assert_eq!(
-            log.total("a"),
-            A_LIMIT,
-            "a used up exactly: its count crossed the failover"
-        );
-        assert!(refused > 100, "{refused} refused");
-        assert!(window < Duration::from_secs(4), "503s for {window:?}");
-    })
+            old
+        }),
+    )
     .await
     .expect("deadline");
+}
+
+/// The same with the primary killed (SIGKILL): the sentinels promote the replica after
+/// `down-after-milliseconds`. Replication is asynchronous, so an admission the old primary
+/// acknowledged but had not yet sent to the replica would be forgotten and could let "a"
+/// admit beyond its quota; the check below would then fail with the count (on loopback the
+/// replica lags by well under a millisecond and none was seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_quota_exceeded_across_a_killed_primary() {
+    tokio::time::timeout(
+        DEADLINE,
+        across("primary killed", RedisSentinel::kill_primary),
+    )
+    .await
+    .expect("deadline");
+}
+
+async fn across(what: &str, fail_over: impl FnOnce(&mut RedisSentinel) -> u16) {
+    let mut setup = tokio::task::block_in_place(RedisSentinel::start);
+    let config = setup.config();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::builder(config.connect().await.unwrap())
+            .prefix("acct:")
+            .deny_cache_capacity(0)
+            .build();
+        instances.push(layer(backend));
+    }
+    let log = Arc::new(AdmissionLog::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8usize {
+        let mut svc = limited(&instances[i % 2]);
+        let (log, stop) = (log.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut refused, mut unavailable) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let (status, _, body) = send(&mut svc, request()).await;
+                match status {
+                    StatusCode::OK => {
+                        assert!(!body.contains("degraded"), "{body}");
+                        log.record("a", sent, 1);
+                        log.record("b", sent, 1);
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        unavailable.push((sent, Instant::now()));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            (refused, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admitted_before = log.total("a");
+    let (old, new) = tokio::task::block_in_place(|| {
+        let old = fail_over(&mut setup);
+        (old, setup.wait_for_new_primary(old, FAILOVER_DEADLINE))
+    });
+    let admitted_at_switch = log.total("a");
+    // Until "a" is used up (it admits about 50/s), and one more second.
+    let until = Instant::now() + Duration::from_secs(15);
+    while log.total("a") < A_LIMIT && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut refused, mut unavailable) = (0, Vec::new());
+    for t in tasks {
+        let (r, u) = t.await.unwrap();
+        refused += r;
+        unavailable.extend(u);
+    }
+    let window = match (
+        unavailable.iter().map(|u| u.0).min(),
+        unavailable.iter().map(|u| u.1).max(),
+    ) {
+        (Some(first), Some(last)) => last - first,
+        _ => Duration::ZERO,
+    };
+    let most = log.most_in_any_window("a", Duration::from_secs(60));
+    eprintln!(
+        "limiter, {what} ({old} -> {new}): a admitted {} of {A_LIMIT} ({admitted_before} \
+         before the failover started, {admitted_at_switch} when the sentinels agreed on the \
+         new primary), {refused} refused (429), {} unavailable (503) within {window:?}; most \
+         admitted on a in any minute {most} (beyond the quota: {})",
+        log.total("a"),
+        unavailable.len(),
+        most.saturating_sub(A_LIMIT),
+    );
+    log.check_window("a", A_LIMIT, Duration::from_secs(60));
+    log.check_gcra("b", B_BURST, B_INTERVAL);
+    assert!(
+        admitted_before > 0 && admitted_before < A_LIMIT,
+        "a was deciding when the failover started: {admitted_before}"
+    );
+    assert_eq!(
+        log.total("a"),
+        A_LIMIT,
+        "a used up exactly: its count crossed the failover"
+    );
+    assert!(refused > 100, "{refused} refused");
+    assert!(window < Duration::from_secs(6), "503s for {window:?}");
 }

@@ -3,7 +3,8 @@
 //! a dead sentinel first in the list, wrong passwords as clear errors); it follows a
 //! `SENTINEL FAILOVER` and a killed primary under continuous writes without a restart, with
 //! the error window and the acknowledged writes lost measured; a script missing on the new
-//! primary is loaded and retried; the health report names the topology and the primary.
+//! primary is loaded and retried; the health report names the topology and the primary;
+//! with every sentinel down the breaker opens and the connection recovers by itself.
 //!
 //! Each test starts its own setup (about 2-3 s) and runs within [`DEADLINE`].
 #![cfg(feature = "redis")]
@@ -417,6 +418,70 @@ async fn health_follows_the_primary() {
             .unwrap();
         let v: Option<String> = blocking(|| setup.run_on(new, driver::cmd("GET").arg("h:after")));
         assert_eq!(v.as_deref(), Some("1"));
+    })
+    .await;
+}
+
+/// The sentinels all down: the connection already established keeps serving (the primary
+/// is up); a new one fails with a clear error, opens its breaker after repeated failures
+/// and then fails fast; once the sentinels are back the breaker's probe asks them again
+/// and the calls work, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_and_reconnect_while_the_sentinels_are_down() {
+    with_deadline(async {
+        let mut setup = blocking(RedisSentinel::start);
+        let config = setup.config();
+        let established = config.connect().await.unwrap();
+        blocking(|| setup.stop_sentinels());
+        let () = established
+            .query(driver::cmd("SET").arg("b:k").arg("1"))
+            .await
+            .expect("the established connection keeps serving");
+
+        let fresh = config.connect_lazy().unwrap();
+        for _ in 0..3 {
+            let err = fresh
+                .query::<Option<String>>(driver::cmd("GET").arg("b:k"))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), RedisErrorKind::Unavailable, "{err}");
+            assert!(err.to_string().contains("sentinel"), "{err}");
+        }
+        assert!(!fresh.is_available(), "the breaker opened");
+        let started = Instant::now();
+        let err = fresh
+            .query::<Option<String>>(driver::cmd("GET").arg("b:k"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("circuit breaker open"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100), "fails fast");
+        let report = fresh.health_report().await;
+        assert!(!report.health.is_connected());
+        assert_eq!(report.topology, Some(Topology::Sentinel));
+        assert_eq!(
+            report.nodes,
+            Some(NodeCounts {
+                expected: 1,
+                reachable: 0
+            })
+        );
+
+        blocking(|| setup.restart_sentinels());
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match fresh
+                .query::<Option<String>>(driver::cmd("GET").arg("b:k"))
+                .await
+            {
+                Ok(v) => {
+                    assert_eq!(v.as_deref(), Some("1"));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < until, "not back: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(fresh.is_available(), "the breaker closed");
     })
     .await;
 }

@@ -420,6 +420,35 @@ impl RedisSentinel {
         }
     }
 
+    /// Kills every sentinel (SIGKILL); the data nodes keep running.
+    pub fn stop_sentinels(&mut self) {
+        for s in &mut self.sentinels {
+            s.kill();
+        }
+    }
+
+    /// Starts every stopped sentinel again on its port, from the configuration it rewrote
+    /// (it remembers the primary, the replica and the other sentinels), and waits until the
+    /// setup is ready.
+    pub fn restart_sentinels(&mut self) {
+        let mut sentinels = std::mem::take(&mut self.sentinels);
+        for s in sentinels.iter_mut().filter(|s| s.child.is_none()) {
+            let until = Instant::now() + START_DEADLINE;
+            loop {
+                match self.spawn(s) {
+                    Ok(()) => break,
+                    Err(log) if Instant::now() < until => {
+                        let _ = log;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(log) => panic!("sentinel did not restart on port {}:\n{log}", s.port),
+                }
+            }
+        }
+        self.sentinels = sentinels;
+        self.wait_ready(READY_DEADLINE);
+    }
+
     /// Kills the current primary (SIGKILL; its data is lost) and returns its port.
     pub fn kill_primary(&mut self) -> u16 {
         let port = self.primary_port();
