@@ -4,7 +4,8 @@
 //! `SENTINEL FAILOVER` and a killed primary under continuous writes without a restart, with
 //! the error window and the acknowledged writes lost measured; a script missing on the new
 //! primary is loaded and retried; the health report names the topology and the primary;
-//! with every sentinel down the breaker opens and the connection recovers by itself.
+//! with every sentinel down the breaker opens and the connection recovers by itself; the
+//! same over TLS.
 //!
 //! Each test starts its own setup (about 2-3 s) and runs within [`DEADLINE`].
 #![cfg(feature = "redis")]
@@ -482,6 +483,56 @@ async fn breaker_and_reconnect_while_the_sentinels_are_down() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(fresh.is_available(), "the breaker closed");
+    })
+    .await;
+}
+
+/// TLS-only (sentinels, primary, replica, replication), with both passwords: the
+/// connection finds the primary over TLS with the test CA and follows a `SENTINEL
+/// FAILOVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sentinels_and_primary() {
+    with_deadline(async {
+        let setup =
+            blocking(|| RedisSentinel::start_tls(Some(DATA_PASSWORD), Some(SENTINEL_PASSWORD)));
+        assert!(setup.is_tls());
+        let config = setup.config();
+        assert!(config.is_tls());
+        let conn = config.connect().await.expect("connect over TLS");
+        let () = conn
+            .query(driver::cmd("SET").arg("t:k").arg("1"))
+            .await
+            .unwrap();
+        // Without the CA the sentinels' certificate is not trusted.
+        let untrusted =
+            RedisConfig::from_sentinels(support::sentinel::MASTER_NAME, setup.sentinel_addrs())
+                .unwrap()
+                .tls(true)
+                .password(DATA_PASSWORD)
+                .sentinel_password(SENTINEL_PASSWORD);
+        assert!(untrusted.connect().await.is_err());
+
+        let old = setup.primary_port();
+        let new = blocking(|| {
+            setup.failover();
+            setup.wait_for_new_primary(old, FAILOVER_DEADLINE)
+        });
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = conn
+                .query::<i64>(driver::cmd("INCR").arg("t:k"))
+                .await
+                .is_ok();
+            let on_new: Option<i64> = blocking(|| setup.run_on(new, driver::cmd("GET").arg("t:k")));
+            if written && on_new.unwrap_or(0) > 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "no write on the new primary over TLS"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
 }

@@ -16,7 +16,9 @@
 //! [`FAILOVER_TIMEOUT`], so a killed primary is replaced within a few seconds. The data
 //! nodes run with persistence off and diskless replication without delay (a demoted primary
 //! resyncs at once). Every process logs into one temporary directory, removed with the
-//! processes when the [`RedisSentinel`] is dropped. Plain TCP only (no TLS).
+//! processes when the [`RedisSentinel`] is dropped. [`RedisSentinel::start_tls`] runs every
+//! process TLS-only (clients, replication and the sentinels' own connections), with a CA
+//! generated per setup.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -29,8 +31,9 @@ use std::time::{Duration, Instant};
 use tower_rampart::redis::{RedisConfig, driver};
 
 use super::{
-    PORT_ATTEMPTS, START_DEADLINE, TEST_COMMAND_TIMEOUT, TEST_CONNECT_TIMEOUT, parse_commandstats,
-    random_u64, read_log, sync_connection_to, unique_temp_dir,
+    PORT_ATTEMPTS, START_DEADLINE, TEST_COMMAND_TIMEOUT, TEST_CONNECT_TIMEOUT, TlsFiles,
+    generate_tls_files, parse_commandstats, random_u64, read_log, sync_connection_to,
+    unique_temp_dir,
 };
 
 /// The master name the sentinels monitor.
@@ -76,6 +79,7 @@ pub struct RedisSentinel {
     dir: PathBuf,
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: Option<TlsFiles>,
     nodes: Vec<Proc>,
     sentinels: Vec<Proc>,
 }
@@ -91,10 +95,23 @@ impl RedisSentinel {
     /// use it too), the sentinels require `sentinel_password`. Returns once the replica is
     /// in sync and every sentinel knows the replica and the two other sentinels.
     pub fn start_with_passwords(password: Option<&str>, sentinel_password: Option<&str>) -> Self {
+        Self::launch(password, sentinel_password, false)
+    }
+
+    /// [`RedisSentinel::start_with_passwords`] with every process TLS-only (a CA and a
+    /// certificate for `127.0.0.1` generated now); [`RedisSentinel::config`] trusts the CA.
+    pub fn start_tls(password: Option<&str>, sentinel_password: Option<&str>) -> Self {
+        Self::launch(password, sentinel_password, true)
+    }
+
+    fn launch(password: Option<&str>, sentinel_password: Option<&str>, tls: bool) -> Self {
+        let dir = unique_temp_dir();
+        let tls = tls.then(|| generate_tls_files(&dir));
         let mut setup = Self {
-            dir: unique_temp_dir(),
+            dir,
             password: password.map(str::to_owned),
             sentinel_password: sentinel_password.map(str::to_owned),
+            tls,
             nodes: Vec::new(),
             sentinels: Vec::new(),
         };
@@ -150,9 +167,21 @@ impl RedisSentinel {
     fn conf_text(&self, sentinel: bool, port: u16, primary: Option<u16>) -> String {
         let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n",
+            "bind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n",
             quote(&self.dir.display().to_string())
         );
+        match &self.tls {
+            None => conf += &format!("port {port}\n"),
+            Some(tls) => {
+                conf += &format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    quote(&tls.cert_file.display().to_string()),
+                    quote(&tls.key_file.display().to_string()),
+                    quote(&tls.ca_file.display().to_string()),
+                );
+            }
+        }
         if sentinel {
             let primary = primary.expect("a sentinel monitors a primary");
             conf += &format!(
@@ -226,7 +255,7 @@ impl RedisSentinel {
                     read_log(&proc.log)
                 ));
             }
-            let ping = sync_connection_to(proc.port, None, password)
+            let ping = sync_connection_to(proc.port, self.tls.as_ref(), password)
                 .and_then(|mut c| driver::cmd("PING").query::<()>(&mut c));
             if ping.is_ok() {
                 return Ok(());
@@ -500,7 +529,8 @@ impl RedisSentinel {
     }
 
     /// A configuration for the crate: the sentinels, the master name, the data and sentinel
-    /// passwords, and short timeouts (connect 2 s, command 1 s).
+    /// passwords, TLS with the test CA trusted (for a TLS setup), and short timeouts
+    /// (connect 2 s, command 1 s).
     pub fn config(&self) -> RedisConfig {
         let mut config = RedisConfig::from_sentinels(MASTER_NAME, self.sentinel_addrs())
             .expect("a valid Sentinel configuration")
@@ -512,7 +542,17 @@ impl RedisSentinel {
         if let Some(pw) = &self.sentinel_password {
             config = config.sentinel_password(pw.clone());
         }
+        if let Some(tls) = &self.tls {
+            config = config
+                .tls(true)
+                .ca_certificate_pem(tls.ca_pem.clone().into_bytes());
+        }
         config
+    }
+
+    /// Whether every process is TLS-only.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The sentinels' addresses, `("127.0.0.1", port)`.
@@ -560,7 +600,7 @@ impl RedisSentinel {
         port: u16,
         cmd: &driver::Cmd,
     ) -> driver::RedisResult<T> {
-        let mut conn = sync_connection_to(port, None, self.password.as_deref())?;
+        let mut conn = sync_connection_to(port, self.tls.as_ref(), self.password.as_deref())?;
         cmd.query(&mut conn)
     }
 
@@ -570,7 +610,8 @@ impl RedisSentinel {
         port: u16,
         cmd: &driver::Cmd,
     ) -> driver::RedisResult<T> {
-        let mut conn = sync_connection_to(port, None, self.sentinel_password.as_deref())?;
+        let mut conn =
+            sync_connection_to(port, self.tls.as_ref(), self.sentinel_password.as_deref())?;
         cmd.query(&mut conn)
     }
 
