@@ -20,12 +20,13 @@ const DEFAULT_TLS_PORT: u16 = 6380;
 /// Port of a Redis Sentinel when `REDIS_SENTINELS` names a host without one.
 const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
-/// How to reach one Redis server or a Redis Cluster: address (or seed nodes), credentials,
-/// TLS, cluster mode and timeouts.
+/// How to reach one Redis server, a Redis Cluster or a primary behind Redis Sentinel:
+/// address (seed nodes, or sentinels), credentials, TLS, cluster mode and timeouts.
 ///
 /// Build it from a URL ([`RedisConfig::from_url`]), from parts
-/// ([`RedisConfig::from_parts`] and the builder methods), or from the environment
-/// ([`RedisConfig::from_env`]); then open a [`RedisConnection`] with
+/// ([`RedisConfig::from_parts`] and the builder methods), from sentinels
+/// ([`RedisConfig::from_sentinels`]), or from the environment ([`RedisConfig::from_env`]);
+/// then open a [`RedisConnection`] with
 /// [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
 ///
 /// `Debug` and `Display` never show the password (it appears as `***`):

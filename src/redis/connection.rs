@@ -44,6 +44,10 @@ const SENTINEL_FENCE_MAX: Duration = Duration::from_secs(10);
 /// multiplexed connection per node) and routes every command, script and pipeline by its
 /// first key; see the [module docs](super#redis-cluster).
 ///
+/// Behind Redis Sentinel it holds one multiplexed connection to the primary the sentinels
+/// name, and follows the primary across failovers; see the
+/// [module docs](super#redis-sentinel).
+///
 /// Create it with [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
 #[derive(Clone)]
 pub struct RedisConnection {
