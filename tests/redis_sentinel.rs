@@ -344,8 +344,24 @@ async fn a_script_missing_on_the_new_primary_is_loaded_and_retried() {
         let old = setup.primary_port();
         blocking(|| setup.failover());
         let new = blocking(|| setup.wait_for_new_primary(old, FAILOVER_DEADLINE));
-        // Once the old primary is a replica, nothing can run there any more.
-        blocking(|| setup.wait_until_replica(old, FAILOVER_DEADLINE));
+        // Wait until the connection writes on the new primary (the old one stays up, and a
+        // primary, until the sentinels demote it some seconds later).
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = conn
+                .query::<()>(driver::cmd("SET").arg("sc:probe").arg(new))
+                .await;
+            let on_new: Option<u16> =
+                blocking(|| setup.run_on(new, driver::cmd("GET").arg("sc:probe")));
+            if on_new == Some(new) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the connection never moved to {new}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let () = blocking(|| setup.run_on(new, driver::cmd("SCRIPT").arg("FLUSH")));
         let until = Instant::now() + Duration::from_secs(10);
         let n = loop {
