@@ -552,3 +552,71 @@ async fn tls_sentinels_and_primary() {
     })
     .await;
 }
+
+/// A hung sentinel (frozen: it accepts connections and never answers) first in the list:
+/// connecting waits for the majority that answers, not for the hung one's timeout, and the
+/// watch still follows a `SENTINEL FAILOVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sentinel_slows_nothing() {
+    with_deadline(async {
+        let setup = blocking(RedisSentinel::start);
+        let old = setup.primary_port();
+        setup.pause_sentinel(0);
+        let config = setup.config();
+        let started = Instant::now();
+        let conn = config
+            .connect()
+            .await
+            .expect("connect past a hung sentinel");
+        let took = started.elapsed();
+        eprintln!("connect with a hung sentinel first: {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "waited {took:?} for the hung sentinel (its timeout is 1 s)"
+        );
+        let () = conn
+            .query(driver::cmd("SET").arg("hung:k").arg("1"))
+            .await
+            .unwrap();
+        // The harness's own helpers ask every sentinel: ask a live one directly.
+        let live = setup.sentinel_addrs()[1].1;
+        let () = blocking(|| {
+            setup.try_sentinel(
+                live,
+                driver::cmd("SENTINEL")
+                    .arg("FAILOVER")
+                    .arg(support::sentinel::MASTER_NAME),
+            )
+        })
+        .expect("SENTINEL FAILOVER");
+        let until = Instant::now() + FAILOVER_DEADLINE;
+        loop {
+            let _ = conn.query::<i64>(driver::cmd("INCR").arg("hung:k")).await;
+            let moved = setup
+                .node_ports()
+                .into_iter()
+                .filter(|p| *p != old)
+                .any(|new| {
+                    blocking(|| {
+                        setup.try_run_on::<Option<i64>>(new, driver::cmd("GET").arg("hung:k"))
+                    })
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v > 1)
+                        && blocking(|| setup.try_run_on::<driver::Value>(new, &driver::cmd("ROLE")))
+                            .is_ok_and(|r| format!("{r:?}").contains("master"))
+                });
+            if moved {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "never followed:\n{}",
+                setup.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        setup.resume_sentinel(0);
+    })
+    .await;
+}

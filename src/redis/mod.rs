@@ -127,7 +127,8 @@
 //! (redis-rs#1438).
 //!
 //! - **Connect**: every sentinel is asked at once (`SENTINEL MASTER <name>`, with the
-//!   sentinels' password and TLS when set, each within half the connect timeout); the
+//!   sentinels' password and TLS when set, each within half the connect timeout; once a
+//!   majority has answered, a silent one is waited for 50 ms at most); the
 //!   addresses named are tried from the highest configuration epoch down (a sentinel that
 //!   has not heard of the latest failover still names the old primary), and the first that
 //!   answers `ROLE` with `master` gets the multiplexed connection, with the data password,

@@ -12,6 +12,9 @@ use tokio::time::timeout;
 use super::config::{RedisConfig, Seed};
 use super::error::{RedisError, RedisErrorKind};
 
+/// Once a majority of the sentinels answered, how much longer the others are waited for.
+const ASK_GRACE: Duration = Duration::from_millis(50);
+
 /// The sentinels of one primary, and how to reach the primary they name.
 pub(crate) struct Sentinels {
     /// One client per sentinel (sentinel password, TLS), in the configured order, with the
@@ -99,8 +102,9 @@ impl Sentinels {
     }
 
     /// Asks every sentinel at once (`SENTINEL MASTER`, each within half the connect
-    /// timeout), reusing the open connections in `conns` (one slot per sentinel) and
-    /// keeping those that answered.
+    /// timeout; once a majority has named a primary the others get [`ASK_GRACE`] more),
+    /// reusing the open connections in `conns` (one slot per sentinel) and keeping those
+    /// that answered.
     async fn ask_all(&self, conns: &mut [Option<MultiplexedConnection>]) -> Vec<Answer> {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, (_, client)) in self.sentinels.iter().enumerate() {
@@ -131,10 +135,29 @@ impl Sentinels {
             });
         }
         let mut answers = Vec::with_capacity(self.sentinels.len());
-        while let Some(joined) = tasks.join_next().await {
+        let majority = self.sentinels.len() / 2 + 1;
+        let mut named = 0;
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace_until {
+                None => tasks.join_next().await,
+                Some(until) => match tokio::time::timeout_at(until, tasks.join_next()).await {
+                    Ok(next) => next,
+                    // A majority answered and the rest is slow: not waited for (dropping the
+                    // set aborts their tasks); a silent sentinel does not slow every connect.
+                    Err(_) => break,
+                },
+            };
+            let Some(joined) = next else { break };
             let Ok((index, outcome)) = joined else {
                 continue;
             };
+            if matches!(&outcome, Ok(Ok((_, Ok(_))))) {
+                named += 1;
+                if named >= majority && grace_until.is_none() {
+                    grace_until = Some(tokio::time::Instant::now() + ASK_GRACE);
+                }
+            }
             let sentinel = self.sentinels[index].0.clone();
             let reply = match outcome {
                 Err(_) => Err(RedisError::timeout(

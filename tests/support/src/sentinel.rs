@@ -478,6 +478,31 @@ impl RedisSentinel {
         self.wait_ready(READY_DEADLINE);
     }
 
+    /// Freezes sentinel `index` (SIGSTOP): its port still accepts connections, it answers
+    /// nothing, as a hung host would. [`RedisSentinel::resume_sentinel`] thaws it.
+    pub fn pause_sentinel(&self, index: usize) {
+        self.signal_sentinel(index, "-STOP");
+    }
+
+    /// Thaws a sentinel frozen by [`RedisSentinel::pause_sentinel`] (SIGCONT).
+    pub fn resume_sentinel(&self, index: usize) {
+        self.signal_sentinel(index, "-CONT");
+    }
+
+    fn signal_sentinel(&self, index: usize, signal: &str) {
+        let pid = self.sentinels[index]
+            .child
+            .as_ref()
+            .expect("a running sentinel")
+            .id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Kills the current primary (SIGKILL; its data is lost) and returns its port.
     pub fn kill_primary(&mut self) -> u16 {
         let port = self.primary_port();
