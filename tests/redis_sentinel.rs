@@ -4,8 +4,9 @@
 //! `SENTINEL FAILOVER` and a killed primary under continuous writes without a restart, with
 //! the error window and the acknowledged writes lost measured; a script missing on the new
 //! primary is loaded and retried; the health report names the topology and the primary;
-//! with every sentinel down the breaker opens and the connection recovers by itself; the
-//! same over TLS.
+//! with every sentinel down the breaker opens and the connection recovers by itself; a hung
+//! sentinel slows nothing; `READONLY` from a primary demoted behind the sentinels' back
+//! leads to the new primary (`ROLE` refuses the old one meanwhile); the same over TLS.
 //!
 //! Each test starts its own setup (about 2-3 s) and runs within [`DEADLINE`].
 #![cfg(feature = "redis")]
@@ -617,6 +618,61 @@ async fn a_hung_sentinel_slows_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         setup.resume_sentinel(0);
+    })
+    .await;
+}
+
+/// The primary demoted behind the sentinels' back (`REPLICAOF` by hand, the replica made a
+/// primary): the next write is answered `READONLY` and the connection is dropped; the
+/// reconnect asks the sentinels, which still name the demoted node, and `ROLE` refuses it
+/// (never a connection to a replica); once the sentinels switch (`SENTINEL FAILOVER`), the
+/// calls go to the new primary, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_from_a_demoted_primary_leads_to_the_new_one() {
+    with_deadline(async {
+        let setup = blocking(RedisSentinel::start);
+        let conn = setup.config().connect().await.unwrap();
+        let old = setup.primary_port();
+        let new = setup.node_ports().into_iter().find(|p| *p != old).unwrap();
+        let () = conn
+            .query(driver::cmd("SET").arg("ro:k").arg("1"))
+            .await
+            .unwrap();
+        blocking(|| {
+            let () = setup.run_on(new, driver::cmd("REPLICAOF").arg("NO").arg("ONE"));
+            let () = setup.run_on(old, driver::cmd("REPLICAOF").arg("127.0.0.1").arg(new));
+        });
+        let err = conn
+            .query::<()>(driver::cmd("SET").arg("ro:k").arg("2"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.server_code(), Some("READONLY"), "{err}");
+        assert_eq!(err.kind(), RedisErrorKind::Unavailable, "{err}");
+        // Reconnecting: the sentinels still name the old node, which is a replica now.
+        let err = conn
+            .query::<()>(driver::cmd("SET").arg("ro:k").arg("3"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a primary"), "{err}");
+        blocking(|| setup.failover());
+        let until = Instant::now() + FAILOVER_DEADLINE;
+        loop {
+            if conn
+                .query::<()>(driver::cmd("SET").arg("ro:k").arg("4"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "no write after the switch:\n{}",
+                setup.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let v: Option<String> = blocking(|| setup.run_on(new, driver::cmd("GET").arg("ro:k")));
+        assert_eq!(v.as_deref(), Some("4"), "the write went to the new primary");
     })
     .await;
 }
