@@ -17,13 +17,16 @@ pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const DEFAULT_PORT: u16 = 6379;
 /// Port of a TLS Redis server by convention (Azure Cache for Redis listens here).
 const DEFAULT_TLS_PORT: u16 = 6380;
+/// Port of a Redis Sentinel when `REDIS_SENTINELS` names a host without one.
+const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
-/// How to reach one Redis server or a Redis Cluster: address (or seed nodes), credentials,
-/// TLS, cluster mode and timeouts.
+/// How to reach one Redis server, a Redis Cluster or a primary behind Redis Sentinel:
+/// address (seed nodes, or sentinels), credentials, TLS, cluster mode and timeouts.
 ///
 /// Build it from a URL ([`RedisConfig::from_url`]), from parts
-/// ([`RedisConfig::from_parts`] and the builder methods), or from the environment
-/// ([`RedisConfig::from_env`]); then open a [`RedisConnection`] with
+/// ([`RedisConfig::from_parts`] and the builder methods), from sentinels
+/// ([`RedisConfig::from_sentinels`]), or from the environment ([`RedisConfig::from_env`]);
+/// then open a [`RedisConnection`] with
 /// [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
 ///
 /// `Debug` and `Display` never show the password (it appears as `***`):
@@ -50,6 +53,18 @@ pub struct RedisConfig {
     pub(crate) protocol: driver::ProtocolVersion,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    /// With Redis Sentinel: the primary's name and the sentinels' password; `seeds` are
+    /// then the sentinels.
+    pub(crate) sentinel: Option<SentinelSettings>,
+}
+
+/// What a Sentinel configuration adds (see [`RedisConfig::from_sentinels`]).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SentinelSettings {
+    /// The name the sentinels monitor the primary under (`REDIS_SENTINEL_MASTER`).
+    pub(crate) master: String,
+    /// The sentinels' own password (`REDIS_SENTINEL_PASSWORD`), not the data password.
+    pub(crate) password: Option<String>,
 }
 
 impl RedisConfig {
@@ -136,7 +151,88 @@ impl RedisConfig {
             protocol: driver::ProtocolVersion::RESP2,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            sentinel: None,
         }
+    }
+
+    /// A configuration for a primary found through Redis Sentinel: `master` is the name the
+    /// sentinels monitor it under, `sentinels` their addresses, asked in order. The data
+    /// password, user name, database and TLS are set with the usual builder methods and
+    /// apply to the primary; [`RedisConfig::sentinel_password`] is the sentinels' own
+    /// password. TLS (and a CA) applies to the sentinels and to the primary alike.
+    ///
+    /// The connection asks the sentinels for the primary's address
+    /// (`SENTINEL get-master-addr-by-name`), checks with `ROLE` that it is a primary, and
+    /// asks again after every lost connection and whenever the sentinels name another
+    /// primary (see the [module docs](super#redis-sentinel)).
+    ///
+    /// Fails when the master name is empty or holds spaces, when no sentinel is given, or
+    /// when a sentinel has no host or port 0.
+    ///
+    /// ```
+    /// use tower_rampart::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::from_sentinels("mymaster", [("10.0.0.5", 26379), ("10.0.0.6", 26379)])
+    ///     .unwrap()
+    ///     .password("data-password")
+    ///     .sentinel_password("sentinel-password");
+    /// assert_eq!(config.sentinel_master(), Some("mymaster"));
+    /// assert_eq!(config.to_string(), "redis+sentinel://:***@10.0.0.5:26379,10.0.0.6:26379/mymaster/0");
+    /// assert!(RedisConfig::from_sentinels("", [("10.0.0.5", 26379)]).is_err());
+    /// assert!(RedisConfig::from_sentinels("mymaster", Vec::<(String, u16)>::new()).is_err());
+    /// ```
+    pub fn from_sentinels(
+        master: impl Into<String>,
+        sentinels: impl IntoIterator<Item = (impl Into<String>, u16)>,
+    ) -> Result<Self, RedisConfigError> {
+        let invalid = |reason: &str| RedisConfigError::new("Sentinel configuration", reason);
+        let master = master.into();
+        check_master_name(&master).map_err(|r| invalid(&r))?;
+        let mut seeds = Vec::new();
+        for (host, port) in sentinels {
+            let host: String = host.into();
+            let host = host
+                .trim()
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_owned();
+            if host.is_empty() {
+                return Err(invalid("a sentinel has no host"));
+            }
+            if port == 0 {
+                return Err(invalid(&format!("sentinel {host} has port 0")));
+            }
+            seeds.push(Seed { host, port });
+        }
+        if seeds.is_empty() {
+            return Err(invalid("no sentinel address"));
+        }
+        let mut config = Self::from_parts("", 0);
+        config.seeds = seeds;
+        config.sentinel = Some(SentinelSettings {
+            master,
+            password: None,
+        });
+        Ok(config)
+    }
+
+    /// The sentinels' own password (`requirepass` of the sentinels,
+    /// `REDIS_SENTINEL_PASSWORD`); the primary's password stays [`RedisConfig::password`].
+    /// Has no effect without [`RedisConfig::from_sentinels`].
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        if let Some(sentinel) = &mut self.sentinel {
+            sentinel.password = Some(password.into());
+        }
+        self
+    }
+
+    /// The primary's name with Redis Sentinel, `None` otherwise.
+    pub fn sentinel_master(&self) -> Option<&str> {
+        self.sentinel.as_ref().map(|s| s.master.as_str())
+    }
+
+    /// Whether the primary is found through Redis Sentinel ([`RedisConfig::from_sentinels`]).
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
     }
 
     /// Sets the password (`AUTH`); for Azure Cache for Redis, the access key.
@@ -195,7 +291,8 @@ impl RedisConfig {
     /// Whether the server is a Redis Cluster: [`ClusterMode::Auto`] (the default) asks the
     /// server on the first successful connection. A non-zero [database](Self::database)
     /// with [`ClusterMode::Enabled`] is refused by [`RedisConfig::connect_lazy`] (a cluster
-    /// has only database 0).
+    /// has only database 0), and so is [`ClusterMode::Enabled`] with Sentinel
+    /// ([`RedisConfig::from_sentinels`], which never asks: the sentinels name one primary).
     ///
     /// ```
     /// use tower_rampart::redis::{ClusterMode, RedisConfig};
@@ -212,7 +309,8 @@ impl RedisConfig {
     }
 
     /// Adds a seed node (same credentials, TLS and database as the others): another node
-    /// of the cluster to ask for the topology, or another server to try in order.
+    /// of the cluster to ask for the topology, another server to try in order, or (with
+    /// [`RedisConfig::from_sentinels`]) another sentinel.
     pub fn seed(mut self, host: impl Into<String>, port: u16) -> Self {
         self.seeds.push(Seed {
             host: host.into(),
@@ -226,8 +324,8 @@ impl RedisConfig {
         self.cluster
     }
 
-    /// The seed nodes, `(host, port)`, in order: the server, or the nodes a cluster
-    /// connection starts from.
+    /// The seed nodes, `(host, port)`, in order: the server, the nodes a cluster
+    /// connection starts from, or the sentinels.
     pub fn seeds(&self) -> impl Iterator<Item = (&str, u16)> {
         self.seeds.iter().map(|s| (s.host.as_str(), s.port))
     }
@@ -251,7 +349,14 @@ impl RedisConfig {
     ///   Cache for Redis) when `REDIS_SSL` is on;
     /// - `REDIS_CLUSTER`: `auto` (default), `true` or `false` (case-insensitive), see
     ///   [`RedisConfig::cluster`]; `true` with a non-zero database is refused;
-    /// - `Ok(None)` if neither `REDIS_URL` nor `REDIS_HOST` is set (and none of the others).
+    /// - Redis Sentinel ([`RedisConfig::from_sentinels`]) when `REDIS_SENTINELS` is set:
+    ///   the sentinels as `host:port,host:port` (port 26379 when left out, `[v6]:port` for
+    ///   IPv6), with `REDIS_SENTINEL_MASTER` (required: the primary's name) and optionally
+    ///   `REDIS_SENTINEL_PASSWORD` (the sentinels' own password). `REDIS_PASSWORD`,
+    ///   `REDIS_USERNAME` and `REDIS_DB` apply to the primary, `REDIS_SSL` to both. Sentinel
+    ///   excludes `REDIS_URL`, `REDIS_HOST`/`REDIS_PORT` and `REDIS_CLUSTER=true`;
+    /// - `Ok(None)` if neither `REDIS_URL`, `REDIS_HOST` nor `REDIS_SENTINELS` is set (and
+    ///   none of the others).
     ///
     /// Errors name the variable and never contain the password.
     pub fn from_env() -> Result<Option<Self>, RedisConfigError> {
@@ -300,6 +405,17 @@ impl RedisConfig {
                 }
             },
         };
+        if get("REDIS_SENTINELS").is_some() {
+            return Self::sentinel_from_env(&get, &lookup, cluster).map(Some);
+        }
+        for other in ["REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"] {
+            if get(other).is_some() {
+                return Err(RedisConfigError::new(
+                    "REDIS_SENTINELS",
+                    &format!("is not set, but {other} is"),
+                ));
+            }
+        }
         let config = Self::from_env_parts(&get, &lookup)?;
         let Some(config) = config else {
             if cluster != ClusterMode::Auto {
@@ -325,6 +441,66 @@ impl RedisConfig {
             ));
         }
         Ok(Some(config.cluster(cluster)))
+    }
+
+    /// [`RedisConfig::from_env_with`] when `REDIS_SENTINELS` is set.
+    fn sentinel_from_env(
+        get: &impl Fn(&str) -> Option<String>,
+        lookup: &impl Fn(&str) -> Option<String>,
+        cluster: ClusterMode,
+    ) -> Result<Self, RedisConfigError> {
+        for other in ["REDIS_URL", "REDIS_HOST", "REDIS_PORT"] {
+            if get(other).is_some() {
+                return Err(RedisConfigError::new(
+                    "REDIS_SENTINELS",
+                    &format!(
+                        "is set together with {other}: the sentinels name the primary, \
+                         so give either REDIS_SENTINELS or a direct address"
+                    ),
+                ));
+            }
+        }
+        if cluster == ClusterMode::Enabled {
+            return Err(RedisConfigError::new(
+                "REDIS_CLUSTER",
+                "is true, but REDIS_SENTINELS is set: Sentinel and Redis Cluster exclude each other",
+            ));
+        }
+        let sentinels = parse_sentinels(&get("REDIS_SENTINELS").unwrap_or_default())
+            .map_err(|reason| RedisConfigError::new("REDIS_SENTINELS", &reason))?;
+        let master = get("REDIS_SENTINEL_MASTER").ok_or_else(|| {
+            RedisConfigError::new(
+                "REDIS_SENTINEL_MASTER",
+                "is not set (or empty), but REDIS_SENTINELS is: name the primary the sentinels monitor",
+            )
+        })?;
+        let master = master.trim();
+        check_master_name(master)
+            .map_err(|reason| RedisConfigError::new("REDIS_SENTINEL_MASTER", &reason))?;
+        let mut config = Self::from_sentinels(master, sentinels)
+            .map_err(|e| RedisConfigError::new("REDIS_SENTINELS", &e.reason))?;
+        config.tls = match get("REDIS_SSL") {
+            None => false,
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                RedisConfigError::new(
+                    "REDIS_SSL",
+                    &format!("{:?} is not one of true/false/1/0/yes/no", v.trim()),
+                )
+            })?,
+        };
+        if let Some(pw) = lookup("REDIS_PASSWORD").filter(|v| !v.is_empty()) {
+            config = config.password(pw);
+        }
+        if let Some(pw) = lookup("REDIS_SENTINEL_PASSWORD").filter(|v| !v.is_empty()) {
+            config = config.sentinel_password(pw);
+        }
+        if let Some(user) = get("REDIS_USERNAME") {
+            config = config.username(user.trim());
+        }
+        if let Some(db) = get("REDIS_DB") {
+            config = config.database(parse_db(&db)?);
+        }
+        Ok(config.cluster(cluster))
     }
 
     /// [`RedisConfig::from_env_with`] without `REDIS_CLUSTER`.
@@ -384,18 +560,7 @@ impl RedisConfig {
             config = config.username(user.trim());
         }
         if let Some(db) = get("REDIS_DB") {
-            let db = db
-                .trim()
-                .parse::<i64>()
-                .ok()
-                .filter(|d| *d >= 0)
-                .ok_or_else(|| {
-                    RedisConfigError::new(
-                        "REDIS_DB",
-                        &format!("{:?} is not a database number", db.trim()),
-                    )
-                })?;
-            config = config.database(db);
+            config = config.database(parse_db(&db)?);
         }
         Ok(Some(config))
     }
@@ -557,6 +722,91 @@ fn merge_setting(
     }
 }
 
+/// `REDIS_DB`: a database number, 0 or more.
+fn parse_db(db: &str) -> Result<i64, RedisConfigError> {
+    db.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|d| *d >= 0)
+        .ok_or_else(|| {
+            RedisConfigError::new(
+                "REDIS_DB",
+                &format!("{:?} is not a database number", db.trim()),
+            )
+        })
+}
+
+/// `REDIS_SENTINELS`: `host:port,host:port,...`; the port defaults to 26379; an IPv6
+/// address is written `[::1]:26379`. The reason of an error names the bad entry.
+fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut sentinels = Vec::new();
+    for (i, entry) in list.split(',').map(str::trim).enumerate() {
+        let position = i + 1;
+        if entry.is_empty() {
+            return Err(format!("entry {position} of the list is empty"));
+        }
+        if entry.contains("://") || entry.contains('@') || entry.contains('/') {
+            return Err(format!(
+                "entry {position} is not host:port (give addresses, not URLs; the sentinels' \
+                 password goes into REDIS_SENTINEL_PASSWORD)"
+            ));
+        }
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let Some((host, after)) = rest.split_once(']') else {
+                return Err(format!("entry {position} ({entry:?}) misses the closing ]"));
+            };
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("entry {position} ({entry:?}) is not host:port")),
+                },
+            }
+        } else {
+            match entry.split_once(':') {
+                None => (entry, None),
+                Some((_, port)) if port.contains(':') => {
+                    return Err(format!(
+                        "entry {position} ({entry:?}) is not host:port (write an IPv6 address as [addr]:port)"
+                    ));
+                }
+                Some((host, port)) => (host, Some(port)),
+            }
+        };
+        if host.trim().is_empty() {
+            return Err(format!("entry {position} ({entry:?}) has no host"));
+        }
+        let port = match port {
+            None => DEFAULT_SENTINEL_PORT,
+            Some(port) => match port.trim().parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    return Err(format!(
+                        "entry {position} ({entry:?}): {:?} is not a port number (1-65535)",
+                        port.trim()
+                    ));
+                }
+            },
+        };
+        sentinels.push((host.trim().to_owned(), port));
+    }
+    Ok(sentinels)
+}
+
+/// A primary's name as the sentinels know it: not empty, no spaces or control characters
+/// (the sentinels' configuration and commands separate words by spaces).
+fn check_master_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the primary's name (master name) is empty".to_owned());
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the primary's name {name:?} holds spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -566,10 +816,21 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 impl fmt::Display for RedisConfig {
-    /// `redis[s]://[user:***@]host:port/db`, comma-separated for several seeds; the
-    /// password is always `***`.
+    /// `redis[s]://[user:***@]host:port/db`, comma-separated for several seeds; with
+    /// Sentinel `redis[s]+sentinel://[user:***@]sentinel,sentinel/master/db` (the data
+    /// credentials; the sentinels' password is never shown). The password is always `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "rediss" } else { "redis" };
+        if let Some(sentinel) = &self.sentinel {
+            write!(f, "{scheme}+sentinel://")?;
+            match (&self.username, &self.password) {
+                (Some(user), Some(_)) => write!(f, "{user}:***@")?,
+                (Some(user), None) => write!(f, "{user}@")?,
+                (None, Some(_)) => f.write_str(":***@")?,
+                (None, None) => {}
+            }
+            return write!(f, "{}/{}/{}", self.addrs(), sentinel.master, self.db);
+        }
         for (i, seed) in self.seeds.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
@@ -605,6 +866,17 @@ impl fmt::Debug for RedisConfig {
             )
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field(
+                "sentinel_master",
+                &self.sentinel.as_ref().map(|s| s.master.as_str()),
+            )
+            .field(
+                "sentinel_password",
+                &self
+                    .sentinel
+                    .as_ref()
+                    .map(|s| s.password.as_ref().map(|_| "***")),
+            )
             .finish()
     }
 }
@@ -927,5 +1199,157 @@ mod tests {
         assert_eq!(c.to_string(), "redis://a:1/0,redis://b:2/0");
         assert!(c.clone().database(1).connect_lazy().is_err());
         assert!(c.connect_lazy().is_ok());
+    }
+
+    #[test]
+    fn sentinel_from_env() {
+        let c = env(&[
+            (
+                "REDIS_SENTINELS",
+                " 10.0.0.5:26380, sentinel-b ,[::1]:5000 ",
+            ),
+            ("REDIS_SENTINEL_MASTER", " mymaster "),
+            ("REDIS_SENTINEL_PASSWORD", "s3ntinel"),
+            ("REDIS_PASSWORD", "hunter2"),
+            ("REDIS_SSL", "true"),
+            ("REDIS_DB", "2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(c.is_sentinel());
+        assert_eq!(c.sentinel_master(), Some("mymaster"));
+        let seeds: Vec<_> = c.seeds().collect();
+        assert_eq!(
+            seeds,
+            [("10.0.0.5", 26380), ("sentinel-b", 26379), ("::1", 5000)]
+        );
+        assert!(c.is_tls());
+        assert_eq!(c.db, 2);
+        assert_eq!(c.password.as_deref(), Some("hunter2"));
+        let sentinel = c.sentinel.as_ref().unwrap();
+        assert_eq!(sentinel.password.as_deref(), Some("s3ntinel"));
+        let shown = format!("{c} {c:?} {c:#?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3ntinel"),
+            "{shown}"
+        );
+        assert_eq!(
+            c.to_string(),
+            "rediss+sentinel://:***@10.0.0.5:26380,sentinel-b:26379,[::1]:5000/mymaster/2"
+        );
+        // No passwords, REDIS_CLUSTER=false or auto is accepted (and means nothing here).
+        let c = env(&[
+            ("REDIS_SENTINELS", "a:1"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_CLUSTER", "false"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(!c.is_tls());
+        assert_eq!(c.password, None);
+        assert_eq!(c.sentinel.as_ref().unwrap().password, None);
+        assert!(c.connect_lazy().is_ok());
+    }
+
+    #[test]
+    fn bad_sentinel_settings_name_the_variable() {
+        let base = [
+            ("REDIS_SENTINELS", "a:26379"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+        ];
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("REDIS_SENTINELS", "a:26379")], "REDIS_SENTINEL_MASTER"),
+            (
+                &[
+                    ("REDIS_SENTINELS", "a:26379"),
+                    ("REDIS_SENTINEL_MASTER", " "),
+                ],
+                "REDIS_SENTINEL_MASTER",
+            ),
+            (
+                &[
+                    ("REDIS_SENTINELS", "a"),
+                    ("REDIS_SENTINEL_MASTER", "my master"),
+                ],
+                "REDIS_SENTINEL_MASTER",
+            ),
+            (&[("REDIS_SENTINEL_MASTER", "m")], "REDIS_SENTINELS"),
+            (&[("REDIS_SENTINEL_PASSWORD", "x")], "REDIS_SENTINELS"),
+            (&[("REDIS_SENTINELS", "a:http"), base[1]], "REDIS_SENTINELS"),
+            (&[("REDIS_SENTINELS", "a:0"), base[1]], "REDIS_SENTINELS"),
+            (
+                &[("REDIS_SENTINELS", "a:70000"), base[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &[("REDIS_SENTINELS", "a:1,,b:2"), base[1]],
+                "REDIS_SENTINELS",
+            ),
+            (&[("REDIS_SENTINELS", "a:1,"), base[1]], "REDIS_SENTINELS"),
+            (&[("REDIS_SENTINELS", ":26379"), base[1]], "REDIS_SENTINELS"),
+            (
+                &[("REDIS_SENTINELS", "::1:26379"), base[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &[("REDIS_SENTINELS", "[::1:26379"), base[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &[("REDIS_SENTINELS", "redis://:hunter2@a:1"), base[1]],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &[base[0], base[1], ("REDIS_URL", "redis://b:1")],
+                "REDIS_SENTINELS",
+            ),
+            (&[base[0], base[1], ("REDIS_HOST", "b")], "REDIS_SENTINELS"),
+            (
+                &[base[0], base[1], ("REDIS_CLUSTER", "true")],
+                "REDIS_CLUSTER",
+            ),
+            (&[base[0], base[1], ("REDIS_SSL", "maybe")], "REDIS_SSL"),
+            (&[base[0], base[1], ("REDIS_DB", "x")], "REDIS_DB"),
+        ];
+        for (vars, variable) in cases {
+            let mut all = vars.to_vec();
+            all.push(("REDIS_PASSWORD", "hunter2"));
+            let err = env(&all).unwrap_err();
+            assert_eq!(err.variable(), *variable, "{vars:?}: {err}");
+            assert!(err.to_string().contains(variable), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sentinel_builder() {
+        let c = RedisConfig::from_sentinels("m", [("a", 1), ("b", 2)])
+            .unwrap()
+            .seed("c", 3)
+            .username("app")
+            .password("pw")
+            .sentinel_password("spw");
+        assert_eq!(c.seeds().count(), 3);
+        assert_eq!(c.to_string(), "redis+sentinel://app:***@a:1,b:2,c:3/m/0");
+        assert!(c.clone().connect_lazy().is_ok());
+        // Sentinel and an explicit cluster mode exclude each other.
+        let err = c.cluster(ClusterMode::Enabled).connect_lazy().unwrap_err();
+        assert_eq!(err.kind(), crate::redis::RedisErrorKind::Config);
+        for (master, sentinels) in [
+            ("", vec![("a", 1)]),
+            ("m\n", vec![("a", 1)]),
+            ("m", vec![]),
+            ("m", vec![("", 1)]),
+            ("m", vec![("a", 0)]),
+        ] {
+            let err = RedisConfig::from_sentinels(master, sentinels).unwrap_err();
+            assert_eq!(err.variable(), "Sentinel configuration");
+        }
+        // The sentinels' password needs a Sentinel configuration.
+        assert!(
+            !RedisConfig::from_parts("h", 1)
+                .sentinel_password("x")
+                .is_sentinel()
+        );
     }
 }

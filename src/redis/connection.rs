@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use ::redis as driver;
@@ -17,6 +17,7 @@ use super::breaker::{Admission, Breaker, Transition};
 use super::config::{ClusterMode, RedisConfig};
 use super::dedicated::DedicatedSource;
 use super::error::{RedisError, RedisErrorKind};
+use super::sentinel::{self, Sentinels};
 use super::slot::key_slot;
 
 /// Consecutive failures that open the circuit breaker.
@@ -25,6 +26,12 @@ const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_MIN_COOL_DOWN: Duration = Duration::from_secs(1);
 /// Longest cool-down: Redis coming back is noticed within this (plus one connect).
 const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
+/// How often the sentinels are asked which address is the primary and whether a failover
+/// is under way, while connected.
+const SENTINEL_WATCH_PERIOD: Duration = Duration::from_millis(100);
+/// The longest calls are held off while a sentinel reports a failover in progress (a
+/// failover that neither ends nor aborts, e.g. a sentinel stuck in it).
+const SENTINEL_FENCE_MAX: Duration = Duration::from_secs(10);
 
 /// A handle to one Redis server or one Redis Cluster, cheap to clone and share between
 /// tasks.
@@ -37,6 +44,10 @@ const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
 /// On a Redis Cluster the same handle holds the driver's cluster connection (one
 /// multiplexed connection per node) and routes every command, script and pipeline by its
 /// first key; see the [module docs](super#redis-cluster).
+///
+/// Behind Redis Sentinel it holds one multiplexed connection to the primary the sentinels
+/// name, and follows the primary across failovers; see the
+/// [module docs](super#redis-sentinel).
 ///
 /// Create it with [`RedisConfig::connect_lazy`] or [`RedisConfig::connect`].
 #[derive(Clone)]
@@ -80,14 +91,17 @@ pub enum Topology {
     Single,
     /// A Redis Cluster: commands are routed by hash slot.
     Cluster,
+    /// A primary found through Redis Sentinel, followed across failovers.
+    Sentinel,
 }
 
 impl Topology {
-    /// `"single"` or `"cluster"`, as the gateway's `/health` reports it.
+    /// `"single"`, `"cluster"` or `"sentinel"`, as the gateway's `/health` reports it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Single => "single",
             Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
         }
     }
 }
@@ -101,10 +115,12 @@ impl fmt::Display for Topology {
 /// How many nodes a health check needed and how many answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NodeCounts {
-    /// Nodes that must answer: 1 for a single server; on a cluster, the masters serving
-    /// slots (as the cluster reported them in the last check that reached it).
+    /// Nodes that must answer: 1 for a single server and for the primary behind Sentinel;
+    /// on a cluster, the masters serving slots (as the cluster reported them in the last
+    /// check that reached it).
     pub expected: usize,
-    /// Of those, how many answered `PING` within the command timeout.
+    /// Of those, how many answered `PING` (behind Sentinel: `ROLE`, as a primary) within
+    /// the command timeout.
     pub reachable: usize,
 }
 
@@ -305,11 +321,14 @@ fn masters_of(reply: &driver::Value) -> Vec<(String, u16)> {
 const TOPOLOGY_UNKNOWN: u8 = 0;
 const TOPOLOGY_SINGLE: u8 = 1;
 const TOPOLOGY_CLUSTER: u8 = 2;
+const TOPOLOGY_SENTINEL: u8 = 3;
 
 #[derive(Clone)]
 struct Slot {
     conn: Conn,
     generation: u64,
+    /// Behind Sentinel: the primary's `host:port` this connection goes to.
+    primary: Option<Arc<str>>,
 }
 
 /// A call admitted by the breaker, holding the connection it runs on.
@@ -350,6 +369,17 @@ struct Inner {
     breaker: Breaker,
     /// Where dedicated connections come from ([`RedisConnection::dedicated_source`]).
     dedicated: DedicatedSource,
+    /// With Redis Sentinel: the sentinels and the master name.
+    sentinels: Option<Sentinels>,
+    /// The primary of the last successful Sentinel connection (to log a change once).
+    last_primary: Mutex<Option<Arc<str>>>,
+    /// Whether the task that watches the sentinels' answer runs.
+    watching: AtomicBool,
+    /// Set while a sentinel reports a failover of the primary in progress: calls fail at
+    /// once instead of writing to a primary about to be demoted (its writes would be lost).
+    fenced: AtomicBool,
+    /// This `Inner`, for the watch task (which must not keep it alive).
+    me: Weak<Inner>,
 }
 
 impl fmt::Debug for Inner {
@@ -374,6 +404,13 @@ impl RedisConnection {
         let config_error = |e: driver::RedisError| {
             RedisError::from_driver(&e, password.as_deref()).with_kind(RedisErrorKind::Config)
         };
+        if config.sentinel.is_some() && config.cluster == ClusterMode::Enabled {
+            return Err(RedisError::new(
+                RedisErrorKind::Config,
+                "Sentinel with cluster mode enabled: the sentinels name one primary, \
+                 a Redis Cluster has none; choose one",
+            ));
+        }
         if config.cluster == ClusterMode::Enabled && config.db != 0 {
             return Err(RedisError::new(
                 RedisErrorKind::Config,
@@ -404,9 +441,16 @@ impl RedisConnection {
                 None
             }
         };
-        let mut infos = Vec::with_capacity(config.seeds.len());
-        let mut clients = Vec::with_capacity(config.seeds.len());
-        for seed in &config.seeds {
+        let sentinels = Sentinels::new(config, root_cert.clone()).map_err(config_error)?;
+        // Behind Sentinel the seeds are the sentinels: no data client for them.
+        let data_seeds = if sentinels.is_some() {
+            &[][..]
+        } else {
+            &config.seeds[..]
+        };
+        let mut infos = Vec::with_capacity(data_seeds.len());
+        let mut clients = Vec::with_capacity(data_seeds.len());
+        for seed in data_seeds {
             let info = config.connection_info(seed).map_err(config_error)?;
             infos.push(info.clone());
             let client = match &root_cert {
@@ -432,6 +476,7 @@ impl RedisConnection {
             addr: config.addrs(),
         };
         let cluster_client = match config.cluster {
+            _ if sentinels.is_some() => None,
             ClusterMode::Disabled => None,
             // Database 0 for the cluster client: a non-zero database is refused above
             // (Enabled) or when the server turns out to be a cluster (Auto).
@@ -462,6 +507,7 @@ impl RedisConnection {
             }
         };
         let topology = match config.cluster {
+            _ if sentinels.is_some() => TOPOLOGY_SENTINEL,
             ClusterMode::Auto => TOPOLOGY_UNKNOWN,
             ClusterMode::Enabled => TOPOLOGY_CLUSTER,
             ClusterMode::Disabled => TOPOLOGY_SINGLE,
@@ -469,8 +515,14 @@ impl RedisConnection {
         let async_config = driver::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
+        // Behind Sentinel a connect asks the sentinels first, then the primary.
+        let connect_budget = if sentinels.is_some() {
+            config.connect_timeout * 2
+        } else {
+            config.connect_timeout
+        };
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 clients,
                 cluster_client,
                 mode: config.cluster,
@@ -494,9 +546,14 @@ impl RedisConnection {
                     BREAKER_THRESHOLD,
                     BREAKER_MIN_COOL_DOWN,
                     BREAKER_MAX_COOL_DOWN,
-                    config.connect_timeout + config.command_timeout,
+                    connect_budget + config.command_timeout,
                 ),
                 dedicated,
+                sentinels,
+                last_primary: Mutex::new(None),
+                watching: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
+                me: me.clone(),
             }),
         })
     }
@@ -630,6 +687,9 @@ impl RedisConnection {
             let conn = conn.clone();
             return self.inner.cluster_health(lease, conn, started).await;
         }
+        if self.inner.sentinels.is_some() {
+            return self.inner.sentinel_health(lease, started).await;
+        }
         let result = timeout(
             self.inner.command_timeout,
             driver::cmd("PING").query_async::<String>(&mut lease.conn),
@@ -691,6 +751,8 @@ impl RedisConnection {
         let lease = self.inner.begin(false).await?;
         let topology = if lease.conn.is_cluster() {
             Topology::Cluster
+        } else if self.inner.sentinels.is_some() {
+            Topology::Sentinel
         } else {
             Topology::Single
         };
@@ -777,6 +839,7 @@ impl Inner {
         match self.topology.load(Ordering::Acquire) {
             TOPOLOGY_SINGLE => Some(Topology::Single),
             TOPOLOGY_CLUSTER => Some(Topology::Cluster),
+            TOPOLOGY_SENTINEL => Some(Topology::Sentinel),
             _ => None,
         }
     }
@@ -785,7 +848,7 @@ impl Inner {
     fn unreachable_report(&self, err: &RedisError) -> HealthReport {
         let topology = self.topology();
         let expected = match topology {
-            Some(Topology::Single) => Some(1),
+            Some(Topology::Single | Topology::Sentinel) => Some(1),
             Some(Topology::Cluster) => {
                 Some(self.last_masters.load(Ordering::Relaxed)).filter(|n| *n > 0)
             }
@@ -944,6 +1007,17 @@ impl Inner {
     /// Admission by the breaker, then the shared connection (established if needed).
     /// `bypass` lets the call through an open breaker (health checks, eager connect).
     async fn begin(&self, bypass: bool) -> Result<Lease, RedisError> {
+        if self.fenced.load(Ordering::Acquire) {
+            // Not a failure of Redis: the breaker is not told.
+            return Err(RedisError::new(
+                RedisErrorKind::Unavailable,
+                format!(
+                    "a failover of the primary is in progress (sentinels {}); calls resume on \
+                     the new primary",
+                    self.addr
+                ),
+            ));
+        }
         let probe = match self.breaker.admit(Instant::now()) {
             Admission::Pass => false,
             Admission::Probe => true,
@@ -981,10 +1055,11 @@ impl Inner {
     /// outcome instead of starting their own.
     async fn establish(&self) -> Result<Slot, RedisError> {
         let seen = self.attempts.load(Ordering::Acquire);
-        let Ok(_guard) = timeout(self.connect_timeout, self.connecting.lock()).await else {
+        let budget = self.connect_budget();
+        let Ok(_guard) = timeout(budget, self.connecting.lock()).await else {
             return Err(RedisError::timeout(
                 &format!("connecting to {}", self.addr),
-                self.connect_timeout,
+                budget,
             ));
         };
         if let Some(slot) = self.current() {
@@ -1000,17 +1075,26 @@ impl Inner {
                 return Err(err);
             }
         }
-        let attempt = timeout(self.connect_timeout, self.open()).await;
+        let attempt = timeout(budget, self.open()).await;
         let outcome = match attempt {
-            Ok(Ok(conn)) => {
+            Ok(Ok((conn, primary))) => {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 let topology = if conn.is_cluster() {
                     "cluster"
+                } else if self.sentinels.is_some() {
+                    "sentinel"
                 } else {
                     "single"
                 };
-                let slot = Slot { conn, generation };
+                let slot = Slot {
+                    conn,
+                    generation,
+                    primary: primary.clone(),
+                };
                 *self.slot.write().unwrap_or_else(|p| p.into_inner()) = Some(slot.clone());
+                if let Some(primary) = &primary {
+                    self.note_primary(primary);
+                }
                 if self.ever_connected.swap(true, Ordering::Relaxed) {
                     tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis reconnected");
                 } else {
@@ -1023,7 +1107,7 @@ impl Inner {
             Ok(Err(err)) => Err(err),
             Err(_) => Err(RedisError::timeout(
                 &format!("connecting to {}", self.addr),
-                self.connect_timeout,
+                budget,
             )),
         };
         *self
@@ -1036,11 +1120,20 @@ impl Inner {
 
     /// One connection attempt: the cluster connection when the topology is (or turns out
     /// to be) a cluster, else the multiplexed connection to the first seed that answers.
-    async fn open(&self) -> Result<Conn, RedisError> {
+    /// Behind Sentinel, also the primary's `host:port`.
+    async fn open(&self) -> Result<(Conn, Option<Arc<str>>), RedisError> {
         match self.topology() {
+            Some(Topology::Sentinel) => return self.open_sentinel().await,
+            topology => self.open_direct(topology).await.map(|conn| (conn, None)),
+        }
+    }
+
+    /// [`Inner::open`] for a single server or a cluster.
+    async fn open_direct(&self, topology: Option<Topology>) -> Result<Conn, RedisError> {
+        match topology {
             Some(Topology::Cluster) => return self.open_cluster().await,
             Some(Topology::Single) => return self.open_single().await.map(Conn::Single),
-            None => {}
+            Some(Topology::Sentinel) | None => {}
         }
         // Auto, first connection: ask the server.
         let mut conn = match self.open_single().await {
@@ -1079,6 +1172,75 @@ impl Inner {
         }
         self.topology.store(TOPOLOGY_CLUSTER, Ordering::Release);
         self.open_cluster().await
+    }
+
+    /// The multiplexed connection to the primary the sentinels name (verified with
+    /// `ROLE`), and the task that watches the sentinels' answer started.
+    async fn open_sentinel(&self) -> Result<(Conn, Option<Arc<str>>), RedisError> {
+        let Some(sentinels) = &self.sentinels else {
+            return Err(RedisError::new(RedisErrorKind::Config, "no sentinels"));
+        };
+        let (conn, primary) = sentinels.connect_primary(&self.async_config).await?;
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watch_sentinels(self.me.clone()));
+        }
+        Ok((Conn::Single(conn), Some(primary.into())))
+    }
+
+    /// Logs a primary other than the one of the last Sentinel connection.
+    fn note_primary(&self, primary: &Arc<str>) {
+        let mut last = self.last_primary.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_deref() {
+            Some(old) if old != &**primary => {
+                tracing::info!(sentinels = %self.addr, old = %old, new = %primary,
+                    "redis primary changed: connected to the primary the sentinels name");
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(sentinels = %self.addr, primary = %primary, "redis primary found through the sentinels");
+            }
+        }
+        *last = Some(primary.clone());
+    }
+
+    /// Time allowed for one connection attempt: the connect timeout, twice that behind
+    /// Sentinel (the sentinels' answer, then the primary).
+    fn connect_budget(&self) -> Duration {
+        if self.sentinels.is_some() {
+            self.connect_timeout * 2
+        } else {
+            self.connect_timeout
+        }
+    }
+
+    /// The health check behind Sentinel: `ROLE` on the connection, which must still go to
+    /// a primary (a demoted primary answers `slave`: the connection is then dropped so the
+    /// next call asks the sentinels again).
+    async fn sentinel_health(&self, mut lease: Lease, started: Instant) -> HealthReport {
+        let result = timeout(
+            self.command_timeout,
+            sentinel::check_primary(&mut lease.conn),
+        )
+        .await;
+        let outcome = match result {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(RedisError::from_driver(&e, self.password.as_deref())),
+            Err(_) => Err(RedisError::timeout("ROLE", self.command_timeout)),
+        };
+        match self.settle(lease, outcome) {
+            Ok(()) => HealthReport {
+                health: RedisHealth::Connected {
+                    latency: started.elapsed(),
+                },
+                topology: Some(Topology::Sentinel),
+                nodes: Some(NodeCounts {
+                    expected: 1,
+                    reachable: 1,
+                }),
+            },
+            Err(e) => self.unreachable_report(&e),
+        }
     }
 
     /// The multiplexed connection to the first seed that accepts one.
@@ -1192,10 +1354,13 @@ impl Inner {
                 // failover): replace it on the next call. A cluster connection reconnects
                 // its nodes and refreshes its slot map by itself; one failing node does not
                 // condemn the connection to the others (the breaker still drops it).
-                if !lease.conn.is_cluster() {
-                    self.invalidate(lease.generation, &err);
+                let dropped = !lease.conn.is_cluster() && self.invalidate(lease.generation, &err);
+                // Behind Sentinel, one broken connection (a failover kills the clients of the
+                // old primary, or it answers READONLY) is one failure, however many calls
+                // were in flight on it: the next call asks the sentinels anyway.
+                if self.sentinels.is_none() || dropped || lease.probe {
+                    self.report_failure(lease.probe, &err);
                 }
-                self.report_failure(lease.probe, &err);
             }
             RedisErrorKind::Timeout | RedisErrorKind::Config => {
                 // A single slow call does not condemn the connection; repeated ones open
@@ -1206,13 +1371,17 @@ impl Inner {
         Err(err)
     }
 
-    /// Drops the shared connection if it is still the one of `generation`.
-    fn invalidate(&self, generation: u64, err: &RedisError) {
+    /// Drops the shared connection if it is still the one of `generation`; says whether
+    /// it did.
+    fn invalidate(&self, generation: u64, err: &RedisError) -> bool {
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|s| s.generation == generation) {
             *slot = None;
             drop(slot);
             tracing::warn!(addr = %self.addr, error = %err, "redis connection lost");
+            true
+        } else {
+            false
         }
     }
 
@@ -1259,6 +1428,82 @@ impl Inner {
             return;
         }
         *slot = None;
+    }
+}
+
+/// Behind Sentinel, while any handle of the connection lives: every
+/// [`SENTINEL_WATCH_PERIOD`] asks every sentinel for the primary and whether a failover is
+/// under way (`SENTINEL MASTER`), and
+///
+/// - while one reports a failover in progress, drops the shared connection and fences the
+///   calls (they fail at once with [`RedisErrorKind::Unavailable`]) until the sentinels
+///   name the new primary, at most [`SENTINEL_FENCE_MAX`]: a graceful failover leaves the
+///   old primary up and writable until the sentinels demote it, and what it acknowledges
+///   after the replica's promotion is lost;
+/// - drops the shared connection when the sentinels (the highest configuration epoch) name
+///   another primary than the one it goes to, so the next call connects to the new one.
+async fn watch_sentinels(me: Weak<Inner>) {
+    let mut watch = match me.upgrade() {
+        Some(inner) => match &inner.sentinels {
+            Some(sentinels) => sentinels.watch(),
+            None => return,
+        },
+        None => return,
+    };
+    let mut fenced_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(SENTINEL_WATCH_PERIOD).await;
+        let Some(inner) = me.upgrade() else { return };
+        let Some(sentinels) = &inner.sentinels else {
+            return;
+        };
+        let Some(view) = watch.look(sentinels).await else {
+            continue;
+        };
+        let fence =
+            view.failover && fenced_since.is_none_or(|since| since.elapsed() < SENTINEL_FENCE_MAX);
+        match (fence, fenced_since) {
+            (true, None) => {
+                fenced_since = Some(Instant::now());
+                inner.fenced.store(true, Ordering::Release);
+                tracing::warn!(sentinels = %inner.addr, primary = %view.primary,
+                    "redis failover in progress: calls fail fast until the sentinels name the new primary");
+                if let Some(current) = inner.current() {
+                    let err = RedisError::new(RedisErrorKind::Unavailable, "failover in progress");
+                    inner.invalidate(current.generation, &err);
+                }
+            }
+            (false, Some(since)) if inner.fenced.swap(false, Ordering::AcqRel) => {
+                if view.failover {
+                    tracing::warn!(sentinels = %inner.addr, fenced_ms = since.elapsed().as_millis() as u64,
+                        "redis failover still reported in progress; calls resume");
+                } else {
+                    tracing::info!(sentinels = %inner.addr, primary = %view.primary,
+                        fenced_ms = since.elapsed().as_millis() as u64, "redis failover over: calls resume");
+                    fenced_since = None;
+                }
+            }
+            _ => {}
+        }
+        if !view.failover {
+            fenced_since = None;
+        }
+        let Some(current) = inner.current() else {
+            continue;
+        };
+        let Some(connected) = current.primary.clone() else {
+            continue;
+        };
+        if *view.primary != *connected {
+            let err = RedisError::new(
+                RedisErrorKind::Unavailable,
+                format!(
+                    "the sentinels name {} as the primary, not {connected}",
+                    view.primary
+                ),
+            );
+            inner.invalidate(current.generation, &err);
+        }
     }
 }
 

@@ -87,6 +87,15 @@ impl RedisError {
         self
     }
 
+    /// Replaces `secret` (another password than the one of [`RedisError::from_driver`])
+    /// in the message by `***`.
+    pub(crate) fn scrub(mut self, secret: Option<&str>) -> Self {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            self.message = self.message.replace(secret, "***");
+        }
+        self
+    }
+
     /// Prefixes the message with `context: `.
     pub(crate) fn context(mut self, context: &str) -> Self {
         self.message = format!("{context}: {}", self.message);

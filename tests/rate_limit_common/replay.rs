@@ -1,7 +1,8 @@
 //! The replay tests of the Redis rate limiter, one body for every topology: memory vs Redis
 //! (identical decisions and headers) and batched vs one by one. `tests/rate_limit_redis.rs`
 //! runs them on a single server, `tests/rate_limit_cluster.rs` on a Redis Cluster (and with
-//! every key in a slot of its own on a single server).
+//! every key in a slot of its own on a single server), `tests/rate_limit_sentinel.rs` behind
+//! Redis Sentinel.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -44,6 +45,15 @@ impl Servers for rampart_test_support::RedisServer {
 impl Servers for rampart_test_support::RedisCluster {
     fn reset_stats(&self) {
         rampart_test_support::RedisCluster::reset_stats(self);
+    }
+    fn evalsha_count(&self) -> u64 {
+        self.command_count("evalsha")
+    }
+}
+
+impl Servers for rampart_test_support::RedisSentinel {
+    fn reset_stats(&self) {
+        rampart_test_support::RedisSentinel::reset_stats(self);
     }
     fn evalsha_count(&self) -> u64 {
         self.command_count("evalsha")

@@ -19,6 +19,9 @@
 //! joined by `redis-cli --cluster create`), with helpers to kill and restart nodes and to
 //! find keys on different masters.
 //!
+//! [`RedisSentinel`] starts a primary, a replica and three sentinels, with helpers to fail
+//! over (`SENTINEL FAILOVER`), kill and restart the primary, and wait for a new one.
+//!
 //! [`shared`] uses an external server when `REDIS_URL` is set (tests then isolate their data
 //! by key prefix), and a fresh [`RedisServer`] otherwise.
 #![forbid(unsafe_code)]
@@ -40,6 +43,8 @@ mod cluster;
 mod slotted;
 pub use cluster::*;
 pub use slotted::SlottedEndpoint;
+pub mod sentinel;
+pub use sentinel::RedisSentinel;
 
 /// How long a server may take to answer its first PING.
 const START_DEADLINE: Duration = Duration::from_secs(15);

@@ -72,9 +72,10 @@ fn endpoint(method: &str, path: &str, description: &str) -> Value {
 }
 
 /// `GET /health`: never rate limited, never touches the session. With Redis it also says
-/// which topology it sees (`redis_topology`: `"single"`, `"cluster"`, or `null` before the
-/// first connection) and how many of the nodes it needs answer (`redis_nodes`: on a
-/// cluster the masters serving slots; `null` while not even that is known).
+/// which topology it sees (`redis_topology`: `"single"`, `"cluster"`, `"sentinel"`, or
+/// `null` before the first connection) and how many of the nodes it needs answer
+/// (`redis_nodes`: on a cluster the masters serving slots, behind Sentinel the current
+/// primary; `null` while not even that is known).
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
     let report = match &state.redis {
         None => None,

@@ -1,8 +1,11 @@
 //! The Redis section: `REDIS_URL` (one URL, or a comma-separated list of cluster seed
 //! nodes), or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `REDIS_SSL`; and `REDIS_CLUSTER`
-//! (`auto`, `true`, `false`; default `auto`: decided on the first successful connection).
-//! All read by the crate's [`RedisConfig`] (`REDIS_CLUSTER` becomes
-//! [`RedisConfig::cluster`]); required in production. Also `REDIS_WAIT_REPLICAS` and
+//! (`auto`, `true`, `false`; default `auto`: decided on the first successful connection);
+//! or Redis Sentinel: `REDIS_SENTINELS` (`host:port,...`), `REDIS_SENTINEL_MASTER`,
+//! `REDIS_SENTINEL_PASSWORD` (the sentinels' own password; `REDIS_PASSWORD` stays the
+//! data password, `REDIS_SSL` applies to both). All read by the crate's [`RedisConfig`]
+//! (`REDIS_CLUSTER` becomes [`RedisConfig::cluster`], the Sentinel variables
+//! [`RedisConfig::from_sentinels`]); required in production. Also `REDIS_WAIT_REPLICAS` and
 //! `REDIS_WAIT_TIMEOUT_MS`, the session store's durability settings
 //! ([`RedisStore::with_wait_replicas`](tower_rampart::session::RedisStore::with_wait_replicas)).
 
@@ -55,7 +58,9 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<RedisConfig> {
     if r.production && redis.is_none() && !r.mentions("REDIS") {
         r.problem(
             "REDIS_URL",
-            "Redis is required when ENVIRONMENT=production: set REDIS_URL or REDIS_HOST".to_owned(),
+            "Redis is required when ENVIRONMENT=production: set REDIS_URL, REDIS_HOST or \
+             REDIS_SENTINELS"
+                .to_owned(),
         );
     }
     redis
