@@ -733,3 +733,117 @@ async fn measure(what: &str, conn: RedisConnection) {
     let ratio = percentile(&times[1], 0.5).as_secs_f64() / percentile(&times[0], 0.5).as_secs_f64();
     println!("{what}: p50 ratio on/off: {ratio:.2}");
 }
+
+/// Behind Sentinel the dedicated connections go to the primary the sentinels name, and
+/// follow a failover: before it a write waits for the replica and is there when it returns;
+/// after `SENTINEL FAILOVER` (once the old primary serves as the new one's replica) the
+/// same store's writes land on the new primary and wait for the old one, which holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_waiting_writes_follow_the_primary() {
+    within(async {
+        let setup = tokio::task::spawn_blocking(support::RedisSentinel::start)
+            .await
+            .unwrap();
+        let conn = setup.config().connect_lazy().unwrap();
+        let store = RedisStore::new(conn)
+            .with_prefix(support::unique_prefix())
+            .with_wait_replicas(1)
+            .with_wait_timeout(Duration::from_secs(2));
+        let old = setup.primary_port();
+        let replica = *setup.node_ports().iter().find(|&&p| p != old).unwrap();
+        let version_of = |port: u16, redis_key: &str| -> Option<u64> {
+            setup.run_on(port, driver::cmd("HGET").arg(redis_key).arg("v"))
+        };
+
+        let first = key(1);
+        assert!(store.create(&first, &record(None, b"1"), T0).await.unwrap());
+        assert_eq!(version_of(replica, &store.redis_key(&first)), Some(1));
+
+        let setup = tokio::task::spawn_blocking(move || {
+            setup.failover();
+            let new = setup.wait_for_new_primary(old, Duration::from_secs(15));
+            setup.wait_until_replica(old, Duration::from_secs(25));
+            (setup, new)
+        })
+        .await
+        .unwrap();
+        let (setup, new) = setup;
+        assert_eq!(new, replica);
+
+        // A demoted node answers READONLY, after which the pool drops that connection: a
+        // few attempts at most, until the write lands on the new primary.
+        let second = key(2);
+        let mut created = false;
+        for _ in 0..20 {
+            if let Ok(true) = store.create(&second, &record(None, b"2"), T0).await {
+                created = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(created, "no waiting write succeeded after the failover");
+        let redis_key = store.redis_key(&second);
+        let on = |port: u16| -> Option<u64> {
+            setup.run_on(port, driver::cmd("HGET").arg(&redis_key).arg("v"))
+        };
+        assert_eq!(on(new), Some(1), "on the new primary");
+        assert_eq!(
+            on(old),
+            Some(1),
+            "on the old primary, now its replica, when acknowledged"
+        );
+    })
+    .await;
+}
+
+/// The dedicated connections reach a cluster through the masters the shared connection
+/// sees, not only the configured seed: with the only seed dead and its replica promoted, a
+/// store created afterwards on the same connection (a fresh pool) still writes and waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_fresh_pool_gets_past_a_dead_seed() {
+    within(async {
+        let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+            .await
+            .unwrap();
+        let seed_port: u16 = cluster
+            .seed_url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let conn = cluster.config().connect().await.unwrap();
+        assert!(conn.is_cluster());
+        // A session on a master other than the seed, whose replica stays.
+        let probe = RedisStore::new(conn.clone()).with_prefix("fresh:");
+        let k = (1..)
+            .map(key)
+            .find(|k| cluster.master_of_key(probe.redis_key(k).as_bytes()) != seed_port)
+            .unwrap();
+        let cluster = tokio::task::spawn_blocking(move || {
+            cluster.kill_node(seed_port);
+            cluster.wait_until_ok(Duration::from_secs(20));
+            cluster
+        })
+        .await
+        .unwrap();
+        let store = RedisStore::new(conn)
+            .with_prefix("fresh:")
+            .with_wait_replicas(1)
+            .with_wait_timeout(Duration::from_secs(2));
+        let mut created = Err(None);
+        for _ in 0..20 {
+            match store.create(&k, &record(None, b"x"), T0).await {
+                Ok(true) => {
+                    created = Ok(());
+                    break;
+                }
+                other => created = Err(Some(format!("{other:?}"))),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(created, Ok(()), "the seed {seed_port} is dead");
+        drop(cluster);
+    })
+    .await;
+}

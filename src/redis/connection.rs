@@ -772,6 +772,41 @@ impl RedisConnection {
         &self.inner.dedicated
     }
 
+    /// Behind Sentinel: a new connection of its own to the primary the sentinels name now
+    /// (checked with `ROLE`, as the shared connection's), for the dedicated connections.
+    /// `None` for other topologies.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
+    pub(crate) async fn sentinel_primary(
+        &self,
+        response_timeout: Duration,
+    ) -> Option<Result<MultiplexedConnection, RedisError>> {
+        let sentinels = self.inner.sentinels.as_ref()?;
+        let config = driver::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.connect_timeout))
+            .set_response_timeout(Some(response_timeout));
+        Some(
+            sentinels
+                .connect_primary(&config)
+                .await
+                .map(|(conn, _)| conn),
+        )
+    }
+
+    /// On a cluster: the masters serving slots now (`CLUSTER SLOTS` through this
+    /// connection), as `host:port`; empty when unknown. The dedicated connections reach
+    /// the cluster through them as well as through the configured seeds, so that a dead
+    /// seed does not stop them.
+    #[cfg_attr(not(feature = "session"), allow(dead_code))]
+    pub(crate) async fn cluster_masters(&self) -> Vec<(String, u16)> {
+        match self
+            .query::<driver::Value>(driver::cmd("CLUSTER").arg("SLOTS"))
+            .await
+        {
+            Ok(reply) => masters_of(&reply),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Connects now (for [`RedisConfig::connect`]).
     pub(crate) async fn connect_now(&self) -> Result<(), RedisError> {
         let lease = self.inner.begin(true).await?;

@@ -87,6 +87,27 @@ impl ConnectionLike for Link {
     }
 }
 
+/// `addr` with another host and port, keeping its TLS settings.
+fn with_host_port(
+    addr: &driver::ConnectionAddr,
+    host: String,
+    port: u16,
+) -> driver::ConnectionAddr {
+    match addr {
+        driver::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => driver::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => driver::ConnectionAddr::Tcp(host, port),
+    }
+}
+
 /// Opens dedicated connections for the pool.
 struct Manager {
     shared: RedisConnection,
@@ -100,8 +121,29 @@ impl Manager {
         let source = self.shared.dedicated_source();
         let scrub = |e: &driver::RedisError| RedisError::from_driver(e, source.password.as_deref());
         let link = match topology {
+            Topology::Sentinel => match self.shared.sentinel_primary(self.response_timeout).await {
+                Some(result) => Link::Single(result?),
+                None => {
+                    return Err(RedisError::new(RedisErrorKind::Config, "no sentinels"));
+                }
+            },
             Topology::Cluster => {
-                let seeds = source.cluster_seeds.iter().cloned().map(|info| {
+                // The masters the shared connection sees now, then the configured seeds: a
+                // seed that died in a failover must not keep the pool from the cluster.
+                let learnt = self.shared.cluster_masters().await;
+                let template = source.cluster_seeds.first().cloned();
+                let mut seeds: Vec<driver::ConnectionInfo> = Vec::new();
+                if let Some(template) = &template {
+                    for (host, port) in learnt {
+                        seeds.push(template.clone().set_addr(with_host_port(
+                            template.addr(),
+                            host,
+                            port,
+                        )));
+                    }
+                }
+                seeds.extend(source.cluster_seeds.iter().cloned());
+                let seeds = seeds.into_iter().map(|info| {
                     let settings = info.redis_settings().clone().set_db(0);
                     info.set_redis_settings(settings)
                 });
@@ -260,7 +302,16 @@ impl DedicatedPool {
         )
         .await;
         match result {
-            Ok(Ok(values)) => Ok(values),
+            Ok(Ok(values)) => {
+                // A node that stopped being a primary (demoted behind Sentinel, or a cluster
+                // master turned replica): this connection will never write again there.
+                if values.iter().any(|v| {
+                    matches!(v, driver::Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN"))
+                }) {
+                    conn.broken = true;
+                }
+                Ok(values)
+            }
             Ok(Err(e)) => {
                 let err = RedisError::from_driver(&e, source.password.as_deref());
                 if !matches!(err.kind(), RedisErrorKind::Command | RedisErrorKind::Auth) {
