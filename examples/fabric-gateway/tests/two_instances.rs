@@ -47,6 +47,32 @@ impl SharedRedis {
         .unwrap()
     }
 
+    /// The same over TLS only (a CA generated for the test, handed to the gateway's Redis
+    /// configuration as an application would; `REDIS_URL` is `rediss://`).
+    async fn single_tls(password: &'static str) -> Self {
+        tokio::task::spawn_blocking(move || {
+            Self::Single(RedisServer::start_tls_with_password(password))
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn cluster_tls(password: &'static str) -> Self {
+        tokio::task::spawn_blocking(move || {
+            Self::Cluster(RedisCluster::start_tls_with_password(3, 1, password))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The CA of a TLS setup.
+    fn ca_pem(&self) -> Option<&str> {
+        match self {
+            Self::Single(server) => server.ca_pem(),
+            Self::Cluster(cluster) => cluster.ca_pem(),
+        }
+    }
+
     /// `REDIS_URL` for the gateway: the server, or one seed node of the cluster.
     fn url(&self) -> String {
         match self {
@@ -86,7 +112,13 @@ async fn instance_with(redis: &SharedRedis, extra: &[(&str, &str)]) -> Gateway {
     let url = redis.url();
     let mut vars = vec![("REDIS_URL", url.as_str()), ("SECRET_KEY", SECRET_KEY)];
     vars.extend_from_slice(extra);
-    Gateway::local(&vars).await
+    let mut config = config(&vars);
+    if let Some(pem) = redis.ca_pem() {
+        config.redis = config
+            .redis
+            .map(|r| r.ca_certificate_pem(pem.as_bytes().to_vec()));
+    }
+    Gateway::start(config).await
 }
 
 /// Every key and every value the node behind `conn` holds, as bytes.
@@ -143,6 +175,24 @@ async fn two_instances_share_sessions_quotas_and_logouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_sessions_quotas_and_logouts_on_a_cluster() {
     let redis = SharedRedis::cluster(Some(REDIS_PASSWORD)).await;
+    tokio::time::timeout(DEADLINE, share_sessions_quotas_and_logouts(redis))
+        .await
+        .expect("deadline");
+}
+
+#[tokio::test]
+async fn two_instances_share_sessions_quotas_and_logouts_over_tls() {
+    let redis = SharedRedis::single_tls(REDIS_PASSWORD).await;
+    assert!(redis.url().starts_with("rediss://"));
+    tokio::time::timeout(DEADLINE, share_sessions_quotas_and_logouts(redis))
+        .await
+        .expect("deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_sessions_quotas_and_logouts_on_a_tls_cluster() {
+    let redis = SharedRedis::cluster_tls(REDIS_PASSWORD).await;
+    assert!(redis.url().starts_with("rediss://"));
     tokio::time::timeout(DEADLINE, share_sessions_quotas_and_logouts(redis))
         .await
         .expect("deadline");
@@ -474,6 +524,69 @@ enum Seeds {
     OneThatDies,
 }
 
+/// Requests alternating between the two instances with `session` (`/auth/user`, a session
+/// load, and `/query`, the limiter and the fake agent), one every 20 ms until the sender is
+/// told `true`; each with its status and its time relative to the instant in `mark` once
+/// set. The task returns what it saw.
+fn spawn_load(
+    a: &Gateway,
+    b: &Gateway,
+    session: &str,
+    mark: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Vec<Seen>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (a_url, b_url) = (a.base.clone(), b.base.clone());
+    let session = session.to_owned();
+    let load = tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut i = 0u64;
+        while !*stop_rx.borrow() {
+            let (instance, base) = if i.is_multiple_of(2) {
+                ('A', &a_url)
+            } else {
+                ('B', &b_url)
+            };
+            let (route, req) = if i % 4 < 2 {
+                ("/auth/user", http.get(format!("{base}/auth/user")))
+            } else {
+                (
+                    "/query",
+                    http.post(format!("{base}/query"))
+                        .json(&serde_json::json!({ "query": format!("q{i}") })),
+                )
+            };
+            let status = with_session(req, &session)
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16());
+            let now = Instant::now();
+            let at_ms = match *mark.lock().unwrap() {
+                Some(k) if now >= k => (now - k).as_millis() as i64,
+                Some(k) => -((k - now).as_millis() as i64),
+                None => -1,
+            };
+            seen.push(Seen {
+                at_ms,
+                instance,
+                route,
+                status,
+            });
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    });
+    (stop_tx, load)
+}
+
 async fn master_dies_mid_run(seeds: Seeds) {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
         .await
@@ -520,57 +633,8 @@ async fn master_dies_mid_run(seeds: Seeds) {
     };
     let mut cluster = cluster;
     // Requests flow from here until the end of the run.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let kill_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let load = {
-        let (a_url, b_url) = (a.base.clone(), b.base.clone());
-        let session = session.clone();
-        let kill_at = kill_at.clone();
-        tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
-            let mut seen = Vec::new();
-            let mut i = 0u64;
-            while !*stop_rx.borrow() {
-                let (instance, base) = if i % 2 == 0 {
-                    ('A', &a_url)
-                } else {
-                    ('B', &b_url)
-                };
-                let (route, req) = if i % 4 < 2 {
-                    ("/auth/user", http.get(format!("{base}/auth/user")))
-                } else {
-                    (
-                        "/query",
-                        http.post(format!("{base}/query"))
-                            .json(&serde_json::json!({ "query": format!("q{i}") })),
-                    )
-                };
-                let status = with_session(req, &session)
-                    .send()
-                    .await
-                    .ok()
-                    .map(|r| r.status().as_u16());
-                let now = Instant::now();
-                let at_ms = match *kill_at.lock().unwrap() {
-                    Some(k) if now >= k => (now - k).as_millis() as i64,
-                    Some(k) => -((k - now).as_millis() as i64),
-                    None => -1,
-                };
-                seen.push(Seen {
-                    at_ms,
-                    instance,
-                    route,
-                    status,
-                });
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        })
-    };
+    let (stop_tx, load) = spawn_load(&a, &b, &session, kill_at.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     *kill_at.lock().unwrap() = Some(Instant::now());
     let killed = Instant::now();
@@ -729,4 +793,91 @@ async fn wait_replicas_run() {
     assert_eq!(health(&a).await["status"], "healthy");
     drop((a, b));
     drop((primary, replica));
+}
+
+/// Two instances on a 3-master cluster while the slot of the signed-in session moves to
+/// another master and back (keys migrated in rounds, as `redis-cli --cluster reshard` does),
+/// with requests alternating between the instances throughout: every request succeeds (the
+/// connection follows `ASK`/`MOVED` and waits out `TRYAGAIN` within the command timeout),
+/// and the session is intact on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_sessions_slot_moves_and_no_request_fails() {
+    tokio::time::timeout(DEADLINE, async {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+            .await
+            .unwrap();
+        let url = cluster.seed_url();
+        let vars = [
+            ("REDIS_URL", url.as_str()),
+            ("SECRET_KEY", SECRET_KEY),
+            ("RATE_LIMIT_QUERY_IP", "100000/minute"),
+            ("RATE_LIMIT_QUERY_SESSION", "100000/minute"),
+        ];
+        let a = Gateway::local(&vars).await;
+        let b = Gateway::local(&vars).await;
+        let client = browser();
+        let token = dev_token(&client, &a, "ada@example.com", "Ada Lovelace").await;
+        let session = sign_in(&client, &a, &token).await;
+        // The session record's key, its slot and master, and a master to move it to.
+        let (record_key, from) = cluster
+            .master_ports()
+            .into_iter()
+            .find_map(|port| {
+                let keys: Vec<String> =
+                    cluster.run_on(port, driver::cmd("KEYS").arg("rampart:session:{*"));
+                keys.into_iter().next().map(|k| (k, port))
+            })
+            .expect("the session is in Redis");
+        let slot = cluster.slot_of(record_key.as_bytes());
+        let to = cluster
+            .master_ports()
+            .into_iter()
+            .find(|&p| p != from)
+            .unwrap();
+
+        let moved_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let (stop_tx, load) = spawn_load(&a, &b, &session, moved_at.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        *moved_at.lock().unwrap() = Some(Instant::now());
+        let cluster = tokio::task::spawn_blocking(move || {
+            cluster.move_slot(slot, to);
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.move_slot(slot, from);
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.move_slot(slot, to);
+            cluster
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop_tx.send(true).unwrap();
+        let seen = load.await.unwrap();
+
+        let failed: Vec<&Seen> = seen.iter().filter(|s| s.status != Some(200)).collect();
+        let during = seen.iter().filter(|s| s.at_ms >= 0).count();
+        println!(
+            "reshard run: {} requests, {during} after the first move began, {} failed",
+            seen.len(),
+            failed.len()
+        );
+        assert!(during >= 10, "requests flowed while the slot moved");
+        assert!(
+            failed.is_empty(),
+            "requests failed while the slot moved: {:?}",
+            failed
+                .iter()
+                .map(|s| (s.instance, s.route, s.status, s.at_ms))
+                .collect::<Vec<_>>()
+        );
+        // The record now lives on the target, and the session works on both instances.
+        let keys: Vec<String> = cluster.run_on(to, driver::cmd("KEYS").arg(&record_key));
+        assert_eq!(keys, std::slice::from_ref(&record_key));
+        for gw in [&a, &b] {
+            let user = get_json(&client, gw.url("/auth/user")).await;
+            assert_eq!(user["user"]["email"], "ada@example.com");
+        }
+        drop(cluster);
+    })
+    .await
+    .expect("deadline");
 }
