@@ -112,13 +112,7 @@ async fn instance_with(redis: &SharedRedis, extra: &[(&str, &str)]) -> Gateway {
     let url = redis.url();
     let mut vars = vec![("REDIS_URL", url.as_str()), ("SECRET_KEY", SECRET_KEY)];
     vars.extend_from_slice(extra);
-    let mut config = config(&vars);
-    if let Some(pem) = redis.ca_pem() {
-        config.redis = config
-            .redis
-            .map(|r| r.ca_certificate_pem(pem.as_bytes().to_vec()));
-    }
-    Gateway::start(config).await
+    gateway_trusting(&vars, redis.ca_pem()).await
 }
 
 /// Every key and every value the node behind `conn` holds, as bytes.
@@ -498,7 +492,7 @@ struct Seen {
 /// and the window are printed (`--no-capture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_master_dies_and_both_instances_keep_working() {
-    tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::AllMasters))
+    tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::AllMasters, false))
         .await
         .expect("deadline");
 }
@@ -510,9 +504,29 @@ async fn on_a_cluster_a_master_dies_and_both_instances_keep_working() {
 /// from the dead seed alone and answered `503` until that node came back: 4 runs of 5.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_the_only_seed_dies_and_both_instances_keep_working() {
-    tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::OneThatDies))
+    tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::OneThatDies, false))
         .await
         .expect("deadline");
+}
+
+/// The same run on a TLS-only cluster (the gateway trusts the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_tls_cluster_a_master_dies_and_both_instances_keep_working() {
+    tokio::time::timeout(DEADLINE, master_dies_mid_run(Seeds::AllMasters, true))
+        .await
+        .expect("deadline");
+}
+
+/// A gateway for `vars`, trusting `ca` (PEM) for Redis's TLS when given, as an application
+/// with a private CA configures it.
+async fn gateway_trusting(vars: &[(&str, &str)], ca: Option<&str>) -> Gateway {
+    let mut config = config(vars);
+    if let Some(pem) = ca {
+        config.redis = config
+            .redis
+            .map(|r| r.ca_certificate_pem(pem.as_bytes().to_vec()));
+    }
+    Gateway::start(config).await
 }
 
 /// What `REDIS_URL` lists in a failover run.
@@ -587,10 +601,16 @@ fn spawn_load(
     (stop_tx, load)
 }
 
-async fn master_dies_mid_run(seeds: Seeds) {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
-        .await
-        .unwrap();
+async fn master_dies_mid_run(seeds: Seeds, tls: bool) {
+    let cluster = tokio::task::spawn_blocking(move || {
+        if tls {
+            RedisCluster::start_tls(3, 1)
+        } else {
+            RedisCluster::start(3, 1)
+        }
+    })
+    .await
+    .unwrap();
     let url = match seeds {
         Seeds::AllMasters => cluster.seed_urls().join(","),
         Seeds::OneThatDies => cluster.seed_url(),
@@ -602,8 +622,8 @@ async fn master_dies_mid_run(seeds: Seeds) {
         ("RATE_LIMIT_QUERY_SESSION", "100000/minute"),
         ("RATE_LIMIT_LOGIN_IP", "1000/minute"),
     ];
-    let a = Gateway::local(&vars).await;
-    let b = Gateway::local(&vars).await;
+    let a = gateway_trusting(&vars, cluster.ca_pem()).await;
+    let b = gateway_trusting(&vars, cluster.ca_pem()).await;
     // The master holding a session's record (a hash-tagged key of its own slot).
     let master_of = |cluster: &RedisCluster| {
         cluster
@@ -802,10 +822,26 @@ async fn wait_replicas_run() {
 /// and the session is intact on the new master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_the_sessions_slot_moves_and_no_request_fails() {
+    slot_moves_run(false).await;
+}
+
+/// The same on a TLS-only cluster (`MIGRATE` over TLS between the masters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_tls_cluster_the_sessions_slot_moves_and_no_request_fails() {
+    slot_moves_run(true).await;
+}
+
+async fn slot_moves_run(tls: bool) {
     tokio::time::timeout(DEADLINE, async {
-        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
-            .await
-            .unwrap();
+        let cluster = tokio::task::spawn_blocking(move || {
+            if tls {
+                RedisCluster::start_tls(3, 0)
+            } else {
+                RedisCluster::start(3, 0)
+            }
+        })
+        .await
+        .unwrap();
         let url = cluster.seed_url();
         let vars = [
             ("REDIS_URL", url.as_str()),
@@ -813,8 +849,8 @@ async fn on_a_cluster_the_sessions_slot_moves_and_no_request_fails() {
             ("RATE_LIMIT_QUERY_IP", "100000/minute"),
             ("RATE_LIMIT_QUERY_SESSION", "100000/minute"),
         ];
-        let a = Gateway::local(&vars).await;
-        let b = Gateway::local(&vars).await;
+        let a = gateway_trusting(&vars, cluster.ca_pem()).await;
+        let b = gateway_trusting(&vars, cluster.ca_pem()).await;
         let client = browser();
         let token = dev_token(&client, &a, "ada@example.com", "Ada Lovelace").await;
         let session = sign_in(&client, &a, &token).await;
@@ -856,7 +892,7 @@ async fn on_a_cluster_the_sessions_slot_moves_and_no_request_fails() {
         let failed: Vec<&Seen> = seen.iter().filter(|s| s.status != Some(200)).collect();
         let during = seen.iter().filter(|s| s.at_ms >= 0).count();
         println!(
-            "reshard run: {} requests, {during} after the first move began, {} failed",
+            "reshard run (tls {tls}): {} requests, {during} after the first move began, {} failed",
             seen.len(),
             failed.len()
         );
