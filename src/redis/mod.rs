@@ -158,8 +158,9 @@
 //!   open the breaker. Timeouts toward the dead master still count toward it: on a TLS
 //!   cluster, where reaching the dead node can time out rather than be refused, one run in
 //!   two opened it, and the other masters' calls failed for 0.3 s (the breaker is one for
-//!   the whole cluster; a breaker per node would confine this to the dead master's slots). Before the fixes that came with these tests, the breaker opened on
-//!   them and failed every slot's calls for up to 0.9 s per failover, and a breaker that
+//!   the whole cluster; a breaker per node would confine this to the dead master's slots).
+//!   Before the fixes that came with these tests, the breaker opened on `CLUSTERDOWN` and
+//!   `TRYAGAIN` and failed every slot's calls for up to 0.9 s per failover, and a breaker that
 //!   opened replaced the connection with one built from the seeds alone: with the seed dead,
 //!   the client never recovered without a restart.
 //! - **Acknowledged writes lost**: replication is asynchronous, so a master can die after

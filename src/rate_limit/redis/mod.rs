@@ -154,19 +154,20 @@ use self::split::Router;
 ///   would have fit (a false refusal, never an over-admission). Within one backend, a
 ///   request spanning slots is the only call in flight from its reserve to its release (the
 ///   batcher holds the others back; a caller that goes away mid-decision lets them go, and
-///   its release still runs, on a task of its own), so one instance's requests never see each other's
-///   reservations and are decided exactly as one by one in arrival order; false refusals
-///   come only from other instances' reservations. If the release cannot be made (the
-///   process dies, the connection or a node fails between the two calls; a reserve that
+///   its release still runs, on a task of its own), so one instance's requests never see
+///   each other's reservations and are decided exactly as one by one in arrival order; false
+///   refusals come only from other instances' reservations. If the release cannot be made
+///   (the process dies, the connection or a node fails between the two calls; a reserve that
 ///   timed out may also have taken its share unseen, and on a cluster the driver resends a
 ///   call after a connection error even if it had run, so a reserve can take its share
-///   twice), each such key keeps the refused
-///   request's `cost` units counted as if it had been admitted: on a window quota until
-///   that admission leaves the window (at most window + granularity later), on a GCRA quota
-///   like any admission (cost·T on its TAT, drained within burst·T once the key is idle).
-///   Never more than `cost` units per quota per refused request; counted by
+///   twice), each such key keeps the refused request's `cost` units counted as if it had
+///   been admitted: on a window quota until that admission leaves the window (at most
+///   window + granularity later), on a GCRA quota like any admission (cost·T on its TAT,
+///   drained within burst·T once the key is idle). At most `cost` units per quota per
+///   refused request (`2·cost` only if the driver ran its reserve twice and the release
+///   failed as well); a failed or skipped release is counted by
 ///   [`unreleased_reservations`](RedisBackend::unreleased_reservations) and logged (`warn`,
-///   with the slot and how long the units stay).
+///   with the slot and how long the units stay), a reserve run unseen is not.
 ///
 ///   **Why a release never undoes someone else's admission.** If the key still holds
 ///   exactly what the reservation wrote, nothing happened to it since (a state changes only
@@ -181,7 +182,8 @@ use self::split::Router;
 ///   admission since (at `n_i <= now`, cost `c_i`) maps `x` to `max(x, n_i) + c_i·T`, a
 ///   non-decreasing map adding at least `c_i·T`, so `cur >= tat_r + Σ c_i·T`, and the TAT
 ///   without this reservation would be at most `max(tat0, now) + Σ c_i·T`, hence at most
-///   `max(tat0, now) + cur - tat_r`. `RELEASE` sets `min(cur, max(tat0, now) + cur - tat_r)`: never below
+///   `max(tat0, now) + cur - tat_r`. `RELEASE` sets
+///   `min(cur, max(tat0, now) + cur - tat_r)`: never below
 ///   the TAT the others alone would have left (no over-admission), equal to it when the
 ///   bucket was not empty at the reservation (`tat0 >= now`), and otherwise above it by at
 ///   most what the bucket would have drained between reserve and release (one round trip's
