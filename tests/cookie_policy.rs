@@ -607,3 +607,61 @@ fn generated_inputs_never_panic_keep_count_and_are_idempotent() {
         "the generator reaches the rewriting code: {rewritten}"
     );
 }
+
+/// An axum app that sets its cookies through `tower-cookies` (`Cookies` in the handler,
+/// `CookieManagerLayer` writing the `Set-Cookie` headers on the way out): with the policy
+/// layer **outside** the cookie manager (added after it), every cookie the manager writes
+/// is rewritten; inside it, the policy runs before the manager has written anything and sees
+/// no cookie. The documented order is therefore: the cookie manager first, then the policy.
+#[tokio::test]
+async fn cookies_set_through_tower_cookies_are_rewritten_when_the_policy_is_outside() {
+    use axum::Router;
+    use axum::routing::get;
+    use tower_cookies::{Cookie, CookieManagerLayer, Cookies};
+
+    async fn handler(cookies: Cookies) -> &'static str {
+        cookies.add(Cookie::new("theme", "dark"));
+        let mut tracking = Cookie::new("pref", "1");
+        tracking.set_same_site(tower_cookies::cookie::SameSite::None);
+        cookies.add(tracking);
+        "ok"
+    }
+    let request = || Request::get("/").body(axum::body::Body::empty()).unwrap();
+
+    // The documented order: the policy wraps the cookie manager.
+    let app = Router::new()
+        .route("/", get(handler))
+        .layer(CookieManagerLayer::new())
+        .layer(CookiePolicyLayer::new(CookiePolicy::lax()));
+    let res = app.oneshot(request()).await.unwrap();
+    let mut out = strs(&set_cookies(res.headers()))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    out.sort();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out[0].starts_with("pref=1"), "{out:?}");
+    assert!(out[1].starts_with("theme=dark"), "{out:?}");
+    for cookie in &out {
+        let attrs: Vec<&str> = cookie.split("; ").collect();
+        assert!(attrs.contains(&"HttpOnly"), "{cookie}");
+        assert!(attrs.contains(&"Secure"), "{cookie}");
+    }
+    // Lax at least: the cookie the handler marked SameSite=None is tightened too.
+    assert!(out.iter().all(|c| c.contains("SameSite=Lax")), "{out:?}");
+    assert!(!out[0].contains("SameSite=None"), "{out:?}");
+
+    // The other order: the policy runs inside the manager and never sees its cookies.
+    let app = Router::new()
+        .route("/", get(handler))
+        .layer(CookiePolicyLayer::new(CookiePolicy::lax()))
+        .layer(CookieManagerLayer::new());
+    let res = app.oneshot(request()).await.unwrap();
+    let out = set_cookies(res.headers());
+    assert_eq!(out.len(), 2);
+    assert!(
+        strs(&out).iter().all(|c| !c.contains("HttpOnly")),
+        "inside the manager the policy cannot rewrite: {:?}",
+        strs(&out)
+    );
+}

@@ -80,6 +80,17 @@
 //! problem and the header's position but never the cookie's name or value. Fix the
 //! application: some browsers accept nameless cookies, which then escape the policy.
 //!
+//! # Where the layer goes
+//!
+//! The policy rewrites the `Set-Cookie` headers present on the response when it passes
+//! through, so every layer that adds cookies must sit **inside** it (closer to the
+//! handler). With `tower-cookies`, the handler's `Cookies` are written as headers by
+//! `CookieManagerLayer` on the way out: add the cookie manager first and the policy after it
+//! (in axum, `.layer(CookieManagerLayer::new())` then `.layer(CookiePolicyLayer::new(..))`;
+//! in a `ServiceBuilder`, the policy above the manager). The other way round the policy runs
+//! before the manager has written anything and sees no cookie (tested in
+//! `tests/cookie_policy.rs`). The crate's own session layer likewise goes inside the policy.
+//!
 //! # Cost
 //!
 //! One scan per cookie that already complies; one more pass and one allocation (the new
