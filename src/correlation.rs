@@ -292,6 +292,101 @@ pub fn propagate<B>(request: &mut Request<B>) -> bool {
     CorrelationId::current().is_some_and(|id| id.apply_to(request))
 }
 
+/// A layer for **HTTP clients**: every request the wrapped client sends carries the
+/// current task's correlation id ([`CorrelationId::current`]) in `x-correlation-id`, unless
+/// the request already has that header. Outside of a request handled under
+/// [`CorrelationIdLayer`] there is no current id and requests go out unchanged.
+///
+/// It works with any tower `Service` over `http::Request<B>`: hyper-util's legacy client,
+/// a tonic channel, `tower-http`'s clients, or a service of your own. The id is read when
+/// the request is **sent** (`call`), on the caller's task, so the client may be cloned and
+/// shared freely.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+/// use tower_rampart::correlation::{CorrelationId, PropagateCorrelationIdLayer, X_CORRELATION_ID};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // A stand-in for an HTTP client: answers with the id it received.
+/// let client = ServiceBuilder::new()
+///     .layer(PropagateCorrelationIdLayer::new())
+///     .service(service_fn(|req: Request<()>| async move {
+///         let id = req.headers().get(X_CORRELATION_ID).cloned();
+///         Ok::<_, Infallible>(Response::new(id))
+///     }));
+///
+/// let id = CorrelationId::parse("order-42").unwrap();
+/// let seen = id
+///     .scope(client.clone().oneshot(Request::new(())))
+///     .await
+///     .unwrap();
+/// assert_eq!(seen.body().as_ref().unwrap(), "order-42");
+///
+/// // Outside of a request: nothing to forward.
+/// let seen = client.oneshot(Request::new(())).await.unwrap();
+/// assert!(seen.body().is_none());
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropagateCorrelationIdLayer {
+    _private: (),
+}
+
+impl PropagateCorrelationIdLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for PropagateCorrelationIdLayer {
+    type Service = PropagateCorrelationId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateCorrelationId { inner }
+    }
+}
+
+/// The service of [`PropagateCorrelationIdLayer`]: stamps the current correlation id on
+/// each outgoing request, then calls the client it wraps.
+#[derive(Clone, Debug)]
+pub struct PropagateCorrelationId<S> {
+    inner: S,
+}
+
+impl<S> PropagateCorrelationId<S> {
+    /// The wrapped client.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped client, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for PropagateCorrelationId<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        propagate(&mut request);
+        self.inner.call(request)
+    }
+}
+
 /// Extracts the trace id of a W3C `traceparent` header, if the header is well formed.
 ///
 /// `version-traceid-parentid-flags` with lowercase hex, version not `ff`, ids not all zero;

@@ -634,3 +634,76 @@ async fn a_panicking_handler_inside_the_recommended_stack_is_a_500_with_its_id_a
     assert_eq!(access[0]["fields"]["status"], 500);
     assert_eq!(access[0]["span"]["correlation_id"], "panic-7");
 }
+
+/// The client-side layer on a real pooled HTTP client (hyper-util's legacy `Client`, shared
+/// by concurrent requests): each request the service handles calls a downstream service
+/// through the one client, and each downstream call carries the id of the request that made
+/// it; a call made outside of any request carries none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_client_wrapped_in_the_layer_forwards_each_requests_own_id() {
+    use hyper_util::client::legacy::Client;
+    use tower_rampart::correlation::PropagateCorrelationIdLayer;
+
+    let downstream = downstream().await;
+    let client = ServiceBuilder::new()
+        .layer(PropagateCorrelationIdLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+    let service = {
+        let client = client.clone();
+        ServiceBuilder::new()
+            .layer(CorrelationIdLayer::new())
+            .service(service_fn(move |_req: Request<Incoming>| {
+                let client = client.clone();
+                async move {
+                    let outgoing = Request::get(format!("http://{downstream}/"))
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let answer = client.oneshot(outgoing).await.unwrap();
+                    let seen = answer.into_body().collect().await.unwrap().to_bytes();
+                    Ok::<_, Infallible>(Response::new(Full::new(seen).boxed_unsync()))
+                }
+            }))
+    };
+    let upstream = serve(service).await;
+    let calls = (0..20).map(|i| async move {
+        let req = Request::get(format!("http://{upstream}/"))
+            .header("x-correlation-id", format!("shared-client-{i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send(upstream, i % 2 == 0, req).await;
+        let seen = response.into_body().collect().await.unwrap().to_bytes();
+        (i, seen)
+    });
+    for (i, seen) in futures_join_all(calls).await {
+        assert_eq!(seen, format!("shared-client-{i}").as_bytes());
+    }
+
+    // Outside of a request: the downstream sees no id.
+    let outgoing = Request::get(format!("http://{downstream}/"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let answer = client.oneshot(outgoing).await.unwrap();
+    assert!(
+        answer
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+}
+
+/// Runs the futures concurrently on tasks of their own and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
