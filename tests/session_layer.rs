@@ -12,7 +12,8 @@ use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
 use session_common::*;
 use tower_rampart::session::{
-    MemoryStore, SameSite, Session, SessionConfig, SessionError, SessionLayer, SessionStore,
+    MemoryStore, SameSite, Session, SessionConfig, SessionConfigError, SessionError, SessionLayer,
+    SessionStore,
 };
 
 fn memory_app() -> App {
@@ -74,6 +75,66 @@ async fn configured_cookie_attributes_are_used_for_setting_and_removing() {
         r.set_cookies[0]
             .ends_with("; Path=/api; Domain=example.com; HttpOnly; Secure; SameSite=None")
     );
+}
+
+/// A partitioned session cookie (CHIPS) carries `Partitioned` whenever it is set: creation,
+/// a new id at sign-in, a refresh after an expiry change; and so does its removal, which a
+/// browser would otherwise not apply to the partitioned cookie.
+#[tokio::test]
+async fn a_partitioned_cookie_is_partitioned_when_created_refreshed_and_removed() {
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().same_site(SameSite::None).partitioned(true),
+        routes(),
+    );
+    let attrs = |set: &str| -> Vec<String> { set.split("; ").skip(1).map(str::to_owned).collect() };
+    fn expected(max_age: &str) -> Vec<String> {
+        [
+            max_age,
+            "Path=/",
+            "HttpOnly",
+            "Secure",
+            "SameSite=None",
+            "Partitioned",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+    // Creation.
+    let r = app.post("/set/a/1", None).await;
+    assert_eq!(attrs(&r.set_cookies[0]), expected("Max-Age=3600"));
+    let cookie = r.cookie().unwrap();
+    // Refresh: an expiry change sends the cookie again, under the same id.
+    app.clock.advance(Duration::from_secs(100));
+    let r = app.post("/expiry/300", Some(&cookie)).await;
+    assert_eq!(r.set_cookies.len(), 1);
+    assert_eq!(r.cookie().unwrap(), cookie);
+    assert_eq!(attrs(&r.set_cookies[0]), expected("Max-Age=3500"));
+    // Sign-in: a new id, still partitioned.
+    let r = app.post("/login/ada", Some(&cookie)).await;
+    let signed_in = r.cookie().unwrap();
+    assert_ne!(signed_in, cookie);
+    assert_eq!(attrs(&r.set_cookies[0]), expected("Max-Age=3500"));
+    // Removal.
+    let r = app.post("/logout", Some(&signed_in)).await;
+    assert_eq!(r.set_cookies.len(), 1);
+    assert!(r.removes_cookie());
+    assert_eq!(
+        r.set_cookies[0],
+        "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; HttpOnly; Secure; SameSite=None; Partitioned"
+    );
+    assert_eq!(app.get("/user", Some(&signed_in)).await.body, "");
+}
+
+#[tokio::test]
+async fn partitioned_without_secure_is_refused_at_build() {
+    let err = builder()
+        .partitioned(true)
+        .secure(false)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, SessionConfigError::PartitionedWithoutSecure);
+    assert!(builder().partitioned(true).build().is_ok());
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@
 //! | Secure | [`secure`](CookiePolicyBuilder::secure) | [`SecureMode::Always`]: adds `Secure` to every cookie. [`SecureMode::WhenHttps`]: only on responses to HTTPS requests (the request's scheme, or what a [trusted proxy](crate::net::TrustedProxies::is_https) reports). [`SecureMode::Never`]: adds nothing (local development over plain HTTP); an existing `Secure` is kept. |
 //! | SameSite | [`min_same_site`](CookiePolicyBuilder::min_same_site) | Order `None < Lax < Strict`. A missing or unrecognised `SameSite` is set to the minimum, a weaker one is raised to it, a stronger one is kept. With a minimum of [`SameSite::None`] a missing attribute stays missing (writing `None` would loosen Chrome's `Lax` default). |
 //! | SameSite=None needs Secure | always | A cookie that ends up `SameSite=None` gets `Secure` (browsers reject it otherwise), even on a plain-HTTP response under `WhenHttps`. Under `Never` it is raised to `Lax` instead (only reachable when the app writes `SameSite=None`, since a minimum of `None` with `Never` does not build). |
+//! | Partitioned | [`partition_same_site_none`](CookiePolicyBuilder::partition_same_site_none) | Adds `Partitioned` (CHIPS) to every cookie that leaves with `SameSite=None`, removals included (a removal without `Partitioned` does not reach a partitioned cookie). A cookie that already says `Partitioned` is left as it is; cookies that end up `Lax`, `Strict` or without `SameSite` get nothing. Off by default. |
 //! | Lifetime cap | [`max_age_cap`](CookiePolicyBuilder::max_age_cap) | A `Max-Age` above the cap is lowered to it. An `Expires` further away than the cap gets a `Max-Age` of the cap added (browsers prefer `Max-Age`; `Expires` stays for old clients). Session cookies stay session cookies. |
 //! | Removal cookies | always | A cookie with `Max-Age <= 0` or an `Expires` in the past keeps its lifetime attributes: it stays a removal. It is tightened like any other cookie, so it matches a cookie set through the same policy. |
 //! | Prefixes | always | `__Secure-`: adds `Secure`. `__Host-`: adds `Secure`, sets `Path=/` (replacing another path), drops every `Domain`. `__Http-` and `__Host-Http-` (RFC 6265bis): also `HttpOnly`, whatever the allow-list says. Prefixes match case-insensitively, as in browsers. |
@@ -141,6 +142,9 @@ pub enum CookiePolicyError {
     SameSiteNoneWithoutSecure,
     /// A lifetime cap under one second would turn every persistent cookie into a removal.
     ZeroMaxAgeCap,
+    /// [`partition_same_site_none`](CookiePolicyBuilder::partition_same_site_none) with
+    /// `secure(SecureMode::Never)`: browsers reject `Partitioned` cookies without `Secure`.
+    PartitionedWithoutSecure,
     /// An allow-listed name is not a valid cookie name.
     InvalidCookieName {
         /// The name as given.
@@ -161,6 +165,10 @@ impl fmt::Display for CookiePolicyError {
                 "cookie policy: min_same_site(SameSite::None) needs Secure cookies, but secure is \
                  SecureMode::Never (browsers reject SameSite=None without Secure); use \
                  SameSite::Lax for local development",
+            ),
+            Self::PartitionedWithoutSecure => f.write_str(
+                "cookie policy: partition_same_site_none(true) needs Secure cookies, but secure \
+                 is SecureMode::Never (browsers reject Partitioned without Secure)",
             ),
             Self::ZeroMaxAgeCap => f.write_str(
                 "cookie policy: max_age_cap must be at least one second (a zero cap would turn \
@@ -190,6 +198,7 @@ pub struct CookiePolicy {
     script_readable: Vec<String>,
     secure: SecureMode,
     min_same_site: SameSite,
+    partition_same_site_none: bool,
     /// Seconds, at least 1 and at most `i64::MAX`.
     max_age_cap: Option<i64>,
     max_age_cap_text: String,
@@ -255,6 +264,7 @@ impl CookiePolicy {
             script_readable: self.script_readable,
             secure: self.secure,
             min_same_site: self.min_same_site,
+            partition_same_site_none: self.partition_same_site_none,
             max_age_cap: self
                 .max_age_cap
                 .map(|s| Duration::from_secs(s.unsigned_abs())),
@@ -269,6 +279,7 @@ impl CookiePolicy {
             script_readable: Vec::new(),
             secure: SecureMode::Always,
             min_same_site: SameSite::Lax,
+            partition_same_site_none: false,
             max_age_cap: None,
             trusted_proxies: TrustedProxies::none(),
             clock: Arc::new(SystemClock),
@@ -339,6 +350,7 @@ pub struct CookiePolicyBuilder {
     script_readable: Vec<String>,
     secure: SecureMode,
     min_same_site: SameSite,
+    partition_same_site_none: bool,
     max_age_cap: Option<Duration>,
     trusted_proxies: TrustedProxies,
     clock: Arc<dyn Clock>,
@@ -384,6 +396,19 @@ impl CookiePolicyBuilder {
         self
     }
 
+    /// Whether to add `Partitioned` (CHIPS, "Cookies Having Independent Partitioned State")
+    /// to every cookie that leaves with `SameSite=None` (default `false`).
+    ///
+    /// Browsers that block or restrict third-party cookies keep a partitioned one, in a jar
+    /// keyed by the top-level site, so a service called from an app on another site keeps its
+    /// cookies. Removal cookies get it too, so they match the cookie they remove. A cookie
+    /// that already carries `Partitioned` is left as it is. Cannot be combined with
+    /// [`SecureMode::Never`]: browsers reject `Partitioned` without `Secure`.
+    pub fn partition_same_site_none(mut self, on: bool) -> Self {
+        self.partition_same_site_none = on;
+        self
+    }
+
     /// The longest lifetime a cookie may ask for, or `None` for no cap (the default, except
     /// in [`CookiePolicy::strict`]). Whole seconds; it must be at least one second.
     pub fn max_age_cap(mut self, cap: impl Into<Option<Duration>>) -> Self {
@@ -411,6 +436,8 @@ impl CookiePolicyBuilder {
     ///
     /// - [`CookiePolicyError::SameSiteNoneWithoutSecure`]: minimum `SameSite::None` with
     ///   `SecureMode::Never`;
+    /// - [`CookiePolicyError::PartitionedWithoutSecure`]:
+    ///   [`partition_same_site_none`](Self::partition_same_site_none) with `SecureMode::Never`;
     /// - [`CookiePolicyError::ZeroMaxAgeCap`]: a lifetime cap under one second;
     /// - [`CookiePolicyError::InvalidCookieName`]: an allow-listed name that is not a cookie
     ///   name;
@@ -419,6 +446,9 @@ impl CookiePolicyBuilder {
     pub fn build(self) -> Result<CookiePolicy, CookiePolicyError> {
         if self.min_same_site == SameSite::None && self.secure == SecureMode::Never {
             return Err(CookiePolicyError::SameSiteNoneWithoutSecure);
+        }
+        if self.partition_same_site_none && self.secure == SecureMode::Never {
+            return Err(CookiePolicyError::PartitionedWithoutSecure);
         }
         let max_age_cap = match self.max_age_cap {
             None => None,
@@ -438,6 +468,7 @@ impl CookiePolicyBuilder {
             script_readable: self.script_readable,
             secure: self.secure,
             min_same_site: self.min_same_site,
+            partition_same_site_none: self.partition_same_site_none,
             max_age_cap,
             max_age_cap_text: max_age_cap.map(|c| c.to_string()).unwrap_or_default(),
             trusted_proxies: self.trusted_proxies,

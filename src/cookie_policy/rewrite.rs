@@ -275,6 +275,7 @@ pub(crate) fn rewrite_bytes(
     let mut expires: Option<i64> = None;
     let mut path: Option<Attr<'_>> = None;
     let mut has_domain = false;
+    let mut has_partitioned = false;
     let mut domain_bytes = 0;
     for attr in attrs() {
         match classify(attr.key) {
@@ -299,7 +300,12 @@ pub(crate) fn rewrite_bytes(
                 has_domain = true;
                 domain_bytes += attr.end - attr.semi;
             }
-            Known::Other => {}
+            Known::Other => {
+                // Only looked for when the policy may add it.
+                if policy.partition_same_site_none && attr.key.eq_ignore_ascii_case("partitioned") {
+                    has_partitioned = true;
+                }
+            }
         }
     }
 
@@ -333,6 +339,10 @@ pub(crate) fn rewrite_bytes(
     }
     let same_site_edit = target.filter(|t| Some(*t) != effective);
     let add_secure = secure && !has_secure;
+    // A cookie that ends up `SameSite=None` is `Secure` here (unless the mode is `Never`,
+    // where it was lowered to `Lax` above), which `Partitioned` requires.
+    let add_partitioned =
+        policy.partition_same_site_none && target == Some(SameSite::None) && !has_partitioned;
 
     let mut max_age_edit = None;
     let mut add_max_age = false;
@@ -361,7 +371,8 @@ pub(crate) fn rewrite_bytes(
         || max_age_edit.is_some()
         || add_max_age
         || fix_path
-        || drop_domain)
+        || drop_domain
+        || add_partitioned)
     {
         return Ok(None);
     }
@@ -408,6 +419,9 @@ pub(crate) fn rewrite_bytes(
     if add_http_only {
         grow += "; HttpOnly".len();
     }
+    if add_partitioned {
+        grow += "; Partitioned".len();
+    }
     let expected_len = s.len() + grow - shrink;
 
     // Pass 2: copy with the edits.
@@ -449,6 +463,9 @@ pub(crate) fn rewrite_bytes(
     {
         out.extend_from_slice(b"; SameSite=");
         out.extend_from_slice(new.as_str().as_bytes());
+    }
+    if add_partitioned {
+        out.extend_from_slice(b"; Partitioned");
     }
     debug_assert_eq!(out.len(), expected_len);
     Ok(Some(out))

@@ -160,6 +160,63 @@ fn same_site_none_needs_secure() {
 }
 
 #[test]
+fn partitioned_is_added_to_same_site_none_cookies() {
+    let p = permissive().partition_same_site_none(true).build().unwrap();
+    // SameSite=None leaves with Partitioned (and Secure, even on plain HTTP under WhenHttps)
+    assert_eq!(
+        run(&p, "a=b; SameSite=None; Secure", false),
+        "a=b; SameSite=None; Secure; Partitioned"
+    );
+    assert_eq!(
+        run(&p, "a=b; SameSite=None", false),
+        "a=b; SameSite=None; Secure; Partitioned"
+    );
+    assert_eq!(
+        run(&p, "a=b; samesite=none; Path=/", true),
+        "a=b; samesite=none; Path=/; Secure; Partitioned"
+    );
+    // already partitioned, in any spelling or position: left as it is
+    unchanged(&p, "a=b; Partitioned; SameSite=None; Secure", false);
+    unchanged(&p, "a=b; SameSite=None; Secure; partitioned", false);
+    // a removal gets it too, so it removes a partitioned cookie
+    assert_eq!(
+        run(&p, "a=; Max-Age=0; SameSite=None; Secure", false),
+        "a=; Max-Age=0; SameSite=None; Secure; Partitioned"
+    );
+    // Lax, Strict, unknown and missing SameSite: nothing added (a missing one stays missing
+    // under a minimum of None)
+    unchanged(&p, "a=b; SameSite=Lax", false);
+    unchanged(&p, "a=b; SameSite=Strict", false);
+    unchanged(&p, "a=b; SameSite=Bogus", false);
+    unchanged(&p, "a=b", false);
+    // a cookie raised from None by the minimum is not cross-site, so not partitioned
+    let lax = CookiePolicy::builder()
+        .partition_same_site_none(true)
+        .build()
+        .unwrap();
+    assert_eq!(
+        run(&lax, "a=b; SameSite=None; Secure", true),
+        "a=b; SameSite=Lax; Secure; HttpOnly"
+    );
+    // a prefixed cookie is fixed and partitioned in one rewrite
+    assert_eq!(
+        run(&p, "__Host-a=b; SameSite=None; Domain=example.com", false),
+        "__Host-a=b; SameSite=None; Path=/; Secure; Partitioned"
+    );
+    // off (the default): SameSite=None cookies are not partitioned
+    unchanged(
+        &permissive().build().unwrap(),
+        "a=b; SameSite=None; Secure",
+        false,
+    );
+    unchanged(
+        &CookiePolicy::lax(),
+        "a=b; SameSite=Strict; Secure; HttpOnly; Partitioned",
+        false,
+    );
+}
+
+#[test]
 fn prefixes() {
     let p = permissive()
         .secure(SecureMode::Never)
@@ -453,6 +510,26 @@ fn build_errors() {
         .build()
         .unwrap();
     CookiePolicy::builder().max_age_cap(None).build().unwrap();
+    // Partitioned requires Secure: refused with Never, accepted with the other modes
+    let err = CookiePolicy::builder()
+        .secure(SecureMode::Never)
+        .partition_same_site_none(true)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, CookiePolicyError::PartitionedWithoutSecure);
+    assert!(err.to_string().contains("Partitioned without Secure"));
+    for mode in [SecureMode::Always, SecureMode::WhenHttps] {
+        CookiePolicy::builder()
+            .secure(mode)
+            .partition_same_site_none(true)
+            .build()
+            .unwrap();
+    }
+    CookiePolicy::development()
+        .into_builder()
+        .partition_same_site_none(false)
+        .build()
+        .unwrap();
     CookiePolicy::builder()
         .max_age_cap(Duration::MAX)
         .build()

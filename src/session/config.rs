@@ -143,6 +143,7 @@ pub struct SessionConfigBuilder {
     secure: bool,
     http_only: bool,
     same_site: SameSite,
+    partitioned: bool,
     idle_timeout: Duration,
     absolute_lifetime: Duration,
     store_timeout: Duration,
@@ -163,6 +164,7 @@ impl Default for SessionConfigBuilder {
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
+            partitioned: false,
             idle_timeout: DEFAULT_IDLE,
             absolute_lifetime: DEFAULT_ABSOLUTE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
@@ -184,6 +186,7 @@ impl fmt::Debug for SessionConfigBuilder {
             .field("secure", &self.secure)
             .field("http_only", &self.http_only)
             .field("same_site", &self.same_site)
+            .field("partitioned", &self.partitioned)
             .field("idle_timeout", &self.idle_timeout)
             .field("absolute_lifetime", &self.absolute_lifetime)
             .field("store_timeout", &self.store_timeout)
@@ -262,6 +265,19 @@ impl SessionConfigBuilder {
     /// `Secure` (checked at build) and a CSRF defence such as an `Origin` check.
     pub fn same_site(mut self, same_site: SameSite) -> Self {
         self.same_site = same_site;
+        self
+    }
+
+    /// Whether the cookie is `Partitioned` (default `false`): CHIPS, "Cookies Having
+    /// Independent Partitioned State". Requires `Secure` (checked at build).
+    ///
+    /// A browser keeps a partitioned cookie set in a third-party context in a jar keyed by the
+    /// top-level site, so an API on another site keeps its session when the browser blocks
+    /// unpartitioned third-party cookies. Used with [`SameSite::None`] for an app on another
+    /// site; the cookie that ends the session carries `Partitioned` too, since a removal
+    /// without it does not reach the partitioned cookie.
+    pub fn partitioned(mut self, partitioned: bool) -> Self {
+        self.partitioned = partitioned;
         self
     }
 
@@ -350,6 +366,9 @@ impl SessionConfigBuilder {
         if self.same_site == SameSite::None && !self.secure {
             return Err(E::SameSiteNoneWithoutSecure);
         }
+        if self.partitioned && !self.secure {
+            return Err(E::PartitionedWithoutSecure);
+        }
         if self.cookie_name.starts_with("__Host-")
             && (!self.secure || self.path != "/" || self.domain.is_some())
         {
@@ -386,6 +405,7 @@ impl SessionConfigBuilder {
             secure: self.secure,
             http_only: self.http_only,
             same_site: self.same_site,
+            partitioned: self.partitioned,
         };
         Ok(SessionConfig {
             inner: Arc::new(ConfigInner {
@@ -464,6 +484,9 @@ pub enum SessionConfigError {
     /// [`SameSite::None`] without [`secure`](SessionConfigBuilder::secure): browsers reject
     /// such cookies.
     SameSiteNoneWithoutSecure,
+    /// [`partitioned`](SessionConfigBuilder::partitioned) without
+    /// [`secure`](SessionConfigBuilder::secure): browsers reject such cookies.
+    PartitionedWithoutSecure,
     /// A cookie name starting with `__Host-` without `Secure`, with a path other than `/`, or
     /// with a domain: browsers reject such cookies.
     HostPrefixRequirements,
@@ -515,6 +538,9 @@ impl fmt::Display for SessionConfigError {
             }
             Self::SameSiteNoneWithoutSecure => {
                 f.write_str("SameSite=None requires Secure (browsers reject it otherwise)")
+            }
+            Self::PartitionedWithoutSecure => {
+                f.write_str("Partitioned requires Secure (browsers reject it otherwise)")
             }
             Self::HostPrefixRequirements => {
                 f.write_str("a __Host- cookie requires Secure, Path=/ and no Domain")
@@ -651,6 +677,18 @@ mod tests {
             ),
             (
                 b().same_site(SameSite::None).secure(false),
+                E::SameSiteNoneWithoutSecure,
+                "SameSite=None requires Secure (browsers reject it otherwise)",
+            ),
+            (
+                b().partitioned(true).secure(false),
+                E::PartitionedWithoutSecure,
+                "Partitioned requires Secure (browsers reject it otherwise)",
+            ),
+            (
+                b().same_site(SameSite::None)
+                    .partitioned(true)
+                    .secure(false),
                 E::SameSiteNoneWithoutSecure,
                 "SameSite=None requires Secure (browsers reject it otherwise)",
             ),

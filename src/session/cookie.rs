@@ -49,6 +49,7 @@ pub(crate) struct CookieCodec {
     pub(crate) secure: bool,
     pub(crate) http_only: bool,
     pub(crate) same_site: SameSite,
+    pub(crate) partitioned: bool,
 }
 
 impl fmt::Debug for CookieCodec {
@@ -61,6 +62,7 @@ impl fmt::Debug for CookieCodec {
             .field("secure", &self.secure)
             .field("http_only", &self.http_only)
             .field("same_site", &self.same_site)
+            .field("partitioned", &self.partitioned)
             .finish()
     }
 }
@@ -132,6 +134,9 @@ impl CookieCodec {
         }
         out.push_str("; SameSite=");
         out.push_str(self.same_site.as_str());
+        if self.partitioned {
+            out.push_str("; Partitioned");
+        }
     }
 
     /// `Set-Cookie` carrying `id`, living `max_age_secs`.
@@ -155,8 +160,9 @@ impl CookieCodec {
         HeaderValue::try_from(out)
     }
 
-    /// `Set-Cookie` that removes the session cookie: same Path, Domain, Secure and SameSite as
-    /// the cookie it replaces, otherwise browsers keep the old one.
+    /// `Set-Cookie` that removes the session cookie: same Path, Domain, Secure, SameSite and
+    /// Partitioned as the cookie it replaces, otherwise browsers keep the old one (a removal
+    /// without `Partitioned` does not reach a partitioned cookie).
     ///
     /// # Errors
     /// As `set_cookie`.
@@ -241,6 +247,7 @@ mod tests {
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
+            partitioned: false,
         }
     }
 
@@ -357,6 +364,24 @@ mod tests {
         assert_eq!(
             del.to_str().unwrap(),
             "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=example.com; HttpOnly; Secure; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn partitioned_is_on_the_cookie_and_on_its_removal() {
+        let mut c = codec(&[&[1; 32]]);
+        c.same_site = SameSite::None;
+        c.partitioned = true;
+        let id = SessionId::generate().unwrap();
+        let set = c.set_cookie(&id, 60).unwrap();
+        assert!(
+            set.to_str()
+                .unwrap()
+                .ends_with("; Max-Age=60; Path=/; HttpOnly; Secure; SameSite=None; Partitioned")
+        );
+        assert_eq!(
+            c.removal_cookie().unwrap().to_str().unwrap(),
+            "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; HttpOnly; Secure; SameSite=None; Partitioned"
         );
     }
 

@@ -49,6 +49,7 @@ fn defaults_with_no_environment() {
     assert_eq!(c.session_idle, Duration::from_secs(60 * 60));
     assert_eq!(c.session_cookie_name, "fabric_session_id");
     assert_eq!(c.cookie_samesite, CookieSameSite::Lax);
+    assert!(!c.cookie_partitioned);
     assert_eq!(c.allowed_origins, ["http://localhost:4200"]);
     assert_eq!(c.rate_limit_query_ip, "10/minute");
     assert_eq!(c.rate_limit_query_session, "10/minute");
@@ -123,6 +124,8 @@ fn values_are_read() {
     assert_eq!(c.session_expiry, Duration::from_secs(8 * 3600));
     assert_eq!(c.session_idle, Duration::from_secs(15 * 60));
     assert_eq!(c.cookie_samesite, CookieSameSite::None);
+    // Partitioned by default with SameSite=None.
+    assert!(c.cookie_partitioned);
     assert_eq!(
         c.allowed_origins,
         ["https://app.example.com", "http://localhost:4200"]
@@ -212,6 +215,10 @@ fn invalid_values_are_named() {
         ("SESSION_IDLE_MINUTES", "ten"),
         ("SESSION_COOKIE_NAME", "bad name;"),
         ("COOKIE_SAMESITE", "sometimes"),
+        ("COOKIE_PARTITIONED", "yes"),
+        ("COOKIE_PARTITIONED", "1"),
+        // Partitioned needs Secure, which local mode with SameSite=Lax does not set.
+        ("COOKIE_PARTITIONED", "true"),
         ("ALLOWED_ORIGINS", "https://app.example.com/path"),
         ("ALLOWED_ORIGINS", "*"),
         ("TRUSTED_PROXIES", "10.0.0.0/99"),
@@ -255,6 +262,33 @@ fn invalid_values_are_named() {
     ])
     .unwrap_err();
     assert_eq!(e.variables(), ["PORT", "COOKIE_SAMESITE", "LOG_FORMAT"]);
+}
+
+/// `COOKIE_PARTITIONED` follows `COOKIE_SAMESITE` unless set, and is refused where the
+/// cookie would not be `Secure`.
+#[test]
+fn cookie_partitioned_default_and_secure_requirement() {
+    let get = |vars: &[(&str, &str)]| load(vars).unwrap().cookie_partitioned;
+    assert!(get(&[("COOKIE_SAMESITE", "none")]));
+    assert!(!get(&[("COOKIE_SAMESITE", "lax")]));
+    assert!(!get(&[("COOKIE_SAMESITE", "strict")]));
+    assert!(!get(&[
+        ("COOKIE_SAMESITE", "none"),
+        ("COOKIE_PARTITIONED", "false")
+    ]));
+    assert!(get(&[
+        ("COOKIE_SAMESITE", "None"),
+        ("COOKIE_PARTITIONED", "TRUE")
+    ]));
+    // Production cookies are always Secure, so Partitioned is accepted with Lax there.
+    let mut vars = production();
+    vars.push(("COOKIE_PARTITIONED", "true"));
+    assert!(get(&vars));
+    assert!(!load(&production()).unwrap().cookie_partitioned);
+    // Local mode with Lax: no Secure, so no Partitioned; the message says why.
+    let e = load(&[("COOKIE_PARTITIONED", "true")]).unwrap_err();
+    assert_eq!(e.variables(), ["COOKIE_PARTITIONED"]);
+    assert!(e.to_string().contains("Secure"), "{e}");
 }
 
 #[test]
@@ -330,6 +364,7 @@ fn word_settings_list_their_words() {
     let cases = [
         ("ENVIRONMENT", "Staging", "development, production"),
         ("COOKIE_SAMESITE", "sometimes", "lax, strict, none"),
+        ("COOKIE_PARTITIONED", "On", "true, false"),
         ("RATE_LIMIT_FAILURE_MODE", "MAYBE", "local, open, closed"),
         ("DATA_AGENT_PROTOCOL", "grpc", "mcp, assistants"),
         ("LOG_FORMAT", "xml", "json, pretty"),

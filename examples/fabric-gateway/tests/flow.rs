@@ -187,6 +187,53 @@ async fn the_whole_local_flow() {
     assert_no_secret_logged(&[&token, &value]);
 }
 
+/// With `COOKIE_SAMESITE=none` the session cookie is partitioned (CHIPS) unless
+/// `COOKIE_PARTITIONED=false`, and so is its removal at logout (a removal without
+/// `Partitioned` leaves a partitioned cookie in the browser); with `lax` neither is.
+#[tokio::test]
+async fn partitioned_session_cookie_and_its_removal_follow_the_configuration() {
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("COOKIE_SAMESITE", "none")], true),
+        (
+            &[("COOKIE_SAMESITE", "none"), ("COOKIE_PARTITIONED", "false")],
+            false,
+        ),
+        (&[("COOKIE_SAMESITE", "lax")], false),
+    ];
+    for (vars, partitioned) in cases {
+        let gw = Gateway::local(vars).await;
+        let client = plain();
+        let token = dev_token(&client, &gw, "ada@example.com", "Ada").await;
+        let resp = login(&client, &gw, &token).await;
+        assert_eq!(resp.status(), 200);
+        let cookie = set_cookie(resp.headers(), SESSION_COOKIE).expect("a session cookie");
+        // Exactly once: the cookie policy leaves the session layer's `Partitioned` alone.
+        let has = |c: &str| match cookie_attributes(c)
+            .iter()
+            .filter(|a| *a == "Partitioned")
+            .count()
+        {
+            0 => false,
+            1 => true,
+            n => panic!("Partitioned {n} times: {c}"),
+        };
+        assert_eq!(has(&cookie), *partitioned, "{vars:?}: {cookie}");
+        let resp = with_session(client.post(gw.url("/auth/logout")), &cookie_value(&cookie))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let removal = set_cookie(resp.headers(), SESSION_COOKIE).expect("a removal cookie");
+        assert!(removal.contains("Max-Age=0"), "{removal}");
+        assert_eq!(has(&removal), *partitioned, "{vars:?}: {removal}");
+        assert_eq!(cookie_attributes(&removal), cookie_attributes(&cookie));
+        assert_eq!(
+            auth_status_with(&gw, &cookie_value(&cookie)).await["authenticated"],
+            false
+        );
+    }
+}
+
 #[tokio::test]
 async fn login_always_starts_a_fresh_session() {
     let gw = Gateway::local(&[]).await;

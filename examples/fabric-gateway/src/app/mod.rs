@@ -55,7 +55,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_rampart::clock::{Clock, SystemClock};
-use tower_rampart::cookie_policy::{CookiePolicy, CookiePolicyLayer, SecureMode};
+use tower_rampart::cookie_policy::{
+    CookiePolicy, CookiePolicyError, CookiePolicyLayer, SecureMode,
+};
 use tower_rampart::correlation::{CorrelationIdLayer, X_CORRELATION_ID};
 use tower_rampart::rate_limit::{
     self, FailureMode, Key, Limit, MissingKey, Quota, RateLimitConfigError, RateLimitLayer,
@@ -384,6 +386,7 @@ fn session_layer(
         .cookie_name(config.session_cookie_name.clone())
         .same_site(config.cookie_samesite)
         .secure(secure_cookies(config))
+        .partitioned(config.cookie_partitioned)
         .idle_timeout(config.session_idle)
         .absolute_lifetime(config.session_expiry)
         .encrypt_at_rest(true)
@@ -418,6 +421,7 @@ fn session_setting_variable(err: &SessionConfigError) -> &'static str {
         | E::HostPrefixRequirements
         | E::SecurePrefixWithoutSecure => "SESSION_COOKIE_NAME",
         E::SameSiteNoneWithoutSecure => "COOKIE_SAMESITE",
+        E::PartitionedWithoutSecure => "COOKIE_PARTITIONED",
         E::IdleTimeoutTooShort | E::IdleTimeoutExceedsLifetime { .. } => "SESSION_IDLE_MINUTES",
         E::AbsoluteLifetimeTooLong { .. } => "SESSION_EXPIRY_HOURS",
         // The keys, and settings the gateway never varies.
@@ -443,10 +447,17 @@ fn cookie_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<CookiePolicy
         .http_only(true)
         .secure(secure)
         .min_same_site(min_same_site)
+        .partition_same_site_none(config.cookie_partitioned)
         .trusted_proxies(config.trusted_proxies.clone())
         .clock(Arc::clone(clock))
         .build()
-        .map_err(|e| config_error("COOKIE_SAMESITE", e))
+        .map_err(|e| {
+            let variable = match e {
+                CookiePolicyError::PartitionedWithoutSecure => "COOKIE_PARTITIONED",
+                _ => "COOKIE_SAMESITE",
+            };
+            config_error(variable, e)
+        })
 }
 
 /// The `/query` limit (per IP and per session, one bucket for both routes) and the login

@@ -72,6 +72,9 @@ pub struct Config {
     pub session_cookie_name: String,
     /// `COOKIE_SAMESITE`.
     pub cookie_samesite: CookieSameSite,
+    /// `COOKIE_PARTITIONED`: the session cookie (and every `SameSite=None` cookie) carries
+    /// `Partitioned` (CHIPS). Defaults to `true` with `COOKIE_SAMESITE=none`, else `false`.
+    pub cookie_partitioned: bool,
     /// `ALLOWED_ORIGINS`: browser origins (`scheme://host[:port]`, no trailing slash).
     pub allowed_origins: Vec<String>,
     /// `TRUSTED_PROXIES`.
@@ -231,6 +234,7 @@ impl Config {
             session_idle: sessions.session_idle,
             session_cookie_name: sessions.session_cookie_name,
             cookie_samesite: sessions.cookie_samesite,
+            cookie_partitioned: sessions.cookie_partitioned,
             allowed_origins: clients.allowed_origins,
             trusted_proxies: clients.trusted_proxies,
             rate_limit_query_ip: limits.rate_limit_query_ip,

@@ -1,5 +1,5 @@
 //! The sessions section: `SECRET_KEY`, `SESSION_EXPIRY_HOURS`, `SESSION_IDLE_MINUTES`,
-//! `SESSION_COOKIE_NAME`, `COOKIE_SAMESITE`.
+//! `SESSION_COOKIE_NAME`, `COOKIE_SAMESITE`, `COOKIE_PARTITIONED`.
 
 use std::fmt;
 use std::time::Duration;
@@ -59,11 +59,13 @@ pub(super) struct Sessions {
     pub(super) session_idle: Duration,
     pub(super) session_cookie_name: String,
     pub(super) cookie_samesite: CookieSameSite,
+    pub(super) cookie_partitioned: bool,
 }
 
 /// Reads `SECRET_KEY` (required in production, else a random key with a warning), the
-/// lifetimes (the idle timeout may not exceed the absolute lifetime), the cookie's name and
-/// `SameSite`.
+/// lifetimes (the idle timeout may not exceed the absolute lifetime), the cookie's name,
+/// `SameSite` and `Partitioned` (which needs `Secure` cookies: production or
+/// `COOKIE_SAMESITE=none`).
 pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
     let (secret_keys, secret_key_generated) = match r.raw("SECRET_KEY") {
         Some(raw) if !raw.trim().is_empty() => {
@@ -154,6 +156,22 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         )
         .unwrap_or(CookieSameSite::Lax);
 
+    // CHIPS: without `Partitioned`, browsers that block third-party cookies drop a
+    // `SameSite=None` session cookie set for an app on another site.
+    let same_site_none = cookie_samesite == CookieSameSite::None;
+    let cookie_partitioned = r
+        .one_of("COOKIE_PARTITIONED", &[("true", true), ("false", false)])
+        .unwrap_or(same_site_none);
+    // The same rule as the session cookie's `Secure` (see `app::secure_cookies`).
+    if cookie_partitioned && !(r.production || same_site_none) {
+        r.problem(
+            "COOKIE_PARTITIONED",
+            "true needs Secure cookies, which the gateway sets only with ENVIRONMENT=production \
+             or COOKIE_SAMESITE=none (browsers reject Partitioned without Secure)"
+                .to_owned(),
+        );
+    }
+
     Sessions {
         secret_keys,
         secret_key_generated,
@@ -161,5 +179,6 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         session_idle: session_idle.unwrap_or_default(),
         session_cookie_name,
         cookie_samesite,
+        cookie_partitioned,
     }
 }
