@@ -122,6 +122,12 @@ impl Names {
         names.push(name.into());
         (names.len() - 1) as u32
     }
+
+    /// The id of `name` if it was ever interned (a lookup that adds nothing).
+    pub(crate) fn get(&self, name: &str) -> Option<u32> {
+        let names = lock(&self.0);
+        names.iter().position(|n| &**n == name).map(|i| i as u32)
+    }
 }
 
 pub use self::builder::RateLimitBuilder;
