@@ -20,6 +20,7 @@ use tower_rampart::clock::ManualClock;
 use tower_rampart::net::TrustedProxies;
 use tower_rampart::rate_limit::{
     Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitDecision, RateLimitLayer,
+    ResetError,
 };
 
 #[tokio::test]
@@ -594,8 +595,9 @@ fn reset_gives_a_refused_client_exactly_a_full_quota_and_nothing_else() {
     }
 }
 
-/// Through the layer: support resets the client's address on the backend the layer uses, and
-/// its next request is admitted with the whole quota left.
+/// Through the layer: support resets the client's address with `RateLimitLayer::reset`, and
+/// its next request is admitted with the whole quota left; the layer refuses names it has no
+/// quota of.
 #[tokio::test]
 async fn a_reset_on_the_layers_backend_unblocks_the_client() {
     let clock = ManualClock::new(T0);
@@ -617,7 +619,12 @@ async fn a_reset_on_the_layers_backend_unblocks_the_client() {
         );
     }
     clock.advance(Duration::from_secs(5));
-    assert!(backend.reset("ip", &LimitKey::ip("198.51.100.1".parse().unwrap())));
+    let client = LimitKey::ip("198.51.100.1".parse().unwrap());
+    assert!(layer.reset("ip", &client).await.unwrap());
+    assert!(matches!(
+        layer.reset("login", &client).await,
+        Err(ResetError::UnknownQuota { name }) if name == "login"
+    ));
     let (status, h, _) = send(&mut svc, req_from("198.51.100.1:1")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&h, "ratelimit"), r#""ip";r=2;t=60"#);
@@ -625,4 +632,10 @@ async fn a_reset_on_the_layers_backend_unblocks_the_client() {
     let (status, h, _) = send(&mut svc, req_from("198.51.100.2:1")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&h, "retry-after"), "55");
+    // The layer and its backend are one state.
+    assert!(backend.reset("ip", &LimitKey::ip("198.51.100.2".parse().unwrap())));
+    assert_eq!(
+        status_of(&mut svc, req_from("198.51.100.2:1")).await,
+        StatusCode::OK
+    );
 }

@@ -642,7 +642,8 @@ async fn reset_gives_a_refused_client_exactly_a_full_quota_and_nothing_else() {
     }
 }
 
-/// Two instances on one Redis, each with its deny cache. Instance A resets a refused client:
+/// Two instances on one Redis, each with its deny cache. Instance A resets a refused client
+/// (`RateLimitLayer::reset`):
 /// A admits it at once; B, which had cached the client's denial, refuses it locally until
 /// that cached time (when, by Redis's last answer to B, the client's next unit was due), then
 /// asks Redis and sees the reset state (not merely the unit that came back).
@@ -667,7 +668,7 @@ async fn after_a_reset_other_instances_refuse_until_their_cached_time() {
         let svc = limited(&layer);
         instances.push((backend, layer, svc));
     }
-    let [(a_backend, _, mut a), (b_backend, b_layer, mut b)] =
+    let [(a_backend, a_layer, mut a), (b_backend, b_layer, mut b)] =
         <[_; 2]>::try_from(instances).ok().unwrap();
     let peer = "192.0.2.99:1";
     let client = LimitKey::ip("192.0.2.99".parse().unwrap());
@@ -686,7 +687,8 @@ async fn after_a_reset_other_instances_refuse_until_their_cached_time() {
     assert_eq!(a_backend.deny_cache_len(), 1);
 
     clock.advance(Duration::from_secs(5));
-    assert!(a_backend.reset("ip", &client).await.unwrap());
+    // Through A's layer (its Redis backend and its local fallback).
+    assert!(a_layer.reset("ip", &client).await.unwrap());
     assert_eq!(a_backend.deny_cache_len(), 0);
     // A admits at once, with the whole quota but this request left.
     let (status, h, _) = send(&mut a, req_from(peer)).await;

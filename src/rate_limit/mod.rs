@@ -132,7 +132,9 @@ impl Names {
 
 pub use self::builder::RateLimitBuilder;
 pub use self::clock::MonotonicClock;
-pub use self::config::{Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError};
+pub use self::config::{
+    Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError, ResetError,
+};
 pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]

@@ -61,7 +61,9 @@ use self::split::Router;
 ///   instance answers that key locally until `t`, with no round trip. Exact because limiter
 ///   state only moves forward (other instances can only add admissions): no unit can come
 ///   back before `t`. `t` is measured from when the request was *sent*, so the cache never
-///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]).
+///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]). The one
+///   step back is [`reset`](RedisBackend::reset): it clears this instance's entry, while
+///   other instances keep refusing that client until their own `t` (see there).
 ///
 /// Failures (timeouts, connection loss, the connection's circuit breaker) are handled by the
 /// layer's [`FailureMode`](super::FailureMode).
