@@ -712,3 +712,54 @@ async fn after_a_reset_other_instances_refuse_until_their_cached_time() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&h, "ratelimit"), r#""ip";r=1;t=45"#);
 }
+
+/// While Redis is unreachable, `FailureMode::Local` decides in memory; a layer reset clears
+/// that local state too (and reports that Redis could not be reached), so the client is
+/// admitted again during the outage.
+#[tokio::test]
+async fn a_layer_reset_during_an_outage_clears_the_local_fallback() {
+    let started = Instant::now();
+    let mut server = support::RedisServer::start();
+    let config = server
+        .config()
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500));
+    let conn = config.connect().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(2), Key::peer_ip())
+        .backend(RedisBackend::new(conn))
+        .failure_mode(FailureMode::Local)
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    assert_eq!(
+        status_of(&mut svc, req_from("192.0.2.5:1")).await,
+        StatusCode::OK
+    );
+    server.stop();
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(status_of(&mut svc, req_from("192.0.2.5:1")).await, expected);
+    }
+    let degraded = layer.metrics().degraded;
+    assert_eq!(degraded, 3, "decided by the local fallback");
+    let client = LimitKey::ip("192.0.2.5".parse().unwrap());
+    let reset = layer.reset("ip", &client).await;
+    assert!(
+        matches!(reset, Err(tower_rampart::rate_limit::ResetError::Redis(_))),
+        "{reset:?}"
+    );
+    assert_eq!(
+        status_of(&mut svc, req_from("192.0.2.5:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(layer.metrics().degraded, degraded + 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
