@@ -20,6 +20,7 @@ use tower_rampart::clock::ManualClock;
 use tower_rampart::net::TrustedProxies;
 use tower_rampart::rate_limit::{
     Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitDecision, RateLimitLayer,
+    ResetError,
 };
 
 #[tokio::test]
@@ -546,5 +547,95 @@ async fn a_server_that_records_no_client_address_gets_500_and_the_fix_once() {
     assert_eq!(
         Key::header("x-tenant").key(&Request::new(())),
         Err(NoKey::Absent)
+    );
+}
+
+/// `MemoryBackend::reset`: a refused client starts over with exactly a full quota (window and
+/// GCRA meanings, compact and text keys); other clients and other quotas on the same key keep
+/// their counts; unknown keys and names are not an error.
+#[test]
+fn reset_gives_a_refused_client_exactly_a_full_quota_and_nothing_else() {
+    let meanings = [
+        Quota::per_minute(3),
+        Quota::rate(3, Duration::from_secs(60)).burst(3),
+    ];
+    let clients = [
+        LimitKey::ip("192.0.2.10".parse().unwrap()),
+        LimitKey::new("user:alice"),
+    ];
+    for quota in meanings {
+        for client in &clients {
+            let backend = MemoryBackend::new();
+            let login = backend.keyed("login", quota).unwrap();
+            let other = backend.keyed("other", Quota::per_minute(5)).unwrap();
+            let neighbour = LimitKey::new("user:bob");
+            for _ in 0..3 {
+                assert!(login.check_at(client, 1, T0).is_allowed());
+                assert!(login.check_at(&neighbour, 1, T0).is_allowed());
+            }
+            assert!(!login.check_at(client, 1, T0 + 1).is_allowed());
+            assert!(other.check_at(client, 2, T0).is_allowed());
+
+            assert!(backend.reset("login", client), "{quota:?} {client}");
+            // Exactly a full quota: three admitted at once, the fourth refused.
+            for left in (0..3).rev() {
+                let d = login.check_at(client, 1, T0 + 2);
+                assert!(d.is_allowed(), "{quota:?} {client}");
+                assert_eq!(d.remaining(), left);
+            }
+            assert!(!login.check_at(client, 1, T0 + 2).is_allowed());
+            // The neighbour and the other quota of the same client are untouched.
+            assert!(!login.check_at(&neighbour, 1, T0 + 2).is_allowed());
+            assert_eq!(other.check_at(client, 0, T0 + 2).remaining(), 3);
+            // Nothing to reset is fine.
+            assert!(!backend.reset("login", &LimitKey::new("user:nobody")));
+            assert!(!backend.reset("no-such-quota", client));
+            assert!(!backend.reset("other", &neighbour));
+        }
+    }
+}
+
+/// Through the layer: support resets the client's address with `RateLimitLayer::reset`, and
+/// its next request is admitted with the whole quota left; the layer refuses names it has no
+/// quota of.
+#[tokio::test]
+async fn a_reset_on_the_layers_backend_unblocks_the_client() {
+    let clock = ManualClock::new(T0);
+    let backend = MemoryBackend::new();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(3), Key::peer_ip())
+        .backend(backend.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    for peer in ["198.51.100.1:1", "198.51.100.2:1"] {
+        for _ in 0..3 {
+            assert_eq!(status_of(&mut svc, req_from(peer)).await, StatusCode::OK);
+        }
+        assert_eq!(
+            status_of(&mut svc, req_from(peer)).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    clock.advance(Duration::from_secs(5));
+    let client = LimitKey::ip("198.51.100.1".parse().unwrap());
+    assert!(layer.reset("ip", &client).await.unwrap());
+    assert!(matches!(
+        layer.reset("login", &client).await,
+        Err(ResetError::UnknownQuota { name }) if name == "login"
+    ));
+    let (status, h, _) = send(&mut svc, req_from("198.51.100.1:1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "ratelimit"), r#""ip";r=2;t=60"#);
+    // The other address is still refused until its own time.
+    let (status, h, _) = send(&mut svc, req_from("198.51.100.2:1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "retry-after"), "55");
+    // The layer and its backend are one state.
+    assert!(backend.reset("ip", &LimitKey::ip("198.51.100.2".parse().unwrap())));
+    assert_eq!(
+        status_of(&mut svc, req_from("198.51.100.2:1")).await,
+        StatusCode::OK
     );
 }

@@ -445,6 +445,62 @@ async fn a_lazy_connection_splits_from_the_first_request(config: &RedisConfig, p
 
 /// The replay tests of `rate_limit_redis.rs` (memory vs Redis, identical responses; batched
 /// vs one by one, identical responses), and the tests of the multi-slot guarantee, on one
+/// `RedisBackend::reset` on a cluster: for clients on every master, the `DEL` runs on the
+/// master that holds the key (one `DEL` there, none elsewhere), the key is gone, and the
+/// client is admitted again with a full quota.
+async fn a_reset_deletes_on_the_master_of_the_keys_slot(
+    cluster: &support::RedisCluster,
+    prefix: &str,
+) {
+    let conn = cluster.config().connect().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let backend = RedisBackend::builder(conn)
+        .prefix(prefix)
+        .client_clock(clock.clone())
+        .build();
+    let limiter = backend.keyed("ip", quota_a()).unwrap();
+    // One client on each master.
+    let masters = cluster.master_ports();
+    let mut clients: Vec<(LimitKey, u16)> = Vec::new();
+    for i in 0..1_000u32 {
+        let key = LimitKey::ip(std::net::IpAddr::from((0xC000_0200 + i).to_be_bytes()));
+        let port = cluster.master_of_key(backend.key_name("ip", &key).as_bytes());
+        if !clients.iter().any(|c| c.1 == port) {
+            clients.push((key, port));
+        }
+        if clients.len() == masters.len() {
+            break;
+        }
+    }
+    assert_eq!(clients.len(), masters.len());
+    for (key, port) in &clients {
+        for _ in 0..3 {
+            assert!(limiter.check(key, 1).await.unwrap().is_allowed());
+        }
+        assert!(!limiter.check(key, 1).await.unwrap().is_allowed());
+        let name = backend.key_name("ip", key);
+        let exists: i64 = cluster.run_on(*port, driver::cmd("EXISTS").arg(&name));
+        assert_eq!(exists, 1);
+        cluster.reset_stats();
+        assert!(backend.reset("ip", key).await.unwrap());
+        for &m in &masters {
+            let expected = u64::from(m == *port);
+            assert_eq!(cluster.command_count_on(m, "del"), expected, "master {m}");
+        }
+        let exists: i64 = cluster.run_on(*port, driver::cmd("EXISTS").arg(&name));
+        assert_eq!(exists, 0);
+        let d = limiter.check(key, 1).await.unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(d.remaining(), 2);
+        assert!(
+            !backend
+                .reset("ip", &LimitKey::new("never-seen"))
+                .await
+                .unwrap()
+        );
+    }
+}
+
 /// 3-master cluster with a replica each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster() {
@@ -467,6 +523,7 @@ async fn on_a_cluster() {
     concurrent_load_never_exceeds_either_quota(&config, "load:", Some(&cluster)).await;
     a_failed_release_leaks_at_most_the_cost(&config, "leak:", Some(&cluster)).await;
     a_lazy_connection_splits_from_the_first_request(&config, "lazy:").await;
+    a_reset_deletes_on_the_master_of_the_keys_slot(&cluster, "reset:").await;
     println!("cluster tests took {:?}", started.elapsed());
 }
 

@@ -575,3 +575,191 @@ async fn a_failed_batch_fails_every_decision_through_the_failure_mode() {
     }
     assert_eq!(layer.metrics().degraded, 40);
 }
+
+/// `RedisBackend::reset`: a refused client starts over with exactly a full quota (window and
+/// GCRA meanings); other clients' and other quotas' stored bytes are untouched; unknown keys
+/// and names are `Ok(false)`.
+#[tokio::test]
+async fn reset_gives_a_refused_client_exactly_a_full_quota_and_nothing_else() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let backend = RedisBackend::builder(conn.clone())
+        .prefix(format!("{}reset:", redis.prefix))
+        .client_clock(clock.clone())
+        .build();
+    let raw = async |key: String| -> Option<Vec<u8>> {
+        conn.query(driver::cmd("GET").arg(key)).await.unwrap()
+    };
+    let meanings = [
+        ("window", Quota::per_minute(3)),
+        ("gcra", Quota::rate(3, Duration::from_secs(60)).burst(3)),
+    ];
+    for (name, quota) in meanings {
+        let login = backend.keyed(name, quota).unwrap();
+        let other = backend
+            .keyed(&format!("{name}-other"), Quota::per_minute(5))
+            .unwrap();
+        let client = LimitKey::ip("192.0.2.10".parse().unwrap());
+        let neighbour = LimitKey::new("user:bob");
+        for _ in 0..3 {
+            assert!(login.check(&client, 1).await.unwrap().is_allowed());
+            assert!(login.check(&neighbour, 1).await.unwrap().is_allowed());
+        }
+        assert!(!login.check(&client, 1).await.unwrap().is_allowed());
+        assert!(other.check(&client, 2).await.unwrap().is_allowed());
+        let neighbour_before = raw(backend.key_name(name, &neighbour)).await;
+        let other_name = format!("{name}-other");
+        let other_before = raw(backend.key_name(&other_name, &client)).await;
+        assert!(neighbour_before.is_some() && other_before.is_some());
+
+        assert!(backend.reset(name, &client).await.unwrap(), "{name}");
+        assert_eq!(raw(backend.key_name(name, &client)).await, None);
+        for left in (0..3).rev() {
+            let d = login.check(&client, 1).await.unwrap();
+            assert!(d.is_allowed(), "{name}");
+            assert_eq!(d.remaining(), left);
+        }
+        assert!(!login.check(&client, 1).await.unwrap().is_allowed());
+        // Other keys hold exactly the bytes they held.
+        assert_eq!(
+            raw(backend.key_name(name, &neighbour)).await,
+            neighbour_before
+        );
+        assert_eq!(
+            raw(backend.key_name(&other_name, &client)).await,
+            other_before
+        );
+        assert!(!login.check(&neighbour, 1).await.unwrap().is_allowed());
+        // Nothing to reset is fine.
+        assert!(
+            !backend
+                .reset(name, &LimitKey::new("user:nobody"))
+                .await
+                .unwrap()
+        );
+        assert!(!backend.reset("no-such-quota", &client).await.unwrap());
+    }
+}
+
+/// Two instances on one Redis, each with its deny cache. Instance A resets a refused client
+/// (`RateLimitLayer::reset`):
+/// A admits it at once; B, which had cached the client's denial, refuses it locally until
+/// that cached time (when, by Redis's last answer to B, the client's next unit was due), then
+/// asks Redis and sees the reset state (not merely the unit that came back).
+#[tokio::test]
+async fn after_a_reset_other_instances_refuse_until_their_cached_time() {
+    let redis = support::shared();
+    let clock = ManualClock::new(T0);
+    let prefix = format!("{}reset2:", redis.prefix);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let conn = redis.config.connect().await.unwrap();
+        let backend = RedisBackend::builder(conn)
+            .prefix(prefix.clone())
+            .client_clock(clock.clone())
+            .build();
+        let layer = RateLimitLayer::builder()
+            .quota("ip", Quota::per_minute(3), Key::peer_ip())
+            .backend(backend.clone())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let svc = limited(&layer);
+        instances.push((backend, layer, svc));
+    }
+    let [(a_backend, a_layer, mut a), (b_backend, b_layer, mut b)] =
+        <[_; 2]>::try_from(instances).ok().unwrap();
+    let peer = "192.0.2.99:1";
+    let client = LimitKey::ip("192.0.2.99".parse().unwrap());
+    // Admissions at 0 s, 20 s and 40 s, through A: the quota is used up until 60 s.
+    for step in 0..3 {
+        if step > 0 {
+            clock.advance(Duration::from_secs(20));
+        }
+        assert_eq!(status_of(&mut a, req_from(peer)).await, StatusCode::OK);
+    }
+    // B asks Redis, is refused until 60 s and caches that.
+    let (status, h, _) = send(&mut b, req_from(peer)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "retry-after"), "20");
+    assert_eq!(b_backend.deny_cache_len(), 1);
+    assert_eq!(a_backend.deny_cache_len(), 1);
+
+    clock.advance(Duration::from_secs(5));
+    // Through A's layer (its Redis backend and its local fallback).
+    assert!(a_layer.reset("ip", &client).await.unwrap());
+    assert_eq!(a_backend.deny_cache_len(), 0);
+    // A admits at once, with the whole quota but this request left.
+    let (status, h, _) = send(&mut a, req_from(peer)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "ratelimit"), r#""ip";r=2;t=60"#);
+    // B refuses from its cache, without asking Redis, until 60 s.
+    let hits = b_layer.metrics().deny_cache_hits;
+    let (status, h, _) = send(&mut b, req_from(peer)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "retry-after"), "15");
+    clock.advance(Duration::from_micros(15_000_000 - 1));
+    assert_eq!(
+        status_of(&mut b, req_from(peer)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(b_layer.metrics().deny_cache_hits, hits + 2);
+    // At 60 s B asks Redis: one admission (A's at 45 s) is counted, not the three before the
+    // reset (without it, the ones at 20 s and 40 s would leave r=0 here).
+    clock.advance(Duration::from_micros(1));
+    let (status, h, _) = send(&mut b, req_from(peer)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&h, "ratelimit"), r#""ip";r=1;t=45"#);
+}
+
+/// While Redis is unreachable, `FailureMode::Local` decides in memory; a layer reset clears
+/// that local state too (and reports that Redis could not be reached), so the client is
+/// admitted again during the outage.
+#[tokio::test]
+async fn a_layer_reset_during_an_outage_clears_the_local_fallback() {
+    let started = Instant::now();
+    let mut server = support::RedisServer::start();
+    let config = server
+        .config()
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500));
+    let conn = config.connect().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(2), Key::peer_ip())
+        .backend(RedisBackend::new(conn))
+        .failure_mode(FailureMode::Local)
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    assert_eq!(
+        status_of(&mut svc, req_from("192.0.2.5:1")).await,
+        StatusCode::OK
+    );
+    server.stop();
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(status_of(&mut svc, req_from("192.0.2.5:1")).await, expected);
+    }
+    let degraded = layer.metrics().degraded;
+    assert_eq!(degraded, 3, "decided by the local fallback");
+    let client = LimitKey::ip("192.0.2.5".parse().unwrap());
+    let reset = layer.reset("ip", &client).await;
+    assert!(
+        matches!(reset, Err(tower_rampart::rate_limit::ResetError::Redis(_))),
+        "{reset:?}"
+    );
+    assert_eq!(
+        status_of(&mut svc, req_from("192.0.2.5:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(layer.metrics().degraded, degraded + 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -293,3 +293,41 @@ impl fmt::Display for RateLimitConfigError {
 }
 
 impl std::error::Error for RateLimitConfigError {}
+
+/// Why [`RateLimitLayer::reset`](super::RateLimitLayer::reset) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ResetError {
+    /// No quota of the layer has this name (a typo would otherwise reset nothing, silently).
+    UnknownQuota {
+        /// The name as given.
+        name: String,
+    },
+    /// Redis could not delete the key (the reset may or may not have happened: retry it,
+    /// a reset twice is harmless).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    Redis(crate::redis::RedisError),
+}
+
+impl fmt::Display for ResetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownQuota { name } => {
+                write!(f, "rate limit reset: the layer has no quota named {name:?}")
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(e) => write!(f, "rate limit reset: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::UnknownQuota { .. } => None,
+            #[cfg(feature = "redis")]
+            Self::Redis(e) => Some(e),
+        }
+    }
+}

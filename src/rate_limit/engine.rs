@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::config::Backend;
+use super::config::{Backend, ResetError};
 use super::decision::QuotaDecision;
 use super::key::LimitKey;
 use super::memory::{Item, MemoryBackend};
@@ -173,6 +173,32 @@ impl Shared {
             )),
             #[cfg(feature = "redis")]
             Engine::Redis(_) => Box::pin(Arc::clone(self).round_trip(checks)),
+        }
+    }
+}
+
+impl Shared {
+    /// Forgets quota `name`'s state for `key` in the backend that decides and in the local
+    /// fallback (see [`RateLimitLayer::reset`](super::RateLimitLayer::reset)).
+    pub(super) async fn reset(&self, name: &str, key: &LimitKey) -> Result<bool, ResetError> {
+        if !self.limits.iter().any(|l| &*l.name == name) {
+            return Err(ResetError::UnknownQuota {
+                name: name.to_owned(),
+            });
+        }
+        // The deciding memory backend, or the one `FailureMode::Local` decides with.
+        let local = self.memory.reset(name, key);
+        match &self.engine {
+            Engine::Memory => Ok(local),
+            #[cfg(feature = "redis")]
+            Engine::Redis(r) => {
+                let remote = r
+                    .backend
+                    .reset(name, key)
+                    .await
+                    .map_err(ResetError::Redis)?;
+                Ok(remote || local)
+            }
         }
     }
 }

@@ -188,6 +188,48 @@ impl MemoryBackend {
         self.inner.evicted_live.load(Ordering::Relaxed)
     }
 
+    /// Forgets the state of quota `name` for `key`: that client starts over with a full
+    /// quota (a window quota with no admission in its window, a GCRA quota with a full
+    /// bucket), as if it had never been seen. For support staff unblocking a customer.
+    ///
+    /// Returns true if the backend held state for that key (possibly already full again
+    /// and not yet reclaimed), false if it held none (a key never seen, or a name no quota of
+    /// this backend uses): resetting an unknown key is not an error. Other keys of the quota,
+    /// and the same key under other quota names, are untouched. The key is the
+    /// [`LimitKey`] the quota's key extractor yields (e.g. [`LimitKey::ip`] for
+    /// [`Key::client_ip`](super::Key::client_ip)).
+    ///
+    /// The reset takes effect at once for every limiter and layer sharing this backend (a
+    /// decision racing with it is decided either before or after it, never half).
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
+    ///
+    /// let backend = MemoryBackend::new();
+    /// let login = backend.keyed("login", Quota::per_minute(2)).unwrap();
+    /// let client = LimitKey::ip("198.51.100.7".parse().unwrap());
+    /// let now = 1_700_000_000_000_000;
+    /// assert!(login.check_at(&client, 1, now).is_allowed());
+    /// assert!(login.check_at(&client, 1, now).is_allowed());
+    /// assert!(!login.check_at(&client, 1, now).is_allowed());
+    ///
+    /// assert!(backend.reset("login", &client));
+    /// let d = login.check_at(&client, 1, now);
+    /// assert!(d.is_allowed());
+    /// assert_eq!(d.remaining(), 1);
+    /// // Unknown keys and names are not an error.
+    /// assert!(!backend.reset("login", &LimitKey::new("never-seen")));
+    /// assert!(!backend.reset("no-such-quota", &client));
+    /// ```
+    pub fn reset(&self, name: &str, key: &LimitKey) -> bool {
+        let Some(id) = self.inner.names.get(name) else {
+            return false;
+        };
+        let (probe, hash) = self.probe_key(id, key);
+        // Both meanings' tables are searched: the backend does not keep a name's meaning.
+        lock(self.shard_of(hash)).remove(hash, &probe)
+    }
+
     /// Interns a quota name: quotas of the same name share buckets.
     pub(crate) fn intern(&self, name: &str) -> u32 {
         self.inner.names.intern(name)
@@ -206,17 +248,16 @@ impl MemoryBackend {
     }
 
     fn probe<'a>(&self, item: &Item<'a>) -> (Probe<'a>, u64) {
-        let compact = item.key.compact(item.id);
+        self.probe_key(item.id, item.key)
+    }
+
+    fn probe_key<'a>(&self, id: u32, key: &'a LimitKey) -> (Probe<'a>, u64) {
+        let compact = key.compact(id);
         let hash = match compact {
             Some(c) => self.hash_compact(c),
-            None => self.hash_wide(item.id, item.key),
+            None => self.hash_wide(id, key),
         };
-        let probe = Probe {
-            id: item.id,
-            key: item.key,
-            compact,
-        };
-        (probe, hash)
+        (Probe { id, key, compact }, hash)
     }
 
     fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
@@ -530,6 +571,27 @@ struct Shard {
 impl Shard {
     fn len(&self) -> usize {
         self.gcra.len() + self.gcra_wide.len() + self.window.len() + self.window_wide.len()
+    }
+
+    /// Removes the entries of `(id, key)` in both meanings' tables; true if there was one.
+    fn remove(&mut self, hash: u64, p: &Probe<'_>) -> bool {
+        if p.compact.is_some() {
+            Self::remove_in::<GcraSlot<Compact>>(self, hash, p)
+                | Self::remove_in::<WindowSlot<Compact>>(self, hash, p)
+        } else {
+            Self::remove_in::<GcraSlot<Wide>>(self, hash, p)
+                | Self::remove_in::<WindowSlot<Wide>>(self, hash, p)
+        }
+    }
+
+    fn remove_in<S: SlotKind>(&mut self, hash: u64, p: &Probe<'_>) -> bool {
+        match S::table_mut(self).find_entry(hash, |s| s.key().matches(p)) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Decides without recording.

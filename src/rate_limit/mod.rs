@@ -122,11 +122,19 @@ impl Names {
         names.push(name.into());
         (names.len() - 1) as u32
     }
+
+    /// The id of `name` if it was ever interned (a lookup that adds nothing).
+    pub(crate) fn get(&self, name: &str) -> Option<u32> {
+        let names = lock(&self.0);
+        names.iter().position(|n| &**n == name).map(|i| i as u32)
+    }
 }
 
 pub use self::builder::RateLimitBuilder;
 pub use self::clock::MonotonicClock;
-pub use self::config::{Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError};
+pub use self::config::{
+    Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError, ResetError,
+};
 pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]

@@ -12,7 +12,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::builder::RateLimitBuilder;
+use super::config::ResetError;
 use super::engine::DecisionFuture;
+use super::key::LimitKey;
 use super::metrics::RateLimitMetrics;
 use super::pipeline::{Plan, Settled, Shared};
 use super::response::{RATELIMIT, RATELIMIT_POLICY, RateLimitBody, is_grpc};
@@ -57,6 +59,42 @@ impl RateLimitLayer {
     /// The decision counters so far.
     pub fn metrics(&self) -> RateLimitMetrics {
         self.shared.counters.snapshot()
+    }
+
+    /// Forgets the state of this layer's quota `name` for `key`: the client's next request
+    /// is admitted with a full quota. For support staff unblocking a customer; `key` is the
+    /// [`LimitKey`] the quota's key extractor yields for that client (e.g.
+    /// [`LimitKey::ip`] for [`Key::client_ip`](super::Key::client_ip)).
+    ///
+    /// Resets the backend that decides ([`MemoryBackend::reset`](super::MemoryBackend::reset)
+    /// or [`RedisBackend::reset`](super::RedisBackend::reset), whose docs say what other
+    /// instances do until their cached denials expire) and also the in-process backend of
+    /// [`FailureMode::Local`](super::FailureMode::Local), so that a client refused while
+    /// Redis was unreachable is unblocked too (that one is reset even if Redis then
+    /// fails). Returns whether any state was held for that
+    /// key (`Ok(false)` for a client never seen). Layers and backends sharing state with
+    /// this one see the reset too. An error for a name that is not one of this layer's
+    /// quotas, or when Redis cannot be reached.
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Key, LimitKey, Quota, RateLimitLayer, ResetError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota("ip", Quota::per_minute(10), Key::peer_ip())
+    ///     .build()?;
+    /// let customer = LimitKey::ip("203.0.113.7".parse()?);
+    /// // Never seen: nothing to forget, and not an error.
+    /// assert!(!layer.reset("ip", &customer).await?);
+    /// assert!(matches!(
+    ///     layer.reset("login", &customer).await,
+    ///     Err(ResetError::UnknownQuota { .. })
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub async fn reset(&self, name: &str, key: &LimitKey) -> Result<bool, ResetError> {
+        self.shared.reset(name, key).await
     }
 }
 

@@ -61,7 +61,9 @@ use self::split::Router;
 ///   instance answers that key locally until `t`, with no round trip. Exact because limiter
 ///   state only moves forward (other instances can only add admissions): no unit can come
 ///   back before `t`. `t` is measured from when the request was *sent*, so the cache never
-///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]).
+///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]). The one
+///   step back is [`reset`](RedisBackend::reset): it clears this instance's entry, while
+///   other instances keep refusing that client until their own `t` (see there).
 ///
 /// Failures (timeouts, connection loss, the connection's circuit breaker) are handled by the
 /// layer's [`FailureMode`](super::FailureMode).
@@ -432,6 +434,70 @@ impl RedisBackend {
         format!("{}{{{key}}}:{name}", self.inner.prefix)
     }
 
+    /// Forgets the state of quota `name` for `key`, in Redis and in this instance's deny
+    /// cache: the client starts over with a full quota (a window quota with no admission in
+    /// its window, a GCRA quota with a full bucket). For support staff unblocking a customer.
+    ///
+    /// One `DEL` of [`key_name(name, key)`](Self::key_name) (on a Redis Cluster, sent to the
+    /// master of that key's slot). Returns whether Redis held state for that key: resetting
+    /// a key that was never seen, or whose state already expired, is `Ok(false)`, not an
+    /// error. Other keys, and the same key under other quota names, are untouched; the
+    /// stored format of every other key is unchanged. The key is the [`LimitKey`] the
+    /// quota's key extractor yields (e.g. [`LimitKey::ip`] for
+    /// [`Key::client_ip`](super::Key::client_ip)) and `name` the quota's name in the layer;
+    /// the backend's prefix is applied as for decisions.
+    ///
+    /// **Other instances.** The deny cache of *this* backend forgets the key's denial, so
+    /// this instance admits the client's next request at once. Every other instance (another
+    /// process, or another `RedisBackend` value built separately on the same Redis) keeps a
+    /// denial it had cached for that key and quota, and refuses the client locally, without
+    /// asking Redis, **until that cached time passes**: the time at which, by the last
+    /// answer Redis gave that instance, the client's next unit comes back. That is at most
+    /// the quota's window after that answer (window meaning) or one emission interval
+    /// `T = window / limit` (GCRA, e.g. 6 s for 10 per minute), and is what that instance
+    /// sent the client as `RateLimit`'s `t`. From then on it asks Redis and sees the reset. Instances that had not cached a denial for
+    /// that key see the reset at once. To make a reset take effect everywhere at once, run it
+    /// on every instance (each call deletes again, harmlessly) or build the backends with
+    /// [`deny_cache_capacity(0)`](RedisBackendBuilder::deny_cache_capacity).
+    ///
+    /// A decision of this instance that is in flight while the reset runs is decided by
+    /// Redis before or after the `DEL` (either is a correct answer), and a denial it brings
+    /// back is not cached. With [`FailureMode::Local`](super::FailureMode::Local), the
+    /// layer's local fallback is a separate [`MemoryBackend`](super::MemoryBackend): reset it
+    /// too (its [`reset`](super::MemoryBackend::reset)) if Redis was unreachable while the
+    /// client was refused.
+    ///
+    /// ```no_run
+    /// use tower_rampart::rate_limit::{LimitKey, RedisBackend};
+    /// use tower_rampart::redis::RedisConfig;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = RedisConfig::from_url("redis://127.0.0.1:6379")?.connect().await?;
+    /// // The backend given to the layer (clones share the deny cache).
+    /// let backend = RedisBackend::new(conn);
+    /// // Support unblocks a customer refused by the "ip" quota.
+    /// let customer = LimitKey::ip("203.0.113.7".parse()?);
+    /// if backend.reset("ip", &customer).await? {
+    ///     println!("unblocked");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn reset(&self, name: &str, key: &LimitKey) -> Result<bool, RedisError> {
+        let deny = &self.inner.deny;
+        deny.bump();
+        let deleted: Result<i64, RedisError> = self
+            .inner
+            .conn
+            .query(crate::redis::driver::cmd("DEL").arg(self.key_name(name, key)))
+            .await;
+        // Also after an error: the DEL may have run, and the cache is only a shortcut.
+        deny.bump();
+        if let Some(id) = self.inner.names.get(name) {
+            deny.remove(id, key);
+        }
+        Ok(deleted? > 0)
+    }
+
     /// Interns a quota name: quotas of the same name share buckets.
     pub(crate) fn intern(&self, name: &str) -> u32 {
         self.inner.names.intern(name)
@@ -453,6 +519,7 @@ impl RedisBackend {
         sent_at: u64,
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         let now = self.inner.clock.as_ref().map_or(0, |c| c.now_micros());
+        let generation = self.inner.deny.generation();
         let (all, decisions) = self.run(items, cost, now).await?;
         if cost > 0 {
             for (item, d) in items.iter().zip(&decisions) {
@@ -462,6 +529,7 @@ impl RedisBackend {
                         item.key,
                         sent_at.saturating_add(d.reset_us()),
                         sent_at,
+                        generation,
                     );
                 }
             }
