@@ -876,6 +876,18 @@ impl RedisCluster {
                     "node {port} sees {covered} of {SLOTS} slots assigned"
                 ));
             }
+            // Every running node serves slots or is a replica: a node of neither kind is one
+            // that `redis-cli --cluster create` (or a restart) has not yet made a replica.
+            if let Some(n) = view.iter().find(|n| {
+                live.contains(&n.port)
+                    && !n.has_flag("slave")
+                    && !map.iter().any(|&(_, _, m)| m == n.port)
+            }) {
+                return Err(format!(
+                    "node {port} sees node {} as a master without slots (not yet a replica)",
+                    n.port
+                ));
+            }
             if let Some(&(a, b, master)) = map.iter().find(|&&(_, _, m)| !live.contains(&m)) {
                 return Err(format!(
                     "node {port} sees slots {a}-{b} served by node {master}, which is not running"
