@@ -216,7 +216,10 @@ impl bb8::ManageConnection for Manager {
         driver::cmd("PING")
             .query_async::<()>(&mut conn.link)
             .await
-            .map_err(|e| RedisError::from_driver(&e, None))
+            .map_err(|e| {
+                let source = self.shared.dedicated_source();
+                RedisError::from_driver(&e, source.password.as_deref())
+            })
     }
 
     fn has_broken(&self, conn: &mut Dedicated) -> bool {

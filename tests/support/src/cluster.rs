@@ -1036,7 +1036,7 @@ pub fn keys_on_different_masters_with(
 
 /// A client port in [`PORT_RANGE`] whose bus port (port + 10000) is free as well, and that
 /// `taken` (this cluster's ports) does not hold.
-fn pick_port_pair(taken: &BTreeSet<u16>) -> u16 {
+pub(crate) fn pick_port_pair(taken: &BTreeSet<u16>) -> u16 {
     let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
     for _ in 0..1000 {
         let port = PORT_RANGE.start + (random_u64() % span) as u16;

@@ -1,6 +1,5 @@
 //! One `redis-server` in cluster mode that serves every slot by itself.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,8 +19,9 @@ pub struct SlottedEndpoint {
 }
 
 impl SlottedEndpoint {
-    /// Starts the node on a free loopback port below 55 000 whose bus port (+10 000) is also
-    /// free, assigns it every slot and waits for `cluster_state:ok` (20 s deadline).
+    /// Starts the node on a free loopback port whose bus port (+10 000) is also free (as the
+    /// cluster harness picks them), assigns it every slot and waits for `cluster_state:ok`
+    /// (20 s deadline).
     pub fn start() -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -29,10 +29,7 @@ impl SlottedEndpoint {
                 Instant::now() < deadline,
                 "no cluster-mode redis-server started within 20 s"
             );
-            let port = crate::free_port();
-            if port >= 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
-                continue;
-            }
+            let port = crate::cluster::pick_port_pair(&Default::default());
             let dir =
                 std::env::temp_dir().join(format!("rampart-slotted-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the node's directory");
