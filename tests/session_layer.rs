@@ -446,3 +446,147 @@ async fn a_value_of_the_wrong_type_is_reported_without_the_value() {
     assert!(shown.contains(r#""token""#), "{shown}");
     assert!(!shown.contains("tok-SECRET-4711"), "{shown}");
 }
+
+/// Stored size of `{"<k>":"<v>"}` sealed at rest: the JSON plus 29 bytes (format byte,
+/// nonce, GCM tag).
+fn sealed_size(k: &str, v: &str) -> usize {
+    format!(r#"{{"{k}":"{v}"}}"#).len() + 29
+}
+
+#[tokio::test]
+async fn the_size_limit_counts_the_stored_bytes_and_an_oversized_insert_changes_nothing() {
+    let router = routes().route(
+        "/try-set/{k}/{v}",
+        post(
+            |s: Session, axum::extract::Path((k, v)): axum::extract::Path<(String, String)>| async move {
+                // The handler sees the refusal and can react: here it records a note instead.
+                match s.insert(k, v).await {
+                    Ok(()) => Ok::<_, SessionError>("stored".to_owned()),
+                    Err(SessionError::TooLarge { size, limit }) => {
+                        s.insert("note", "refused").await?;
+                        Ok(format!("refused {size} > {limit}"))
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+        ),
+    );
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().max_record_bytes(1024),
+        router,
+    );
+    // Exactly at the limit: accepted, and the stored data is exactly that long.
+    let fits = "x".repeat(1024 - sealed_size("a", ""));
+    assert_eq!(sealed_size("a", &fits), 1024);
+    let r = app.post(&format!("/try-set/a/{fits}"), None).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "stored"));
+    let cookie = r.cookie().unwrap();
+    let stored = app.stored(&app.key_of(&cookie)).await.unwrap();
+    assert_eq!(stored.data.len(), 1024);
+
+    // One byte more (replacing the value): refused and nothing truncated. The handler's
+    // note does not fit beside the old value either, so its `?` answers 500 (a 5xx saves
+    // nothing): the stored value is the old one.
+    let over = format!("{fits}y");
+    let r = app.post(&format!("/try-set/a/{over}"), Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        app.get("/get/a", Some(&cookie)).await.body,
+        format!("\"{fits}\"")
+    );
+
+    // A fresh session: the handler sees the exact sizes, the refused value is absent and the
+    // note (which fits) is stored.
+    let r = app.post(&format!("/try-set/a/{over}"), None).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "refused 1025 > 1024")
+    );
+    let cookie = r.cookie().expect("the note was saved");
+    assert_eq!(app.get("/get/a", Some(&cookie)).await.body, "null");
+    assert_eq!(
+        app.get("/get/note", Some(&cookie)).await.body,
+        "\"refused\""
+    );
+
+    // Escaping the handler as an error: a 500 with the sizes, never the value.
+    let r = app
+        .post(&format!("/set/a/{over}{over}"), Some(&cookie))
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        r.body.contains("exceeds the limit of 1024 bytes"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains(&over), "the value is not echoed");
+}
+
+#[tokio::test]
+async fn a_merge_that_outgrows_the_limit_is_refused_with_500_and_a_log_line() {
+    use tokio::sync::Notify;
+    let loaded = Arc::new(Notify::new());
+    let gate = Arc::new(Notify::new());
+    let (l, g) = (loaded.clone(), gate.clone());
+    let router = routes().route(
+        "/slow-set/{k}/{v}",
+        post(
+            move |s: Session,
+                  axum::extract::Path((k, v)): axum::extract::Path<(String, String)>| {
+                let (loaded, gate) = (l.clone(), g.clone());
+                async move {
+                    s.get::<String>("k0").await?;
+                    loaded.notify_one();
+                    gate.notified().await;
+                    s.insert(k, v).await?;
+                    Ok::<_, SessionError>("ok")
+                }
+            },
+        ),
+    );
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().max_record_bytes(2048),
+        router,
+    );
+    let cookie = app.post("/set/k0/v", None).await.cookie().unwrap();
+    let (a, b) = ("a".repeat(1010), "b".repeat(1010));
+    let (capture, _guard) = capture_logs();
+    let slow = {
+        let (app, cookie, a) = (app.clone(), cookie.clone(), a.clone());
+        tokio::spawn(async move { app.post(&format!("/slow-set/a/{a}"), Some(&cookie)).await })
+    };
+    loaded.notified().await;
+    // Each value fits alone; both together do not.
+    let r = app.post(&format!("/set/b/{b}"), Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    gate.notify_one();
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.set_cookies.is_empty());
+    // The record is the other request's, untouched.
+    assert_eq!(
+        app.get("/get/b", Some(&cookie)).await.body,
+        format!("\"{b}\"")
+    );
+    assert_eq!(app.get("/get/a", Some(&cookie)).await.body, "null");
+    let logs = capture.text();
+    assert!(
+        logs.contains("session could not be saved: answering 500")
+            && logs.contains("exceeds the limit of 2048 bytes"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&a[..64]), "no value in the logs");
+}
+
+#[tokio::test]
+async fn a_size_limit_below_one_kib_is_refused_at_build() {
+    let err = builder().max_record_bytes(1023).build().unwrap_err();
+    assert_eq!(
+        err,
+        SessionConfigError::MaxRecordBytesTooSmall { bytes: 1023 }
+    );
+    assert!(err.to_string().contains("at least 1024 bytes"), "{err}");
+    assert_eq!(builder().build().unwrap().max_record_bytes(), 262_144);
+}

@@ -19,6 +19,9 @@ impl IntoResponse for SessionError {
                 r#"{"detail":"Session store unavailable"}"#,
             )
         } else {
+            // A data problem (a value of the wrong type, data over the size limit): the
+            // message names the key or the sizes, never a value.
+            tracing::error!(error = %self, "session error: answering 500");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 r#"{"detail":"Session data error"}"#,

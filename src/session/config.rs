@@ -18,6 +18,10 @@ pub const MIN_KEY_LEN: usize = 32;
 /// Longest session lifetime accepted: browsers cap cookie lifetimes at 400 days.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(400 * 24 * 60 * 60);
 
+/// The default [record size limit](SessionConfigBuilder::max_record_bytes): 256 KiB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The smallest accepted [record size limit](SessionConfigBuilder::max_record_bytes).
+pub const MIN_MAX_RECORD_BYTES: usize = 1024;
 const DEFAULT_COOKIE_NAME: &str = "session";
 const DEFAULT_IDLE: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -61,6 +65,7 @@ pub(crate) struct ConfigInner {
     pub(crate) absolute_lifetime: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) encrypt: bool,
+    pub(crate) max_record_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) unavailable_content_type: HeaderValue,
     pub(crate) unavailable_body: Arc<[u8]>,
@@ -131,6 +136,12 @@ impl SessionConfig {
     pub fn encrypts_at_rest(&self) -> bool {
         self.inner.encrypt
     }
+
+    /// The largest stored session data accepted on save, in bytes (see
+    /// [`SessionConfigBuilder::max_record_bytes`]).
+    pub fn max_record_bytes(&self) -> usize {
+        self.inner.max_record_bytes
+    }
 }
 
 /// Builder of [`SessionConfig`]; see [`SessionConfig::builder`].
@@ -148,6 +159,7 @@ pub struct SessionConfigBuilder {
     absolute_lifetime: Duration,
     store_timeout: Duration,
     encrypt: bool,
+    max_record_bytes: usize,
     clock: Arc<dyn Clock>,
     unavailable_content_type: String,
     unavailable_body: Vec<u8>,
@@ -169,6 +181,7 @@ impl Default for SessionConfigBuilder {
             absolute_lifetime: DEFAULT_ABSOLUTE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             encrypt: true,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             clock: Arc::new(SystemClock),
             unavailable_content_type: "application/json".into(),
             unavailable_body: DEFAULT_UNAVAILABLE_BODY.to_vec(),
@@ -191,6 +204,7 @@ impl fmt::Debug for SessionConfigBuilder {
             .field("absolute_lifetime", &self.absolute_lifetime)
             .field("store_timeout", &self.store_timeout)
             .field("encrypt", &self.encrypt)
+            .field("max_record_bytes", &self.max_record_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -310,6 +324,31 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// The largest session data a save may store, in bytes, as the store keeps it (the
+    /// serialized values, plus 29 bytes of nonce, format and tag when encrypted at rest).
+    /// Default 256 KiB ([`DEFAULT_MAX_RECORD_BYTES`]); at least [`MIN_MAX_RECORD_BYTES`].
+    ///
+    /// A session is never truncated: an [`insert`](super::Session::insert) that would make
+    /// the data larger fails with [`SessionError::TooLarge`](super::SessionError::TooLarge)
+    /// and changes nothing, so the handler can react; if the data still grows past the limit
+    /// by the time it is saved (a concurrent request's changes merged in), the save is refused
+    /// with the same error, logged, and the layer answers `500` without writing anything.
+    ///
+    /// ```
+    /// use tower_rampart::session::{SessionConfig, SessionConfigError};
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .key(b"a secret key of at least 32 bytes, from configuration")
+    ///     .max_record_bytes(64 * 1024)
+    ///     .build()?;
+    /// assert_eq!(config.max_record_bytes(), 65536);
+    /// # Ok::<(), SessionConfigError>(())
+    /// ```
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
     /// The clock used for expiry (default [`SystemClock`]); tests pass a
     /// [`ManualClock`](crate::clock::ManualClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -394,6 +433,11 @@ impl SessionConfigBuilder {
         if self.store_timeout.is_zero() {
             return Err(E::ZeroStoreTimeout);
         }
+        if self.max_record_bytes < MIN_MAX_RECORD_BYTES {
+            return Err(E::MaxRecordBytesTooSmall {
+                bytes: self.max_record_bytes,
+            });
+        }
         let Ok(content_type) = HeaderValue::try_from(self.unavailable_content_type.as_str()) else {
             return Err(E::InvalidUnavailableContentType);
         };
@@ -414,6 +458,7 @@ impl SessionConfigBuilder {
                 absolute_lifetime: self.absolute_lifetime,
                 store_timeout: self.store_timeout,
                 encrypt: self.encrypt,
+                max_record_bytes: self.max_record_bytes,
                 clock: self.clock,
                 unavailable_content_type: content_type,
                 unavailable_body: self.unavailable_body.into(),
@@ -510,6 +555,12 @@ pub enum SessionConfigError {
     },
     /// The [store timeout](SessionConfigBuilder::store_timeout) is zero.
     ZeroStoreTimeout,
+    /// The [record size limit](SessionConfigBuilder::max_record_bytes) is below
+    /// [`MIN_MAX_RECORD_BYTES`].
+    MaxRecordBytesTooSmall {
+        /// The limit as given.
+        bytes: usize,
+    },
     /// The content type of the [unavailable
     /// response](SessionConfigBuilder::unavailable_response) is not a valid header value.
     InvalidUnavailableContentType,
@@ -561,6 +612,10 @@ impl fmt::Display for SessionConfigError {
                 "the idle timeout ({idle_timeout:?}) must not exceed the absolute lifetime ({absolute_lifetime:?})"
             ),
             Self::ZeroStoreTimeout => f.write_str("the store timeout must be greater than zero"),
+            Self::MaxRecordBytesTooSmall { bytes } => write!(
+                f,
+                "the session size limit ({bytes} bytes) must be at least {MIN_MAX_RECORD_BYTES} bytes"
+            ),
             Self::InvalidUnavailableContentType => {
                 f.write_str("the unavailable response's content type is not a valid header")
             }

@@ -145,8 +145,20 @@ impl std::fmt::Debug for DerivedKeys {
     }
 }
 
+/// Bytes that sealing adds to the JSON: the format byte, the nonce and the GCM tag.
+pub(super) const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + 16;
+
+/// The stored size of data whose JSON is `json_len` bytes long.
+pub(super) fn encoded_len(config: &ConfigInner, json_len: usize) -> usize {
+    if config.encrypt {
+        json_len + SEAL_OVERHEAD
+    } else {
+        json_len
+    }
+}
+
 /// The stored form of session data: JSON, sealed with the first key unless encryption at
-/// rest is off.
+/// rest is off. Data larger than the configured limit is refused, never truncated.
 pub(super) fn encode(
     config: &ConfigInner,
     key: &SessionKey,
@@ -154,6 +166,13 @@ pub(super) fn encode(
 ) -> Result<Vec<u8>, SessionError> {
     let json =
         serde_json::to_vec(data).map_err(|_| SessionError::Serialize(ValueError::default()))?;
+    let size = encoded_len(config, json.len());
+    if size > config.max_record_bytes {
+        return Err(SessionError::TooLarge {
+            size,
+            limit: config.max_record_bytes,
+        });
+    }
     if !config.encrypt {
         return Ok(json);
     }

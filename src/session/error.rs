@@ -61,6 +61,16 @@ pub enum SessionError {
     Random,
     /// Concurrent requests kept changing this session; this request's changes were not saved.
     Contention,
+    /// The session data would exceed the configured
+    /// [size limit](super::SessionConfigBuilder::max_record_bytes): the change was refused
+    /// (nothing is ever truncated). Answered `500` (a bug or abuse in the application's use of
+    /// the session, not an outage).
+    TooLarge {
+        /// The stored size the data would have, in bytes.
+        size: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl SessionError {
@@ -69,7 +79,9 @@ impl SessionError {
     pub fn is_unavailable(&self) -> bool {
         !matches!(
             self,
-            SessionError::Serialize(_) | SessionError::Deserialize(_)
+            SessionError::Serialize(_)
+                | SessionError::Deserialize(_)
+                | SessionError::TooLarge { .. }
         )
     }
 }
@@ -86,6 +98,10 @@ impl fmt::Display for SessionError {
             SessionError::Contention => {
                 f.write_str("the session was changed by too many concurrent requests")
             }
+            SessionError::TooLarge { size, limit } => write!(
+                f,
+                "session data of {size} bytes exceeds the limit of {limit} bytes; nothing was saved"
+            ),
         }
     }
 }

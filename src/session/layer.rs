@@ -198,6 +198,12 @@ where
                     };
                     return Poll::Ready(Ok(match result {
                         Ok(update) => finish(response, shared, update),
+                        Err(error) if !error.is_unavailable() => {
+                            // A data problem (too large, not serializable), not an outage:
+                            // every occurrence is worth a line, and the client a 500.
+                            tracing::error!(%error, "session could not be saved: answering 500");
+                            internal_error()
+                        }
                         Err(error) => {
                             let config = shared.config();
                             if config.log_throttle.allow(config.now()) {

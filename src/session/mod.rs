@@ -91,7 +91,8 @@ pub mod store;
 pub use self::axum::MissingSessionLayer;
 pub use crate::same_site::SameSite;
 pub use config::{
-    MAX_LIFETIME, MIN_KEY_LEN, SessionConfig, SessionConfigBuilder, SessionConfigError,
+    DEFAULT_MAX_RECORD_BYTES, MAX_LIFETIME, MIN_KEY_LEN, MIN_MAX_RECORD_BYTES, SessionConfig,
+    SessionConfigBuilder, SessionConfigError,
 };
 pub use cookie::SessionCookieReader;
 pub use error::{SessionError, ValueError};

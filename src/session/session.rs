@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::commit::Changes;
 use super::config::ConfigInner;
+use super::crypto;
 use super::error::{SessionError, ValueError};
 use super::expiry::Expiry;
 use super::id::{SessionId, SessionKey};
@@ -144,6 +145,12 @@ impl Session {
 
     /// Stores `value` (serialized as JSON) under `key`. Storing the value already there is not
     /// a change and causes no write.
+    ///
+    /// # Errors
+    /// [`SessionError::TooLarge`] when the session data would exceed the configured
+    /// [size limit](super::SessionConfigBuilder::max_record_bytes); the session is left as it
+    /// was. [`SessionError::Store`] when the session cannot be loaded,
+    /// [`SessionError::Serialize`] when `value` cannot be serialized.
     pub async fn insert(
         &self,
         key: impl Into<String>,
@@ -154,7 +161,16 @@ impl Session {
             .map_err(|_| SessionError::Serialize(ValueError::of(&key)))?;
         let mut state = self.loaded().await?;
         if state.data.get(&key) != Some(&value) {
-            state.data.insert(key.clone(), value.clone());
+            let previous = state.data.insert(key.clone(), value.clone());
+            let size = crypto::encoded_len(&self.shared.config, json_len(&state.data));
+            let limit = self.shared.config.max_record_bytes;
+            if size > limit {
+                match previous {
+                    Some(previous) => state.data.insert(key, previous),
+                    None => state.data.remove(&key),
+                };
+                return Err(SessionError::TooLarge { size, limit });
+            }
             state.changes.ops.insert(key, Some(value));
         }
         Ok(())
@@ -270,6 +286,24 @@ impl Session {
             .call(self.shared.store.delete_user_sessions(user, now))
             .await?)
     }
+}
+
+/// The length of `data` serialized as JSON, without building the bytes.
+fn json_len(data: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Map` of `Value`s into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, data);
+    count.0
 }
 
 impl fmt::Debug for Session {

@@ -50,6 +50,7 @@ fn defaults_with_no_environment() {
     assert_eq!(c.session_cookie_name, "fabric_session_id");
     assert_eq!(c.cookie_samesite, CookieSameSite::Lax);
     assert!(!c.cookie_partitioned);
+    assert_eq!(c.session_max_bytes, 262_144);
     assert_eq!(c.allowed_origins, ["http://localhost:4200"]);
     assert_eq!(c.rate_limit_query_ip, "10/minute");
     assert_eq!(c.rate_limit_query_session, "10/minute");
@@ -199,6 +200,22 @@ fn production_requires_redis_secret_tenant_and_agent() {
 }
 
 #[test]
+fn session_max_bytes_is_read() {
+    assert_eq!(
+        load(&[("SESSION_MAX_BYTES", "1024")])
+            .unwrap()
+            .session_max_bytes,
+        1024
+    );
+    assert_eq!(
+        load(&[("SESSION_MAX_BYTES", "67108864")])
+            .unwrap()
+            .session_max_bytes,
+        64 << 20
+    );
+}
+
+#[test]
 fn invalid_values_are_named() {
     let cases: &[(&str, &str)] = &[
         ("ENVIRONMENT", "staging"),
@@ -219,6 +236,10 @@ fn invalid_values_are_named() {
         ("COOKIE_PARTITIONED", "1"),
         // Partitioned needs Secure, which local mode with SameSite=Lax does not set.
         ("COOKIE_PARTITIONED", "true"),
+        ("SESSION_MAX_BYTES", "1023"),
+        ("SESSION_MAX_BYTES", "0"),
+        ("SESSION_MAX_BYTES", "256k"),
+        ("SESSION_MAX_BYTES", "67108865"),
         ("ALLOWED_ORIGINS", "https://app.example.com/path"),
         ("ALLOWED_ORIGINS", "*"),
         ("TRUSTED_PROXIES", "10.0.0.0/99"),

@@ -254,6 +254,32 @@ async fn login_always_starts_a_fresh_session() {
 }
 
 #[tokio::test]
+async fn a_session_over_session_max_bytes_is_refused_never_truncated() {
+    // The smallest limit: the user and the stored Fabric token (a signed JWT) do not fit.
+    let gw = Gateway::local(&[("SESSION_MAX_BYTES", "1024")]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "mary@example.com", "Mary Somerville").await;
+    let resp = login(&client, &gw, &token).await;
+    assert_eq!(resp.status(), 500);
+    assert!(set_cookie(resp.headers(), SESSION_COOKIE).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"detail": "Session data error"}));
+    assert_eq!(auth_status(&client, &gw).await["authenticated"], false);
+    let logged = log_lines()
+        .into_iter()
+        .any(|l| l.contains("session data error") && l.contains("exceeds the limit of 1024 bytes"));
+    assert!(logged, "a log line names the limit");
+    assert_no_secret_logged(&[&token]);
+
+    // The same sign-in fits the default limit.
+    let gw = Gateway::local(&[]).await;
+    let client = browser();
+    let token = dev_token(&client, &gw, "mary@example.com", "Mary Somerville").await;
+    sign_in(&client, &gw, &token).await;
+    assert_eq!(auth_status(&client, &gw).await["authenticated"], true);
+}
+
+#[tokio::test]
 async fn an_expired_stored_token_ends_the_session() {
     let gw = Gateway::local(&[]).await;
     let identity = gw

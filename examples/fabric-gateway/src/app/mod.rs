@@ -390,6 +390,7 @@ fn session_layer(
         .idle_timeout(config.session_idle)
         .absolute_lifetime(config.session_expiry)
         .encrypt_at_rest(true)
+        .max_record_bytes(config.session_max_bytes)
         .clock(Arc::clone(clock))
         .unavailable_response(
             "application/json",
@@ -424,6 +425,7 @@ fn session_setting_variable(err: &SessionConfigError) -> &'static str {
         E::PartitionedWithoutSecure => "COOKIE_PARTITIONED",
         E::IdleTimeoutTooShort | E::IdleTimeoutExceedsLifetime { .. } => "SESSION_IDLE_MINUTES",
         E::AbsoluteLifetimeTooLong { .. } => "SESSION_EXPIRY_HOURS",
+        E::MaxRecordBytesTooSmall { .. } => "SESSION_MAX_BYTES",
         // The keys, and settings the gateway never varies.
         _ => "SECRET_KEY",
     }

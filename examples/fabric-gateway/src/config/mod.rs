@@ -75,6 +75,8 @@ pub struct Config {
     /// `COOKIE_PARTITIONED`: the session cookie (and every `SameSite=None` cookie) carries
     /// `Partitioned` (CHIPS). Defaults to `true` with `COOKIE_SAMESITE=none`, else `false`.
     pub cookie_partitioned: bool,
+    /// `SESSION_MAX_BYTES`: the largest session data accepted on save (as stored, encrypted).
+    pub session_max_bytes: usize,
     /// `ALLOWED_ORIGINS`: browser origins (`scheme://host[:port]`, no trailing slash).
     pub allowed_origins: Vec<String>,
     /// `TRUSTED_PROXIES`.
@@ -235,6 +237,7 @@ impl Config {
             session_cookie_name: sessions.session_cookie_name,
             cookie_samesite: sessions.cookie_samesite,
             cookie_partitioned: sessions.cookie_partitioned,
+            session_max_bytes: sessions.session_max_bytes,
             allowed_origins: clients.allowed_origins,
             trusted_proxies: clients.trusted_proxies,
             rate_limit_query_ip: limits.rate_limit_query_ip,

@@ -1,5 +1,5 @@
 //! The sessions section: `SECRET_KEY`, `SESSION_EXPIRY_HOURS`, `SESSION_IDLE_MINUTES`,
-//! `SESSION_COOKIE_NAME`, `COOKIE_SAMESITE`, `COOKIE_PARTITIONED`.
+//! `SESSION_COOKIE_NAME`, `COOKIE_SAMESITE`, `COOKIE_PARTITIONED`, `SESSION_MAX_BYTES`.
 
 use std::fmt;
 use std::time::Duration;
@@ -8,6 +8,13 @@ use super::Reader;
 
 /// Minimum length of each `SECRET_KEY` entry, in bytes.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
+
+/// `SESSION_MAX_BYTES` when unset: 256 KiB.
+const DEFAULT_SESSION_MAX_BYTES: u64 = 256 * 1024;
+/// The smallest `SESSION_MAX_BYTES` (the library's minimum).
+const MIN_SESSION_MAX_BYTES: u64 = tower_rampart::session::MIN_MAX_RECORD_BYTES as u64;
+/// The largest `SESSION_MAX_BYTES`: 64 MiB (Redis answers such writes slowly for everyone).
+const MAX_SESSION_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `COOKIE_SAMESITE`: the crate's one `SameSite` type (`Lax` by default; `None` forces
 /// `Secure` and is needed when the SPA and the API are on different sites).
@@ -60,6 +67,7 @@ pub(super) struct Sessions {
     pub(super) session_cookie_name: String,
     pub(super) cookie_samesite: CookieSameSite,
     pub(super) cookie_partitioned: bool,
+    pub(super) session_max_bytes: usize,
 }
 
 /// Reads `SECRET_KEY` (required in production, else a random key with a warning), the
@@ -172,6 +180,21 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         );
     }
 
+    // The stored (encrypted) size of a session's data; the library refuses less than 1 KiB.
+    let session_max_bytes = r
+        .positive_int(
+            "SESSION_MAX_BYTES",
+            DEFAULT_SESSION_MAX_BYTES,
+            MAX_SESSION_MAX_BYTES,
+        )
+        .unwrap_or(DEFAULT_SESSION_MAX_BYTES);
+    if session_max_bytes < MIN_SESSION_MAX_BYTES {
+        r.problem(
+            "SESSION_MAX_BYTES",
+            format!("{session_max_bytes} is too small: at least {MIN_SESSION_MAX_BYTES} bytes"),
+        );
+    }
+
     Sessions {
         secret_keys,
         secret_key_generated,
@@ -180,5 +203,6 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         session_cookie_name,
         cookie_samesite,
         cookie_partitioned,
+        session_max_bytes: usize::try_from(session_max_bytes).unwrap_or(usize::MAX),
     }
 }
