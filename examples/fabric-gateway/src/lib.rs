@@ -23,5 +23,6 @@ pub mod config;
 pub mod fabric;
 pub mod fake_agent;
 pub mod logging;
+mod outbound;
 
 pub use app::{App, AppHandle, StartError, app, app_with_clock};

@@ -100,6 +100,18 @@ async fn the_whole_local_flow() {
         !calls.is_empty(),
         "the correlation id is sent as ActivityId"
     );
+    // And as X-Correlation-ID, by the crate's outgoing-call layer around the HTTP client,
+    // on every call made for that request (MCP initialize, the tool call, the session's
+    // close in the background).
+    for call in &calls {
+        assert_eq!(
+            call.correlation_id.as_deref(),
+            Some("flow-test-0001"),
+            "{} {}",
+            call.method,
+            call.path
+        );
+    }
     for call in calls {
         assert_eq!(
             call.authorization.as_deref(),

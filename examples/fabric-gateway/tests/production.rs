@@ -5,6 +5,7 @@ mod common;
 use rampart_test_support as support;
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,6 +24,8 @@ struct Production {
     fake: FakeAgentHandle,
     _redis: RedisServer,
     _jwks: tokio::task::JoinHandle<()>,
+    /// The `X-Correlation-ID` of each request for the keys.
+    jwks_requests: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 /// A production gateway: Redis with a password, a JWKS served on loopback by a key pair of
@@ -47,7 +50,7 @@ async fn production(extra: &[(&str, &str)]) -> Production {
     vars.extend_from_slice(extra);
     let config = config(&vars);
     let identity = DevIdentity::generate(&config.auth).unwrap();
-    let jwks = serve_jwks(jwks_listener, identity.jwks().clone());
+    let (jwks, jwks_requests) = serve_jwks_recording(jwks_listener, identity.jwks().clone());
     fake.controls.set_required_token(None);
     let gw = Gateway::start(config).await;
     Production {
@@ -56,6 +59,7 @@ async fn production(extra: &[(&str, &str)]) -> Production {
         fake,
         _redis: redis,
         _jwks: jwks,
+        jwks_requests,
     }
 }
 
@@ -98,11 +102,17 @@ async fn production_mode_end_to_end() {
     let token = p.identity.mint("ada@contoso.com", "Ada Lovelace").unwrap();
     let resp = client
         .post(gw.url("/auth/client-login"))
+        .header("x-correlation-id", "prod-login-0001")
         .json(&json!({"access_token": "a-graph-token-not-checked", "fabric_token": token}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The keys were fetched for this sign-in, with its correlation id.
+    assert_eq!(
+        *p.jwks_requests.lock().unwrap(),
+        [Some("prod-login-0001".to_owned())]
+    );
     let cookie = set_cookie(resp.headers(), SESSION_COOKIE).unwrap();
     for attribute in [
         "Secure",

@@ -44,6 +44,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::outbound::HttpClient;
 use tower_rampart::clock::{Clock, SystemClock};
 
 use crate::config::AuthSettings;
@@ -163,7 +165,7 @@ struct Inner {
     static_keys: HashMap<String, DecodingKey>,
     cache: RwLock<KeyCache>,
     fetch_lock: tokio::sync::Mutex<()>,
-    http: reqwest::Client,
+    http: HttpClient,
     clock: Arc<dyn Clock>,
     min_refetch_interval: Duration,
     failure_backoff: Duration,
@@ -249,6 +251,7 @@ impl TokenValidatorBuilder {
             .user_agent(concat!("fabric-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
+        let http = HttpClient::new(http);
         TokenValidator {
             inner: Arc::new(Inner {
                 settings: self.settings,
@@ -457,12 +460,13 @@ impl TokenValidator {
     }
 
     async fn fetch(&self, url: &str) -> Result<HashMap<String, DecodingKey>, &'static str> {
-        let resp = self
-            .inner
-            .http
-            .get(url)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
+        let http = &self.inner.http;
+        let resp = http
+            .send(
+                http.reqwest()
+                    .get(url)
+                    .header(http::header::ACCEPT, "application/json"),
+            )
             .await
             .map_err(|_| "the JWKS URL cannot be reached")?;
         if !resp.status().is_success() {

@@ -106,6 +106,7 @@ impl AssistantsClient {
                 let req = self
                     .transport
                     .client
+                    .reqwest()
                     .request(method.clone(), url.clone())
                     .header(http::header::ACCEPT, "application/json");
                 match body {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use reqwest::{Response, Url};
+
+use crate::outbound::spawn_in_request_scope;
 use serde_json::{Value, json};
 
 use super::error::{CAPACITY_PAUSED, ErrorCategory, FabricError};
@@ -283,6 +285,7 @@ impl McpClient {
                 let mut req = self
                     .transport
                     .client
+                    .reqwest()
                     .post(self.url.clone())
                     .header(http::header::ACCEPT, "application/json, text/event-stream")
                     .json(body);
@@ -310,16 +313,16 @@ impl McpClient {
         let Some(id) = session.id.clone() else {
             return;
         };
-        let request = self
-            .transport
-            .client
+        let client = self.transport.client.clone();
+        let request = client
+            .reqwest()
             .delete(self.url.clone())
             .headers(call.headers())
             .header(SESSION_HEADER, id)
             .header(VERSION_HEADER, session.version.clone())
             .timeout(Duration::from_secs(5));
-        tokio::spawn(async move {
-            if let Err(e) = request.send().await {
+        spawn_in_request_scope(async move {
+            if let Err(e) = client.send(request).await {
                 tracing::debug!(error = %e, "closing the MCP session failed");
             }
         });

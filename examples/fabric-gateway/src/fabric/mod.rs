@@ -56,6 +56,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
+
+use crate::outbound::{HttpClient, spawn_in_request_scope};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -212,7 +214,7 @@ impl DataAgent {
             .build()
             .map_err(|_| FabricError::new(ErrorCategory::Error, "cannot build the HTTP client"))?;
         let transport = Transport {
-            client,
+            client: HttpClient::new(client),
             attempt_timeout: options.attempt_timeout,
             retry_backoff: options.retry_backoff,
             max_retries: options.max_retries,
@@ -322,7 +324,7 @@ fn delete_threads_later(client: &AssistantsClient, call: &Call, threads: Vec<Str
     let mut call = call.clone();
     call.deadline = Instant::now() + timeout;
     call.timeout = timeout;
-    tokio::spawn(async move {
+    spawn_in_request_scope(async move {
         for thread in threads {
             client.delete_thread(&call, &thread).await;
         }

@@ -6,6 +6,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use reqwest::{RequestBuilder, Response};
 use tokio::time::Instant;
 
+use crate::outbound::HttpClient;
+
 use super::error::{CAPACITY_PAUSED, ErrorCategory, FabricError, sanitize_code};
 
 /// Largest error or answer body read into memory.
@@ -90,7 +92,7 @@ impl Call {
 /// Retry policy and the shared connection pool.
 #[derive(Clone, Debug)]
 pub(crate) struct Transport {
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: HttpClient,
     pub(crate) attempt_timeout: Duration,
     pub(crate) retry_backoff: Duration,
     pub(crate) max_retries: u32,
@@ -121,10 +123,9 @@ impl Transport {
             let per_attempt = attempt_timeout
                 .unwrap_or(self.attempt_timeout)
                 .min(remaining);
-            let result = build()
-                .headers(call.headers())
-                .timeout(per_attempt)
-                .send()
+            let result = self
+                .client
+                .send(build().headers(call.headers()).timeout(per_attempt))
                 .await;
             let (retryable, error, wait) = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),

@@ -41,6 +41,8 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// The `ActivityId` header.
     pub activity_id: Option<String>,
+    /// The `X-Correlation-ID` header.
+    pub correlation_id: Option<String>,
     /// The `Authorization` header (tests check it is the user's token).
     pub authorization: Option<String>,
     /// The `Mcp-Session-Id` header.

@@ -180,6 +180,7 @@ async fn guard(State(controls): State<FakeControls>, req: Request, next: Next) -
             path: req.uri().path().to_owned(),
             query: req.uri().query().map(str::to_owned),
             activity_id: header_string(headers, "activityid"),
+            correlation_id: header_string(headers, "x-correlation-id"),
             authorization: authorization.clone(),
             mcp_session_id: header_string(headers, "mcp-session-id"),
             mcp_protocol_version: header_string(headers, "mcp-protocol-version"),

@@ -238,16 +238,32 @@ pub fn cookie_attributes(set_cookie: &str) -> Vec<String> {
 
 /// Serves a JWKS document at `http://127.0.0.1:<port>/keys` on an already bound listener.
 pub fn serve_jwks(listener: tokio::net::TcpListener, jwks: Value) -> JoinHandle<()> {
+    serve_jwks_recording(listener, jwks).0
+}
+
+/// [`serve_jwks`], also recording the `X-Correlation-ID` of each request for the keys.
+pub fn serve_jwks_recording(
+    listener: tokio::net::TcpListener,
+    jwks: Value,
+) -> (JoinHandle<()>, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
     let app = Router::new().route(
         "/keys",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let jwks = jwks.clone();
+            let id = headers
+                .get("x-correlation-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            record.lock().unwrap().push(id);
             async move { axum::Json(jwks) }
         }),
     );
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
-    })
+    });
+    (task, seen)
 }
 
 // ---------------------------------------------------------------------------------------
