@@ -266,6 +266,7 @@ impl Browser {
         let log = std::fs::File::create(profile.join("chromium.log")).unwrap();
         let chromium = chromium_path();
         let child = tokio::process::Command::new(&chromium)
+            // Loopback only: no proxy, no background traffic, nothing from a first run.
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -278,6 +279,7 @@ impl Browser {
                 "--disable-sync",
                 "--disable-extensions",
                 "--mute-audio",
+                "--no-proxy-server",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
@@ -288,6 +290,7 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
+                let _ = std::fs::remove_dir_all(&profile);
                 panic!(
                     "cannot start {} ({e}): install the Debian package `chromium` or set CHROMIUM",
                     chromium.display()
@@ -325,6 +328,12 @@ impl Browser {
 
     /// Kills the process group and waits until none of it is left.
     async fn kill(&mut self) {
+        // Chromium is running here: a check that cannot see it could not see leftovers either.
+        assert!(
+            group_alive(self.pgid),
+            "chromium's process group {} is not visible: cannot check that it is gone",
+            self.pgid
+        );
         kill_group(self.pgid, "-KILL");
         let _ = self.child.start_kill();
         // Reaps the leader so that it does not stay in the group as a zombie.
@@ -363,9 +372,32 @@ fn kill_group(pgid: i32, signal: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A process of the group still runs (zombies count until reaped: `kill -0` sees them).
+/// A process of the group still runs. Zombies do not count: once killed, Chromium's
+/// children are orphans that PID 1 reaps when it gets to it (lazily in some containers, never
+/// under a PID 1 that reaps nothing). Read from `/proc`; `kill -0` (zombies included) where
+/// there is none.
 fn group_alive(pgid: i32) -> bool {
-    kill_group(pgid, "-0")
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return kill_group(pgid, "-0");
+    };
+    entries.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let stat = is_pid
+            .then(|| std::fs::read_to_string(entry.path().join("stat")).ok())
+            .flatten();
+        stat.as_deref()
+            .and_then(|s| s.rsplit_once(')'))
+            .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+            .is_some_and(|fields| {
+                fields.len() > 2
+                    && !matches!(fields[0], "Z" | "X")
+                    && fields[2].parse::<i32>() == Ok(pgid)
+            })
+    })
 }
 
 /// Loads `page` in a fresh headless Chromium and returns what the page reported.
