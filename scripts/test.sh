@@ -51,9 +51,31 @@ ensure_curl() {
     fi
 }
 
+# The gateway's browser tests (examples/fabric-gateway/tests/browser.rs) drive a headless
+# Chromium; CHROMIUM may name another Chromium or Chrome executable.
+ensure_chromium() {
+    if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        step "installing chromium with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq chromium >/dev/null
+    fi
+    if ! command -v chromium >/dev/null 2>&1; then
+        echo "error: chromium is not installed and could not be installed here." >&2
+        echo "Install it (Debian: 'sudo apt-get install chromium'; elsewhere install Chromium" >&2
+        echo "or Chrome and set CHROMIUM to its executable) and run scripts/test.sh again." >&2
+        exit 1
+    fi
+}
+
 ensure_redis
 ensure_curl
+ensure_chromium
 echo "redis-server: $(redis-server --version)"
+echo "chromium: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n 1)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
