@@ -5,7 +5,6 @@ mod common;
 use rampart_test_support as support;
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,7 +24,7 @@ struct Production {
     _redis: RedisServer,
     _jwks: tokio::task::JoinHandle<()>,
     /// The `X-Correlation-ID` of each request for the keys.
-    jwks_requests: Arc<Mutex<Vec<Option<String>>>>,
+    jwks_requests: SeenIds,
 }
 
 /// A production gateway: Redis with a password, a JWKS served on loopback by a key pair of

@@ -241,11 +241,14 @@ pub fn serve_jwks(listener: tokio::net::TcpListener, jwks: Value) -> JoinHandle<
     serve_jwks_recording(listener, jwks).0
 }
 
+/// The `X-Correlation-ID` (if any) of each request a test server received.
+pub type SeenIds = Arc<Mutex<Vec<Option<String>>>>;
+
 /// [`serve_jwks`], also recording the `X-Correlation-ID` of each request for the keys.
 pub fn serve_jwks_recording(
     listener: tokio::net::TcpListener,
     jwks: Value,
-) -> (JoinHandle<()>, Arc<Mutex<Vec<Option<String>>>>) {
+) -> (JoinHandle<()>, SeenIds) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let app = Router::new().route(
