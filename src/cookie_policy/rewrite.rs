@@ -301,8 +301,7 @@ pub(crate) fn rewrite_bytes(
                 domain_bytes += attr.end - attr.semi;
             }
             Known::Other => {
-                // Only looked for when the policy may add it.
-                if policy.partition_same_site_none && attr.key.eq_ignore_ascii_case("partitioned") {
+                if attr.key.eq_ignore_ascii_case("partitioned") {
                     has_partitioned = true;
                 }
             }
@@ -313,10 +312,13 @@ pub(crate) fn rewrite_bytes(
     let add_http_only =
         !has_http_only && (http_prefix || (policy.http_only && !policy.is_script_readable(name)));
 
+    // Like the prefixes, `Partitioned` is only accepted by browsers with `Secure`: a cookie
+    // the app partitions gets it whatever the mode.
     let mut secure = has_secure
         || host_prefix
         || secure_prefix
         || http_prefix
+        || has_partitioned
         || match policy.secure {
             SecureMode::Always => true,
             SecureMode::WhenHttps => request_is_https,

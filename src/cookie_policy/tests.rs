@@ -160,6 +160,28 @@ fn same_site_none_needs_secure() {
 }
 
 #[test]
+fn a_partitioned_cookie_always_leaves_secure() {
+    // Browsers reject `Partitioned` without `Secure`: like the prefixes, it forces `Secure`
+    // in every mode, whether or not the policy partitions cookies itself.
+    let never = CookiePolicy::builder()
+        .secure(SecureMode::Never)
+        .http_only(false)
+        .build()
+        .unwrap();
+    for policy in [&never, &permissive().build().unwrap()] {
+        assert_eq!(
+            run(policy, "a=b; Partitioned; SameSite=Lax", false),
+            "a=b; Partitioned; SameSite=Lax; Secure"
+        );
+        assert_eq!(
+            run(policy, "a=; Max-Age=0; partitioned; SameSite=Strict", false),
+            "a=; Max-Age=0; partitioned; SameSite=Strict; Secure"
+        );
+        unchanged(policy, "a=b; Partitioned; Secure; SameSite=Lax", false);
+    }
+}
+
+#[test]
 fn partitioned_is_added_to_same_site_none_cookies() {
     let p = permissive().partition_same_site_none(true).build().unwrap();
     // SameSite=None leaves with Partitioned (and Secure, even on plain HTTP under WhenHttps)
