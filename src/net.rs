@@ -44,10 +44,16 @@
 //!    address it saw). While the current hop is trusted, the walk moves one address to the
 //!    left; the first untrusted address is the client. If every address is trusted, the
 //!    leftmost one is the client.
-//! 4. An entry that is not an IP address (garbage, `unknown`, an RFC 7239 obfuscated
-//!    identifier such as `_hidden`, a `Forwarded` element without `for=`) stops the walk: the
-//!    client is the last good address to its right (possibly the peer itself). Nothing after
-//!    garbage is believed.
+//! 4. If the first untrusted entry is not an IP address (garbage, bytes that are not UTF-8,
+//!    `unknown`, an RFC 7239 obfuscated identifier such as `_hidden`, a broken `Forwarded`
+//!    element), there is no usable client address: [`TrustedProxies::client_addr`] says
+//!    [`ClientAddrError::Unusable`] and [`TrustedProxies::client_ip`] `None`. The answer is
+//!    never a trusted address (the proxy's own, which would put the client in the bucket of
+//!    everyone behind it). Garbage to the left of the client does not matter.
+//!
+//! Headers are split at the byte level: a value that is not UTF-8, or a `Forwarded` element
+//! with an unclosed quote, spoils only its own element, never the entry the proxy appended
+//! after it (a quoted string never crosses a `,`).
 //!
 //! IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`, which dual-stack sockets report) are turned
 //! into plain IPv4 everywhere: in peers, in header entries and in the trusted ranges.
@@ -357,13 +363,39 @@ impl TrustedProxies {
     /// The client's address: the TCP peer ([`peer_addr`]), then the forwarding header walked
     /// right to left while the hop is trusted (see the [module documentation](self)).
     ///
-    /// `None` only when the request carries no peer address.
+    /// `None` when the request carries no peer address, or when a trusted proxy's header
+    /// names something that is not an address where the client should be
+    /// ([`client_addr`](Self::client_addr) tells the two apart).
     pub fn client_ip<B>(&self, req: &Request<B>) -> Option<IpAddr> {
-        let peer = peer_addr(req)?.ip().to_canonical();
+        self.client_addr(req).ok()
+    }
+
+    /// Like [`client_ip`](Self::client_ip), saying why there is no address.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use tower_rampart::net::{ClientAddrError, PeerAddr, TrustedProxies};
+    ///
+    /// let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
+    /// let mut req = http::Request::builder()
+    ///     .header("x-forwarded-for", "203.0.113.9, junk")
+    ///     .body(())
+    ///     .unwrap();
+    /// assert_eq!(proxies.client_addr(&req), Err(ClientAddrError::NoPeer));
+    /// req.extensions_mut().insert(PeerAddr("10.0.0.7:41000".parse::<SocketAddr>().unwrap()));
+    /// assert_eq!(proxies.client_addr(&req), Err(ClientAddrError::Unusable));
+    /// ```
+    pub fn client_addr<B>(&self, req: &Request<B>) -> Result<IpAddr, ClientAddrError> {
+        let peer = peer_addr(req)
+            .ok_or(ClientAddrError::NoPeer)?
+            .ip()
+            .to_canonical();
         if !self.contains(peer) {
-            return Some(peer);
+            return Ok(peer);
         }
-        Some(self.walk(req).client_ip(peer))
+        self.walk(req)
+            .client_ip(peer)
+            .ok_or(ClientAddrError::Unusable)
     }
 
     /// Whether the client reached us over HTTPS: the request URI's scheme is `https`, or the
@@ -408,17 +440,15 @@ impl TrustedProxies {
         match self.header {
             ProxyHeader::XForwardedFor => {
                 for value in req.headers().get_all(&X_FORWARDED_FOR) {
-                    let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
-                        walk.push(self, Hop::default());
-                        continue;
-                    };
-                    for entry in value.split(',') {
-                        let entry = trim_ows(entry);
+                    // Split before decoding: bytes that are not UTF-8 spoil their own entry
+                    // only, never the one a proxy appended after them.
+                    for entry in value.as_bytes().split(|&b| b == b',') {
+                        let entry = trim_ows_bytes(entry);
                         if entry.is_empty() {
                             continue; // empty list elements are allowed and mean nothing
                         }
                         let hop = Hop {
-                            ip: parse_node(entry),
+                            ip: std::str::from_utf8(entry).ok().and_then(parse_node),
                             proto: None,
                         };
                         walk.push(self, hop);
@@ -427,10 +457,7 @@ impl TrustedProxies {
             }
             ProxyHeader::Forwarded => {
                 for value in req.headers().get_all(FORWARDED) {
-                    match std::str::from_utf8(value.as_bytes()) {
-                        Ok(value) => parse_forwarded(value, |hop| walk.push(self, hop)),
-                        Err(_) => walk.push(self, Hop::default()),
-                    }
+                    parse_forwarded(value.as_bytes(), |hop| walk.push(self, hop));
                 }
             }
         }
@@ -451,9 +478,8 @@ struct Hop<'a> {
 struct Walk<'a> {
     /// The leftmost hop: the answer when every hop is trusted.
     first: Option<Hop<'a>>,
-    /// The rightmost hop that is not a trusted address, and the first trusted address to its
-    /// right (the "last good address" when the stop is garbage).
-    stop: Option<(Hop<'a>, Option<IpAddr>)>,
+    /// The rightmost hop that is not a trusted address.
+    stop: Option<Hop<'a>>,
 }
 
 impl<'a> Walk<'a> {
@@ -462,32 +488,53 @@ impl<'a> Walk<'a> {
             self.first = Some(hop);
         }
         match hop.ip {
-            Some(ip) if proxies.contains(ip) => {
-                if let Some((_, next @ None)) = &mut self.stop {
-                    *next = Some(ip);
-                }
-            }
-            _ => self.stop = Some((hop, None)),
+            Some(ip) if proxies.contains(ip) => {}
+            _ => self.stop = Some(hop),
         }
     }
 
-    fn client_ip(&self, peer: IpAddr) -> IpAddr {
+    /// The client: the stop's address; `None` when the stop is not an address (the client
+    /// sent garbage); the leftmost address when every hop is trusted; the peer without hops.
+    fn client_ip(&self, peer: IpAddr) -> Option<IpAddr> {
         match (self.stop, self.first) {
-            (Some((Hop { ip: Some(ip), .. }, _)), _) => ip,
-            (Some((_, last_good)), _) => last_good.unwrap_or(peer),
-            (None, Some(Hop { ip: Some(ip), .. })) => ip,
-            (None, _) => peer,
+            (Some(stop), _) => stop.ip,
+            (None, Some(first)) => first.ip,
+            (None, None) => Some(peer),
         }
     }
 
     fn client_proto(&self) -> Option<&'a str> {
         match (self.stop, self.first) {
-            (Some((hop, _)), _) => hop.proto,
+            (Some(hop), _) => hop.proto,
             (None, Some(hop)) => hop.proto,
             (None, None) => None,
         }
     }
 }
+
+/// Why [`TrustedProxies::client_addr`] found no client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAddrError {
+    /// The request carries no TCP peer address: the server did not record it (a deployment
+    /// mistake, see [`peer_addr`]).
+    NoPeer,
+    /// A trusted proxy forwarded a chain whose client entry is not an address (garbage,
+    /// `unknown`, an obfuscated identifier, a broken element): the client sent something
+    /// unusable.
+    Unusable,
+}
+
+impl fmt::Display for ClientAddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoPeer => "the server recorded no client address",
+            Self::Unusable => "the forwarding header names no usable client address",
+        })
+    }
+}
+
+impl Error for ClientAddrError {}
 
 /// Parses one node of a forwarding header: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
 /// `[2001:db8::1]`, `[2001:db8::1]:80`. Anything else (`unknown`, `_obfuscated`, garbage) is
@@ -527,19 +574,33 @@ pub(crate) fn trim_ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
+/// [`trim_ows`] on bytes.
+fn trim_ows_bytes(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
 /// Parses one `Forwarded` header value (RFC 7239 §4) and reports one [`Hop`] per element, left
 /// to right. An element that is syntactically broken, lacks `for=`, or repeats a parameter is
 /// reported with `ip: None` (it stops the walk) and no proto.
 ///
 /// Quoted strings are returned raw (between the quotes): an escaped character never belongs
-/// in an address or a scheme, so such values simply fail to parse.
-fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
-    let bytes = value.as_bytes();
+/// in an address or a scheme, so such values simply fail to parse. A quoted string never
+/// crosses a `,` (no address or scheme contains one): an unclosed quote breaks its own
+/// element only, and parsing resumes at the next element, so a client cannot swallow the
+/// element a proxy appended. Bytes that are not UTF-8 break their element only.
+fn parse_forwarded<'a>(bytes: &'a [u8], mut emit: impl FnMut(Hop<'a>)) {
+    let text = |b: &'a [u8]| std::str::from_utf8(b).ok();
     let mut i = 0;
     loop {
         // One element: pairs separated by ';', ended by ',' or the end.
-        let mut for_node: Option<&str> = None;
-        let mut proto: Option<&str> = None;
+        let mut for_node: Option<&'a [u8]> = None;
+        let mut proto: Option<&'a [u8]> = None;
         let mut ok = true;
         let mut pairs = 0;
         let mut seen_for = false;
@@ -553,7 +614,7 @@ fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
             while i < bytes.len() && is_tchar(bytes[i]) {
                 i += 1;
             }
-            let key = &value[key_start..i];
+            let key = &bytes[key_start..i];
             if key.is_empty() || i >= bytes.len() || bytes[i] != b'=' {
                 ok = false;
                 break;
@@ -565,7 +626,8 @@ fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
                 let mut closed = false;
                 while i < bytes.len() {
                     match bytes[i] {
-                        b'\\' => i += 2,
+                        b',' => break,
+                        b'\\' if bytes.get(i + 1).is_some_and(|&b| b != b',') => i += 2,
                         b'"' => {
                             closed = true;
                             break;
@@ -577,7 +639,7 @@ fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
                     ok = false;
                     break;
                 }
-                let v = &value[start..i];
+                let v = &bytes[start..i];
                 i += 1; // closing quote
                 v
             } else {
@@ -589,14 +651,14 @@ fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
                     ok = false;
                     break;
                 }
-                &value[start..i]
+                &bytes[start..i]
             };
             pairs += 1;
-            if key.eq_ignore_ascii_case("for") {
+            if key.eq_ignore_ascii_case(b"for") {
                 ok &= !seen_for;
                 seen_for = true;
                 for_node = Some(val);
-            } else if key.eq_ignore_ascii_case("proto") {
+            } else if key.eq_ignore_ascii_case(b"proto") {
                 ok &= !seen_proto;
                 seen_proto = true;
                 proto = Some(val);
@@ -612,22 +674,16 @@ fn parse_forwarded<'a>(value: &'a str, mut emit: impl FnMut(Hop<'a>)) {
             break;
         }
         if !ok {
-            // Skip the rest of the broken element, honouring quotes.
-            let mut quoted = false;
-            while i < bytes.len() {
-                match bytes[i] {
-                    b'\\' if quoted => i += 1,
-                    b'"' => quoted = !quoted,
-                    b',' if !quoted => break,
-                    _ => {}
-                }
+            // Skip the rest of the broken element: up to the next ',' (quotes do not protect
+            // it, see above).
+            while i < bytes.len() && bytes[i] != b',' {
                 i += 1;
             }
             emit(Hop::default());
         } else if pairs > 0 {
             emit(Hop {
-                ip: for_node.and_then(parse_node),
-                proto,
+                ip: for_node.and_then(text).and_then(parse_node),
+                proto: proto.and_then(text),
             });
         }
         if i >= bytes.len() {
@@ -771,7 +827,7 @@ mod tests {
 
     fn forwarded(value: &str) -> Vec<(Option<IpAddr>, Option<&str>)> {
         let mut out = Vec::new();
-        parse_forwarded(value, |h| out.push((h.ip, h.proto)));
+        parse_forwarded(value.as_bytes(), |h| out.push((h.ip, h.proto)));
         out
     }
 
@@ -793,14 +849,20 @@ mod tests {
         );
         // an element without for= stops the walk but keeps its proto
         assert_eq!(forwarded("proto=https"), vec![(None, Some("https"))]);
-        // broken elements become one stop each, and parsing resumes after them
+        // broken elements become one stop each, and parsing resumes after them; a quoted
+        // string ends at a ',' (it used to swallow the rest of the header)
         assert_eq!(
             forwarded(r#"for="1.2.3.4, for=5.6.7.8;x, for=9.9.9.9"#),
-            vec![(None, None)]
+            vec![(None, None), (None, None), (Some(ip("9.9.9.9")), None)]
         );
         assert_eq!(
             forwarded(r#"for=1.2.3.4;for=5.6.7.8, for="a,b" x, for=9.9.9.9"#),
-            vec![(None, None), (None, None), (Some(ip("9.9.9.9")), None)]
+            vec![
+                (None, None),
+                (None, None),
+                (None, None),
+                (Some(ip("9.9.9.9")), None)
+            ]
         );
         assert_eq!(forwarded("for="), vec![(None, None)]);
         assert_eq!(forwarded("=x"), vec![(None, None)]);
@@ -808,6 +870,55 @@ mod tests {
         assert_eq!(forwarded(r#"for="\1.2.3.4""#), vec![(None, None)]);
         // unquoted IPv6 is tolerated only as far as tokens go: ':' is not a tchar
         assert_eq!(forwarded("for=2001:db8::1"), vec![(None, None)]);
+    }
+
+    /// A request whose header values are raw bytes (not necessarily UTF-8).
+    fn req_bytes(peer: &str, name: &str, values: &[&[u8]]) -> Request<()> {
+        let mut r = req(peer, &[]);
+        for v in values {
+            r.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn a_malformed_entry_never_swallows_the_one_the_proxy_appended() {
+        let p = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        // Non-UTF-8 bytes in the client's part of X-Forwarded-For, in the same line as the
+        // proxy's entry or in a line of their own.
+        let r = req_bytes("10.0.0.1:1", "x-forwarded-for", &[b"\xff, 203.0.113.9"]);
+        assert_eq!(p.client_ip(&r), Some(ip("203.0.113.9")));
+        let r = req_bytes(
+            "10.0.0.1:1",
+            "x-forwarded-for",
+            &[b"\xff\xfe", b"203.0.113.9"],
+        );
+        assert_eq!(p.client_ip(&r), Some(ip("203.0.113.9")));
+        // An unclosed quote in Forwarded ends at the element's comma.
+        let f = TrustedProxies::parse("10.0.0.0/8")
+            .unwrap()
+            .with_header(ProxyHeader::Forwarded);
+        let r = req_bytes(
+            "10.0.0.1:1",
+            "forwarded",
+            &[b"for=\"1.2.3.4, for=203.0.113.9"],
+        );
+        assert_eq!(f.client_ip(&r), Some(ip("203.0.113.9")));
+        let r = req_bytes(
+            "10.0.0.1:1",
+            "forwarded",
+            &[b"for=\"\xff\\, for=203.0.113.9;proto=https"],
+        );
+        assert_eq!(f.client_ip(&r), Some(ip("203.0.113.9")));
+        assert!(f.is_https(&r));
+        // Garbage right where the client should be: no address at all, never the proxy's.
+        let r = req_bytes("10.0.0.1:1", "x-forwarded-for", &[b"203.0.113.9, \xff"]);
+        assert_eq!(p.client_addr(&r), Err(ClientAddrError::Unusable));
+        let r = req_bytes("10.0.0.1:1", "forwarded", &[b"for=\"203.0.113.9"]);
+        assert_eq!(f.client_addr(&r), Err(ClientAddrError::Unusable));
     }
 
     #[test]
@@ -826,12 +937,18 @@ mod tests {
             xff("10.0.0.1:1", "10.0.0.5, 10.0.0.9"),
             Some(ip("10.0.0.5"))
         );
-        // garbage stops the walk at the last good address
+        // garbage where the client should be: the client sent garbage, never a trusted
+        // address (it used to be the last good address, here the proxy's own)
+        assert_eq!(xff("10.0.0.1:1", "2.2.2.2, junk, 10.0.0.9"), None);
+        assert_eq!(xff("10.0.0.1:1", "2.2.2.2, junk"), None);
         assert_eq!(
-            xff("10.0.0.1:1", "2.2.2.2, junk, 10.0.0.9"),
-            Some(ip("10.0.0.9"))
+            p.client_addr(&req("10.0.0.1:1", &[("x-forwarded-for", "junk")])),
+            Err(ClientAddrError::Unusable)
         );
-        assert_eq!(xff("10.0.0.1:1", "2.2.2.2, junk"), Some(ip("10.0.0.1")));
+        assert_eq!(
+            p.client_addr(&Request::new(())),
+            Err(ClientAddrError::NoPeer)
+        );
         // garbage left of the client does not matter
         assert_eq!(xff("10.0.0.1:1", "junk, 2.2.2.2"), Some(ip("2.2.2.2")));
         // empty header: the peer

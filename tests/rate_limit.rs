@@ -639,3 +639,88 @@ async fn a_reset_on_the_layers_backend_unblocks_the_client() {
         StatusCode::OK
     );
 }
+
+/// `req_from(peer)` with `name` appended once per value (repeated headers).
+fn req_with_repeated(peer: &str, name: &'static str, values: &[&[u8]]) -> Request<Full<Bytes>> {
+    let mut req = req_from(peer);
+    for v in values {
+        req.headers_mut()
+            .append(name, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_key_header_sent_twice_with_different_values_is_a_400_not_a_skipped_quota() {
+    // The pattern the docs recommend for API-key quotas: skip when there is no key.
+    let layer = RateLimitLayer::builder()
+        .limit(
+            Limit::new("api-key", Quota::per_minute(2), Key::header("x-api-key"))
+                .on_missing_key(MissingKey::Skip),
+        )
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let junk = format!("junk{i}");
+        let req = req_with_repeated("192.0.2.9:1", "x-api-key", &[b"k1", junk.as_bytes()]);
+        let (status, h, body) = send(&mut svc, req).await;
+        if i == 0 {
+            assert_eq!(
+                body,
+                r#"{"detail": "Bad request: the value for quota \"api-key\" is unusable (a key header sent twice with different values, or a malformed forwarding header)"}"#
+            );
+            assert!(h.get("retry-after").is_none(), "retrying cannot help");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [StatusCode::BAD_REQUEST; 10]);
+    // The same value twice is one key, counted as usual.
+    for want in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let req = req_with_repeated("192.0.2.9:1", "x-api-key", &[b"k1", b"k1"]);
+        assert_eq!(status_of(&mut svc, req).await, want);
+    }
+    // Absent: the quota's rule (skipped).
+    assert_eq!(
+        status_of(&mut svc, req_from("192.0.2.9:1")).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_forwarding_chain_is_a_400_never_the_proxy_s_bucket() {
+    let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(1), Key::client_ip(trusted))
+        .clock(ManualClock::new(T0))
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    // A client behind the proxy uses its one request.
+    let req = req_with("10.0.0.1:1", &[("x-forwarded-for", "198.51.100.4")]);
+    assert_eq!(status_of(&mut svc, req).await, StatusCode::OK);
+    // Non-UTF-8 garbage before the proxy's entry: the proxy's entry still names the client.
+    let req = req_with_repeated("10.0.0.1:1", "x-forwarded-for", &[b"\xff, 203.0.113.9"]);
+    assert_eq!(status_of(&mut svc, req).await, StatusCode::OK);
+    let req = req_with_repeated("10.0.0.1:1", "x-forwarded-for", &[b"\xff, 203.0.113.9"]);
+    assert_eq!(
+        status_of(&mut svc, req).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Garbage where the client should be: 400, and nobody's bucket (not the proxy's) is used.
+    for garbage in [&b"junk"[..], b"198.51.100.4, \xff", b"unknown"] {
+        let req = req_with_repeated("10.0.0.1:1", "x-forwarded-for", &[garbage]);
+        assert_eq!(status_of(&mut svc, req).await, StatusCode::BAD_REQUEST);
+    }
+    // The proxy itself (no forwarding header) still has its own full quota.
+    assert_eq!(
+        status_of(&mut svc, req_from("10.0.0.1:1")).await,
+        StatusCode::OK
+    );
+}

@@ -13,8 +13,21 @@ use super::quota::{Quota, QuotaError};
 #[cfg(feature = "redis")]
 use super::redis::RedisBackend;
 
-/// What to do with a request that has no key for a quota (e.g. no session cookie, or no
-/// client address because the server does not record peers).
+/// What to do with a request whose key for a quota is legitimately absent (no session
+/// cookie yet, no API key header).
+///
+/// A missing key means one of three things, and only the last is this rule's business
+/// ([`NoKey`](super::NoKey) tells them apart):
+///
+/// 1. **No client address recorded at all**: the server's mistake (axum without
+///    `ConnectInfo`, tonic without the crate's `tonic` feature, hyper without
+///    [`PeerAddr`](crate::net::PeerAddr)). `500`, whatever the rule, and one error log naming
+///    the fix.
+/// 2. **The client sent something unusable**: a key header twice with different values, a
+///    forwarding chain whose client entry is garbage. `400` with a clear body, whatever the
+///    rule; never counted under anyone else's key.
+/// 3. **The key is legitimately absent**: this rule decides ([`Skip`](Self::Skip) or
+///    [`Reject`](Self::Reject)).
 ///
 /// ```
 /// use tower_rampart::rate_limit::{Key, Limit, MissingKey, Quota, RateLimitLayer};

@@ -227,6 +227,12 @@ pub enum NoKey {
     /// fix once and answers `500` (gRPC `INTERNAL`) whatever the `MissingKey` rule, since
     /// refusing would blame the client and skipping would disable the quota unnoticed.
     NoClientAddress,
+    /// The client sent something unusable: a key header twice with different values, a
+    /// forwarding chain (from a trusted proxy) whose client entry is not an address. Answered
+    /// `400` (gRPC `INVALID_ARGUMENT`) whatever the `MissingKey` rule: skipping would let any
+    /// client escape its quota by adding a second value, and keying it under anyone else
+    /// (the proxy, the first value) would charge the wrong client.
+    Unusable,
 }
 
 impl<F> KeyExtractor for F
@@ -272,8 +278,9 @@ impl Key {
     }
 
     /// The value of header `name`, hashed (SHA-256) so that credentials such as API keys never
-    /// reach Redis or the logs. A request without the header (or with it twice, with different
-    /// values) has no key.
+    /// reach Redis or the logs. A request without the header has no key (the quota's
+    /// `MissingKey` rule); one with it twice, with different values, is refused with `400`
+    /// ([`NoKey::Unusable`]).
     pub fn header<N>(name: N) -> HeaderKey
     where
         N: TryInto<HeaderName>,
@@ -345,10 +352,13 @@ impl KeyExtractor for ClientIpKey {
     }
 
     fn key(&self, req: &http::Request<()>) -> Result<LimitKey, NoKey> {
-        match self.extract(req) {
-            Some(key) => Ok(key),
-            None if crate::net::peer_addr(req).is_none() => Err(NoKey::NoClientAddress),
-            None => Err(NoKey::Absent),
+        match self.trusted.client_addr(req) {
+            Ok(ip) => Ok(LimitKey::ip_prefix(
+                ip,
+                u8::try_from(self.v6_prefix).unwrap_or(128),
+            )),
+            Err(crate::net::ClientAddrError::NoPeer) => Err(NoKey::NoClientAddress),
+            Err(_) => Err(NoKey::Unusable),
         }
     }
 
@@ -389,6 +399,16 @@ impl KeyExtractor for HeaderKey {
             return None;
         }
         Some(LimitKey::hashed("h", first.as_bytes()))
+    }
+
+    fn key(&self, req: &http::Request<()>) -> Result<LimitKey, NoKey> {
+        let name = self.name.as_ref().map_err(|_| NoKey::Absent)?;
+        let mut values = req.headers().get_all(name).iter();
+        let first = values.next().ok_or(NoKey::Absent)?;
+        if values.any(|v| v != first) {
+            return Err(NoKey::Unusable);
+        }
+        Ok(LimitKey::hashed("h", first.as_bytes()))
     }
 
     fn validate(&self) -> Result<(), String> {

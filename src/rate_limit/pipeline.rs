@@ -113,6 +113,21 @@ impl Shared {
                         cost,
                     });
                 }
+                Err(NoKey::Unusable) => {
+                    bump(&self.counters.missing_key);
+                    if self.missing_log.allow(self.clock.now_micros()) {
+                        tracing::info!(
+                            quota = %l.name,
+                            "rate limit: the request's key is unusable (a key header sent twice with different values, or a malformed forwarding header): answering 400"
+                        );
+                    }
+                    return Plan::Done(Verdict {
+                        allowed: false,
+                        statuses: Vec::new(),
+                        source: Source::Refused(RejectReason::UnusableKey, Some(i)),
+                        cost,
+                    });
+                }
                 Err(_) => {
                     bump(&self.counters.missing_key);
                     if l.missing == MissingKey::Skip {

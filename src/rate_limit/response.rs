@@ -14,6 +14,7 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_INTERNAL: &str = "13";
+const GRPC_INVALID_ARGUMENT: &str = "3";
 const GRPC_UNAVAILABLE: &str = "14";
 
 /// Why a request was not admitted (see [`Rejection::reason`]).
@@ -50,6 +51,10 @@ pub enum RejectReason {
     /// ([`NoKey::NoClientAddress`](super::NoKey::NoClientAddress)): a deployment mistake
     /// (500 / gRPC 13 `INTERNAL`, no `Retry-After`; the fix is in the log).
     NoClientAddress,
+    /// The client sent an unusable key ([`NoKey::Unusable`](super::NoKey::Unusable)): a key
+    /// header twice with different values, a malformed forwarding chain (400 / gRPC 3
+    /// `INVALID_ARGUMENT`, no `Retry-After`).
+    UnusableKey,
 }
 
 /// What a [`RejectionBody`] is told about a refused request.
@@ -101,6 +106,7 @@ impl Rejection<'_> {
         match self.reason {
             RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             RejectReason::NoClientAddress => StatusCode::INTERNAL_SERVER_ERROR,
+            RejectReason::UnusableKey => StatusCode::BAD_REQUEST,
             _ => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -123,6 +129,10 @@ impl Rejection<'_> {
             (RejectReason::NoClientAddress, _) => {
                 "Server misconfigured: the rate limiter cannot see client addresses".to_owned()
             }
+            (RejectReason::UnusableKey, _) => format!(
+                "Bad request: the value for quota \"{name}\" is unusable (a key header sent twice \
+                 with different values, or a malformed forwarding header)"
+            ),
             _ => "Rate limit exceeded".to_owned(),
         }
     }
@@ -267,6 +277,7 @@ pub(crate) fn rejection_response(
         let code = match rejection.reason {
             RejectReason::Unavailable => GRPC_UNAVAILABLE,
             RejectReason::NoClientAddress => GRPC_INTERNAL,
+            RejectReason::UnusableKey => GRPC_INVALID_ARGUMENT,
             _ => GRPC_RESOURCE_EXHAUSTED,
         };
         let h = resp.headers_mut();

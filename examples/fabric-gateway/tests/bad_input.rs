@@ -240,3 +240,26 @@ async fn forged_cookies_are_no_session() {
     }
     assert_no_secret_logged(&[&token, &foreign]);
 }
+
+#[tokio::test]
+async fn a_garbled_forwarding_chain_from_the_trusted_proxy_gets_400() {
+    // The test client connects from 127.0.0.1, which plays the load balancer here.
+    let gw = Gateway::local(&[("TRUSTED_PROXIES", "127.0.0.0/8")]).await;
+    let client = plain();
+    let login = |xff: &'static str| {
+        client
+            .post(gw.url("/auth/client-login"))
+            .header("x-forwarded-for", xff)
+            .json(&json!({"access_token": "not-checked-before-the-limit"}))
+            .send()
+    };
+    // Garbage where the client should be: 400 with a clear detail, never the proxy's bucket.
+    for xff in ["junk", "203.0.113.9, unknown"] {
+        let resp = login(xff).await.unwrap();
+        assert_eq!(resp.status(), 400, "X-Forwarded-For: {xff}");
+        assert!(detail(resp).await.contains("malformed forwarding header"));
+    }
+    // A well-formed chain: the client is counted (the token is refused: 401).
+    let resp = login("198.51.100.4, 203.0.113.9").await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
