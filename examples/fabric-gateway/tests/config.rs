@@ -31,6 +31,8 @@ fn production() -> Vec<(&'static str, &'static str)> {
         ("SECRET_KEY", SECRET),
         ("TENANT_ID", TENANT),
         ("DATA_AGENT_URL", MCP_URL),
+        ("ALLOWED_ORIGINS", "https://app.example.com"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8"),
     ]
 }
 
@@ -177,10 +179,22 @@ fn production_requires_redis_secret_tenant_and_agent() {
     named.sort();
     assert_eq!(
         named,
-        ["DATA_AGENT_URL", "REDIS_URL", "SECRET_KEY", "TENANT_ID"]
+        [
+            "ALLOWED_ORIGINS",
+            "DATA_AGENT_URL",
+            "REDIS_URL",
+            "SECRET_KEY",
+            "TENANT_ID"
+        ]
     );
 
-    for missing in ["REDIS_URL", "SECRET_KEY", "TENANT_ID", "DATA_AGENT_URL"] {
+    for missing in [
+        "REDIS_URL",
+        "SECRET_KEY",
+        "TENANT_ID",
+        "DATA_AGENT_URL",
+        "ALLOWED_ORIGINS",
+    ] {
         let vars: Vec<_> = production()
             .into_iter()
             .filter(|(k, _)| *k != missing)
@@ -196,7 +210,47 @@ fn production_requires_redis_secret_tenant_and_agent() {
         .filter(|(k, _)| *k != "REDIS_URL")
         .collect();
     vars.push(("REDIS_HOST", "cache.example.net"));
+    vars.push(("REDIS_SSL", "true"));
     load(&vars).unwrap();
+}
+
+#[test]
+fn production_refuses_plaintext_redis_unless_allowed_and_warns_without_proxies() {
+    let with = |changes: &[(&'static str, &'static str)]| {
+        let mut vars: Vec<_> = production()
+            .into_iter()
+            .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+            .collect();
+        vars.extend(changes.iter().filter(|(_, v)| !v.is_empty()));
+        load(&vars)
+    };
+    let e = with(&[("REDIS_URL", "redis://:pw-1@cache.internal:6379")]).unwrap_err();
+    assert_eq!(e.variables(), ["REDIS_URL"], "{e}");
+    assert!(e.to_string().contains("REDIS_ALLOW_PLAINTEXT"), "{e}");
+    assert!(!e.to_string().contains("pw-1"));
+    let e = with(&[("REDIS_URL", ""), ("REDIS_HOST", "cache.internal")]).unwrap_err();
+    assert_eq!(e.variables(), ["REDIS_SSL"], "{e}");
+    let c = with(&[
+        ("REDIS_URL", "redis://cache.internal:6379"),
+        ("REDIS_ALLOW_PLAINTEXT", "true"),
+    ])
+    .unwrap();
+    assert!(c.redis.is_some());
+    let e = with(&[("REDIS_ALLOW_PLAINTEXT", "sometimes")]).unwrap_err();
+    assert_eq!(e.variables(), ["REDIS_ALLOW_PLAINTEXT"]);
+    // Development keeps plain-text Redis.
+    assert!(load(&[("REDIS_URL", "redis://127.0.0.1:6379")]).is_ok());
+
+    // No TRUSTED_PROXIES in production: it starts, with a warning naming the variable.
+    let c = with(&[("TRUSTED_PROXIES", "")]).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("TRUSTED_PROXIES is empty")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(with(&[]).unwrap().warnings.is_empty());
 }
 
 #[test]

@@ -45,6 +45,9 @@ async fn production(extra: &[(&str, &str)]) -> Production {
         ("TENANT_ID", TENANT),
         ("AUTH_JWKS_URL", jwks_url.as_str()),
         ("DATA_AGENT_URL", agent_url.as_str()),
+        // The test's Redis is a plain-text loopback server.
+        ("REDIS_ALLOW_PLAINTEXT", "true"),
+        ("ALLOWED_ORIGINS", "https://app.example.com"),
     ];
     vars.extend_from_slice(extra);
     let config = config(&vars);
@@ -307,8 +310,16 @@ fn production_refuses_to_start_without_each_required_variable() {
             "DATA_AGENT_URL",
             "http://127.0.0.1:9/v1/mcp/workspaces/w/dataagents/a/agent",
         ),
+        ("ALLOWED_ORIGINS", "https://app.example.com"),
+        ("REDIS_ALLOW_PLAINTEXT", "true"),
     ];
-    for missing in ["REDIS_URL", "SECRET_KEY", "TENANT_ID", "DATA_AGENT_URL"] {
+    for missing in [
+        "REDIS_URL",
+        "SECRET_KEY",
+        "TENANT_ID",
+        "DATA_AGENT_URL",
+        "ALLOWED_ORIGINS",
+    ] {
         let vars: Vec<_> = all.iter().copied().filter(|(k, _)| *k != missing).collect();
         let (code, output) = run_binary(&vars);
         assert_eq!(code, Some(2), "exit code without {missing}: {output}");

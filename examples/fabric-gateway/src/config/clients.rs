@@ -11,9 +11,20 @@ pub(super) struct Clients {
     pub(super) trusted_proxies: TrustedProxies,
 }
 
-/// Reads `ALLOWED_ORIGINS` (each entry an origin only, never `*`) and `TRUSTED_PROXIES`.
+/// Reads `ALLOWED_ORIGINS` (each entry an origin only, never `*`; required in production)
+/// and `TRUSTED_PROXIES` (a warning in production when empty).
 pub(super) fn read(r: &mut Reader<'_>) -> Clients {
     let allowed_origins = match r.get("ALLOWED_ORIGINS") {
+        // The development default would be a wrong guess in production: name it.
+        None if r.production => {
+            r.problem(
+                "ALLOWED_ORIGINS",
+                "is required when ENVIRONMENT=production: the browser app's origin(s), e.g. \
+                 https://app.example.com"
+                    .to_owned(),
+            );
+            Vec::new()
+        }
         None => vec!["http://localhost:4200".to_owned()],
         Some(list) => {
             let mut origins = Vec::new();
@@ -28,7 +39,17 @@ pub(super) fn read(r: &mut Reader<'_>) -> Clients {
     };
 
     let trusted_proxies = match r.get("TRUSTED_PROXIES") {
-        None => TrustedProxies::none(),
+        None => {
+            if r.production {
+                r.warn(
+                    "TRUSTED_PROXIES is empty: every client is taken to be its TCP peer; behind \
+                     a load balancer or App Service's front end, all clients then share the \
+                     per-IP quotas of the balancer's addresses: set TRUSTED_PROXIES to them"
+                        .to_owned(),
+                );
+            }
+            TrustedProxies::none()
+        }
         Some(list) => TrustedProxies::parse(&list).unwrap_or_else(|e| {
             r.problem("TRUSTED_PROXIES", e.to_string());
             TrustedProxies::none()

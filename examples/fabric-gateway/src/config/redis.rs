@@ -8,6 +8,7 @@
 //! [`RedisConfig::from_sentinels`]); required in production. Also `REDIS_WAIT_REPLICAS` and
 //! `REDIS_WAIT_TIMEOUT_MS`, the session store's durability settings
 //! ([`RedisStore::with_wait_replicas`](tower_rampart::session::RedisStore::with_wait_replicas)).
+//! In production a plain-text Redis is refused unless `REDIS_ALLOW_PLAINTEXT=true`.
 
 use std::time::Duration;
 
@@ -55,6 +56,29 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<RedisConfig> {
             None
         }
     };
+    // Production talks to Redis over TLS unless told, on purpose, that the network is private
+    // (session data is encrypted, but the password and the user index are not).
+    let allow_plaintext = r
+        .one_of("REDIS_ALLOW_PLAINTEXT", &[("true", true), ("false", false)])
+        .unwrap_or(false);
+    if r.production
+        && let Some(config) = &redis
+        && !config.is_tls()
+        && !allow_plaintext
+    {
+        let variable = if r.get("REDIS_URL").is_some() {
+            "REDIS_URL"
+        } else {
+            "REDIS_SSL"
+        };
+        r.problem(
+            variable,
+            "is a plain-text (non-TLS) Redis connection, refused when ENVIRONMENT=production: \
+             use rediss:// or REDIS_SSL=true, or set REDIS_ALLOW_PLAINTEXT=true for a Redis \
+             reached over a private network"
+                .to_owned(),
+        );
+    }
     if r.production && redis.is_none() && !r.mentions("REDIS") {
         r.problem(
             "REDIS_URL",
