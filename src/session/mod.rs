@@ -93,7 +93,7 @@ pub use crate::same_site::SameSite;
 pub use config::{
     MAX_LIFETIME, MIN_KEY_LEN, SessionConfig, SessionConfigBuilder, SessionConfigError,
 };
-pub use cookie::SessionCookieReader;
+pub use cookie::{SessionCookieReader, UserTag};
 pub use error::{SessionError, ValueError};
 pub use expiry::Expiry;
 pub use id::SessionKey;
