@@ -5,7 +5,9 @@
 //!   `session_plain_record.txt`;
 //! - an encrypted record (its nonce is random, so it cannot be rewritten identically),
 //!   written once and checked in with its secret key and cookie in
-//!   `session_encrypted_record.txt`: the current code must read it back.
+//!   `session_encrypted_record.txt`: the current code must read it back;
+//! - the session cookie carrying a user tag, and the rate limiter's keys derived from it,
+//!   against `session_user_tag_cookie.txt`: read back, and written again byte for byte.
 //!
 //! The files are only read here, never written: a deliberate format change edits them by
 //! hand and says so in the CHANGELOG.
@@ -26,6 +28,7 @@ use tower_rampart::session::RedisStore;
 
 const PLAIN: &str = include_str!("golden/session_plain_record.txt");
 const ENCRYPTED: &str = include_str!("golden/session_encrypted_record.txt");
+const USER_TAG: &str = include_str!("golden/session_user_tag_cookie.txt");
 
 /// The clock the golden traces start at: 2023-11-14T22:13:20Z, in microseconds.
 const T0: u64 = 1_700_000_000_000_000;
@@ -213,4 +216,107 @@ async fn encrypted_record() {
     let _: i64 = server.run(driver::cmd("HSET").arg(redis_key).arg("d").arg(data));
     let r = app.get("/get/greeting", Some(cookie)).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "null"));
+}
+
+#[tokio::test]
+async fn user_tag_cookie_matches_the_golden_values() {
+    tokio::time::timeout(DEADLINE, user_tag_cookie())
+        .await
+        .expect("deadline");
+}
+
+async fn user_tag_cookie() {
+    use axum::Router;
+    use axum::extract::{Extension, Path};
+    use axum::routing::{get, post};
+    use tower_rampart::rate_limit::{Key, KeyExtractor, LimitKey};
+    use tower_rampart::session::Session;
+
+    let server = RedisServer::start();
+    let redis_key = entry(USER_TAG, "redis-key");
+    let mut hset = driver::cmd("HSET");
+    hset.arg(redis_key);
+    for (field, value) in fields(USER_TAG) {
+        hset.arg(field).arg(value);
+    }
+    let _: i64 = server.run(&hset);
+
+    let router = Router::new()
+        .route(
+            "/user",
+            get(|Extension(s): Extension<Session>| async move {
+                Ok::<_, Error>(s.user_id().await?.unwrap_or_default())
+            }),
+        )
+        .route(
+            "/clear-user",
+            post(|Extension(s): Extension<Session>| async move {
+                s.clear_user_id().await?;
+                Ok::<_, Error>("ok")
+            }),
+        )
+        .route(
+            "/set-user/{user}",
+            post(
+                |Extension(s): Extension<Session>, Path(user): Path<String>| async move {
+                    s.set_user_id(user).await?;
+                    Ok::<_, Error>("ok")
+                },
+            ),
+        );
+    let store = Arc::new(RedisStore::new(server.config().connect_lazy().unwrap()));
+    let secret = entry(USER_TAG, "secret");
+    let clock = ManualClock::new(T0 + 10_000_000);
+    let app = App::with_clock(
+        store,
+        builder_with_keys(&[secret.as_bytes()])
+            .encrypt_at_rest(false)
+            .user_tag(true),
+        router,
+        clock,
+    );
+    let tagged = entry(USER_TAG, "tagged-cookie");
+    let untagged = entry(USER_TAG, "untagged-cookie");
+
+    // Both forms verify and name the stored record.
+    for cookie in [tagged, untagged] {
+        assert_eq!(
+            format!("rampart:session:{{{}}}", app.key_of(cookie)),
+            redis_key
+        );
+        let r = app.get("/user", Some(cookie)).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "alice"));
+    }
+
+    // The rate limiter's keys: the user's for the tagged cookie only, the session's for both.
+    let request = |cookie: &str| {
+        http::Request::builder()
+            .header("cookie", cookie)
+            .body(())
+            .unwrap()
+    };
+    let reader = app.config.cookie_reader();
+    let user_key = LimitKey::new(entry(USER_TAG, "user-limit-key"));
+    let session_key = LimitKey::new(entry(USER_TAG, "session-limit-key"));
+    let user = Key::user(reader.clone());
+    let either = Key::user_or_session(reader.clone());
+    let session = Key::session(reader);
+    assert_eq!(user.extract(&request(tagged)), Some(user_key.clone()));
+    assert_eq!(user.extract(&request(untagged)), None);
+    assert_eq!(either.extract(&request(tagged)), Some(user_key));
+    assert_eq!(
+        either.extract(&request(untagged)),
+        Some(session_key.clone())
+    );
+    assert_eq!(session.extract(&request(tagged)), Some(session_key.clone()));
+    assert_eq!(session.extract(&request(untagged)), Some(session_key));
+
+    // The writer: clearing the user sends the untagged cookie, setting it again the tagged
+    // one, byte for byte.
+    let r = app.post("/clear-user", Some(tagged)).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.cookie().as_deref(), Some(untagged));
+    let r = app.post("/set-user/alice", Some(untagged)).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    assert_eq!(r.cookie().as_deref(), Some(tagged));
 }

@@ -482,6 +482,28 @@ async fn per_session_limits_read_the_session_cookie_without_the_store() {
     assert_eq!(limits.metrics().missing_key, 3);
 }
 
+/// Per-user quotas on the memory backend: one count across a user's sessions, untagged
+/// sessions skipped (see `rate_limit_common::user`).
+#[cfg(feature = "session")]
+#[tokio::test]
+async fn per_user_limits_survive_a_new_sign_in() {
+    use rate_limit_common::user::a_users_count_survives_a_new_sign_in;
+    let builder = RateLimitLayer::builder().clock(ManualClock::new(T0));
+    let outcome = a_users_count_survives_a_new_sign_in(builder, false).await;
+    // Refused: alice's two requests over her quota, nothing else.
+    assert_eq!(outcome.layer.metrics().denied, 2);
+}
+
+/// `Key::user_or_session`: sessions without a user tag are counted by session.
+#[cfg(feature = "session")]
+#[tokio::test]
+async fn per_user_limits_fall_back_to_the_session() {
+    use rate_limit_common::user::a_users_count_survives_a_new_sign_in;
+    let builder = RateLimitLayer::builder().clock(ManualClock::new(T0));
+    let outcome = a_users_count_survives_a_new_sign_in(builder, true).await;
+    assert_eq!(outcome.layer.metrics().denied, 4);
+}
+
 #[tokio::test]
 async fn a_server_that_records_no_client_address_gets_500_and_the_fix_once() {
     use tower_rampart::rate_limit::{KeyExtractor, NoKey};

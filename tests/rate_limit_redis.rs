@@ -763,3 +763,43 @@ async fn a_layer_reset_during_an_outage_clears_the_local_fallback() {
         started.elapsed()
     );
 }
+
+/// Per-user quotas on Redis: one count across a user's sessions, and what reaches Redis is a
+/// hash of the user tag: neither the user id, nor the tag, nor the cookie.
+#[cfg(feature = "session")]
+#[tokio::test]
+async fn per_user_limits_survive_a_new_sign_in_on_redis() {
+    use rate_limit_common::user::a_users_count_survives_a_new_sign_in;
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .build();
+    let builder = RateLimitLayer::builder().backend(backend.clone());
+    let outcome = a_users_count_survives_a_new_sign_in(builder, true).await;
+    let m = outcome.layer.metrics();
+    assert_eq!((m.denied, m.degraded), (4, 0));
+
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", outcome.alice[0].parse().unwrap());
+    let tag = outcome.reader.user_tag(&headers).unwrap();
+    let key = backend.key_name("user", &LimitKey::hashed("u", tag.as_bytes()));
+    let conn = backend.connection();
+    let exists: i64 = conn.query(driver::cmd("EXISTS").arg(&key)).await.unwrap();
+    assert_eq!(exists, 1, "{key}");
+    let keys: Vec<String> = conn
+        .query(driver::cmd("KEYS").arg(format!("{}*", redis.prefix)))
+        .await
+        .unwrap();
+    // Alice's and bob's user counts, the anonymous session's count.
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let tag_hex: String = tag.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    for k in &keys {
+        assert!(!k.contains("alice") && !k.contains("bob"), "{k}");
+        assert!(!k.contains(&tag_hex), "{k}");
+        for cookie in &outcome.alice {
+            let value = cookie.split_once('=').unwrap().1;
+            assert!(!k.contains(value), "{k}");
+        }
+    }
+}

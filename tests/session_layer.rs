@@ -590,3 +590,211 @@ async fn a_size_limit_below_one_kib_is_refused_at_build() {
     assert!(err.to_string().contains("at least 1024 bytes"), "{err}");
     assert_eq!(builder().build().unwrap().max_record_bytes(), 262_144);
 }
+
+/// [`routes`] plus `POST /set-user/{user}` and `POST /clear-user`, which change the user
+/// without cycling the id.
+fn routes_with_user_changes() -> Router {
+    use axum::extract::{Extension, Path};
+    routes()
+        .route(
+            "/set-user/{user}",
+            post(
+                |Extension(s): Extension<Session>, Path(user): Path<String>| async move {
+                    s.set_user_id(user).await?;
+                    Ok::<_, Error>("ok")
+                },
+            ),
+        )
+        .route(
+            "/clear-user",
+            post(|Extension(s): Extension<Session>| async move {
+                s.clear_user_id().await?;
+                Ok::<_, Error>("ok")
+            }),
+        )
+}
+
+/// The user tag the cookie `name=value` carries (verified), if any.
+fn user_tag_of(app: &App, cookie: &str) -> Option<tower_rampart::session::UserTag> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::COOKIE, cookie.parse().unwrap());
+    app.config.cookie_reader().user_tag(&headers)
+}
+
+/// The length of the cookie's value.
+fn value_len(cookie: &str) -> usize {
+    cookie.split_once('=').unwrap().1.len()
+}
+
+#[tokio::test]
+async fn the_user_tag_follows_the_sessions_user_without_id_cycling() {
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().user_tag(true),
+        routes_with_user_changes(),
+    );
+    assert!(app.config.tags_users());
+    // A session without a user: the untagged cookie, as before.
+    let cookie = app.new_session().await;
+    assert_eq!(value_len(&cookie), 64);
+    assert_eq!(user_tag_of(&app, &cookie), None);
+    let key = app.key_of(&cookie);
+
+    // Setting the user sends the cookie again: same session, now tagged.
+    app.clock.advance(Duration::from_secs(100));
+    let r = app.post("/set-user/alice", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.set_cookies.len(), 1);
+    let tagged = r.cookie().expect("the cookie is sent again");
+    assert_eq!(value_len(&tagged), 86);
+    assert_eq!(app.key_of(&tagged), key);
+    let alice = user_tag_of(&app, &tagged).expect("tagged");
+    // The same attributes, Max-Age counting down to the absolute deadline.
+    let attrs: Vec<&str> = r.set_cookies[0].split("; ").skip(1).collect();
+    assert_eq!(
+        attrs,
+        [
+            "Max-Age=3500",
+            "Path=/",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax"
+        ]
+    );
+    assert_eq!(app.get("/user", Some(&tagged)).await.body, "alice");
+
+    // A save with an up-to-date tag sends no cookie; reading sends none either.
+    let r = app.post("/set/k1/v1", Some(&tagged)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookies.is_empty(), "{:?}", r.set_cookies);
+    assert!(
+        app.get("/get/k1", Some(&tagged))
+            .await
+            .set_cookies
+            .is_empty()
+    );
+    // Setting the same user again is no change.
+    assert!(
+        app.post("/set-user/alice", Some(&tagged))
+            .await
+            .set_cookies
+            .is_empty()
+    );
+
+    // Another user: another tag, same session.
+    let r = app.post("/set-user/bob", Some(&tagged)).await;
+    let bob = r.cookie().expect("the cookie is sent again");
+    assert_eq!(app.key_of(&bob), key);
+    let bob_tag = user_tag_of(&app, &bob).expect("tagged");
+    assert_ne!(bob_tag, alice);
+
+    // Clearing the user sends the untagged cookie.
+    let r = app.post("/clear-user", Some(&bob)).await;
+    let cleared = r.cookie().expect("the cookie is sent again");
+    assert_eq!(value_len(&cleared), 64);
+    assert_eq!(app.key_of(&cleared), key);
+    assert_eq!(user_tag_of(&app, &cleared), None);
+    assert_eq!(app.get("/user", Some(&cleared)).await.body, "");
+
+    // A stale tagged cookie (another tab still holds bob's) is still this session: its next
+    // save brings it up to date.
+    let r = app.post("/set/k2/v2", Some(&bob)).await;
+    assert_eq!(r.cookie().as_deref(), Some(cleared.as_str()));
+
+    // Sign-in with id cycling: a new id, tagged with the user; another session of the same
+    // user carries the same tag.
+    let r = app.post("/login/alice", Some(&cleared)).await;
+    let signed_in = r.cookie().unwrap();
+    assert_ne!(app.key_of(&signed_in), key);
+    assert_eq!(user_tag_of(&app, &signed_in), Some(alice));
+    let other = app.new_session().await;
+    let r = app.post("/set-user/alice", Some(&other)).await;
+    assert_eq!(user_tag_of(&app, &r.cookie().unwrap()), Some(alice));
+
+    // Logout: unchanged, the removal cookie.
+    let r = app.post("/logout", Some(&signed_in)).await;
+    assert_eq!(r.set_cookies.len(), 1);
+    assert!(r.removes_cookie());
+    assert_eq!(
+        r.set_cookies[0],
+        "sid=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; HttpOnly; Secure; SameSite=Lax"
+    );
+}
+
+#[tokio::test]
+async fn a_tagged_cookie_keeps_the_partitioned_attributes() {
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder()
+            .same_site(SameSite::None)
+            .partitioned(true)
+            .user_tag(true),
+        routes_with_user_changes(),
+    );
+    let cookie = app.new_session().await;
+    let r = app.post("/set-user/alice", Some(&cookie)).await;
+    assert!(user_tag_of(&app, &r.cookie().unwrap()).is_some());
+    assert!(
+        r.set_cookies[0]
+            .ends_with("; Max-Age=3600; Path=/; HttpOnly; Secure; SameSite=None; Partitioned"),
+        "{}",
+        r.set_cookies[0]
+    );
+}
+
+#[tokio::test]
+async fn without_the_user_tag_option_a_user_change_sends_no_cookie() {
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder(),
+        routes_with_user_changes(),
+    );
+    assert!(!app.config.tags_users());
+    let cookie = app.new_session().await;
+    let r = app.post("/set-user/alice", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookies.is_empty(), "{:?}", r.set_cookies);
+    assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+    let r = app.post("/login/bob", Some(&cookie)).await;
+    let signed_in = r.cookie().unwrap();
+    assert_eq!(value_len(&signed_in), 64);
+    assert_eq!(user_tag_of(&app, &signed_in), None);
+}
+
+/// Turning the option on (and off again) on a running store: cookies set before carry no tag
+/// until their session's next save, and both forms are read either way.
+#[tokio::test]
+async fn cookies_follow_the_option_on_their_next_save() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let clock = tower_rampart::clock::ManualClock::starting_now();
+    let off = App::with_clock(
+        store.clone(),
+        builder(),
+        routes_with_user_changes(),
+        clock.clone(),
+    );
+    let on = App::with_clock(
+        store,
+        builder().user_tag(true),
+        routes_with_user_changes(),
+        clock,
+    );
+    // Signed in before the option: an untagged cookie of a session with a user.
+    let old = off.post("/login/alice", None).await.cookie().unwrap();
+    assert_eq!(user_tag_of(&on, &old), None);
+    // With the option: read as before, and a read does not send the cookie.
+    let r = on.get("/user", Some(&old)).await;
+    assert_eq!((r.body.as_str(), r.set_cookies.len()), ("alice", 0));
+    // The next save tags it, same session.
+    let r = on.post("/set/k/v", Some(&old)).await;
+    let tagged = r.cookie().expect("the cookie is sent again");
+    assert_eq!(on.key_of(&tagged), on.key_of(&old));
+    assert!(user_tag_of(&on, &tagged).is_some());
+    // An instance without the option reads the tagged cookie, and its next save removes
+    // the tag.
+    let r = off.get("/user", Some(&tagged)).await;
+    assert_eq!((r.body.as_str(), r.set_cookies.len()), ("alice", 0));
+    let r = off.post("/set/k/w", Some(&tagged)).await;
+    let untagged = r.cookie().expect("the cookie is sent again");
+    assert_eq!(untagged, old);
+}

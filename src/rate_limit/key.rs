@@ -304,6 +304,79 @@ impl Key {
         SessionKeyExtractor { reader }
     }
 
+    /// The user of the session, from the [`UserTag`](crate::session::UserTag) its signed
+    /// cookie carries: one cookie verification, no store access. Every session of a user
+    /// shares one count, so signing in again (a fresh session) does not start a new one.
+    ///
+    /// The session layer must tag cookies
+    /// ([`SessionConfigBuilder::user_tag`](crate::session::SessionConfigBuilder::user_tag)).
+    /// Requests without a valid session cookie, and with a cookie that carries no tag (a
+    /// session without a user, or one whose cookie was set before tagging was turned on and
+    /// that was not saved since), have no key: the quota's [`MissingKey`](super::MissingKey)
+    /// rule applies. [`Key::user_or_session`] counts those by session instead.
+    ///
+    /// The key is `u:` and a SHA-256 of the tag ([`LimitKey::hashed`]): neither the user id
+    /// nor the tag leaves the process.
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Key, Limit, MissingKey, Quota, RateLimitLayer};
+    /// use tower_rampart::session::{MemoryStore, SessionConfig, SessionLayer};
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .key(b"a secret key of at least 32 bytes, from configuration")
+    ///     .user_tag(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let sessions = SessionLayer::new(MemoryStore::new(), config);
+    /// // The limiter goes outside the session layer: it never loads the session.
+    /// let limits = RateLimitLayer::builder()
+    ///     .limit(
+    ///         Limit::new("user", Quota::per_minute(10), Key::user(sessions.cookie_reader()))
+    ///             // Signed-out requests (and untagged cookies) are not counted here.
+    ///             .on_missing_key(MissingKey::Skip),
+    ///     )
+    ///     .build()
+    ///     .unwrap();
+    /// let stack = tower::ServiceBuilder::new().layer(limits).layer(sessions);
+    /// # let _ = stack;
+    /// ```
+    #[cfg(feature = "session")]
+    pub fn user(reader: crate::session::SessionCookieReader) -> UserKeyExtractor {
+        UserKeyExtractor {
+            reader,
+            or_session: false,
+        }
+    }
+
+    /// [`Key::user`], falling back to the session's key ([`Key::session`], the same key and
+    /// so the same count) when the valid cookie carries no user tag: a session without a
+    /// user, or a cookie from before tagging was turned on. Only requests without a valid
+    /// session cookie have no key. One cookie verification for both.
+    ///
+    /// A user without an id gets a fresh count with each new session, as with
+    /// [`Key::session`]; pair it with a per-IP quota.
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Key, KeyExtractor};
+    /// use tower_rampart::session::SessionConfig;
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .key(b"a secret key of at least 32 bytes, from configuration")
+    ///     .user_tag(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let key = Key::user_or_session(config.cookie_reader());
+    /// // No cookie: no key, the quota's `MissingKey` rule applies.
+    /// assert!(key.extract(&http::Request::new(())).is_none());
+    /// ```
+    #[cfg(feature = "session")]
+    pub fn user_or_session(reader: crate::session::SessionCookieReader) -> UserKeyExtractor {
+        UserKeyExtractor {
+            reader,
+            or_session: true,
+        }
+    }
+
     /// Any closure, typed for inference.
     pub fn custom<F>(f: F) -> F
     where
@@ -461,8 +534,50 @@ pub struct SessionKeyExtractor {
 impl KeyExtractor for SessionKeyExtractor {
     fn extract(&self, req: &http::Request<()>) -> Option<LimitKey> {
         let key = self.reader.session_key(req.headers())?;
-        Some(LimitKey(Repr::Text(format!("s:{key}").into())))
+        Some(session_limit_key(&key))
     }
+}
+
+/// Extractor of the user key (see [`Key::user`] and [`Key::user_or_session`]).
+///
+/// ```
+/// use tower_rampart::rate_limit::{Key, KeyExtractor};
+/// use tower_rampart::session::SessionConfig;
+///
+/// let config = SessionConfig::builder()
+///     .key(b"a secret key of at least 32 bytes, from configuration")
+///     .user_tag(true)
+///     .build()
+///     .unwrap();
+/// let key = Key::user(config.cookie_reader());
+/// // No cookie, or a forged one: no key (and no store access either way).
+/// assert!(key.extract(&http::Request::new(())).is_none());
+/// let forged = http::Request::builder().header("cookie", "session=forged").body(()).unwrap();
+/// assert!(key.extract(&forged).is_none());
+/// ```
+#[cfg(feature = "session")]
+#[derive(Clone, Debug)]
+pub struct UserKeyExtractor {
+    reader: crate::session::SessionCookieReader,
+    or_session: bool,
+}
+
+#[cfg(feature = "session")]
+impl KeyExtractor for UserKeyExtractor {
+    fn extract(&self, req: &http::Request<()>) -> Option<LimitKey> {
+        let incoming = self.reader.read(req.headers())?;
+        match incoming.user_tag {
+            Some(tag) => Some(LimitKey::hashed("u", tag.as_bytes())),
+            None if self.or_session => Some(session_limit_key(incoming.id.key())),
+            None => None,
+        }
+    }
+}
+
+/// The key of a session's count: `s:` and its session key (already a hash of the id).
+#[cfg(feature = "session")]
+fn session_limit_key(key: &crate::session::SessionKey) -> LimitKey {
+    LimitKey(Repr::Text(format!("s:{key}").into()))
 }
 
 #[cfg(test)]

@@ -136,10 +136,10 @@ pub use self::config::{
     Backend, CostFn, FailureMode, Limit, MissingKey, RateLimitConfigError, ResetError,
 };
 pub use self::decision::{QuotaDecision, QuotaStatus, RateLimitDecision};
+pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey, NoKey};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
-pub use self::key::SessionKeyExtractor;
-pub use self::key::{ClientIpKey, GlobalKey, HeaderKey, Key, KeyExtractor, LimitKey, NoKey};
+pub use self::key::{SessionKeyExtractor, UserKeyExtractor};
 pub use self::memory::{DEFAULT_MAX_KEYS, KeyedLimiter, MemoryBackend, MemoryBackendBuilder};
 pub use self::metrics::RateLimitMetrics;
 pub use self::quota::{

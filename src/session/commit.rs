@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use super::config::MAX_LIFETIME;
+use super::cookie::UserTag;
 use super::crypto::{self, decode, encode};
 use super::error::SessionError;
 use super::expiry::{End, Expiry};
@@ -58,7 +59,11 @@ fn micros(d: Duration) -> u64 {
 /// What the commit asks of the response's cookies.
 pub(crate) enum CookieUpdate {
     Keep,
-    Set { id: SessionId, max_age_secs: u64 },
+    Set {
+        id: SessionId,
+        user_tag: Option<UserTag>,
+        max_age_secs: u64,
+    },
     Remove,
 }
 
@@ -143,7 +148,12 @@ impl Shared {
             let mut record = self.build(Some(&base), &changes, now);
             record.data = encode(&self.config, key, &data)?;
             match self.call(self.store.save(key, &record, now)).await? {
-                WriteOutcome::Written if changes.expiry.is_some() => {
+                // A new expiry, or a cookie whose user tag no longer matches the user (set or
+                // cleared by this request or a concurrent one; or a cookie from before tagging
+                // was turned on): the cookie is sent again.
+                WriteOutcome::Written
+                    if changes.expiry.is_some() || self.user_tag_outdated(&record) =>
+                {
                     return Ok(self.set_cookie(current.id, &record, now));
                 }
                 WriteOutcome::Written => return Ok(update),
@@ -298,9 +308,16 @@ impl Shared {
         Err(SessionError::Random)
     }
 
+    /// Whether the request's cookie carries another user tag than a cookie for `record`
+    /// would.
+    fn user_tag_outdated(&self, record: &SessionRecord) -> bool {
+        self.config.codec.user_tag_for(record.user_id.as_deref()) != self.incoming_user_tag
+    }
+
     fn set_cookie(&self, id: SessionId, record: &SessionRecord, now: u64) -> CookieUpdate {
         CookieUpdate::Set {
             id,
+            user_tag: self.config.codec.user_tag_for(record.user_id.as_deref()),
             max_age_secs: record.expires_micros.saturating_sub(now) / 1_000_000,
         }
     }

@@ -142,6 +142,12 @@ impl SessionConfig {
     pub fn max_record_bytes(&self) -> usize {
         self.inner.max_record_bytes
     }
+
+    /// Whether the cookies of sessions with a user carry the user's tag (see
+    /// [`SessionConfigBuilder::user_tag`]).
+    pub fn tags_users(&self) -> bool {
+        self.inner.codec.user_tag
+    }
 }
 
 /// Builder of [`SessionConfig`]; see [`SessionConfig::builder`].
@@ -155,6 +161,7 @@ pub struct SessionConfigBuilder {
     http_only: bool,
     same_site: SameSite,
     partitioned: bool,
+    user_tag: bool,
     idle_timeout: Duration,
     absolute_lifetime: Duration,
     store_timeout: Duration,
@@ -177,6 +184,7 @@ impl Default for SessionConfigBuilder {
             http_only: true,
             same_site: SameSite::Lax,
             partitioned: false,
+            user_tag: false,
             idle_timeout: DEFAULT_IDLE,
             absolute_lifetime: DEFAULT_ABSOLUTE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
@@ -200,6 +208,7 @@ impl fmt::Debug for SessionConfigBuilder {
             .field("http_only", &self.http_only)
             .field("same_site", &self.same_site)
             .field("partitioned", &self.partitioned)
+            .field("user_tag", &self.user_tag)
             .field("idle_timeout", &self.idle_timeout)
             .field("absolute_lifetime", &self.absolute_lifetime)
             .field("store_timeout", &self.store_timeout)
@@ -292,6 +301,29 @@ impl SessionConfigBuilder {
     /// without it does not reach the partitioned cookie.
     pub fn partitioned(mut self, partitioned: bool) -> Self {
         self.partitioned = partitioned;
+        self
+    }
+
+    /// Whether the cookie of a session with a user carries the user's [`UserTag`](super::UserTag) (default
+    /// `false`), so layers that must not read the store can tell the user: the rate
+    /// limiter's [`Key::user`](crate::rate_limit::Key::user) counts a user's requests across
+    /// all their sessions, a new sign-in included.
+    ///
+    /// The tag is an HMAC of the user id under a key derived from the first secret key,
+    /// truncated to 16 bytes: opaque, and covered by the cookie's signature, so it cannot be
+    /// forged or moved to another session. The cookie is sent again whenever a save finds
+    /// its tag out of date: after [`set_user_id`](super::Session::set_user_id) or
+    /// [`clear_user_id`](super::Session::clear_user_id) (no id cycling needed), and on the
+    /// next save of a session whose cookie was set before this was turned on (until then it
+    /// has no tag). Sessions without a user keep the untagged cookie.
+    ///
+    /// **Rolling deploys**: a tagged cookie is longer (86 characters instead of 64), and
+    /// versions of this crate before the option existed reject it as malformed, which signs
+    /// the user out on those instances. Deploy the new version everywhere first, then turn
+    /// this on. Every version that has the option reads both forms, whatever its setting;
+    /// turning it off again sends untagged cookies on the next save.
+    pub fn user_tag(mut self, user_tag: bool) -> Self {
+        self.user_tag = user_tag;
         self
     }
 
@@ -450,6 +482,7 @@ impl SessionConfigBuilder {
             http_only: self.http_only,
             same_site: self.same_site,
             partitioned: self.partitioned,
+            user_tag: self.user_tag,
         };
         Ok(SessionConfig {
             inner: Arc::new(ConfigInner {

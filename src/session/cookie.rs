@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use http::header::{COOKIE, InvalidHeaderValue};
 
-use super::crypto::DerivedKeys;
+use super::crypto::{DerivedKeys, USER_TAG_LEN};
 use super::id::{ID_LEN, SessionId, SessionKey};
 use crate::same_site::SameSite;
 
@@ -16,6 +16,9 @@ use crate::same_site::SameSite;
 const TAG_LEN: usize = 32;
 /// Length of a well-formed cookie value: base64url (no padding) of `id || tag`.
 const VALUE_LEN: usize = (ID_LEN + TAG_LEN) * 4 / 3;
+/// Length of a well-formed cookie value carrying a user tag: base64url (no padding) of
+/// `id || user tag || tag`, the tag signing `id || user tag` with its own derived key.
+const TAGGED_VALUE_LEN: usize = ((ID_LEN + USER_TAG_LEN + TAG_LEN) * 4).div_ceil(3);
 /// Cookie values longer than this are rejected before any other work.
 pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 256;
 
@@ -50,6 +53,42 @@ pub(crate) struct CookieCodec {
     pub(crate) http_only: bool,
     pub(crate) same_site: SameSite,
     pub(crate) partitioned: bool,
+    /// Cookies of sessions with a user carry the user's tag
+    /// ([`SessionConfigBuilder::user_tag`](super::SessionConfigBuilder::user_tag)). Both forms
+    /// are read whatever this says.
+    pub(crate) user_tag: bool,
+}
+
+/// An opaque, stable tag of a session's user, carried by its signed cookie when
+/// [`SessionConfigBuilder::user_tag`](super::SessionConfigBuilder::user_tag) is on: the first
+/// 16 bytes of an HMAC-SHA256 of the user id under a key derived from the session secret.
+///
+/// The user id cannot be recovered from it and it cannot be forged (the cookie's signature
+/// covers it). It identifies the user to layers that must not read the store, such as the
+/// rate limiter's [`Key::user`](crate::rate_limit::Key::user), which hashes it again before
+/// it leaves the process. Get it from [`SessionCookieReader::user_tag`]. `Debug` does not show
+/// it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserTag(pub(crate) [u8; USER_TAG_LEN]);
+
+impl UserTag {
+    /// The tag's 16 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserTag(<redacted>)")
+    }
+}
+
+/// What a valid session cookie carries.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Incoming {
+    pub(crate) id: SessionId,
+    pub(crate) user_tag: Option<UserTag>,
 }
 
 impl fmt::Debug for CookieCodec {
@@ -63,14 +102,17 @@ impl fmt::Debug for CookieCodec {
             .field("http_only", &self.http_only)
             .field("same_site", &self.same_site)
             .field("partitioned", &self.partitioned)
+            .field("user_tag", &self.user_tag)
             .finish()
     }
 }
 
 impl CookieCodec {
-    /// The verified session id carried by the request's cookies, if exactly one well-formed,
-    /// correctly signed session cookie is present. Does no allocation for requests without one.
-    pub(crate) fn read(&self, headers: &http::HeaderMap) -> Result<Option<SessionId>, Rejected> {
+    /// The verified session id (and user tag, if the cookie carries one) of the request's
+    /// cookies, if exactly one well-formed, correctly signed session cookie is present. Both
+    /// cookie forms are read, whatever [`user_tag`](Self::user_tag) says. Does no allocation
+    /// for requests without one.
+    pub(crate) fn read(&self, headers: &http::HeaderMap) -> Result<Option<Incoming>, Rejected> {
         let mut found: Option<&[u8]> = None;
         for header in headers.get_all(COOKIE) {
             for pair in header.as_bytes().split(|&b| b == b';') {
@@ -93,29 +135,65 @@ impl CookieCodec {
         if value.len() > MAX_COOKIE_VALUE_LEN {
             return Err(Rejected::Oversized);
         }
-        if value.len() != VALUE_LEN {
-            return Err(Rejected::Malformed);
-        }
-        let mut raw = [0u8; ID_LEN + TAG_LEN];
+        let tagged = match value.len() {
+            VALUE_LEN => false,
+            TAGGED_VALUE_LEN => true,
+            _ => return Err(Rejected::Malformed),
+        };
+        let mut raw = [0u8; ID_LEN + USER_TAG_LEN + TAG_LEN];
+        let len = if tagged { raw.len() } else { ID_LEN + TAG_LEN };
         match URL_SAFE_NO_PAD.decode_slice(value, &mut raw) {
-            Ok(n) if n == raw.len() => {}
+            Ok(n) if n == len => {}
             _ => return Err(Rejected::Malformed),
         }
-        let (id, tag) = raw.split_at(ID_LEN);
-        if !self.keys.iter().any(|k| k.verify(&self.name, id, tag)) {
-            return Err(Rejected::BadSignature);
-        }
+        let (id, rest) = raw[..len].split_at(ID_LEN);
+        let user_tag = if tagged {
+            let (user, tag) = rest.split_at(USER_TAG_LEN);
+            if !self
+                .keys
+                .iter()
+                .any(|k| k.verify_tagged(&self.name, id, user, tag))
+            {
+                return Err(Rejected::BadSignature);
+            }
+            let mut bytes = [0u8; USER_TAG_LEN];
+            bytes.copy_from_slice(user);
+            Some(UserTag(bytes))
+        } else {
+            if !self.keys.iter().any(|k| k.verify(&self.name, id, rest)) {
+                return Err(Rejected::BadSignature);
+            }
+            None
+        };
         let mut bytes = [0u8; ID_LEN];
         bytes.copy_from_slice(id);
-        Ok(Some(SessionId::from_bytes(bytes)))
+        Ok(Some(Incoming {
+            id: SessionId::from_bytes(bytes),
+            user_tag,
+        }))
     }
 
-    /// The cookie value for `id`, signed with the first key.
-    fn value(&self, id: &SessionId) -> String {
-        let tag = self.keys[0].sign(&self.name, &id.bytes);
-        let mut raw = [0u8; ID_LEN + TAG_LEN];
+    /// The user tag a cookie of a session belonging to `user` carries: `None` without a user
+    /// or when [`user_tag`](Self::user_tag) is off. Computed with the first key.
+    pub(crate) fn user_tag_for(&self, user: Option<&str>) -> Option<UserTag> {
+        user.filter(|_| self.user_tag)
+            .map(|user| UserTag(self.keys[0].user_tag(user)))
+    }
+
+    /// The cookie value for `id` (and `user_tag`), signed with the first key.
+    fn value(&self, id: &SessionId, user_tag: Option<&UserTag>) -> String {
+        let Some(user) = user_tag else {
+            let tag = self.keys[0].sign(&self.name, &id.bytes);
+            let mut raw = [0u8; ID_LEN + TAG_LEN];
+            raw[..ID_LEN].copy_from_slice(&id.bytes);
+            raw[ID_LEN..].copy_from_slice(&tag);
+            return URL_SAFE_NO_PAD.encode(raw);
+        };
+        let tag = self.keys[0].sign_tagged(&self.name, &id.bytes, &user.0);
+        let mut raw = [0u8; ID_LEN + USER_TAG_LEN + TAG_LEN];
         raw[..ID_LEN].copy_from_slice(&id.bytes);
-        raw[ID_LEN..].copy_from_slice(&tag);
+        raw[ID_LEN..ID_LEN + USER_TAG_LEN].copy_from_slice(&user.0);
+        raw[ID_LEN + USER_TAG_LEN..].copy_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -139,7 +217,7 @@ impl CookieCodec {
         }
     }
 
-    /// `Set-Cookie` carrying `id`, living `max_age_secs`.
+    /// `Set-Cookie` carrying `id` (and `user_tag`), living `max_age_secs`.
     ///
     /// # Errors
     /// When the cookie is not a valid header value. `SessionConfig::build` validates the name
@@ -148,12 +226,13 @@ impl CookieCodec {
     pub(crate) fn set_cookie(
         &self,
         id: &SessionId,
+        user_tag: Option<&UserTag>,
         max_age_secs: u64,
     ) -> Result<HeaderValue, InvalidHeaderValue> {
-        let mut out = String::with_capacity(160);
+        let mut out = String::with_capacity(192);
         out.push_str(&self.name);
         out.push('=');
-        out.push_str(&self.value(id));
+        out.push_str(&self.value(id, user_tag));
         out.push_str("; Max-Age=");
         out.push_str(&max_age_secs.to_string());
         self.attributes(&mut out);
@@ -221,11 +300,39 @@ impl SessionCookieReader {
     /// or not signed by one of the configured keys. A `Some` key does not mean the session
     /// still exists in the store.
     pub fn session_key(&self, headers: &http::HeaderMap) -> Option<SessionKey> {
-        self.codec
-            .read(headers)
-            .ok()
-            .flatten()
-            .map(|id| id.key().clone())
+        self.read(headers).map(|incoming| incoming.id.key().clone())
+    }
+
+    /// Verifies the signed session cookie (no store access) and returns the [`UserTag`] it
+    /// carries.
+    ///
+    /// `None` when there is no valid session cookie (as for
+    /// [`session_key`](Self::session_key)), and when the cookie carries no tag: the session
+    /// has no user, [`SessionConfigBuilder::user_tag`](super::SessionConfigBuilder::user_tag)
+    /// is off, or the cookie was set before it was turned on and the session was not saved
+    /// since. Like the session key, a tag does not mean the session still exists.
+    ///
+    /// ```
+    /// use tower_rampart::session::SessionConfig;
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .key(b"an example key that is at least 32 bytes long")
+    ///     .user_tag(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let reader = config.cookie_reader();
+    /// let mut headers = http::HeaderMap::new();
+    /// assert!(reader.user_tag(&headers).is_none());
+    /// headers.insert(http::header::COOKIE, "session=forged".parse().unwrap());
+    /// assert!(reader.user_tag(&headers).is_none());
+    /// ```
+    pub fn user_tag(&self, headers: &http::HeaderMap) -> Option<UserTag> {
+        self.read(headers).and_then(|incoming| incoming.user_tag)
+    }
+
+    /// The verified cookie's id and user tag; `None` when there is no valid one.
+    pub(crate) fn read(&self, headers: &http::HeaderMap) -> Option<Incoming> {
+        self.codec.read(headers).ok().flatten()
     }
 
     /// The name of the session cookie.
@@ -248,6 +355,7 @@ mod tests {
             http_only: true,
             same_site: SameSite::Lax,
             partitioned: false,
+            user_tag: false,
         }
     }
 
@@ -274,19 +382,19 @@ mod tests {
     fn signed_cookie_round_trips_among_other_cookies() {
         let c = codec(&[&[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let v = value_of(&c.set_cookie(&id, 60).unwrap());
+        let v = value_of(&c.set_cookie(&id, None, 60).unwrap());
         assert_eq!(v.len(), VALUE_LEN);
         let h = headers(&[&format!("a=b; sid={v}; c=d")]);
-        assert_eq!(c.read(&h).unwrap().unwrap(), id);
+        assert_eq!(c.read(&h).unwrap().unwrap().id, id);
         let h = headers(&["a=b", &format!("sid={v}")]);
-        assert_eq!(c.read(&h).unwrap().unwrap(), id);
+        assert_eq!(c.read(&h).unwrap().unwrap().id, id);
     }
 
     #[test]
     fn rejects_bad_cookies() {
         let c = codec(&[&[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let v = value_of(&c.set_cookie(&id, 60).unwrap());
+        let v = value_of(&c.set_cookie(&id, None, 60).unwrap());
         assert_eq!(c.read(&headers(&[])), Ok(None));
         assert_eq!(c.read(&headers(&["other=1"])), Ok(None));
         assert_eq!(
@@ -321,7 +429,7 @@ mod tests {
         );
         // Signed by a key that is not configured.
         let other = codec(&[&[2; 32]]);
-        let foreign = value_of(&other.set_cookie(&id, 60).unwrap());
+        let foreign = value_of(&other.set_cookie(&id, None, 60).unwrap());
         assert_eq!(
             c.read(&headers(&[&format!("sid={foreign}")])),
             Err(Rejected::BadSignature)
@@ -333,15 +441,16 @@ mod tests {
         let old = codec(&[&[1; 32]]);
         let rotated = codec(&[&[2; 32], &[1; 32]]);
         let id = SessionId::generate().unwrap();
-        let old_value = value_of(&old.set_cookie(&id, 60).unwrap());
+        let old_value = value_of(&old.set_cookie(&id, None, 60).unwrap());
         assert_eq!(
             rotated
                 .read(&headers(&[&format!("sid={old_value}")]))
                 .unwrap()
-                .unwrap(),
+                .unwrap()
+                .id,
             id
         );
-        let new_value = value_of(&rotated.set_cookie(&id, 60).unwrap());
+        let new_value = value_of(&rotated.set_cookie(&id, None, 60).unwrap());
         assert_ne!(new_value, old_value);
         assert_eq!(
             old.read(&headers(&[&format!("sid={new_value}")])),
@@ -354,7 +463,7 @@ mod tests {
         let mut c = codec(&[&[1; 32]]);
         c.domain = Some("example.com".into());
         let id = SessionId::generate().unwrap();
-        let set = c.set_cookie(&id, 3600).unwrap();
+        let set = c.set_cookie(&id, None, 3600).unwrap();
         let s = set.to_str().unwrap();
         assert!(s.starts_with("sid="));
         assert!(s.ends_with(
@@ -373,7 +482,7 @@ mod tests {
         c.same_site = SameSite::None;
         c.partitioned = true;
         let id = SessionId::generate().unwrap();
-        let set = c.set_cookie(&id, 60).unwrap();
+        let set = c.set_cookie(&id, None, 60).unwrap();
         assert!(
             set.to_str()
                 .unwrap()
@@ -391,11 +500,154 @@ mod tests {
         let mut c = codec(&[&[1; 32]]);
         c.path = "/a\nb".into();
         let id = SessionId::generate().unwrap();
-        assert!(c.set_cookie(&id, 60).is_err());
+        assert!(c.set_cookie(&id, None, 60).is_err());
         assert!(c.removal_cookie().is_err());
         // A DEL character is refused as well, not replaced by an empty header.
         c.path = "/\u{7f}".into();
-        assert!(c.set_cookie(&id, 60).is_err());
+        assert!(c.set_cookie(&id, None, 60).is_err());
         assert!(c.removal_cookie().is_err());
+    }
+
+    /// A codec that tags cookies of sessions with a user.
+    fn tagging(keys: &[&[u8]]) -> CookieCodec {
+        CookieCodec {
+            user_tag: true,
+            ..codec(keys)
+        }
+    }
+
+    fn raw_of(value: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(value).unwrap()
+    }
+
+    fn read_value(c: &CookieCodec, value: &str) -> Result<Option<Incoming>, Rejected> {
+        c.read(&headers(&[&format!("sid={value}")]))
+    }
+
+    #[test]
+    fn tagged_and_untagged_cookies_round_trip() {
+        let c = tagging(&[&[1; 32]]);
+        let id = SessionId::generate().unwrap();
+        let tag = c.user_tag_for(Some("alice"));
+        assert!(tag.is_some());
+        assert_eq!(c.user_tag_for(None), None);
+        let tagged = value_of(&c.set_cookie(&id, tag.as_ref(), 60).unwrap());
+        assert_eq!(tagged.len(), TAGGED_VALUE_LEN);
+        assert_eq!(TAGGED_VALUE_LEN, 86);
+        let read = read_value(&c, &tagged).unwrap().unwrap();
+        assert_eq!((read.id, read.user_tag), (id.clone(), tag));
+        // The same id without a user: the old form, unchanged.
+        let untagged = value_of(&c.set_cookie(&id, None, 60).unwrap());
+        assert_eq!(untagged.len(), VALUE_LEN);
+        let read = read_value(&c, &untagged).unwrap().unwrap();
+        assert_eq!((read.id, read.user_tag), (id.clone(), None));
+        // A codec with tagging off reads both forms (and tags nothing itself).
+        let off = codec(&[&[1; 32]]);
+        assert_eq!(off.user_tag_for(Some("alice")), None);
+        assert_eq!(read_value(&off, &tagged).unwrap().unwrap().user_tag, tag);
+        assert_eq!(read_value(&off, &untagged).unwrap().unwrap().user_tag, None);
+        // The tag is the user's, not the session's: another session of alice carries the
+        // same one; bob's differs.
+        let other = SessionId::generate().unwrap();
+        let v = value_of(&c.set_cookie(&other, tag.as_ref(), 60).unwrap());
+        assert_eq!(read_value(&c, &v).unwrap().unwrap().user_tag, tag);
+        assert_ne!(c.user_tag_for(Some("bob")), tag);
+        // Attributes are those of the untagged cookie.
+        let set = c.set_cookie(&id, tag.as_ref(), 60).unwrap();
+        assert!(
+            set.to_str()
+                .unwrap()
+                .ends_with("; Max-Age=60; Path=/; HttpOnly; Secure; SameSite=Lax")
+        );
+    }
+
+    #[test]
+    fn a_forged_or_moved_user_tag_is_rejected() {
+        let c = tagging(&[&[1; 32]]);
+        let alice = c.user_tag_for(Some("alice")).unwrap();
+        let bob = c.user_tag_for(Some("bob")).unwrap();
+        let id = SessionId::generate().unwrap();
+        let tagged = raw_of(&value_of(&c.set_cookie(&id, Some(&bob), 60).unwrap()));
+        let sig = &tagged[ID_LEN + USER_TAG_LEN..];
+        // Bob's signed cookie with alice's tag put in: the signature covers the tag.
+        let forged = [&id.bytes[..], &alice.0[..], sig].concat();
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&forged)),
+            Err(Rejected::BadSignature)
+        );
+        // One flipped bit of the tag.
+        let mut flipped = tagged.clone();
+        flipped[ID_LEN] ^= 1;
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&flipped)),
+            Err(Rejected::BadSignature)
+        );
+        // Alice's tag and signature moved onto another session id.
+        let alices = raw_of(&value_of(&c.set_cookie(&id, Some(&alice), 60).unwrap()));
+        let other = SessionId::generate().unwrap();
+        let moved = [&other.bytes[..], &alices[ID_LEN..]].concat();
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&moved)),
+            Err(Rejected::BadSignature)
+        );
+        // A tag added to a valid untagged cookie, keeping its (untagged) signature.
+        let untagged = raw_of(&value_of(&c.set_cookie(&id, None, 60).unwrap()));
+        let added = [&id.bytes[..], &alice.0[..], &untagged[ID_LEN..]].concat();
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&added)),
+            Err(Rejected::BadSignature)
+        );
+        // The untagged signature of `id || tag` (the other form's key): refused.
+        let cross = c.keys[0].sign("sid", &[&id.bytes[..], &alice.0[..]].concat());
+        let cross = [&id.bytes[..], &alice.0[..], &cross[..]].concat();
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&cross)),
+            Err(Rejected::BadSignature)
+        );
+        // The tag removed from a tagged cookie, keeping its (tagged) signature.
+        let removed = [&id.bytes[..], sig].concat();
+        assert_eq!(
+            read_value(&c, &URL_SAFE_NO_PAD.encode(&removed)),
+            Err(Rejected::BadSignature)
+        );
+        // Lengths between and around the two forms are malformed.
+        for len in [VALUE_LEN + 1, TAGGED_VALUE_LEN - 1, TAGGED_VALUE_LEN + 1] {
+            assert_eq!(
+                read_value(&c, &"A".repeat(len)),
+                Err(Rejected::Malformed),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn tagged_cookies_follow_key_rotation() {
+        let old = tagging(&[&[1; 32]]);
+        let rotated = tagging(&[&[2; 32], &[1; 32]]);
+        let retired = tagging(&[&[2; 32]]);
+        let id = SessionId::generate().unwrap();
+        let old_tag = old.user_tag_for(Some("alice"));
+        let old_value = value_of(&old.set_cookie(&id, old_tag.as_ref(), 60).unwrap());
+        // Still verified by the second key, carrying the tag it was given (an identifier,
+        // not recomputed): the limiter sees the same user as before the rotation.
+        let read = read_value(&rotated, &old_value).unwrap().unwrap();
+        assert_eq!((read.id, read.user_tag), (id.clone(), old_tag));
+        // New tags come from the first key.
+        let new_tag = rotated.user_tag_for(Some("alice"));
+        assert_ne!(new_tag, old_tag);
+        assert_eq!(new_tag, retired.user_tag_for(Some("alice")));
+        // Once the old key is retired, its cookies are refused.
+        assert_eq!(
+            read_value(&retired, &old_value),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn user_tag_debug_is_redacted() {
+        let c = tagging(&[&[1; 32]]);
+        let tag = c.user_tag_for(Some("alice")).unwrap();
+        assert_eq!(format!("{tag:?}"), "UserTag(<redacted>)");
+        assert_eq!(tag.as_bytes().len(), USER_TAG_LEN);
     }
 }

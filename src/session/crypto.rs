@@ -6,6 +6,8 @@
 //! | purpose | derivation |
 //! |---|---|
 //! | cookie signature | `HMAC(secret, "tower-rampart/session/cookie-signing/v1")` |
+//! | signature of a cookie carrying a user tag | `HMAC(secret, "tower-rampart/session/cookie-signing-user-tag/v1")` |
+//! | user tag | `HMAC(secret, "tower-rampart/session/user-tag/v1")`, then per user `HMAC(that, user id)`, first 16 bytes |
 //! | record encryption | `HMAC(secret, "tower-rampart/session/record-encryption/v1")`, then per session `HMAC(that, store key)` |
 //!
 //! The per-session encryption key keeps the number of random 96-bit nonces drawn under one
@@ -24,6 +26,10 @@ use super::id::SessionKey;
 type HmacSha256 = Hmac<Sha256>;
 
 const SIGNING_LABEL: &[u8] = b"tower-rampart/session/cookie-signing/v1";
+const TAGGED_SIGNING_LABEL: &[u8] = b"tower-rampart/session/cookie-signing-user-tag/v1";
+const USER_TAG_LABEL: &[u8] = b"tower-rampart/session/user-tag/v1";
+/// Bytes of a user tag (a truncated HMAC-SHA256 of the user id).
+pub(crate) const USER_TAG_LEN: usize = 16;
 const ENCRYPTION_LABEL: &[u8] = b"tower-rampart/session/record-encryption/v1";
 const RECORD_AAD_LABEL: &[u8] = b"tower-rampart/session/record/v1:";
 /// First byte of an encrypted record, so the format can evolve.
@@ -49,6 +55,10 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), getrandom::Error> {
 #[derive(Clone)]
 pub(crate) struct DerivedKeys {
     signing: HmacSha256,
+    /// Signs cookies that carry a user tag: a key of its own, so a signature of one form is
+    /// never valid for the other.
+    tagged_signing: HmacSha256,
+    user_tag: HmacSha256,
     encryption: HmacSha256,
 }
 
@@ -61,27 +71,62 @@ impl DerivedKeys {
     pub(crate) fn derive(secret: &[u8]) -> Self {
         Self {
             signing: keyed(&hmac(secret, &[SIGNING_LABEL])),
+            tagged_signing: keyed(&hmac(secret, &[TAGGED_SIGNING_LABEL])),
+            user_tag: keyed(&hmac(secret, &[USER_TAG_LABEL])),
             encryption: keyed(&hmac(secret, &[ENCRYPTION_LABEL])),
         }
     }
 
-    fn cookie_mac(&self, name: &str, id: &[u8]) -> HmacSha256 {
+    fn cookie_mac(base: &HmacSha256, name: &str, parts: &[&[u8]]) -> HmacSha256 {
         // The length prefix keeps (name, id) pairs unambiguous.
-        let mut mac = self.signing.clone();
+        let mut mac = base.clone();
         mac.update(&(name.len() as u64).to_be_bytes());
         mac.update(name.as_bytes());
-        mac.update(id);
+        for part in parts {
+            mac.update(part);
+        }
         mac
     }
 
     /// The cookie tag of `id` for a cookie called `name`.
     pub(crate) fn sign(&self, name: &str, id: &[u8]) -> [u8; 32] {
-        self.cookie_mac(name, id).finalize().into_bytes().into()
+        Self::cookie_mac(&self.signing, name, &[id])
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Constant-time check of a cookie tag.
     pub(crate) fn verify(&self, name: &str, id: &[u8], tag: &[u8]) -> bool {
-        self.cookie_mac(name, id).verify_slice(tag).is_ok()
+        Self::cookie_mac(&self.signing, name, &[id])
+            .verify_slice(tag)
+            .is_ok()
+    }
+
+    /// The signature of a cookie carrying `id` and the user tag `user` (both fixed-length).
+    pub(crate) fn sign_tagged(&self, name: &str, id: &[u8], user: &[u8]) -> [u8; 32] {
+        Self::cookie_mac(&self.tagged_signing, name, &[id, user])
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Constant-time check of the signature of a cookie carrying a user tag.
+    pub(crate) fn verify_tagged(&self, name: &str, id: &[u8], user: &[u8], tag: &[u8]) -> bool {
+        Self::cookie_mac(&self.tagged_signing, name, &[id, user])
+            .verify_slice(tag)
+            .is_ok()
+    }
+
+    /// The user tag of `user_id`: an opaque, stable identifier of the user that only the
+    /// holders of this secret can compute (the user id cannot be recovered from it).
+    pub(crate) fn user_tag(&self, user_id: &str) -> [u8; USER_TAG_LEN] {
+        let mut mac = self.user_tag.clone();
+        mac.update(user_id.as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; USER_TAG_LEN];
+        tag.copy_from_slice(&full[..USER_TAG_LEN]);
+        tag
     }
 
     fn record_cipher(&self, store_key: &str) -> Aes256Gcm {
@@ -217,6 +262,36 @@ mod tests {
         assert!(!a.verify("other", b"0123456789abcdef", &tag));
         assert!(!a.verify("session", b"0123456789abcdeF", &tag));
         assert!(!a.verify("session", b"0123456789abcdef", &tag[..31]));
+    }
+
+    #[test]
+    fn tagged_signatures_are_bound_to_id_and_user_tag_and_separate_from_untagged_ones() {
+        let a = DerivedKeys::derive(&[1u8; 32]);
+        let b = DerivedKeys::derive(&[2u8; 32]);
+        let id = b"0123456789abcdef";
+        let user = a.user_tag("alice");
+        let sig = a.sign_tagged("session", id, &user);
+        assert!(a.verify_tagged("session", id, &user, &sig));
+        assert!(!b.verify_tagged("session", id, &user, &sig));
+        assert!(!a.verify_tagged("other", id, &user, &sig));
+        assert!(!a.verify_tagged("session", b"0123456789abcdeF", &user, &sig));
+        assert!(!a.verify_tagged("session", id, &a.user_tag("bob"), &sig));
+        // Domain separation: the untagged signature of `id || user` is not a tagged one, and
+        // the other way round.
+        let concatenated = [id.as_slice(), user.as_slice()].concat();
+        let untagged = a.sign("session", &concatenated);
+        assert!(!a.verify_tagged("session", id, &user, &untagged));
+        assert!(!a.verify("session", &concatenated, &sig));
+    }
+
+    #[test]
+    fn user_tags_are_keyed_stable_and_distinct() {
+        let a = DerivedKeys::derive(&[1u8; 32]);
+        let b = DerivedKeys::derive(&[2u8; 32]);
+        assert_eq!(a.user_tag("alice"), a.user_tag("alice"));
+        assert_ne!(a.user_tag("alice"), a.user_tag("alice "));
+        assert_ne!(a.user_tag("alice"), b.user_tag("alice"));
+        assert!(!a.user_tag("alice").windows(5).any(|w| w == b"alice"));
     }
 
     #[test]

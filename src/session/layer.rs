@@ -96,7 +96,7 @@ where
         // Nothing async happens before the inner call (the session loads lazily, inside the
         // handler), so the ready inner service is called directly.
         let (incoming, rejected_cookie) = match config.codec.read(req.headers()) {
-            Ok(id) => (id, false),
+            Ok(incoming) => (incoming, false),
             Err(reason) => {
                 // The value is never logged, nor kept: only that such a cookie was present,
                 // so a logout can remove it.
@@ -104,10 +104,12 @@ where
                 (None, true)
             }
         };
+        let (id, user_tag) = incoming.map_or((None, None), |i| (Some(i.id), i.user_tag));
         let session = Session::new(
             config.clone(),
             self.store.clone(),
-            incoming,
+            id,
+            user_tag,
             rejected_cookie,
         );
         req.extensions_mut().insert(session.clone());
@@ -235,7 +237,13 @@ where
     }
     let cookie = match update {
         CookieUpdate::Keep => return response.map(ResponseBody::inner),
-        CookieUpdate::Set { id, max_age_secs } => config.codec.set_cookie(&id, max_age_secs),
+        CookieUpdate::Set {
+            id,
+            user_tag,
+            max_age_secs,
+        } => config
+            .codec
+            .set_cookie(&id, user_tag.as_ref(), max_age_secs),
         CookieUpdate::Remove => config.codec.removal_cookie(),
     };
     let Ok(cookie) = cookie else {

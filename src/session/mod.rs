@@ -94,7 +94,7 @@ pub use config::{
     DEFAULT_MAX_RECORD_BYTES, MAX_LIFETIME, MIN_KEY_LEN, MIN_MAX_RECORD_BYTES, SessionConfig,
     SessionConfigBuilder, SessionConfigError,
 };
-pub use cookie::SessionCookieReader;
+pub use cookie::{SessionCookieReader, UserTag};
 pub use error::{SessionError, ValueError};
 pub use expiry::Expiry;
 pub use id::SessionKey;

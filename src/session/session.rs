@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::commit::Changes;
 use super::config::ConfigInner;
+use super::cookie::UserTag;
 use super::crypto;
 use super::error::{SessionError, ValueError};
 use super::expiry::Expiry;
@@ -60,6 +61,9 @@ pub(crate) struct Shared {
     pub(super) store: Arc<dyn SessionStore>,
     /// The verified id of the request's cookie.
     pub(super) incoming: Option<SessionId>,
+    /// The user tag the request's cookie carries (a save re-sends the cookie when it is out
+    /// of date).
+    pub(super) incoming_user_tag: Option<UserTag>,
     /// The request carried a cookie with the session cookie's name that the layer rejected
     /// (malformed, wrongly signed, oversized, duplicated). Its value is not kept.
     pub(super) rejected_cookie: bool,
@@ -95,6 +99,7 @@ impl Session {
         config: Arc<ConfigInner>,
         store: Arc<dyn SessionStore>,
         incoming: Option<SessionId>,
+        incoming_user_tag: Option<UserTag>,
         rejected_cookie: bool,
     ) -> Self {
         Self {
@@ -102,6 +107,7 @@ impl Session {
                 config,
                 store,
                 incoming,
+                incoming_user_tag,
                 rejected_cookie,
                 state: Mutex::new(State::default()),
                 failed: AtomicBool::new(false),
@@ -209,12 +215,16 @@ impl Session {
 
     /// Records the user this session belongs to. Stores index sessions by user, so
     /// [`delete_user_sessions`](Self::delete_user_sessions) can end all of them. Keep it an
-    /// opaque id (not an email): stores keep it unencrypted.
+    /// opaque id (not an email): stores keep it unencrypted. With
+    /// [`user_tag`](super::SessionConfigBuilder::user_tag) on, the response sends the cookie
+    /// again, carrying the new user's tag.
     pub async fn set_user_id(&self, user: impl Into<String>) -> Result<(), SessionError> {
         self.change_user(Some(user.into())).await
     }
 
-    /// Forgets the user of this session.
+    /// Forgets the user of this session. With
+    /// [`user_tag`](super::SessionConfigBuilder::user_tag) on, the response sends the cookie
+    /// again, without a tag.
     pub async fn clear_user_id(&self) -> Result<(), SessionError> {
         self.change_user(None).await
     }

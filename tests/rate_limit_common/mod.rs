@@ -6,6 +6,8 @@
 pub mod accounting;
 #[cfg(feature = "redis")]
 pub mod replay;
+#[cfg(feature = "session")]
+pub mod user;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use fabric_gateway::StartError;
 use fabric_gateway::config::{
     Config, ConfigError, CookieSameSite, DEV_TENANT_ID, DataAgentProtocol, Environment, LogFormat,
-    RateLimitFailureMode,
+    QueryQuotaKey, RateLimitFailureMode,
 };
 
 const TENANT: &str = "4d4eca3f-1111-2222-3333-444455556666";
@@ -55,6 +55,8 @@ fn defaults_with_no_environment() {
     assert_eq!(c.session_max_bytes, 262_144);
     assert_eq!(c.allowed_origins, ["http://localhost:4200"]);
     assert_eq!(c.rate_limit_query_ip, "10/minute");
+    assert_eq!(c.rate_limit_query_user, "10/minute");
+    assert_eq!(c.rate_limit_query_key, QueryQuotaKey::User);
     assert_eq!(c.rate_limit_query_session, "10/minute");
     assert_eq!(c.rate_limit_login_ip, "5/minute");
     assert_eq!(c.rate_limit_failure_mode, RateLimitFailureMode::Local);
@@ -468,6 +470,7 @@ async fn settings_the_layers_refuse_are_named() {
         ("SESSION_COOKIE_NAME", "__Host-sid"),
         ("SESSION_COOKIE_NAME", "__Secure-sid"),
         ("RATE_LIMIT_QUERY_IP", "ten a minute"),
+        ("RATE_LIMIT_QUERY_USER", "0/minute"),
         ("RATE_LIMIT_QUERY_SESSION", "0/minute"),
         ("RATE_LIMIT_LOGIN_IP", "5/fortnight"),
     ];
@@ -482,4 +485,55 @@ async fn settings_the_layers_refuse_are_named() {
         }
         assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
     }
+}
+
+/// `RATE_LIMIT_QUERY_USER` (default 10/minute) replaces `RATE_LIMIT_QUERY_SESSION`, which
+/// alone keeps the per-session quota of earlier versions, with a deprecation warning.
+#[test]
+fn the_query_quota_is_per_user_unless_only_the_deprecated_session_one_is_set() {
+    let deprecated = |c: &Config| {
+        c.warnings
+            .iter()
+            .filter(|w| w.contains("RATE_LIMIT_QUERY_SESSION"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Neither: per user, default quota, no warning about them.
+    let c = load(&[("SECRET_KEY", SECRET)]).unwrap();
+    assert_eq!(c.rate_limit_query_key, QueryQuotaKey::User);
+    assert_eq!(c.rate_limit_query_user, "10/minute");
+    assert!(deprecated(&c).is_empty(), "{:?}", c.warnings);
+    // The user quota alone.
+    let c = load(&[("SECRET_KEY", SECRET), ("RATE_LIMIT_QUERY_USER", "20/hour")]).unwrap();
+    assert_eq!(c.rate_limit_query_key, QueryQuotaKey::User);
+    assert_eq!(c.rate_limit_query_user, "20/hour");
+    assert!(deprecated(&c).is_empty(), "{:?}", c.warnings);
+    // The session quota alone: kept, with a deprecation warning naming its replacement.
+    let c = load(&[
+        ("SECRET_KEY", SECRET),
+        ("RATE_LIMIT_QUERY_SESSION", "3/minute"),
+    ])
+    .unwrap();
+    assert_eq!(c.rate_limit_query_key, QueryQuotaKey::Session);
+    assert_eq!(c.rate_limit_query_session, "3/minute");
+    let warnings = deprecated(&c);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("deprecated"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("RATE_LIMIT_QUERY_USER"),
+        "{}",
+        warnings[0]
+    );
+    // Both: the user quota wins, the other is said to be ignored.
+    let c = load(&[
+        ("SECRET_KEY", SECRET),
+        ("RATE_LIMIT_QUERY_USER", "5/minute"),
+        ("RATE_LIMIT_QUERY_SESSION", "3/minute"),
+    ])
+    .unwrap();
+    assert_eq!(c.rate_limit_query_key, QueryQuotaKey::User);
+    assert_eq!(c.rate_limit_query_user, "5/minute");
+    let warnings = deprecated(&c);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("ignored"), "{}", warnings[0]);
 }

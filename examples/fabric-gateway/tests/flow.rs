@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use fabric_gateway::fake_agent::fake_answer;
 use serde_json::{Value, json};
+use tower_rampart::clock::ManualClock;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -76,7 +77,7 @@ async fn the_whole_local_flow() {
     assert_eq!(resp.headers()["x-correlation-id"], "flow-test-0001");
     assert_eq!(
         resp.headers()["ratelimit-policy"],
-        r#""query-ip";q=10;w=60, "query-session";q=10;w=60"#
+        r#""query-ip";q=10;w=60, "query-user";q=10;w=60"#
     );
     assert!(resp.headers().contains_key("ratelimit"));
     let body: Value = resp.json().await.unwrap();
@@ -487,6 +488,92 @@ async fn the_query_quota_is_one_bucket_for_both_routes() {
     assert_eq!(resp.status(), 405);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["detail"], "Method Not Allowed");
+}
+
+/// The query quota counts per user: signing in again (a fresh session, in another cookie
+/// jar) keeps the count, and the 11th query of the minute is refused whichever session asks.
+#[tokio::test]
+async fn the_query_quota_follows_the_user_across_sign_ins() {
+    let clock = ManualClock::starting_now();
+    // A larger per-IP quota: the per-user one is the quota that refuses.
+    let vars = [("RATE_LIMIT_QUERY_IP", "100/minute")];
+    let gw = Gateway::start_with_clock(config(&vars), clock.clone()).await;
+    let first = browser();
+    let token = dev_token(&first, &gw, "ada@example.com", "Ada Lovelace").await;
+    let first_cookie = sign_in(&first, &gw, &token).await;
+    for i in 0..6 {
+        let resp = query(&first, &gw, &format!("q{i}")).await;
+        assert_eq!(resp.status(), 200, "query #{i}");
+        let status = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            status.contains(&format!(r#""query-user";r={};"#, 9 - i)),
+            "{status}"
+        );
+    }
+    clock.advance(Duration::from_secs(10));
+    // Another browser signs the same user in: a new session, the same count.
+    let second = browser();
+    let second_cookie = sign_in(&second, &gw, &token).await;
+    assert_ne!(second_cookie, first_cookie);
+    for i in 6..10 {
+        let resp = query_detailed(&second, &gw, &format!("q{i}")).await;
+        assert_eq!(resp.status(), 200, "query #{i}");
+    }
+    let resp = query(&second, &gw, "one too many").await;
+    assert_eq!(resp.status(), 429);
+    // The first of the ten was 10 s ago: it leaves the rolling minute in 50 s.
+    assert_eq!(resp.headers()["retry-after"], "50");
+    let status = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(status.contains(r#""query-user";r=0;t=50"#), "{status}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "Rate limit exceeded: 10 per 1 minute");
+    // The first session is the same user: refused too.
+    assert_eq!(query(&first, &gw, "me again").await.status(), 429);
+    // Another user (same address) has a count of their own.
+    let other = browser();
+    let grace = dev_token(&other, &gw, "grace@example.com", "Grace Hopper").await;
+    sign_in(&other, &gw, &grace).await;
+    assert_eq!(query(&other, &gw, "mine").await.status(), 200);
+    // Once the minute has passed, the user may ask again.
+    clock.advance(Duration::from_secs(51));
+    assert_eq!(query(&second, &gw, "later").await.status(), 200);
+    assert_no_secret_logged(&[&token, &grace, &first_cookie, &second_cookie]);
+}
+
+/// A user without an id (a token without `oid`) has no user tag on their cookie: the quota
+/// counts their session instead, so each sign-in has a count of its own.
+#[tokio::test]
+async fn a_user_without_an_id_falls_back_to_the_session_quota() {
+    let clock = ManualClock::starting_now();
+    let vars = [("RATE_LIMIT_QUERY_IP", "100/minute")];
+    let gw = Gateway::start_with_clock(config(&vars), clock).await;
+    let identity = gw
+        .handle
+        .dev_identity()
+        .expect("local mode has the dev identity");
+    let mut claims = identity.claims("no-id@example.com", "No Id");
+    claims.as_object_mut().unwrap().remove("oid");
+    let token = identity.sign(&claims).unwrap();
+    let client = browser();
+    let cookie = sign_in(&client, &gw, &token).await;
+    // The untagged form of the cookie (a tagged one is 86 characters).
+    assert_eq!(cookie.len(), 64, "{cookie}");
+    assert_eq!(auth_status(&client, &gw).await["authenticated"], true);
+    for i in 0..10 {
+        assert_eq!(query(&client, &gw, &format!("q{i}")).await.status(), 200);
+    }
+    let resp = query(&client, &gw, "one too many").await;
+    assert_eq!(resp.status(), 429);
+    let status = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(status.contains(r#""query-user";r=0;"#), "{status}");
+    // A new sign-in is a new session: its own count.
+    let again = browser();
+    sign_in(&again, &gw, &token).await;
+    assert_eq!(query(&again, &gw, "fresh").await.status(), 200);
+    // While a user with an id gets the tagged cookie.
+    let tagged = browser();
+    let ada = dev_token(&tagged, &gw, "ada@example.com", "Ada").await;
+    assert_eq!(sign_in(&tagged, &gw, &ada).await.len(), 86);
 }
 
 #[tokio::test]

@@ -232,7 +232,7 @@ async fn share_sessions_quotas_and_logouts(redis: SharedRedis) {
         assert!((1..=60).contains(&retry));
         assert_eq!(
             h["ratelimit-policy"],
-            r#""query-ip";q=10;w=60, "query-session";q=10;w=60"#
+            r#""query-ip";q=10;w=60, "query-user";q=10;w=60"#
         );
         let status = h["ratelimit"].to_str().unwrap();
         assert!(status.contains("r=0"), "{status}");

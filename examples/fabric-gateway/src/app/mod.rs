@@ -70,7 +70,7 @@ use tower_rampart::session::{
 
 use crate::auth::TokenValidator;
 use crate::auth::dev::DevIdentity;
-use crate::config::{Config, CookieSameSite, RateLimitFailureMode};
+use crate::config::{Config, CookieSameSite, QueryQuotaKey, RateLimitFailureMode};
 use crate::fabric::{DataAgent, DataAgentOptions};
 use crate::fake_agent::{FakeAgent, FakeAgentHandle};
 
@@ -387,6 +387,9 @@ fn session_layer(
         .same_site(config.cookie_samesite)
         .secure(secure_cookies(config))
         .partitioned(config.cookie_partitioned)
+        // The cookie of a signed-in session carries the user's tag: the per-user query quota
+        // reads it without a store read.
+        .user_tag(true)
         .idle_timeout(config.session_idle)
         .absolute_lifetime(config.session_expiry)
         .encrypt_at_rest(true)
@@ -462,8 +465,14 @@ fn cookie_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<CookiePolicy
         })
 }
 
-/// The `/query` limit (per IP and per session, one bucket for both routes) and the login
+/// The `/query` limit (per IP and per user, one bucket for both routes) and the login
 /// limit (per IP). Global through Redis when configured.
+///
+/// The per-user quota keys by the user tag of the session cookie
+/// ([`Key::user_or_session`]): a user's count follows them across sign-ins. A session whose
+/// cookie carries no tag (a user without an id, or a cookie from before the tag and not
+/// saved since) counts by session, as the per-session quota of earlier versions did; with
+/// only `RATE_LIMIT_QUERY_SESSION` set, that per-session quota stays for everyone.
 ///
 /// Without `test_clock` the limiter keeps its defaults: its monotonic clock, and the Redis
 /// server's `TIME` for decisions on Redis (instances with skewed clocks still agree). With
@@ -478,7 +487,22 @@ fn rate_limits(
         Quota::parse(value).map_err(|e| config_error(variable, e))
     };
     let query_ip = parse("RATE_LIMIT_QUERY_IP", &config.rate_limit_query_ip)?;
-    let query_session = parse("RATE_LIMIT_QUERY_SESSION", &config.rate_limit_query_session)?;
+    let (query_name, query_variable) = match config.rate_limit_query_key {
+        QueryQuotaKey::User => ("query-user", "RATE_LIMIT_QUERY_USER"),
+        QueryQuotaKey::Session => ("query-session", "RATE_LIMIT_QUERY_SESSION"),
+    };
+    let query_limit = match config.rate_limit_query_key {
+        QueryQuotaKey::User => Limit::new(
+            query_name,
+            parse(query_variable, &config.rate_limit_query_user)?,
+            Key::user_or_session(sessions.cookie_reader()),
+        ),
+        QueryQuotaKey::Session => Limit::new(
+            query_name,
+            parse(query_variable, &config.rate_limit_query_session)?,
+            Key::session(sessions.cookie_reader()),
+        ),
+    };
     let login_ip = parse("RATE_LIMIT_LOGIN_IP", &config.rate_limit_login_ip)?;
     let failure_mode = match config.rate_limit_failure_mode {
         RateLimitFailureMode::Local => FailureMode::Local,
@@ -504,21 +528,14 @@ fn rate_limits(
     let client_ip = || Key::client_ip(config.trusted_proxies.clone());
     let query = builder()
         .quota("query-ip", query_ip, client_ip())
-        // Anonymous requests have no session key: only the per-IP quota applies (and the
-        // handler answers 401).
-        .limit(
-            Limit::new(
-                "query-session",
-                query_session,
-                Key::session(sessions.cookie_reader()),
-            )
-            .on_missing_key(MissingKey::Skip),
-        )
+        // Anonymous requests have no session cookie, so no key: only the per-IP quota
+        // applies (and the handler answers 401).
+        .limit(query_limit.on_missing_key(MissingKey::Skip))
         .build()
         .map_err(|e| {
             let quotas = [
                 ("query-ip", "RATE_LIMIT_QUERY_IP"),
-                ("query-session", "RATE_LIMIT_QUERY_SESSION"),
+                (query_name, query_variable),
             ];
             config_error(rate_limit_setting_variable(&e, &quotas), e)
         })?;

@@ -40,7 +40,7 @@ mod sessions;
 
 pub use auth::{AuthSettings, DEV_TENANT_ID};
 pub use data_agent::{DataAgentProtocol, DataAgentSettings};
-pub use limits::RateLimitFailureMode;
+pub use limits::{QueryQuotaKey, RateLimitFailureMode};
 pub use logging::LogFormat;
 pub use server::Environment;
 pub use sessions::{CookieSameSite, MIN_SECRET_KEY_BYTES, SecretKeys};
@@ -83,8 +83,16 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// `RATE_LIMIT_QUERY_IP`, unparsed (the rate-limit module parses quotas).
     pub rate_limit_query_ip: String,
-    /// `RATE_LIMIT_QUERY_SESSION`, unparsed.
+    /// `RATE_LIMIT_QUERY_USER`, unparsed: the per-user quota of the query routes, kept
+    /// across sign-ins (when [`rate_limit_query_key`](Self::rate_limit_query_key) is
+    /// [`QueryQuotaKey::User`]).
+    pub rate_limit_query_user: String,
+    /// `RATE_LIMIT_QUERY_SESSION`, unparsed: the deprecated per-session quota (used only when
+    /// [`rate_limit_query_key`](Self::rate_limit_query_key) is [`QueryQuotaKey::Session`]).
     pub rate_limit_query_session: String,
+    /// Which of the two quotas above applies: per user, unless only
+    /// `RATE_LIMIT_QUERY_SESSION` is set.
+    pub rate_limit_query_key: QueryQuotaKey,
     /// `RATE_LIMIT_LOGIN_IP`, unparsed.
     pub rate_limit_login_ip: String,
     /// `RATE_LIMIT_FAILURE_MODE`.
@@ -241,7 +249,9 @@ impl Config {
             allowed_origins: clients.allowed_origins,
             trusted_proxies: clients.trusted_proxies,
             rate_limit_query_ip: limits.rate_limit_query_ip,
+            rate_limit_query_user: limits.rate_limit_query_user,
             rate_limit_query_session: limits.rate_limit_query_session,
+            rate_limit_query_key: limits.rate_limit_query_key,
             rate_limit_login_ip: limits.rate_limit_login_ip,
             rate_limit_failure_mode: limits.rate_limit_failure_mode,
             tenant_id: auth.tenant_id,
