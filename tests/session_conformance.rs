@@ -117,6 +117,7 @@ suite!(
     server_error_responses_are_not_saved,
     sign_out_everywhere,
     user_sessions_list_and_end_one,
+    user_session_handles_across_key_rotation,
 );
 
 /// `run_all` runs every check in one go on one store (what a custom store's test calls).

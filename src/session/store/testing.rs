@@ -123,7 +123,8 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     bad_cookies_cost_no_store_call_and_are_not_accepted(store.clone()).await;
     server_error_responses_are_not_saved(store.clone()).await;
     sign_out_everywhere(store.clone()).await;
-    user_sessions_list_and_end_one(store).await;
+    user_sessions_list_and_end_one(store.clone()).await;
+    user_session_handles_across_key_rotation(store).await;
 }
 
 fn key(n: u64) -> SessionKey {
@@ -1005,25 +1006,7 @@ pub async fn sign_out_everywhere(store: Arc<dyn SessionStore>) {
 /// [`Session::end_user_session`] ends one of them by its handle, the request's own as a
 /// logout, and never another user's session.
 pub async fn user_sessions_list_and_end_one(store: Arc<dyn SessionStore>) {
-    let router = Router::standard()
-        .route("GET", "/sessions", |s, _| async move {
-            let lines: Vec<String> = s
-                .user_sessions()
-                .await?
-                .into_iter()
-                .map(|i| {
-                    format!(
-                        "{} {} {} {} {}",
-                        i.handle, i.current, i.created_micros, i.last_seen_micros, i.expires_micros
-                    )
-                })
-                .collect();
-            ok(lines.join("\n"))
-        })
-        .route("POST", "/end/{}", |s, p| async move {
-            ok(s.end_user_session(&p[0]).await?.to_string())
-        });
-    let app = App::with(store, builder(), router);
+    let app = App::with(store, builder(), sessions_router());
     let t0 = app.clock.now_micros();
     let user = format!("user-{t0}");
     let login = |app: &App| {
@@ -1134,6 +1117,86 @@ pub async fn user_sessions_list_and_end_one(store: Arc<dyn SessionStore>) {
         app.post(&format!("/end/{phone_handle}"), None).await.body,
         "false"
     );
+}
+
+/// The standard routes and:
+/// - `GET /sessions` → one line per session: handle, current, created, last seen, expires
+/// - `POST /end/{handle}` → whether a session was ended
+fn sessions_router() -> Router {
+    Router::standard()
+        .route("GET", "/sessions", |s, _| async move {
+            let lines: Vec<String> = s
+                .user_sessions()
+                .await?
+                .into_iter()
+                .map(|i| {
+                    format!(
+                        "{} {} {} {} {}",
+                        i.handle, i.current, i.created_micros, i.last_seen_micros, i.expires_micros
+                    )
+                })
+                .collect();
+            ok(lines.join("\n"))
+        })
+        .route("POST", "/end/{}", |s, p| async move {
+            ok(s.end_user_session(&p[0]).await?.to_string())
+        })
+}
+
+/// Layer: handles stay usable across a key rotation: after the first key changes, the
+/// listing shows new handles, and a handle listed under the previous key still ends its
+/// session while that key is configured.
+pub async fn user_session_handles_across_key_rotation(store: Arc<dyn SessionStore>) {
+    let clock = ManualClock::starting_now();
+    let old_app = App::with_clock(store.clone(), builder(), sessions_router(), clock.clone());
+    let user = format!("rotating-{}", clock.now_micros());
+    let phone = old_app
+        .post(&format!("/login/{user}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    let laptop = old_app
+        .post(&format!("/login/{user}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    let handles = |app: &App| {
+        let (app, phone) = (app.clone(), phone.clone());
+        async move {
+            let r = app.get("/sessions", Some(&phone)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body
+                .lines()
+                .map(|l| l.split(' ').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = handles(&old_app).await;
+    assert_eq!(before.len(), 2);
+    let rotated = App::with_clock(
+        store,
+        builder_with_keys(&[KEY_B, KEY_A]),
+        sessions_router(),
+        clock,
+    );
+    let after = handles(&rotated).await;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|h| !before.contains(h)), "new handles");
+    // Which of `before` is the laptop's: the one that is not current from the phone.
+    let r = old_app.get("/sessions", Some(&phone)).await;
+    let laptop_handle = r
+        .body
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("false"))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let r = rotated
+        .post(&format!("/end/{laptop_handle}"), Some(&phone))
+        .await;
+    assert_eq!(r.body, "true");
+    assert_eq!(rotated.get("/user", Some(&laptop)).await.body, "");
+    assert_eq!(rotated.get("/user", Some(&phone)).await.body, user);
 }
 
 // ---- The test application: a few routes behind the session layer, on a manual clock. ----
