@@ -1,6 +1,7 @@
 //! Sessions on a real Redis Cluster (3 masters, 1 replica each, started by the test
-//! support): the whole session store conformance suite, plain and TLS; sign out everywhere
-//! over sessions whose keys live on every master; and the index regression of issue 14
+//! support): the whole session store conformance suite, plain and TLS; sign out everywhere,
+//! and listing a user's sessions and ending one, over sessions whose keys live on every
+//! master; and the index regression of issue 14
 //! (a sign-in whose index write fails leaves no session that sign out everywhere misses),
 //! where the session and the user's index are on different masters.
 //!
@@ -110,6 +111,90 @@ async fn across_masters() {
     assert!(s.load(&other, t + SEC, false).await.unwrap().is_some());
     assert_eq!(s.delete_user_sessions("dave", t + SEC).await.unwrap(), 0);
     assert_eq!(s.delete_user_sessions("erin", t + SEC).await.unwrap(), 1);
+}
+
+/// Listing a user's sessions and ending one on a cluster: the user's sessions live on
+/// every master (and a few share a master), the index on another slot; the listing reads
+/// each record on the master that owns it (no `CROSSSLOT`), skips another user's, and
+/// ending one session on each master leaves the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_end_one_across_masters() {
+    tokio::time::timeout(DEADLINE, list_across_masters())
+        .await
+        .expect("deadline");
+}
+
+async fn list_across_masters() {
+    let cluster = RedisCluster::start(3, 1);
+    let s = store(&cluster, "l:");
+    let t = now();
+    let masters: BTreeSet<u16> = cluster.master_ports().into_iter().collect();
+    assert_eq!(masters.len(), 3);
+    let on =
+        |mine: &[(SessionKey, u16)], master: u16| mine.iter().filter(|(_, m)| *m == master).count();
+    let mut mine: Vec<(SessionKey, u16)> = Vec::new();
+    for i in 0u64.. {
+        let key = SessionKey::parse(&format!("{t:016x}{i:016x}")).unwrap();
+        let master = cluster.master_of_key(s.redis_key(&key).as_bytes());
+        if on(&mine, master) < 2 {
+            mine.push((key, master));
+        }
+        if masters.iter().all(|&m| on(&mine, m) == 2) {
+            break;
+        }
+    }
+    for (key, _) in &mine {
+        assert!(s.create(key, &record(t, Some("dave")), t).await.unwrap());
+    }
+    let other = SessionKey::parse(&format!("{t:016x}{:016x}", u64::MAX)).unwrap();
+    assert!(s.create(&other, &record(t, Some("erin")), t).await.unwrap());
+    assert!(s.connection().is_cluster());
+
+    cluster.reset_stats();
+    let listed: BTreeSet<SessionKey> = s
+        .list_user_sessions("dave", t + SEC)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.key)
+        .collect();
+    let all: BTreeSet<SessionKey> = mine.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(listed, all);
+    for m in &masters {
+        assert!(
+            cluster.command_count_on(*m, "hmget") >= 1,
+            "master {m} read records"
+        );
+    }
+    // One session ended on each master; the other one there stays.
+    let mut left = all.clone();
+    for m in &masters {
+        let (key, _) = mine.iter().find(|(_, master)| master == m).unwrap();
+        assert!(s.delete_user_session("dave", key, t + SEC).await.unwrap());
+        assert!(!s.delete_user_session("erin", key, t + SEC).await.unwrap());
+        left.remove(key);
+    }
+    assert!(
+        !s.delete_user_session("dave", &other, t + SEC)
+            .await
+            .unwrap()
+    );
+    let listed: BTreeSet<SessionKey> = s
+        .list_user_sessions("dave", t + SEC)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.key)
+        .collect();
+    assert_eq!(listed, left);
+    assert_eq!(
+        s.delete_user_sessions("dave", t + SEC).await.unwrap(),
+        left.len() as u64
+    );
+    assert_eq!(
+        s.list_user_sessions("erin", t + SEC).await.unwrap().len(),
+        1
+    );
 }
 
 /// Issue 14, item 5, on a cluster: alice's index (default prefix) is made unwritable on

@@ -103,6 +103,8 @@ suite!(
     store_user_index,
     store_user_index_follows_saves,
     sign_ins_racing_sign_out_everywhere,
+    store_list_user_sessions,
+    store_delete_user_session,
     concurrent_requests_changing_different_keys_lose_nothing,
     same_key_later_save_wins_other_keys_merge,
     logout_racing_saves_never_comes_back,
@@ -114,6 +116,8 @@ suite!(
     bad_cookies_cost_no_store_call_and_are_not_accepted,
     server_error_responses_are_not_saved,
     sign_out_everywhere,
+    user_sessions_list_and_end_one,
+    user_session_handles_across_key_rotation,
 );
 
 /// `run_all` runs every check in one go on one store (what a custom store's test calls).
@@ -186,4 +190,147 @@ async fn a_store_that_overwrites_on_create_fails() {
         .await
         .expect("the suite finishes in time");
     assert!(result.expect_err("the suite must fail").is_panic());
+}
+
+/// A store written before the per-user listing (only the required methods) still compiles,
+/// and answers the new calls `Unsupported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_the_per_user_methods_answers_unsupported() {
+    use tower_rampart::session::{
+        SessionKey, SessionRecord, StoreErrorKind, StoreFuture, WriteOutcome,
+    };
+
+    #[derive(Debug, Default)]
+    struct Minimal(MemoryStore);
+
+    impl SessionStore for Minimal {
+        fn load<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            now: u64,
+            refresh: bool,
+        ) -> StoreFuture<'a, Option<SessionRecord>> {
+            self.0.load(key, now, refresh)
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, bool> {
+            self.0.create(key, record, now)
+        }
+        fn save<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.save(key, record, now)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            expected_version: Option<u64>,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.delete(key, expected_version, now)
+        }
+        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
+            self.0.touch(key, now)
+        }
+    }
+
+    let store = Minimal::default();
+    let key = SessionKey::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let err = store.list_user_sessions("alice", 1).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unsupported);
+    assert!(err.to_string().contains("list_user_sessions"), "{err}");
+    let err = store
+        .delete_user_session("alice", &key, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unsupported);
+    // Through an `Arc<dyn SessionStore>` as the layer holds it.
+    let shared: Arc<dyn SessionStore> = Arc::new(store);
+    let err = shared.list_user_sessions("alice", 1).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unsupported);
+}
+
+/// A store that ends a session without checking its owner fails the suite's check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ends_another_users_session_fails() {
+    use tower_rampart::session::{
+        SessionKey, SessionRecord, StoreFuture, UserSession, WriteOutcome,
+    };
+
+    #[derive(Debug, Default)]
+    struct Careless(MemoryStore);
+
+    impl SessionStore for Careless {
+        fn load<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            now: u64,
+            refresh: bool,
+        ) -> StoreFuture<'a, Option<SessionRecord>> {
+            self.0.load(key, now, refresh)
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, bool> {
+            self.0.create(key, record, now)
+        }
+        fn save<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.save(key, record, now)
+        }
+        fn delete<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            expected_version: Option<u64>,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.delete(key, expected_version, now)
+        }
+        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
+            self.0.touch(key, now)
+        }
+        fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
+            self.0.delete_user_sessions(user, now)
+        }
+        fn list_user_sessions<'a>(
+            &'a self,
+            user: &'a str,
+            now: u64,
+        ) -> StoreFuture<'a, Vec<UserSession>> {
+            self.0.list_user_sessions(user, now)
+        }
+        // Deletes whatever live session the key names, whoever owns it.
+        fn delete_user_session<'a>(
+            &'a self,
+            _user: &'a str,
+            key: &'a SessionKey,
+            now: u64,
+        ) -> StoreFuture<'a, bool> {
+            Box::pin(
+                async move { Ok(self.0.delete(key, None, now).await? == WriteOutcome::Written) },
+            )
+        }
+    }
+
+    let store: Arc<dyn SessionStore> = Arc::new(Careless::default());
+    let run =
+        tokio::spawn(tower_rampart::session::store::testing::store_delete_user_session(store));
+    let result = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the check finishes in time");
+    assert!(result.expect_err("the check must fail").is_panic());
 }

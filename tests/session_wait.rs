@@ -150,6 +150,42 @@ async fn writes_wait_and_the_replica_has_them_when_they_return() {
     .await;
 }
 
+/// Ending one of a user's sessions is a write like the others: it waits for the replica,
+/// which no longer holds the session when the call returns; listing only reads and never
+/// waits.
+#[tokio::test]
+async fn ending_one_user_session_waits_and_listing_does_not() {
+    within(async {
+        let (primary, replica) = primary_and_replica().await;
+        let store = RedisStore::new(connection(&primary))
+            .with_prefix("e:")
+            .with_wait_replicas(1)
+            // Generous: success is expected, and a loaded machine can be slow to acknowledge.
+            .with_wait_timeout(Duration::from_secs(2));
+        let (ended, kept) = (key(21), key(22));
+        for k in [&ended, &kept] {
+            assert!(
+                store
+                    .create(k, &record(Some("ada"), b"{}"), T0)
+                    .await
+                    .unwrap()
+            );
+        }
+        primary.reset_stats();
+        assert_eq!(store.list_user_sessions("ada", T0).await.unwrap().len(), 2);
+        assert_eq!(primary.command_count("wait"), 0, "listing does not wait");
+        assert!(store.delete_user_session("ada", &ended, T0).await.unwrap());
+        assert!(primary.command_count("wait") >= 1, "ending one waits");
+        assert_eq!(version_on(&replica, &store.redis_key(&ended)), None);
+        assert!(version_on(&replica, &store.redis_key(&kept)).is_some());
+        assert!(!store.delete_user_session("bob", &kept, T0).await.unwrap());
+        let left = store.list_user_sessions("ada", T0).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].key, kept);
+    })
+    .await;
+}
+
 /// The whole conformance suite with every write waiting for a replica.
 #[tokio::test]
 async fn conformance_suite_with_wait() {

@@ -9,6 +9,7 @@
 //! | signature of a cookie carrying a user tag | `HMAC(secret, "tower-rampart/session/cookie-signing-user-tag/v1")` |
 //! | user tag | `HMAC(secret, "tower-rampart/session/user-tag/v1")`, then per user `HMAC(that, user id)`, first 16 bytes |
 //! | record encryption | `HMAC(secret, "tower-rampart/session/record-encryption/v1")`, then per session `HMAC(that, store key)` |
+//! | session handles | `HMAC(secret, "tower-rampart/session/handle/v1")`, then per session `HMAC(that, len(user) \|\| user \|\| store key)` |
 //!
 //! The per-session encryption key keeps the number of random 96-bit nonces drawn under one
 //! AES-GCM key tiny (one session's saves), far below the 2^32 limit, however long a secret lives.
@@ -31,6 +32,9 @@ const USER_TAG_LABEL: &[u8] = b"tower-rampart/session/user-tag/v1";
 /// Bytes of a user tag (a truncated HMAC-SHA256 of the user id).
 pub(crate) const USER_TAG_LEN: usize = 16;
 const ENCRYPTION_LABEL: &[u8] = b"tower-rampart/session/record-encryption/v1";
+const HANDLE_LABEL: &[u8] = b"tower-rampart/session/handle/v1";
+/// Bytes of a session handle (128 bits of an HMAC-SHA256).
+pub(crate) const HANDLE_LEN: usize = 16;
 const RECORD_AAD_LABEL: &[u8] = b"tower-rampart/session/record/v1:";
 /// First byte of an encrypted record, so the format can evolve.
 const ENCRYPTED_FORMAT: u8 = 1;
@@ -60,6 +64,7 @@ pub(crate) struct DerivedKeys {
     tagged_signing: HmacSha256,
     user_tag: HmacSha256,
     encryption: HmacSha256,
+    handles: HmacSha256,
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
@@ -74,7 +79,23 @@ impl DerivedKeys {
             tagged_signing: keyed(&hmac(secret, &[TAGGED_SIGNING_LABEL])),
             user_tag: keyed(&hmac(secret, &[USER_TAG_LABEL])),
             encryption: keyed(&hmac(secret, &[ENCRYPTION_LABEL])),
+            handles: keyed(&hmac(secret, &[HANDLE_LABEL])),
         }
+    }
+
+    /// The handle of the session stored under `store_key` as its user `user` sees it: not
+    /// the id, the cookie nor the store key, and not reversible to them; another user's
+    /// handle of the same key differs.
+    pub(crate) fn handle(&self, user: &str, store_key: &str) -> [u8; HANDLE_LEN] {
+        let mut mac = self.handles.clone();
+        // The length prefix keeps (user, key) pairs unambiguous.
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user.as_bytes());
+        mac.update(store_key.as_bytes());
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut handle = [0u8; HANDLE_LEN];
+        handle.copy_from_slice(&full[..HANDLE_LEN]);
+        handle
     }
 
     fn cookie_mac(base: &HmacSha256, name: &str, parts: &[&[u8]]) -> HmacSha256 {
@@ -252,6 +273,9 @@ pub(super) fn decode(
 mod tests {
     use super::*;
 
+    /// `handle("alice", "k1")` under the secret `[1; 32]`.
+    const PINNED_HANDLE: &str = "763e45b93e13217594617a051a001d3e";
+
     #[test]
     fn sign_and_verify_are_bound_to_key_name_and_id() {
         let a = DerivedKeys::derive(&[1u8; 32]);
@@ -292,6 +316,22 @@ mod tests {
         assert_ne!(a.user_tag("alice"), a.user_tag("alice "));
         assert_ne!(a.user_tag("alice"), b.user_tag("alice"));
         assert!(!a.user_tag("alice").windows(5).any(|w| w == b"alice"));
+    }
+
+    #[test]
+    fn handles_are_bound_to_secret_user_and_key_and_pinned() {
+        let a = DerivedKeys::derive(&[1u8; 32]);
+        let b = DerivedKeys::derive(&[2u8; 32]);
+        let h = a.handle("alice", "k1");
+        assert_eq!(h, a.handle("alice", "k1"));
+        assert_ne!(h, b.handle("alice", "k1"));
+        assert_ne!(h, a.handle("bob", "k1"));
+        assert_ne!(h, a.handle("alice", "k2"));
+        // The length prefix: ("ab", "c..") and ("a", "bc..") differ.
+        assert_ne!(a.handle("ab", "c"), a.handle("a", "bc"));
+        // Handles handed out must stay valid across releases: the derivation is pinned.
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, PINNED_HANDLE);
     }
 
     #[test]

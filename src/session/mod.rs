@@ -99,10 +99,11 @@ pub use error::{SessionError, ValueError};
 pub use expiry::Expiry;
 pub use id::SessionKey;
 pub use layer::{ResponseBody, ResponseFuture, SessionLayer, SessionService};
-pub use session::Session;
+pub use session::{Session, SessionInfo};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 pub use store::{
-    MemoryStore, SessionRecord, SessionStore, StoreError, StoreErrorKind, StoreFuture, WriteOutcome,
+    MemoryStore, SessionRecord, SessionStore, StoreError, StoreErrorKind, StoreFuture, UserSession,
+    WriteOutcome,
 };

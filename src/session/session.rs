@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -13,10 +15,11 @@ use super::commit::Changes;
 use super::config::ConfigInner;
 use super::cookie::UserTag;
 use super::crypto;
+use super::crypto::HANDLE_LEN;
 use super::error::{SessionError, ValueError};
 use super::expiry::Expiry;
 use super::id::{SessionId, SessionKey};
-use super::store::{SessionRecord, SessionStore};
+use super::store::{SessionRecord, SessionStore, UserSession};
 
 /// The session of the current request, put in the request extensions by
 /// [`SessionLayer`](super::SessionLayer). Cheap to clone; clones share the same state.
@@ -296,6 +299,138 @@ impl Session {
             .call(self.shared.store.delete_user_sessions(user, now))
             .await?)
     }
+
+    /// The live sessions of this session's user (its [`user_id`](Self::user_id)), this one
+    /// included, oldest first: read from the store's records, so a session signed out or
+    /// expired is not listed, and with an opaque [`handle`](SessionInfo::handle) each, never
+    /// an id. A session without a user lists only itself (if it exists); a request without
+    /// a session lists nothing. One store call (two round trips on Redis).
+    ///
+    /// # Errors
+    /// [`SessionError::Store`], also when the store does not keep a per-user index
+    /// ([`SessionStore::list_user_sessions`]).
+    pub async fn user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        let (user, sessions) = self.listed().await?;
+        let first = &self.shared.config.keys()[0];
+        Ok(sessions
+            .into_iter()
+            .map(|(s, current)| SessionInfo {
+                handle: URL_SAFE_NO_PAD.encode(first.handle(&user, s.key.as_str())),
+                current,
+                created_micros: s.created_micros,
+                last_seen_micros: s.accessed_micros,
+                expires_micros: s.deadline(),
+            })
+            .collect())
+    }
+
+    /// Ends the session of this session's user that `handle` (from
+    /// [`user_sessions`](Self::user_sessions)) names, now, and returns `true`; `false` when
+    /// `handle` names no live session of this user (malformed, already ended, or another
+    /// user's: only the user's own sessions are reachable). Ending the request's own session
+    /// is a [`delete`](Self::delete) (logout: the cookie is removed when the response is
+    /// committed). Costs a listing and, for another session, one delete.
+    ///
+    /// # Errors
+    /// [`SessionError::Store`], also when the store does not support it
+    /// ([`SessionStore::delete_user_session`]).
+    pub async fn end_user_session(&self, handle: &str) -> Result<bool, SessionError> {
+        let raw = match URL_SAFE_NO_PAD.decode(handle) {
+            Ok(raw) if raw.len() == HANDLE_LEN => raw,
+            _ => return Ok(false),
+        };
+        let (user, sessions) = self.listed().await?;
+        let keys = self.shared.config.keys();
+        let found = sessions.into_iter().find(|(s, _)| {
+            keys.iter()
+                .any(|k| constant_time_eq(&k.handle(&user, s.key.as_str()), &raw))
+        });
+        let Some((session, current)) = found else {
+            return Ok(false);
+        };
+        if current {
+            self.delete().await?;
+            return Ok(true);
+        }
+        let now = self.shared.config.now();
+        Ok(self
+            .shared
+            .call(
+                self.shared
+                    .store
+                    .delete_user_session(&user, &session.key, now),
+            )
+            .await?)
+    }
+
+    /// This session's user (`""` for none) and the live sessions [`Self::user_sessions`] shows,
+    /// each with whether it is the request's own, oldest first.
+    async fn listed(&self) -> Result<(String, Vec<(UserSession, bool)>), SessionError> {
+        let (user, current) = {
+            let state = self.loaded().await?;
+            let current = state
+                .current
+                .as_ref()
+                .map(|c| UserSession::of(c.id.key().clone(), &c.record));
+            (state.user.clone(), current)
+        };
+        let mut sessions = match &user {
+            Some(user) => {
+                let now = self.shared.config.now();
+                self.shared
+                    .call(self.shared.store.list_user_sessions(user, now))
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        // The request's own session is listed even when the store does not (yet) list it
+        // under this user: its user was set by this request and is not saved yet.
+        if let Some(current) = current
+            && !sessions.iter().any(|s| s.key == current.key)
+        {
+            sessions.push(current);
+        }
+        sessions.sort_by(|a, b| (a.created_micros, &a.key).cmp(&(b.created_micros, &b.key)));
+        let own = self.key();
+        let sessions = sessions
+            .into_iter()
+            .map(|s| {
+                let current = own == Some(&s.key);
+                (s, current)
+            })
+            .collect();
+        Ok((user.unwrap_or_default(), sessions))
+    }
+}
+
+/// Whether `a == b`, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One session of the signed-in user, as [`Session::user_sessions`] lists it. Times are unix
+/// microseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// An opaque name for this session, to pass back to [`Session::end_user_session`]:
+    /// 22 URL-safe characters (base64url of 128 bits of an HMAC of the session's store key
+    /// and its user under a key derived from the first configured secret). It is neither
+    /// the cookie, nor the id, nor the store key, none of them can be derived from it, and
+    /// it ends a session only for that session's own user, so it is safe to show to the
+    /// user and useless to anyone else. It changes when the first key is rotated (handles
+    /// made with any configured key are still accepted).
+    pub handle: String,
+    /// Whether this is the session of the request.
+    pub current: bool,
+    /// When the session was created.
+    pub created_micros: u64,
+    /// When the session was last refreshed (the idle refresh is throttled to a quarter of
+    /// the idle timeout, so this is that recent).
+    pub last_seen_micros: u64,
+    /// When the session expires unless used again: the earlier of its idle deadline and its
+    /// absolute one.
+    pub expires_micros: u64,
 }
 
 /// The length of `data` serialized as JSON, without building the bytes.

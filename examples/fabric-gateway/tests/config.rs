@@ -59,6 +59,7 @@ fn defaults_with_no_environment() {
     assert_eq!(c.rate_limit_query_key, QueryQuotaKey::User);
     assert_eq!(c.rate_limit_query_session, "10/minute");
     assert_eq!(c.rate_limit_login_ip, "5/minute");
+    assert_eq!(c.rate_limit_auth_ip, "120/minute");
     assert_eq!(c.rate_limit_failure_mode, RateLimitFailureMode::Local);
     assert_eq!(c.tenant_id, None);
     assert_eq!(c.masked_tenant_id(), None);
@@ -473,6 +474,8 @@ async fn settings_the_layers_refuse_are_named() {
         ("RATE_LIMIT_QUERY_USER", "0/minute"),
         ("RATE_LIMIT_QUERY_SESSION", "0/minute"),
         ("RATE_LIMIT_LOGIN_IP", "5/fortnight"),
+        ("RATE_LIMIT_AUTH_IP", "many/minute"),
+        ("RATE_LIMIT_AUTH_IP", "0/minute"),
     ];
     for (var, value) in cases {
         let config = load(&[(var, value)]).expect("the configuration alone accepts it");

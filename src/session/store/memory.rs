@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::ready;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{SessionRecord, SessionStore, StoreFuture, WriteOutcome};
+use super::{SessionRecord, SessionStore, StoreFuture, UserSession, WriteOutcome};
 use crate::session::SessionKey;
 
 /// Default maximum number of sessions.
@@ -292,6 +292,42 @@ impl SessionStore for MemoryStore {
                 deleted += 1;
             }
         }
+        Box::pin(ready(Ok(deleted)))
+    }
+
+    fn list_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Vec<UserSession>> {
+        let state = self.lock();
+        let sessions = state
+            .by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| {
+                let record = state.sessions.get(key)?;
+                (!record.is_expired(now)).then(|| UserSession::of(key.clone(), record))
+            })
+            .collect();
+        Box::pin(ready(Ok(sessions)))
+    }
+
+    fn delete_user_session<'a>(
+        &'a self,
+        user: &'a str,
+        key: &'a SessionKey,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        let mut state = self.lock();
+        let deleted = match state.live(key, now) {
+            Some(record) if record.user_id.as_deref() == Some(user) => {
+                state.remove(key);
+                true
+            }
+            _ => false,
+        };
         Box::pin(ready(Ok(deleted)))
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A store keeps [`SessionRecord`]s under a [`SessionKey`] and offers five atomic operations:
 //! load (with an optional cheap idle refresh), create-if-absent, compare-and-set save,
-//! delete (optionally compare-and-set) and touch. The session layer builds everything else
+//! delete (optionally compare-and-set) and touch; optionally, the per-user ones (sign out
+//! everywhere, list a user's sessions, end one of them). The session layer builds everything else
 //! (lazy loading, merging concurrent changes, "logout always wins") on these.
 //!
 //! Time is always passed in by the caller (`now`, unix microseconds, from the layer's
@@ -105,6 +106,44 @@ impl fmt::Debug for SessionRecord {
     }
 }
 
+/// One live session of a user, as [`SessionStore::list_user_sessions`] reports it: its key
+/// and times (unix microseconds), without its data. The fields have the meaning of the
+/// [`SessionRecord`] fields of the same names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSession {
+    /// The session's key (a hash of its id: safe to log, useless as a cookie).
+    pub key: SessionKey,
+    /// When the session was created.
+    pub created_micros: u64,
+    /// When the session was last refreshed (saved or touched).
+    pub accessed_micros: u64,
+    /// The idle timeout of this session.
+    pub idle_micros: u64,
+    /// The absolute deadline of this session.
+    pub expires_micros: u64,
+}
+
+impl UserSession {
+    /// The key and times of `record`, stored under `key`.
+    pub fn of(key: SessionKey, record: &SessionRecord) -> Self {
+        Self {
+            key,
+            created_micros: record.created_micros,
+            accessed_micros: record.accessed_micros,
+            idle_micros: record.idle_micros,
+            expires_micros: record.expires_micros,
+        }
+    }
+
+    /// The moment this session expires unless it is used again: the earlier of the idle
+    /// deadline and the absolute one (as [`SessionRecord::deadline`]).
+    pub fn deadline(&self) -> u64 {
+        self.accessed_micros
+            .saturating_add(self.idle_micros)
+            .min(self.expires_micros)
+    }
+}
+
 /// The result of a conditional write ([`SessionStore::save`], [`SessionStore::delete`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -180,6 +219,32 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
         let _ = (user, now);
         Box::pin(async { Err(StoreError::unsupported("delete_user_sessions")) })
     }
+
+    /// The live sessions whose [`user_id`](SessionRecord::user_id) is `user` at `now`, in no
+    /// particular order: read from the records themselves (a session saved meanwhile under
+    /// another user, or expired, is not listed). The default implementation answers
+    /// [`StoreErrorKind::Unsupported`].
+    fn list_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Vec<UserSession>> {
+        let _ = (user, now);
+        Box::pin(async { Err(StoreError::unsupported("list_user_sessions")) })
+    }
+
+    /// Deletes the session under `key` only if it is live and belongs to `user` (ending one
+    /// of a user's sessions); `Ok(false)`, touching nothing, when it is missing, expired or
+    /// someone else's. The default implementation answers [`StoreErrorKind::Unsupported`].
+    fn delete_user_session<'a>(
+        &'a self,
+        user: &'a str,
+        key: &'a SessionKey,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (user, key, now);
+        Box::pin(async { Err(StoreError::unsupported("delete_user_session")) })
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -225,6 +290,23 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
 
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
         (**self).delete_user_sessions(user, now)
+    }
+
+    fn list_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Vec<UserSession>> {
+        (**self).list_user_sessions(user, now)
+    }
+
+    fn delete_user_session<'a>(
+        &'a self,
+        user: &'a str,
+        key: &'a SessionKey,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        (**self).delete_user_session(user, key, now)
     }
 }
 

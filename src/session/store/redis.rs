@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
+use super::{SessionRecord, SessionStore, StoreError, StoreFuture, UserSession, WriteOutcome};
 use crate::digest::sha256_hex128;
 use crate::redis::driver::{self, Script, ToRedisArgs, Value};
 use crate::redis::{DedicatedPool, RedisConnection, RedisError, RedisErrorKind, key_slot};
@@ -125,14 +125,18 @@ struct WaitSettings {
 ///   holds no usable cookie.
 /// - `rampart:session:user:{<hash of the user id>}`: the user's index, a sorted set of
 ///   session keys scored by absolute deadline, for
-///   [`delete_user_sessions`](SessionStore::delete_user_sessions) ("sign out everywhere").
+///   [`delete_user_sessions`](SessionStore::delete_user_sessions) ("sign out everywhere"),
+///   [`list_user_sessions`](SessionStore::list_user_sessions) and
+///   [`delete_user_session`](SessionStore::delete_user_session).
 ///
 /// Round trips: load 1 (idle refresh included), save 1, delete 1, create 1; a create with a
 /// user adds 1 (the index entry, written first); a save that gives the session a user, or
 /// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
 /// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
 /// pipeline of deletes, unindex); on a cluster the deletes are one pipeline per hash slot,
-/// at most 16 at a time. Waiting for replicas ([`RedisStore::with_wait_replicas`]) adds no
+/// at most 16 at a time. Listing a user's sessions: 2 on a single server (read the index,
+/// one pipeline of `HMGET`s of the records; on a cluster one pipeline per hash slot);
+/// ending one of them: 2 (the owner-checked delete, unindex). Waiting for replicas ([`RedisStore::with_wait_replicas`]) adds no
 /// round trip: each write and its `WAIT` go as one pipeline (the call lasts until the
 /// replicas acknowledge).
 ///
@@ -235,7 +239,8 @@ struct WaitSettings {
 ///   deadline earlier keeps the higher score.
 /// - **An entry is removed only when it cannot matter:** when its score is at or before
 ///   `now` (its session is dead: pruned on every index write), or by sign out everywhere
-///   after it deleted that very session. The layer never creates a session key twice (ids
+///   or [`delete_user_session`](SessionStore::delete_user_session) after it deleted that
+///   very session (listing removes nothing). The layer never creates a session key twice (ids
 ///   are 128 random bits), so a deleted session cannot come back under an entry removed
 ///   later.
 ///   Entries of sessions that are missing or belong to someone else are *not* removed by
@@ -492,6 +497,39 @@ impl RedisStore {
         array(self.write(&call).await?)
     }
 
+    /// The indices of `redis_keys` in groups that may each go as one pipeline: one group on
+    /// a single server; on a cluster one per hash slot (a pipeline's keys must share a slot
+    /// there).
+    fn pipeline_groups(&self, redis_keys: &[String]) -> Vec<Vec<usize>> {
+        if self.conn.is_cluster() {
+            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (i, k) in redis_keys.iter().enumerate() {
+                by_slot.entry(key_slot(k.as_bytes())).or_default().push(i);
+            }
+            by_slot.into_values().collect()
+        } else {
+            vec![(0..redis_keys.len()).collect()]
+        }
+    }
+
+    /// The keys in `user`'s index whose entries are alive at `now` (score after `now`).
+    async fn indexed(&self, user: &str, now: u64) -> Result<Vec<SessionKey>, StoreError> {
+        let members: Vec<String> = self
+            .conn
+            .query(
+                driver::cmd("ZRANGEBYSCORE")
+                    .arg(self.user_key(user))
+                    .arg(format!("({now}"))
+                    .arg("+inf"),
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(members
+            .iter()
+            .filter_map(|m| SessionKey::parse(m))
+            .collect())
+    }
+
     /// DELETE_IF_USER on each of `keys`: one pipeline on a single server; on a cluster one
     /// pipeline per hash slot (a pipeline's keys must share a slot there), at most
     /// [`SWEEP_CONCURRENCY`] at a time. The replies, in the order of `keys`.
@@ -502,15 +540,7 @@ impl RedisStore {
         now: u64,
     ) -> Result<Vec<u64>, StoreError> {
         let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
-        let groups: Vec<Vec<usize>> = if self.conn.is_cluster() {
-            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-            for (i, k) in redis_keys.iter().enumerate() {
-                by_slot.entry(key_slot(k.as_bytes())).or_default().push(i);
-            }
-            by_slot.into_values().collect()
-        } else {
-            vec![(0..keys.len()).collect()]
-        };
+        let groups = self.pipeline_groups(&redis_keys);
         let conn = &self.conn;
         let calls: Vec<_> = groups
             .into_iter()
@@ -779,20 +809,7 @@ impl SessionStore for RedisStore {
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let index = self.user_key(user);
-            let members: Vec<String> = self
-                .conn
-                .query(
-                    driver::cmd("ZRANGEBYSCORE")
-                        .arg(&index)
-                        .arg(format!("({now}"))
-                        .arg("+inf"),
-                )
-                .await
-                .map_err(store_error)?;
-            let keys: Vec<SessionKey> = members
-                .iter()
-                .filter_map(|m| SessionKey::parse(m))
-                .collect();
+            let keys = self.indexed(user, now).await?;
             if keys.is_empty() {
                 return Ok(0);
             }
@@ -815,6 +832,94 @@ impl SessionStore for RedisStore {
                 let _: i64 = self.conn.query(&zrem).await.map_err(store_error)?;
             }
             Ok(replies.iter().filter(|r| **r == 1).count() as u64)
+        })
+    }
+
+    /// Reads the index, then the fields `u c a i x` of every session it names (`HMGET`, one
+    /// pipeline; on a cluster one per hash slot, at most 16 at a time): 2 round trips on a
+    /// single server. Only the records decide: an entry whose session is missing, expired
+    /// or someone else's is skipped, and left in the index (it may be a sign-in whose
+    /// session write is on its way; entries are pruned by score on every index write).
+    /// Reads only: no `WAIT`.
+    fn list_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Vec<UserSession>> {
+        Box::pin(async move {
+            let keys = self.indexed(user, now).await?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+            let reads = self.pipeline_groups(&redis_keys).into_iter().map(|group| {
+                let mut pipe = driver::pipe();
+                for &i in &group {
+                    pipe.cmd("HMGET")
+                        .arg(&redis_keys[i])
+                        .arg(&["u", "c", "a", "i", "x"]);
+                }
+                async move {
+                    let replies: Vec<Vec<Option<String>>> =
+                        self.conn.query_pipeline(&pipe).await.map_err(store_error)?;
+                    if replies.len() != group.len() {
+                        return Err(protocol("list"));
+                    }
+                    Ok(group.into_iter().zip(replies).collect::<Vec<_>>())
+                }
+            });
+            let mut sessions = Vec::new();
+            for result in join_bounded(reads, SWEEP_CONCURRENCY).await {
+                for (i, fields) in result? {
+                    let [u, c, a, idle, x] = fields.as_slice() else {
+                        return Err(protocol("list"));
+                    };
+                    if u.as_deref() != Some(user) {
+                        continue;
+                    }
+                    let n = |v: &Option<String>| {
+                        v.as_deref()
+                            .and_then(|t| t.parse().ok())
+                            .ok_or_else(|| protocol("record field"))
+                    };
+                    let session = UserSession {
+                        key: keys[i].clone(),
+                        created_micros: n(c)?,
+                        accessed_micros: n(a)?,
+                        idle_micros: n(idle)?,
+                        expires_micros: n(x)?,
+                    };
+                    if now < session.deadline() {
+                        sessions.push(session);
+                    }
+                }
+            }
+            Ok(sessions)
+        })
+    }
+
+    /// DELETE_IF_USER on the session's own key (one atomic script: the owner is checked
+    /// where the record lives; with `WAIT` when waiting for replicas), then the session's
+    /// index entry is removed if the script removed the session: 2 round trips.
+    fn delete_user_session<'a>(
+        &'a self,
+        user: &'a str,
+        key: &'a SessionKey,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut call = Call::new(&DELETE_IF_USER, lua::DELETE_IF_USER, self.redis_key(key));
+            call.arg(user).arg(now);
+            let reply = number(&self.write(&call).await?).ok_or_else(|| protocol("delete"))?;
+            if reply != 0 {
+                // The session is gone (its key is never created again): its entry can go.
+                // If this fails the entry stays until its deadline, which is harmless (an
+                // entry may outlive its session, never the reverse): the session was ended.
+                let mut zrem = driver::cmd("ZREM");
+                zrem.arg(self.user_key(user)).arg(key.as_str());
+                let _: Result<i64, _> = self.conn.query(&zrem).await;
+            }
+            Ok(reply == 1)
         })
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! It runs in two parts: the store contract through the trait (create only if absent,
 //! compare-and-set save that never creates, conditional delete, idle and absolute expiry,
-//! throttled idle refresh, touch, the per-user index), then the session layer's guarantees
+//! throttled idle refresh, touch, the per-user index: sign out everywhere, listing a user's
+//! sessions, ending one), then the session layer's guarantees
 //! on top of the store (no lost updates between concurrent requests, logout wins, `cycle_id`
 //! merges and loses to a logout, key rotation, round trips per request, ...). Each check is
 //! a function of its own, so a test can run them one by one; [`run_all`] runs them all.
@@ -17,7 +18,8 @@
 //! use std::sync::Arc;
 //! use tower_rampart::session::store::testing;
 //! use tower_rampart::session::{
-//!     MemoryStore, SessionKey, SessionRecord, SessionStore, StoreFuture, WriteOutcome,
+//!     MemoryStore, SessionKey, SessionRecord, SessionStore, StoreFuture, UserSession,
+//!     WriteOutcome,
 //! };
 //!
 //! /// A store of your own (here it hands every call to a `MemoryStore`).
@@ -46,6 +48,14 @@
 //!     }
 //!     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
 //!         self.0.delete_user_sessions(user, now)
+//!     }
+//!     fn list_user_sessions<'a>(&'a self, user: &'a str, now: u64)
+//!         -> StoreFuture<'a, Vec<UserSession>> {
+//!         self.0.list_user_sessions(user, now)
+//!     }
+//!     fn delete_user_session<'a>(&'a self, user: &'a str, key: &'a SessionKey, now: u64)
+//!         -> StoreFuture<'a, bool> {
+//!         self.0.delete_user_session(user, key, now)
 //!     }
 //! }
 //!
@@ -76,7 +86,7 @@ use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{SessionRecord, SessionStore, StoreError, StoreFuture, WriteOutcome};
+use super::{SessionRecord, SessionStore, StoreError, StoreFuture, UserSession, WriteOutcome};
 use crate::clock::{Clock, ManualClock};
 use crate::session::{
     Expiry, Session, SessionConfig, SessionConfigBuilder, SessionError, SessionKey, SessionLayer,
@@ -100,6 +110,8 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     store_user_index(store.clone()).await;
     store_user_index_follows_saves(store.clone()).await;
     sign_ins_racing_sign_out_everywhere(store.clone()).await;
+    store_list_user_sessions(store.clone()).await;
+    store_delete_user_session(store.clone()).await;
     concurrent_requests_changing_different_keys_lose_nothing(store.clone()).await;
     same_key_later_save_wins_other_keys_merge(store.clone()).await;
     logout_racing_saves_never_comes_back(store.clone()).await;
@@ -110,7 +122,9 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     key_rotation(store.clone()).await;
     bad_cookies_cost_no_store_call_and_are_not_accepted(store.clone()).await;
     server_error_responses_are_not_saved(store.clone()).await;
-    sign_out_everywhere(store).await;
+    sign_out_everywhere(store.clone()).await;
+    user_sessions_list_and_end_one(store.clone()).await;
+    user_session_handles_across_key_rotation(store).await;
 }
 
 fn key(n: u64) -> SessionKey {
@@ -446,6 +460,135 @@ pub async fn sign_ins_racing_sign_out_everywhere(store: Arc<dyn SessionStore>) {
     for k in &keys {
         assert!(store.load(k, t + SEC, false).await.unwrap().is_none());
     }
+}
+
+/// Store contract: `list_user_sessions` lists exactly the live sessions that belong to the
+/// user now, with their times, read from the records: not another user's, not one saved
+/// meanwhile under another user, not an expired one, not an anonymous one.
+pub async fn store_list_user_sessions(store: Arc<dyn SessionStore>) {
+    let s = &store;
+    let t = now();
+    let user = format!("grace-{t}");
+    let other = format!("heidi-{t}");
+    let mk = |u: Option<&str>, at: u64, idle: u64| {
+        let mut r = record(at, idle, 3600, b"x");
+        r.user_id = u.map(str::to_owned);
+        r
+    };
+    let (a1, a2, short, b1, moved, anon) = (key(20), key(21), key(22), key(23), key(24), key(25));
+    assert!(s.create(&a1, &mk(Some(&user), t, 600), t).await.unwrap());
+    assert!(
+        s.create(&a2, &mk(Some(&user), t + SEC, 600), t + SEC)
+            .await
+            .unwrap()
+    );
+    assert!(s.create(&short, &mk(Some(&user), t, 10), t).await.unwrap());
+    assert!(s.create(&b1, &mk(Some(&other), t, 600), t).await.unwrap());
+    assert!(s.create(&moved, &mk(Some(&user), t, 600), t).await.unwrap());
+    assert!(s.create(&anon, &mk(None, t, 600), t).await.unwrap());
+    let mut m = s.load(&moved, t, false).await.unwrap().unwrap();
+    m.user_id = Some(other.clone());
+    assert_eq!(s.save(&moved, &m, t).await.unwrap(), WriteOutcome::Written);
+    // a2 used at t + 5 s.
+    assert!(s.touch(&a2, t + 5 * SEC).await.unwrap());
+    let sorted = |mut v: Vec<UserSession>| {
+        v.sort_by(|x, y| x.key.cmp(&y.key));
+        v
+    };
+    let at = t + 20 * SEC; // `short` (idle 10 s) has expired
+    let listed = sorted(s.list_user_sessions(&user, at).await.unwrap());
+    let expected = sorted(vec![
+        UserSession {
+            key: a1.clone(),
+            created_micros: t,
+            accessed_micros: t,
+            idle_micros: 600 * SEC,
+            expires_micros: t + 3600 * SEC,
+        },
+        UserSession {
+            key: a2.clone(),
+            created_micros: t + SEC,
+            accessed_micros: t + 5 * SEC,
+            idle_micros: 600 * SEC,
+            expires_micros: t + SEC + 3600 * SEC,
+        },
+    ]);
+    assert_eq!(listed, expected);
+    assert_eq!(listed[0].deadline(), listed[0].accessed_micros + 600 * SEC);
+    let theirs = sorted(s.list_user_sessions(&other, at).await.unwrap());
+    let mut want = vec![b1.clone(), moved.clone()];
+    want.sort();
+    assert_eq!(
+        theirs.iter().map(|u| u.key.clone()).collect::<Vec<_>>(),
+        want
+    );
+    assert!(
+        s.list_user_sessions(&format!("nobody-{t}"), at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Listing changes nothing; after a logout and past a1's idle deadline, a2 is left.
+    assert_eq!(
+        s.delete(&a1, None, at).await.unwrap(),
+        WriteOutcome::Written
+    );
+    let listed = s.list_user_sessions(&user, at).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, a2);
+    assert!(
+        s.list_user_sessions(&user, t + 606 * SEC)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a2's idle deadline (t + 605 s) has passed"
+    );
+}
+
+/// Store contract: `delete_user_session` deletes one live session only if it belongs to the
+/// user: another user's session (also one that was the user's before a save moved it), a
+/// missing or an expired one answer `false` and stay as they were.
+pub async fn store_delete_user_session(store: Arc<dyn SessionStore>) {
+    let s = &store;
+    let t = now();
+    let user = format!("ivan-{t}");
+    let other = format!("judy-{t}");
+    let mk = |u: &str, idle: u64| {
+        let mut r = record(t, idle, 3600, b"x");
+        r.user_id = Some(u.to_owned());
+        r
+    };
+    let (mine, keep, theirs, moved, short) = (key(30), key(31), key(32), key(33), key(34));
+    assert!(s.create(&mine, &mk(&user, 600), t).await.unwrap());
+    assert!(s.create(&keep, &mk(&user, 600), t).await.unwrap());
+    assert!(s.create(&theirs, &mk(&other, 600), t).await.unwrap());
+    assert!(s.create(&moved, &mk(&user, 600), t).await.unwrap());
+    assert!(s.create(&short, &mk(&user, 10), t).await.unwrap());
+    let mut m = s.load(&moved, t, false).await.unwrap().unwrap();
+    m.user_id = Some(other.clone());
+    assert_eq!(s.save(&moved, &m, t).await.unwrap(), WriteOutcome::Written);
+    let at = t + 20 * SEC;
+    // Not the user's: refused, untouched.
+    assert!(!s.delete_user_session(&user, &theirs, at).await.unwrap());
+    assert!(!s.delete_user_session(&user, &moved, at).await.unwrap());
+    assert!(s.load(&theirs, at, false).await.unwrap().is_some());
+    assert!(s.load(&moved, at, false).await.unwrap().is_some());
+    // Expired or missing: nothing to end.
+    assert!(!s.delete_user_session(&user, &short, at).await.unwrap());
+    assert!(!s.delete_user_session(&user, &key(35), at).await.unwrap());
+    // The user's own: ended, once; the user's other session stays.
+    assert!(s.delete_user_session(&user, &mine, at).await.unwrap());
+    assert!(s.load(&mine, at, false).await.unwrap().is_none());
+    assert!(!s.delete_user_session(&user, &mine, at).await.unwrap());
+    assert!(s.load(&keep, at, false).await.unwrap().is_some());
+    let listed = s.list_user_sessions(&user, at).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|u| u.key.clone()).collect::<Vec<_>>(),
+        vec![keep.clone()]
+    );
+    // Sign out everywhere still finds the rest.
+    assert_eq!(s.delete_user_sessions(&user, at).await.unwrap(), 1);
+    assert_eq!(s.delete_user_sessions(&other, at).await.unwrap(), 2);
 }
 
 /// Layer: 100 concurrent requests of one session each insert their own key; none is lost.
@@ -858,6 +1001,204 @@ pub async fn sign_out_everywhere(store: Arc<dyn SessionStore>) {
     assert_eq!(app.get("/user", Some(&stranger)).await.body, "someone-else");
 }
 
+/// Layer: [`Session::user_sessions`] lists the live sessions of the request's user with
+/// opaque handles (no cookie, id or store key in them) and marks the request's own;
+/// [`Session::end_user_session`] ends one of them by its handle, the request's own as a
+/// logout, and never another user's session.
+pub async fn user_sessions_list_and_end_one(store: Arc<dyn SessionStore>) {
+    let app = App::with(store, builder(), sessions_router());
+    let t0 = app.clock.now_micros();
+    let user = format!("user-{t0}");
+    let login = |app: &App| {
+        let (app, user) = (app.clone(), user.clone());
+        async move {
+            app.post(&format!("/login/{user}"), None)
+                .await
+                .cookie()
+                .unwrap()
+        }
+    };
+    let phone = login(&app).await;
+    app.clock.advance(Duration::from_secs(1));
+    let laptop = login(&app).await;
+    let stranger = app
+        .post(&format!("/login/other-{t0}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    // Each line: handle, current, created, last seen, expires.
+    let list = |cookie: &str| {
+        let (app, cookie) = (app.clone(), cookie.to_owned());
+        async move {
+            let r = app.get("/sessions", Some(&cookie)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body
+                .lines()
+                .map(|l| l.split(' ').map(str::to_owned).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        }
+    };
+    let seen = list(&phone).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Oldest first: the phone (the request's own), then the laptop.
+    assert_eq!(seen[0][1], "true");
+    assert_eq!(seen[1][1], "false");
+    assert_eq!(seen[0][2], t0.to_string());
+    assert_eq!(seen[1][2], (t0 + SEC).to_string());
+    assert_eq!(
+        seen[1][4],
+        (t0 + SEC + 600 * SEC).to_string(),
+        "idle deadline"
+    );
+    let (phone_handle, laptop_handle) = (seen[0][0].clone(), seen[1][0].clone());
+    // The laptop sees the same sessions under the same handles, itself current.
+    let from_laptop = list(&laptop).await;
+    assert_eq!(from_laptop[0][0], phone_handle);
+    assert_eq!(from_laptop[1][0], laptop_handle);
+    assert_eq!(
+        (from_laptop[0][1].as_str(), from_laptop[1][1].as_str()),
+        ("false", "true")
+    );
+    // A handle is no cookie, id or store key, and names nothing for another user.
+    for cookie in [&phone, &laptop] {
+        let value = cookie.split_once('=').unwrap().1;
+        let key = app.key_of(cookie);
+        for handle in [&phone_handle, &laptop_handle] {
+            assert_eq!(handle.len(), 22);
+            assert!(!value.contains(handle.as_str()) && !handle.contains(value));
+            assert!(!key.as_str().contains(handle.as_str()));
+        }
+    }
+    let theirs = list(&stranger).await;
+    assert_eq!(theirs.len(), 1);
+    assert!(theirs[0][0] != phone_handle && theirs[0][0] != laptop_handle);
+    let r = app
+        .post(&format!("/end/{laptop_handle}"), Some(&stranger))
+        .await;
+    assert_eq!(r.body, "false");
+    assert_eq!(app.get("/user", Some(&laptop)).await.body, user);
+    for junk in ["nothing", "AAAAAAAAAAAAAAAAAAAAAA", ""] {
+        let r = app.post(&format!("/end/{junk}"), Some(&phone)).await;
+        assert_eq!(r.body, "false", "{junk:?}");
+    }
+    // The phone ends the laptop's session: the laptop is signed out, the phone is not.
+    let r = app
+        .post(&format!("/end/{laptop_handle}"), Some(&phone))
+        .await;
+    assert_eq!(r.body, "true");
+    assert!(!r.removes_cookie());
+    assert_eq!(app.get("/user", Some(&laptop)).await.body, "");
+    assert_eq!(app.get("/user", Some(&phone)).await.body, user);
+    let r = app
+        .post(&format!("/end/{laptop_handle}"), Some(&phone))
+        .await;
+    assert_eq!(r.body, "false", "already ended");
+    assert_eq!(list(&phone).await.len(), 1);
+    // An expired session is not listed: a second phone idles past its deadline.
+    let idle = login(&app).await;
+    assert_eq!(list(&phone).await.len(), 2);
+    app.clock.advance(Duration::from_secs(400));
+    assert_eq!(app.get("/user", Some(&phone)).await.body, user); // refreshed
+    app.clock.advance(Duration::from_secs(300));
+    let seen = list(&phone).await;
+    assert_eq!(seen.len(), 1, "the idle session expired: {seen:?}");
+    assert_eq!(seen[0][0], phone_handle);
+    assert_eq!(app.get("/user", Some(&idle)).await.body, "");
+    // Ending the request's own session is a logout.
+    let r = app
+        .post(&format!("/end/{phone_handle}"), Some(&phone))
+        .await;
+    assert_eq!(r.body, "true");
+    assert!(r.removes_cookie());
+    assert_eq!(app.get("/user", Some(&phone)).await.body, "");
+    // Without a session there is nothing to list or end.
+    assert_eq!(app.get("/sessions", None).await.body, "");
+    assert_eq!(
+        app.post(&format!("/end/{phone_handle}"), None).await.body,
+        "false"
+    );
+}
+
+/// The standard routes and:
+/// - `GET /sessions` → one line per session: handle, current, created, last seen, expires
+/// - `POST /end/{handle}` → whether a session was ended
+fn sessions_router() -> Router {
+    Router::standard()
+        .route("GET", "/sessions", |s, _| async move {
+            let lines: Vec<String> = s
+                .user_sessions()
+                .await?
+                .into_iter()
+                .map(|i| {
+                    format!(
+                        "{} {} {} {} {}",
+                        i.handle, i.current, i.created_micros, i.last_seen_micros, i.expires_micros
+                    )
+                })
+                .collect();
+            ok(lines.join("\n"))
+        })
+        .route("POST", "/end/{}", |s, p| async move {
+            ok(s.end_user_session(&p[0]).await?.to_string())
+        })
+}
+
+/// Layer: handles stay usable across a key rotation: after the first key changes, the
+/// listing shows new handles, and a handle listed under the previous key still ends its
+/// session while that key is configured.
+pub async fn user_session_handles_across_key_rotation(store: Arc<dyn SessionStore>) {
+    let clock = ManualClock::starting_now();
+    let old_app = App::with_clock(store.clone(), builder(), sessions_router(), clock.clone());
+    let user = format!("rotating-{}", clock.now_micros());
+    let phone = old_app
+        .post(&format!("/login/{user}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    let laptop = old_app
+        .post(&format!("/login/{user}"), None)
+        .await
+        .cookie()
+        .unwrap();
+    let handles = |app: &App| {
+        let (app, phone) = (app.clone(), phone.clone());
+        async move {
+            let r = app.get("/sessions", Some(&phone)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body
+                .lines()
+                .map(|l| l.split(' ').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = handles(&old_app).await;
+    assert_eq!(before.len(), 2);
+    let rotated = App::with_clock(
+        store,
+        builder_with_keys(&[KEY_B, KEY_A]),
+        sessions_router(),
+        clock,
+    );
+    let after = handles(&rotated).await;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|h| !before.contains(h)), "new handles");
+    // Which of `before` is the laptop's: the one that is not current from the phone.
+    let r = old_app.get("/sessions", Some(&phone)).await;
+    let laptop_handle = r
+        .body
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("false"))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let r = rotated
+        .post(&format!("/end/{laptop_handle}"), Some(&phone))
+        .await;
+    assert_eq!(r.body, "true");
+    assert_eq!(rotated.get("/user", Some(&laptop)).await.body, "");
+    assert_eq!(rotated.get("/user", Some(&phone)).await.body, user);
+}
+
 // ---- The test application: a few routes behind the session layer, on a manual clock. ----
 
 /// What a handler answers: a status and a text body, or a session error.
@@ -1213,6 +1554,23 @@ impl SessionStore for InstrumentedStore {
 
     fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
         self.inner.delete_user_sessions(user, now)
+    }
+
+    fn list_user_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> StoreFuture<'a, Vec<UserSession>> {
+        self.inner.list_user_sessions(user, now)
+    }
+
+    fn delete_user_session<'a>(
+        &'a self,
+        user: &'a str,
+        key: &'a SessionKey,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.delete_user_session(user, key, now)
     }
 }
 

@@ -2,12 +2,12 @@
 //! "Endpoints"). Shapes and texts are the browser app's contract.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_rampart::correlation::CorrelationId;
-use tower_rampart::session::Session;
+use tower_rampart::session::{Session, SessionInfo};
 use tracing::Instrument;
 
 use super::errors::{ApiError, JsonBody};
@@ -38,7 +38,21 @@ pub(crate) async fn root(State(state): State<AppState>) -> Json<Value> {
         ),
         endpoint("GET", "/auth/status", "whether the session is signed in"),
         endpoint("GET", "/auth/user", "the signed-in user"),
-        endpoint("POST", "/auth/logout", "end the session"),
+        endpoint(
+            "POST",
+            "/auth/logout",
+            "end the session (?everywhere=true: every session of the user)",
+        ),
+        endpoint(
+            "GET",
+            "/auth/sessions",
+            "the signed-in user's sessions, with opaque handles",
+        ),
+        endpoint(
+            "DELETE",
+            "/auth/sessions/{id}",
+            "end one session of the signed-in user by its handle",
+        ),
         endpoint("POST", "/query", "ask the data agent a question"),
         endpoint(
             "POST",
@@ -241,15 +255,121 @@ pub(crate) async fn auth_user(
 }
 
 /// `POST /auth/logout`: deletes the session in the store (every instance sees it gone; a
-/// concurrent request cannot bring it back) and expires the cookie.
-pub(crate) async fn logout(session: Session) -> Result<Json<Value>, ApiError> {
+/// concurrent request cannot bring it back) and expires the cookie. With
+/// `?everywhere=true` it first ends every session of the same user, on every instance.
+/// Never rate limited.
+pub(crate) async fn logout(
+    session: Session,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let everywhere = everywhere(query.as_deref())?;
+    let mut message = "Logged out successfully";
+    if everywhere && let Some(user_id) = session.user_id().await? {
+        let ended = session.delete_user_sessions(&user_id).await?;
+        tracing::info!(user_id = %user_id, ended, "signed out everywhere");
+        message = "Logged out of every session";
+    }
     session.delete().await?;
     Ok(Json(json!({
         "success": true,
-        "message": "Logged out successfully",
+        "message": message,
         "user": null,
         "session_id": null,
     })))
+}
+
+/// The `everywhere` parameter of `POST /auth/logout`: `true`/`1` or `false`/`0`, absent
+/// meaning `false`. Any other value is refused (422) rather than guessed.
+fn everywhere(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut everywhere = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "everywhere" {
+            continue;
+        }
+        everywhere = match value {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(ApiError::unprocessable("everywhere must be true or false"));
+            }
+        };
+    }
+    Ok(everywhere)
+}
+
+/// `GET /auth/sessions`: the signed-in user's live sessions (this one marked `current`),
+/// each under an opaque handle that only this user can use; 401 without a sign-in.
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Json<Value>, ApiError> {
+    signed_in(&state, &session).await?;
+    let sessions: Vec<Value> = session
+        .user_sessions()
+        .await?
+        .iter()
+        .map(session_json)
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+fn session_json(info: &SessionInfo) -> Value {
+    json!({
+        "id": info.handle,
+        "current": info.current,
+        "created_at": rfc3339(info.created_micros),
+        "last_seen_at": rfc3339(info.last_seen_micros),
+        "expires_at": rfc3339(info.expires_micros),
+    })
+}
+
+/// `DELETE /auth/sessions/{id}`: ends one session of the signed-in user by its handle
+/// (this one included: then the cookie is expired too); 404 for a handle that names no
+/// live session of this user (another user's, ended, made up); 401 without a sign-in.
+pub(crate) async fn end_session(
+    State(state): State<AppState>,
+    session: Session,
+    Path(handle): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    signed_in(&state, &session).await?;
+    if session.end_user_session(&handle).await? {
+        Ok(Json(json!({ "success": true })))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "Session not found"))
+    }
+}
+
+/// `Ok` when the request's session is signed in, else the 401 `/auth/user` answers.
+async fn signed_in(state: &AppState, session: &Session) -> Result<(), ApiError> {
+    match sign_in_state(state, session).await? {
+        SignIn::User { .. } => Ok(()),
+        SignIn::Anonymous => Err(ApiError::unauthorized(NOT_AUTHENTICATED)),
+        SignIn::Expired => Err(ApiError::unauthorized(SESSION_EXPIRED)),
+    }
+}
+
+/// Unix microseconds as an RFC 3339 UTC timestamp with whole seconds
+/// (`2023-11-14T22:13:20Z`).
+fn rfc3339(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Body of `POST /query` and `POST /query/detailed`.
@@ -369,4 +489,29 @@ fn add_details(response: &mut Value, answer: Option<&Answer>) {
 /// The router's fallback: `{"detail": "Not Found"}`.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_seconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123_456), "2023-11-14T22:13:20Z");
+        // A leap day, and the last second of a year.
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_761_599_000_000), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn everywhere_is_true_false_or_refused() {
+        assert!(!everywhere(None).unwrap());
+        assert!(!everywhere(Some("")).unwrap());
+        assert!(everywhere(Some("everywhere=true")).unwrap());
+        assert!(everywhere(Some("x=1&everywhere=1")).unwrap());
+        assert!(!everywhere(Some("everywhere=false")).unwrap());
+        assert!(everywhere(Some("everywhere=yes")).is_err());
+        assert!(everywhere(Some("everywhere")).is_err());
+    }
 }

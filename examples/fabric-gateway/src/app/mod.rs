@@ -13,7 +13,8 @@
 //! 5. the **64 KiB body limit** and the **request timeout**;
 //! 6. per route: the **rate limits** (`POST /query` and `POST /query/detailed` share one
 //!    bucket per client IP and one per session; `POST /auth/client-login` per client IP;
-//!    nothing on `/health`), then the **session layer** (Redis when configured, else memory;
+//!    `GET /auth/status`, `GET /auth/user` and `/auth/sessions*` one bucket per client IP;
+//!    nothing on `/health` and `POST /auth/logout`), then the **session layer** (Redis when configured, else memory;
 //!    encrypted at rest), then the handler.
 //!
 //! The router needs the TCP peer address for per-IP limits: serve it with
@@ -49,7 +50,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -271,7 +272,11 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
     // The layers' own checks of the configuration (quota strings...), before anything starts.
     let session_layer = session_layer(&config, redis.as_ref(), &clock)?;
     let cookie_policy = cookie_policy(&config, &clock)?;
-    let (query_limit, login_limit) = rate_limits(
+    let RateLimits {
+        query: query_limit,
+        login: login_limit,
+        auth: auth_limit,
+    } = rate_limits(
         &config,
         redis.as_ref(),
         session_layer.config(),
@@ -329,8 +334,23 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
             "/auth/client-login",
             with_session(post(handlers::client_login)).route_layer(login_limit),
         )
-        .route("/auth/status", with_session(get(handlers::auth_status)))
-        .route("/auth/user", with_session(get(handlers::auth_user)))
+        .route(
+            "/auth/status",
+            with_session(get(handlers::auth_status)).route_layer(auth_limit.clone()),
+        )
+        .route(
+            "/auth/user",
+            with_session(get(handlers::auth_user)).route_layer(auth_limit.clone()),
+        )
+        .route(
+            "/auth/sessions",
+            with_session(get(handlers::list_sessions)).route_layer(auth_limit.clone()),
+        )
+        .route(
+            "/auth/sessions/{id}",
+            with_session(delete(handlers::end_session)).route_layer(auth_limit),
+        )
+        // Never rate limited: signing out is never refused.
         .route("/auth/logout", with_session(post(handlers::logout)))
         .route(
             "/query",
@@ -465,8 +485,18 @@ fn cookie_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<CookiePolicy
         })
 }
 
-/// The `/query` limit (per IP and per user, one bucket for both routes) and the login
-/// limit (per IP). Global through Redis when configured.
+/// The rate-limit layers of the routes.
+struct RateLimits {
+    /// `/query` and `/query/detailed`: per IP and per user, one bucket for both routes.
+    query: RateLimitLayer,
+    /// `/auth/client-login`: per IP.
+    login: RateLimitLayer,
+    /// `/auth/status`, `/auth/user`, `/auth/sessions*`: per IP, one bucket for all.
+    auth: RateLimitLayer,
+}
+
+/// The `/query` limit (per IP and per user, one bucket for both routes), the login limit
+/// (per IP) and the auth limit (per IP). Global through Redis when configured.
 ///
 /// The per-user quota keys by the user tag of the session cookie
 /// ([`Key::user_or_session`]): a user's count follows them across sign-ins. A session whose
@@ -482,7 +512,7 @@ fn rate_limits(
     redis: Option<&RedisConnection>,
     sessions: &SessionConfig,
     test_clock: Option<&Arc<dyn Clock>>,
-) -> Result<(RateLimitLayer, RateLimitLayer), StartError> {
+) -> Result<RateLimits, StartError> {
     let parse = |variable: &'static str, value: &str| {
         Quota::parse(value).map_err(|e| config_error(variable, e))
     };
@@ -504,6 +534,7 @@ fn rate_limits(
         ),
     };
     let login_ip = parse("RATE_LIMIT_LOGIN_IP", &config.rate_limit_login_ip)?;
+    let auth_ip = parse("RATE_LIMIT_AUTH_IP", &config.rate_limit_auth_ip)?;
     let failure_mode = match config.rate_limit_failure_mode {
         RateLimitFailureMode::Local => FailureMode::Local,
         RateLimitFailureMode::Open => FailureMode::Open,
@@ -546,7 +577,14 @@ fn rate_limits(
             let quotas = [("login-ip", "RATE_LIMIT_LOGIN_IP")];
             config_error(rate_limit_setting_variable(&e, &quotas), e)
         })?;
-    Ok((query, login))
+    let auth = builder()
+        .quota("auth-ip", auth_ip, client_ip())
+        .build()
+        .map_err(|e| {
+            let quotas = [("auth-ip", "RATE_LIMIT_AUTH_IP")];
+            config_error(rate_limit_setting_variable(&e, &quotas), e)
+        })?;
+    Ok(RateLimits { query, login, auth })
 }
 
 /// The variable to name when a rate-limit layer refuses its configuration; `quotas` pairs
@@ -576,7 +614,7 @@ fn cors(allowed: &origin::AllowedOrigins) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed.values()))
         .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::CONTENT_TYPE,
             header::ACCEPT,

@@ -95,6 +95,9 @@ pub struct Config {
     pub rate_limit_query_key: QueryQuotaKey,
     /// `RATE_LIMIT_LOGIN_IP`, unparsed.
     pub rate_limit_login_ip: String,
+    /// `RATE_LIMIT_AUTH_IP`, unparsed: per-IP quota on `/auth/status`, `/auth/user` and
+    /// `/auth/sessions*` (never on logout).
+    pub rate_limit_auth_ip: String,
     /// `RATE_LIMIT_FAILURE_MODE`.
     pub rate_limit_failure_mode: RateLimitFailureMode,
     /// `TENANT_ID` exactly as configured (`None` when unset; see [`AuthSettings::tenant_id`]).
@@ -253,6 +256,7 @@ impl Config {
             rate_limit_query_session: limits.rate_limit_query_session,
             rate_limit_query_key: limits.rate_limit_query_key,
             rate_limit_login_ip: limits.rate_limit_login_ip,
+            rate_limit_auth_ip: limits.rate_limit_auth_ip,
             rate_limit_failure_mode: limits.rate_limit_failure_mode,
             tenant_id: auth.tenant_id,
             auth: auth.settings,
