@@ -5,7 +5,9 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 
 use http::Request;
-use tower_rampart::net::{IpCidr, PeerAddr, ProxyHeader, TrustedProxies, peer_addr};
+use tower_rampart::net::{
+    ClientAddrError, IpCidr, PeerAddr, ProxyHeader, TrustedProxies, peer_addr,
+};
 
 use common::{Rng, from_peer as request};
 
@@ -94,24 +96,41 @@ fn ports_and_ipv6_in_x_forwarded_for() {
 }
 
 #[test]
-fn garbage_stops_the_walk_at_the_last_good_address() {
-    for (header, want) in [
-        ("198.51.100.4, not-an-ip, 10.0.0.8", "10.0.0.8"),
-        ("198.51.100.4, unknown", "10.0.0.2"),
-        ("198.51.100.4, 999.1.1.1", "10.0.0.2"),
-        ("198.51.100.4, 10.0.0.8 10.0.0.9", "10.0.0.2"),
-        ("garbage, 198.51.100.4", "198.51.100.4"),
+fn garbage_where_the_client_should_be_is_no_address_never_a_trusted_one() {
+    // (Before: the last good address to the garbage's right, often the proxy's own.)
+    for header in [
+        "198.51.100.4, not-an-ip, 10.0.0.8",
+        "198.51.100.4, unknown",
+        "198.51.100.4, 999.1.1.1",
+        "198.51.100.4, 10.0.0.8 10.0.0.9",
     ] {
         let req = request("10.0.0.2:1", &[("x-forwarded-for", header)]);
-        assert_eq!(lb().client_ip(&req), Some(ip(want)), "{header}");
+        assert_eq!(lb().client_ip(&req), None, "{header}");
+        assert_eq!(
+            lb().client_addr(&req),
+            Err(ClientAddrError::Unusable),
+            "{header}"
+        );
     }
-    // a non-UTF-8 header value counts as garbage
-    let mut req = request("10.0.0.2:1", &[]);
-    req.headers_mut().append(
-        "x-forwarded-for",
-        http::HeaderValue::from_bytes(b"198.51.100.4, \xff").unwrap(),
+    // garbage left of the client does not matter
+    let req = request(
+        "10.0.0.2:1",
+        &[("x-forwarded-for", "garbage, 198.51.100.4")],
     );
-    assert_eq!(lb().client_ip(&req), Some(ip("10.0.0.2")));
+    assert_eq!(lb().client_ip(&req), Some(ip("198.51.100.4")));
+    // bytes that are not UTF-8 spoil their own entry only
+    for (value, want) in [
+        (&b"198.51.100.4, \xff"[..], None),
+        (b"\xff, 198.51.100.4", Some(ip("198.51.100.4"))),
+        (b"\xff\xfe,198.51.100.4, 10.0.0.9", Some(ip("198.51.100.4"))),
+    ] {
+        let mut req = request("10.0.0.2:1", &[]);
+        req.headers_mut().append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        assert_eq!(lb().client_ip(&req), want, "{value:?}");
+    }
 }
 
 #[test]
@@ -140,14 +159,19 @@ fn forwarded_header_with_ipv6_ports_and_obfuscation() {
     assert_eq!(fwd.client_ip(&req), Some(ip("198.51.100.4")));
     assert!(fwd.is_https(&req));
 
-    // obfuscated identifiers and "unknown" stop the walk
+    // obfuscated identifiers and "unknown" where the client should be: no usable address
+    // (never the proxy's own)
     for value in [
         "for=198.51.100.4, for=_hidden",
         "for=198.51.100.4, for=unknown",
         "for=198.51.100.4, proto=https",
     ] {
         let req = request("10.0.0.2:1", &[("forwarded", value)]);
-        assert_eq!(fwd.client_ip(&req), Some(ip("10.0.0.2")), "{value}");
+        assert_eq!(
+            fwd.client_addr(&req),
+            Err(ClientAddrError::Unusable),
+            "{value}"
+        );
     }
     // ... but a trusted proxy's proto= still counts even when it hides the client
     let req = request("10.0.0.2:1", &[("forwarded", "for=unknown;proto=https")]);
@@ -365,6 +389,7 @@ fn generated_headers_never_panic_and_never_invent_addresses() {
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut from_header = 0;
+    let mut unusable = 0;
     for round in 0..20_000u32 {
         let mut value = String::new();
         for i in 0..rng.next() % 6 {
@@ -391,9 +416,18 @@ fn generated_headers_never_panic_and_never_invent_addresses() {
         let mut req = request(peer, &[]);
         req.headers_mut().append(header, hv);
 
-        let client = proxies.client_ip(&req).expect("a peer is known");
         let peer_ip = peer.parse::<SocketAddr>().unwrap().ip().to_canonical();
         let _ = proxies.is_https(&req);
+        let client = match proxies.client_addr(&req) {
+            Ok(client) => client,
+            Err(ClientAddrError::Unusable) => {
+                // only a trusted peer's header can be unusable
+                assert!(proxies.contains(peer_ip), "{value:?}");
+                unusable += 1;
+                continue;
+            }
+            Err(e) => panic!("a peer is known: {e}"),
+        };
         if !proxies.contains(peer_ip) {
             assert_eq!(client, peer_ip, "{value:?}");
         } else if client != peer_ip {
@@ -412,6 +446,7 @@ fn generated_headers_never_panic_and_never_invent_addresses() {
     }
     // the generator does reach the interesting cases
     assert!(from_header > 500, "{from_header}");
+    assert!(unusable > 500, "{unusable}");
 }
 
 /// Every address that appears as a token of `value` (with or without a port).
