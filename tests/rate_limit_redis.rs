@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use rate_limit_common::{
-    Resp, T0, header, limited, refused_by_the_second_quota, req_from, send, status_of,
+    Resp, T0, cost_header, header, limited, refused_by_the_second_quota, req_from, req_with, send,
+    status_of,
 };
 use tower_rampart::clock::ManualClock;
 use tower_rampart::rate_limit::{
-    FailureMode, Key, LimitKey, MemoryBackend, Quota, RateLimitLayer, RedisBackend,
+    FailureMode, Key, Limit, LimitKey, MemoryBackend, MissingKey, Quota, RateLimitLayer,
+    RedisBackend,
 };
 use tower_rampart::redis::driver;
 
@@ -311,6 +313,105 @@ async fn the_deny_cache_answers_without_a_round_trip_until_the_retry_time() {
         StatusCode::OK
     );
     assert_eq!(server.command_count("evalsha"), 5);
+}
+
+/// Issue 14: a request refused by one quota reports, for the quotas that passed, what they
+/// would have left had it been admitted. A 0 there is no denial (nothing was consumed), so
+/// the deny cache must not refuse the next request that needs only those quotas.
+#[tokio::test]
+async fn a_quota_that_passed_in_a_refused_request_is_not_cached_as_a_denial() {
+    let redis = support::shared();
+    let clock = ManualClock::starting_now();
+    // Two instances sharing Redis, each with its own deny cache.
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let conn = redis.config.connect().await.unwrap();
+        let backend = RedisBackend::builder(conn)
+            .prefix(redis.prefix.clone())
+            .client_clock(clock.clone())
+            .build();
+        let layer = RateLimitLayer::builder()
+            .quota("ip", Quota::per_minute(5), Key::peer_ip())
+            .limit(
+                Limit::new("user", Quota::per_minute(2), Key::header("x-user"))
+                    .on_missing_key(MissingKey::Skip),
+            )
+            .backend(backend)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        instances.push(layer);
+    }
+    let (layer, mut other) = (&instances[0], limited(&instances[1]));
+    let mut svc = limited(layer);
+    let ip = "203.0.113.90:1";
+    // alice uses up her user quota, from another address, on the other instance.
+    for _ in 0..2 {
+        let r = req_with("203.0.113.91:1", &[("x-user", "alice")]);
+        assert_eq!(status_of(&mut other, r).await, StatusCode::OK);
+    }
+    // The address uses 4 of its 5 units (anonymous requests: only "ip" applies).
+    for _ in 0..4 {
+        assert_eq!(status_of(&mut svc, req_from(ip)).await, StatusCode::OK);
+    }
+    // alice from that address: refused by "user"; "ip" passed (it would have had 0 left).
+    let (status, h, _) = send(&mut svc, req_with(ip, &[("x-user", "alice")])).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&h, "ratelimit"), r#""user";r=0;t=60"#);
+    // The address still has 1 unit in Redis: an anonymous request from it is admitted.
+    let (status, h, _) = send(&mut svc, req_from(ip)).await;
+    assert_eq!(status, StatusCode::OK, "Redis would admit it: {h:?}");
+    assert_eq!(header(&h, "ratelimit"), r#""ip";r=0;t=60"#);
+    // Now it is really used up: refused (and from then on from the deny cache).
+    assert_eq!(
+        status_of(&mut svc, req_from(ip)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let hits = layer.metrics().deny_cache_hits;
+    assert_eq!(
+        status_of(&mut svc, req_from(ip)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(layer.metrics().deny_cache_hits, hits + 1);
+}
+
+/// Issue 14: a request of cost 0 is checked without being counted, so Redis admits it even
+/// on a used-up key (reporting 0 left); the deny cache must not refuse it.
+#[tokio::test]
+async fn a_cost_0_request_is_not_refused_by_the_deny_cache() {
+    let redis = support::shared();
+    let conn = redis.config.connect().await.unwrap();
+    let clock = ManualClock::starting_now();
+    let backend = RedisBackend::builder(conn)
+        .prefix(redis.prefix.clone())
+        .client_clock(clock.clone())
+        .build();
+    let layer = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(3), Key::peer_ip())
+        .cost_with(cost_header)
+        .backend(backend.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut svc = limited(&layer);
+    let ip = "203.0.113.95:1";
+    for _ in 0..3 {
+        assert_eq!(status_of(&mut svc, req_from(ip)).await, StatusCode::OK);
+    }
+    // Used up, and cached as such: a request of cost 1 is refused locally.
+    assert_eq!(backend.deny_cache_len(), 1);
+    assert_eq!(
+        status_of(&mut svc, req_from(ip)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(layer.metrics().deny_cache_hits, 1);
+    // A probe of cost 0 is admitted, as Redis (and the memory backend) admit it: 0 left.
+    clock.advance(Duration::from_secs(1));
+    let (status, h, body) = send(&mut svc, req_with(ip, &[("x-cost", "0")])).await;
+    assert_eq!(status, StatusCode::OK, "{h:?}");
+    assert_eq!(body, "0");
+    assert_eq!(header(&h, "ratelimit"), r#""ip";r=0;t=59"#);
+    assert_eq!(layer.metrics().deny_cache_hits, 1);
 }
 
 #[tokio::test]

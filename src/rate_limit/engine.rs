@@ -205,8 +205,13 @@ impl Shared {
 
 #[cfg(feature = "redis")]
 impl Shared {
-    /// A refusal the local deny cache already knows, without a round trip.
+    /// A refusal the local deny cache already knows, without a round trip. Never for a
+    /// request of cost 0: it is checked without being counted, and Redis (like the memory
+    /// backend) admits it even on a used-up key, reporting 0 left.
     fn cached_denials(&self, redis: &RedisBackend, checks: &Checks) -> Option<Verdict> {
+        if checks.cost == 0 {
+            return None;
+        }
         let now = self.clock.now_micros();
         let mut statuses = Vec::new();
         for (&i, key) in checks.idx.iter().zip(&checks.keys) {

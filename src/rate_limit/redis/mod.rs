@@ -61,7 +61,10 @@ use self::split::Router;
 ///   instance answers that key locally until `t`, with no round trip. Exact because limiter
 ///   state only moves forward (other instances can only add admissions): no unit can come
 ///   back before `t`. `t` is measured from when the request was *sent*, so the cache never
-///   outlives the truth. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]). The one
+///   outlives the truth. Only what Redis really refused, or what an admitted request really
+///   used up, is cached (not a quota that passed in a request another quota refused: that
+///   request consumed nothing), and requests of cost 0, which Redis admits on a used-up key,
+///   never consult it. Bounded ([`RedisBackendBuilder::deny_cache_capacity`]). The one
 ///   step back is [`reset`](RedisBackend::reset): it clears this instance's entry, while
 ///   other instances keep refusing that client until their own `t` (see there).
 ///
@@ -503,7 +506,9 @@ impl RedisBackend {
         self.inner.names.intern(name)
     }
 
-    /// A denial known locally for a request of cost >= 1 (see the deny cache above).
+    /// A denial known locally for a request of cost >= 1 (see the deny cache above). The
+    /// caller asks only for such requests: one of cost 0 is checked without being counted,
+    /// so Redis admits it even on a used-up key.
     pub(crate) fn cached_denial(&self, id: u32, key: &LimitKey, now: u64) -> Option<QuotaDecision> {
         let until = self.inner.deny.get(id, key, now)?;
         let wait = until - now;
@@ -523,7 +528,12 @@ impl RedisBackend {
         let (all, decisions) = self.run(items, cost, now).await?;
         if cost > 0 {
             for (item, d) in items.iter().zip(&decisions) {
-                if d.remaining() == 0 && d.reset_us() > 0 {
+                // Only what Redis really refused, or what an admitted request really used
+                // up. A quota that passed in a refused request reports what it would have
+                // left had the request been admitted: nothing was consumed, so its 0 is no
+                // denial (a request needing only that quota may still be admitted).
+                let real = all || !d.is_allowed();
+                if real && d.remaining() == 0 && d.reset_us() > 0 {
                     self.inner.deny.put(
                         item.id,
                         item.key,
