@@ -28,11 +28,14 @@ const DEFAULT_SHARDS: usize = 64;
 ///   and deadlock-free).
 /// * **Bounded**: at most `max_keys` keys (default 100 000). A key whose bucket is full again
 ///   is equivalent to an absent key, so reclaiming it changes no decision: when a shard is
-///   full, the eighth of its entries that expire soonest are dropped — expired ones first
-///   (exact). Only if fewer than an eighth have expired are live entries dropped too, those
-///   closest to being full again (the least harmful choice: such a client gets its remaining
-///   few units back a little early). Those evictions are counted ([`evicted_live`]) so that an
-///   undersized bound shows. Amortised cost: O(1) per new key.
+///   full, an eighth of its entries are dropped — expired ones first (exact). Only if fewer
+///   than an eighth have expired are live entries dropped too, those with the **least of
+///   their quota in use** at that moment (among equals, those sooner full again): such a
+///   client gets back only the few units it had used. A client that used up its quota is
+///   the last to be dropped, so a flood of new keys (one request each) cannot buy it its
+///   quota back. Those evictions are counted ([`evicted_live`]) so that an undersized bound
+///   shows. Amortised cost: O(1) per new key; deciding for a key already held does no extra
+///   work.
 /// * **Compact**: one table per meaning and key form. A key that is an IPv4 address, an IPv6
 ///   network of up to /64 or the global key is stored exactly in 16 bytes: a GCRA entry takes
 ///   24 bytes (100k clients: 2.4 MB, mostly in cache), a window entry 48 bytes, plus a heap
@@ -183,7 +186,8 @@ impl MemoryBackend {
     }
 
     /// Live entries dropped because the backend was full (each one let its client start over
-    /// a little early). Zero unless `max_keys` is too small for the traffic.
+    /// a little early, getting back the units it had in use: the least in use in its shard
+    /// are dropped first). Zero unless `max_keys` is too small for the traffic.
     pub fn evicted_live(&self) -> u64 {
         self.inner.evicted_live.load(Ordering::Relaxed)
     }
@@ -398,6 +402,8 @@ struct Probe<'a> {
 /// or as the full key.
 trait KeyForm: Sized {
     fn make(p: &Probe<'_>) -> Self;
+    /// The quota id.
+    fn id(&self) -> u32;
     fn matches(&self, p: &Probe<'_>) -> bool;
     fn hash(&self, backend: &MemoryBackend) -> u64;
     fn gcra(shard: &mut Shard) -> &mut HashTable<GcraSlot<Self>>;
@@ -418,6 +424,10 @@ struct Wide {
 impl KeyForm for Compact {
     fn make(p: &Probe<'_>) -> Self {
         Compact(p.compact.unwrap_or_default())
+    }
+    fn id(&self) -> u32 {
+        // The low 32 bits of the head (`LimitKey::compact`).
+        self.0[0] as u32
     }
     fn matches(&self, p: &Probe<'_>) -> bool {
         p.compact == Some(self.0)
@@ -445,6 +455,9 @@ impl KeyForm for Wide {
             id: p.id,
             key: p.key.clone(),
         }
+    }
+    fn id(&self) -> u32 {
+        self.id
     }
     fn matches(&self, p: &Probe<'_>) -> bool {
         self.id == p.id && self.key == *p.key
@@ -556,6 +569,25 @@ impl<K: KeyForm> SlotKind for WindowSlot<K> {
     }
 }
 
+/// An entry's eviction rank at `now`: (the share of its quota in use, in 2^-32ths; when it
+/// is full again). Lowest first.
+trait Ranked {
+    fn rank(&self, quotas: &[Option<Quota>], now: u64) -> (u64, u64);
+}
+
+impl<S: SlotKind> Ranked for S {
+    fn rank(&self, quotas: &[Option<Quota>], now: u64) -> (u64, u64) {
+        let quota = quotas.get(self.key().id() as usize).copied().flatten();
+        let share = quota.map_or(u64::MAX, |q| {
+            // What a request of cost 0 reads: exactly the decision functions' count.
+            let burst = q.burst_size().max(1);
+            let used = burst.saturating_sub(self.decide(&q, 0, now).remaining());
+            ((u128::from(used) << 32) / u128::from(burst)) as u64
+        });
+        (share, self.expires_at())
+    }
+}
+
 /// A shard, alone on its cache lines (no false sharing between threads on neighbours).
 #[repr(align(128))]
 struct Padded(Mutex<Shard>);
@@ -566,6 +598,10 @@ struct Shard {
     gcra_wide: HashTable<GcraSlot<Wide>>,
     window: HashTable<WindowSlot<Compact>>,
     window_wide: HashTable<WindowSlot<Wide>>,
+    /// The quota of each quota id whose keys this shard stores (indexed by id), recorded when
+    /// a key is added: eviction reads what each key still has in use. The slots themselves
+    /// stay as small as before.
+    quotas: Vec<Option<Quota>>,
 }
 
 impl Shard {
@@ -662,6 +698,7 @@ impl Shard {
         let d = fresh.decide_and_commit(q, cost, now);
         if d.allowed && cost > 0 {
             let inner = &backend.inner;
+            self.note_quota(p.id, q);
             if self.len() >= inner.shard_cap {
                 self.make_room(now, inner.shard_cap, &inner.evicted_live);
             }
@@ -670,8 +707,25 @@ impl Shard {
         d
     }
 
-    /// Drops the eighth of the entries that expire soonest (at least one): expired entries
-    /// first (no effect on decisions), then live ones closest to being full again.
+    /// Records `q` as the quota of `id`'s keys (a compare, and a write only when it changed).
+    fn note_quota(&mut self, id: u32, q: &Quota) {
+        let i = id as usize;
+        if self
+            .quotas
+            .get(i)
+            .is_some_and(|known| known.as_ref() == Some(q))
+        {
+            return;
+        }
+        if self.quotas.len() <= i {
+            self.quotas.resize(i + 1, None);
+        }
+        self.quotas[i] = Some(*q);
+    }
+
+    /// Drops an eighth of the entries (at least one): expired entries first (nothing in use:
+    /// no effect on decisions), then the live ones with the least of their quota in use
+    /// (those sooner full again first, among equals).
     fn make_room(&mut self, now: u64, cap: usize, evicted: &AtomicU64) {
         let target = cap - (cap / 8).max(1);
         self.retain_all(|e| e > now);
@@ -680,24 +734,31 @@ impl Shard {
             return;
         }
         let k = len - target;
-        let mut expiries: Vec<u64> = Vec::with_capacity(len);
-        expiries.extend(self.gcra.iter().map(SlotKind::expires_at));
-        expiries.extend(self.gcra_wide.iter().map(SlotKind::expires_at));
-        expiries.extend(self.window.iter().map(SlotKind::expires_at));
-        expiries.extend(self.window_wide.iter().map(SlotKind::expires_at));
-        let threshold = *expiries.select_nth_unstable(k - 1).1;
-        let below = expiries.iter().filter(|&&e| e < threshold).count();
+        let quotas = std::mem::take(&mut self.quotas);
+        let rank = |s: &dyn Ranked| s.rank(&quotas, now);
+        let mut ranks: Vec<(u64, u64)> = Vec::with_capacity(len);
+        ranks.extend(self.gcra.iter().map(|s| rank(s)));
+        ranks.extend(self.gcra_wide.iter().map(|s| rank(s)));
+        ranks.extend(self.window.iter().map(|s| rank(s)));
+        ranks.extend(self.window_wide.iter().map(|s| rank(s)));
+        let threshold = *ranks.select_nth_unstable(k - 1).1;
+        let below = ranks.iter().filter(|&&r| r < threshold).count();
         let mut ties = k - below;
-        self.retain_all(|e| {
-            if e < threshold {
+        let mut keep = |r: (u64, u64)| {
+            if r < threshold {
                 false
-            } else if e == threshold && ties > 0 {
+            } else if r == threshold && ties > 0 {
                 ties -= 1;
                 false
             } else {
                 true
             }
-        });
+        };
+        self.gcra.retain(|s| keep(rank(s)));
+        self.gcra_wide.retain(|s| keep(rank(s)));
+        self.window.retain(|s| keep(rank(s)));
+        self.window_wide.retain(|s| keep(rank(s)));
+        self.quotas = quotas;
         evicted.fetch_add(k as u64, Ordering::Relaxed);
     }
 
@@ -778,6 +839,37 @@ mod tests {
             !lim.check_at(&LimitKey::new("k2"), 1, t0 + 21 * S)
                 .is_allowed()
         );
+    }
+
+    /// Issue 14: under a flood of new keys, a client that used its whole quota keeps it
+    /// used: the keys with the least in use are evicted first (here the flood's, 1 of 10).
+    #[test]
+    fn a_key_flood_does_not_give_a_used_up_client_its_quota_back() {
+        for shards in [1, 4] {
+            let backend = MemoryBackend::builder().max_keys(64).shards(shards).build();
+            let lim = backend.keyed("ip", Quota::per_minute(10)).unwrap();
+            let t0 = 1_000 * S;
+            let abuser = LimitKey::ip("198.51.100.66".parse().unwrap());
+            for _ in 0..10 {
+                assert!(lim.check_at(&abuser, 1, t0).is_allowed());
+            }
+            assert!(!lim.check_at(&abuser, 1, t0).is_allowed());
+            // 10 000 distinct clients, one request each, within the next 10 s.
+            for i in 0..10_000u32 {
+                let ip = std::net::IpAddr::from((0x0a00_0000 | i).to_be_bytes());
+                let d = lim.check_at(&LimitKey::ip(ip), 1, t0 + S + u64::from(i) * 1_000);
+                assert!(d.is_allowed());
+            }
+            assert!(backend.len() <= 64, "{} keys", backend.len());
+            assert!(backend.evicted_live() > 9_000, "{}", backend.evicted_live());
+            let later = t0 + 20 * S;
+            let d = lim.check_at(&abuser, 1, later);
+            assert!(
+                !d.is_allowed(),
+                "{shards} shards: the abuser got its quota back"
+            );
+            assert_eq!(d.retry_after(), Some(Duration::from_secs(40)));
+        }
     }
 
     #[test]
