@@ -571,3 +571,42 @@ async fn protocol_is_chosen_by_url_or_option() {
     .unwrap();
     assert_eq!(forced.protocol(), DataAgentProtocol::Assistants);
 }
+
+/// Ids from the data agent's JSON go into URL paths: only `[A-Za-z0-9_-]{1,128}` is used,
+/// anything else (a path traversal, a query, an overlong id) is an error of category ERROR,
+/// before any request to a path built from it.
+#[tokio::test]
+async fn assistants_ids_that_are_not_plain_tokens_are_refused() {
+    let (fake, agent) = assistants().await;
+    let long = "a".repeat(129);
+    for id in [
+        "..",
+        ".",
+        "../x",
+        "a/b?c",
+        "a%2Fb",
+        "a.b",
+        "",
+        long.as_str(),
+    ] {
+        fake.controls.set_next_thread_id(id);
+        let before = fake.controls.requests().len();
+        let e = ask(&agent, "Where?").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Error, "{id:?}: {e}");
+        let later: Vec<String> = fake.controls.requests()[before..]
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        assert!(
+            later
+                .iter()
+                .all(|p| p.ends_with("/assistants") || p.ends_with("/threads")),
+            "{id:?}: {later:?}"
+        );
+    }
+    // The longest valid id is used.
+    let longest = "t".repeat(128);
+    fake.controls.set_next_thread_id(&longest);
+    let answer = ask(&agent, "Fine?").await.unwrap();
+    assert_eq!(answer.text, fake_answer("Fine?"));
+}
