@@ -798,3 +798,105 @@ async fn cookies_follow_the_option_on_their_next_save() {
     let untagged = r.cookie().expect("the cookie is sent again");
     assert_eq!(untagged, old);
 }
+
+/// Cookie tossing: a sibling subdomain can plant cookies of the session's name (with another
+/// Domain or Path) that the browser sends beside the real one. Cookies of the name that do not
+/// verify (garbage, unsigned, oversized) are ignored, so a planted one cannot keep the user
+/// signed out; identical copies are one cookie.
+#[tokio::test]
+async fn a_planted_invalid_duplicate_does_not_sign_the_user_out() {
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().user_tag(true),
+        routes(),
+    );
+    let victim = app.post("/login/victim", None).await.cookie().unwrap();
+    let value = victim.split_once('=').unwrap().1;
+    let mut flipped = cookie_bytes(&victim);
+    *flipped.last_mut().unwrap() ^= 1;
+    let planted = [
+        format!("{COOKIE}=garbage"),
+        format!("{COOKIE}="),
+        format!("{COOKIE}={}", b64(&flipped)),
+        format!("{COOKIE}={}", "A".repeat(64)),
+        format!("{COOKIE}={}", "A".repeat(4000)),
+        victim.clone(),
+    ];
+    let reader = app.config.cookie_reader();
+    let expected_key = app.key_of(&victim);
+    for plant in &planted {
+        for header in [format!("{plant}; {victim}"), format!("{victim}; {plant}")] {
+            let r = app.get("/user", Some(&header)).await;
+            assert_eq!(r.body, "victim", "{header}");
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::COOKIE, header.parse().unwrap());
+            assert_eq!(reader.session_key(&headers), Some(expected_key.clone()));
+            assert!(reader.user_tag(&headers).is_some());
+        }
+        // In separate Cookie headers too.
+        let res = send(
+            &app.router,
+            Request::get("/user")
+                .header(header::COOKIE, plant)
+                .header(header::COOKIE, &victim),
+        )
+        .await;
+        assert_eq!(body_text(res).await, "victim", "{plant}");
+    }
+    assert!(!value.is_empty());
+}
+
+/// A planted *valid* cookie (the planter's own session) beside the victim's: neither is used,
+/// so the victim is never signed into the planter's session; the layer logs it (without
+/// values) and the rate limiter's keys agree (no key).
+#[tokio::test]
+async fn two_valid_different_session_cookies_are_no_session_and_a_log_line() {
+    use tower_rampart::rate_limit::{Key, KeyExtractor};
+    let (capture, _logs) = capture_logs();
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().user_tag(true),
+        routes(),
+    );
+    let victim = app.post("/login/victim", None).await.cookie().unwrap();
+    let planter = app.post("/login/planter", None).await.cookie().unwrap();
+    let reader = app.config.cookie_reader();
+    let extractors: Vec<Box<dyn KeyExtractor>> = vec![
+        Box::new(Key::session(reader.clone())),
+        Box::new(Key::user(reader.clone())),
+        Box::new(Key::user_or_session(reader.clone())),
+    ];
+    for header in [
+        format!("{planter}; {victim}"),
+        format!("{victim}; {planter}"),
+    ] {
+        app.counts.reset();
+        let r = app.get("/user", Some(&header)).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, ""), "{header}");
+        assert_eq!(app.counts.total(), 0, "no store call");
+        let req = Request::get("/")
+            .header(header::COOKIE, &header)
+            .body(())
+            .unwrap();
+        assert!(reader.session_key(req.headers()).is_none());
+        assert!(reader.user_tag(req.headers()).is_none());
+        for key in &extractors {
+            assert!(key.extract(&req).is_none(), "{header}");
+        }
+        // A logout removes the cookie (the one of the configured attributes).
+        let r = app.post("/logout", Some(&header)).await;
+        assert!(r.removes_cookie());
+        // Both sessions are untouched.
+        assert_eq!(app.get("/user", Some(&victim)).await.body, "victim");
+        assert_eq!(app.get("/user", Some(&planter)).await.body, "planter");
+    }
+    let logs = capture.text();
+    assert!(
+        logs.contains("several valid session cookies"),
+        "a log line: {logs}"
+    );
+    for cookie in [&victim, &planter] {
+        let value = cookie.split_once('=').unwrap().1;
+        assert!(!logs.contains(value), "a cookie value was logged");
+    }
+}

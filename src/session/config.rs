@@ -70,6 +70,8 @@ pub(crate) struct ConfigInner {
     pub(crate) unavailable_content_type: HeaderValue,
     pub(crate) unavailable_body: Arc<[u8]>,
     pub(crate) log_throttle: Throttle,
+    /// The warning about conflicting session cookies (see `CookieCodec::read`).
+    pub(crate) conflict_log_throttle: Throttle,
 }
 
 impl ConfigInner {
@@ -496,6 +498,7 @@ impl SessionConfigBuilder {
                 unavailable_content_type: content_type,
                 unavailable_body: self.unavailable_body.into(),
                 log_throttle: Throttle::new(LOG_INTERVAL),
+                conflict_log_throttle: Throttle::new(LOG_INTERVAL),
             }),
         })
     }

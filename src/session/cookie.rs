@@ -22,10 +22,11 @@ const TAGGED_VALUE_LEN: usize = ((ID_LEN + USER_TAG_LEN + TAG_LEN) * 4).div_ceil
 /// Cookie values longer than this are rejected before any other work.
 pub(crate) const MAX_COOKIE_VALUE_LEN: usize = 256;
 
-/// Why a session cookie was ignored (logged at debug level, without the value).
+/// Why a session cookie was ignored (logged without the value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rejected {
-    Duplicate,
+    /// Several valid cookies of different sessions (logged at warn level, throttled).
+    Conflict,
     Oversized,
     Malformed,
     BadSignature,
@@ -34,7 +35,7 @@ pub(crate) enum Rejected {
 impl Rejected {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Rejected::Duplicate => "more than one session cookie",
+            Rejected::Conflict => "several valid session cookies that differ (a planted cookie?)",
             Rejected::Oversized => "oversized session cookie",
             Rejected::Malformed => "malformed session cookie",
             Rejected::BadSignature => "session cookie with an invalid signature",
@@ -109,11 +110,21 @@ impl fmt::Debug for CookieCodec {
 
 impl CookieCodec {
     /// The verified session id (and user tag, if the cookie carries one) of the request's
-    /// cookies, if exactly one well-formed, correctly signed session cookie is present. Both
-    /// cookie forms are read, whatever [`user_tag`](Self::user_tag) says. Does no allocation
-    /// for requests without one.
+    /// session cookie. Both cookie forms are read, whatever [`user_tag`](Self::user_tag) says.
+    /// Does no allocation.
+    ///
+    /// Every cookie of the name is tried, so that a cookie planted beside the real one (cookie
+    /// tossing from a sibling subdomain, with another Domain or Path) cannot keep the user
+    /// signed out: cookies that do not verify (malformed, oversized, wrongly signed) are
+    /// ignored, and copies of the same session are one cookie. Exactly one valid session: its
+    /// id. Several valid and different ones: [`Rejected::Conflict`], no session, since
+    /// picking one could sign the user into a session the planter chose. No valid one: the
+    /// first cookie's rejection (so that a logout still removes it), or `Ok(None)` without any
+    /// cookie of the name.
     pub(crate) fn read(&self, headers: &http::HeaderMap) -> Result<Option<Incoming>, Rejected> {
-        let mut found: Option<&[u8]> = None;
+        let mut chosen: Option<(&[u8], Incoming)> = None;
+        let mut rejected = None;
+        let mut conflict = false;
         for header in headers.get_all(COOKIE) {
             for pair in header.as_bytes().split(|&b| b == b';') {
                 let pair = trim(pair);
@@ -123,15 +134,35 @@ impl CookieCodec {
                 if trim(&pair[..eq]) != self.name.as_bytes() {
                     continue;
                 }
-                if found.is_some() {
-                    return Err(Rejected::Duplicate);
+                let value = trim(&pair[eq + 1..]);
+                if chosen.as_ref().is_some_and(|(v, _)| *v == value) {
+                    // An identical copy: nothing to verify again.
+                    continue;
                 }
-                found = Some(trim(&pair[eq + 1..]));
+                match self.verify(value) {
+                    Ok(incoming) => match &chosen {
+                        None => chosen = Some((value, incoming)),
+                        Some((_, first)) if *first == incoming => {}
+                        Some(_) => conflict = true,
+                    },
+                    Err(reason) => {
+                        rejected.get_or_insert(reason);
+                    }
+                }
             }
         }
-        let Some(value) = found else {
-            return Ok(None);
-        };
+        if conflict {
+            return Err(Rejected::Conflict);
+        }
+        match (chosen, rejected) {
+            (Some((_, incoming)), _) => Ok(Some(incoming)),
+            (None, Some(reason)) => Err(reason),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Verifies one cookie value.
+    fn verify(&self, value: &[u8]) -> Result<Incoming, Rejected> {
         if value.len() > MAX_COOKIE_VALUE_LEN {
             return Err(Rejected::Oversized);
         }
@@ -167,10 +198,10 @@ impl CookieCodec {
         };
         let mut bytes = [0u8; ID_LEN];
         bytes.copy_from_slice(id);
-        Ok(Some(Incoming {
+        Ok(Incoming {
             id: SessionId::from_bytes(bytes),
             user_tag,
-        }))
+        })
     }
 
     /// The user tag a cookie of a session belonging to `user` carries: `None` without a user
@@ -296,8 +327,10 @@ pub struct SessionCookieReader {
 impl SessionCookieReader {
     /// Verifies the signed session cookie (no store access) and returns its hash-derived key.
     ///
-    /// `None` when there is no session cookie, or when it is malformed, oversized, duplicated
-    /// or not signed by one of the configured keys. A `Some` key does not mean the session
+    /// `None` when there is no session cookie, when it is malformed, oversized or not signed
+    /// by one of the configured keys, and when several valid cookies of different sessions are
+    /// present. Picks the same cookie as the session layer: cookies of the name that do not
+    /// verify are ignored. A `Some` key does not mean the session
     /// still exists in the store.
     pub fn session_key(&self, headers: &http::HeaderMap) -> Option<SessionKey> {
         self.read(headers).map(|incoming| incoming.id.key().clone())
@@ -397,13 +430,68 @@ mod tests {
         let v = value_of(&c.set_cookie(&id, None, 60).unwrap());
         assert_eq!(c.read(&headers(&[])), Ok(None));
         assert_eq!(c.read(&headers(&["other=1"])), Ok(None));
+        // Identical copies are one cookie.
         assert_eq!(
-            c.read(&headers(&[&format!("sid={v}; sid={v}")])),
-            Err(Rejected::Duplicate)
+            c.read(&headers(&[&format!("sid={v}; sid={v}")]))
+                .unwrap()
+                .unwrap()
+                .id,
+            id
         );
         assert_eq!(
-            c.read(&headers(&[&format!("sid={v}"), &format!("sid={v}")])),
-            Err(Rejected::Duplicate)
+            c.read(&headers(&[&format!("sid={v}"), &format!("sid={v}")]))
+                .unwrap()
+                .unwrap()
+                .id,
+            id
+        );
+        // Two valid cookies of different sessions: none is used.
+        let other = value_of(
+            &c.set_cookie(&SessionId::generate().unwrap(), None, 60)
+                .unwrap(),
+        );
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={v}; sid={other}")])),
+            Err(Rejected::Conflict)
+        );
+        assert_eq!(
+            c.read(&headers(&[
+                &format!("sid={other}"),
+                &format!("a=b; sid={v}")
+            ])),
+            Err(Rejected::Conflict)
+        );
+        // The same session in both forms (tagged and not) differs in what it carries: none.
+        let tag = tagging(&[&[1; 32]]).user_tag_for(Some("alice"));
+        let tagged = value_of(&c.set_cookie(&id, tag.as_ref(), 60).unwrap());
+        assert_eq!(
+            c.read(&headers(&[&format!("sid={v}; sid={tagged}")])),
+            Err(Rejected::Conflict)
+        );
+        // Invalid cookies of the name beside a valid one are ignored, whatever the order;
+        // alone, the first one's reason is reported.
+        for bad in ["sid=", "sid=garbage", &format!("sid={}", "A".repeat(300))] {
+            assert_eq!(
+                c.read(&headers(&[&format!("{bad}; sid={v}")]))
+                    .unwrap()
+                    .unwrap()
+                    .id,
+                id
+            );
+            assert_eq!(
+                c.read(&headers(&[&format!("sid={v}; {bad}")]))
+                    .unwrap()
+                    .unwrap()
+                    .id,
+                id
+            );
+        }
+        assert_eq!(
+            c.read(&headers(&[&format!(
+                "sid=garbage; sid={}",
+                "A".repeat(300)
+            )])),
+            Err(Rejected::Malformed)
         );
         assert_eq!(
             c.read(&headers(&[&format!("sid={}", "A".repeat(300))])),

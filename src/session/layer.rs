@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::commit::CookieUpdate;
 use super::config::ConfigInner;
+use super::cookie::Rejected;
 use super::error::SessionError;
 use super::session::{Session, Shared};
 use super::store::SessionStore;
@@ -99,8 +100,17 @@ where
             Ok(incoming) => (incoming, false),
             Err(reason) => {
                 // The value is never logged, nor kept: only that such a cookie was present,
-                // so a logout can remove it.
-                tracing::debug!(reason = reason.as_str(), "ignoring the session cookie");
+                // so a logout can remove it. Conflicting valid cookies are worth a warning (a
+                // cookie planted from a sibling subdomain), throttled: any client can send two.
+                if reason == Rejected::Conflict && config.conflict_log_throttle.allow(config.now())
+                {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        "ignoring the session cookies: no session for this request"
+                    );
+                } else {
+                    tracing::debug!(reason = reason.as_str(), "ignoring the session cookie");
+                }
                 (None, true)
             }
         };

@@ -65,8 +65,11 @@
 //!   at rest (AES-256-GCM) by default.
 //! - **Failure**: each store call is bounded by a timeout; when the store fails the layer
 //!   answers `503` with a configurable body, logs once per burst, and recovers by itself.
-//! - **Bad cookies** (malformed, unsigned, wrongly signed, oversized, duplicated) count as no
-//!   session, cost no store call, and are never logged. A logout ([`Session::delete`]) still
+//! - **Bad cookies** (malformed, unsigned, wrongly signed, oversized) count as no session,
+//!   cost no store call, and their values are never logged. Beside a valid cookie of the same name (one
+//!   planted from a sibling subdomain) they are ignored; valid cookies of two different
+//!   sessions count as no session (and a throttled warning), so a planted valid cookie cannot
+//!   sign the user into the planter's session. A logout ([`Session::delete`]) still
 //!   removes such a cookie from the browser; a new session's cookie replaces it.
 //!
 //! The layer needs a Tokio runtime (store timeouts use `tokio::time`).

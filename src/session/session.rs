@@ -68,7 +68,8 @@ pub(crate) struct Shared {
     /// of date).
     pub(super) incoming_user_tag: Option<UserTag>,
     /// The request carried a cookie with the session cookie's name that the layer rejected
-    /// (malformed, wrongly signed, oversized, duplicated). Its value is not kept.
+    /// (malformed, wrongly signed, oversized, or valid cookies of different sessions). Its
+    /// value is not kept.
     pub(super) rejected_cookie: bool,
     pub(super) state: Mutex<State>,
     /// A store call failed during this request.

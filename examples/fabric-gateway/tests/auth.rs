@@ -507,3 +507,63 @@ async fn dev_tokens_carry_the_configured_tenant_audience_and_issuer() {
         TokenError::UnknownKey
     );
 }
+
+/// The JWKS is read with a size limit (1 MiB): an oversized document (a compromised or
+/// misconfigured endpoint streaming without end) is "keys unavailable" (503), never read into
+/// memory whole; a large document under the limit is fine.
+#[tokio::test]
+async fn an_oversized_jwks_is_unavailable() {
+    let s = setup().await;
+    let token = s.identity.mint("ada@example.com", "Ada").unwrap();
+    let mut doc = s.identity.jwks().clone();
+    doc["padding"] = json!("x".repeat(1024 * 1024 + 1));
+    *s.server.doc.lock().unwrap() = doc.clone();
+    let e = s.validator.validate(&token).await.unwrap_err();
+    assert_eq!(e, TokenError::KeysUnavailable);
+    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!e.detail().contains("xxxx"));
+    // Under the limit, after the failure backoff: accepted.
+    doc["padding"] = json!("x".repeat(900 * 1024));
+    *s.server.doc.lock().unwrap() = doc;
+    s.clock.advance(Duration::from_secs(6));
+    s.validator.validate(&token).await.unwrap();
+    assert_eq!(s.server.fetches.load(Ordering::SeqCst), 2);
+}
+
+/// A JWKS endpoint that streams a chunked body without end (no `Content-Length`): the read
+/// stops at the limit with "keys unavailable", instead of growing without bound.
+#[tokio::test]
+async fn an_endless_jwks_stream_is_cut_at_the_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/keys", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let _server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(b"1\r\n[\r\n").await.unwrap();
+        let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+        // At most 64 MiB, so that a reader without a limit fails the test rather than hangs.
+        for _ in 0..4096 {
+            if socket.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+            counter.fetch_add(0x4000, Ordering::SeqCst);
+        }
+    });
+    let identity = DevIdentity::generate(&settings(None)).unwrap();
+    let token = identity.mint("ada@example.com", "Ada").unwrap();
+    let validator = TokenValidator::builder(settings(Some(url)))
+        .fetch_timeout(Duration::from_secs(20))
+        .build();
+    let e = validator.validate(&token).await.unwrap_err();
+    assert_eq!(e, TokenError::KeysUnavailable);
+    // The server could write little more than the limit and the socket buffers.
+    let written = sent.load(Ordering::SeqCst);
+    assert!(written < 16 * 1024 * 1024, "{written} bytes were read");
+}

@@ -571,3 +571,89 @@ async fn protocol_is_chosen_by_url_or_option() {
     .unwrap();
     assert_eq!(forced.protocol(), DataAgentProtocol::Assistants);
 }
+
+/// Ids from the data agent's JSON go into URL paths: only `[A-Za-z0-9_-]{1,128}` is used,
+/// anything else (a path traversal, a query, an overlong id) is an error of category ERROR,
+/// before any request to a path built from it.
+#[tokio::test]
+async fn assistants_ids_that_are_not_plain_tokens_are_refused() {
+    let (fake, agent) = assistants().await;
+    let long = "a".repeat(129);
+    for id in [
+        "..",
+        ".",
+        "../x",
+        "a/b?c",
+        "a%2Fb",
+        "a.b",
+        "",
+        long.as_str(),
+    ] {
+        fake.controls.set_next_thread_id(id);
+        let before = fake.controls.requests().len();
+        let e = ask(&agent, "Where?").await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::Error, "{id:?}: {e}");
+        let later: Vec<String> = fake.controls.requests()[before..]
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        assert!(
+            later
+                .iter()
+                .all(|p| p.ends_with("/assistants") || p.ends_with("/threads")),
+            "{id:?}: {later:?}"
+        );
+    }
+    // The longest valid id is used.
+    let longest = "t".repeat(128);
+    fake.controls.set_next_thread_id(&longest);
+    let answer = ask(&agent, "Fine?").await.unwrap();
+    assert_eq!(answer.text, fake_answer("Fine?"));
+}
+
+/// An MCP server whose SSE answer never ends (notifications forever, never our response): the
+/// reader stops after the body limit (8 MiB) with an error of category ERROR, well before the
+/// call's timeout, instead of reading until the timeout (or forever without one).
+#[tokio::test]
+async fn an_endless_mcp_event_stream_is_cut_at_the_body_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let event = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+                let body = event.repeat(16 * 1024 / event.len());
+                let chunk = format!("{:x}\r\n{body}\r\n", body.len());
+                // At most 256 MiB, so that a reader without a limit fails rather than hangs.
+                for _ in 0..16 * 1024 {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("http://{addr}/v1/mcp/workspaces/w/dataagents/a/agent");
+    let agent = DataAgent::new(options(url).timeout(Duration::from_secs(60))).unwrap();
+    assert_eq!(agent.protocol(), DataAgentProtocol::Mcp);
+    let started = Instant::now();
+    let e = ask(&agent, "Endless?").await.unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::Error, "{e}");
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

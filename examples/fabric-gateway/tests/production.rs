@@ -340,3 +340,72 @@ fn production_refuses_to_start_without_each_required_variable() {
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("RATE_LIMIT_QUERY_IP"), "{output}");
 }
+
+/// The README's production recommendation, `SESSION_COOKIE_NAME=__Host-fabric_session_id`: a
+/// `__Host-` cookie cannot be set by a sibling subdomain (it must be Secure, Path=/ and have
+/// no Domain), and the gateway sets one that satisfies that. Beside it, a planted cookie of
+/// the same name that does not verify is ignored; a planted valid cookie of another session
+/// signs nobody in.
+#[tokio::test]
+async fn a_host_prefixed_session_cookie_works_in_production() {
+    const NAME: &str = "__Host-fabric_session_id";
+    let p = production(&[("SESSION_COOKIE_NAME", NAME)]).await;
+    let gw = &p.gw;
+    let client = plain(); // Secure cookies are sent by hand over this plain-http loopback
+    let sign_in = |email: &'static str| {
+        let token = p.identity.mint(email, "Someone").unwrap();
+        let client = client.clone();
+        let url = gw.url("/auth/client-login");
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({ "access_token": token }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            set_cookie(resp.headers(), NAME).expect("a __Host- session cookie")
+        }
+    };
+    let cookie = sign_in("ada@contoso.com").await;
+    let mut attributes = cookie_attributes(&cookie);
+    attributes.retain(|a| a != "HttpOnly" && !a.starts_with("SameSite"));
+    assert_eq!(attributes, ["Path=/", "Secure"], "{cookie}");
+    let value = cookie_value(&cookie);
+    let query = |cookies: String| {
+        client
+            .post(gw.url("/query"))
+            .header("cookie", cookies)
+            .json(&json!({"query": "Revenue by quarter?"}))
+            .send()
+    };
+    let resp = query(format!("{NAME}={value}")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The default name is not this gateway's session cookie.
+    let resp = query(format!("{SESSION_COOKIE}={value}")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // A planted cookie of the name that does not verify, before or after: still signed in.
+    for cookies in [
+        format!("{NAME}=planted; {NAME}={value}"),
+        format!("{NAME}={value}; {NAME}=planted"),
+    ] {
+        let resp = query(cookies.clone()).await.unwrap();
+        assert_eq!(resp.status(), 200, "{cookies}");
+    }
+    // A planted valid cookie of another session: nobody is signed in.
+    let planter = cookie_value(&sign_in("eve@contoso.com").await);
+    let resp = query(format!("{NAME}={planter}; {NAME}={value}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Logout removes it with the same attributes.
+    let resp = client
+        .post(gw.url("/auth/logout"))
+        .header("cookie", format!("{NAME}={value}"))
+        .send()
+        .await
+        .unwrap();
+    let removal = set_cookie(resp.headers(), NAME).unwrap();
+    assert_eq!(cookie_attributes(&removal), cookie_attributes(&cookie));
+    assert_no_secret_logged(&[&value, &planter]);
+}

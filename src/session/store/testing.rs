@@ -914,8 +914,9 @@ pub async fn key_rotation(store: Arc<dyn SessionStore>) {
     assert_eq!(only_new.counts.total(), 0);
 }
 
-/// Layer: tampered, unsigned, oversized, malformed and duplicated cookies cost no store call,
-/// and a write then starts a new session instead of adopting the forged id.
+/// Layer: tampered, unsigned, oversized and malformed cookies, and valid cookies of two
+/// different sessions, cost no store call, and a write then starts a new session instead of
+/// adopting the forged id.
 pub async fn bad_cookies_cost_no_store_call_and_are_not_accepted(store: Arc<dyn SessionStore>) {
     let app = App::new(store);
     let good = app.new_session().await;
@@ -935,8 +936,8 @@ pub async fn bad_cookies_cost_no_store_call_and_are_not_accepted(store: Arc<dyn 
         format!("{COOKIE}=not base64!"),
         format!("{COOKIE}="),
         format!("{COOKIE}=\"{value}\""),
-        format!("{good}; {good}"),
         format!("{COOKIE}={value}x"),
+        format!("{good}; {}", app.new_session().await),
     ];
     for cookie in &bad {
         app.counts.reset();
@@ -954,6 +955,17 @@ pub async fn bad_cookies_cost_no_store_call_and_are_not_accepted(store: Arc<dyn 
         assert_eq!(app.counts.loads(), 0);
     }
     assert_eq!(app.get("/get/k0", Some(&good)).await.body, "\"v0\"");
+    // Beside the valid cookie, invalid cookies of the name (planted from a sibling
+    // subdomain) and identical copies are ignored.
+    for other in [
+        bad[0].as_str(),
+        bad[4].as_str(),
+        bad[6].as_str(),
+        good.as_str(),
+    ] {
+        let r = app.get("/get/k0", Some(&format!("{other}; {good}"))).await;
+        assert_eq!(r.body, "\"v0\"", "{other}");
+    }
 }
 
 /// Layer: changes of a request answered with a server error are neither saved nor created.

@@ -472,12 +472,37 @@ impl TokenValidator {
         if !resp.status().is_success() {
             return Err("the JWKS URL answered with an error status");
         }
-        let body: Value = resp.json().await.map_err(|_| "the JWKS is not JSON")?;
+        let body = read_limited(resp, MAX_JWKS_BYTES).await?;
+        let body: Value = serde_json::from_slice(&body).map_err(|_| "the JWKS is not JSON")?;
         if body.get("keys").and_then(Value::as_array).is_none() {
             return Err("the JWKS has no keys array");
         }
         Ok(parse_jwks(&body))
     }
+}
+
+/// The largest JWKS document read (Entra ID's is a few KiB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// The whole body of `resp`, refused (without reading further) once it exceeds `limit` bytes:
+/// an endpoint that streams without end costs at most `limit` bytes of memory.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, &'static str> {
+    const TOO_LARGE: &str = "the JWKS is larger than 1 MiB";
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(TOO_LARGE);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|_| "the JWKS could not be read")?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(TOO_LARGE);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The usable RS256 signing keys of a JWKS document, by `kid`.

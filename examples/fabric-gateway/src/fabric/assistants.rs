@@ -361,15 +361,20 @@ impl AssistantsClient {
     }
 }
 
+/// The longest id taken from the data agent's answers.
+const MAX_ID_LEN: usize = 128;
+
+/// The `id` of one of the data agent's answers, checked before it goes into URL paths:
+/// `[A-Za-z0-9_-]{1,128}` only (no `.`, so no `..` segment; no `/`, `?`, `%`).
 fn id_of(value: &Value, what: &str) -> Result<String, FabricError> {
     value
         .get("id")
         .and_then(Value::as_str)
         .filter(|id| {
-            !id.is_empty()
+            (1..=MAX_ID_LEN).contains(&id.len())
                 && id
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_owned)
         .ok_or_else(|| {

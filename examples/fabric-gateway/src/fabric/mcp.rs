@@ -351,8 +351,12 @@ async fn read_response(
     };
     if content_type.starts_with("text/event-stream") {
         let mut parser = SseParser::default();
+        // The whole stream is bounded, not only what is buffered: a server sending events
+        // that are never our response would otherwise be read until the deadline.
+        let mut total = 0usize;
         while let Some(chunk) = resp.chunk().await.map_err(body_error)? {
-            if parser.buffered() + chunk.len() > MAX_BODY_BYTES {
+            total = total.saturating_add(chunk.len());
+            if total > MAX_BODY_BYTES {
                 return Err(FabricError::new(
                     ErrorCategory::Error,
                     format!("{what}: answer too large"),
@@ -395,21 +399,24 @@ fn matching_message(data: &str, id: u64) -> Option<Value> {
 struct SseParser {
     buffer: String,
     pending: Vec<u8>,
+    /// How much of `buffer` is known to hold no event boundary: the next search starts
+    /// there, so a large event arriving in small chunks is scanned once, not once per chunk.
+    scanned: usize,
 }
 
 impl SseParser {
-    fn buffered(&self) -> usize {
-        self.buffer.len() + self.pending.len()
-    }
-
     fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         self.pending.extend_from_slice(chunk);
         // Only decode complete UTF-8 sequences; keep a split character for the next chunk.
-        let valid = match std::str::from_utf8(&self.pending) {
+        let mut valid = match std::str::from_utf8(&self.pending) {
             Ok(s) => s.len(),
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
             Err(_) => self.pending.len(),
         };
+        // Keep a trailing CR too: with the next chunk's LF it is one line end, not two.
+        if valid > 0 && self.pending[valid - 1] == b'\r' {
+            valid -= 1;
+        }
         let decoded: Vec<u8> = self.pending.drain(..valid).collect();
         self.buffer.push_str(
             &String::from_utf8_lossy(&decoded)
@@ -417,12 +424,21 @@ impl SseParser {
                 .replace('\r', "\n"),
         );
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.find("\n\n") {
+        // A boundary may straddle the previous search's end: start one byte earlier when the
+        // scanned part ends with a newline (an ASCII byte, so a character boundary).
+        let mut from = self.scanned;
+        if from > 0 && self.buffer.as_bytes()[from - 1] == b'\n' {
+            from -= 1;
+        }
+        while let Some(at) = self.buffer[from..].find("\n\n") {
+            let end = from + at;
             let block: String = self.buffer.drain(..end + 2).collect();
             if let Some(data) = event_data(&block) {
                 events.push(data);
             }
+            from = 0;
         }
+        self.scanned = self.buffer.len();
         events
     }
 
@@ -568,6 +584,26 @@ mod tests {
         assert_eq!(p.push(&bytes[7..]), vec!["é".to_owned()]);
         assert!(p.push(b"data: tail").is_empty());
         assert_eq!(p.finish().as_deref(), Some("tail"));
+    }
+
+    #[test]
+    fn sse_parser_fed_byte_by_byte_finds_every_boundary() {
+        let stream = "data: é1\n\n: c\n\ndata: {\"x\":2}\n\ndata: 3\n\n";
+        let mut p = SseParser::default();
+        let mut events = Vec::new();
+        for b in stream.as_bytes() {
+            events.extend(p.push(std::slice::from_ref(b)));
+        }
+        assert_eq!(events, ["é1", "{\"x\":2}", "3"]);
+        // A boundary split right after its first newline.
+        let mut p = SseParser::default();
+        assert!(p.push(b"data: a\n").is_empty());
+        assert_eq!(p.push(b"\ndata: b"), ["a"]);
+        assert_eq!(p.finish().as_deref(), Some("b"));
+        // A CRLF split between chunks is one line end, not an event boundary.
+        let mut p = SseParser::default();
+        assert!(p.push(b"data: a\r").is_empty());
+        assert_eq!(p.push(b"\ndata: b\r\n\r\n"), ["a\nb"]);
     }
 
     #[test]

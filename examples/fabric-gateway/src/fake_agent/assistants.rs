@@ -104,7 +104,10 @@ async fn create_assistant(State(controls): State<FakeControls>) -> Response {
 
 async fn create_thread(State(controls): State<FakeControls>) -> Response {
     let mut s = controls.lock();
-    let id = if s.shared_thread {
+    let id = if let Some(id) = s.next_thread_id.take() {
+        s.threads.insert(id.clone(), Vec::new());
+        id
+    } else if s.shared_thread {
         let id = "thread_shared".to_owned();
         if !s.threads.contains_key(&id) {
             let now = now_secs();

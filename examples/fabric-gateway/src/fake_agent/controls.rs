@@ -76,6 +76,7 @@ pub(super) struct FakeState {
     pub(super) answer_delay: Duration,
     pub(super) failing_runs: u32,
     pub(super) shared_thread: bool,
+    pub(super) next_thread_id: Option<String>,
     pub(super) required_token: Option<String>,
     // protocol state
     pub(super) sessions: HashMap<String, ()>,
@@ -104,6 +105,7 @@ impl Default for FakeState {
             answer_delay: Duration::ZERO,
             failing_runs: 0,
             shared_thread: false,
+            next_thread_id: None,
             required_token: None,
             sessions: HashMap::new(),
             threads: HashMap::new(),
@@ -202,6 +204,11 @@ impl FakeControls {
     /// another run's answer after each of ours, so "the newest assistant message" is wrong).
     pub fn set_shared_thread(&self, shared: bool) {
         self.lock().shared_thread = shared;
+    }
+
+    /// Give the next created thread this id, verbatim (a hostile or broken agent's id).
+    pub fn set_next_thread_id(&self, id: &str) {
+        self.lock().next_thread_id = Some(id.to_owned());
     }
 
     /// Accept only this bearer token (any non-empty one when `None`, the default).
