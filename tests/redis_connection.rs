@@ -400,6 +400,76 @@ async fn health_check_closes_the_breaker_once_redis_is_back() {
     assert!(conn.is_available());
 }
 
+/// The recovery goal of the fault runs: once Redis answers again, calls resume within about
+/// a second, without any call or health check driving it (the breaker's own recovery
+/// watch), however long the cool-down has grown; while Redis is down, calls and the guarded
+/// health report still fail at once.
+#[tokio::test]
+async fn the_breaker_closes_by_itself_soon_after_redis_answers_again() {
+    let mut server = RedisServer::start();
+    let conn = connect_with_timeouts(&server, Duration::from_millis(300)).await;
+    server.stop();
+    for _ in 0..5 {
+        let _ = conn.query::<()>(&driver::cmd("PING")).await;
+    }
+    assert!(!conn.is_available());
+    // Down for longer than the longest cool-down: failed probes have grown it to its maximum.
+    let down_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < down_until {
+        let started = Instant::now();
+        let err = conn
+            .query::<Option<String>>(driver::cmd("GET").arg("k"))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        if err.to_string().contains("circuit breaker") {
+            assert!(
+                took < Duration::from_millis(50),
+                "a rejected call took {took:?}"
+            );
+        }
+        let started = Instant::now();
+        let report = conn.guarded_health_report().await;
+        let took = started.elapsed();
+        match report.health {
+            RedisHealth::Disconnected { reason } => {
+                if reason.contains("circuit breaker") {
+                    assert!(
+                        took < Duration::from_millis(50),
+                        "guarded report took {took:?}"
+                    );
+                }
+            }
+            other => panic!("expected Disconnected while Redis is down, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!conn.is_available());
+    // The guarded report does not touch Redis while the breaker is open.
+    match conn.guarded_health_report().await.health {
+        RedisHealth::Disconnected { reason } => {
+            assert!(reason.contains("circuit breaker"), "{reason}")
+        }
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+
+    server.restart();
+    let back = Instant::now();
+    // No calls: only the breaker's own watch can close it.
+    while !conn.is_available() {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "the breaker was still open {:?} after Redis answered again",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = back.elapsed();
+    eprintln!("breaker closed {took:?} after Redis answered again (goal: 1 s)");
+    set_get_roundtrip(&conn, "after").await;
+    assert!(conn.guarded_health_report().await.health.is_connected());
+}
+
 #[tokio::test]
 async fn script_is_one_evalsha_and_reloads_after_script_flush() {
     let server = RedisServer::start();

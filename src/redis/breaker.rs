@@ -105,6 +105,19 @@ impl Breaker {
         }
     }
 
+    /// Whether a call would be rejected now, without taking the probe: `Reject` while open
+    /// (the probe included, which another call owns or is about to), `Pass` while closed.
+    pub(crate) fn peek(&self, now: Instant) -> Admission {
+        if self.is_closed() {
+            return Admission::Pass;
+        }
+        match self.lock_open().as_ref() {
+            None => Admission::Pass,
+            Some(open) if now < open.until => Admission::Reject(open.until - now),
+            Some(_) => Admission::Reject(Duration::ZERO),
+        }
+    }
+
     /// Reports a call that reached a healthy server.
     pub(crate) fn on_success(&self) -> Option<Transition> {
         if self.failures.load(Ordering::Relaxed) != 0 {

@@ -24,8 +24,14 @@ use super::slot::key_slot;
 const BREAKER_THRESHOLD: u32 = 3;
 /// First cool-down of an open breaker; doubles after each failed probe.
 const BREAKER_MIN_COOL_DOWN: Duration = Duration::from_secs(1);
-/// Longest cool-down: Redis coming back is noticed within this (plus one connect).
+/// Longest cool-down between two probes made by calls. Redis coming back is noticed sooner,
+/// by the recovery watch ([`BREAKER_RECOVERY_PERIOD`]).
 const BREAKER_MAX_COOL_DOWN: Duration = Duration::from_secs(5);
+/// While the breaker is open, a background task sends one `PING` (connecting first) this
+/// often, whatever the cool-down: the first that succeeds closes the breaker, so calls resume
+/// within about this long (plus one connect) of Redis answering again, while they still fail
+/// at once until then. One connection attempt per period toward a Redis that is down.
+const BREAKER_RECOVERY_PERIOD: Duration = Duration::from_millis(200);
 /// How often the sentinels are asked which address is the primary and whether a failover
 /// is under way, while connected.
 const SENTINEL_WATCH_PERIOD: Duration = Duration::from_millis(100);
@@ -375,6 +381,8 @@ struct Inner {
     last_primary: Mutex<Option<Arc<str>>>,
     /// Whether the task that watches the sentinels' answer runs.
     watching: AtomicBool,
+    /// Whether the task that probes for recovery while the breaker is open runs.
+    recovering: AtomicBool,
     /// Set while a sentinel reports a failover of the primary in progress: calls fail at
     /// once instead of writing to a primary about to be demoted (its writes would be lost).
     fenced: AtomicBool,
@@ -552,6 +560,7 @@ impl RedisConnection {
                 sentinels,
                 last_primary: Mutex::new(None),
                 watching: AtomicBool::new(false),
+                recovering: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
                 me: me.clone(),
             }),
@@ -709,6 +718,34 @@ impl RedisConnection {
             },
             Err(e) => self.inner.unreachable_report(&e),
         }
+    }
+
+    /// [`RedisConnection::health_report`] through the circuit breaker: while it is open, the
+    /// answer is "unreachable" at once, without a call to Redis. For a health endpoint anyone
+    /// can call (a flood of it must not reach a Redis that is struggling); the connection's
+    /// own recovery watch closes the breaker within about 200 ms of Redis answering again,
+    /// so this reports recovery as soon as calls resume. A private readiness probe may use
+    /// [`RedisConnection::health_report`], which asks Redis in every state.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: tower_rampart::redis::RedisConnection) {
+    /// let report = conn.guarded_health_report().await;
+    /// println!("redis connected: {}", report.health.is_connected());
+    /// # }
+    /// ```
+    pub async fn guarded_health_report(&self) -> HealthReport {
+        if let Admission::Reject(next) = self.inner.breaker.peek(Instant::now()) {
+            let err = RedisError::new(
+                RedisErrorKind::Unavailable,
+                format!(
+                    "circuit breaker open after repeated failures of {}; next attempt in {} ms",
+                    self.inner.addr,
+                    next.as_millis()
+                ),
+            );
+            return self.inner.unreachable_report(&err);
+        }
+        self.health_report().await
     }
 
     /// False while the circuit breaker is open: calls then fail at once with
@@ -1436,6 +1473,7 @@ impl Inner {
                     "redis circuit breaker open: calls fail fast until a probe succeeds"
                 );
                 self.drop_connection();
+                self.watch_recovery();
             }
             Some(Transition::Reopened(cool_down)) => {
                 tracing::debug!(
@@ -1447,6 +1485,18 @@ impl Inner {
                 self.drop_connection();
             }
             Some(Transition::Closed) | None => {}
+        }
+    }
+
+    /// Starts the recovery watch ([`watch_recovery`]) unless it runs, on the current Tokio
+    /// runtime (a breaker opens inside a call, so there is one; without one, the probes made
+    /// by calls still close it).
+    fn watch_recovery(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if !self.recovering.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watch_recovery(self.me.clone()));
         }
     }
 
@@ -1463,6 +1513,29 @@ impl Inner {
             return;
         }
         *slot = None;
+    }
+}
+
+/// While the breaker is open and any handle of the connection lives: every
+/// [`BREAKER_RECOVERY_PERIOD`], one health check through an open breaker (a `PING`, after
+/// connecting if needed; on a cluster, every master serving slots). Its success closes the
+/// breaker ([`Inner::settle`]); its failure does not lengthen the cool-down. Ends once the
+/// breaker is closed.
+async fn watch_recovery(me: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(BREAKER_RECOVERY_PERIOD).await;
+        let Some(inner) = me.upgrade() else { return };
+        if inner.breaker.is_closed() {
+            inner.recovering.store(false, Ordering::Release);
+            // Opened again between the check and the store: its opener saw the watch
+            // running and did not start one; carry on.
+            if inner.breaker.is_closed() || inner.recovering.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            continue;
+        }
+        let conn = RedisConnection { inner };
+        let _ = conn.health_report().await;
     }
 }
 

@@ -62,10 +62,15 @@
 //! After **3 consecutive failures** (timeouts, refused or lost connections, failed connects)
 //! the circuit breaker opens: calls fail at once with [`RedisErrorKind::Unavailable`] for a
 //! cool-down of 1 s, then one call is let through as a probe. A successful probe closes the
-//! breaker; a failed one doubles the cool-down, up to 5 s. So a Redis that comes back is
-//! used again within about 5 s, without restarting the process. Errors the server answers
-//! itself (`WRONGTYPE`, a script error) prove it healthy and do not count.
-//! [`RedisConnection::health_check`] runs even while the breaker is open.
+//! breaker; a failed one doubles the cool-down, up to 5 s. Besides, while the breaker is
+//! open, a background task of the connection sends one `PING` every 200 ms (connecting
+//! first); the first that succeeds closes the breaker. So calls fail at once while Redis
+//! is down, and a Redis that comes back is used again within about 200 ms (plus one
+//! connect), however long the cool-down has grown, without restarting the process and
+//! without a call having to arrive. Errors the server answers itself (`WRONGTYPE`, a script
+//! error) prove it healthy and do not count. [`RedisConnection::health_check`] runs even
+//! while the breaker is open; [`RedisConnection::guarded_health_report`] (for health
+//! endpoints anyone can call) answers "unreachable" at once then, without calling Redis.
 //!
 //! State changes are logged once each, never per request, with the address but never the
 //! password (driver messages are scrubbed): `redis connected`, `redis connection lost`,

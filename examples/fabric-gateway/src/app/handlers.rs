@@ -89,11 +89,13 @@ fn endpoint(method: &str, path: &str, description: &str) -> Value {
 /// which topology it sees (`redis_topology`: `"single"`, `"cluster"`, `"sentinel"`, or
 /// `null` before the first connection) and how many of the nodes it needs answer
 /// (`redis_nodes`: on a cluster the masters serving slots, behind Sentinel the current
-/// primary; `null` while not even that is known).
+/// primary; `null` while not even that is known). The Redis check goes through the
+/// circuit breaker: while it is open, `/health` answers degraded at once without calling
+/// Redis, so a flood of it cannot reach a struggling Redis.
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
     let report = match &state.redis {
         None => None,
-        Some(conn) => Some(conn.health_report().await),
+        Some(conn) => Some(conn.guarded_health_report().await),
     };
     let redis_connected = report.as_ref().map(|r| r.health.is_connected());
     let status = if redis_connected == Some(false) {
