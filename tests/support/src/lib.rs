@@ -40,8 +40,10 @@ use tower_rampart::redis::RedisConfig;
 use tower_rampart::redis::driver;
 
 mod cluster;
+mod fault_proxy;
 mod slotted;
 pub use cluster::*;
+pub use fault_proxy::FaultProxy;
 pub use slotted::SlottedEndpoint;
 pub mod sentinel;
 pub use sentinel::RedisSentinel;
@@ -63,6 +65,8 @@ struct Settings {
     tls: Option<TlsFiles>,
     /// The port of the primary this server replicates (`--replicaof`).
     replica_of: Option<u16>,
+    /// Append-only file with `appendfsync always`: every acknowledged write survives a kill.
+    persistent: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +94,19 @@ impl RedisServer {
             password: None,
             tls: None,
             replica_of: None,
+            persistent: false,
+        })
+    }
+
+    /// Starts a plain server that persists every write before acknowledging it (append-only
+    /// file, `appendfsync always`): [`RedisServer::restart`] after [`RedisServer::stop`] (a
+    /// SIGKILL) comes back with every acknowledged write.
+    pub fn start_persistent() -> Self {
+        Self::launch(Settings {
+            password: None,
+            tls: None,
+            replica_of: None,
+            persistent: true,
         })
     }
 
@@ -99,6 +116,7 @@ impl RedisServer {
             password: Some(password.to_owned()),
             tls: None,
             replica_of: None,
+            persistent: false,
         })
     }
 
@@ -109,6 +127,7 @@ impl RedisServer {
     pub fn start_replica_of(primary: &RedisServer) -> Self {
         let settings = Settings {
             replica_of: Some(primary.port),
+            persistent: false,
             ..primary.settings.clone()
         };
         let replica = Self::launch(settings);
@@ -148,6 +167,7 @@ impl RedisServer {
                 password: None,
                 tls: Some(tls),
                 replica_of: None,
+                persistent: false,
             },
         )
     }
@@ -162,6 +182,7 @@ impl RedisServer {
                 password: Some(password.to_owned()),
                 tls: Some(tls),
                 replica_of: None,
+                persistent: false,
             },
         )
     }
@@ -201,7 +222,13 @@ impl RedisServer {
             .arg("--save")
             .arg("")
             .arg("--appendonly")
-            .arg("no")
+            .arg(if self.settings.persistent {
+                "yes"
+            } else {
+                "no"
+            })
+            .arg("--appendfsync")
+            .arg("always")
             .arg("--daemonize")
             .arg("no")
             .arg("--logfile")
@@ -356,6 +383,48 @@ impl RedisServer {
                 Err(log) => panic!("redis-server did not restart on port {}:\n{log}", self.port),
             }
         }
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing is answered, as with a
+    /// server stuck in a long fork or a paused VM. [`RedisServer::resume`] ends it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a [`RedisServer::pause`]d process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// [`RedisServer::restart`] with no data: the files a persistent server would reload
+    /// are removed first, so it comes back empty, as a server without persistence does.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("appendonly") || name.ends_with(".rdb") {
+                    if path.is_dir() {
+                        let _ = fs::remove_dir_all(&path);
+                    } else {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        self.restart();
     }
 
     /// Number of calls of `command` (lower case, e.g. `"evalsha"`, `"get"`, `"script|load"`)

@@ -41,6 +41,13 @@ impl Gateway {
         Self::serve(app(config).await.expect("the gateway starts")).await
     }
 
+    /// [`Gateway::start`] without the process-wide log capture: for a test that installs a
+    /// subscriber of its own (the fault run keeps only warnings, a long run's debug lines
+    /// would fill its memory).
+    pub async fn start_uncaptured(config: Config) -> Self {
+        Self::serve(app(config).await.expect("the gateway starts")).await
+    }
+
     /// Local mode with these variables (nothing else set).
     pub async fn local(vars: &[(&str, &str)]) -> Self {
         Self::start(config(vars)).await
