@@ -522,3 +522,65 @@ async fn tampered_idle_timeout_is_no_session_encrypted() {
 async fn tampered_idle_timeout_is_no_session_plain() {
     tampered_timestamp_is_no_session(false, "i").await;
 }
+
+/// An app on the same store and clock as `app`, requiring bindings.
+fn strict_twin(server: &RedisServer, app: &App, encrypt: bool) -> App {
+    App::with_clock(
+        store(server, TAMPER_PREFIX),
+        builder()
+            .encrypt_at_rest(encrypt)
+            .require_record_binding(true),
+        routes(),
+        app.clock.clone(),
+    )
+}
+
+/// Records written before bindings existed (no `b`) still load; once bindings are required
+/// they are no session, with a warning; the next save by the layer binds them.
+async fn unbound_records_load_unless_bindings_are_required(encrypt: bool) {
+    let server = RedisServer::start();
+    let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+    let strict = strict_twin(&server, &app, encrypt);
+    let key = redis_key_of(&app, &cookie);
+    let _: i64 = server.run(driver::cmd("HDEL").arg(&key).arg("b"));
+    assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+    let (logs, guard) = capture_logs();
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "");
+    drop(guard);
+    assert!(
+        logs.text()
+            .contains("no binding of its user id and timestamps"),
+        "{}",
+        logs.text()
+    );
+    assert_eq!(app.post("/set/k1/v1", Some(&cookie)).await.status, 200);
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "alice");
+}
+
+#[tokio::test]
+async fn unbound_records_load_unless_bindings_are_required_encrypted() {
+    unbound_records_load_unless_bindings_are_required(true).await;
+}
+
+#[tokio::test]
+async fn unbound_records_load_unless_bindings_are_required_plain() {
+    unbound_records_load_unless_bindings_are_required(false).await;
+}
+
+/// The price of reading records written before bindings existed, pinned so that it stays
+/// documented: until bindings are required, a Redis writer who removes the binding (or
+/// makes it name another version, as an earlier version's save leaves it) can change the
+/// user id; with bindings required, that is no session.
+#[tokio::test]
+async fn without_required_bindings_a_removed_binding_is_a_downgrade() {
+    for encrypt in [true, false] {
+        let server = RedisServer::start();
+        let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+        let strict = strict_twin(&server, &app, encrypt);
+        let key = redis_key_of(&app, &cookie);
+        let _: i64 = server.run(driver::cmd("HDEL").arg(&key).arg("b"));
+        tamper(&server, &key, "u", "mallory");
+        assert_eq!(app.get("/user", Some(&cookie)).await.body, "mallory");
+        assert_eq!(strict.get("/user", Some(&cookie)).await.body, "");
+    }
+}
