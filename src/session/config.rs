@@ -364,7 +364,8 @@ impl SessionConfigBuilder {
 
     /// Whether session data is encrypted at rest with AES-256-GCM (default `true`). The user
     /// id (see [`Session::set_user_id`](super::Session::set_user_id)) and timestamps stay
-    /// readable so stores can expire sessions and index them by user.
+    /// readable so stores can expire sessions and index them by user; they are bound to the
+    /// record either way (see [`require_record_binding`](Self::require_record_binding)).
     pub fn encrypt_at_rest(mut self, encrypt: bool) -> Self {
         self.encrypt = encrypt;
         self
@@ -390,6 +391,16 @@ impl SessionConfigBuilder {
     /// new instances has saved since (sessions only read since the upgrade) are then no
     /// session, so to sign no one out wait the absolute lifetime after the last earlier
     /// instance stopped. Turning it off again is always safe.
+    ///
+    /// Not covered: with encryption at rest off, the data itself (sealed on its own
+    /// otherwise); the version (a counter for compare-and-set saves); and what a store reads
+    /// on its own, without the layer: the times that [`Session::user_sessions`] lists and
+    /// the owner that sign out everywhere checks come from the stored fields as they are (a
+    /// changed record is still no session when its cookie comes back). A custom store must
+    /// keep [`SessionRecord::binding`](super::SessionRecord::binding) with the record (the
+    /// conformance suite checks it): with a store that drops it, every record is unbound.
+    ///
+    /// [`Session::user_sessions`]: super::Session::user_sessions
     ///
     /// ```
     /// use tower_rampart::session::{SessionConfig, SessionConfigError};
