@@ -166,6 +166,7 @@ fn record(now: u64, version: u64, data: &[u8]) -> SessionRecord {
         expires_micros: now + 3600 * SEC,
         user_id: None,
         data: data.to_vec(),
+        binding: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn record(now: u64, version: u64, n: u64) -> SessionRecord {
         expires_micros: now + 3600 * SEC,
         user_id: None,
         data: format!("{{\"n\":{n}}}").into_bytes(),
+        binding: None,
     }
 }
 

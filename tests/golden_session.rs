@@ -3,9 +3,15 @@
 //! - a plaintext record written by `RedisStore` through the layer on a fixed clock: every
 //!   hash field and value, the TTLs and the user index, against
 //!   `session_plain_record.txt`;
-//! - an encrypted record (its nonce is random, so it cannot be rewritten identically),
-//!   written once and checked in with its secret key and cookie in
-//!   `session_encrypted_record.txt`: the current code must read it back;
+//! - an encrypted record of the format before bindings (its nonce is random, so it cannot
+//!   be rewritten identically), written once and checked in with its secret key and cookie
+//!   in `session_encrypted_record.txt`: the current code must read it back (and refuse it
+//!   when bindings are required);
+//! - an encrypted record with a binding (`b`), checked in the same way in
+//!   `session_bound_record.txt`: read back, refused once its user id or a timestamp is
+//!   changed; and read by the scripts of the versions before bindings (copied unchanged in
+//!   `session_scripts_unbound/`) as they read any record, whose saves leave a binding the
+//!   current code ignores (by default) or refuses (when bindings are required);
 //! - the session cookie carrying a user tag, and the rate limiter's keys derived from it,
 //!   against `session_user_tag_cookie.txt`: read back, and written again byte for byte.
 //!
@@ -23,12 +29,17 @@ use std::time::Duration;
 use session_common::*;
 use support::RedisServer;
 use tower_rampart::clock::ManualClock;
-use tower_rampart::redis::driver;
+use tower_rampart::redis::driver::{self, Value};
 use tower_rampart::session::RedisStore;
 
 const PLAIN: &str = include_str!("golden/session_plain_record.txt");
 const ENCRYPTED: &str = include_str!("golden/session_encrypted_record.txt");
 const USER_TAG: &str = include_str!("golden/session_user_tag_cookie.txt");
+const BOUND: &str = include_str!("golden/session_bound_record.txt");
+/// The LOAD and SAVE scripts of the versions before bindings, byte for byte (what instances
+/// of those versions run during a rolling deploy).
+const UNBOUND_LOAD: &str = include_str!("golden/session_scripts_unbound/load.lua");
+const UNBOUND_SAVE: &str = include_str!("golden/session_scripts_unbound/save.lua");
 
 /// The clock the golden traces start at: 2023-11-14T22:13:20Z, in microseconds.
 const T0: u64 = 1_700_000_000_000_000;
@@ -147,8 +158,20 @@ async fn plaintext_record() {
         "{session_key}"
     );
 
-    // Every field and value.
-    assert_eq!(hash(&server, &session_key), fields(PLAIN));
+    // Every field and value; the binding by shape (it covers the random key).
+    let mut stored = hash(&server, &session_key);
+    let binding = String::from_utf8(stored.remove("b").expect("a binding")).unwrap();
+    let tag = binding
+        .strip_prefix(entry(PLAIN, "binding-prefix"))
+        .unwrap_or_else(|| panic!("binding {binding:?}"));
+    assert!(
+        tag.len() == 43
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "binding {binding:?}"
+    );
+    assert_eq!(stored, fields(PLAIN));
     let ttl: i64 = server.run(driver::cmd("PTTL").arg(&session_key));
     assert_ttl("session", ttl, entry(PLAIN, "ttl-ms"));
 
@@ -216,6 +239,183 @@ async fn encrypted_record() {
     let _: i64 = server.run(driver::cmd("HSET").arg(redis_key).arg("d").arg(data));
     let r = app.get("/get/greeting", Some(cookie)).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "null"));
+
+    // Without a binding, it is no session once bindings are required.
+    load_golden(&server, ENCRYPTED);
+    let strict = App::with_clock(
+        Arc::new(RedisStore::new(server.config().connect_lazy().unwrap())),
+        builder_with_keys(&[secret.as_bytes()]).require_record_binding(true),
+        routes(),
+        ManualClock::new(T0 + 20_000_000),
+    );
+    let r = strict.get("/get/greeting", Some(cookie)).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "null"));
+}
+
+/// Writes the fields of a golden record into Redis, raw, replacing whatever was there.
+fn load_golden(server: &RedisServer, golden: &str) {
+    let redis_key = entry(golden, "redis-key");
+    let _: i64 = server.run(driver::cmd("DEL").arg(redis_key));
+    let mut hset = driver::cmd("HSET");
+    hset.arg(redis_key);
+    for (field, value) in fields(golden) {
+        hset.arg(field).arg(value);
+    }
+    let _: i64 = server.run(&hset);
+}
+
+/// An app reading the bound golden record, bindings required or not, at +30 s.
+fn bound_app(server: &RedisServer, require: bool) -> App {
+    App::with_clock(
+        Arc::new(RedisStore::new(server.config().connect_lazy().unwrap())),
+        builder_with_keys(&[entry(BOUND, "secret").as_bytes()]).require_record_binding(require),
+        routes(),
+        ManualClock::new(T0 + 30_000_000),
+    )
+}
+
+/// `(user, every value)` of the session named by the bound golden cookie, as `app` sees it:
+/// `("", nulls)` when it is no session.
+async fn bound_session(app: &App) -> (String, Vec<String>) {
+    let cookie = entry(BOUND, "cookie");
+    let user = app.get("/user", Some(cookie)).await;
+    assert_eq!(user.status, 200, "{}", user.body);
+    let mut values = Vec::new();
+    for (name, _) in entries(BOUND)
+        .into_iter()
+        .filter_map(|(n, v)| n.strip_prefix("value ").map(|n| (n, v)))
+    {
+        values.push(app.get(&format!("/get/{name}"), Some(cookie)).await.body);
+    }
+    (user.body, values)
+}
+
+#[tokio::test]
+async fn bound_golden_record_is_read_back_and_refused_once_tampered() {
+    tokio::time::timeout(DEADLINE, bound_record())
+        .await
+        .expect("deadline");
+}
+
+async fn bound_record() {
+    let server = RedisServer::start();
+    let redis_key = entry(BOUND, "redis-key");
+    let golden_values: Vec<String> = entries(BOUND)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("value "))
+        .map(|(_, v)| v.to_owned())
+        .collect();
+    assert_eq!(golden_values.len(), 3);
+    let intact = ("alice".to_owned(), golden_values);
+    let gone = (String::new(), vec!["null".to_owned(); 3]);
+    for require in [false, true] {
+        let app = bound_app(&server, require);
+        assert_eq!(
+            format!("rampart:session:{{{}}}", app.key_of(entry(BOUND, "cookie"))),
+            redis_key
+        );
+        load_golden(&server, BOUND);
+        assert_eq!(bound_session(&app).await, intact, "require {require}");
+        // Each bound field changed (a day later, another user, another version): no session.
+        // The last access `a` is not bound (the scripts refresh it): a change is accepted.
+        for (field, value, accepted) in [
+            ("u", "mallory", false),
+            ("c", "1700086400000000", false),
+            ("x", "1700090000000000", false),
+            ("i", "86400000000", false),
+            (
+                "b",
+                "1.2.x5A4HHh0nMDKSW1vDt3s5723wvRuyeyc_pQhES0b3VV",
+                false,
+            ),
+            ("a", "1700000025000000", true),
+        ] {
+            load_golden(&server, BOUND);
+            let _: i64 = server.run(driver::cmd("HSET").arg(redis_key).arg(field).arg(value));
+            let expected = if accepted { &intact } else { &gone };
+            assert_eq!(
+                &bound_session(&app).await,
+                expected,
+                "{field} = {value}, require {require}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn scripts_before_bindings_read_bound_records() {
+    tokio::time::timeout(DEADLINE, unbound_scripts())
+        .await
+        .expect("deadline");
+}
+
+/// A rolling deploy, both ways: the scripts of the versions before bindings read a bound
+/// record's fields as they read any record (they ask for `v c a i x u d` by name); an
+/// earlier version's save leaves the binding of the previous version, which the current
+/// code then ignores (by default) or refuses (bindings required) until it saves the record
+/// itself.
+async fn unbound_scripts() {
+    let server = RedisServer::start();
+    let redis_key = entry(BOUND, "redis-key");
+    load_golden(&server, BOUND);
+    let golden = fields(BOUND);
+    let now = T0 + 30_000_000;
+
+    // An earlier version's LOAD: the fields it parses, as stored.
+    let reply: Vec<Option<Vec<u8>>> = server.run(
+        driver::cmd("EVAL")
+            .arg(UNBOUND_LOAD)
+            .arg(1)
+            .arg(redis_key)
+            .arg(now)
+            .arg("0"),
+    );
+    let expected: Vec<Option<Vec<u8>>> = ["v", "c", "a", "i", "x", "u", "d"]
+        .iter()
+        .map(|f| golden.get(*f).cloned())
+        .collect();
+    assert_eq!(reply, expected);
+
+    // An earlier version's SAVE gives the session to bob (data unchanged, index written).
+    let text = |f: &str| String::from_utf8(golden[f].clone()).unwrap();
+    let reply: Vec<Value> = server.run(
+        driver::cmd("EVAL")
+            .arg(UNBOUND_SAVE)
+            .arg(1)
+            .arg(redis_key)
+            .arg(now)
+            .arg(2)
+            .arg(text("c"))
+            .arg(now)
+            .arg(text("i"))
+            .arg(text("x"))
+            .arg("1")
+            .arg("bob")
+            .arg(golden["d"].as_slice())
+            .arg(600_000)
+            .arg("1"),
+    );
+    assert_eq!(reply.first(), Some(&Value::Int(2)), "{reply:?}");
+    let stored = hash(&server, redis_key);
+    assert_eq!(stored["v"], b"3");
+    assert_eq!(
+        stored["b"], golden["b"],
+        "the earlier version leaves b as it was"
+    );
+
+    // The current code: bob's session by default (the binding is of version 2, not 3: an
+    // earlier version wrote since); no session when bindings are required.
+    let (lenient, strict) = (bound_app(&server, false), bound_app(&server, true));
+    let (user, values) = bound_session(&lenient).await;
+    assert_eq!(user, "bob");
+    assert_eq!(values[0], "\"hello\"");
+    assert_eq!(bound_session(&strict).await.0, "");
+    // A save by the current code binds it again: accepted either way.
+    let cookie = entry(BOUND, "cookie");
+    assert_eq!(lenient.post("/set/n/3", Some(cookie)).await.status, 200);
+    let b = String::from_utf8(hash(&server, redis_key)["b"].clone()).unwrap();
+    assert!(b.starts_with("1.4."), "{b}");
+    assert_eq!(bound_session(&strict).await.0, "bob");
 }
 
 #[tokio::test]

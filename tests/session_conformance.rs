@@ -113,6 +113,7 @@ suite!(
     cycle_id_keeps_data_and_invalidates_the_old_id,
     cycle_id_merges_a_concurrent_write_and_loses_to_a_concurrent_logout,
     key_rotation,
+    records_changed_behind_the_layer_are_no_session,
     bad_cookies_cost_no_store_call_and_are_not_accepted,
     server_error_responses_are_not_saved,
     sign_out_everywhere,

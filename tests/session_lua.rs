@@ -97,7 +97,8 @@ fn arg(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-/// ARGV of CREATE and SAVE after `now` (and the version): c a i x has_user user data ttl.
+/// ARGV of CREATE and SAVE after `now` (and the version): c a i x has_user user data ttl (then
+/// CREATE takes the binding, SAVE indexed and the binding).
 fn write_args(record: &SessionRecord, now: u64) -> Vec<Vec<u8>> {
     vec![
         arg(record.created_micros),
@@ -136,10 +137,10 @@ fn items(v: Value) -> Vec<Value> {
     }
 }
 
-/// A record from the fields `v c a i x u d` of a script reply.
+/// A record from the fields `v c a i x u d b` of a script reply.
 fn record_of(fields: &[Value]) -> SessionRecord {
-    let [v, c, a, i, x, u, d] = fields else {
-        panic!("7 fields expected, got {fields:?}");
+    let [v, c, a, i, x, u, d, b] = fields else {
+        panic!("8 fields expected, got {fields:?}");
     };
     SessionRecord {
         version: num(v),
@@ -149,6 +150,7 @@ fn record_of(fields: &[Value]) -> SessionRecord {
         expires_micros: num(x),
         user_id: bulk(u).map(|b| String::from_utf8(b).unwrap()),
         data: bulk(d).unwrap_or_default(),
+        binding: bulk(b).map(|b| String::from_utf8(b).unwrap()),
     }
 }
 
@@ -171,6 +173,7 @@ fn record(now: u64, user: Option<&str>, data: &[u8]) -> SessionRecord {
         expires_micros: now + 24 * 3600 * SEC,
         user_id: user.map(str::to_owned),
         data: data.to_vec(),
+        binding: None,
     }
 }
 
@@ -193,11 +196,14 @@ async fn scripts_match_the_store() {
     let (sk, ek) = (p.store_key(), p.eval_key());
     let key = &p.key;
 
-    // CREATE: a fresh session with a user; then the key is taken.
-    let rec = record(T0, Some(USER), b"\x01sealed\x00bytes");
+    // CREATE: a fresh session with a user (and a binding, opaque to the store); then the key
+    // is taken.
+    let mut rec = record(T0, Some(USER), b"\x01sealed\x00bytes");
+    rec.binding = Some("binding of the create".into());
     assert!(p.store.create(key, &rec, T0).await.unwrap());
     let mut args = vec![arg(T0)];
     args.extend(write_args(&rec, T0));
+    args.push(arg("binding of the create"));
     assert_eq!(p.eval(CREATE, &[&ek], &args), Value::Int(1));
     p.assert_same_effect("create");
     assert!(!p.store.create(key, &rec, T0).await.unwrap());
@@ -238,11 +244,16 @@ async fn scripts_match_the_store() {
     next.accessed_micros = later;
     next.user_id = None;
     next.data = b"{\"a\":1}".to_vec();
+    next.binding = Some("binding of the save".into());
     next.version = 7;
     let stale = p.store.save(key, &next, later).await.unwrap();
-    assert!(matches!(stale, WriteOutcome::Conflict(_)));
+    let WriteOutcome::Conflict(live) = &stale else {
+        panic!("a conflict: {stale:?}");
+    };
+    assert_eq!(live.binding.as_deref(), Some("binding of the create"));
     let mut args = vec![arg(later), arg(7)];
     args.extend(write_args(&next, later));
+    args.extend([arg("0"), arg("binding of the save")]);
     assert_eq!(
         outcome_of(p.eval(SAVE, &[&ek], &args)),
         stale,
@@ -256,6 +267,7 @@ async fn scripts_match_the_store() {
     );
     let mut args = vec![arg(later), arg(1)];
     args.extend(write_args(&next, later));
+    args.extend([arg("0"), arg("binding of the save")]);
     let reply = items(p.eval(SAVE, &[&ek], &args));
     // Written, with the previous user and absolute deadline (the store's index check).
     assert_eq!(num(&reply[0]), 2);
@@ -263,6 +275,10 @@ async fn scripts_match_the_store() {
     assert_eq!(num(&reply[2]), rec.expires_micros);
     p.assert_same_effect("save");
     assert_eq!(p.hash(&sk).iter().find(|(f, _)| f == "v").unwrap().1, b"2");
+    assert_eq!(
+        p.hash(&sk).iter().find(|(f, _)| f == "b").unwrap().1,
+        b"binding of the save"
+    );
 
     // TOUCH: a live session, then a missing one.
     let touched_at = later + SEC;
@@ -326,7 +342,7 @@ async fn scripts_match_the_store() {
 fn the_five_record_scripts_read_a_session_the_same_way() {
     // Each script is readable whole, so the lines that read a record are written in each;
     // they must stay the same.
-    let reads = "local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd')\n\
+    let reads = "local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')\n\
                  local now = tonumber(ARGV[1])\n\
                  local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))\n";
     for (name, script) in [

@@ -380,3 +380,207 @@ async fn sign_out_everywhere_ends_every_session_whose_index_write_failed() {
         assert_eq!(app.get("/user", Some(cookie)).await.body, "");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Integrity at rest of the user id and the timestamps (issue 14, item 4): someone who can write
+// to Redis (but holds no secret) must not be able to change whom a session belongs to, nor how
+// long it lives. A tampered record is no session, like a record that cannot be decoded.
+
+const TAMPER_PREFIX: &str = "tamper:";
+
+/// An app on `server` (encryption at rest `encrypt`), and the cookie of a session signed in
+/// as `alice`.
+async fn signed_in_as_alice(server: &RedisServer, encrypt: bool) -> (App, String) {
+    let app = App::with(
+        store(server, TAMPER_PREFIX),
+        builder().encrypt_at_rest(encrypt),
+        routes(),
+    );
+    let anonymous = app.new_session().await;
+    let cookie = app
+        .post("/login/alice", Some(&anonymous))
+        .await
+        .cookie()
+        .expect("signing in cycles the id");
+    assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+    (app, cookie)
+}
+
+/// The Redis key of the session named by `cookie`.
+fn redis_key_of(app: &App, cookie: &str) -> String {
+    format!("{TAMPER_PREFIX}{{{}}}", app.key_of(cookie).as_str())
+}
+
+/// A numeric field of the session hash.
+fn field(server: &RedisServer, key: &str, name: &str) -> u64 {
+    let v: String = server.run(driver::cmd("HGET").arg(key).arg(name));
+    v.parse().unwrap()
+}
+
+/// Writes `value` into the field `name` of the session hash, as an attacker with write access
+/// to Redis (and no secret) could.
+fn tamper(server: &RedisServer, key: &str, name: &str, value: &str) {
+    let _: i64 = server.run(driver::cmd("HSET").arg(key).arg(name).arg(value));
+}
+
+/// After tampering: the session is gone (no user, no data), a warning says why without any
+/// secret, and a new request that writes starts a fresh session.
+async fn assert_rejected(app: &App, cookie: &str, what: &str) {
+    let (logs, _guard) = capture_logs();
+    let user = app.get("/user", Some(cookie)).await;
+    assert_eq!(user.status, 200, "{what}: {}", user.body);
+    assert_eq!(
+        user.body, "",
+        "{what}: the tampered record was served as a session"
+    );
+    assert_eq!(
+        app.get("/get/user", Some(cookie)).await.body,
+        "null",
+        "{what}: the tampered record's data was served"
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("WARN") && text.contains("integrity check"),
+        "{what}: no warning:\n{text}"
+    );
+    let (_, hex, b64) = id_forms(cookie);
+    let value = cookie.split_once('=').unwrap().1;
+    for secret in [hex.as_str(), b64.as_str(), value, "mallory"] {
+        assert!(!text.contains(secret), "{what}: logged {secret:?}:\n{text}");
+    }
+}
+
+async fn tampered_user_id_is_no_session(encrypt: bool) {
+    let server = RedisServer::start();
+    let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+    let key = redis_key_of(&app, &cookie);
+    tamper(&server, &key, "u", "mallory");
+    assert_rejected(&app, &cookie, "u = mallory").await;
+}
+
+#[tokio::test]
+async fn tampered_user_id_is_no_session_encrypted() {
+    tampered_user_id_is_no_session(true).await;
+}
+
+#[tokio::test]
+async fn tampered_user_id_is_no_session_plain() {
+    tampered_user_id_is_no_session(false).await;
+}
+
+/// Pushing the creation time (`c`), the absolute deadline (`x`) or the idle timeout (`i`)
+/// into the future: the record is refused at once, and never outlives its real deadline.
+async fn tampered_timestamp_is_no_session(encrypt: bool, name: &str) {
+    const DAY: u64 = 86_400_000_000;
+    let server = RedisServer::start();
+    let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+    let key = redis_key_of(&app, &cookie);
+    let later = field(&server, &key, name) + 30 * DAY;
+    tamper(&server, &key, name, &later.to_string());
+    match name {
+        // Past the real absolute deadline (3600 s), used often enough for the idle timeout
+        // (600 s).
+        "x" => {
+            for _ in 0..9 {
+                app.clock.advance(Duration::from_secs(500));
+                let _ = app.get("/user", Some(&cookie)).await;
+            }
+        }
+        // Unused for longer than the real idle timeout.
+        "i" => app.clock.advance(Duration::from_secs(1200)),
+        _ => {}
+    }
+    assert_rejected(&app, &cookie, &format!("{name} + 30 days")).await;
+}
+
+#[tokio::test]
+async fn tampered_creation_time_is_no_session_encrypted() {
+    tampered_timestamp_is_no_session(true, "c").await;
+}
+
+#[tokio::test]
+async fn tampered_creation_time_is_no_session_plain() {
+    tampered_timestamp_is_no_session(false, "c").await;
+}
+
+#[tokio::test]
+async fn tampered_absolute_deadline_is_no_session_encrypted() {
+    tampered_timestamp_is_no_session(true, "x").await;
+}
+
+#[tokio::test]
+async fn tampered_absolute_deadline_is_no_session_plain() {
+    tampered_timestamp_is_no_session(false, "x").await;
+}
+
+#[tokio::test]
+async fn tampered_idle_timeout_is_no_session_encrypted() {
+    tampered_timestamp_is_no_session(true, "i").await;
+}
+
+#[tokio::test]
+async fn tampered_idle_timeout_is_no_session_plain() {
+    tampered_timestamp_is_no_session(false, "i").await;
+}
+
+/// An app on the same store and clock as `app`, requiring bindings.
+fn strict_twin(server: &RedisServer, app: &App, encrypt: bool) -> App {
+    App::with_clock(
+        store(server, TAMPER_PREFIX),
+        builder()
+            .encrypt_at_rest(encrypt)
+            .require_record_binding(true),
+        routes(),
+        app.clock.clone(),
+    )
+}
+
+/// Records written before bindings existed (no `b`) still load; once bindings are required
+/// they are no session, with a warning; the next save by the layer binds them.
+async fn unbound_records_load_unless_bindings_are_required(encrypt: bool) {
+    let server = RedisServer::start();
+    let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+    let strict = strict_twin(&server, &app, encrypt);
+    let key = redis_key_of(&app, &cookie);
+    let _: i64 = server.run(driver::cmd("HDEL").arg(&key).arg("b"));
+    assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+    let (logs, guard) = capture_logs();
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "");
+    drop(guard);
+    assert!(
+        logs.text()
+            .contains("no binding of its user id and timestamps"),
+        "{}",
+        logs.text()
+    );
+    assert_eq!(app.post("/set/k1/v1", Some(&cookie)).await.status, 200);
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "alice");
+}
+
+#[tokio::test]
+async fn unbound_records_load_unless_bindings_are_required_encrypted() {
+    unbound_records_load_unless_bindings_are_required(true).await;
+}
+
+#[tokio::test]
+async fn unbound_records_load_unless_bindings_are_required_plain() {
+    unbound_records_load_unless_bindings_are_required(false).await;
+}
+
+/// The price of reading records written before bindings existed, pinned so that it stays
+/// documented: until bindings are required, a Redis writer who removes the binding (or
+/// makes it name another version, as an earlier version's save leaves it) can change the
+/// user id; with bindings required, that is no session.
+#[tokio::test]
+async fn without_required_bindings_a_removed_binding_is_a_downgrade() {
+    for encrypt in [true, false] {
+        let server = RedisServer::start();
+        let (app, cookie) = signed_in_as_alice(&server, encrypt).await;
+        let strict = strict_twin(&server, &app, encrypt);
+        let key = redis_key_of(&app, &cookie);
+        let _: i64 = server.run(driver::cmd("HDEL").arg(&key).arg("b"));
+        tamper(&server, &key, "u", "mallory");
+        assert_eq!(app.get("/user", Some(&cookie)).await.body, "mallory");
+        assert_eq!(strict.get("/user", Some(&cookie)).await.body, "");
+    }
+}

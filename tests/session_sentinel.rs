@@ -146,5 +146,6 @@ fn record(now: u64, user: Option<&str>) -> SessionRecord {
         expires_micros: now + 3600 * SEC,
         user_id: user.map(str::to_owned),
         data: b"{}".to_vec(),
+        binding: None,
     }
 }

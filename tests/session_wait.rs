@@ -50,6 +50,7 @@ fn record(user: Option<&str>, data: &[u8]) -> SessionRecord {
         expires_micros: T0 + 3600 * SEC,
         user_id: user.map(str::to_owned),
         data: data.to_vec(),
+        binding: None,
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::config::MAX_LIFETIME;
 use super::cookie::UserTag;
-use super::crypto::{self, decode, encode};
+use super::crypto::{self, bind, encode, open};
 use super::error::SessionError;
 use super::expiry::{End, Expiry};
 use super::id::SessionId;
@@ -94,8 +94,8 @@ impl Shared {
         let record = self.call(self.store.load(id.key(), now, true)).await?;
         state.loaded = true;
         if let Some(record) = record {
-            match decode(&self.config, id.key(), &record.data) {
-                Some(data) => {
+            match open(&self.config, id.key(), &record) {
+                Ok(data) => {
                     state.data = data;
                     state.user.clone_from(&record.user_id);
                     state.current = Some(Current {
@@ -103,10 +103,8 @@ impl Shared {
                         record,
                     });
                 }
-                None => tracing::warn!(
-                    session = %id.key(),
-                    "session record cannot be decoded (unknown key or corrupt): starting a new session"
-                ),
+                // Like no cookie: a write starts a new session under a new id.
+                Err(why) => tracing::warn!(session = %id.key(), "{}", why.describe()),
             }
         }
         Ok(())
@@ -147,6 +145,12 @@ impl Shared {
             }
             let mut record = self.build(Some(&base), &changes, now);
             record.data = encode(&self.config, key, &data)?;
+            record.binding = Some(bind(
+                &self.config,
+                key,
+                record.version.saturating_add(1),
+                &record,
+            ));
             match self.call(self.store.save(key, &record, now)).await? {
                 // A new expiry, or a cookie whose user tag no longer matches the user (set or
                 // cleared by this request or a concurrent one; or a cookie from before tagging
@@ -163,9 +167,12 @@ impl Shared {
                     return Ok(update);
                 }
                 WriteOutcome::Conflict(newer) => {
-                    let Some(mut newer_data) = decode(&self.config, key, &newer.data) else {
-                        tracing::warn!(session = %key, "concurrently saved session cannot be decoded; changes dropped");
-                        return Ok(update);
+                    let mut newer_data = match open(&self.config, key, &newer) {
+                        Ok(data) => data,
+                        Err(why) => {
+                            tracing::warn!(session = %key, "concurrently saved session: {}; changes dropped", why.describe());
+                            return Ok(update);
+                        }
                     };
                     changes.apply(&mut newer_data);
                     data = newer_data;
@@ -215,15 +222,24 @@ impl Shared {
                     return Ok(update);
                 }
                 WriteOutcome::Conflict(newer) => {
-                    let Some(mut newer_data) = decode(&self.config, old_key, &newer.data) else {
-                        tracing::warn!(session = %old_key, "concurrently saved session cannot be decoded; changes dropped");
-                        self.discard(&id, now).await;
-                        return Ok(update);
+                    let mut newer_data = match open(&self.config, old_key, &newer) {
+                        Ok(data) => data,
+                        Err(why) => {
+                            tracing::warn!(session = %old_key, "concurrently saved session: {}; changes dropped", why.describe());
+                            self.discard(&id, now).await;
+                            return Ok(update);
+                        }
                     };
                     changes.apply(&mut newer_data);
                     let mut next = self.build(Some(&newer), changes, now);
                     next.version = record.version;
                     next.data = encode(&self.config, id.key(), &newer_data)?;
+                    next.binding = Some(bind(
+                        &self.config,
+                        id.key(),
+                        next.version.saturating_add(1),
+                        &next,
+                    ));
                     match self.call(self.store.save(id.key(), &next, now)).await? {
                         WriteOutcome::Written => {
                             next.version += 1;
@@ -286,6 +302,7 @@ impl Shared {
             expires_micros: expires,
             user_id,
             data: Vec::new(),
+            binding: None,
         }
     }
 
@@ -300,6 +317,7 @@ impl Shared {
         for _ in 0..MAX_CREATE_ATTEMPTS {
             let id = SessionId::generate().map_err(|_| SessionError::Random)?;
             record.data = encode(&self.config, id.key(), data)?;
+            record.binding = Some(bind(&self.config, id.key(), 1, &record));
             if self.call(self.store.create(id.key(), &record, now)).await? {
                 record.version = 1;
                 return Ok((id, record));

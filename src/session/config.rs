@@ -65,6 +65,8 @@ pub(crate) struct ConfigInner {
     pub(crate) absolute_lifetime: Duration,
     pub(crate) store_timeout: Duration,
     pub(crate) encrypt: bool,
+    /// Records without a binding this version can check are no session.
+    pub(crate) require_binding: bool,
     pub(crate) max_record_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) unavailable_content_type: HeaderValue,
@@ -94,6 +96,7 @@ impl fmt::Debug for SessionConfig {
             .field("absolute_lifetime", &i.absolute_lifetime)
             .field("store_timeout", &i.store_timeout)
             .field("encrypt", &i.encrypt)
+            .field("require_record_binding", &i.require_binding)
             .field("clock", &i.clock)
             .finish_non_exhaustive()
     }
@@ -150,6 +153,12 @@ impl SessionConfig {
     pub fn tags_users(&self) -> bool {
         self.inner.codec.user_tag
     }
+
+    /// Whether records without a binding of their user id and timestamps are refused (see
+    /// [`SessionConfigBuilder::require_record_binding`]).
+    pub fn requires_record_binding(&self) -> bool {
+        self.inner.require_binding
+    }
 }
 
 /// Builder of [`SessionConfig`]; see [`SessionConfig::builder`].
@@ -168,6 +177,7 @@ pub struct SessionConfigBuilder {
     absolute_lifetime: Duration,
     store_timeout: Duration,
     encrypt: bool,
+    require_binding: bool,
     max_record_bytes: usize,
     clock: Arc<dyn Clock>,
     unavailable_content_type: String,
@@ -191,6 +201,7 @@ impl Default for SessionConfigBuilder {
             absolute_lifetime: DEFAULT_ABSOLUTE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             encrypt: true,
+            require_binding: false,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             clock: Arc::new(SystemClock),
             unavailable_content_type: "application/json".into(),
@@ -215,6 +226,7 @@ impl fmt::Debug for SessionConfigBuilder {
             .field("absolute_lifetime", &self.absolute_lifetime)
             .field("store_timeout", &self.store_timeout)
             .field("encrypt", &self.encrypt)
+            .field("require_record_binding", &self.require_binding)
             .field("max_record_bytes", &self.max_record_bytes)
             .finish_non_exhaustive()
     }
@@ -352,9 +364,56 @@ impl SessionConfigBuilder {
 
     /// Whether session data is encrypted at rest with AES-256-GCM (default `true`). The user
     /// id (see [`Session::set_user_id`](super::Session::set_user_id)) and timestamps stay
-    /// readable so stores can expire sessions and index them by user.
+    /// readable so stores can expire sessions and index them by user; they are bound to the
+    /// record either way (see [`require_record_binding`](Self::require_record_binding)).
     pub fn encrypt_at_rest(mut self, encrypt: bool) -> Self {
         self.encrypt = encrypt;
+        self
+    }
+
+    /// Whether a stored record whose user id and timestamps carry no binding this version can
+    /// check is refused, as no session (default `false`: accepted).
+    ///
+    /// Every record this version writes carries a binding (the Redis field `b`): a MAC, under
+    /// a key derived from the first secret key, of its store key, version, creation time,
+    /// idle timeout, absolute deadline and user id. A record whose binding does not verify
+    /// (someone who can write to the store changed `u`, `c`, `i` or `x`) is always no
+    /// session, with a warning. The last access time is not covered: stores refresh it on
+    /// their own, so someone who can write to the store can still keep a session from
+    /// idling out, never past its absolute deadline.
+    ///
+    /// A record without a usable binding is accepted by default, because records written by
+    /// earlier versions have none, and because an earlier version's save leaves the binding
+    /// of the previous version in place (it is then ignored). Someone who can write to the
+    /// store can make any record look like that (delete its binding) and then change its user
+    /// id or deadline: **the binding protects only once this is on.** Turn it on when no
+    /// instance of an earlier version writes to the store any more; records that none of the
+    /// new instances has saved since (sessions only read since the upgrade) are then no
+    /// session, so to sign no one out wait the absolute lifetime after the last earlier
+    /// instance stopped. Turning it off again is always safe.
+    ///
+    /// Not covered: with encryption at rest off, the data itself (sealed on its own
+    /// otherwise); the version (a counter for compare-and-set saves); and what a store reads
+    /// on its own, without the layer: the times that [`Session::user_sessions`] lists and
+    /// the owner that sign out everywhere checks come from the stored fields as they are (a
+    /// changed record is still no session when its cookie comes back). A custom store must
+    /// keep [`SessionRecord::binding`](super::SessionRecord::binding) with the record (the
+    /// conformance suite checks it): with a store that drops it, every record is unbound.
+    ///
+    /// [`Session::user_sessions`]: super::Session::user_sessions
+    ///
+    /// ```
+    /// use tower_rampart::session::{SessionConfig, SessionConfigError};
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .key(b"a secret key of at least 32 bytes, from configuration")
+    ///     .require_record_binding(true)
+    ///     .build()?;
+    /// assert!(config.requires_record_binding());
+    /// # Ok::<(), SessionConfigError>(())
+    /// ```
+    pub fn require_record_binding(mut self, require: bool) -> Self {
+        self.require_binding = require;
         self
     }
 
@@ -493,6 +552,7 @@ impl SessionConfigBuilder {
                 absolute_lifetime: self.absolute_lifetime,
                 store_timeout: self.store_timeout,
                 encrypt: self.encrypt,
+                require_binding: self.require_binding,
                 max_record_bytes: self.max_record_bytes,
                 clock: self.clock,
                 unavailable_content_type: content_type,

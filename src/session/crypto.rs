@@ -10,12 +10,21 @@
 //! | user tag | `HMAC(secret, "tower-rampart/session/user-tag/v1")`, then per user `HMAC(that, user id)`, first 16 bytes |
 //! | record encryption | `HMAC(secret, "tower-rampart/session/record-encryption/v1")`, then per session `HMAC(that, store key)` |
 //! | session handles | `HMAC(secret, "tower-rampart/session/handle/v1")`, then per session `HMAC(that, len(user) \|\| user \|\| store key)` |
+//! | record binding | `HMAC(secret, "tower-rampart/session/record-binding/v1")`, then per write `HMAC(that, len(store key) \|\| store key \|\| v \|\| c \|\| i \|\| x \|\| user)` (numbers as 8 bytes big-endian; user: `0`, or `1 \|\| len \|\| id`) |
+//!
+//! The record binding ([`SessionRecord::binding`], the Redis field `b`) makes the user id and
+//! the timestamps that bound a session's life tamper-evident at rest, encrypted or not: it is
+//! stored as `1.<v>.<base64url of the 32-byte MAC>`, where `v` is the version the write gives
+//! the record. The last access `a` is left out (the stores' scripts refresh it on their own),
+//! and so is the data, which is sealed on its own when encryption is on.
 //!
 //! The per-session encryption key keeps the number of random 96-bit nonces drawn under one
 //! AES-GCM key tiny (one session's saves), far below the 2^32 limit, however long a secret lives.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -23,6 +32,7 @@ use sha2::Sha256;
 use super::config::ConfigInner;
 use super::error::{SessionError, ValueError};
 use super::id::SessionKey;
+use super::store::SessionRecord;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -35,6 +45,9 @@ const ENCRYPTION_LABEL: &[u8] = b"tower-rampart/session/record-encryption/v1";
 const HANDLE_LABEL: &[u8] = b"tower-rampart/session/handle/v1";
 /// Bytes of a session handle (128 bits of an HMAC-SHA256).
 pub(crate) const HANDLE_LEN: usize = 16;
+const BINDING_LABEL: &[u8] = b"tower-rampart/session/record-binding/v1";
+/// The first part of a record binding, so the format can evolve.
+const BINDING_FORMAT: &str = "1";
 const RECORD_AAD_LABEL: &[u8] = b"tower-rampart/session/record/v1:";
 /// First byte of an encrypted record, so the format can evolve.
 const ENCRYPTED_FORMAT: u8 = 1;
@@ -65,6 +78,7 @@ pub(crate) struct DerivedKeys {
     user_tag: HmacSha256,
     encryption: HmacSha256,
     handles: HmacSha256,
+    binding: HmacSha256,
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
@@ -80,6 +94,7 @@ impl DerivedKeys {
             user_tag: keyed(&hmac(secret, &[USER_TAG_LABEL])),
             encryption: keyed(&hmac(secret, &[ENCRYPTION_LABEL])),
             handles: keyed(&hmac(secret, &[HANDLE_LABEL])),
+            binding: keyed(&hmac(secret, &[BINDING_LABEL])),
         }
     }
 
@@ -148,6 +163,56 @@ impl DerivedKeys {
         let mut tag = [0u8; USER_TAG_LEN];
         tag.copy_from_slice(&full[..USER_TAG_LEN]);
         tag
+    }
+
+    /// The MAC of the fields of `record` that a binding covers, as stored under `store_key`
+    /// at `version`.
+    fn binding_mac(&self, store_key: &str, version: u64, record: &SessionRecord) -> HmacSha256 {
+        let mut mac = self.binding.clone();
+        // Length prefixes keep every field boundary unambiguous.
+        mac.update(&(store_key.len() as u64).to_be_bytes());
+        mac.update(store_key.as_bytes());
+        for n in [
+            version,
+            record.created_micros,
+            record.idle_micros,
+            record.expires_micros,
+        ] {
+            mac.update(&n.to_be_bytes());
+        }
+        match &record.user_id {
+            Some(user) => {
+                mac.update(&[1]);
+                mac.update(&(user.len() as u64).to_be_bytes());
+                mac.update(user.as_bytes());
+            }
+            None => mac.update(&[0]),
+        }
+        mac
+    }
+
+    /// The binding of `record` stored under `store_key` at `version` (the version the write
+    /// gives it: 1 for a create, the expected version + 1 for a save).
+    pub(crate) fn bind(&self, store_key: &str, version: u64, record: &SessionRecord) -> String {
+        let tag = self
+            .binding_mac(store_key, version, record)
+            .finalize()
+            .into_bytes();
+        format!("{BINDING_FORMAT}.{version}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Constant-time check of the MAC `tag` of `record` stored under `store_key` at
+    /// `version`.
+    fn verify_binding(
+        &self,
+        store_key: &str,
+        version: u64,
+        record: &SessionRecord,
+        tag: &[u8],
+    ) -> bool {
+        self.binding_mac(store_key, version, record)
+            .verify_slice(tag)
+            .is_ok()
     }
 
     fn record_cipher(&self, store_key: &str) -> Aes256Gcm {
@@ -269,6 +334,112 @@ pub(super) fn decode(
         .and_then(|plain| serde_json::from_slice(&plain).ok())
 }
 
+/// What a record's binding says about its user id and timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Integrity {
+    /// The binding verifies under one of the configured keys, at the record's version.
+    Bound,
+    /// No binding this version can check: none (a record written before bindings existed),
+    /// one of an unknown format (a later version's), or one written at another version (an
+    /// earlier version of this crate saved the record since, leaving the field as it was).
+    /// Indistinguishable from a binding removed by someone who can write to the store.
+    Unbound,
+    /// A binding that does not verify: the record was changed outside the session layer (or
+    /// bound under a key no longer configured).
+    Tampered,
+}
+
+/// Binds `record`, stored under `key` at `version` (see [`DerivedKeys::bind`]), with the
+/// first configured key.
+pub(super) fn bind(
+    config: &ConfigInner,
+    key: &SessionKey,
+    version: u64,
+    record: &SessionRecord,
+) -> String {
+    config.keys()[0].bind(key.as_str(), version, record)
+}
+
+/// Checks the binding of `record`, loaded from under `key`, against every configured key.
+pub(super) fn check(config: &ConfigInner, key: &SessionKey, record: &SessionRecord) -> Integrity {
+    let Some(binding) = record.binding.as_deref() else {
+        return Integrity::Unbound;
+    };
+    let mut parts = binding.splitn(3, '.');
+    if parts.next() != Some(BINDING_FORMAT) {
+        return Integrity::Unbound;
+    }
+    let (Some(version), Some(tag)) = (parts.next(), parts.next()) else {
+        return Integrity::Tampered;
+    };
+    // Only the canonical decimal form ("2", not "02" or "+2"): one binding, one spelling.
+    let version = match version.parse::<u64>() {
+        Ok(v) if v.to_string() == version => v,
+        _ => return Integrity::Tampered,
+    };
+    if version != record.version {
+        return Integrity::Unbound;
+    }
+    let mut raw = [0u8; 33];
+    match URL_SAFE_NO_PAD.decode_slice(tag, &mut raw) {
+        Ok(32) => {}
+        _ => return Integrity::Tampered,
+    }
+    let tag = &raw[..32];
+    if config
+        .keys()
+        .iter()
+        .any(|k| k.verify_binding(key.as_str(), version, record, tag))
+    {
+        Integrity::Bound
+    } else {
+        Integrity::Tampered
+    }
+}
+
+/// Why a stored record is no session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unreadable {
+    /// Its binding does not verify.
+    Tampered,
+    /// It has no binding this version can check, and the configuration requires one.
+    Unbound,
+    /// Its data cannot be decoded (unknown key, corrupt, or plain while encryption is on).
+    Undecodable,
+}
+
+impl Unreadable {
+    /// A log line for this case: names no secret, no id, no user.
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Unreadable::Tampered => {
+                "session record fails its integrity check (user id or timestamps changed outside the session layer, or bound under a key no longer configured): treated as no session"
+            }
+            Unreadable::Unbound => {
+                "session record fails its integrity check (no binding of its user id and timestamps, and bound records are required): treated as no session"
+            }
+            Unreadable::Undecodable => {
+                "session record cannot be decoded (unknown key or corrupt): treated as no session"
+            }
+        }
+    }
+}
+
+/// The data of a record loaded from under `key`, once its binding has been checked: a
+/// tampered record, or an unbound one when bindings are required, is no session.
+pub(super) fn open(
+    config: &ConfigInner,
+    key: &SessionKey,
+    record: &SessionRecord,
+) -> Result<Map<String, Value>, Unreadable> {
+    match check(config, key, record) {
+        Integrity::Tampered => return Err(Unreadable::Tampered),
+        Integrity::Unbound if config.require_binding => return Err(Unreadable::Unbound),
+        Integrity::Bound | Integrity::Unbound => {}
+    }
+    decode(config, key, &record.data).ok_or(Unreadable::Undecodable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +503,110 @@ mod tests {
         // Handles handed out must stay valid across releases: the derivation is pinned.
         let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, PINNED_HANDLE);
+    }
+
+    fn bound_record() -> SessionRecord {
+        SessionRecord {
+            version: 2,
+            created_micros: 1_700_000_000_000_000,
+            accessed_micros: 1_700_000_020_000_000,
+            idle_micros: 600_000_000,
+            expires_micros: 1_700_003_600_000_000,
+            user_id: Some("alice".into()),
+            data: b"{}".to_vec(),
+            binding: None,
+        }
+    }
+
+    /// `bind("k1", 2, bound_record())` under the secret `[1; 32]` (checked against an
+    /// independent implementation: Python's `hmac` and `struct`).
+    const PINNED_BINDING: &str = "1.2.40LYcjeqxv5V_F2vZoeIIiyHF90YYIE9S5Aat7-BMxs";
+
+    #[test]
+    fn bindings_cover_key_version_times_and_user_and_are_pinned() {
+        let a = DerivedKeys::derive(&[1u8; 32]);
+        let r = bound_record();
+        let binding = a.bind("k1", 2, &r);
+        // Records stored by one release must verify under the next: the derivation is pinned.
+        assert_eq!(binding, PINNED_BINDING);
+        let tag = URL_SAFE_NO_PAD
+            .decode(binding.rsplit('.').next().unwrap())
+            .unwrap();
+        assert!(a.verify_binding("k1", 2, &r, &tag));
+        assert!(!DerivedKeys::derive(&[2u8; 32]).verify_binding("k1", 2, &r, &tag));
+        assert!(!a.verify_binding("k2", 2, &r, &tag));
+        assert!(!a.verify_binding("k1", 3, &r, &tag));
+        let changed: [fn(&mut SessionRecord); 6] = [
+            |r| r.created_micros += 1,
+            |r| r.idle_micros += 1,
+            |r| r.expires_micros += 1,
+            |r| r.user_id = Some("mallory".into()),
+            |r| r.user_id = Some("alice ".into()),
+            |r| r.user_id = None,
+        ];
+        for (i, change) in changed.iter().enumerate() {
+            let mut t = r.clone();
+            change(&mut t);
+            assert!(!a.verify_binding("k1", 2, &t, &tag), "change {i}");
+        }
+        // Not covered: the last access (refreshed by the stores), the data (sealed on its
+        // own), the stored version (checked against the binding's own).
+        let mut t = r.clone();
+        t.accessed_micros += 1;
+        t.data = b"{\"a\":1}".to_vec();
+        t.version = 9;
+        assert!(a.verify_binding("k1", 2, &t, &tag));
+        // A user-less record differs from every user, the empty one included.
+        let mut none = r.clone();
+        none.user_id = None;
+        let mut empty = r.clone();
+        empty.user_id = Some(String::new());
+        assert_ne!(a.bind("k1", 2, &none), a.bind("k1", 2, &empty));
+    }
+
+    #[test]
+    fn check_tells_bound_unbound_and_tampered_records_apart() {
+        let config = crate::session::SessionConfig::builder()
+            .keys([[2u8; 32], [1u8; 32]])
+            .build()
+            .unwrap();
+        let config = &config.inner;
+        let key = SessionKey::parse("6b31000000000000000000000000000f").unwrap();
+        let mut r = bound_record();
+        let at = |r: &SessionRecord, binding: Option<&str>| {
+            let mut r = r.clone();
+            r.binding = binding.map(str::to_owned);
+            check(config, &key, &r)
+        };
+        // Written with the first key, verified with any.
+        let first = bind(config, &key, 2, &r);
+        let second = DerivedKeys::derive(&[1u8; 32]).bind(key.as_str(), 2, &r);
+        assert_eq!(at(&r, Some(&first)), Integrity::Bound);
+        assert_eq!(at(&r, Some(&second)), Integrity::Bound);
+        let other = DerivedKeys::derive(&[3u8; 32]).bind(key.as_str(), 2, &r);
+        assert_eq!(at(&r, Some(&other)), Integrity::Tampered);
+        // No binding, an unknown format, another version's: unbound.
+        assert_eq!(at(&r, None), Integrity::Unbound);
+        assert_eq!(at(&r, Some("2.2.anything")), Integrity::Unbound);
+        r.version = 3;
+        assert_eq!(at(&r, Some(&first)), Integrity::Unbound);
+        r.version = 2;
+        // Malformed: tampered.
+        let tag = first.rsplit('.').next().unwrap();
+        for bad in [
+            "1",
+            "1.2",
+            "1.x.AAAA",
+            &format!("1.2.{}", &tag[..42]),
+            &format!("1.2.{tag}A"),
+            &format!("1.2.{tag}.0"),
+            &format!("1.02.{tag}"),
+            &format!("1.+2.{tag}"),
+        ] {
+            assert_eq!(at(&r, Some(bad)), Integrity::Tampered, "{bad}");
+        }
+        r.user_id = Some("mallory".into());
+        assert_eq!(at(&r, Some(&first)), Integrity::Tampered);
     }
 
     #[test]

@@ -63,6 +63,11 @@
 //! - **Ids** are 128 random bits from the OS, sent signed (HMAC-SHA256, key rotation: the
 //!   first key signs, all verify) and stored under a hash ([`SessionKey`]). Data is encrypted
 //!   at rest (AES-256-GCM) by default.
+//! - **Integrity at rest**: the user id, the creation time, the idle timeout and the absolute
+//!   deadline of every record written are bound to it by a MAC ([`SessionRecord::binding`]);
+//!   a record changed in the store is no session. Records written before bindings existed
+//!   are read until [`SessionConfigBuilder::require_record_binding`] is turned on, which is
+//!   when the protection is complete (its docs explain the rollout).
 //! - **Failure**: each store call is bounded by a timeout; when the store fails the layer
 //!   answers `503` with a configurable body, logs once per burst, and recovers by itself.
 //! - **Bad cookies** (malformed, unsigned, wrongly signed, oversized) count as no session,

@@ -351,6 +351,7 @@ mod tests {
             expires_micros: now + 3600 * SEC,
             user_id: None,
             data: b"{}".to_vec(),
+            binding: None,
         }
     }
 

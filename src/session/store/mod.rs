@@ -57,6 +57,13 @@ pub struct SessionRecord {
     pub user_id: Option<String>,
     /// The session data, encoded by the layer.
     pub data: Vec<u8>,
+    /// The integrity tag of this record, written by the layer (opaque to the store, which
+    /// must keep it with the record and return it unchanged): a MAC, under a key derived from
+    /// the session secret, of the store key, the version this write gets, the creation
+    /// time, the idle timeout, the absolute deadline and the user id. Not of
+    /// [`accessed_micros`](Self::accessed_micros), which stores may refresh on their own.
+    /// `None` for records written by versions of this crate before it existed.
+    pub binding: Option<String>,
 }
 
 impl SessionRecord {
@@ -102,6 +109,7 @@ impl fmt::Debug for SessionRecord {
             .field("expires_micros", &self.expires_micros)
             .field("user_id", &self.user_id.as_ref().map(|_| ".."))
             .field("data_len", &self.data.len())
+            .field("bound", &self.binding.is_some())
             .finish()
     }
 }

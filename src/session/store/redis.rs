@@ -18,7 +18,7 @@ const DEFAULT_PREFIX: &str = "rampart:session:";
 
 /// The scripts, one Lua file each under `lua/`; each file opens with what it reads (KEYS,
 /// ARGV) and what it replies and leaves. Record fields come back in the order
-/// `v c a i x u d`.
+/// `v c a i x u d b`.
 pub(crate) mod lua {
     /// Reads a session, refreshing its idle deadline when due.
     pub(crate) const LOAD: &str = include_str!("lua/load.lua");
@@ -120,9 +120,12 @@ struct WaitSettings {
 /// Layout, for the default prefix `rampart:session:`:
 ///
 /// - `rampart:session:{<session key>}`: a hash with the version `v`, times `c`, `a`, `x`
-///   (microseconds) and idle timeout `i`, the user id `u` and the data `d` (encrypted by
-///   the layer unless configured otherwise). The key is a hash of the session id, so a dump
-///   holds no usable cookie.
+///   (microseconds) and idle timeout `i`, the user id `u`, the data `d` (encrypted by
+///   the layer unless configured otherwise) and the binding `b` (a MAC of the key and
+///   `v c i x u` by the layer, see
+///   [`SessionConfigBuilder::require_record_binding`](crate::session::SessionConfigBuilder::require_record_binding);
+///   absent from records written by earlier versions, which read the hash field by field
+///   and ignore it). The key is a hash of the session id, so a dump holds no usable cookie.
 /// - `rampart:session:user:{<hash of the user id>}`: the user's index, a sorted set of
 ///   session keys scored by absolute deadline, for
 ///   [`delete_user_sessions`](SessionStore::delete_user_sessions) ("sign out everywhere"),
@@ -493,7 +496,8 @@ impl RedisStore {
         let mut call = Call::new(&SAVE, lua::SAVE, self.redis_key(key));
         call.arg(now).arg(record.version);
         write_args(&mut call, record, now);
-        call.arg(if indexed { "1" } else { "0" });
+        call.arg(if indexed { "1" } else { "0" })
+            .arg(record.binding.as_deref().unwrap_or(""));
         array(self.write(&call).await?)
     }
 
@@ -677,9 +681,9 @@ fn text(v: &Value) -> Option<String> {
     bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
 }
 
-/// A record from the 7 fields `v c a i x u d`.
+/// A record from the 8 fields `v c a i x u d b`.
 fn record(fields: &[Value]) -> Result<SessionRecord, StoreError> {
-    let [v, c, a, i, x, u, d] = fields else {
+    let [v, c, a, i, x, u, d, b] = fields else {
         return Err(protocol("record"));
     };
     let n = |v: &Value| number(v).ok_or_else(|| protocol("record field"));
@@ -691,6 +695,7 @@ fn record(fields: &[Value]) -> Result<SessionRecord, StoreError> {
         expires_micros: n(x)?,
         user_id: text(u),
         data: bytes(d).map(<[u8]>::to_vec).unwrap_or_default(),
+        binding: text(b),
     })
 }
 
@@ -758,6 +763,7 @@ impl SessionStore for RedisStore {
             let mut call = Call::new(&CREATE, lua::CREATE, self.redis_key(key));
             call.arg(now);
             write_args(&mut call, record, now);
+            call.arg(record.binding.as_deref().unwrap_or(""));
             let created = number(&self.write(&call).await?).ok_or_else(|| protocol("create"))?;
             Ok(created == 1)
         })
@@ -958,6 +964,7 @@ mod tests {
             expires_micros: T0 + 3600 * SEC,
             user_id: user.map(str::to_owned),
             data: b"{}".to_vec(),
+            binding: None,
         }
     }
 

@@ -88,6 +88,7 @@ use tower_service::Service;
 
 use super::{SessionRecord, SessionStore, StoreError, StoreFuture, UserSession, WriteOutcome};
 use crate::clock::{Clock, ManualClock};
+use crate::session::crypto::DerivedKeys;
 use crate::session::{
     Expiry, Session, SessionConfig, SessionConfigBuilder, SessionError, SessionKey, SessionLayer,
     SessionService,
@@ -120,6 +121,7 @@ pub async fn run_all(store: Arc<dyn SessionStore>) {
     cycle_id_keeps_data_and_invalidates_the_old_id(store.clone()).await;
     cycle_id_merges_a_concurrent_write_and_loses_to_a_concurrent_logout(store.clone()).await;
     key_rotation(store.clone()).await;
+    records_changed_behind_the_layer_are_no_session(store.clone()).await;
     bad_cookies_cost_no_store_call_and_are_not_accepted(store.clone()).await;
     server_error_responses_are_not_saved(store.clone()).await;
     sign_out_everywhere(store.clone()).await;
@@ -142,6 +144,7 @@ fn record(now: u64, idle_secs: u64, lifetime_secs: u64, data: &[u8]) -> SessionR
         expires_micros: now + lifetime_secs * SEC,
         user_id: None,
         data: data.to_vec(),
+        binding: Some("binding of the create".into()),
     }
 }
 
@@ -186,7 +189,8 @@ pub async fn store_create_is_only_if_absent(store: Arc<dyn SessionStore>) {
 }
 
 /// Store contract: `save` is compare-and-set on the version (a refusal carries the current
-/// record), increments the version, can remove the user, and never creates a record.
+/// record), increments the version, can remove the user, keeps the binding it is given (or
+/// none), and never creates a record.
 pub async fn store_save_is_compare_and_set_and_never_creates(store: Arc<dyn SessionStore>) {
     let s = &store;
     let (k, t) = (key(2), now());
@@ -196,6 +200,7 @@ pub async fn store_save_is_compare_and_set_and_never_creates(store: Arc<dyn Sess
     let mut next = s.load(&k, t, false).await.unwrap().unwrap();
     next.data = b"v2".to_vec();
     next.accessed_micros = t + SEC;
+    next.binding = Some("binding of the save".into());
     assert_eq!(
         s.save(&k, &next, t + SEC).await.unwrap(),
         WriteOutcome::Written
@@ -205,6 +210,7 @@ pub async fn store_save_is_compare_and_set_and_never_creates(store: Arc<dyn Sess
     assert_eq!(stored.data, b"v2");
     assert_eq!(stored.accessed_micros, t + SEC);
     assert_eq!(stored.user_id.as_deref(), Some("alice"));
+    assert_eq!(stored.binding.as_deref(), Some("binding of the save"));
     // A stale version is refused, and the refusal carries the current record.
     let mut stale = next.clone();
     stale.data = b"stale".to_vec();
@@ -215,14 +221,14 @@ pub async fn store_save_is_compare_and_set_and_never_creates(store: Arc<dyn Sess
     // Removing the user through a save.
     let mut no_user = stored.clone();
     no_user.user_id = None;
+    no_user.binding = None;
     assert_eq!(
         s.save(&k, &no_user, t + SEC).await.unwrap(),
         WriteOutcome::Written
     );
-    assert_eq!(
-        s.load(&k, t + SEC, false).await.unwrap().unwrap().user_id,
-        None
-    );
+    let stored = s.load(&k, t + SEC, false).await.unwrap().unwrap();
+    assert_eq!(stored.user_id, None);
+    assert_eq!(stored.binding, None, "a save without a binding leaves none");
     // A save never creates.
     let ghost = key(3);
     assert_eq!(
@@ -919,6 +925,85 @@ pub async fn key_rotation(store: Arc<dyn SessionStore>) {
     only_new.counts.reset();
     assert_eq!(only_new.get("/get/k0", Some(&cookie)).await.body, "null");
     assert_eq!(only_new.counts.total(), 0);
+}
+
+/// Layer: a record whose user id or lifetime was changed behind the layer's back (here through
+/// the store itself, keeping the record's binding) is no session, and a write then starts a
+/// new one; a record without a binding (written by a version before bindings) is read, unless
+/// bindings are required. The store must keep [`SessionRecord::binding`] as it was given.
+pub async fn records_changed_behind_the_layer_are_no_session(store: Arc<dyn SessionStore>) {
+    let clock = ManualClock::starting_now();
+    let app = App::with_clock(store.clone(), builder(), Router::standard(), clock.clone());
+    let strict = App::with_clock(
+        store,
+        builder().require_record_binding(true),
+        Router::standard(),
+        clock,
+    );
+    async fn signed_in(app: &App) -> String {
+        let anonymous = app.new_session().await;
+        app.post("/login/alice", Some(&anonymous))
+            .await
+            .cookie()
+            .expect("signing in cycles the id")
+    }
+    type Change = fn(&mut SessionRecord);
+    let changes: [(&str, Change); 6] = [
+        ("nothing (the control)", |_| {}),
+        ("user id", |r| r.user_id = Some("mallory".into())),
+        ("no user", |r| r.user_id = None),
+        ("creation time", |r| r.created_micros += 86_400 * SEC),
+        ("absolute deadline", |r| r.expires_micros += 86_400 * SEC),
+        ("idle timeout", |r| r.idle_micros += 86_400 * SEC),
+    ];
+    for (what, change) in changes {
+        let cookie = signed_in(&app).await;
+        assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+        let k = app.key_of(&cookie);
+        let mut r = app.stored(&k).await.expect("a live record");
+        assert!(r.binding.is_some(), "the layer binds what it writes");
+        // A save through the store increments the version: give the record the binding the
+        // layer would give its original fields at that version, then change a field, as
+        // someone editing the stored field (and nothing else) would.
+        r.binding = Some(DerivedKeys::derive(KEY_A).bind(k.as_str(), r.version + 1, &r));
+        change(&mut r);
+        let now = app.clock.now_micros();
+        assert_eq!(
+            app.store.save(&k, &r, now).await.unwrap(),
+            WriteOutcome::Written
+        );
+        let (user, value) = if what.starts_with("nothing") {
+            ("alice", "\"alice\"")
+        } else {
+            ("", "null")
+        };
+        for app in [&app, &strict] {
+            assert_eq!(app.get("/user", Some(&cookie)).await.body, user, "{what}");
+            assert_eq!(
+                app.get("/get/user", Some(&cookie)).await.body,
+                value,
+                "{what}"
+            );
+        }
+    }
+    // Without a binding: read by default, refused when bindings are required.
+    let cookie = signed_in(&app).await;
+    let k = app.key_of(&cookie);
+    let mut r = app.stored(&k).await.expect("a live record");
+    r.binding = None;
+    let now = app.clock.now_micros();
+    assert_eq!(
+        app.store.save(&k, &r, now).await.unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(app.get("/user", Some(&cookie)).await.body, "alice");
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "");
+    // A write through the layer binds it again.
+    assert_eq!(
+        app.post("/set/k1/v1", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(strict.get("/user", Some(&cookie)).await.body, "alice");
 }
 
 /// Layer: tampered, unsigned, oversized and malformed cookies, and valid cookies of two

@@ -1,5 +1,5 @@
 -- DELETE_IF_USER: remove a session if it belongs to a user (sign out everywhere).
--- KEYS[1]: the session hash (fields v c a i x u d).
+-- KEYS[1]: the session hash (fields v c a i x u d b).
 -- ARGV[1]: the user id, ARGV[2]: now (microseconds).
 -- Replies: 1 when a live session of the user was removed, 2 when an expired leftover of the
 -- user was removed, 0 when the key is missing or belongs to no one or someone else.

@@ -1,10 +1,11 @@
 -- LOAD: read a session, refreshing its idle deadline when due.
--- KEYS[1]: the session hash (fields v c a i x u d).
+-- KEYS[1]: the session hash (fields v c a i x u d b).
 -- ARGV[1]: now (microseconds); ARGV[2]: '1' to refresh the idle deadline, '0' not to.
--- Replies: nil when the session is missing or expired; else the fields {v, c, a, i, x, u, d}.
+-- Replies: nil when the session is missing or expired; else the fields {v, c, a, i, x, u, d, b}
+-- (u and b may be missing).
 -- Leaves: when refreshing and more than a quarter of the idle timeout has passed since the
 -- last access, 'a' = now and the key's TTL moved to the new deadline; nothing otherwise.
-local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd')
+local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
 local now = tonumber(ARGV[1])
 local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
 local function ttl(a)

@@ -1,9 +1,9 @@
 -- TOUCH: mark a live session as used now.
--- KEYS[1]: the session hash (fields v c a i x u d).
+-- KEYS[1]: the session hash (fields v c a i x u d b).
 -- ARGV[1]: now (microseconds).
 -- Replies: 1 when touched, 0 when the session is missing or expired.
 -- Leaves (when touched): 'a' = now and the key's TTL moved to the new deadline.
-local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd')
+local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
 local now = tonumber(ARGV[1])
 local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
 local function ttl(a)
