@@ -273,6 +273,16 @@ fn session_max_bytes_is_read() {
 }
 
 #[test]
+fn session_require_record_binding_is_read() {
+    assert!(!load(&[]).unwrap().session_require_record_binding);
+    assert!(
+        load(&[("SESSION_REQUIRE_RECORD_BINDING", "true")])
+            .unwrap()
+            .session_require_record_binding
+    );
+}
+
+#[test]
 fn invalid_values_are_named() {
     let cases: &[(&str, &str)] = &[
         ("ENVIRONMENT", "staging"),
@@ -293,6 +303,7 @@ fn invalid_values_are_named() {
         ("COOKIE_PARTITIONED", "1"),
         // Partitioned needs Secure, which local mode with SameSite=Lax does not set.
         ("COOKIE_PARTITIONED", "true"),
+        ("SESSION_REQUIRE_RECORD_BINDING", "yes"),
         ("SESSION_MAX_BYTES", "1023"),
         ("SESSION_MAX_BYTES", "0"),
         ("SESSION_MAX_BYTES", "256k"),

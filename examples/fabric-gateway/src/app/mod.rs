@@ -414,6 +414,7 @@ fn session_layer(
         .absolute_lifetime(config.session_expiry)
         .encrypt_at_rest(true)
         .max_record_bytes(config.session_max_bytes)
+        .require_record_binding(config.session_require_record_binding)
         .clock(Arc::clone(clock))
         .unavailable_response(
             "application/json",

@@ -77,6 +77,10 @@ pub struct Config {
     pub cookie_partitioned: bool,
     /// `SESSION_MAX_BYTES`: the largest session data accepted on save (as stored, encrypted).
     pub session_max_bytes: usize,
+    /// `SESSION_REQUIRE_RECORD_BINDING`: stored sessions without an integrity binding (written
+    /// by versions before it) are no session. Default `false`; turn it on once no earlier
+    /// instance shares the Redis.
+    pub session_require_record_binding: bool,
     /// `ALLOWED_ORIGINS`: browser origins (`scheme://host[:port]`, no trailing slash).
     pub allowed_origins: Vec<String>,
     /// `TRUSTED_PROXIES`.
@@ -249,6 +253,7 @@ impl Config {
             cookie_samesite: sessions.cookie_samesite,
             cookie_partitioned: sessions.cookie_partitioned,
             session_max_bytes: sessions.session_max_bytes,
+            session_require_record_binding: sessions.session_require_record_binding,
             allowed_origins: clients.allowed_origins,
             trusted_proxies: clients.trusted_proxies,
             rate_limit_query_ip: limits.rate_limit_query_ip,

@@ -68,6 +68,7 @@ pub(super) struct Sessions {
     pub(super) cookie_samesite: CookieSameSite,
     pub(super) cookie_partitioned: bool,
     pub(super) session_max_bytes: usize,
+    pub(super) session_require_record_binding: bool,
 }
 
 /// Reads `SECRET_KEY` (required in production, else a random key with a warning), the
@@ -195,6 +196,15 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         );
     }
 
+    // Refuse stored sessions without an integrity binding (written by versions before it):
+    // once no earlier instance runs.
+    let session_require_record_binding = r
+        .one_of(
+            "SESSION_REQUIRE_RECORD_BINDING",
+            &[("true", true), ("false", false)],
+        )
+        .unwrap_or(false);
+
     Sessions {
         secret_keys,
         secret_key_generated,
@@ -204,5 +214,6 @@ pub(super) fn read(r: &mut Reader<'_>) -> Sessions {
         cookie_samesite,
         cookie_partitioned,
         session_max_bytes: usize::try_from(session_max_bytes).unwrap_or(usize::MAX),
+        session_require_record_binding,
     }
 }
