@@ -81,7 +81,8 @@ ensure_prometheus() {
         step "installing prometheus with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq prometheus >/dev/null
+        # Only the server: its recommends (node exporter, smartmontools...) are not needed.
+        apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     fi
     if ! command -v prometheus >/dev/null 2>&1; then
         echo "error: prometheus is not installed and could not be installed here." >&2
