@@ -71,11 +71,34 @@ ensure_chromium() {
     fi
 }
 
+# The gateway's metrics test (examples/fabric-gateway/tests/prometheus.rs) scrapes it with
+# a real Prometheus.
+ensure_prometheus() {
+    if command -v prometheus >/dev/null 2>&1; then
+        return
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        step "installing prometheus with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # Only the server: its recommends (node exporter, smartmontools...) are not needed.
+        apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+    if ! command -v prometheus >/dev/null 2>&1; then
+        echo "error: prometheus is not installed and could not be installed here." >&2
+        echo "Install it (Debian: 'sudo apt-get install prometheus'; elsewhere put the" >&2
+        echo "prometheus binary from prometheus.io on PATH) and run scripts/test.sh again." >&2
+        exit 1
+    fi
+}
+
 ensure_redis
 ensure_curl
 ensure_chromium
+ensure_prometheus
 echo "redis-server: $(redis-server --version)"
 echo "chromium: $("${CHROMIUM:-chromium}" --version 2>/dev/null | head -n 1)"
+echo "prometheus: $(prometheus --version 2>&1 | head -n 1)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -8,7 +8,9 @@
 //! - [`fake_agent`]: an in-memory data agent speaking both protocols, for local mode and tests;
 //! - [`app`](mod@app): the running service; [`app()`] builds its router and layer stack
 //!   ([`app_with_clock`] on an injected clock, for tests);
-//! - [`logging`]: JSON (production) or human-readable log lines.
+//! - [`logging`]: JSON (production) or human-readable log lines;
+//! - [`metrics`]: the gateway's metrics (one table of names) and the Prometheus endpoint
+//!   (`METRICS_ADDR`).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -23,6 +25,7 @@ pub mod config;
 pub mod fabric;
 pub mod fake_agent;
 pub mod logging;
+pub mod metrics;
 mod outbound;
 
 pub use app::{App, AppHandle, StartError, app, app_with_clock};

@@ -79,6 +79,7 @@ fn defaults_with_no_environment() {
     assert_eq!(c.data_agent.timeout, Duration::from_secs(120));
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert_eq!(c.rust_log, "info");
+    assert_eq!(c.metrics_addr, None);
     // Two processes get different random keys.
     assert_ne!(
         c.secret_keys.primary(),
@@ -499,6 +500,59 @@ async fn settings_the_layers_refuse_are_named() {
         }
         assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
     }
+}
+
+/// `METRICS_ADDR`: a socket address, never the public one (the same port on the same or
+/// the unspecified address); port 0 (any free port) is allowed.
+#[test]
+fn metrics_addr_is_a_listener_of_its_own() {
+    let c = load(&[("METRICS_ADDR", "127.0.0.1:9464")]).unwrap();
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    let c = load(&[("METRICS_ADDR", "127.0.0.1:0")]).unwrap();
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:0".parse().unwrap()));
+    // Another port beside the public one, on all interfaces.
+    let c = load(&[("PORT", "8000"), ("METRICS_ADDR", "0.0.0.0:9464")]).unwrap();
+    assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+
+    let refused: &[&[(&str, &str)]] = &[
+        &[("METRICS_ADDR", "9464")],
+        &[("METRICS_ADDR", "localhost:9464")],
+        &[("METRICS_ADDR", "127.0.0.1:8000")],
+        &[
+            ("BIND_ADDR", "127.0.0.1:9000"),
+            ("METRICS_ADDR", "127.0.0.1:9000"),
+        ],
+        &[("PORT", "9000"), ("METRICS_ADDR", "127.0.0.1:9000")],
+        &[
+            ("BIND_ADDR", "127.0.0.1:9000"),
+            ("METRICS_ADDR", "0.0.0.0:9000"),
+        ],
+    ];
+    for vars in refused {
+        let e = load(vars).expect_err(&format!("{vars:?} must be refused"));
+        assert_eq!(e.variables(), ["METRICS_ADDR"], "{vars:?}: {e}");
+    }
+    let e = load(&[("PORT", "9000"), ("METRICS_ADDR", "127.0.0.1:9000")]).unwrap_err();
+    assert!(e.to_string().contains("listener of their own"), "{e}");
+}
+
+/// Without `METRICS_ADDR` nothing listens for metrics; an address that cannot be listened on
+/// stops start-up, naming the variable.
+#[tokio::test]
+async fn metrics_listener_only_when_configured() {
+    let app = fabric_gateway::app(load(&[]).unwrap()).await.unwrap();
+    assert_eq!(app.handle().metrics_addr(), None);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let e = fabric_gateway::app(load(&[("METRICS_ADDR", &addr)]).unwrap())
+        .await
+        .expect_err("a taken METRICS_ADDR stops start-up");
+    assert!(matches!(e, StartError::Metrics(_)), "{e}");
+    assert!(
+        e.to_string().starts_with("METRICS_ADDR: cannot listen on"),
+        "{e}"
+    );
 }
 
 /// `RATE_LIMIT_QUERY_USER` (default 10/minute) replaces `RATE_LIMIT_QUERY_SESSION`, which

@@ -3,7 +3,8 @@
 //! Outermost first, what a request goes through:
 //!
 //! 1. **correlation id** (`X-Correlation-ID` validated or minted, echoed, on every log line
-//!    of the request, one access line);
+//!    of the request, one access line), then the count of `429` answers by route (see
+//!    [`metrics`]);
 //! 2. **`{"detail"}` bodies** for every error answer that has none (404, 405, 413, 504);
 //! 3. **CORS** (`ALLOWED_ORIGINS`, credentials, the rate-limit and correlation headers
 //!    exposed) and the **Origin check**: a POST from a foreign origin is refused with 403
@@ -74,6 +75,8 @@ use crate::auth::dev::DevIdentity;
 use crate::config::{Config, CookieSameSite, QueryQuotaKey, RateLimitFailureMode};
 use crate::fabric::{DataAgent, DataAgentOptions};
 use crate::fake_agent::{FakeAgent, FakeAgentHandle};
+use crate::metrics;
+use crate::metrics::{MetricsError, MetricsServer};
 
 pub use errors::BODY_LIMIT_BYTES;
 pub use handlers::MAX_QUERY_CHARS;
@@ -98,6 +101,8 @@ pub enum StartError {
     FakeAgent(std::io::Error),
     /// The development identity could not be generated.
     DevIdentity(String),
+    /// The metrics endpoint (`METRICS_ADDR`) could not start.
+    Metrics(MetricsError),
 }
 
 impl fmt::Display for StartError {
@@ -107,6 +112,7 @@ impl fmt::Display for StartError {
             Self::DataAgent(m) => write!(f, "DATA_AGENT_URL: {m}"),
             Self::FakeAgent(e) => write!(f, "cannot start the built-in fake data agent: {e}"),
             Self::DevIdentity(m) => write!(f, "{m}"),
+            Self::Metrics(e) => write!(f, "METRICS_ADDR: {e}"),
         }
     }
 }
@@ -184,6 +190,12 @@ impl AppHandle {
     pub fn config(&self) -> &Config {
         &self.state.config
     }
+
+    /// Where `GET /metrics` is served (`METRICS_ADDR`, with the bound port when it asked
+    /// for port 0); `None` when metrics are off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.state.metrics.as_ref().map(|m| m.addr())
+    }
 }
 
 /// Serves `router` on `listener` with client addresses recorded (per-IP limits need them)
@@ -247,6 +259,19 @@ pub async fn app_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App
 async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App, StartError> {
     let production = config.environment.is_production();
     let clock: Arc<dyn Clock> = test_clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+
+    // Metrics first: the meter provider must be installed before any instrument is created
+    // (the gateway's and the library's read the global provider when they are built).
+    let metrics = match config.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::start(addr)
+                .await
+                .map_err(StartError::Metrics)?;
+            tracing::info!(address = %server.addr(), "serving Prometheus metrics at /metrics");
+            Some(Arc::new(server))
+        }
+    };
 
     // Redis: one lazily connected, self-healing connection shared by sessions and limits.
     let redis = match &config.redis {
@@ -321,6 +346,7 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
         clock,
         dev_routes: dev_identity.is_some(),
         fake_agent,
+        metrics,
         config,
     }));
 
@@ -372,6 +398,10 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
     let router = routes.layer(
         ServiceBuilder::new()
             .layer(CorrelationIdLayer::new())
+            .layer(middleware::from_fn_with_state(
+                metrics::rate_limited_counter(),
+                metrics::count_rate_limited,
+            ))
             .layer(middleware::map_response(errors::json_error_bodies))
             .layer(cors(&allowed))
             .layer(middleware::from_fn_with_state(allowed, origin::guard))

@@ -9,6 +9,7 @@ use crate::auth::TokenValidator;
 use crate::config::Config;
 use crate::fabric::DataAgent;
 use crate::fake_agent::FakeAgentHandle;
+use crate::metrics::MetricsServer;
 
 /// Shared state of the handlers. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) dev_routes: bool,
     /// The in-process fake data agent (local mode): kept alive as long as the router.
     pub(crate) fake_agent: Option<Arc<FakeAgentHandle>>,
+    /// The Prometheus endpoint (`METRICS_ADDR`): serves as long as the router lives.
+    pub(crate) metrics: Option<Arc<MetricsServer>>,
 }
 
 impl std::ops::Deref for AppState {

@@ -45,6 +45,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::metrics::TokenMetrics;
 use crate::outbound::HttpClient;
 use tower_rampart::clock::{Clock, SystemClock};
 
@@ -171,6 +172,7 @@ struct Inner {
     failure_backoff: Duration,
     max_key_age: Duration,
     fetches: AtomicU64,
+    metrics: TokenMetrics,
 }
 
 impl fmt::Debug for Inner {
@@ -243,7 +245,8 @@ impl TokenValidatorBuilder {
         self
     }
 
-    /// Builds the validator. Nothing is fetched until the first token arrives.
+    /// Builds the validator. Nothing is fetched until the first token arrives. Its
+    /// instrument comes from the global meter provider installed now.
     pub fn build(self) -> TokenValidator {
         let http = reqwest::Client::builder()
             .timeout(self.fetch_timeout)
@@ -264,6 +267,7 @@ impl TokenValidatorBuilder {
                 failure_backoff: self.failure_backoff,
                 max_key_age: self.max_key_age,
                 fetches: AtomicU64::new(0),
+                metrics: TokenMetrics::new(),
             }),
         }
     }
@@ -293,8 +297,18 @@ impl TokenValidator {
         self.inner.fetches.load(Ordering::Relaxed)
     }
 
-    /// Validates `token`; see the module docs for the checks.
+    /// Validates `token`; see the module docs for the checks. A refusal is counted by
+    /// reason (`fabric_gateway.token.validation_failures`, see [`metrics`](crate::metrics)).
     pub async fn validate(&self, token: &str) -> Result<ValidatedToken, TokenError> {
+        let result = self.check(token).await;
+        if let Err(e) = &result {
+            self.inner.metrics.record(e);
+        }
+        result
+    }
+
+    /// The checks of [`validate`](Self::validate).
+    async fn check(&self, token: &str) -> Result<ValidatedToken, TokenError> {
         let token = token.trim();
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);

@@ -3,8 +3,9 @@
 //! Every variable of the service's configuration table is read here, with its default, one
 //! section per file, in the order [`Config::from_lookup`] calls them: `server` (`ENVIRONMENT`,
 //! `BIND_ADDR`/`PORT`), `redis`, `sessions`, `clients` (`ALLOWED_ORIGINS`, `TRUSTED_PROXIES`),
-//! `limits`, `auth`, `data_agent`, `logging`. Each has a `read` function that takes the
-//! shared reader (values, problems, warnings, production or not) and returns what it read.
+//! `limits`, `auth`, `data_agent`, `logging`, `telemetry` (`METRICS_ADDR`). Each has a `read`
+//! function that takes the shared reader (values, problems, warnings, production or not) and
+//! returns what it read.
 //! Invalid values stop start-up with a [`ConfigError`] that names each offending variable
 //! and never contains a secret. Production (`ENVIRONMENT=production`) additionally requires
 //! Redis (`REDIS_URL` or `REDIS_HOST`), `SECRET_KEY`, `TENANT_ID` and `DATA_AGENT_URL`.
@@ -37,6 +38,7 @@ mod logging;
 mod redis;
 mod server;
 mod sessions;
+mod telemetry;
 
 pub use auth::{AuthSettings, DEV_TENANT_ID};
 pub use data_agent::{DataAgentProtocol, DataAgentSettings};
@@ -114,6 +116,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG` (a valid tracing filter).
     pub rust_log: String,
+    /// `METRICS_ADDR`: where Prometheus scrapes the metrics (`GET /metrics`), on a listener
+    /// of its own; `None` = no listener, no meter provider, nothing recorded.
+    pub metrics_addr: Option<SocketAddr>,
     /// Warnings to log once logging is set up (e.g. the generated development key).
     pub warnings: Vec<String>,
 }
@@ -237,6 +242,7 @@ impl Config {
         let auth = auth::read(&mut r);
         let data_agent = data_agent::read(&mut r);
         let logging = logging::read(&mut r);
+        let telemetry = telemetry::read(&mut r, server.bind_addr);
         let warnings = r.finish()?;
 
         Ok(Self {
@@ -268,6 +274,7 @@ impl Config {
             data_agent,
             log_format: logging.log_format,
             rust_log: logging.rust_log,
+            metrics_addr: telemetry.metrics_addr,
             warnings,
         })
     }

@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::metrics::DataAgentMetrics;
 use crate::outbound::{HttpClient, spawn_in_request_scope};
 use serde::Serialize;
 use serde_json::Value;
@@ -178,6 +179,7 @@ pub struct DataAgent {
 struct Inner {
     protocol: Protocol,
     timeout: Duration,
+    metrics: DataAgentMetrics,
 }
 
 #[derive(Debug)]
@@ -187,7 +189,8 @@ enum Protocol {
 }
 
 impl DataAgent {
-    /// Builds the client. Fails (category `ERROR`) when the URL is not http(s) or its
+    /// Builds the client; its instruments come from the global meter provider installed
+    /// now (see [`metrics`](crate::metrics)). Fails (category `ERROR`) when the URL is not http(s) or its
     /// protocol cannot be told from its shape and was not given.
     pub fn new(options: DataAgentOptions) -> Result<Self, FabricError> {
         let url = Url::parse(&options.url)
@@ -232,6 +235,7 @@ impl DataAgent {
             inner: Arc::new(Inner {
                 protocol,
                 timeout: options.timeout,
+                metrics: DataAgentMetrics::new(),
             }),
         })
     }
@@ -278,7 +282,13 @@ impl DataAgent {
                 result
             }
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        self.inner.metrics.record(
+            self.protocol(),
+            elapsed.as_secs_f64(),
+            result.as_ref().err().map(FabricError::category),
+        );
+        let elapsed_ms = elapsed.as_millis() as u64;
         match &result {
             Ok(_) => tracing::info!(
                 protocol = self.protocol().as_str(),
