@@ -148,6 +148,8 @@ struct Phase {
     fault: Option<Fault>,
     start: Instant,
     end: Instant,
+    /// The test process's resident memory at the end of the phase, KiB.
+    rss_kib: u64,
 }
 
 /// What happened to one request.
@@ -658,6 +660,7 @@ async fn run(total: Duration, target: Target) {
             fault: None,
             start,
             end: Instant::now(),
+            rss_kib: rss_kib(),
         });
         if fault == Fault::KillEmpty {
             // Checker 1, first pass: before Redis loses everything, every write acknowledged
@@ -683,6 +686,7 @@ async fn run(total: Duration, target: Target) {
             fault: Some(fault),
             start,
             end: Instant::now(),
+            rss_kib: rss_kib(),
         });
     }
     let start = Instant::now();
@@ -692,6 +696,7 @@ async fn run(total: Duration, target: Target) {
         fault: None,
         start,
         end: Instant::now(),
+        rss_kib: rss_kib(),
     });
     stop.store(true, Ordering::Relaxed);
     for u in users {
@@ -943,8 +948,17 @@ impl Report {
 
     fn print(&self, phases: &[Phase], run_start: Instant) {
         println!(
-            "{:<52} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>9}",
-            "phase", "from s", "sent", "answer", "5xx %", "503 %", "p50 ms", "p99 ms", "recov ms"
+            "{:<52} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8}",
+            "phase",
+            "from s",
+            "sent",
+            "answer",
+            "5xx %",
+            "503 %",
+            "p50 ms",
+            "p99 ms",
+            "recov ms",
+            "RSS MiB"
         );
         for ((phase, row), rec) in phases.iter().zip(&self.rows).zip(&self.recovery) {
             let share = |n: usize| {
@@ -955,7 +969,7 @@ impl Report {
                 }
             };
             println!(
-                "{:<52} {:>6.1} {:>6} {:>7} {:>8.1} {:>8.1} {:>7} {:>7} {:>9}",
+                "{:<52} {:>6.1} {:>6} {:>7} {:>8.1} {:>8.1} {:>7} {:>7} {:>9} {:>8.1}",
                 phase.name,
                 phase.start.duration_since(run_start).as_secs_f64(),
                 row.sent,
@@ -964,7 +978,8 @@ impl Report {
                 share(row.unavailable),
                 ms(row.p50),
                 ms(row.p99),
-                rec.map(ms).unwrap_or_else(|| "-".into())
+                rec.map(ms).unwrap_or_else(|| "-".into()),
+                phase.rss_kib as f64 / 1024.0
             );
         }
     }

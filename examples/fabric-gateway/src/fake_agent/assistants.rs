@@ -135,7 +135,7 @@ async fn create_thread(State(controls): State<FakeControls>) -> Response {
         s.threads.insert(id.clone(), Vec::new());
         id
     };
-    s.created_threads.push(id.clone());
+    super::controls::record(&mut s.created_threads, id.clone());
     axum::Json(json!({"id": id, "object": "thread", "created_at": now_secs(), "metadata": {}}))
         .into_response()
 }
@@ -148,7 +148,7 @@ async fn delete_thread(
     if s.threads.remove(&thread).is_none() {
         return not_found("thread");
     }
-    s.deleted_threads.push(thread.clone());
+    super::controls::record(&mut s.deleted_threads, thread.clone());
     axum::Json(json!({"id": thread, "object": "thread.deleted", "deleted": true})).into_response()
 }
 
@@ -294,7 +294,12 @@ async fn create_run(
     };
     let json = run_json(&id, &run);
     s.runs.insert(id.clone(), run);
-    s.run_order.push(id);
+    super::controls::record(&mut s.run_order, id);
+    // Runs are polled right after they are created: keep only the latest ones.
+    if s.runs.len() > 2 * super::controls::OBSERVATIONS_KEPT {
+        let recent: std::collections::HashSet<String> = s.run_order.iter().cloned().collect();
+        s.runs.retain(|id, _| recent.contains(id));
+    }
     axum::Json(json).into_response()
 }
 

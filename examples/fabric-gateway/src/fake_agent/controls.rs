@@ -10,6 +10,20 @@ use serde_json::Value;
 use super::assistants::{Message, Run};
 use super::{DEFAULT_TOOL_ARGUMENT, DEFAULT_TOOL_NAME};
 
+/// How many of its latest observations (requests, RPCs, threads, runs) each list keeps: the
+/// built-in agent of local mode may run for days, and every request it records carries a
+/// bearer token of about a kilobyte. Tests look at far fewer.
+pub(super) const OBSERVATIONS_KEPT: usize = 1024;
+
+/// Appends `item` to an observation list, dropping the oldest half once it holds twice
+/// [`OBSERVATIONS_KEPT`] (amortized O(1); at least the latest `OBSERVATIONS_KEPT` stay).
+pub(super) fn record<T>(list: &mut Vec<T>, item: T) {
+    if list.len() >= 2 * OBSERVATIONS_KEPT {
+        list.drain(..list.len() - OBSERVATIONS_KEPT);
+    }
+    list.push(item);
+}
+
 /// How the MCP endpoint answers requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum McpResponseMode {
@@ -263,5 +277,23 @@ impl FakeControls {
     /// Live MCP sessions.
     pub fn mcp_session_count(&self) -> usize {
         self.lock().sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observation_lists_keep_the_latest_entries_only() {
+        let mut list = Vec::new();
+        for i in 0..10 * OBSERVATIONS_KEPT {
+            record(&mut list, i);
+            assert!(list.len() <= 2 * OBSERVATIONS_KEPT);
+        }
+        // The latest OBSERVATIONS_KEPT are all there, in order.
+        let tail = &list[list.len() - OBSERVATIONS_KEPT..];
+        let expected: Vec<usize> = (9 * OBSERVATIONS_KEPT..10 * OBSERVATIONS_KEPT).collect();
+        assert_eq!(tail, &expected[..]);
     }
 }

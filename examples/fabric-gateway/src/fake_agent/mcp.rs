@@ -88,11 +88,14 @@ async fn mcp_post(
 
     let (mode, delay, tool_failure, tool, lose) = {
         let mut s = controls.lock();
-        s.rpcs.push(RecordedRpc {
-            method: method.clone(),
-            params: params.clone(),
-            session_id: session_id.clone(),
-        });
+        super::controls::record(
+            &mut s.rpcs,
+            RecordedRpc {
+                method: method.clone(),
+                params: params.clone(),
+                session_id: session_id.clone(),
+            },
+        );
         if method == "initialize" {
             let mode = s.mcp_mode;
             let session = s

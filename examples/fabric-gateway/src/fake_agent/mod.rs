@@ -175,16 +175,19 @@ async fn guard(State(controls): State<FakeControls>, req: Request, next: Next) -
     let is_delete = req.method() == axum::http::Method::DELETE;
     let injected = {
         let mut s = controls.lock();
-        s.requests.push(RecordedRequest {
-            method: req.method().to_string(),
-            path: req.uri().path().to_owned(),
-            query: req.uri().query().map(str::to_owned),
-            activity_id: header_string(headers, "activityid"),
-            correlation_id: header_string(headers, "x-correlation-id"),
-            authorization: authorization.clone(),
-            mcp_session_id: header_string(headers, "mcp-session-id"),
-            mcp_protocol_version: header_string(headers, "mcp-protocol-version"),
-        });
+        controls::record(
+            &mut s.requests,
+            RecordedRequest {
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+                query: req.uri().query().map(str::to_owned),
+                activity_id: header_string(headers, "activityid"),
+                correlation_id: header_string(headers, "x-correlation-id"),
+                authorization: authorization.clone(),
+                mcp_session_id: header_string(headers, "mcp-session-id"),
+                mcp_protocol_version: header_string(headers, "mcp-protocol-version"),
+            },
+        );
         let token = authorization
             .as_deref()
             .and_then(|a| a.strip_prefix("Bearer "))
