@@ -404,7 +404,9 @@ mod cookie_policy {
                     Just("-".to_owned()),
                     Just(String::new()),
                     Just("12x".to_owned()),
-                    Just("+5".to_owned())
+                    Just("+5".to_owned()),
+                    // Around the policy's cap (see `at_cap`).
+                    (0u8..5).prop_map(|k| format!("%M{k}"))
                 ]
             )
                 .prop_map(|(k, v)| format!("{k}={v}")),
@@ -413,7 +415,8 @@ mod cookie_policy {
                 prop_oneof![
                     (NOW - 1_000_000..NOW + 100_000_000).prop_map(imf_date),
                     (0i64..4_000_000_000).prop_map(imf_date),
-                    Just("tomorrow".to_owned())
+                    Just("tomorrow".to_owned()),
+                    (0u8..5).prop_map(|k| format!("%E{k}"))
                 ]
             )
                 .prop_map(|(k, v)| format!("{k}={v}")),
@@ -485,6 +488,34 @@ mod cookie_policy {
                     c
                 }),
         ]
+    }
+
+    /// Puts lifetimes around the policy's cap where the generator left a mark: `%M<k>` is a
+    /// Max-Age of `cap + k - 2` seconds, `%E<k>` an Expires `cap + k - 2` seconds from now
+    /// (without a cap: around zero).
+    fn at_cap(p: &Policy, input: &[u8]) -> Vec<u8> {
+        let cap = p.cap.map_or(0, |c| c as i64);
+        let mut out = Vec::with_capacity(input.len());
+        let mut i = 0;
+        while i < input.len() {
+            match input[i..] {
+                [b'%', m @ (b'M' | b'E'), k @ b'0'..=b'4', ..] => {
+                    let secs = cap + i64::from(k - b'0') - 2;
+                    let text = if m == b'M' {
+                        secs.to_string()
+                    } else {
+                        imf_date(NOW + secs)
+                    };
+                    out.extend_from_slice(text.as_bytes());
+                    i += 3;
+                }
+                _ => {
+                    out.push(input[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Checks one rewrite against the oracle. `input` is a valid header value.
@@ -671,7 +702,7 @@ mod cookie_policy {
                 .prop_filter("a header value", |c| HeaderValue::from_bytes(c).is_ok())
                 .prop_map(Bytes),
         ) {
-            check(&p, &input.0)?;
+            check(&p, &at_cap(&p, &input.0))?;
         }
     }
 }
@@ -1222,10 +1253,10 @@ mod correlation {
         prop_oneof![
             (
                 prop_oneof!["00", "01", "fe", "ff", "[0-9a-f]{2}", "0G"],
-                prop_oneof!["[0-9a-f]{32}", Just("0".repeat(32)), "[0-9a-fA-F]{31,33}"],
-                prop_oneof!["[0-9a-f]{16}", Just("0".repeat(16))],
-                prop_oneof!["[0-9a-f]{2}", "[0-9a-f]{3}"],
-                prop_oneof![Just(""), Just("-"), Just("-x"), Just("x")],
+                prop_oneof![4 => "[0-9a-f]{32}", 1 => Just("0".repeat(32)), 1 => "[0-9a-fA-F]{31,33}"],
+                prop_oneof![4 => "[0-9a-f]{16}", 1 => Just("0".repeat(16))],
+                prop_oneof![4 => "[0-9a-f]{2}", 1 => "[0-9a-f]{3}"],
+                prop_oneof![4 => Just(""), 1 => Just("-"), 1 => Just("-x"), 1 => Just("x")],
             )
                 .prop_map(|(v, t, p, f, tail)| format!("{v}-{t}-{p}-{f}{tail}").into_bytes()),
             candidate(),
@@ -1300,6 +1331,25 @@ mod correlation {
                     prop_assert_eq!(p.as_str(), text);
                 }
             }
+        }
+
+        /// A `traceparent` alone: its trace id is kept exactly when it is well formed.
+        #[test]
+        fn traceparent_trace_ids_follow_the_documented_format(tp in traceparent().prop_map(Bytes)) {
+            let Ok(value) = HeaderValue::from_bytes(&tp.0) else {
+                return Ok(());
+            };
+            let layer = CorrelationIdLayer::new()
+                .access_log(false)
+                .make_id(|| CorrelationId::parse("minted").unwrap());
+            let svc = layer.layer(service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(()))
+            }));
+            let mut req = Request::new(());
+            req.headers_mut().insert("traceparent", value);
+            let res = runtime().block_on(svc.oneshot(req)).unwrap();
+            let want = trace_id(&tp.0).unwrap_or(b"minted");
+            prop_assert_eq!(res.headers()["x-correlation-id"].as_bytes(), want);
         }
 
         /// Through the layer: the id the handler sees, the request header and the echoed
@@ -1480,9 +1530,19 @@ mod quota {
             ])
             .prop_map(str::to_owned),
             "[a-zA-Z]{1,3}",
+            // A unit word with one more letter.
+            (
+                prop::sample::select(vec![
+                    "us", "ms", "sec", "min", "hr", "hour", "day", "days", "second"
+                ]),
+                "[a-z]"
+            )
+                .prop_map(|(u, x)| format!("{u}{x}")),
         ];
         let count = prop_oneof![
             (0u64..2_000_000_000).prop_map(|n| n.to_string()),
+            prop::sample::select(vec![0u64, 1, 999_999_999, 1_000_000_000, 1_000_000_001])
+                .prop_map(|n| n.to_string()),
             (1u64..100).prop_map(|n| n.to_string()),
             Just("99999999999999999999999".to_owned()),
             Just("007".to_owned()),
@@ -1492,6 +1552,25 @@ mod quota {
         ];
         let n = prop_oneof![
             Just(String::new()),
+            // Around the shortest and longest windows in each unit.
+            prop::sample::select(vec![
+                0u64,
+                1,
+                999,
+                1_000,
+                1_001,
+                366,
+                367,
+                8_784,
+                8_785,
+                527_040,
+                527_041,
+                31_622_400,
+                31_622_401,
+                31_622_400_000,
+                31_622_400_001,
+            ])
+            .prop_map(|n| n.to_string()),
             (0u64..1000).prop_map(|n| n.to_string()),
             (0u64..40_000_000).prop_map(|n| n.to_string()),
             Just("99999999999999999999".to_owned()),
@@ -1524,6 +1603,87 @@ mod quota {
         ];
         (1u32..=MAX_COUNT as u32, window)
             .prop_map(|(n, us)| Quota::window(n, Duration::from_micros(us)))
+    }
+
+    /// Every unit word (and every word one letter away from one), around every limit, in
+    /// both forms: what random strings rarely hit.
+    #[test]
+    fn units_and_limits_exhaustively() {
+        let documented = [
+            "us",
+            "usec",
+            "usecs",
+            "microsecond",
+            "microseconds",
+            "ms",
+            "msec",
+            "msecs",
+            "millisecond",
+            "milliseconds",
+            "s",
+            "sec",
+            "secs",
+            "second",
+            "seconds",
+            "m",
+            "min",
+            "mins",
+            "minute",
+            "minutes",
+            "h",
+            "hr",
+            "hrs",
+            "hour",
+            "hours",
+            "d",
+            "day",
+            "days",
+        ];
+        let mut words: Vec<String> = Vec::new();
+        for w in documented {
+            words.push(w.to_owned());
+            words.push(w.to_ascii_uppercase());
+            words.push(w[..w.len() - 1].to_owned());
+            for x in 'a'..='z' {
+                words.push(format!("{w}{x}"));
+            }
+        }
+        let windows = [
+            "",
+            "0",
+            "1",
+            "999",
+            "1000",
+            "1001",
+            "366",
+            "367",
+            "8784",
+            "8785",
+            "527040",
+            "527041",
+            "31622400",
+            "31622401",
+            "31622400000",
+            "31622400001",
+            "31622400000000",
+            "31622400000001",
+        ];
+        let mut accepted = 0;
+        for word in &words {
+            for n in windows {
+                for count in ["0", "1", "1000000000", "1000000001"] {
+                    for s in [
+                        format!("{count}/{n}{word}"),
+                        format!("{count} per {n} {word}"),
+                    ] {
+                        let got = Quota::parse(&s).ok();
+                        assert_eq!(got, model(&s), "{s:?}");
+                        accepted += usize::from(got.is_some());
+                    }
+                }
+            }
+        }
+        assert!(accepted > 1_000, "{accepted}");
     }
 
     proptest! {
