@@ -866,7 +866,13 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(1000), ..ProptestConfig::default() })]
+        // A mutation that changes nothing (a byte set to itself, two equal bytes swapped)
+        // is rejected: about 1 case in 100, so allow as many rejects as cases.
+        #![proptest_config(ProptestConfig {
+            cases: cases(1000),
+            max_global_rejects: cases(1000),
+            ..ProptestConfig::default()
+        })]
 
         /// Every signed value verifies, with its id and user tag, under its own key list and
         /// after a rotation that keeps its key as a fallback; not once its key is gone.
