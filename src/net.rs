@@ -586,8 +586,10 @@ fn trim_ows_bytes(mut s: &[u8]) -> &[u8] {
 }
 
 /// Parses one `Forwarded` header value (RFC 7239 §4) and reports one [`Hop`] per element, left
-/// to right. An element that is syntactically broken, lacks `for=`, or repeats a parameter is
-/// reported with `ip: None` (it stops the walk) and no proto.
+/// to right. An element that is syntactically broken, lacks `for=`, or repeats `for` or `proto`
+/// is reported with `ip: None` (it stops the walk) and no proto. Empty pairs are allowed
+/// (`for=192.0.2.1;;proto=https`); an element of empty pairs only is skipped like an empty
+/// element.
 ///
 /// Quoted strings are returned raw (between the quotes): an escaped character never belongs
 /// in an address or a scheme, so such values simply fail to parse. A quoted string never
@@ -609,6 +611,10 @@ fn parse_forwarded<'a>(bytes: &'a [u8], mut emit: impl FnMut(Hop<'a>)) {
             skip_ows(bytes, &mut i);
             if i >= bytes.len() || bytes[i] == b',' {
                 break; // empty pair / empty element
+            }
+            if bytes[i] == b';' {
+                i += 1; // an empty pair, allowed anywhere: `[pair] *(";" [pair])`
+                continue;
             }
             let key_start = i;
             while i < bytes.len() && is_tchar(bytes[i]) {
@@ -865,6 +871,22 @@ mod tests {
             ]
         );
         assert_eq!(forwarded("for="), vec![(None, None)]);
+        // Empty pairs are allowed anywhere in an element (RFC 7239 §4: `[pair] *(";" [pair])`);
+        // an element of empty pairs only is an empty element (found by tests/properties.rs:
+        // they used to break the element, turning a valid chain into "unusable").
+        assert_eq!(
+            forwarded("for=192.0.2.1;;proto=https"),
+            vec![(Some(ip("192.0.2.1")), Some("https"))]
+        );
+        assert_eq!(
+            forwarded(" ; for=192.0.2.1 ;; ; proto=https;"),
+            vec![(Some(ip("192.0.2.1")), Some("https"))]
+        );
+        assert_eq!(forwarded(";"), vec![]);
+        assert_eq!(
+            forwarded(" ; ;, for=192.0.2.1"),
+            vec![(Some(ip("192.0.2.1")), None)]
+        );
         assert_eq!(forwarded("=x"), vec![(None, None)]);
         assert_eq!(forwarded("for=unknown"), vec![(None, None)]);
         assert_eq!(forwarded(r#"for="\1.2.3.4""#), vec![(None, None)]);

@@ -164,9 +164,10 @@ impl Quota {
     }
 
     /// Parses a quota string: `"10/minute"`, `"10 per minute"`, `"100/hour"`, `"5/second"`,
-    /// `"10 per 2 minutes"`, `"20/30s"`. Units: `ms`, `s`/`sec`/`second`, `m`/`min`/`minute`,
-    /// `h`/`hr`/`hour`, `d`/`day` (plurals and any case accepted). The result has the
-    /// **window** meaning, and is validated.
+    /// `"10 per 2 minutes"`, `"20/30s"`. Units: `us`/`usec`/`microsecond`,
+    /// `ms`/`msec`/`millisecond`, `s`/`sec`/`second`, `m`/`min`/`minute`, `h`/`hr`/`hour`,
+    /// `d`/`day` (plurals and any case accepted). The result has the **window** meaning, and is
+    /// validated. What [`Display`](fmt::Display) writes for a window quota parses back to it.
     ///
     /// ```
     /// use tower_rampart::rate_limit::Quota;
@@ -378,6 +379,8 @@ fn parse_quota(input: &str) -> Result<Quota, QuotaError> {
     };
     let unit = rest[digits..].trim().to_ascii_lowercase();
     let unit_us: u64 = match unit.as_str() {
+        // What `Display` writes for a window that is not a whole number of milliseconds.
+        "us" | "usec" | "usecs" | "microsecond" | "microseconds" => 1,
         "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1_000,
         "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000,
         "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000,
@@ -472,6 +475,17 @@ mod tests {
         // Display round-trips through parse.
         let q = Quota::window(5, Duration::from_secs(30));
         assert_eq!(Quota::parse(&q.to_string()).unwrap(), q);
+        // Also for a window that is not a whole number of milliseconds (found by
+        // tests/properties.rs: "1 per 1001 microseconds" did not parse).
+        let q = Quota::window(1, Duration::from_micros(1001));
+        assert_eq!(q.to_string(), "1 per 1001 microseconds");
+        assert_eq!(Quota::parse(&q.to_string()).unwrap(), q);
+        assert_eq!(
+            Quota::parse("3/1500us").unwrap(),
+            Quota::window(3, Duration::from_micros(1500))
+        );
+        // Still at least 1 ms.
+        assert!(Quota::parse("1/999 microseconds").is_err());
     }
 
     #[test]

@@ -739,3 +739,219 @@ mod tests {
         assert_eq!(tag.as_bytes().len(), USER_TAG_LEN);
     }
 }
+
+/// Property tests of the codec (the signing side is internal, so they live here). The oracle
+/// is the set of values actually signed: nothing else verifies, and each of those verifies
+/// under every key list that contains its key.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::session::SessionConfig;
+    use proptest::prelude::*;
+
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// The codec the session config builds for `keys` (first signs, all verify), the way an
+    /// application configures rotation: `.keys([new, old])`.
+    fn codec(name: &str, keys: &[&[u8]], user_tag: bool) -> Arc<CookieCodec> {
+        SessionConfig::builder()
+            .keys(keys)
+            .cookie_name(name)
+            .user_tag(user_tag)
+            .build()
+            .unwrap()
+            .inner
+            .codec
+            .clone()
+    }
+
+    fn value(set_cookie: &HeaderValue) -> Vec<u8> {
+        let s = set_cookie.as_bytes();
+        let pair = s.split(|&b| b == b';').next().unwrap();
+        let eq = pair.iter().position(|&b| b == b'=').unwrap();
+        pair[eq + 1..].to_vec()
+    }
+
+    #[derive(Clone, Debug)]
+    enum Mutation {
+        /// Replace the byte at the index with another one.
+        Set(prop::sample::Index, u8),
+        /// Flip one bit of the decoded bytes and encode again (valid base64, wrong content).
+        FlipDecoded(prop::sample::Index, u8),
+        Truncate(prop::sample::Index),
+        Append(Vec<u8>),
+        Insert(prop::sample::Index, u8),
+        Remove(prop::sample::Index),
+        Swap(prop::sample::Index, prop::sample::Index),
+        /// The tag of another user (or none) with the signature kept.
+        Retag(Option<String>),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let byte = prop_oneof![
+            3 => prop::sample::select(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".to_vec()
+            ),
+            1 => any::<u8>(),
+        ];
+        prop_oneof![
+            4 => (any::<prop::sample::Index>(), byte.clone()).prop_map(|(i, b)| Mutation::Set(i, b)),
+            4 => (any::<prop::sample::Index>(), 0u8..8).prop_map(|(i, b)| Mutation::FlipDecoded(i, b)),
+            1 => any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            1 => prop::collection::vec(byte.clone(), 1..4).prop_map(Mutation::Append),
+            1 => (any::<prop::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+            1 => any::<prop::sample::Index>().prop_map(Mutation::Remove),
+            1 => (any::<prop::sample::Index>(), any::<prop::sample::Index>()).prop_map(|(i, j)| Mutation::Swap(i, j)),
+            1 => prop::option::of("[a-z]{1,8}").prop_map(Mutation::Retag),
+        ]
+    }
+
+    /// `None` when the mutation does not apply (an index into nothing, bytes that do not
+    /// decode).
+    fn apply(c: &CookieCodec, id: &SessionId, v: &[u8], m: &Mutation) -> Option<Vec<u8>> {
+        let mut v = v.to_vec();
+        let decoded = || {
+            URL_SAFE_NO_PAD
+                .decode(&v)
+                .ok()
+                .filter(|r| r.len() >= TAG_LEN)
+        };
+        if v.is_empty() && !matches!(m, Mutation::Append(_) | Mutation::Insert(..)) {
+            return None;
+        }
+        match m {
+            Mutation::Set(i, b) => {
+                let i = i.index(v.len());
+                v[i] = *b;
+            }
+            Mutation::FlipDecoded(i, bit) => {
+                let mut raw = decoded()?;
+                let i = i.index(raw.len());
+                raw[i] ^= 1 << bit;
+                v = URL_SAFE_NO_PAD.encode(raw).into_bytes();
+            }
+            Mutation::Truncate(i) => v.truncate(i.index(v.len())),
+            Mutation::Append(extra) => v.extend_from_slice(extra),
+            Mutation::Insert(i, b) => v.insert(i.index(v.len() + 1), *b),
+            Mutation::Remove(i) => {
+                v.remove(i.index(v.len()));
+            }
+            Mutation::Swap(i, j) => {
+                let (i, j) = (i.index(v.len()), j.index(v.len()));
+                v.swap(i, j);
+            }
+            Mutation::Retag(user) => {
+                // Keep the id and the signature, put another user's tag in (or take it out).
+                let raw = decoded()?;
+                let sig = &raw[raw.len() - TAG_LEN..];
+                let tag = c.user_tag_for(user.as_deref());
+                let mut forged = id.bytes.to_vec();
+                if let Some(t) = tag {
+                    forged.extend_from_slice(&t.0);
+                }
+                forged.extend_from_slice(sig);
+                v = URL_SAFE_NO_PAD.encode(forged).into_bytes();
+            }
+        }
+        Some(v)
+    }
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 32..64)
+    }
+
+    proptest! {
+        // A mutation that changes nothing (a byte set to itself, two equal bytes swapped)
+        // is rejected: about 1 case in 100, so allow as many rejects as cases.
+        #![proptest_config(ProptestConfig {
+            cases: cases(1000),
+            max_global_rejects: cases(1000),
+            ..ProptestConfig::default()
+        })]
+
+        /// Every signed value verifies, with its id and user tag, under its own key list and
+        /// after a rotation that keeps its key as a fallback; not once its key is gone.
+        #[test]
+        fn signed_values_round_trip_across_rotation(
+            old in key(),
+            new in key(),
+            id in any::<[u8; ID_LEN]>(),
+            user in prop::option::of("[a-z0-9@.]{1,12}"),
+            name in prop::sample::select(vec!["session", "sid", "__Host-s"]),
+            tagging in any::<bool>(),
+        ) {
+            prop_assume!(old != new);
+            let id = SessionId::from_bytes(id);
+            let signer = codec(name, &[&old], tagging);
+            let tag = signer.user_tag_for(user.as_deref());
+            let v = value(&signer.set_cookie(&id, tag.as_ref(), 60).unwrap());
+            let want = Incoming { id: id.clone(), user_tag: tag };
+
+            let header = |v: &[u8]| {
+                let mut h = http::HeaderMap::new();
+                let mut line = format!("other=1; {name}=").into_bytes();
+                line.extend_from_slice(v);
+                h.append(COOKIE, HeaderValue::from_bytes(&line).unwrap());
+                h
+            };
+            prop_assert_eq!(signer.read(&header(&v)), Ok(Some(Incoming { id: id.clone(), user_tag: tag })));
+            let rotated = codec(name, &[&new, &old], tagging);
+            prop_assert_eq!(rotated.read(&header(&v)), Ok(Some(want)));
+            // What the rotated codec signs verifies too, and differs.
+            let v2 = value(&rotated.set_cookie(&id, tag.as_ref(), 60).unwrap());
+            prop_assert_ne!(&v2, &v);
+            prop_assert!(rotated.verify(&v2).is_ok());
+            // Retired key, or a stranger's: refused.
+            prop_assert_eq!(codec(name, &[&new], tagging).read(&header(&v)), Err(Rejected::BadSignature));
+            prop_assert_eq!(signer.verify(&v2), Err(Rejected::BadSignature));
+            // Another cookie name: another signature.
+            let other_name = if name == "sid" { "session" } else { "sid" };
+            prop_assert_eq!(codec(other_name, &[&old], tagging).verify(&v), Err(Rejected::BadSignature));
+        }
+
+        /// No value other than the one signed verifies: flipped, replaced, inserted, removed
+        /// or swapped bytes, truncation, appended bytes, a flipped bit of the decoded bytes,
+        /// another user's tag, under the signing key list and a rotated one.
+        #[test]
+        fn no_mutated_value_verifies(
+            old in key(),
+            new in key(),
+            id in any::<[u8; ID_LEN]>(),
+            user in prop::option::of("[a-z0-9@.]{1,12}"),
+            mutations in prop::collection::vec(mutation(), 1..4),
+        ) {
+            let id = SessionId::from_bytes(id);
+            let signer = codec("sid", &[&old], true);
+            let tag = signer.user_tag_for(user.as_deref());
+            let v = value(&signer.set_cookie(&id, tag.as_ref(), 60).unwrap());
+            let rotated = codec("sid", &[&new, &old], true);
+            let mut m = v.clone();
+            for mutation in &mutations {
+                if let Some(next) = apply(&signer, &id, &m, mutation) {
+                    m = next;
+                }
+            }
+            prop_assume!(m != v);
+            prop_assert!(signer.verify(&m).is_err(), "a mutated value verifies: {:?}", mutations);
+            prop_assert!(rotated.verify(&m).is_err(), "a mutated value verifies after rotation");
+        }
+
+        /// Random bytes of the right lengths, well encoded: never valid.
+        #[test]
+        fn random_values_never_verify(
+            k in key(),
+            raw in prop_oneof![
+                prop::collection::vec(any::<u8>(), ID_LEN + TAG_LEN),
+                prop::collection::vec(any::<u8>(), ID_LEN + USER_TAG_LEN + TAG_LEN),
+            ],
+        ) {
+            let c = codec("sid", &[&k], false);
+            prop_assert_eq!(c.verify(URL_SAFE_NO_PAD.encode(raw).as_bytes()), Err(Rejected::BadSignature));
+        }
+    }
+}
