@@ -1,0 +1,179 @@
+//! OpenTelemetry metrics of the layers (feature `opentelemetry`): every name in one place.
+//!
+//! The layers record through the OpenTelemetry **API** crate only. Nothing is recorded, and
+//! nothing is exported, unless the application installs a meter provider (the SDK, with the
+//! exporter of its choice): without one, every instrument is the API's no-op.
+//!
+//! ## Where the instruments come from
+//!
+//! Each layer takes its instruments when it is built (not per request), from the meter of the
+//! global provider, [`opentelemetry::global`], under the instrumentation scope
+//! [`SCOPE`] (`tower-rampart`, with the crate's version). So **install the provider before
+//! building the layers**: a layer built earlier keeps the no-op instruments it was given.
+//! Each layer's builder also takes a [`Meter`](opentelemetry::metrics::Meter) of the
+//! application's own (`meter(..)`), for an application that keeps several providers or none
+//! global, and for tests that must not share global state. The crate keeps no global state of
+//! its own.
+//!
+//! ## The metrics
+//!
+//! Names follow the OpenTelemetry semantic conventions where one exists (HTTP server), else
+//! they live under `rampart.`. Durations are in seconds. **No attribute ever carries a client
+//! key** (IP address, session, user, API key): the attributes are few, fixed values, so a
+//! metric's series stay bounded (and private) whatever the traffic.
+//!
+//! | name | instrument | unit | attributes | recorded by |
+//! |---|---|---|---|---|
+//! | `http.server.request.duration` | histogram | `s` | `http.request.method`, `http.response.status_code`, `error.type` (5xx or no response), `http.route` (axum's matched route, when known) | correlation layer |
+//! | `http.server.active_requests` | up-down counter | `{request}` | `http.request.method` | correlation layer |
+//! | `rampart.rate_limit.decisions` | counter | `{decision}` | `rampart.rate_limit.policy` (the quota's name; absent when Redis failed and no quota decided), `rampart.rate_limit.result` | rate limit |
+//! | `rampart.rate_limit.near_limit` | counter | `{decision}` | `rampart.rate_limit.policy` | rate limit |
+//! | `rampart.rate_limit.decision.duration` | histogram | `s` | `rampart.rate_limit.backend` (`memory`, `redis`) | rate limit |
+//! | `rampart.rate_limit.deny_cache.hits` | counter | `{decision}` | none | rate limit (Redis) |
+//! | `rampart.rate_limit.script.calls` | counter | `{call}` | none | rate limit (Redis) |
+//! | `rampart.rate_limit.script.decisions` | histogram | `{decision}` | none | rate limit (Redis) |
+//!
+//! `rampart.rate_limit.result` is one of `allowed`, `rejected`, `shadow_rejected` (shadow
+//! mode: would have been refused, was admitted), `degraded_allowed` and `degraded_rejected`
+//! (Redis could not be reached and the failure mode decided). A request is counted once under
+//! each quota it was checked against when it is admitted, and once under each quota that
+//! refused it when it is refused (a quota that would have admitted a request another quota
+//! refused does not count it). Requests no quota applies to are not counted.
+//!
+//! `rampart.rate_limit.near_limit` counts admissions that left a quota at least the
+//! configured share used (default [`DEFAULT_NEAR_LIMIT`], set with
+//! `RateLimitBuilder::near_limit`): a client about to be refused.
+//!
+//! `rampart.rate_limit.decision.duration` is the time to a verdict from the backend: the
+//! memory backend's (microseconds), or a Redis round trip (including the time a request waits
+//! to share a script call with others). `rampart.rate_limit.script.decisions` is how many
+//! requests' decisions one script call carried.
+
+use opentelemetry::metrics::Meter;
+use opentelemetry::{InstrumentationScope, KeyValue};
+
+/// The instrumentation scope of the crate's meter (its version is the crate's).
+pub const SCOPE: &str = "tower-rampart";
+
+/// `http.server.request.duration` (semantic conventions).
+pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
+/// `http.server.active_requests` (semantic conventions).
+pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
+
+/// Rate limit decisions, by quota and result.
+pub const RATE_LIMIT_DECISIONS: &str = "rampart.rate_limit.decisions";
+/// Admissions that left a quota nearly used up.
+pub const RATE_LIMIT_NEAR_LIMIT: &str = "rampart.rate_limit.near_limit";
+/// Time to a verdict from the backend.
+pub const RATE_LIMIT_DECISION_DURATION: &str = "rampart.rate_limit.decision.duration";
+/// Refusals answered by the local deny cache (no Redis round trip).
+pub const RATE_LIMIT_DENY_CACHE_HITS: &str = "rampart.rate_limit.deny_cache.hits";
+/// Rate limit script calls sent to Redis.
+pub const RATE_LIMIT_SCRIPT_CALLS: &str = "rampart.rate_limit.script.calls";
+/// Decisions carried by one script call.
+pub const RATE_LIMIT_SCRIPT_DECISIONS: &str = "rampart.rate_limit.script.decisions";
+
+/// Attribute keys.
+pub mod attribute {
+    /// The HTTP method (semantic conventions; `_OTHER` for a method outside the standard ones).
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    /// The response status code (semantic conventions).
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// The matched route template (semantic conventions), never the path itself.
+    pub const HTTP_ROUTE: &str = "http.route";
+    /// The error: the status code for a 5xx, `_OTHER` when there was no response
+    /// (semantic conventions).
+    pub const ERROR_TYPE: &str = "error.type";
+    /// A rate limit quota's name.
+    pub const RATE_LIMIT_POLICY: &str = "rampart.rate_limit.policy";
+    /// A rate limit decision's result.
+    pub const RATE_LIMIT_RESULT: &str = "rampart.rate_limit.result";
+    /// The rate limit backend that decided (`memory`, `redis`).
+    pub const RATE_LIMIT_BACKEND: &str = "rampart.rate_limit.backend";
+}
+
+/// The default share of a quota used at or above which an admission counts as "near limit".
+pub const DEFAULT_NEAR_LIMIT: f64 = 0.8;
+
+/// The bucket boundaries of `http.server.request.duration` (the semantic conventions' advice).
+#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
+pub(crate) const HTTP_DURATION_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The bucket boundaries of the crate's own latencies, from a memory decision (microseconds)
+/// to a slow store call.
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+pub(crate) const FAST_DURATION_BOUNDARIES: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The crate's meter from the global provider (as installed now).
+#[cfg_attr(
+    not(any(feature = "correlation-id", feature = "rate-limit")),
+    allow(dead_code)
+)]
+pub(crate) fn global_meter() -> Meter {
+    opentelemetry::global::meter_with_scope(
+        InstrumentationScope::builder(SCOPE)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    )
+}
+
+/// A `KeyValue` of static strings (no allocation).
+#[cfg_attr(
+    not(any(feature = "correlation-id", feature = "rate-limit")),
+    allow(dead_code)
+)]
+pub(crate) fn kv(key: &'static str, value: &'static str) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+/// `http.request.method`'s value: the standard methods by name, anything else `_OTHER`
+/// (semantic conventions: a client cannot grow the metric's series).
+#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
+pub(crate) fn method_value(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// `error.type` for a 5xx status: the code as text (static, so no allocation).
+#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
+pub(crate) fn server_error_type(status: u16) -> &'static str {
+    const CODES: [&str; 12] = [
+        "500", "501", "502", "503", "504", "505", "506", "507", "508", "509", "510", "511",
+    ];
+    CODES
+        .get(usize::from(status.wrapping_sub(500)))
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_types_are_the_codes() {
+        assert_eq!(server_error_type(500), "500");
+        assert_eq!(server_error_type(503), "503");
+        assert_eq!(server_error_type(511), "511");
+        assert_eq!(server_error_type(599), "_OTHER");
+        assert_eq!(method_value(&http::Method::GET), "GET");
+        let odd = http::Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_value(&odd), "_OTHER");
+    }
+}
