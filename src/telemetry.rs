@@ -32,6 +32,10 @@
 //! | `rampart.rate_limit.deny_cache.hits` | counter | `{decision}` | none | rate limit (Redis) |
 //! | `rampart.rate_limit.script.calls` | counter | `{call}` | none | rate limit (Redis) |
 //! | `rampart.rate_limit.script.decisions` | histogram | `{decision}` | none | rate limit (Redis) |
+//! | `rampart.session.store.duration` | histogram | `s` | `rampart.session.operation`, `rampart.session.outcome` | sessions |
+//! | `rampart.session.conflicts` | counter | `{conflict}` | `rampart.session.resolution` | sessions |
+//! | `rampart.session.saves_skipped` | counter | `{save}` | none | sessions |
+//! | `rampart.session.unavailable` | counter | `{response}` | none | sessions |
 //!
 //! `rampart.rate_limit.result` is one of `allowed`, `rejected`, `shadow_rejected` (shadow
 //! mode: would have been refused, was admitted), `degraded_allowed` and `degraded_rejected`
@@ -47,7 +51,16 @@
 //! `rampart.rate_limit.decision.duration` is the time to a verdict from the backend: the
 //! memory backend's (microseconds), or a Redis round trip (including the time a request waits
 //! to share a script call with others). `rampart.rate_limit.script.decisions` is how many
-//! requests' decisions one script call carried.
+//! requests' decisions one script call carried; a script call is one decision sent alone or
+//! one batch (on a Redis Cluster, a batch split by hash slot still counts once).
+//!
+//! `rampart.session.store.duration` times each store call the session layer makes, with its
+//! timeout (`ok` or `error`, a timeout being an error). `rampart.session.conflicts` counts
+//! saves refused because a concurrent request saved first: `merged` (this request's changes
+//! were applied on top, and saved again) or `dropped` (the newer record could not be opened).
+//! `rampart.session.saves_skipped` counts requests whose session changes were not saved
+//! because the response was a 5xx; `rampart.session.unavailable` the `503`s the layer
+//! answered because its store failed.
 
 use opentelemetry::metrics::Meter;
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -73,6 +86,15 @@ pub const RATE_LIMIT_SCRIPT_CALLS: &str = "rampart.rate_limit.script.calls";
 /// Decisions carried by one script call.
 pub const RATE_LIMIT_SCRIPT_DECISIONS: &str = "rampart.rate_limit.script.decisions";
 
+/// Duration of session store calls, by operation and outcome.
+pub const SESSION_STORE_DURATION: &str = "rampart.session.store.duration";
+/// Compare-and-set conflicts of session saves, by resolution.
+pub const SESSION_CONFLICTS: &str = "rampart.session.conflicts";
+/// Session changes not saved because the response was a 5xx.
+pub const SESSION_SAVES_SKIPPED: &str = "rampart.session.saves_skipped";
+/// `503` responses served by the session layer because its store failed.
+pub const SESSION_UNAVAILABLE: &str = "rampart.session.unavailable";
+
 /// Attribute keys.
 pub mod attribute {
     /// The HTTP method (semantic conventions; `_OTHER` for a method outside the standard ones).
@@ -90,6 +112,13 @@ pub mod attribute {
     pub const RATE_LIMIT_RESULT: &str = "rampart.rate_limit.result";
     /// The rate limit backend that decided (`memory`, `redis`).
     pub const RATE_LIMIT_BACKEND: &str = "rampart.rate_limit.backend";
+    /// A session store call (`load`, `create`, `save`, `delete`, `list_user_sessions`,
+    /// `delete_user_sessions`, `delete_user_session`).
+    pub const SESSION_OPERATION: &str = "rampart.session.operation";
+    /// How a store call ended (`ok`, `error`; a timeout is an error).
+    pub const SESSION_OUTCOME: &str = "rampart.session.outcome";
+    /// How a compare-and-set conflict ended (`merged`, `dropped`).
+    pub const SESSION_RESOLUTION: &str = "rampart.session.resolution";
 }
 
 /// The default share of a quota used at or above which an admission counts as "near limit".
@@ -103,7 +132,10 @@ pub(crate) const HTTP_DURATION_BOUNDARIES: [f64; 14] = [
 
 /// The bucket boundaries of the crate's own latencies, from a memory decision (microseconds)
 /// to a slow store call.
-#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "rate-limit", feature = "session")),
+    allow(dead_code)
+)]
 pub(crate) const FAST_DURATION_BOUNDARIES: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0,
@@ -111,7 +143,11 @@ pub(crate) const FAST_DURATION_BOUNDARIES: [f64; 16] = [
 
 /// The crate's meter from the global provider (as installed now).
 #[cfg_attr(
-    not(any(feature = "correlation-id", feature = "rate-limit")),
+    not(any(
+        feature = "correlation-id",
+        feature = "rate-limit",
+        feature = "session"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn global_meter() -> Meter {
@@ -124,7 +160,11 @@ pub(crate) fn global_meter() -> Meter {
 
 /// A `KeyValue` of static strings (no allocation).
 #[cfg_attr(
-    not(any(feature = "correlation-id", feature = "rate-limit")),
+    not(any(
+        feature = "correlation-id",
+        feature = "rate-limit",
+        feature = "session"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn kv(key: &'static str, value: &'static str) -> KeyValue {
