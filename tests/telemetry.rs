@@ -3,6 +3,7 @@
 //! The Redis-backed groups are in `tests/telemetry_redis.rs`.
 
 mod rate_limit_common;
+mod session_common;
 mod telemetry_common;
 
 use std::convert::Infallible;
@@ -335,4 +336,66 @@ async fn without_a_provider_the_layers_work_and_record_nothing() {
         statuses.push(resp.status());
     }
     assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+}
+
+#[tokio::test]
+async fn session_store_calls_conflicts_skipped_saves_and_503s() {
+    use session_common::{App, builder, routes};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::SeqCst;
+    use tower_rampart::session::MemoryStore;
+
+    let otel = Otel::new();
+    let app = App::with(
+        Arc::new(MemoryStore::new()),
+        builder().meter(otel.meter()),
+        routes(),
+    );
+    // create (no cookie yet), then load + save.
+    let old = app.new_session().await;
+    assert_eq!(app.post("/set/a/1", Some(&old)).await.status, 200);
+    // A change on a 5xx is not saved.
+    assert_eq!(app.post("/fail/b/2", Some(&old)).await.status, 500);
+    // A login (cycle) with a concurrent write to the old session: conflict, merged.
+    let (reached, release) = app.faults.hold_next_create();
+    let login = {
+        let (app, old) = (app.clone(), old.clone());
+        tokio::spawn(async move { app.post("/login/u1", Some(&old)).await })
+    };
+    reached.notified().await;
+    assert_eq!(app.post("/set/late/1", Some(&old)).await.status, 200);
+    release.notify_one();
+    let new = login.await.unwrap().cookie().expect("a new id");
+    // The store fails: 503.
+    app.faults.fail_delete.store(true, SeqCst);
+    assert_eq!(app.post("/logout", Some(&new)).await.status, 503);
+
+    let points = otel.points();
+    let d = telemetry::SESSION_STORE_DURATION;
+    assert_eq!(unit_of(&points, d), "s");
+    let op = a::SESSION_OPERATION;
+    let out = a::SESSION_OUTCOME;
+    // new_session, login's new record.
+    assert_eq!(value_in(&points, d, &[(op, "create"), (out, "ok")]), 2.0);
+    // /set/a, /fail, /login, /set/late (a logout deletes without loading).
+    assert_eq!(value_in(&points, d, &[(op, "load"), (out, "ok")]), 4.0);
+    // /set/a, /set/late, and the login's merge into its new record.
+    assert_eq!(value_in(&points, d, &[(op, "save"), (out, "ok")]), 3.0);
+    // The login's delete of the old record: refused once (a conflict), then done.
+    assert_eq!(value_in(&points, d, &[(op, "delete"), (out, "ok")]), 2.0);
+    assert_eq!(value_in(&points, d, &[(op, "delete"), (out, "error")]), 1.0);
+    let c = telemetry::SESSION_CONFLICTS;
+    assert_eq!(
+        value_in(&points, c, &[(a::SESSION_RESOLUTION, "merged")]),
+        1.0
+    );
+    assert_eq!(
+        value_in(&points, telemetry::SESSION_SAVES_SKIPPED, &[]),
+        1.0
+    );
+    assert_eq!(value_in(&points, telemetry::SESSION_UNAVAILABLE, &[]), 1.0);
+    // No session id or key in any attribute.
+    for p in &points {
+        assert!(p.attrs.keys().all(|k| !k.contains("id")), "{p:?}");
+    }
 }
