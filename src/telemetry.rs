@@ -36,6 +36,11 @@
 //! | `rampart.session.conflicts` | counter | `{conflict}` | `rampart.session.resolution` | sessions |
 //! | `rampart.session.saves_skipped` | counter | `{save}` | none | sessions |
 //! | `rampart.session.unavailable` | counter | `{response}` | none | sessions |
+//! | `rampart.redis.command.duration` | histogram | `s` | `server.address`, `error.type` (failures) | Redis connection |
+//! | `rampart.redis.errors` | counter | `{error}` | `server.address`, `error.type` | Redis connection |
+//! | `rampart.redis.reconnects` | counter | `{connection}` | `server.address` | Redis connection |
+//! | `rampart.redis.breaker.state` | gauge (observable) | `1` | `server.address` | Redis connection |
+//! | `rampart.redis.breaker.transitions` | counter | `{transition}` | `server.address`, `rampart.redis.breaker.transition` | Redis connection |
 //!
 //! `rampart.rate_limit.result` is one of `allowed`, `rejected`, `shadow_rejected` (shadow
 //! mode: would have been refused, was admitted), `degraded_allowed` and `degraded_rejected`
@@ -61,6 +66,24 @@
 //! `rampart.session.saves_skipped` counts requests whose session changes were not saved
 //! because the response was a 5xx; `rampart.session.unavailable` the `503`s the layer
 //! answered because its store failed.
+//!
+//! The Redis connection times every call (command, pipeline, script), from the circuit
+//! breaker's admission to the reply, including a reconnect and the command timeout; a
+//! failure carries its kind as `error.type`, and a call refused by the open breaker is an
+//! `unavailable` error. `rampart.redis.breaker.state` is read when the provider collects: 0
+//! closed, 1 open, 2 half-open (the cool-down has passed or a probe is in flight).
+//! `server.address` is the configured address list (for example `127.0.0.1:6379`).
+
+// Helpers of the layers: some are unused in a build without every layer.
+#![cfg_attr(
+    not(all(
+        feature = "correlation-id",
+        feature = "rate-limit",
+        feature = "session",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
 
 use opentelemetry::metrics::Meter;
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -95,6 +118,17 @@ pub const SESSION_SAVES_SKIPPED: &str = "rampart.session.saves_skipped";
 /// `503` responses served by the session layer because its store failed.
 pub const SESSION_UNAVAILABLE: &str = "rampart.session.unavailable";
 
+/// Duration of Redis calls (command, pipeline, script), with their timeout.
+pub const REDIS_COMMAND_DURATION: &str = "rampart.redis.command.duration";
+/// Failed Redis calls, by kind.
+pub const REDIS_ERRORS: &str = "rampart.redis.errors";
+/// Redis connections re-established after a loss.
+pub const REDIS_RECONNECTS: &str = "rampart.redis.reconnects";
+/// The circuit breaker's state: 0 closed, 1 open, 2 half-open.
+pub const REDIS_BREAKER_STATE: &str = "rampart.redis.breaker.state";
+/// The circuit breaker's state changes.
+pub const REDIS_BREAKER_TRANSITIONS: &str = "rampart.redis.breaker.transitions";
+
 /// Attribute keys.
 pub mod attribute {
     /// The HTTP method (semantic conventions; `_OTHER` for a method outside the standard ones).
@@ -103,9 +137,14 @@ pub mod attribute {
     pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
     /// The matched route template (semantic conventions), never the path itself.
     pub const HTTP_ROUTE: &str = "http.route";
-    /// The error: the status code for a 5xx, `_OTHER` when there was no response
-    /// (semantic conventions).
+    /// The error (semantic conventions): on HTTP metrics the status code for a 5xx, `_OTHER`
+    /// when there was no response; on Redis metrics the kind (`timeout`, `unavailable`,
+    /// `auth`, `protocol`, `command`, `config`).
     pub const ERROR_TYPE: &str = "error.type";
+    /// The Redis server (the configured address list; semantic conventions).
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// A circuit breaker's state change (`opened`, `reopened` after a failed probe, `closed`).
+    pub const REDIS_BREAKER_TRANSITION: &str = "rampart.redis.breaker.transition";
     /// A rate limit quota's name.
     pub const RATE_LIMIT_POLICY: &str = "rampart.rate_limit.policy";
     /// A rate limit decision's result.
@@ -125,31 +164,18 @@ pub mod attribute {
 pub const DEFAULT_NEAR_LIMIT: f64 = 0.8;
 
 /// The bucket boundaries of `http.server.request.duration` (the semantic conventions' advice).
-#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
 pub(crate) const HTTP_DURATION_BOUNDARIES: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 /// The bucket boundaries of the crate's own latencies, from a memory decision (microseconds)
 /// to a slow store call.
-#[cfg_attr(
-    not(any(feature = "rate-limit", feature = "session")),
-    allow(dead_code)
-)]
 pub(crate) const FAST_DURATION_BOUNDARIES: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 /// The crate's meter from the global provider (as installed now).
-#[cfg_attr(
-    not(any(
-        feature = "correlation-id",
-        feature = "rate-limit",
-        feature = "session"
-    )),
-    allow(dead_code)
-)]
 pub(crate) fn global_meter() -> Meter {
     opentelemetry::global::meter_with_scope(
         InstrumentationScope::builder(SCOPE)
@@ -159,21 +185,12 @@ pub(crate) fn global_meter() -> Meter {
 }
 
 /// A `KeyValue` of static strings (no allocation).
-#[cfg_attr(
-    not(any(
-        feature = "correlation-id",
-        feature = "rate-limit",
-        feature = "session"
-    )),
-    allow(dead_code)
-)]
 pub(crate) fn kv(key: &'static str, value: &'static str) -> KeyValue {
     KeyValue::new(key, value)
 }
 
 /// `http.request.method`'s value: the standard methods by name, anything else `_OTHER`
 /// (semantic conventions: a client cannot grow the metric's series).
-#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
 pub(crate) fn method_value(method: &http::Method) -> &'static str {
     use http::Method;
     match *method {
@@ -191,7 +208,6 @@ pub(crate) fn method_value(method: &http::Method) -> &'static str {
 }
 
 /// `error.type` for a 5xx status: the code as text (static, so no allocation).
-#[cfg_attr(not(feature = "correlation-id"), allow(dead_code))]
 pub(crate) fn server_error_type(status: u16) -> &'static str {
     const CODES: [&str; 12] = [
         "500", "501", "502", "503", "504", "505", "506", "507", "508", "509", "510", "511",
