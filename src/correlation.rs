@@ -551,8 +551,8 @@ impl CorrelationIdLayer {
     /// global provider's, taken when the layer is created by [`new`](Self::new).
     #[cfg(feature = "opentelemetry")]
     #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
-    pub fn meter(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
-        self.config_mut().metrics = http_metrics::HttpMetrics::new(meter);
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.config_mut().metrics = http_metrics::HttpMetrics::new(&meter);
         self
     }
 

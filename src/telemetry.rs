@@ -4,16 +4,45 @@
 //! nothing is exported, unless the application installs a meter provider (the SDK, with the
 //! exporter of its choice): without one, every instrument is the API's no-op.
 //!
+//! ```
+//! use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+//! use tower_rampart::correlation::CorrelationIdLayer;
+//! use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The application's provider (an OTLP or Prometheus exporter in production), installed
+//! // before the layers are built.
+//! let exporter = InMemoryMetricExporter::default();
+//! let provider = SdkMeterProvider::builder()
+//!     .with_reader(PeriodicReader::builder(exporter).build())
+//!     .build();
+//! opentelemetry::global::set_meter_provider(provider.clone());
+//!
+//! let correlation = CorrelationIdLayer::new();
+//! let limits = RateLimitLayer::builder()
+//!     .quota("ip", Quota::per_minute(100), Key::peer_ip())
+//!     .near_limit(0.9)
+//!     .build()?;
+//! # let _ = (correlation, limits);
+//! # provider.shutdown()?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Where the instruments come from
 //!
 //! Each layer takes its instruments when it is built (not per request), from the meter of the
 //! global provider, [`opentelemetry::global`], under the instrumentation scope
 //! [`SCOPE`] (`tower-rampart`, with the crate's version). So **install the provider before
 //! building the layers**: a layer built earlier keeps the no-op instruments it was given.
-//! Each layer's builder also takes a [`Meter`](opentelemetry::metrics::Meter) of the
-//! application's own (`meter(..)`), for an application that keeps several providers or none
-//! global, and for tests that must not share global state. The crate keeps no global state of
-//! its own.
+//! Each layer's builder also takes a [`Meter`] of the application's own (`meter(meter)` on
+//! `CorrelationIdLayer`, `RateLimitBuilder`, `RedisBackendBuilder`, `SessionConfigBuilder`
+//! and `RedisConfig`), for an application that keeps several providers or none global, and
+//! for tests that must not share global state. The crate keeps no global state of its own.
+//!
+//! Why the global provider by default: it is how OpenTelemetry asks libraries to
+//! instrument (the application alone chooses and installs the SDK), it needs no new
+//! parameter in any constructor, and without a provider the instruments are the API's no-op
+//! ones, so an application that never installs one pays a few no-op calls per request.
 //!
 //! ## The metrics
 //!

@@ -50,7 +50,7 @@ fn request(method: Method, path: &str) -> Request<String> {
 async fn http_server_metrics_per_the_semantic_conventions() {
     let otel = Otel::new();
     let svc = CorrelationIdLayer::new()
-        .meter(&otel.meter())
+        .meter(otel.meter())
         .layer(statuses());
     for _ in 0..2 {
         svc.clone()
@@ -110,7 +110,7 @@ async fn a_request_in_flight_is_active_until_it_ends_or_is_dropped() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
     let svc = CorrelationIdLayer::new()
-        .meter(&otel.meter())
+        .meter(otel.meter())
         .layer(service_fn(move |_req: Request<String>| {
             let rx = rx.clone();
             async move {
@@ -137,7 +137,7 @@ async fn a_request_in_flight_is_active_until_it_ends_or_is_dropped() {
     let (_tx2, rx2) = tokio::sync::oneshot::channel::<()>();
     let rx2 = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx2)));
     let svc = CorrelationIdLayer::new()
-        .meter(&otel.meter())
+        .meter(otel.meter())
         .layer(service_fn(move |_req: Request<String>| {
             let rx = rx2.clone();
             async move {
@@ -185,7 +185,7 @@ async fn axum_routes_are_the_matched_templates_never_the_paths() {
     let otel = Otel::new();
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))
-        .layer(CorrelationIdLayer::new().meter(&otel.meter()));
+        .layer(CorrelationIdLayer::new().meter(otel.meter()));
     for id in ["1", "2", "3"] {
         let req = Request::get(format!("/users/{id}"))
             .body(axum::body::Body::empty())
