@@ -874,7 +874,7 @@ mod http_metrics {
             status: Option<StatusCode>,
         ) {
             // At most four attributes, on the stack; unused places hold a static filler.
-            let mut attrs = [const { None::<KeyValue> }; 4].map(|_| telemetry::kv("", ""));
+            let mut attrs: [KeyValue; 4] = std::array::from_fn(|_| telemetry::kv("", ""));
             attrs[0] = telemetry::kv(attribute::HTTP_REQUEST_METHOD, self.method);
             let mut n = 1;
             if let Some(s) = status {

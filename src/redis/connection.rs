@@ -1091,12 +1091,17 @@ impl Inner {
     ) -> Result<T, RedisError> {
         #[cfg(feature = "opentelemetry")]
         let started = std::time::Instant::now();
-        let result = async {
-            let mut lease = self.begin(bypass).await?;
-            let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
-            self.finish(lease, result, what)
-        }
-        .await;
+        let mut lease = match self.begin(bypass).await {
+            Ok(lease) => lease,
+            Err(err) => {
+                #[cfg(feature = "opentelemetry")]
+                self.metrics
+                    .call(started.elapsed().as_secs_f64(), Some(err.kind()));
+                return Err(err);
+            }
+        };
+        let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
+        let result = self.finish(lease, result, what);
         #[cfg(feature = "opentelemetry")]
         self.metrics.call(
             started.elapsed().as_secs_f64(),
