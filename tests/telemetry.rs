@@ -10,7 +10,7 @@ use std::convert::Infallible;
 
 use http::{Method, Request, Response, StatusCode};
 use rate_limit_common::{limited, req_from, send};
-use telemetry_common::{Otel, attr_sets, unit_of, value_in};
+use telemetry_common::{Otel, attr_sets, documented, unit_of, value_in};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_rampart::correlation::CorrelationIdLayer;
 use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
@@ -398,4 +398,68 @@ async fn session_store_calls_conflicts_skipped_saves_and_503s() {
     for p in &points {
         assert!(p.attrs.keys().all(|k| !k.contains("id")), "{p:?}");
     }
+}
+
+/// Every metric name the crate defines is in the docs' table, once, and every point the
+/// tests of this file observe has the name and unit the table gives.
+#[tokio::test]
+async fn the_documented_table_is_what_is_recorded() {
+    let table = documented();
+    let mut names: Vec<&str> = table.iter().map(|r| r.0.as_str()).collect();
+    names.sort_unstable();
+    let mut defined = vec![
+        telemetry::HTTP_SERVER_REQUEST_DURATION,
+        telemetry::HTTP_SERVER_ACTIVE_REQUESTS,
+        telemetry::RATE_LIMIT_DECISIONS,
+        telemetry::RATE_LIMIT_NEAR_LIMIT,
+        telemetry::RATE_LIMIT_DECISION_DURATION,
+        telemetry::RATE_LIMIT_DENY_CACHE_HITS,
+        telemetry::RATE_LIMIT_SCRIPT_CALLS,
+        telemetry::RATE_LIMIT_SCRIPT_DECISIONS,
+        telemetry::SESSION_STORE_DURATION,
+        telemetry::SESSION_CONFLICTS,
+        telemetry::SESSION_SAVES_SKIPPED,
+        telemetry::SESSION_UNAVAILABLE,
+        telemetry::REDIS_COMMAND_DURATION,
+        telemetry::REDIS_ERRORS,
+        telemetry::REDIS_RECONNECTS,
+        telemetry::REDIS_BREAKER_STATE,
+        telemetry::REDIS_BREAKER_TRANSITIONS,
+    ];
+    defined.sort_unstable();
+    assert_eq!(names, defined);
+
+    // Points of the memory-backed layers: HTTP, rate limit, sessions.
+    use std::sync::Arc;
+    use tower_rampart::session::MemoryStore;
+    let otel = Otel::new();
+    let limits = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(1), Key::peer_ip())
+        .meter(otel.meter())
+        .build()
+        .unwrap();
+    let svc = CorrelationIdLayer::new()
+        .meter(otel.meter())
+        .layer(limited(&limits));
+    for _ in 0..2 {
+        svc.clone().oneshot(req_from("192.0.2.1:1")).await.unwrap();
+    }
+    let app = session_common::App::with(
+        Arc::new(MemoryStore::new()),
+        session_common::builder().meter(otel.meter()),
+        session_common::routes(),
+    );
+    let cookie = app.new_session().await;
+    app.post("/fail/b/2", Some(&cookie)).await;
+    let points = otel.points();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &points {
+        let row = table
+            .iter()
+            .find(|r| r.0 == p.name)
+            .unwrap_or_else(|| panic!("{} is not in the table", p.name));
+        assert_eq!(row.2, p.unit, "{}", p.name);
+        seen.insert(p.name.clone());
+    }
+    assert!(seen.len() >= 6, "{seen:?}");
 }

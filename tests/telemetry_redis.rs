@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use rampart_test_support as support;
 use rate_limit_common::{limited, req_from, send};
-use telemetry_common::{Otel, unit_of, value_in};
+use telemetry_common::{Otel, check_against_the_table, unit_of, value_in};
 use tower_rampart::rate_limit::{FailureMode, Key, Quota, RateLimitLayer, RedisBackend};
 use tower_rampart::redis::driver;
 use tower_rampart::telemetry::{self, attribute as a};
@@ -72,6 +72,7 @@ async fn redis_calls_errors_reconnects_and_the_breaker() {
     let _: String = conn.query(&driver::cmd("PING")).await.unwrap();
     let points = otel.points();
     assert_eq!(value_in(&points, state, &[(s, &srv)]), 0.0);
+    check_against_the_table(&points);
     assert!(
         value_in(&points, telemetry::REDIS_RECONNECTS, &[(s, &srv)]) >= 1.0,
         "{points:#?}"
@@ -140,4 +141,5 @@ async fn redis_rate_limit_script_calls_deny_cache_and_degraded_decisions() {
     }
     let points = otel.points();
     assert_eq!(value_in(&points, n, &[(r, "degraded_allowed")]), 2.0);
+    check_against_the_table(&points);
 }

@@ -133,3 +133,31 @@ pub fn attr_sets(points: &[Point], name: &str) -> Vec<BTreeMap<String, String>> 
         .map(|p| p.attrs.clone())
         .collect()
 }
+
+/// The table of the `telemetry` module's docs: (name, instrument, unit) per row.
+pub fn documented() -> Vec<(String, String, String)> {
+    include_str!("../../src/telemetry.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches('`')).collect();
+            (
+                cells[0].to_owned(),
+                cells[1].to_owned(),
+                cells[2].to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every point in `points` has a row in the docs' table, with its unit.
+pub fn check_against_the_table(points: &[Point]) {
+    let table = documented();
+    for p in points {
+        let row = table
+            .iter()
+            .find(|r| r.0 == p.name)
+            .unwrap_or_else(|| panic!("{} is not in the table", p.name));
+        assert_eq!(row.2, p.unit, "{}", p.name);
+    }
+}
