@@ -71,6 +71,16 @@
 //! | `rampart.redis.breaker.state` | gauge (observable) | `1` | `server.address` | Redis connection |
 //! | `rampart.redis.breaker.transitions` | counter | `{transition}` | `server.address`, `rampart.redis.breaker.transition` | Redis connection |
 //!
+//! The HTTP metrics time a request from the correlation layer's `call` to its response head
+//! (a streamed body's transfer is not included); a request is active until then, or until
+//! its response future is dropped (the client went away: no duration is recorded). Put the
+//! correlation layer outermost so that the other layers' refusals are measured too.
+//! `http.route` comes from axum's `MatchedPath`, present when the layer is added with
+//! `Router::layer` or `route_layer` (after routing); it is the one attribute value copied
+//! per request (the template, a short string). The semantic conventions' `url.scheme` and
+//! `network.protocol.version` are not set: behind a TLS-terminating proxy the layer cannot
+//! know the scheme the client used.
+//!
 //! `rampart.rate_limit.result` is one of `allowed`, `rejected`, `shadow_rejected` (shadow
 //! mode: would have been refused, was admitted), `degraded_allowed` and `degraded_rejected`
 //! (Redis could not be reached and the failure mode decided). A request is counted once under
