@@ -77,9 +77,9 @@
 //! correlation layer outermost so that the other layers' refusals are measured too.
 //! `http.route` comes from axum's `MatchedPath`, present when the layer is added with
 //! `Router::layer` or `route_layer` (after routing); it is the one attribute value copied
-//! per request (the template, a short string). The semantic conventions' `url.scheme` and
-//! `network.protocol.version` are not set: behind a TLS-terminating proxy the layer cannot
-//! know the scheme the client used.
+//! per request (the template, a short string). The semantic conventions' `url.scheme` is
+//! not set (behind a TLS-terminating proxy the layer cannot know the scheme the client
+//! used), nor the optional `network.protocol.version` (fewer series).
 //!
 //! `rampart.rate_limit.result` is one of `allowed`, `rejected`, `shadow_rejected` (shadow
 //! mode: would have been refused, was admitted), `degraded_allowed` and `degraded_rejected`
