@@ -143,3 +143,50 @@ async fn redis_rate_limit_script_calls_deny_cache_and_degraded_decisions() {
     assert_eq!(value_in(&points, n, &[(r, "degraded_allowed")]), 2.0);
     check_against_the_table(&points);
 }
+
+/// Redis unreachable: the local fallback's decisions carry their quota; `Closed` refuses
+/// without one.
+#[tokio::test]
+async fn degraded_decisions_by_failure_mode() {
+    let mut server = support::RedisServer::start();
+    let otel = Otel::new();
+    let conn = server.config().connect().await.unwrap();
+    let layer = |mode| {
+        RateLimitLayer::builder()
+            .quota("ip", Quota::per_minute(1), Key::peer_ip())
+            .backend(RedisBackend::new(conn.clone()))
+            .failure_mode(mode)
+            .meter(otel.meter())
+            .build()
+            .unwrap()
+    };
+    let local = layer(FailureMode::Local);
+    let closed = layer(FailureMode::Closed);
+    server.stop();
+    let mut svc = limited(&local);
+    let first = send(&mut svc, req_from("192.0.2.1:1")).await.0;
+    let second = send(&mut svc, req_from("192.0.2.1:1")).await.0;
+    assert_eq!(
+        (first, second),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+    let mut svc = limited(&closed);
+    assert_eq!(
+        send(&mut svc, req_from("192.0.2.1:1")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let points = otel.points();
+    let n = telemetry::RATE_LIMIT_DECISIONS;
+    let p = a::RATE_LIMIT_POLICY;
+    let r = a::RATE_LIMIT_RESULT;
+    assert_eq!(
+        value_in(&points, n, &[(p, "ip"), (r, "degraded_allowed")]),
+        1.0
+    );
+    assert_eq!(
+        value_in(&points, n, &[(p, "ip"), (r, "degraded_rejected")]),
+        1.0
+    );
+    assert_eq!(value_in(&points, n, &[(r, "degraded_rejected")]), 1.0);
+    check_against_the_table(&points);
+}
