@@ -108,7 +108,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "each feature compiles alone"
 cargo check -q -p tower-rampart --no-default-features
-for feature in correlation-id cookie-policy session rate-limit redis axum tonic full; do
+for feature in correlation-id cookie-policy session rate-limit redis axum tonic opentelemetry full; do
     echo "  --features $feature"
     cargo check -q -p tower-rampart --no-default-features --features "$feature"
 done

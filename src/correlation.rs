@@ -434,6 +434,8 @@ struct Config {
     trust_incoming: bool,
     access_log: bool,
     make_id: MakeId,
+    #[cfg(feature = "opentelemetry")]
+    metrics: http_metrics::HttpMetrics,
 }
 
 /// Gives every request a validated [`CorrelationId`]; see the [module docs](self).
@@ -475,6 +477,8 @@ impl CorrelationIdLayer {
                 trust_incoming: true,
                 access_log: true,
                 make_id: Arc::new(CorrelationId::new_v7),
+                #[cfg(feature = "opentelemetry")]
+                metrics: http_metrics::HttpMetrics::new(&crate::telemetry::global_meter()),
             }),
         }
     }
@@ -539,6 +543,16 @@ impl CorrelationIdLayer {
     /// level INFO, fields `status` and `latency_ms` inside the request span; default `true`).
     pub fn access_log(mut self, enabled: bool) -> Self {
         self.config_mut().access_log = enabled;
+        self
+    }
+
+    /// The meter of the HTTP server metrics (`http.server.request.duration`,
+    /// `http.server.active_requests`; see [`telemetry`](crate::telemetry)). Default: the
+    /// global provider's, taken when the layer is created by [`new`](Self::new).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.config_mut().metrics = http_metrics::HttpMetrics::new(&meter);
         self
     }
 
@@ -642,8 +656,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // Only the access event needs the latency: no clock reads without it.
-        let start = self.config.access_log.then(Instant::now);
+        // Only the access event and the metrics need the latency: no clock reads without them.
+        let start = (self.config.access_log || cfg!(feature = "opentelemetry")).then(Instant::now);
+        #[cfg(feature = "opentelemetry")]
+        let metrics = Some(self.config.metrics.start(&req));
+        #[cfg(not(feature = "opentelemetry"))]
+        let metrics = ();
         // An id put there by an outer layer is authoritative; never replace it.
         let (id, rejected) = match req.extensions().get::<CorrelationId>() {
             Some(existing) => (existing.clone(), None),
@@ -686,9 +704,16 @@ where
             span,
             start,
             config: self.config.clone(),
+            metrics,
         }
     }
 }
+
+/// A request's HTTP metrics while it is served (nothing without the feature).
+#[cfg(feature = "opentelemetry")]
+type InFlightSlot = Option<http_metrics::InFlight>;
+#[cfg(not(feature = "opentelemetry"))]
+type InFlightSlot = ();
 
 pin_project! {
     /// The response future of [`CorrelationIdService`].
@@ -697,9 +722,11 @@ pin_project! {
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
         id: Option<CorrelationId>,
         span: tracing::Span,
-        // When the request arrived; `None` when the access event is off.
+        // When the request arrived; `None` when nothing needs the latency.
         start: Option<Instant>,
         config: Arc<Config>,
+        // The request's metrics (taken when it completes; dropping them ends it as active).
+        metrics: InFlightSlot,
     }
 }
 
@@ -720,7 +747,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let latency_ms = this.start.map(|s| latency_ms(s.elapsed()));
+        let elapsed = this.start.map(|s| s.elapsed());
+        #[cfg(feature = "opentelemetry")]
+        if let (Some(metrics), Some(elapsed)) = (this.metrics.take(), elapsed) {
+            metrics.finish(
+                &this.config.metrics,
+                elapsed,
+                result.as_ref().ok().map(|r| r.status()),
+            );
+        }
+        let latency_ms = elapsed.filter(|_| this.config.access_log).map(latency_ms);
         let id = this.id.take();
         match result {
             Ok(mut response) => {
@@ -756,6 +792,117 @@ where
                 }
                 Poll::Ready(Err(error))
             }
+        }
+    }
+}
+
+/// The HTTP server metrics of the semantic conventions.
+#[cfg(feature = "opentelemetry")]
+mod http_metrics {
+    use std::time::Duration;
+
+    use http::{Request, StatusCode};
+    use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+    use opentelemetry::{KeyValue, Value};
+
+    use crate::telemetry::{self, attribute};
+
+    /// The instruments, created once per layer.
+    #[derive(Clone)]
+    pub(super) struct HttpMetrics {
+        duration: Histogram<f64>,
+        active: UpDownCounter<i64>,
+    }
+
+    impl HttpMetrics {
+        pub(super) fn new(meter: &Meter) -> Self {
+            HttpMetrics {
+                duration: meter
+                    .f64_histogram(telemetry::HTTP_SERVER_REQUEST_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of HTTP server requests.")
+                    .with_boundaries(telemetry::HTTP_DURATION_BOUNDARIES.to_vec())
+                    .build(),
+                active: meter
+                    .i64_up_down_counter(telemetry::HTTP_SERVER_ACTIVE_REQUESTS)
+                    .with_unit("{request}")
+                    .with_description("Number of active HTTP server requests.")
+                    .build(),
+            }
+        }
+
+        /// Counts the request as active until the returned value is finished or dropped.
+        pub(super) fn start<B>(&self, req: &Request<B>) -> InFlight {
+            let method = telemetry::method_value(req.method());
+            let active = [telemetry::kv(attribute::HTTP_REQUEST_METHOD, method)];
+            self.active.add(1, &active);
+            InFlight {
+                method,
+                route: route(req),
+                active: self.active.clone(),
+            }
+        }
+    }
+
+    /// The route template axum matched (a router's `layer` runs after routing), never the
+    /// path: its values are the application's routes, so the series stay bounded.
+    #[cfg(feature = "axum")]
+    fn route<B>(req: &Request<B>) -> Option<Value> {
+        req.extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| Value::from(p.as_str().to_owned()))
+    }
+
+    #[cfg(not(feature = "axum"))]
+    fn route<B>(_req: &Request<B>) -> Option<Value> {
+        None
+    }
+
+    /// A request being served.
+    pub(super) struct InFlight {
+        method: &'static str,
+        route: Option<Value>,
+        active: UpDownCounter<i64>,
+    }
+
+    impl InFlight {
+        /// Records the duration (`status` `None`: the service failed without a response).
+        pub(super) fn finish(
+            mut self,
+            metrics: &HttpMetrics,
+            elapsed: Duration,
+            status: Option<StatusCode>,
+        ) {
+            // At most four attributes, on the stack; unused places hold a static filler.
+            let mut attrs: [KeyValue; 4] = std::array::from_fn(|_| telemetry::kv("", ""));
+            attrs[0] = telemetry::kv(attribute::HTTP_REQUEST_METHOD, self.method);
+            let mut n = 1;
+            if let Some(s) = status {
+                attrs[n] =
+                    KeyValue::new(attribute::HTTP_RESPONSE_STATUS_CODE, i64::from(s.as_u16()));
+                n += 1;
+            }
+            let error = match status {
+                Some(s) if s.is_server_error() => Some(telemetry::server_error_type(s.as_u16())),
+                Some(_) => None,
+                None => Some("_OTHER"),
+            };
+            if let Some(e) = error {
+                attrs[n] = telemetry::kv(attribute::ERROR_TYPE, e);
+                n += 1;
+            }
+            if let Some(r) = self.route.take() {
+                attrs[n] = KeyValue::new(attribute::HTTP_ROUTE, r);
+                n += 1;
+            }
+            metrics.duration.record(elapsed.as_secs_f64(), &attrs[..n]);
+        }
+    }
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            let active = [telemetry::kv(attribute::HTTP_REQUEST_METHOD, self.method)];
+            self.active.add(-1, &active);
         }
     }
 }

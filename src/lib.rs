@@ -66,6 +66,7 @@
 //! | `redis` | no | [`redis`], and the Redis backends of the enabled layers |
 //! | `axum` | no | axum extractors (`Session`, `CorrelationId`), and reading axum's `ConnectInfo` for client addresses |
 //! | `tonic` | no | reading tonic's `TcpConnectInfo` for client addresses |
+//! | `opentelemetry` | no | OpenTelemetry metrics from the enabled layers ([`telemetry`]: the names, and where the meter comes from); nothing is recorded unless the application installs a meter provider |
 //! | `full` | no | all of the above |
 //! | `testing` | no | `session::store::testing`: the conformance suite a session store of your own can run |
 //!
@@ -124,6 +125,10 @@ pub mod redis;
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub mod session;
+
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub mod telemetry;
 
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]

@@ -44,6 +44,10 @@ pub struct RateLimitBuilder {
     failure_mode: FailureMode,
     local_fallback: Option<MemoryBackend>,
     rejection: Arc<dyn RejectionBody>,
+    #[cfg(feature = "opentelemetry")]
+    meter: Option<opentelemetry::metrics::Meter>,
+    #[cfg(feature = "opentelemetry")]
+    near_limit: f64,
 }
 
 impl fmt::Debug for RateLimitBuilder {
@@ -71,6 +75,10 @@ impl RateLimitBuilder {
             failure_mode: FailureMode::Local,
             local_fallback: None,
             rejection: Arc::new(JsonRejection),
+            #[cfg(feature = "opentelemetry")]
+            meter: None,
+            #[cfg(feature = "opentelemetry")]
+            near_limit: crate::telemetry::DEFAULT_NEAR_LIMIT,
         }
     }
 
@@ -148,6 +156,27 @@ impl RateLimitBuilder {
         self
     }
 
+    /// The meter of the layer's metrics (see [`telemetry`](crate::telemetry)). Default: the
+    /// global provider's, taken by [`build`](Self::build).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// The share of a quota used at or above which an admission counts in
+    /// `rampart.rate_limit.near_limit` (default
+    /// [`DEFAULT_NEAR_LIMIT`](crate::telemetry::DEFAULT_NEAR_LIMIT), 0.8). Rejected at
+    /// build unless in `0.0..=1.0`; any share counts at least the admission that used a
+    /// quota's last unit.
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn near_limit(mut self, share: f64) -> Self {
+        self.near_limit = share;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -172,6 +201,10 @@ impl RateLimitBuilder {
         }
         if self.fixed_cost == 0 {
             return Err(RateLimitConfigError::ZeroCost);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if !(0.0..=1.0).contains(&self.near_limit) {
+            return Err(RateLimitConfigError::NearLimitShare);
         }
         for (i, l) in self.limits.iter().enumerate() {
             let valid_name = (1..=64).contains(&l.name.len())
@@ -222,6 +255,12 @@ impl RateLimitBuilder {
                 missing: l.missing,
             })
             .collect();
+        #[cfg(feature = "opentelemetry")]
+        let otel = super::metrics::otel::LayerMetrics::new(
+            &self.meter.unwrap_or_else(crate::telemetry::global_meter),
+            limits.iter().map(|l| (&l.name, l.quota.burst_size())),
+            self.near_limit,
+        );
         let policy = policy_value(limits.iter().map(|l| (&*l.name, &l.quota)));
         let policy =
             HeaderValue::from_str(&policy).map_err(|_| RateLimitConfigError::PolicyHeader)?;
@@ -239,6 +278,8 @@ impl RateLimitBuilder {
                 rejection: self.rejection,
                 policy,
                 counters: Counters::default(),
+                #[cfg(feature = "opentelemetry")]
+                otel,
                 missing_log: Throttle::new(Duration::from_secs(10)),
                 no_address_logged: std::sync::atomic::AtomicBool::new(false),
                 shadow_log: Throttle::new(Duration::from_secs(1)),

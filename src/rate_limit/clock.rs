@@ -59,6 +59,19 @@ impl Clock for MonotonicClock {
     }
 }
 
+/// A raw reading of the monotonic clock, for [`seconds_since`] (a cheap counter read).
+#[cfg(feature = "opentelemetry")]
+pub(super) fn stopwatch() -> u64 {
+    BASE.clock.raw()
+}
+
+/// Seconds since a [`stopwatch`] reading.
+#[cfg(feature = "opentelemetry")]
+pub(super) fn seconds_since(raw: u64) -> f64 {
+    let clock = &BASE.clock;
+    clock.delta_as_nanos(raw, clock.raw()) as f64 / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

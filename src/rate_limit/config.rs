@@ -264,6 +264,9 @@ pub enum RateLimitConfigError {
     /// The `RateLimit-Policy` header value could not be built from the quotas. Not expected:
     /// names and quotas are checked first, and this reports rather than panics.
     PolicyHeader,
+    /// The "near limit" share of the layer's metrics (`RateLimitBuilder::near_limit`, feature
+    /// `opentelemetry`) is not a number from 0 to 1.
+    NearLimitShare,
 }
 
 impl RateLimitConfigError {
@@ -275,7 +278,11 @@ impl RateLimitConfigError {
             | Self::InvalidQuota { name, .. }
             | Self::InvalidKey { name, .. }
             | Self::CostAboveBurst { name, .. } => Some(name),
-            Self::NoQuota | Self::TooManyQuotas | Self::ZeroCost | Self::PolicyHeader => None,
+            Self::NoQuota
+            | Self::TooManyQuotas
+            | Self::ZeroCost
+            | Self::PolicyHeader
+            | Self::NearLimitShare => None,
         }
     }
 }
@@ -287,6 +294,7 @@ impl fmt::Display for RateLimitConfigError {
             Self::NoQuota => f.write_str("no quota: add one with .quota(name, quota, key)"),
             Self::TooManyQuotas => f.write_str("more than 64 quotas in one layer"),
             Self::ZeroCost => f.write_str("the cost of a request must be at least 1"),
+            Self::NearLimitShare => f.write_str("the near-limit share must be from 0.0 to 1.0"),
             Self::InvalidQuotaName { name } => write!(
                 f,
                 "quota name {name:?}: use 1 to 64 characters among A-Z a-z 0-9 _ . -"

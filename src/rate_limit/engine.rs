@@ -158,7 +158,15 @@ impl Shared {
     /// A synchronous verdict if there is one (memory backend, deny cache hit).
     pub(super) fn decide_now(&self, checks: &Checks) -> Option<Verdict> {
         match &self.engine {
-            Engine::Memory => Some(self.decide_memory(checks, Source::Backend)),
+            Engine::Memory => {
+                #[cfg(feature = "opentelemetry")]
+                let started = super::clock::stopwatch();
+                let verdict = self.decide_memory(checks, Source::Backend);
+                #[cfg(feature = "opentelemetry")]
+                self.otel
+                    .memory_duration(super::clock::seconds_since(started));
+                Some(verdict)
+            }
             #[cfg(feature = "redis")]
             Engine::Redis(redis) => self.cached_denials(&redis.backend, checks),
         }
@@ -223,6 +231,8 @@ impl Shared {
             return None;
         }
         bump(&self.counters.deny_cache_hits);
+        #[cfg(feature = "opentelemetry")]
+        self.otel.deny_cache_hit();
         Some(Verdict {
             allowed: false,
             statuses,
@@ -249,7 +259,13 @@ impl Shared {
             .collect();
         bump(&self.counters.backend_calls);
         let sent_at = self.clock.now_micros();
-        match redis.backend.decide(&items, checks.cost, sent_at).await {
+        #[cfg(feature = "opentelemetry")]
+        let started = super::clock::stopwatch();
+        let answer = redis.backend.decide(&items, checks.cost, sent_at).await;
+        #[cfg(feature = "opentelemetry")]
+        self.otel
+            .redis_duration(super::clock::seconds_since(started));
+        match answer {
             Ok((allowed, decisions)) => Verdict {
                 allowed,
                 statuses: checks.idx.iter().copied().zip(decisions).collect(),

@@ -76,3 +76,173 @@ impl Counters {
         }
     }
 }
+
+/// The layer's OpenTelemetry instruments and its attribute sets, built once with the layer
+/// (see [`telemetry`](crate::telemetry)): recording allocates nothing.
+#[cfg(feature = "opentelemetry")]
+pub(super) mod otel {
+    use opentelemetry::KeyValue;
+    use opentelemetry::metrics::{Counter, Histogram, Meter};
+
+    use crate::telemetry::{self, attribute, kv};
+
+    /// What a decision was, as `rampart.rate_limit.result` (the index of its attributes).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(in crate::rate_limit) enum Outcome {
+        Allowed = 0,
+        Rejected = 1,
+        ShadowRejected = 2,
+        DegradedAllowed = 3,
+        DegradedRejected = 4,
+    }
+
+    const RESULTS: [&str; 5] = [
+        "allowed",
+        "rejected",
+        "shadow_rejected",
+        "degraded_allowed",
+        "degraded_rejected",
+    ];
+
+    /// One quota's attribute sets.
+    struct PerQuota {
+        /// (policy, result) for each [`Outcome`].
+        results: [[KeyValue; 2]; 5],
+        policy: [KeyValue; 1],
+        /// An admission leaving at most this much of the quota is "near limit".
+        near_remaining: u64,
+    }
+
+    /// The instruments of a Redis backend.
+    #[cfg(feature = "redis")]
+    pub(in crate::rate_limit) struct ScriptMetrics {
+        calls: Counter<u64>,
+        decisions: Histogram<u64>,
+    }
+
+    #[cfg(feature = "redis")]
+    impl ScriptMetrics {
+        pub(in crate::rate_limit) fn new(meter: &Meter) -> Self {
+            ScriptMetrics {
+                calls: meter
+                    .u64_counter(telemetry::RATE_LIMIT_SCRIPT_CALLS)
+                    .with_unit("{call}")
+                    .with_description("Rate limit script calls sent to Redis.")
+                    .build(),
+                decisions: meter
+                    .u64_histogram(telemetry::RATE_LIMIT_SCRIPT_DECISIONS)
+                    .with_unit("{decision}")
+                    .with_description("Requests' decisions carried by one script call.")
+                    .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
+                    .build(),
+            }
+        }
+
+        /// One script call carrying `decisions` requests' decisions.
+        pub(in crate::rate_limit) fn call(&self, decisions: usize) {
+            self.calls.add(1, &[]);
+            self.decisions.record(decisions as u64, &[]);
+        }
+    }
+
+    /// The instruments of one layer.
+    pub(in crate::rate_limit) struct LayerMetrics {
+        decisions: Counter<u64>,
+        near_limit: Counter<u64>,
+        duration: Histogram<f64>,
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        deny_cache_hits: Counter<u64>,
+        quotas: Box<[PerQuota]>,
+        /// The result alone: decisions no quota took (Redis failed, failure mode `Open`
+        /// or `Closed`).
+        unattributed: [[KeyValue; 1]; 5],
+        memory: [KeyValue; 1],
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        redis: [KeyValue; 1],
+    }
+
+    impl LayerMetrics {
+        /// The instruments for quotas `(name, burst)`, "near limit" at `share` used.
+        pub(in crate::rate_limit) fn new<'a>(
+            meter: &Meter,
+            quotas: impl Iterator<Item = (&'a std::sync::Arc<str>, u64)>,
+            share: f64,
+        ) -> Self {
+            let quotas = quotas
+                .map(|(name, burst)| {
+                    let policy = KeyValue::new(attribute::RATE_LIMIT_POLICY, name.clone());
+                    let used = (share * burst as f64).ceil().clamp(1.0, burst as f64) as u64;
+                    PerQuota {
+                        results: RESULTS
+                            .map(|r| [policy.clone(), kv(attribute::RATE_LIMIT_RESULT, r)]),
+                        near_remaining: burst - used,
+                        policy: [policy],
+                    }
+                })
+                .collect();
+            LayerMetrics {
+                decisions: meter
+                    .u64_counter(telemetry::RATE_LIMIT_DECISIONS)
+                    .with_unit("{decision}")
+                    .with_description("Rate limit decisions, by quota and result.")
+                    .build(),
+                near_limit: meter
+                    .u64_counter(telemetry::RATE_LIMIT_NEAR_LIMIT)
+                    .with_unit("{decision}")
+                    .with_description("Admissions that left a quota nearly used up.")
+                    .build(),
+                duration: meter
+                    .f64_histogram(telemetry::RATE_LIMIT_DECISION_DURATION)
+                    .with_unit("s")
+                    .with_description("Time to a rate limit verdict from the backend.")
+                    .with_boundaries(telemetry::FAST_DURATION_BOUNDARIES.to_vec())
+                    .build(),
+                deny_cache_hits: meter
+                    .u64_counter(telemetry::RATE_LIMIT_DENY_CACHE_HITS)
+                    .with_unit("{decision}")
+                    .with_description("Refusals answered by the local deny cache.")
+                    .build(),
+                quotas,
+                unattributed: RESULTS.map(|r| [kv(attribute::RATE_LIMIT_RESULT, r)]),
+                memory: [kv(attribute::RATE_LIMIT_BACKEND, "memory")],
+                redis: [kv(attribute::RATE_LIMIT_BACKEND, "redis")],
+            }
+        }
+
+        /// One decision under quota `i` (an index in the layer's limits).
+        pub(in crate::rate_limit) fn decision(&self, i: usize, outcome: Outcome) {
+            self.decisions
+                .add(1, &self.quotas[i].results[outcome as usize]);
+        }
+
+        /// One decision no quota took.
+        pub(in crate::rate_limit) fn unattributed(&self, outcome: Outcome) {
+            self.decisions.add(1, &self.unattributed[outcome as usize]);
+        }
+
+        /// An admission under quota `i` that left `remaining`.
+        pub(in crate::rate_limit) fn admitted(&self, i: usize, remaining: u64) {
+            let q = &self.quotas[i];
+            if remaining <= q.near_remaining {
+                self.near_limit.add(1, &q.policy);
+            }
+        }
+
+        /// A memory backend verdict took `seconds`.
+        pub(in crate::rate_limit) fn memory_duration(&self, seconds: f64) {
+            self.duration.record(seconds, &self.memory);
+        }
+
+        /// A Redis verdict took `seconds`.
+        #[cfg(feature = "redis")]
+        pub(in crate::rate_limit) fn redis_duration(&self, seconds: f64) {
+            self.duration.record(seconds, &self.redis);
+        }
+
+        /// The deny cache answered.
+        #[cfg(feature = "redis")]
+        pub(in crate::rate_limit) fn deny_cache_hit(&self) {
+            self.deny_cache_hits.add(1, &[]);
+        }
+    }
+}

@@ -50,6 +50,8 @@ pub(super) struct Shared {
     pub(super) rejection: Arc<dyn RejectionBody>,
     pub(super) policy: HeaderValue,
     pub(super) counters: Counters,
+    #[cfg(feature = "opentelemetry")]
+    pub(super) otel: super::metrics::otel::LayerMetrics,
     pub(super) missing_log: Throttle,
     /// Set once the "no client address" error has been logged: a deployment mistake is
     /// logged once with its fix, not per request.
@@ -181,6 +183,8 @@ impl Shared {
     /// headers to add) or a rejection response.
     pub(super) fn settle<B>(&self, verdict: Verdict, req: &mut Request<B>, grpc: bool) -> Settled {
         let enforce = !self.shadow;
+        #[cfg(feature = "opentelemetry")]
+        self.record(&verdict);
         if verdict.allowed {
             bump(&self.counters.allowed);
         } else if enforce {
@@ -205,6 +209,41 @@ impl Shared {
             .then(|| self.rate_headers(&verdict, false));
         req.extensions_mut().insert(self.public_decision(&verdict));
         Settled::Call(headers)
+    }
+
+    /// Counts a verdict in the layer's metrics: once per quota that admitted the request,
+    /// or once per quota that refused it.
+    #[cfg(feature = "opentelemetry")]
+    fn record(&self, verdict: &Verdict) {
+        use super::metrics::otel::Outcome;
+        let degraded = matches!(
+            verdict.source,
+            Source::Degraded | Source::Refused(RejectReason::Unavailable, _)
+        );
+        let outcome = match (verdict.allowed, degraded) {
+            (true, false) => Outcome::Allowed,
+            (true, true) => Outcome::DegradedAllowed,
+            (false, true) => Outcome::DegradedRejected,
+            (false, false) if self.shadow => Outcome::ShadowRejected,
+            (false, false) => Outcome::Rejected,
+        };
+        let m = &self.otel;
+        if verdict.statuses.is_empty() {
+            match verdict.source {
+                Source::Pass => {}
+                Source::Refused(_, Some(i)) => m.decision(i, outcome),
+                _ => m.unattributed(outcome),
+            }
+            return;
+        }
+        for &(i, d) in &verdict.statuses {
+            if verdict.allowed {
+                m.decision(i, outcome);
+                m.admitted(i, d.remaining());
+            } else if !d.is_allowed() {
+                m.decision(i, outcome);
+            }
+        }
     }
 
     fn public_decision(&self, verdict: &Verdict) -> RateLimitDecision {

@@ -79,6 +79,20 @@ impl Breaker {
     }
 
     /// False while the breaker is open (including half-open).
+    /// The state for the metrics' gauge: 0 closed, 1 open, 2 half-open (the cool-down has
+    /// passed, or a probe is in flight).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn gauge_value(&self, now: Instant) -> i64 {
+        if self.is_closed() {
+            return 0;
+        }
+        match self.lock_open().as_ref() {
+            None => 0,
+            Some(open) if open.probe_started.is_some() || now >= open.until => 2,
+            Some(_) => 1,
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         !self.is_open.load(Ordering::Acquire)
     }

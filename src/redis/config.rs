@@ -56,6 +56,9 @@ pub struct RedisConfig {
     /// With Redis Sentinel: the primary's name and the sentinels' password; `seeds` are
     /// then the sentinels.
     pub(crate) sentinel: Option<SentinelSettings>,
+    /// The meter of the connection's metrics (`None`: the global provider's).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) meter: Option<opentelemetry::metrics::Meter>,
 }
 
 /// What a Sentinel configuration adds (see [`RedisConfig::from_sentinels`]).
@@ -152,6 +155,8 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             sentinel: None,
+            #[cfg(feature = "opentelemetry")]
+            meter: None,
         }
     }
 
@@ -273,6 +278,16 @@ impl RedisConfig {
     /// Default 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The meter of the connection's metrics (`rampart.redis.*`, see
+    /// [`telemetry`](crate::telemetry)). Default: the global provider's, taken when the
+    /// connection is created ([`connect`](Self::connect) and its siblings).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
         self
     }
 

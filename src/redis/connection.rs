@@ -388,6 +388,15 @@ struct Inner {
     fenced: AtomicBool,
     /// This `Inner`, for the watch task (which must not keep it alive).
     me: Weak<Inner>,
+    #[cfg(feature = "opentelemetry")]
+    metrics: super::metrics::RedisMetrics,
+}
+
+#[cfg(feature = "opentelemetry")]
+impl super::metrics::BreakerState for Inner {
+    fn gauge_value(&self) -> i64 {
+        self.breaker.gauge_value(Instant::now())
+    }
 }
 
 impl fmt::Debug for Inner {
@@ -563,6 +572,15 @@ impl RedisConnection {
                 recovering: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
                 me: me.clone(),
+                #[cfg(feature = "opentelemetry")]
+                metrics: super::metrics::RedisMetrics::new(
+                    &config
+                        .meter
+                        .clone()
+                        .unwrap_or_else(crate::telemetry::global_meter),
+                    &config.addrs(),
+                    me.clone(),
+                ),
             }),
         })
     }
@@ -1071,9 +1089,25 @@ impl Inner {
         what: &str,
         run: impl AsyncFnOnce(&mut Conn) -> driver::RedisResult<T>,
     ) -> Result<T, RedisError> {
-        let mut lease = self.begin(bypass).await?;
+        #[cfg(feature = "opentelemetry")]
+        let started = std::time::Instant::now();
+        let mut lease = match self.begin(bypass).await {
+            Ok(lease) => lease,
+            Err(err) => {
+                #[cfg(feature = "opentelemetry")]
+                self.metrics
+                    .call(started.elapsed().as_secs_f64(), Some(err.kind()));
+                return Err(err);
+            }
+        };
         let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
-        self.finish(lease, result, what)
+        let result = self.finish(lease, result, what);
+        #[cfg(feature = "opentelemetry")]
+        self.metrics.call(
+            started.elapsed().as_secs_f64(),
+            result.as_ref().err().map(RedisError::kind),
+        );
+        result
     }
 
     /// Admission by the breaker, then the shared connection (established if needed).
@@ -1168,6 +1202,8 @@ impl Inner {
                     self.note_primary(primary);
                 }
                 if self.ever_connected.swap(true, Ordering::Relaxed) {
+                    #[cfg(feature = "opentelemetry")]
+                    self.metrics.reconnect();
                     tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis reconnected");
                 } else {
                     tracing::info!(addr = %self.addr, tls = self.tls, topology, "redis connected");
@@ -1459,12 +1495,19 @@ impl Inner {
 
     fn report_success(&self) {
         if let Some(Transition::Closed) = self.breaker.on_success() {
+            #[cfg(feature = "opentelemetry")]
+            self.metrics.transition(Transition::Closed);
             tracing::info!(addr = %self.addr, "redis recovered: circuit breaker closed");
         }
     }
 
     fn report_failure(&self, probe: bool, err: &RedisError) {
-        match self.breaker.on_failure(probe, Instant::now()) {
+        let transition = self.breaker.on_failure(probe, Instant::now());
+        #[cfg(feature = "opentelemetry")]
+        if let Some(t) = transition {
+            self.metrics.transition(t);
+        }
+        match transition {
             Some(Transition::Opened(cool_down)) => {
                 tracing::warn!(
                     addr = %self.addr,

@@ -300,6 +300,8 @@ mod connection;
 #[cfg_attr(not(feature = "session"), allow(dead_code))]
 mod dedicated;
 mod error;
+#[cfg(feature = "opentelemetry")]
+mod metrics;
 mod sentinel;
 mod slot;
 

@@ -52,6 +52,27 @@ impl Changes {
     }
 }
 
+/// A session store call, as `rampart.session.operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Load = 0,
+    Create = 1,
+    Save = 2,
+    Delete = 3,
+    ListUserSessions = 4,
+    DeleteUserSessions = 5,
+    DeleteUserSession = 6,
+}
+
+/// How a compare-and-set conflict ended, as `rampart.session.resolution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// This request's changes were applied on top of the newer record.
+    Merged = 0,
+    /// The newer record could not be opened: this request's changes were dropped.
+    Dropped = 1,
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -70,12 +91,20 @@ pub(crate) enum CookieUpdate {
 impl Shared {
     /// A store call bounded by the configured timeout; failures are remembered for the layer
     /// and logged once per burst.
-    pub(super) async fn call<T>(&self, fut: StoreFuture<'_, T>) -> Result<T, StoreError> {
+    pub(super) async fn call<T>(&self, op: Op, fut: StoreFuture<'_, T>) -> Result<T, StoreError> {
         let timeout = self.config.store_timeout;
+        #[cfg(feature = "opentelemetry")]
+        let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::timeout(timeout)),
         };
+        #[cfg(feature = "opentelemetry")]
+        self.config
+            .metrics
+            .call(op, result.is_ok(), started.elapsed().as_secs_f64());
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = op;
         if let Err(error) = &result {
             self.failed.store(true, Ordering::Relaxed);
             if self.config.log_throttle.allow(self.config.now()) {
@@ -85,13 +114,23 @@ impl Shared {
         result
     }
 
+    /// Counts a compare-and-set conflict (nothing without the feature).
+    fn conflict(&self, resolution: Resolution) {
+        #[cfg(feature = "opentelemetry")]
+        self.config.metrics.conflict(resolution);
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = resolution;
+    }
+
     pub(super) async fn load(&self, state: &mut State) -> Result<(), SessionError> {
         let Some(id) = &self.incoming else {
             state.loaded = true;
             return Ok(());
         };
         let now = self.config.now();
-        let record = self.call(self.store.load(id.key(), now, true)).await?;
+        let record = self
+            .call(Op::Load, self.store.load(id.key(), now, true))
+            .await?;
         state.loaded = true;
         if let Some(record) = record {
             match open(&self.config, id.key(), &record) {
@@ -117,12 +156,18 @@ impl Shared {
         let mut update = CookieUpdate::Keep;
         if let Some(old) = state.delete.take() {
             let now = self.config.now();
-            self.call(self.store.delete(old.key(), None, now)).await?;
+            self.call(Op::Delete, self.store.delete(old.key(), None, now))
+                .await?;
         }
         if std::mem::take(&mut state.remove_cookie) {
             update = CookieUpdate::Remove;
         }
-        if server_error || (state.changes.is_empty() && !state.cycle) {
+        if state.changes.is_empty() && !state.cycle {
+            return Ok(update);
+        }
+        if server_error {
+            #[cfg(feature = "opentelemetry")]
+            self.config.metrics.save_skipped();
             return Ok(update);
         }
         let changes = std::mem::take(&mut state.changes);
@@ -151,7 +196,10 @@ impl Shared {
                 record.version.saturating_add(1),
                 &record,
             ));
-            match self.call(self.store.save(key, &record, now)).await? {
+            match self
+                .call(Op::Save, self.store.save(key, &record, now))
+                .await?
+            {
                 // A new expiry, or a cookie whose user tag no longer matches the user (set or
                 // cleared by this request or a concurrent one; or a cookie from before tagging
                 // was turned on): the cookie is sent again.
@@ -170,10 +218,12 @@ impl Shared {
                     let mut newer_data = match open(&self.config, key, &newer) {
                         Ok(data) => data,
                         Err(why) => {
+                            self.conflict(Resolution::Dropped);
                             tracing::warn!(session = %key, "concurrently saved session: {}; changes dropped", why.describe());
                             return Ok(update);
                         }
                     };
+                    self.conflict(Resolution::Merged);
                     changes.apply(&mut newer_data);
                     data = newer_data;
                     base = newer;
@@ -211,7 +261,10 @@ impl Shared {
                 backoff(attempt).await;
             }
             match self
-                .call(self.store.delete(old_key, Some(base.version), now))
+                .call(
+                    Op::Delete,
+                    self.store.delete(old_key, Some(base.version), now),
+                )
                 .await?
             {
                 WriteOutcome::Written => return Ok(self.set_cookie(id, &record, now)),
@@ -225,11 +278,13 @@ impl Shared {
                     let mut newer_data = match open(&self.config, old_key, &newer) {
                         Ok(data) => data,
                         Err(why) => {
+                            self.conflict(Resolution::Dropped);
                             tracing::warn!(session = %old_key, "concurrently saved session: {}; changes dropped", why.describe());
                             self.discard(&id, now).await;
                             return Ok(update);
                         }
                     };
+                    self.conflict(Resolution::Merged);
                     changes.apply(&mut newer_data);
                     let mut next = self.build(Some(&newer), changes, now);
                     next.version = record.version;
@@ -240,7 +295,10 @@ impl Shared {
                         next.version.saturating_add(1),
                         &next,
                     ));
-                    match self.call(self.store.save(id.key(), &next, now)).await? {
+                    match self
+                        .call(Op::Save, self.store.save(id.key(), &next, now))
+                        .await?
+                    {
                         WriteOutcome::Written => {
                             next.version += 1;
                             record = next;
@@ -262,7 +320,9 @@ impl Shared {
     /// Deletes a record this request created but whose id it will not send. Best effort: a
     /// failure is logged by [`call`](Self::call), and the record is unreachable anyway.
     async fn discard(&self, id: &SessionId, now: u64) {
-        let _ = self.call(self.store.delete(id.key(), None, now)).await;
+        let _ = self
+            .call(Op::Delete, self.store.delete(id.key(), None, now))
+            .await;
     }
 
     /// The record to write: `base`'s fields with this request's user and expiry changes.
@@ -318,7 +378,10 @@ impl Shared {
             let id = SessionId::generate().map_err(|_| SessionError::Random)?;
             record.data = encode(&self.config, id.key(), data)?;
             record.binding = Some(bind(&self.config, id.key(), 1, &record));
-            if self.call(self.store.create(id.key(), &record, now)).await? {
+            if self
+                .call(Op::Create, self.store.create(id.key(), &record, now))
+                .await?
+            {
                 record.version = 1;
                 return Ok((id, record));
             }

@@ -74,6 +74,8 @@ pub(crate) struct ConfigInner {
     pub(crate) log_throttle: Throttle,
     /// The warning about conflicting session cookies (see `CookieCodec::read`).
     pub(crate) conflict_log_throttle: Throttle,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) metrics: super::metrics::SessionMetrics,
 }
 
 impl ConfigInner {
@@ -182,6 +184,8 @@ pub struct SessionConfigBuilder {
     clock: Arc<dyn Clock>,
     unavailable_content_type: String,
     unavailable_body: Vec<u8>,
+    #[cfg(feature = "opentelemetry")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl Default for SessionConfigBuilder {
@@ -206,6 +210,8 @@ impl Default for SessionConfigBuilder {
             clock: Arc::new(SystemClock),
             unavailable_content_type: "application/json".into(),
             unavailable_body: DEFAULT_UNAVAILABLE_BODY.to_vec(),
+            #[cfg(feature = "opentelemetry")]
+            meter: None,
         }
     }
 }
@@ -461,6 +467,16 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// The meter of the session layer's metrics (`rampart.session.*`, see
+    /// [`telemetry`](crate::telemetry)). Default: the global provider's, taken by
+    /// [`build`](Self::build).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Checks the settings and builds the config.
     pub fn build(self) -> Result<SessionConfig, SessionConfigError> {
         use SessionConfigError as E;
@@ -559,6 +575,10 @@ impl SessionConfigBuilder {
                 unavailable_body: self.unavailable_body.into(),
                 log_throttle: Throttle::new(LOG_INTERVAL),
                 conflict_log_throttle: Throttle::new(LOG_INTERVAL),
+                #[cfg(feature = "opentelemetry")]
+                metrics: super::metrics::SessionMetrics::new(
+                    &self.meter.unwrap_or_else(crate::telemetry::global_meter),
+                ),
             }),
         })
     }

@@ -296,6 +296,8 @@ where
     B: Body,
     B::Data: From<Vec<u8>>,
 {
+    #[cfg(feature = "opentelemetry")]
+    config.metrics.unavailable();
     let mut response = Response::new(ResponseBody::full(config.unavailable_body.to_vec()));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();

@@ -89,6 +89,8 @@ mod error;
 mod expiry;
 mod id;
 mod layer;
+#[cfg(feature = "opentelemetry")]
+mod metrics;
 // The handle is the module's main type; `session::session` mirrors the file layout.
 #[allow(clippy::module_inception)]
 mod session;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::commit::Changes;
+use super::commit::{Changes, Op};
 use super::config::ConfigInner;
 use super::cookie::UserTag;
 use super::crypto;
@@ -297,7 +297,10 @@ impl Session {
         let now = self.shared.config.now();
         Ok(self
             .shared
-            .call(self.shared.store.delete_user_sessions(user, now))
+            .call(
+                Op::DeleteUserSessions,
+                self.shared.store.delete_user_sessions(user, now),
+            )
             .await?)
     }
 
@@ -357,6 +360,7 @@ impl Session {
         Ok(self
             .shared
             .call(
+                Op::DeleteUserSession,
                 self.shared
                     .store
                     .delete_user_session(&user, &session.key, now),
@@ -379,7 +383,10 @@ impl Session {
             Some(user) => {
                 let now = self.shared.config.now();
                 self.shared
-                    .call(self.shared.store.list_user_sessions(user, now))
+                    .call(
+                        Op::ListUserSessions,
+                        self.shared.store.list_user_sessions(user, now),
+                    )
                     .await?
             }
             None => Vec::new(),

@@ -267,6 +267,8 @@ pub struct RedisBackendBuilder {
     max_batch: usize,
     every_key_own_slot: bool,
     skip_releases: bool,
+    #[cfg(feature = "opentelemetry")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl RedisBackendBuilder {
@@ -339,10 +341,24 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// The meter of the backend's metrics (`rampart.rate_limit.script.*`, see
+    /// [`telemetry`](crate::telemetry)). Default: the global provider's, taken by
+    /// [`build`](Self::build).
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Builds the backend.
     pub fn build(self) -> RedisBackend {
         let router = Arc::new(Router {
             conn: self.conn.clone(),
+            #[cfg(feature = "opentelemetry")]
+            metrics: super::metrics::otel::ScriptMetrics::new(
+                &self.meter.unwrap_or_else(crate::telemetry::global_meter),
+            ),
             every_key_own_slot: self.every_key_own_slot,
             skip_releases: AtomicBool::new(self.skip_releases),
             unreleased: AtomicU64::new(0),
@@ -396,6 +412,8 @@ impl RedisBackend {
             max_batch: DEFAULT_MAX_BATCH,
             every_key_own_slot: false,
             skip_releases: false,
+            #[cfg(feature = "opentelemetry")]
+            meter: None,
         }
     }
 
@@ -609,6 +627,8 @@ impl RedisBackend {
     ) -> Result<(bool, Vec<QuotaDecision>), RedisError> {
         let defs = || items.iter().map(|item| Definition::of(item.quota));
         let router = &self.inner.router;
+        #[cfg(feature = "opentelemetry")]
+        router.metrics.call(1);
         if items.len() > 1 && router.splits() {
             let checks: Vec<Check> = items
                 .iter()

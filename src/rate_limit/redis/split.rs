@@ -20,6 +20,9 @@ use crate::redis::{RedisConnection, RedisError, RedisErrorKind, driver, key_slot
 /// Routes script calls by hash slot (see the module docs).
 pub(super) struct Router {
     pub(super) conn: RedisConnection,
+    /// Script calls and the decisions each carries.
+    #[cfg(feature = "opentelemetry")]
+    pub(super) metrics: super::super::metrics::otel::ScriptMetrics,
     /// Test switch: every distinct key is its own slot, also on a single server, so that the
     /// split path can be exercised there.
     pub(super) every_key_own_slot: bool,
@@ -82,6 +85,8 @@ impl Router {
     /// [`call_batch_split`](Self::call_batch_split)). Reply: every request's per-key values,
     /// in order.
     pub(super) async fn call_batch(&self, asks: Vec<&Ask>) -> Result<Vec<i64>, RedisError> {
+        #[cfg(feature = "opentelemetry")]
+        self.metrics.call(asks.len());
         if !self.splits() {
             let result = self
                 .conn

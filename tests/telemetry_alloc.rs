@@ -1,0 +1,124 @@
+//! Recording the metrics allocates nothing per request: after a warm-up, a request through
+//! the correlation and rate limit layers costs exactly as many allocations with a real SDK
+//! recording it as with no provider installed (the API's no-op instruments). Counted on
+//! this thread only, so the SDK's reader thread and other tests do not disturb the count.
+
+mod telemetry_common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http::{Request, Response};
+use telemetry_common::Otel;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_rampart::correlation::CorrelationIdLayer;
+use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller's contract is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn request() -> Request<String> {
+    let mut req = Request::new(String::new());
+    let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+    req.extensions_mut()
+        .insert(tower_rampart::net::PeerAddr(peer));
+    req.headers_mut()
+        .insert("x-correlation-id", "fixed-id".parse().unwrap());
+    req
+}
+
+/// Allocations of `n` requests through `svc` (requests built beforehand).
+async fn cost<S>(svc: &mut S, n: usize) -> u64
+where
+    S: Service<Request<String>, Error = Infallible>,
+{
+    let requests: Vec<_> = (0..n).map(|_| request()).collect();
+    let mut responses = Vec::with_capacity(n);
+    let before = allocations();
+    for req in requests {
+        let svc = svc.ready().await.unwrap();
+        responses.push(svc.call(req).await.unwrap());
+    }
+    let spent = allocations() - before;
+    drop(responses);
+    spent
+}
+
+fn stack(
+    correlation: CorrelationIdLayer,
+    limits: tower_rampart::rate_limit::RateLimitBuilder,
+) -> impl Service<Request<String>, Error = Infallible> {
+    let limits = limits
+        .quota("ip", Quota::per_minute(1_000_000), Key::peer_ip())
+        .build()
+        .unwrap();
+    correlation.layer(limits.layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    })))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn recording_allocates_nothing_per_request() {
+    // No provider: the global meter is the API's no-op.
+    let mut quiet = stack(CorrelationIdLayer::new(), RateLimitLayer::builder());
+    let otel = Otel::new();
+    let mut recorded = stack(
+        CorrelationIdLayer::new().meter(otel.meter()),
+        RateLimitLayer::builder().meter(otel.meter()),
+    );
+    // Warm-up: the SDK creates each series on its first point; the limiter its key.
+    cost(&mut quiet, 10).await;
+    cost(&mut recorded, 10).await;
+
+    let quiet_cost = cost(&mut quiet, 100).await;
+    let recorded_cost = cost(&mut recorded, 100).await;
+    assert_eq!(
+        recorded_cost, quiet_cost,
+        "allocations for 100 requests: {recorded_cost} recorded by the SDK, {quiet_cost} without a provider"
+    );
+    // And the SDK did record them.
+    let points = otel.points();
+    assert_eq!(
+        telemetry_common::value_in(
+            &points,
+            tower_rampart::telemetry::HTTP_SERVER_REQUEST_DURATION,
+            &[
+                ("http.request.method", "GET"),
+                ("http.response.status_code", "200")
+            ]
+        ),
+        110.0
+    );
+}
