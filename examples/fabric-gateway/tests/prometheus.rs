@@ -85,7 +85,7 @@ async fn scenario() {
     prometheus.wait_for_scrape_after(last_request).await;
 
     let sum = |name: &str| format!("sum({name})");
-    let expectations: [(String, f64); 10] = [
+    let expectations: [(String, f64); 16] = [
         // Ten questions reached the data agent, over MCP, one failed.
         (
             sum("fabric_gateway_data_agent_duration_seconds_count"),
@@ -123,6 +123,39 @@ async fn scenario() {
             1.0,
         ),
         (sum("fabric_gateway_requests_rate_limited_total"), 1.0),
+        // The library's layers record through the same provider: the HTTP server metrics
+        // by route and status, and the limiter's decisions by quota and result (the 11th
+        // question is refused by both the per-IP and the per-user quota).
+        (
+            r#"http_server_request_duration_seconds_count{http_route="/query",http_response_status_code="200"}"#
+                .to_owned(),
+            10.0,
+        ),
+        (
+            r#"http_server_request_duration_seconds_count{http_route="/query",http_response_status_code="429"}"#
+                .to_owned(),
+            1.0,
+        ),
+        (
+            r#"rampart_rate_limit_decisions_total{rampart_rate_limit_policy="query-user",rampart_rate_limit_result="allowed"}"#
+                .to_owned(),
+            10.0,
+        ),
+        (
+            r#"rampart_rate_limit_decisions_total{rampart_rate_limit_policy="query-user",rampart_rate_limit_result="rejected"}"#
+                .to_owned(),
+            1.0,
+        ),
+        (
+            r#"rampart_rate_limit_decisions_total{rampart_rate_limit_policy="query-ip",rampart_rate_limit_result="rejected"}"#
+                .to_owned(),
+            1.0,
+        ),
+        (
+            r#"sum(rampart_rate_limit_decisions_total{rampart_rate_limit_result="rejected"})"#
+                .to_owned(),
+            2.0,
+        ),
     ];
     for (promql, expected) in &expectations {
         let values = prometheus.query(promql).await;
