@@ -10,7 +10,9 @@
 //!   ([`app_with_clock`] on an injected clock, for tests);
 //! - [`logging`]: JSON (production) or human-readable log lines;
 //! - [`metrics`]: the gateway's metrics (one table of names) and the Prometheus endpoint
-//!   (`METRICS_ADDR`).
+//!   (`METRICS_ADDR`), and the one meter provider behind every export;
+//! - [`appinsights`]: the metric exporter to Application Insights
+//!   (`APPLICATIONINSIGHTS_CONNECTION_STRING`).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -20,6 +22,7 @@
 )]
 
 pub mod app;
+pub mod appinsights;
 pub mod auth;
 pub mod config;
 pub mod fabric;

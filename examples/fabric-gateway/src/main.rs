@@ -17,6 +17,16 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let code = run().await;
+    // Push the metrics of the last interval (Application Insights); a no-op without a
+    // push exporter. The readers give up after their own timeout.
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(fabric_gateway::metrics::shutdown).await {
+        tracing::warn!(error = %e, "cannot flush the metrics at exit");
+    }
+    code
+}
+
+async fn run() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -45,11 +45,21 @@
 //! carries the resource (`service_name="fabric-gateway"` unless `OTEL_SERVICE_NAME` says
 //! otherwise).
 //!
-//! Unset, nothing is installed: every instrument is a no-op and nothing is exported.
+//! # Application Insights (`APPLICATIONINSIGHTS_CONNECTION_STRING`)
+//!
+//! The same provider gets a second reader, a periodic one pushing deltas to Azure Monitor
+//! every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60 s by default) through
+//! [`crate::appinsights`]: one provider, several readers, so every instrument reaches
+//! every destination. [`install`] builds it from [`Exports`]; [`force_flush`] and
+//! [`shutdown`] push what is pending.
+//!
+//! With neither variable set, nothing is installed: every instrument is a no-op and
+//! nothing is exported.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -60,11 +70,13 @@ use axum::routing::get;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus::{Encoder as _, TextEncoder};
 use tokio::task::JoinHandle;
 
+use crate::appinsights::{ConnectionString, MetricExporter};
 use crate::auth::TokenError;
+use crate::config::Config;
 use crate::fabric::{DataAgentProtocol, ErrorCategory};
 
 /// The meter (instrumentation scope) of the gateway's instruments.
@@ -213,47 +225,151 @@ pub(crate) fn rate_limited_counter() -> Counter<u64> {
         .build()
 }
 
-/// What the Prometheus endpoint reads: the registry the exporter fills, installed once per
-/// process along with the global meter provider.
-static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
+/// The process's meter provider and what reads it, installed once per process.
+#[derive(Debug)]
+struct Installed {
+    provider: SdkMeterProvider,
+    /// What the Prometheus endpoint reads (`None` when it is not one of the readers).
+    registry: Option<prometheus::Registry>,
+}
 
-/// Installs (once per process) the SDK meter provider with the Prometheus exporter as the
-/// global provider; returns the registry it fills.
-fn install_prometheus() -> Result<&'static prometheus::Registry, MetricsError> {
-    if let Some(registry) = REGISTRY.get() {
-        return Ok(registry);
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Where the metrics go: the readers of the one meter provider.
+#[derive(Clone, Debug, Default)]
+pub struct Exports {
+    /// A Prometheus registry, for [`MetricsServer`] (`METRICS_ADDR`).
+    pub prometheus: bool,
+    /// Application Insights (`APPLICATIONINSIGHTS_CONNECTION_STRING`), pushed every
+    /// `interval`.
+    pub appinsights: Option<ConnectionString>,
+    /// The push interval (`OTEL_METRIC_EXPORT_INTERVAL`); `None` = the SDK's (60 s).
+    pub interval: Option<Duration>,
+}
+
+impl Exports {
+    /// What `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            prometheus: config.metrics_addr.is_some(),
+            appinsights: config.appinsights.clone(),
+            interval: config.metric_export_interval,
+        }
     }
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .build()
-        .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+
+    /// Whether anything is exported at all (else no provider is installed).
+    pub fn any(&self) -> bool {
+        self.prometheus || self.appinsights.is_some()
+    }
+}
+
+/// Installs (once per process) the SDK meter provider as the global provider, with one
+/// reader per export of `exports`. Call it inside the Tokio runtime, before anything that
+/// creates instruments.
+///
+/// Two gateways starting in one process (tests): the first one's provider wins; the second
+/// gets an error only if it needs a Prometheus registry the first one does not have.
+pub fn install(exports: &Exports) -> Result<(), MetricsError> {
+    if let Some(installed) = INSTALLED.get() {
+        if exports.prometheus && installed.registry.is_none() {
+            return Err(MetricsError::Exporter(
+                "a meter provider without Prometheus is already installed in this process"
+                    .to_owned(),
+            ));
+        }
+        return Ok(());
+    }
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(METER_NAME);
     }
-    let provider = SdkMeterProvider::builder()
-        .with_resource(resource.build())
-        .with_reader(exporter)
-        .build();
-    // Two gateways starting at once in one process (tests): the first one's provider wins,
-    // and both serve its registry.
+    let mut builder = SdkMeterProvider::builder().with_resource(resource.build());
+    let mut registry = None;
+    if exports.prometheus {
+        let r = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(r.clone())
+            .build()
+            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        builder = builder.with_reader(exporter);
+        registry = Some(r);
+    }
+    if let Some(connection) = &exports.appinsights {
+        let exporter =
+            MetricExporter::new(connection.clone()).map_err(MetricsError::AppInsights)?;
+        let mut reader = PeriodicReader::builder(exporter);
+        if let Some(interval) = exports.interval {
+            reader = reader.with_interval(interval);
+        }
+        builder = builder.with_reader(reader.build());
+        tracing::info!(
+            endpoint = connection.ingestion_endpoint(),
+            "sending metrics to Application Insights"
+        );
+    }
+    let provider = builder.build();
     let mut installed = false;
-    let registry = REGISTRY.get_or_init(|| {
+    INSTALLED.get_or_init(|| {
         installed = true;
-        registry
+        Installed {
+            provider: provider.clone(),
+            registry,
+        }
     });
     if installed {
         opentelemetry::global::set_meter_provider(provider);
+    } else {
+        // Lost a race with another gateway of this process: ours is never used.
+        let _ = provider.shutdown();
     }
-    Ok(registry)
+    Ok(())
+}
+
+/// Exports now what the push readers (Application Insights) have not sent yet; blocks until
+/// they are done (call it from a blocking context, e.g. `spawn_blocking`). Nothing to do
+/// when no provider is installed.
+pub fn force_flush() -> Result<(), MetricsError> {
+    match INSTALLED.get() {
+        None => Ok(()),
+        Some(installed) => installed
+            .provider
+            .force_flush()
+            .map_err(|e| MetricsError::Exporter(e.to_string())),
+    }
+}
+
+/// Sends what is left and stops the readers, at process exit (blocks, like
+/// [`force_flush`]). Instruments record nothing afterwards.
+pub fn shutdown() -> Result<(), MetricsError> {
+    match INSTALLED.get() {
+        None => Ok(()),
+        Some(installed) => installed
+            .provider
+            .shutdown()
+            .map_err(|e| MetricsError::Exporter(e.to_string())),
+    }
+}
+
+/// The Prometheus registry of the installed provider, installing a Prometheus-only
+/// provider when none is installed yet.
+fn prometheus_registry() -> Result<&'static prometheus::Registry, MetricsError> {
+    install(&Exports {
+        prometheus: true,
+        ..Exports::default()
+    })?;
+    INSTALLED
+        .get()
+        .and_then(|i| i.registry.as_ref())
+        .ok_or_else(|| MetricsError::Exporter("no Prometheus registry installed".to_owned()))
 }
 
 /// The metrics endpoint could not start.
 #[derive(Debug)]
 pub enum MetricsError {
-    /// The Prometheus exporter could not be built.
+    /// The Prometheus exporter (or the meter provider) failed.
     Exporter(String),
+    /// The Application Insights exporter could not be built.
+    AppInsights(String),
     /// `METRICS_ADDR` could not be listened on.
     Listen {
         /// The address.
@@ -266,7 +382,10 @@ pub enum MetricsError {
 impl fmt::Display for MetricsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Exporter(m) => write!(f, "cannot build the Prometheus exporter: {m}"),
+            Self::Exporter(m) => write!(f, "metrics exporter: {m}"),
+            Self::AppInsights(m) => {
+                write!(f, "cannot build the Application Insights exporter: {m}")
+            }
             Self::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
         }
     }
@@ -292,7 +411,7 @@ impl MetricsServer {
     /// Installs the meter provider (see the module documentation), binds `addr` and serves
     /// `GET /metrics` there. Call it before building anything that creates instruments.
     pub async fn start(addr: SocketAddr) -> Result<Self, MetricsError> {
-        let registry = install_prometheus()?;
+        let registry = prometheus_registry()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| MetricsError::Listen { addr, error })?;

@@ -397,6 +397,18 @@ fn secrets_never_appear_in_debug_or_errors() {
     ])
     .unwrap();
     assert!(!format!("{c:?}").contains("redis-part-secret-2"));
+    let ai_key = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
+    let c = load(&[(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        &format!("InstrumentationKey={ai_key};IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/"),
+    )])
+    .unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(ai_key), "{debug}");
+    assert!(
+        debug.contains("westeurope-5"),
+        "the endpoint is not a secret: {debug}"
+    );
     let dev = load(&[]).unwrap();
     let key = String::from_utf8_lossy(dev.secret_keys.primary()).into_owned();
     assert!(!format!("{dev:?}").contains(&key));

@@ -262,6 +262,15 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
 
     // Metrics first: the meter provider must be installed before any instrument is created
     // (the gateway's and the library's read the global provider when they are built).
+    let exports = crate::metrics::Exports::from_config(&config);
+    if exports.any() {
+        crate::metrics::install(&exports).map_err(|e| match e {
+            MetricsError::AppInsights(m) => {
+                config_error("APPLICATIONINSIGHTS_CONNECTION_STRING", m)
+            }
+            e => StartError::Metrics(e),
+        })?;
+    }
     let metrics = match config.metrics_addr {
         None => None,
         Some(addr) => {

@@ -119,6 +119,12 @@ pub struct Config {
     /// `METRICS_ADDR`: where Prometheus scrapes the metrics (`GET /metrics`), on a listener
     /// of its own; `None` = no listener, no meter provider, nothing recorded.
     pub metrics_addr: Option<SocketAddr>,
+    /// `APPLICATIONINSIGHTS_CONNECTION_STRING`: send the metrics to Application Insights
+    /// (see [`crate::appinsights`]); `None` = not sent there.
+    pub appinsights: Option<crate::appinsights::ConnectionString>,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds): how often pushed metrics are sent;
+    /// `None` = the SDK's default (60 s).
+    pub metric_export_interval: Option<std::time::Duration>,
     /// Warnings to log once logging is set up (e.g. the generated development key).
     pub warnings: Vec<String>,
 }
@@ -275,6 +281,8 @@ impl Config {
             log_format: logging.log_format,
             rust_log: logging.rust_log,
             metrics_addr: telemetry.metrics_addr,
+            appinsights: telemetry.appinsights,
+            metric_export_interval: telemetry.metric_export_interval,
             warnings,
         })
     }
