@@ -1,0 +1,322 @@
+//! The cost of the metrics (feature `opentelemetry`): the full layer stack with a real SDK
+//! recording every instrument, the same stack with no provider (the API's no-op
+//! instruments), and a bare handler, measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench telemetry
+//! ```
+//!
+//! The stack, outermost first: correlation id (HTTP server metrics), rate limit (memory
+//! backend, a per-IP and a global quota, never refusing here), cookie policy, sessions
+//! (memory store; the request carries a session cookie and the handler reads the session:
+//! one store call, timed). "On" builds every layer with `.meter(..)` from an SDK
+//! `SdkMeterProvider` (a periodic reader into an in-memory exporter, which does not export
+//! during the run; the SDK aggregates every measurement as it is recorded); "off" builds
+//! them with no provider installed. Client addresses rotate over 256 IPs.
+//!
+//! Two tracing settings: no subscriber (the layers' mechanics alone: the worst case for the
+//! ratio) and the production JSON subscriber writing to a sink (the access log and spans
+//! included, as in the gateway).
+//!
+//! After the criterion cases it prints same-run ratios measured by interleaving short slices
+//! of each variant (robust to the load of other processes on a shared machine);
+//! `RATIOS_ONLY=1` prints only those.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use http::{Request, Response, header};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use tower::{Layer, Service, service_fn};
+use tower_rampart::cookie_policy::{CookiePolicy, CookiePolicyLayer};
+use tower_rampart::correlation::CorrelationIdLayer;
+use tower_rampart::net::PeerAddr;
+use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
+use tower_rampart::session::{MemoryStore, Session, SessionConfig, SessionLayer};
+
+/// Polls a future that is ready at once (the memory backends answer synchronously). Must
+/// run inside the runtime context (`rt.enter()`): store calls are bounded by a Tokio timeout.
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the benchmarked service was not ready at once"),
+    }
+}
+
+/// The handler: reads `n` from the session when there is one.
+fn handler() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
+    service_fn(|req: Request<()>| async move {
+        let body = match req.extensions().get::<Session>().cloned() {
+            Some(s) => s.get::<u64>("n").await.unwrap().unwrap_or(0).to_string(),
+            None => "hello".to_owned(),
+        };
+        Ok::<_, Infallible>(Response::new(body))
+    })
+}
+
+/// The full stack, each layer on `meter` when given (else the global provider's, none).
+fn stack(
+    meter: Option<Meter>,
+) -> (
+    impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible>,
+    String,
+) {
+    let mut correlation = CorrelationIdLayer::new();
+    let mut limits = RateLimitLayer::builder()
+        .quota("ip", Quota::per_minute(1_000_000_000), Key::peer_ip())
+        .quota("all", Quota::per_minute(1_000_000_000), Key::global());
+    let mut sessions =
+        SessionConfig::builder().key(b"benchmark key, at least thirty-two bytes long");
+    if let Some(meter) = meter {
+        correlation = correlation.meter(meter.clone());
+        limits = limits.meter(meter.clone());
+        sessions = sessions.meter(meter.clone());
+    }
+    let session_layer = SessionLayer::new(MemoryStore::new(), sessions.build().unwrap());
+    let cookie = session_cookie(&session_layer);
+    let svc = correlation.layer(limits.build().unwrap().layer(
+        CookiePolicyLayer::new(CookiePolicy::strict()).layer(session_layer.layer(handler())),
+    ));
+    (svc, cookie)
+}
+
+/// A session cookie (`name=value`) created through `layer`, holding `n`.
+fn session_cookie(layer: &SessionLayer) -> String {
+    let mut svc = layer.layer(service_fn(|req: Request<()>| async move {
+        let s = req.extensions().get::<Session>().cloned().unwrap();
+        s.insert("n", 7u64).await.unwrap();
+        s.insert("user", "someone@example.com").await.unwrap();
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let res = now(svc.call(Request::new(()))).unwrap();
+    let set_cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+fn request(i: u32, cookie: &str) -> Request<()> {
+    let mut req = Request::get("/api/items?page=2")
+        .header("x-correlation-id", "bench-1234")
+        .header("host", "example.com")
+        .header(header::COOKIE, cookie)
+        .body(())
+        .unwrap();
+    let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, (i % 256) as u8));
+    req.extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(ip, 40000)));
+    req
+}
+
+/// A meter provider of the bench's own, with the exporter it flushes into.
+fn sdk() -> (SdkMeterProvider, InMemoryMetricExporter) {
+    let exporter = InMemoryMetricExporter::default();
+    let reader = PeriodicReader::builder(exporter.clone()).build();
+    (
+        SdkMeterProvider::builder().with_reader(reader).build(),
+        exporter,
+    )
+}
+
+/// The `http.server.request.duration` count the SDK has (checks "on" really records).
+fn recorded_requests(provider: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> u64 {
+    exporter.reset();
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let mut count = 0;
+    for rm in exported.last().into_iter() {
+        for scope in rm.scope_metrics() {
+            for metric in scope.metrics() {
+                if metric.name() == tower_rampart::telemetry::HTTP_SERVER_REQUEST_DURATION
+                    && let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data()
+                {
+                    count += h.data_points().map(|p| p.count()).sum::<u64>();
+                }
+            }
+        }
+    }
+    count
+}
+
+/// The three variants: bare handler, stack without provider, stack with the SDK.
+struct Variants<B, S> {
+    bare: B,
+    off: S,
+    on: S,
+    cookie_off: String,
+    cookie_on: String,
+    provider: SdkMeterProvider,
+    exporter: InMemoryMetricExporter,
+}
+
+fn variants() -> Variants<
+    impl Service<Request<()>, Response = Response<String>, Error = Infallible>,
+    impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible>,
+> {
+    {
+        let (provider, exporter) = sdk();
+        let meter = provider.meter("tower-rampart");
+        let (off, cookie_off) = stack(None);
+        let (on, cookie_on) = stack(Some(meter));
+        Variants {
+            bare: handler(),
+            off,
+            on,
+            cookie_off,
+            cookie_on,
+            provider,
+            exporter,
+        }
+    }
+}
+
+fn run<S, R>(svc: &mut S, cookie: &str, n: u32)
+where
+    S: Service<Request<()>, Response = R, Error = Infallible>,
+{
+    for i in 0..n {
+        black_box(now(svc.call(black_box(request(i, cookie)))).unwrap());
+    }
+}
+
+fn criterion_cases<B, S, R>(c: &mut Criterion, v: &mut Variants<B, S>, label: &str)
+where
+    B: Service<Request<()>, Response = Response<String>, Error = Infallible>,
+    S: Service<Request<()>, Response = R, Error = Infallible>,
+{
+    let mut group = c.benchmark_group(format!("telemetry/{label}"));
+    let mut i = 0u32;
+    group.bench_function("bare handler", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            now(v.bare.call(black_box(request(i, "")))).unwrap()
+        })
+    });
+    group.bench_function("full stack, metrics off (no provider)", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            now(v.off.call(black_box(request(i, &v.cookie_off)))).unwrap()
+        })
+    });
+    group.bench_function("full stack, metrics on (SDK)", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            now(v.on.call(black_box(request(i, &v.cookie_on)))).unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// Same-run ratios by interleaving short slices of each variant.
+fn interleaved<B, S, R>(v: &mut Variants<B, S>, label: &str)
+where
+    B: Service<Request<()>, Response = Response<String>, Error = Infallible>,
+    S: Service<Request<()>, Response = R, Error = Infallible>,
+{
+    const SLICE: u32 = 20_000;
+    const ROUNDS: usize = 20;
+    let mut spent = [Duration::ZERO; 3];
+    for round in 0..=ROUNDS {
+        for (k, spent) in spent.iter_mut().enumerate() {
+            let started = Instant::now();
+            match k {
+                0 => run(&mut v.bare, "", SLICE),
+                1 => run(&mut v.off, &v.cookie_off.clone(), SLICE),
+                _ => run(&mut v.on, &v.cookie_on.clone(), SLICE),
+            }
+            if round > 0 {
+                *spent += started.elapsed(); // round 0 warms up
+            }
+        }
+    }
+    let per = |d: Duration| d.as_nanos() as f64 / (f64::from(SLICE) * ROUNDS as f64);
+    let rate = |d: Duration| 1e9 / per(d);
+    let [bare, off, on] = spent;
+    println!(
+        "  {label}: bare {:.0} ns ({:.2} M/s) | off {:.0} ns ({:.0} k/s) | on {:.0} ns ({:.0} k/s) | \
+         on/off throughput {:.3}x | off/bare throughput {:.3}x",
+        per(bare),
+        rate(bare) / 1e6,
+        per(off),
+        rate(off) / 1e3,
+        per(on),
+        rate(on) / 1e3,
+        rate(on) / rate(off),
+        rate(off) / rate(bare),
+    );
+}
+
+fn with_subscriber<R>(json: bool, f: impl FnOnce() -> R) -> R {
+    if json {
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f)
+    } else {
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    for (json, label) in [(false, "no subscriber"), (true, "JSON log to a sink")] {
+        with_subscriber(json, || {
+            let mut v = variants();
+            criterion_cases(c, &mut v, label);
+        });
+    }
+}
+
+fn ratios() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    println!("\ninterleaved (20 rounds of 20 000 requests per variant):");
+    for (json, label) in [(false, "no subscriber"), (true, "JSON log to a sink")] {
+        with_subscriber(json, || {
+            let mut v = variants();
+            interleaved(&mut v, label);
+            let recorded = recorded_requests(&v.provider, &v.exporter);
+            assert_eq!(
+                recorded,
+                21 * 20_000,
+                "the SDK recorded every request of the \"on\" variant"
+            );
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = bench
+}
+
+fn main() {
+    if std::env::var_os("RATIOS_ONLY").is_none() {
+        benches();
+    }
+    // `cargo bench -- <filter>` runs only the criterion cases.
+    if !std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        ratios();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
