@@ -334,6 +334,18 @@ async fn scenario() {
         );
     }
 
+    // Every metric sent is one the tables of src/telemetry.rs and src/metrics.rs document.
+    let documented = common::documented::documented();
+    for e in &envelopes {
+        let name = e["data"]["baseData"]["metrics"][0]["name"]
+            .as_str()
+            .unwrap();
+        assert!(
+            documented.names.contains(name),
+            "{name} was sent but is not documented"
+        );
+    }
+
     assert_no_secret_logged(&[KEY, &connection_string]);
 }
 

@@ -182,6 +182,27 @@ async fn scenario() {
         "{total_seconds:?}"
     );
 
+    // Every series of the library and the gateway that Prometheus holds is a documented one
+    // (the tables of src/telemetry.rs and src/metrics.rs, translated): the docs name what
+    // the exporter really serves.
+    let documented = common::documented::documented();
+    let observed = prometheus.metric_names().await;
+    let ours: Vec<&String> = observed
+        .iter()
+        .filter(|n| {
+            ["rampart_", "http_server_", "fabric_gateway_"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    assert!(ours.len() >= 10, "{observed:?}");
+    for name in ours {
+        assert!(
+            documented.series.contains(name),
+            "Prometheus has {name}, which the metric tables do not document"
+        );
+    }
+
     prometheus.stop();
 }
 
@@ -319,6 +340,26 @@ impl Prometheus {
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or_else(|| panic!("{promql}: a numeric sample: {sample}"))
             })
+            .collect()
+    }
+
+    /// Every metric name Prometheus holds.
+    async fn metric_names(&self) -> Vec<String> {
+        let body: Value = self
+            .http
+            .get(format!("{}/api/v1/label/__name__/values", self.base))
+            .send()
+            .await
+            .expect("ask Prometheus for the names")
+            .json()
+            .await
+            .expect("a JSON answer");
+        assert_eq!(body["status"], "success", "{body}");
+        body["data"]
+            .as_array()
+            .expect("a list of names")
+            .iter()
+            .map(|n| n.as_str().expect("a name").to_owned())
             .collect()
     }
 

@@ -2,6 +2,8 @@
 //! client, a JWKS server, and a process-wide log capture that every test scans for secrets.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod documented;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
