@@ -12,7 +12,8 @@
 //! one store call, timed). "On" builds every layer with `.meter(..)` from an SDK
 //! `SdkMeterProvider` (a periodic reader into an in-memory exporter, which does not export
 //! during the run; the SDK aggregates every measurement as it is recorded); "off" builds
-//! them with no provider installed. Client addresses rotate over 256 IPs.
+//! them with no provider installed. Client addresses rotate over 256 IPs. The interleaved
+//! table also runs the stack with one layer recording at a time, to show where the cost is.
 //!
 //! Two tracing settings: no subscriber (the layers' mechanics alone: the worst case for the
 //! ratio) and the production JSON subscriber writing to a sink (the access log and spans
@@ -63,9 +64,10 @@ fn handler() -> impl Service<Request<()>, Response = Response<String>, Error = I
     })
 }
 
-/// The full stack, each layer on `meter` when given (else the global provider's, none).
+/// The full stack; the correlation, rate limit and session layers on the meter given for
+/// each (else the global provider's: none).
 fn stack(
-    meter: Option<Meter>,
+    [m_correlation, m_limits, m_sessions]: [Option<Meter>; 3],
 ) -> (
     impl Service<Request<()>, Response = Response<impl Sized>, Error = Infallible>,
     String,
@@ -76,10 +78,14 @@ fn stack(
         .quota("all", Quota::per_minute(1_000_000_000), Key::global());
     let mut sessions =
         SessionConfig::builder().key(b"benchmark key, at least thirty-two bytes long");
-    if let Some(meter) = meter {
-        correlation = correlation.meter(meter.clone());
-        limits = limits.meter(meter.clone());
-        sessions = sessions.meter(meter.clone());
+    if let Some(meter) = m_correlation {
+        correlation = correlation.meter(meter);
+    }
+    if let Some(meter) = m_limits {
+        limits = limits.meter(meter);
+    }
+    if let Some(meter) = m_sessions {
+        sessions = sessions.meter(meter);
     }
     let session_layer = SessionLayer::new(MemoryStore::new(), sessions.build().unwrap());
     let cookie = session_cookie(&session_layer);
@@ -150,6 +156,9 @@ struct Variants<B, S> {
     bare: B,
     off: S,
     on: S,
+    /// One layer recording (on a provider of its own), the others not: where the cost is.
+    one_layer: Vec<(&'static str, S, String)>,
+    _one_layer_provider: SdkMeterProvider,
     cookie_off: String,
     cookie_on: String,
     provider: SdkMeterProvider,
@@ -163,12 +172,24 @@ fn variants() -> Variants<
     {
         let (provider, exporter) = sdk();
         let meter = provider.meter("tower-rampart");
-        let (off, cookie_off) = stack(None);
-        let (on, cookie_on) = stack(Some(meter));
+        let (off, cookie_off) = stack([None, None, None]);
+        let (on, cookie_on) = stack([Some(meter.clone()), Some(meter.clone()), Some(meter)]);
+        let (one_layer_provider, _) = sdk();
+        let m = || Some(one_layer_provider.meter("tower-rampart"));
+        let one_layer = [
+            ("correlation", stack([m(), None, None])),
+            ("rate limit", stack([None, m(), None])),
+            ("sessions", stack([None, None, m()])),
+        ]
+        .into_iter()
+        .map(|(label, (svc, cookie))| (label, svc, cookie))
+        .collect();
         Variants {
             bare: handler(),
             off,
             on,
+            one_layer,
+            _one_layer_provider: one_layer_provider,
             cookie_off,
             cookie_on,
             provider,
@@ -222,14 +243,20 @@ where
 {
     const SLICE: u32 = 20_000;
     const ROUNDS: usize = 20;
-    let mut spent = [Duration::ZERO; 3];
+    let n = 3 + v.one_layer.len();
+    let mut spent = vec![Duration::ZERO; n];
     for round in 0..=ROUNDS {
         for (k, spent) in spent.iter_mut().enumerate() {
             let started = Instant::now();
             match k {
                 0 => run(&mut v.bare, "", SLICE),
                 1 => run(&mut v.off, &v.cookie_off.clone(), SLICE),
-                _ => run(&mut v.on, &v.cookie_on.clone(), SLICE),
+                2 => run(&mut v.on, &v.cookie_on.clone(), SLICE),
+                _ => {
+                    let (_, svc, cookie) = &mut v.one_layer[k - 3];
+                    let cookie = cookie.clone();
+                    run(svc, &cookie, SLICE)
+                }
             }
             if round > 0 {
                 *spent += started.elapsed(); // round 0 warms up
@@ -238,7 +265,7 @@ where
     }
     let per = |d: Duration| d.as_nanos() as f64 / (f64::from(SLICE) * ROUNDS as f64);
     let rate = |d: Duration| 1e9 / per(d);
-    let [bare, off, on] = spent;
+    let (bare, off, on) = (spent[0], spent[1], spent[2]);
     println!(
         "  {label}: bare {:.0} ns ({:.2} M/s) | off {:.0} ns ({:.0} k/s) | on {:.0} ns ({:.0} k/s) | \
          on/off throughput {:.3}x | off/bare throughput {:.3}x",
@@ -251,6 +278,11 @@ where
         rate(on) / rate(off),
         rate(off) / rate(bare),
     );
+    print!("    only one layer recording, extra ns per request over off:");
+    for (k, (layer, _, _)) in v.one_layer.iter().enumerate() {
+        print!(" {layer} {:+.0}", per(spent[k + 3]) - per(off));
+    }
+    println!(" (all three: {:+.0})", per(on) - per(off));
 }
 
 fn with_subscriber<R>(json: bool, f: impl FnOnce() -> R) -> R {
