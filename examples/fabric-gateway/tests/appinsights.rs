@@ -8,7 +8,8 @@
 //! 10/minute per-user quota; after a flush, the deltas the receiver got must add up to
 //! exactly those counts: the HTTP requests by route and status, the limiter's decisions by
 //! quota and result, the gateway's 429 counter. The instrumentation key reaches the
-//! receiver in every envelope and no log line.
+//! receiver in every envelope and no log line. `METRICS_ADDR` is set too: the Prometheus
+//! reader of the same meter provider shows the same counts.
 
 mod common;
 
@@ -170,13 +171,11 @@ async fn scenario() {
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", &connection_string),
         // Periodic exports run beside the flushes: the deltas still add up.
         ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+        // Prometheus too: one meter provider, two readers.
+        ("METRICS_ADDR", "127.0.0.1:0"),
     ])
     .await;
-    assert_eq!(
-        gw.handle.metrics_addr(),
-        None,
-        "no METRICS_ADDR, no listener"
-    );
+    let metrics_addr = gw.handle.metrics_addr().expect("METRICS_ADDR is served");
     let http = browser();
 
     // One refused token (not a JWT), then Ada signs in.
@@ -283,6 +282,24 @@ async fn scenario() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     flush().await;
     assert_eq!(actual(), expected, "after one more export");
+
+    // The Prometheus reader of the same provider saw the same (cumulative) counts.
+    let text = browser()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("fabric_gateway_requests_rate_limited_total{")
+                && l.contains(r#"http_route="/query""#)
+        })
+        .unwrap_or_else(|| panic!("no 429 counter in:\n{text}"));
+    assert!(line.ends_with(" 1"), "{line}");
 
     // The envelopes are the protocol's: gzipped posts to /v2.1/track, each envelope a
     // MetricData for our key, with the service as its cloud role.
