@@ -10,7 +10,9 @@
 //!   ([`app_with_clock`] on an injected clock, for tests);
 //! - [`logging`]: JSON (production) or human-readable log lines;
 //! - [`metrics`]: the gateway's metrics (one table of names) and the Prometheus endpoint
-//!   (`METRICS_ADDR`).
+//!   (`METRICS_ADDR`);
+//! - [`otel`]: OTLP export of traces and metrics (`OTEL_EXPORTER_OTLP_ENDPOINT`) and W3C
+//!   trace context.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -26,6 +28,7 @@ pub mod fabric;
 pub mod fake_agent;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 mod outbound;
 
 pub use app::{App, AppHandle, StartError, app, app_with_clock};

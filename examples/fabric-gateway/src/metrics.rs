@@ -45,7 +45,13 @@
 //! carries the resource (`service_name="fabric-gateway"` unless `OTEL_SERVICE_NAME` says
 //! otherwise).
 //!
-//! Unset, nothing is installed: every instrument is a no-op and nothing is exported.
+//! # OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`)
+//!
+//! The same provider gets a second reader, OTLP's periodic one ([`crate::otel`]): with both
+//! set, Prometheus and the collector see the same instruments.
+//!
+//! With neither set, nothing is installed: every instrument is a no-op and nothing is
+//! exported.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -60,7 +66,7 @@ use axum::routing::get;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus::{Encoder as _, TextEncoder};
 use tokio::task::JoinHandle;
 
@@ -213,40 +219,102 @@ pub(crate) fn rate_limited_counter() -> Counter<u64> {
         .build()
 }
 
-/// What the Prometheus endpoint reads: the registry the exporter fills, installed once per
-/// process along with the global meter provider.
-static REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
+/// The process's meter provider and what reads it, installed once per process (never
+/// dropped: an OTLP reader's HTTP client must not be dropped on a runtime thread).
+struct Installed {
+    provider: SdkMeterProvider,
+    /// What the Prometheus endpoint reads (`None` when it is not one of the readers).
+    registry: Option<prometheus::Registry>,
+}
 
-/// Installs (once per process) the SDK meter provider with the Prometheus exporter as the
-/// global provider; returns the registry it fills.
-fn install_prometheus() -> Result<&'static prometheus::Registry, MetricsError> {
-    if let Some(registry) = REGISTRY.get() {
-        return Ok(registry);
-    }
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .build()
-        .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// The resource of every exported signal: `service.name` is `fabric-gateway` unless
+/// `OTEL_SERVICE_NAME` says otherwise (the SDK reads it, and `OTEL_RESOURCE_ATTRIBUTES`).
+pub(crate) fn resource() -> Resource {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(METER_NAME);
     }
-    let provider = SdkMeterProvider::builder()
-        .with_resource(resource.build())
-        .with_reader(exporter)
-        .build();
-    // Two gateways starting at once in one process (tests): the first one's provider wins,
-    // and both serve its registry.
+    resource.build()
+}
+
+/// Installs (once per process) the SDK meter provider as the global provider, with one
+/// reader per destination: the Prometheus exporter when `prometheus`, and `otlp` (the
+/// OTLP exporter's periodic reader, [`crate::otel`]). One provider, several readers: every
+/// instrument reaches every destination.
+///
+/// Two gateways starting in one process (tests): the first one's provider wins; the second
+/// gets an error only if it needs a Prometheus registry the first one does not have.
+pub(crate) fn install_meter_provider(
+    prometheus: bool,
+    otlp: Option<PeriodicReader<opentelemetry_otlp::MetricExporter>>,
+) -> Result<(), MetricsError> {
+    if let Some(installed) = INSTALLED.get() {
+        return if prometheus && installed.registry.is_none() {
+            Err(MetricsError::Exporter(
+                "a meter provider without Prometheus is already installed in this process"
+                    .to_owned(),
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let mut builder = SdkMeterProvider::builder().with_resource(resource());
+    let mut registry = None;
+    if prometheus {
+        let r = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(r.clone())
+            .build()
+            .map_err(|e| MetricsError::Exporter(e.to_string()))?;
+        builder = builder.with_reader(exporter);
+        registry = Some(r);
+    }
+    if let Some(reader) = otlp {
+        builder = builder.with_reader(reader);
+    }
+    let provider = builder.build();
     let mut installed = false;
-    let registry = REGISTRY.get_or_init(|| {
+    INSTALLED.get_or_init(|| {
         installed = true;
-        registry
+        Installed {
+            provider: provider.clone(),
+            registry,
+        }
     });
     if installed {
         opentelemetry::global::set_meter_provider(provider);
     }
-    Ok(registry)
+    Ok(())
+}
+
+/// Installs the meter provider with the Prometheus reader unless one is installed; returns
+/// the registry it fills.
+fn install_prometheus() -> Result<&'static prometheus::Registry, MetricsError> {
+    install_meter_provider(true, None)?;
+    INSTALLED
+        .get()
+        .and_then(|i| i.registry.as_ref())
+        .ok_or_else(|| MetricsError::Exporter("no Prometheus reader installed".to_owned()))
+}
+
+/// Pushes the current values to the push readers (OTLP), if a provider is installed.
+pub(crate) fn force_flush() {
+    if let Some(installed) = INSTALLED.get()
+        && let Err(e) = installed.provider.force_flush()
+    {
+        tracing::warn!(error = %e, "flushing the metrics failed");
+    }
+}
+
+/// Pushes the last values and stops the readers (at exit; blocking).
+pub(crate) fn shutdown() {
+    if let Some(installed) = INSTALLED.get()
+        && let Err(e) = installed.provider.shutdown()
+    {
+        eprintln!("fabric-gateway: flushing the metrics at exit failed: {e}");
+    }
 }
 
 /// The metrics endpoint could not start.

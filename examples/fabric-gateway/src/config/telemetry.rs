@@ -1,4 +1,4 @@
-//! The telemetry section: `METRICS_ADDR`.
+//! The telemetry section: `METRICS_ADDR`, and the OTLP exporter's `OTEL_EXPORTER_OTLP_*`.
 
 use std::net::SocketAddr;
 
@@ -7,7 +7,25 @@ use super::Reader;
 /// What the telemetry section reads.
 pub(super) struct Telemetry {
     pub(super) metrics_addr: Option<SocketAddr>,
+    pub(super) otlp: Option<OtlpSettings>,
 }
+
+/// Where OTLP export sends traces and metrics (HTTP, protobuf bodies).
+///
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is the collector's base URL (`http://collector:4318`): the
+/// signals go to `/v1/traces` and `/v1/metrics` under it. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// and `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, when set, are used as they are (full URLs), and
+/// either one alone turns export on for its signal only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// The traces URL; `None`: traces are not exported.
+    pub traces_url: Option<String>,
+    /// The metrics URL; `None`: metrics are not exported.
+    pub metrics_url: Option<String>,
+}
+
+/// The only protocol this build exports with (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+const HTTP_PROTOBUF: &str = "http/protobuf";
 
 /// Reads `METRICS_ADDR`: a socket address of its own, never the public one (`bind_addr`).
 pub(super) fn read(r: &mut Reader<'_>, bind_addr: SocketAddr) -> Telemetry {
@@ -33,7 +51,55 @@ pub(super) fn read(r: &mut Reader<'_>, bind_addr: SocketAddr) -> Telemetry {
             ),
         );
     }
-    Telemetry { metrics_addr }
+    let otlp = read_otlp(r);
+    Telemetry { metrics_addr, otlp }
+}
+
+/// Reads the OTLP endpoints and checks the protocol.
+fn read_otlp(r: &mut Reader<'_>) -> Option<OtlpSettings> {
+    let mut url = |name: &str| {
+        let value = r.get(name)?;
+        if value.starts_with("http://") || value.starts_with("https://") {
+            Some(value)
+        } else {
+            r.problem(
+                name,
+                format!("{value:?} is not an http:// or https:// URL (e.g. http://localhost:4318)"),
+            );
+            None
+        }
+    };
+    let base = url("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let traces = url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let metrics = url("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let signal = |own: Option<String>, path: &str| {
+        own.or_else(|| {
+            base.as_ref()
+                .map(|b| format!("{}{path}", b.trim_end_matches('/')))
+        })
+    };
+    let settings = OtlpSettings {
+        traces_url: signal(traces, "/v1/traces"),
+        metrics_url: signal(metrics, "/v1/metrics"),
+    };
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(protocol) = r.get(name)
+            && protocol != HTTP_PROTOBUF
+        {
+            r.problem(
+                name,
+                format!(
+                    "{protocol:?} is not supported: the gateway exports OTLP over HTTP with \
+                     protobuf bodies only ({HTTP_PROTOBUF}; the collector's port 4318)"
+                ),
+            );
+        }
+    }
+    (settings.traces_url.is_some() || settings.metrics_url.is_some()).then_some(settings)
 }
 
 /// Whether listening on `a` would collide with listening on `b` (same port, and the same
