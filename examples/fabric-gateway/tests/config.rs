@@ -576,6 +576,12 @@ fn otlp_endpoints_and_protocol() {
     )])
     .unwrap();
     assert_eq!(c.otlp.as_ref().unwrap().traces_url, None);
+    let c = load(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .unwrap();
+    assert_eq!(c.otlp, None);
 
     for (var, value) in [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),

@@ -10,7 +10,8 @@
 //!   gateway's, in that trace;
 //! - the metrics arrive through the same provider: the 11th question's rejection is counted
 //!   in `rampart.rate_limit.decisions` (by both query quotas), the resource is
-//!   `fabric-gateway`.
+//!   `fabric-gateway`; with `METRICS_ADDR` set too, the Prometheus endpoint (the same
+//!   provider's other reader) shows the same count.
 
 mod common;
 
@@ -44,6 +45,7 @@ async fn scenario() {
     let config = config(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
     ]);
     // As `main` does: telemetry first, then the subscriber with the bridge.
     otel::install(&config).expect("OTLP export is set up");
@@ -78,6 +80,26 @@ async fn scenario() {
         statuses.push(resp.status().as_u16());
     }
     assert_eq!(statuses, [vec![200; 10], vec![429]].concat());
+
+    // One meter provider, two readers: Prometheus sees the same two rejections.
+    let metrics_addr = gw.handle.metrics_addr().expect("METRICS_ADDR is served");
+    let text = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scraped: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("rampart_rate_limit_decisions_total{")
+                && l.contains(r#"rampart_rate_limit_result="rejected""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(scraped, 2.0, "{text}");
 
     // What main does at exit: flush the batch and the readers (blocking calls).
     tokio::task::spawn_blocking(otel::force_flush)

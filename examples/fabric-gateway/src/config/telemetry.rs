@@ -15,7 +15,8 @@ pub(super) struct Telemetry {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is the collector's base URL (`http://collector:4318`): the
 /// signals go to `/v1/traces` and `/v1/metrics` under it. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
 /// and `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, when set, are used as they are (full URLs), and
-/// either one alone turns export on for its signal only.
+/// either one alone turns export on for its signal only. `OTEL_SDK_DISABLED=true` turns
+/// export off whatever the endpoints say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpSettings {
     /// The traces URL; `None`: traces are not exported.
@@ -98,6 +99,12 @@ fn read_otlp(r: &mut Reader<'_>) -> Option<OtlpSettings> {
                 ),
             );
         }
+    }
+    // The specification's switch: everything configured, nothing exported.
+    if r.get("OTEL_SDK_DISABLED")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return None;
     }
     (settings.traces_url.is_some() || settings.metrics_url.is_some()).then_some(settings)
 }
