@@ -158,16 +158,28 @@ fn metric_reader(
 #[derive(Clone, Debug)]
 struct BlockingClient(reqwest::blocking::Client);
 
-/// The longest an export may take (the SDK's own deadline is `OTEL_EXPORTER_OTLP_TIMEOUT`).
+/// The longest an export request may take, unless `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds)
+/// says otherwise: the specification's default.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` from the process environment (a custom client applies it
+/// itself), else [`EXPORT_TIMEOUT`].
+fn export_timeout() -> Duration {
+    std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(EXPORT_TIMEOUT, Duration::from_millis)
+}
 
 impl BlockingClient {
     /// Built on a thread of its own: reqwest's blocking client cannot be created on a Tokio
     /// runtime thread.
     fn new() -> Result<Self, OtlpError> {
-        std::thread::spawn(|| {
+        let timeout = export_timeout();
+        std::thread::spawn(move || {
             reqwest::blocking::Client::builder()
-                .timeout(EXPORT_TIMEOUT)
+                .timeout(timeout)
                 .build()
         })
         .join()
