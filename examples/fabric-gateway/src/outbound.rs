@@ -1,6 +1,8 @@
 //! The gateway's outgoing HTTP calls (the data agent, the identity keys): reqwest behind
 //! tower-rampart's [`PropagateCorrelationIdLayer`], so every call made while serving a
-//! request carries that request's `X-Correlation-ID`.
+//! request carries that request's `X-Correlation-ID`, and, with OTLP export on
+//! ([`crate::otel`]), its W3C trace context (`traceparent`: same trace, the gateway's span as
+//! the parent).
 //!
 //! reqwest's tower `Service` takes a `reqwest::Request`, while the layer is written for any
 //! `Service<http::Request<B>>` (hyper-util's client, tonic channels...). Rather than give the
