@@ -23,6 +23,18 @@
 //! The span is attached with `Instrument`, never held across an `.await`, which is what
 //! keeps one request's id out of another request's log lines.
 //!
+//! # Traces (feature `opentelemetry`)
+//!
+//! With the application's OpenTelemetry propagator installed (the SDK's
+//! `TraceContextPropagator` for W3C trace context) and `tracing` bridged to OpenTelemetry
+//! with `tracing-opentelemetry`, the `request` span continues the caller's trace: a valid
+//! incoming `traceparent`/`tracestate` makes it the child of the caller's span, and its
+//! `correlation_id` field is an attribute of that span
+//! ([`CorrelationIdLayer::continue_trace`]). [`PropagateCorrelationIdLayer`] sends the
+//! current trace context on outgoing calls, so the next service sees the same trace id with
+//! the calling span as the parent. The library uses the OpenTelemetry API only: without a
+//! propagator nothing is read or sent, and without the bridge nothing is traced.
+//!
 //! # Example
 //!
 //! ```
@@ -297,6 +309,11 @@ pub fn propagate<B>(request: &mut Request<B>) -> bool {
 /// the request already has that header. Outside of a request handled under
 /// [`CorrelationIdLayer`] there is no current id and requests go out unchanged.
 ///
+/// With the feature `opentelemetry` it also sends the current trace context (`traceparent`,
+/// `tracestate`) through the application's global OpenTelemetry propagator, unless the
+/// request already carries a `traceparent` or there is no current span (see the
+/// [module docs](self#traces-feature-opentelemetry)).
+///
 /// It works with any tower `Service` over `http::Request<B>`: hyper-util's legacy client,
 /// a tonic channel, `tower-http`'s clients, or a service of your own. The id is read when
 /// the request is **sent** (`call`), on the caller's task, so the client may be cloned and
@@ -383,7 +400,87 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         propagate(&mut request);
+        #[cfg(feature = "opentelemetry")]
+        trace_context::inject_current(request.headers_mut());
         self.inner.call(request)
+    }
+}
+
+/// W3C trace context through the application's OpenTelemetry propagator (feature
+/// `opentelemetry`).
+///
+/// The library depends on the OpenTelemetry API only. Both directions go through
+/// [`opentelemetry::global::get_text_map_propagator`], so the application chooses the
+/// format (the SDK's `TraceContextPropagator` for `traceparent`/`tracestate`, a composite
+/// with baggage...) and nothing is read or written until it installs one (the default global
+/// propagator is a no-op).
+///
+/// - Incoming: the extracted context is made the current OpenTelemetry context while the
+///   `request` span is created. `tracing-opentelemetry` (0.34, with its default context
+///   activation) gives a new span the current OpenTelemetry context as its parent, so the
+///   request span becomes the child of the caller's span. No dependency on
+///   `tracing-opentelemetry` (and through it on `tracing-subscriber`) is needed for that,
+///   which keeps the feature API-only.
+/// - Outgoing: the current OpenTelemetry context (the one of the span being served, which
+///   the bridge activates while the span is entered) is injected, unless the request
+///   already carries a `traceparent`.
+#[cfg(feature = "opentelemetry")]
+mod trace_context {
+    use http::HeaderMap;
+    use http::header::{HeaderName, HeaderValue};
+    use opentelemetry::propagation::{Extractor, Injector};
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::{Context, ContextGuard, global};
+
+    use super::TRACEPARENT;
+
+    struct Headers<'a>(&'a HeaderMap);
+
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(HeaderName::as_str).collect()
+        }
+    }
+
+    struct HeadersMut<'a>(&'a mut HeaderMap);
+
+    impl Injector for HeadersMut<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(key.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                self.0.insert(name, value);
+            }
+        }
+    }
+
+    /// Makes the caller's context current, when the request carries a `traceparent` the
+    /// propagator accepts; `None` (and no work beyond one header lookup) otherwise.
+    pub(super) fn attach_remote(headers: &HeaderMap) -> Option<ContextGuard> {
+        if !headers.contains_key(TRACEPARENT) {
+            return None;
+        }
+        let cx = global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+        let remote = cx.span().span_context().clone();
+        (remote.is_valid() && remote.is_remote()).then(|| cx.attach())
+    }
+
+    /// Injects the current context into an outgoing request, unless it has a `traceparent`
+    /// already or there is no valid current span.
+    pub(super) fn inject_current(headers: &mut HeaderMap) {
+        if headers.contains_key(TRACEPARENT) {
+            return;
+        }
+        let cx = Context::current();
+        if !cx.span().span_context().is_valid() {
+            return;
+        }
+        global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeadersMut(headers)));
     }
 }
 
@@ -436,6 +533,8 @@ struct Config {
     make_id: MakeId,
     #[cfg(feature = "opentelemetry")]
     metrics: http_metrics::HttpMetrics,
+    #[cfg(feature = "opentelemetry")]
+    continue_trace: bool,
 }
 
 /// Gives every request a validated [`CorrelationId`]; see the [module docs](self).
@@ -479,6 +578,8 @@ impl CorrelationIdLayer {
                 make_id: Arc::new(CorrelationId::new_v7),
                 #[cfg(feature = "opentelemetry")]
                 metrics: http_metrics::HttpMetrics::new(&crate::telemetry::global_meter()),
+                #[cfg(feature = "opentelemetry")]
+                continue_trace: true,
             }),
         }
     }
@@ -553,6 +654,28 @@ impl CorrelationIdLayer {
     #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.config_mut().metrics = http_metrics::HttpMetrics::new(&meter);
+        self
+    }
+
+    /// Whether the request span continues the caller's trace (default `true`): with a
+    /// valid incoming `traceparent` (and `tracestate`), read by the application's global
+    /// OpenTelemetry propagator, the span becomes the child of the caller's span when the
+    /// application bridges `tracing` to OpenTelemetry with `tracing-opentelemetry`. The
+    /// span's `correlation_id` field is then an attribute of that OpenTelemetry span. Turn
+    /// it off for a service whose callers should not choose its trace ids.
+    ///
+    /// ```
+    /// use opentelemetry_sdk::propagation::TraceContextPropagator;
+    /// use tower_rampart::correlation::CorrelationIdLayer;
+    ///
+    /// // Once, at start-up: W3C trace context in and out.
+    /// opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    /// let layer = CorrelationIdLayer::new().continue_trace(true);
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn continue_trace(mut self, enabled: bool) -> Self {
+        self.config_mut().continue_trace = enabled;
         self
     }
 
@@ -671,12 +794,23 @@ where
         // Fields are recorded as `&str` (not `Display`), which subscribers store without
         // formatting them through `fmt::Arguments`: about a microsecond less per request
         // with tracing-subscriber's JSON formatter.
+        // The caller's trace context (a valid `traceparent`, read by the application's
+        // propagator) is the current OpenTelemetry context while the span is created: a
+        // tracing-to-OpenTelemetry bridge makes it the span's parent.
+        #[cfg(feature = "opentelemetry")]
+        let remote = self
+            .config
+            .continue_trace
+            .then(|| trace_context::attach_remote(req.headers()))
+            .flatten();
         let span = tracing::info_span!(
             "request",
             correlation_id = id.as_str(),
             method = req.method().as_str(),
             path = req.uri().path(),
         );
+        #[cfg(feature = "opentelemetry")]
+        drop(remote);
         if let Some(why) = rejected {
             span.in_scope(|| {
                 tracing::warn!(

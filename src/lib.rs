@@ -66,7 +66,7 @@
 //! | `redis` | no | [`redis`], and the Redis backends of the enabled layers |
 //! | `axum` | no | axum extractors (`Session`, `CorrelationId`), and reading axum's `ConnectInfo` for client addresses |
 //! | `tonic` | no | reading tonic's `TcpConnectInfo` for client addresses |
-//! | `opentelemetry` | no | OpenTelemetry metrics from the enabled layers ([`telemetry`]: the names, and where the meter comes from); nothing is recorded unless the application installs a meter provider |
+//! | `opentelemetry` | no | OpenTelemetry metrics from the enabled layers ([`telemetry`]: the names, and where the meter comes from), and W3C trace context in and out of the correlation layers (`correlation`); nothing is recorded or propagated unless the application installs a meter provider, a propagator and a `tracing` bridge |
 //! | `full` | no | all of the above |
 //! | `testing` | no | `session::store::testing`: the conformance suite a session store of your own can run |
 //!

@@ -122,3 +122,53 @@ async fn recording_allocates_nothing_per_request() {
         110.0
     );
 }
+
+/// Trace context costs nothing until the application installs a propagator and a bridge:
+/// requests carrying a `traceparent` (the correlation layer's continuation) whose handler
+/// makes an outgoing call (the client layer's injection) allocate exactly as many times as
+/// the same requests without one, and the outgoing call gets no `traceparent`.
+#[tokio::test(flavor = "current_thread")]
+async fn trace_context_without_a_propagator_allocates_nothing() {
+    use tower_rampart::correlation::PropagateCorrelationIdLayer;
+
+    let client =
+        PropagateCorrelationIdLayer::new().layer(service_fn(|req: Request<()>| async move {
+            assert!(!req.headers().contains_key("traceparent"));
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let mut svc = CorrelationIdLayer::new().layer(service_fn(move |_req: Request<String>| {
+        let client = client.clone();
+        async move {
+            client.oneshot(Request::new(())).await?;
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }
+    }));
+    let traced = || {
+        let mut req = request();
+        req.headers_mut().insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        req
+    };
+    let mut spend = async |make: &dyn Fn() -> Request<String>, n: usize| {
+        let requests: Vec<_> = (0..n).map(|_| make()).collect();
+        let mut responses = Vec::with_capacity(n);
+        let before = allocations();
+        for req in requests {
+            let svc = svc.ready().await.unwrap();
+            responses.push(svc.call(req).await.unwrap());
+        }
+        allocations() - before
+    };
+    spend(&request, 10).await;
+    spend(&traced, 10).await;
+    let plain = spend(&request, 100).await;
+    let with_traceparent = spend(&traced, 100).await;
+    assert_eq!(
+        with_traceparent, plain,
+        "allocations for 100 requests: {with_traceparent} with a traceparent, {plain} without"
+    );
+}

@@ -12,7 +12,9 @@
 //! - [`metrics`]: the gateway's metrics (one table of names) and the Prometheus endpoint
 //!   (`METRICS_ADDR`), and the one meter provider behind every export;
 //! - [`appinsights`]: the metric exporter to Application Insights
-//!   (`APPLICATIONINSIGHTS_CONNECTION_STRING`).
+//!   (`APPLICATIONINSIGHTS_CONNECTION_STRING`);
+//! - [`otel`]: OTLP export of traces and metrics (`OTEL_EXPORTER_OTLP_ENDPOINT`) and W3C
+//!   trace context.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -29,6 +31,7 @@ pub mod fabric;
 pub mod fake_agent;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 mod outbound;
 
 pub use app::{App, AppHandle, StartError, app, app_with_clock};

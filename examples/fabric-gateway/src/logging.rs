@@ -24,6 +24,7 @@
 use std::fmt;
 use std::io::IsTerminal;
 
+use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -57,10 +58,28 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    subscriber_with_traces(format, filter, writer, None)
+}
+
+/// [`subscriber`], plus, with a `tracer` ([`crate::otel::tracer`], when OTLP export is
+/// on), the `tracing-opentelemetry` bridge: the spans that pass `filter` become
+/// OpenTelemetry spans (their fields as attributes), the correlation layer's `request`
+/// span continuing the caller's trace. Without one the subscriber is exactly the same as
+/// before: no bridge, no cost.
+pub fn subscriber_with_traces<W>(
+    format: LogFormat,
+    filter: &str,
+    writer: W,
+    tracer: Option<SdkTracer>,
+) -> Result<Box<dyn Subscriber + Send + Sync>, InvalidFilter>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter).map_err(|e| InvalidFilter(e.to_string()))?;
+    let traces = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
     Ok(match format {
         LogFormat::Json => Box::new(
-            Registry::default().with(filter).with(
+            Registry::default().with(filter).with(traces).with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(JsonFields::new())
                     .event_format(FlatJson)
@@ -68,7 +87,7 @@ where
             ),
         ),
         LogFormat::Pretty => Box::new(
-            Registry::default().with(filter).with(
+            Registry::default().with(filter).with(traces).with(
                 tracing_subscriber::fmt::layer()
                     // Colours only on a terminal, not in a container's log.
                     .with_ansi(std::io::stdout().is_terminal())

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fabric_gateway::config::Config;
-use fabric_gateway::{app, logging};
+use fabric_gateway::{app, logging, otel};
 
 /// Time allowed, after the request timeout, for in-flight requests to finish at shutdown.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);
@@ -18,11 +18,8 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> ExitCode {
     let code = run().await;
-    // Push the metrics of the last interval (Application Insights); a no-op without a
-    // push exporter. The readers give up after their own timeout.
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(fabric_gateway::metrics::shutdown).await {
-        tracing::warn!(error = %e, "cannot flush the metrics at exit");
-    }
+    // Spans and metrics still in the exporters' buffers (nothing without OTLP export).
+    otel::shutdown().await;
     code
 }
 
@@ -36,8 +33,17 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let subscriber = match logging::subscriber(config.log_format, &config.rust_log, std::io::stdout)
-    {
+    // Before the subscriber: with OTLP export its bridge needs the tracer.
+    if let Err(e) = otel::install(&config) {
+        eprintln!("fabric-gateway cannot start: {e}");
+        return ExitCode::from(2);
+    }
+    let subscriber = match logging::subscriber_with_traces(
+        config.log_format,
+        &config.rust_log,
+        std::io::stdout,
+        otel::tracer(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fabric-gateway cannot start: {e}");

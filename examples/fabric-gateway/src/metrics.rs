@@ -45,21 +45,24 @@
 //! carries the resource (`service_name="fabric-gateway"` unless `OTEL_SERVICE_NAME` says
 //! otherwise).
 //!
+//! # OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`)
+//!
+//! The same provider gets a second reader, OTLP's periodic one ([`crate::otel`]): with both
+//! set, Prometheus and the collector see the same instruments.
+//!
 //! # Application Insights (`APPLICATIONINSIGHTS_CONNECTION_STRING`)
 //!
-//! The same provider gets a second reader, a periodic one pushing deltas to Azure Monitor
-//! every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60 s by default) through
-//! [`crate::appinsights`]: one provider, several readers, so every instrument reaches
-//! every destination. [`install`] builds it from [`Exports`]; [`force_flush`] and
-//! [`shutdown`] push what is pending.
+//! And another periodic reader pushing deltas to Azure Monitor every
+//! `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60 s by default) through
+//! [`crate::appinsights`]: one provider, several readers, so every instrument reaches every
+//! destination.
 //!
-//! With neither variable set, nothing is installed: every instrument is a no-op and
-//! nothing is exported.
+//! With neither set, nothing is installed: every instrument is a no-op and nothing is
+//! exported.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -74,7 +77,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus::{Encoder as _, TextEncoder};
 use tokio::task::JoinHandle;
 
-use crate::appinsights::{ConnectionString, MetricExporter};
+use crate::appinsights::MetricExporter;
 use crate::auth::TokenError;
 use crate::config::Config;
 use crate::fabric::{DataAgentProtocol, ErrorCategory};
@@ -225,8 +228,8 @@ pub(crate) fn rate_limited_counter() -> Counter<u64> {
         .build()
 }
 
-/// The process's meter provider and what reads it, installed once per process.
-#[derive(Debug)]
+/// The process's meter provider and what reads it, installed once per process (never
+/// dropped: an OTLP reader's HTTP client must not be dropped on a runtime thread).
 struct Installed {
     provider: SdkMeterProvider,
     /// What the Prometheus endpoint reads (`None` when it is not one of the readers).
@@ -235,57 +238,41 @@ struct Installed {
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
-/// Where the metrics go: the readers of the one meter provider.
-#[derive(Clone, Debug, Default)]
-pub struct Exports {
-    /// A Prometheus registry, for [`MetricsServer`] (`METRICS_ADDR`).
-    pub prometheus: bool,
-    /// Application Insights (`APPLICATIONINSIGHTS_CONNECTION_STRING`), pushed every
-    /// `interval`.
-    pub appinsights: Option<ConnectionString>,
-    /// The push interval (`OTEL_METRIC_EXPORT_INTERVAL`); `None` = the SDK's (60 s).
-    pub interval: Option<Duration>,
-}
-
-impl Exports {
-    /// What `config` asks for.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            prometheus: config.metrics_addr.is_some(),
-            appinsights: config.appinsights.clone(),
-            interval: config.metric_export_interval,
-        }
-    }
-
-    /// Whether anything is exported at all (else no provider is installed).
-    pub fn any(&self) -> bool {
-        self.prometheus || self.appinsights.is_some()
-    }
-}
-
-/// Installs (once per process) the SDK meter provider as the global provider, with one
-/// reader per export of `exports`. Call it inside the Tokio runtime, before anything that
-/// creates instruments.
-///
-/// Two gateways starting in one process (tests): the first one's provider wins; the second
-/// gets an error only if it needs a Prometheus registry the first one does not have.
-pub fn install(exports: &Exports) -> Result<(), MetricsError> {
-    if let Some(installed) = INSTALLED.get() {
-        if exports.prometheus && installed.registry.is_none() {
-            return Err(MetricsError::Exporter(
-                "a meter provider without Prometheus is already installed in this process"
-                    .to_owned(),
-            ));
-        }
-        return Ok(());
-    }
+/// The resource of every exported signal: `service.name` is `fabric-gateway` unless
+/// `OTEL_SERVICE_NAME` says otherwise (the SDK reads it, and `OTEL_RESOURCE_ATTRIBUTES`).
+pub(crate) fn resource() -> Resource {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(METER_NAME);
     }
-    let mut builder = SdkMeterProvider::builder().with_resource(resource.build());
+    resource.build()
+}
+
+/// Installs (once per process) the SDK meter provider as the global provider, with one
+/// reader per destination: the Prometheus exporter when `prometheus`, and `otlp` (the
+/// OTLP exporter's periodic reader, [`crate::otel`]). One provider, several readers: every
+/// instrument reaches every destination.
+///
+/// Two gateways starting in one process (tests): the first one's provider wins; the second
+/// gets an error only if it needs a Prometheus registry the first one does not have.
+pub(crate) fn install_meter_provider(
+    prometheus: bool,
+    otlp: Option<PeriodicReader<opentelemetry_otlp::MetricExporter>>,
+    appinsights: Option<PeriodicReader<MetricExporter>>,
+) -> Result<(), MetricsError> {
+    if let Some(installed) = INSTALLED.get() {
+        return if prometheus && installed.registry.is_none() {
+            Err(MetricsError::Exporter(
+                "a meter provider without Prometheus is already installed in this process"
+                    .to_owned(),
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let mut builder = SdkMeterProvider::builder().with_resource(resource());
     let mut registry = None;
-    if exports.prometheus {
+    if prometheus {
         let r = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(r.clone())
@@ -294,18 +281,11 @@ pub fn install(exports: &Exports) -> Result<(), MetricsError> {
         builder = builder.with_reader(exporter);
         registry = Some(r);
     }
-    if let Some(connection) = &exports.appinsights {
-        let exporter =
-            MetricExporter::new(connection.clone()).map_err(MetricsError::AppInsights)?;
-        let mut reader = PeriodicReader::builder(exporter);
-        if let Some(interval) = exports.interval {
-            reader = reader.with_interval(interval);
-        }
-        builder = builder.with_reader(reader.build());
-        tracing::info!(
-            endpoint = connection.ingestion_endpoint(),
-            "sending metrics to Application Insights"
-        );
+    if let Some(reader) = otlp {
+        builder = builder.with_reader(reader);
+    }
+    if let Some(reader) = appinsights {
+        builder = builder.with_reader(reader);
     }
     let provider = builder.build();
     let mut installed = false;
@@ -318,55 +298,62 @@ pub fn install(exports: &Exports) -> Result<(), MetricsError> {
     });
     if installed {
         opentelemetry::global::set_meter_provider(provider);
-    } else {
-        // Lost a race with another gateway of this process: ours is never used.
-        let _ = provider.shutdown();
     }
     Ok(())
 }
 
-/// Exports now what the push readers (Application Insights) have not sent yet; blocks until
-/// they are done (call it from a blocking context, e.g. `spawn_blocking`). Nothing to do
-/// when no provider is installed.
-pub fn force_flush() -> Result<(), MetricsError> {
-    match INSTALLED.get() {
-        None => Ok(()),
-        Some(installed) => installed
-            .provider
-            .force_flush()
-            .map_err(|e| MetricsError::Exporter(e.to_string())),
+/// The Application Insights reader `config` asks for (`None` without a connection string).
+/// Call it inside the Tokio runtime (the exporter posts on it).
+pub(crate) fn appinsights_reader(
+    config: &Config,
+) -> Result<Option<PeriodicReader<MetricExporter>>, MetricsError> {
+    let Some(connection) = &config.appinsights else {
+        return Ok(None);
+    };
+    let exporter = MetricExporter::new(connection.clone()).map_err(MetricsError::AppInsights)?;
+    let mut reader = PeriodicReader::builder(exporter);
+    if let Some(interval) = config.metric_export_interval {
+        reader = reader.with_interval(interval);
     }
+    tracing::info!(
+        endpoint = connection.ingestion_endpoint(),
+        "sending metrics to Application Insights"
+    );
+    Ok(Some(reader.build()))
 }
 
-/// Sends what is left and stops the readers, at process exit (blocks, like
-/// [`force_flush`]). Instruments record nothing afterwards.
-pub fn shutdown() -> Result<(), MetricsError> {
-    match INSTALLED.get() {
-        None => Ok(()),
-        Some(installed) => installed
-            .provider
-            .shutdown()
-            .map_err(|e| MetricsError::Exporter(e.to_string())),
-    }
-}
-
-/// The Prometheus registry of the installed provider, installing a Prometheus-only
-/// provider when none is installed yet.
-fn prometheus_registry() -> Result<&'static prometheus::Registry, MetricsError> {
-    install(&Exports {
-        prometheus: true,
-        ..Exports::default()
-    })?;
+/// Installs the meter provider with the Prometheus reader unless one is installed; returns
+/// the registry it fills.
+fn install_prometheus() -> Result<&'static prometheus::Registry, MetricsError> {
+    install_meter_provider(true, None, None)?;
     INSTALLED
         .get()
         .and_then(|i| i.registry.as_ref())
-        .ok_or_else(|| MetricsError::Exporter("no Prometheus registry installed".to_owned()))
+        .ok_or_else(|| MetricsError::Exporter("no Prometheus reader installed".to_owned()))
+}
+
+/// Pushes the current values to the push readers (OTLP), if a provider is installed.
+pub(crate) fn force_flush() {
+    if let Some(installed) = INSTALLED.get()
+        && let Err(e) = installed.provider.force_flush()
+    {
+        tracing::warn!(error = %e, "flushing the metrics failed");
+    }
+}
+
+/// Pushes the last values and stops the readers (at exit; blocking).
+pub(crate) fn shutdown() {
+    if let Some(installed) = INSTALLED.get()
+        && let Err(e) = installed.provider.shutdown()
+    {
+        eprintln!("fabric-gateway: flushing the metrics at exit failed: {e}");
+    }
 }
 
 /// The metrics endpoint could not start.
 #[derive(Debug)]
 pub enum MetricsError {
-    /// The Prometheus exporter (or the meter provider) failed.
+    /// The Prometheus exporter could not be built.
     Exporter(String),
     /// The Application Insights exporter could not be built.
     AppInsights(String),
@@ -382,10 +369,11 @@ pub enum MetricsError {
 impl fmt::Display for MetricsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Exporter(m) => write!(f, "metrics exporter: {m}"),
-            Self::AppInsights(m) => {
-                write!(f, "cannot build the Application Insights exporter: {m}")
-            }
+            Self::Exporter(m) => write!(f, "cannot build the Prometheus exporter: {m}"),
+            Self::AppInsights(m) => write!(
+                f,
+                "APPLICATIONINSIGHTS_CONNECTION_STRING: cannot build the exporter: {m}"
+            ),
             Self::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
         }
     }
@@ -411,7 +399,7 @@ impl MetricsServer {
     /// Installs the meter provider (see the module documentation), binds `addr` and serves
     /// `GET /metrics` there. Call it before building anything that creates instruments.
     pub async fn start(addr: SocketAddr) -> Result<Self, MetricsError> {
-        let registry = prometheus_registry()?;
+        let registry = install_prometheus()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| MetricsError::Listen { addr, error })?;

@@ -1,6 +1,8 @@
 //! The gateway's outgoing HTTP calls (the data agent, the identity keys): reqwest behind
 //! tower-rampart's [`PropagateCorrelationIdLayer`], so every call made while serving a
-//! request carries that request's `X-Correlation-ID`.
+//! request carries that request's `X-Correlation-ID`, and, with OTLP export on
+//! ([`crate::otel`]), its W3C trace context (`traceparent`: same trace, the gateway's span as
+//! the parent).
 //!
 //! reqwest's tower `Service` takes a `reqwest::Request`, while the layer is written for any
 //! `Service<http::Request<B>>` (hyper-util's client, tonic channels...). Rather than give the
@@ -16,6 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use opentelemetry::context::FutureExt as _;
 use reqwest::{RequestBuilder, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::correlation::{
@@ -54,11 +57,14 @@ impl HttpClient {
 }
 
 /// Spawns `task` with the current request's correlation id in scope, so the calls a
-/// background task makes for a request (closing an MCP session, deleting threads) carry it.
+/// background task makes for a request (closing an MCP session, deleting threads) carry it,
+/// and with the current OpenTelemetry context, so they carry the request's trace too (the
+/// request span as their parent; the span itself is not kept open for the task).
 pub(crate) fn spawn_in_request_scope<F>(task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let task = task.with_current_context();
     match CorrelationId::current() {
         Some(id) => tokio::spawn(id.scope(task)),
         None => tokio::spawn(task),

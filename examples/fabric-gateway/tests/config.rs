@@ -548,6 +548,71 @@ fn metrics_addr_is_a_listener_of_its_own() {
     assert!(e.to_string().contains("listener of their own"), "{e}");
 }
 
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP export of both signals under the base URL;
+/// the per-signal endpoints are used as they are and turn on their signal alone; only
+/// `http/protobuf` is accepted as the protocol; unset, nothing is exported.
+#[test]
+fn otlp_endpoints_and_protocol() {
+    use fabric_gateway::config::OtlpSettings;
+
+    assert_eq!(load(&[]).unwrap().otlp, None);
+    let c = load(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
+    assert_eq!(
+        c.otlp,
+        Some(OtlpSettings {
+            traces_url: Some("http://collector:4318/v1/traces".to_owned()),
+            metrics_url: Some("http://collector:4318/v1/metrics".to_owned()),
+        })
+    );
+    let c = load(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.example"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://traces.example/in",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ])
+    .unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(
+        otlp.traces_url.as_deref(),
+        Some("https://traces.example/in")
+    );
+    assert_eq!(
+        otlp.metrics_url.as_deref(),
+        Some("https://collector.example/v1/metrics")
+    );
+    let c = load(&[(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "http://127.0.0.1:4318/v1/metrics",
+    )])
+    .unwrap();
+    assert_eq!(c.otlp.as_ref().unwrap().traces_url, None);
+    let c = load(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .unwrap();
+    assert_eq!(c.otlp, None);
+
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "grpc://collector:4317",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
+    ] {
+        let e = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            (var, value),
+        ])
+        .expect_err(&format!("{var}={value} must be refused"));
+        assert_eq!(e.variables(), [var], "{e}");
+    }
+}
+
 /// Without `METRICS_ADDR` nothing listens for metrics; an address that cannot be listened on
 /// stops start-up, naming the variable.
 #[tokio::test]

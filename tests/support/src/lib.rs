@@ -45,6 +45,7 @@ mod slotted;
 pub use cluster::*;
 pub use fault_proxy::FaultProxy;
 pub use slotted::SlottedEndpoint;
+pub mod otlp;
 pub mod sentinel;
 pub use sentinel::RedisSentinel;
 

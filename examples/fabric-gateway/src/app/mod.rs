@@ -261,16 +261,10 @@ async fn build(config: Config, test_clock: Option<Arc<dyn Clock>>) -> Result<App
     let clock: Arc<dyn Clock> = test_clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
 
     // Metrics first: the meter provider must be installed before any instrument is created
-    // (the gateway's and the library's read the global provider when they are built).
-    let exports = crate::metrics::Exports::from_config(&config);
-    if exports.any() {
-        crate::metrics::install(&exports).map_err(|e| match e {
-            MetricsError::AppInsights(m) => {
-                config_error("APPLICATIONINSIGHTS_CONNECTION_STRING", m)
-            }
-            e => StartError::Metrics(e),
-        })?;
-    }
+    // (the gateway's and the library's read the global provider when they are built). With
+    // an OTLP endpoint, traces and the OTLP reader too (a no-op when `main` did it already).
+    crate::otel::install(&config)
+        .map_err(|e| config_error("OTEL_EXPORTER_OTLP_ENDPOINT", e.to_string()))?;
     let metrics = match config.metrics_addr {
         None => None,
         Some(addr) => {

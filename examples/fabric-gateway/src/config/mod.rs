@@ -3,7 +3,7 @@
 //! Every variable of the service's configuration table is read here, with its default, one
 //! section per file, in the order [`Config::from_lookup`] calls them: `server` (`ENVIRONMENT`,
 //! `BIND_ADDR`/`PORT`), `redis`, `sessions`, `clients` (`ALLOWED_ORIGINS`, `TRUSTED_PROXIES`),
-//! `limits`, `auth`, `data_agent`, `logging`, `telemetry` (`METRICS_ADDR`). Each has a `read`
+//! `limits`, `auth`, `data_agent`, `logging`, `telemetry` (`METRICS_ADDR`, `OTEL_*`). Each has a `read`
 //! function that takes the shared reader (values, problems, warnings, production or not) and
 //! returns what it read.
 //! Invalid values stop start-up with a [`ConfigError`] that names each offending variable
@@ -39,6 +39,8 @@ mod redis;
 mod server;
 mod sessions;
 mod telemetry;
+
+pub use telemetry::OtlpSettings;
 
 pub use auth::{AuthSettings, DEV_TENANT_ID};
 pub use data_agent::{DataAgentProtocol, DataAgentSettings};
@@ -125,6 +127,9 @@ pub struct Config {
     /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds): how often pushed metrics are sent;
     /// `None` = the SDK's default (60 s).
     pub metric_export_interval: Option<std::time::Duration>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the per-signal `..._TRACES_ENDPOINT`,
+    /// `..._METRICS_ENDPOINT`): OTLP export of traces and metrics; `None` = nothing exported.
+    pub otlp: Option<OtlpSettings>,
     /// Warnings to log once logging is set up (e.g. the generated development key).
     pub warnings: Vec<String>,
 }
@@ -283,6 +288,7 @@ impl Config {
             metrics_addr: telemetry.metrics_addr,
             appinsights: telemetry.appinsights,
             metric_export_interval: telemetry.metric_export_interval,
+            otlp: telemetry.otlp,
             warnings,
         })
     }

@@ -63,6 +63,8 @@ pub struct RecordedRequest {
     pub mcp_session_id: Option<String>,
     /// The `MCP-Protocol-Version` header.
     pub mcp_protocol_version: Option<String>,
+    /// The W3C `traceparent` header (sent when the gateway exports traces).
+    pub traceparent: Option<String>,
 }
 
 /// One JSON-RPC message the MCP endpoint received.

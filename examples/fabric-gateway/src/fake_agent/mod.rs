@@ -186,6 +186,7 @@ async fn guard(State(controls): State<FakeControls>, req: Request, next: Next) -
                 authorization: authorization.clone(),
                 mcp_session_id: header_string(headers, "mcp-session-id"),
                 mcp_protocol_version: header_string(headers, "mcp-protocol-version"),
+                traceparent: header_string(headers, "traceparent"),
             },
         );
         let token = authorization
