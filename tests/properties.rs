@@ -1482,6 +1482,38 @@ mod quota {
 
     /// The grammar and the documented ranges: a count of 1 to 10^9, a window of 1 ms to
     /// 366 days.
+    /// Every unit word the quota grammar documents.
+    const UNIT_WORDS: &[&str] = &[
+        "us",
+        "usec",
+        "usecs",
+        "microsecond",
+        "microseconds",
+        "ms",
+        "msec",
+        "msecs",
+        "millisecond",
+        "milliseconds",
+        "s",
+        "sec",
+        "secs",
+        "second",
+        "seconds",
+        "m",
+        "min",
+        "mins",
+        "minute",
+        "minutes",
+        "h",
+        "hr",
+        "hrs",
+        "hour",
+        "hours",
+        "d",
+        "day",
+        "days",
+    ];
+
     fn model(s: &str) -> Option<Quota> {
         let (count, window) = grammar(s)?;
         let ok = (1..=u128::from(MAX_COUNT)).contains(&count) && (MS..=366 * DAY).contains(&window);
@@ -1495,41 +1527,21 @@ mod quota {
     /// Strings near the grammar, and arbitrary ones.
     fn quota_string() -> impl Strategy<Value = String> {
         let unit = prop_oneof![
-            prop::sample::select(vec![
-                "us",
-                "usec",
-                "microsecond",
-                "microseconds",
-                "ms",
-                "msec",
-                "millisecond",
-                "milliseconds",
-                "s",
-                "sec",
-                "secs",
-                "second",
-                "seconds",
-                "m",
-                "min",
-                "mins",
-                "minute",
-                "minutes",
-                "h",
-                "hr",
-                "hrs",
-                "hour",
-                "hours",
-                "d",
-                "day",
-                "days",
-                "Minute",
-                "HOURS",
-                "fortnight",
-                "mn",
-                "",
-                "sec s",
-                "secondss",
-            ])
+            prop::sample::select(
+                UNIT_WORDS
+                    .iter()
+                    .copied()
+                    .chain([
+                        "Minute",
+                        "HOURS",
+                        "fortnight",
+                        "mn",
+                        "",
+                        "sec s",
+                        "secondss"
+                    ])
+                    .collect::<Vec<_>>(),
+            )
             .prop_map(str::to_owned),
             "[a-zA-Z]{1,3}",
             // A unit word with one more letter.
@@ -1611,38 +1623,8 @@ mod quota {
     /// both forms: what random strings rarely hit.
     #[test]
     fn units_and_limits_exhaustively() {
-        let documented = [
-            "us",
-            "usec",
-            "usecs",
-            "microsecond",
-            "microseconds",
-            "ms",
-            "msec",
-            "msecs",
-            "millisecond",
-            "milliseconds",
-            "s",
-            "sec",
-            "secs",
-            "second",
-            "seconds",
-            "m",
-            "min",
-            "mins",
-            "minute",
-            "minutes",
-            "h",
-            "hr",
-            "hrs",
-            "hour",
-            "hours",
-            "d",
-            "day",
-            "days",
-        ];
         let mut words: Vec<String> = Vec::new();
-        for w in documented {
+        for &w in UNIT_WORDS {
             words.push(w.to_owned());
             words.push(w.to_ascii_uppercase());
             words.push(w[..w.len() - 1].to_owned());
