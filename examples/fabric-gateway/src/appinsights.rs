@@ -253,6 +253,30 @@ fn data_points(
     name: &str,
     data: &AggregatedMetrics,
 ) -> Vec<(SystemTime, serde_json::Value, Vec<KeyValue>)> {
+    /// A histogram's point as an aggregated `MetricData` point (`kind` 1): the sum as the
+    /// value, with the count and, when known, the extremes.
+    fn aggregate<T: Into<AsF64>>(
+        name: &str,
+        sum: T,
+        count: impl Into<serde_json::Value>,
+        min: Option<T>,
+        max: Option<T>,
+    ) -> serde_json::Value {
+        let mut point = json!({
+            "name": name,
+            "kind": 1,
+            "value": f64::from(sum.into()),
+            "count": count.into(),
+        });
+        if let Some(min) = min {
+            point["min"] = f64::from(min.into()).into();
+        }
+        if let Some(max) = max {
+            point["max"] = f64::from(max.into()).into();
+        }
+        point
+    }
+
     fn of<T: Copy + Into<AsF64>>(
         name: &str,
         data: &MetricData<T>,
@@ -284,36 +308,14 @@ fn data_points(
             MetricData::Histogram(histogram) => histogram
                 .data_points()
                 .map(|p| {
-                    let mut point = json!({
-                        "name": name,
-                        "kind": 1,
-                        "value": f64::from(p.sum().into()),
-                        "count": p.count(),
-                    });
-                    if let Some(min) = p.min() {
-                        point["min"] = f64::from(min.into()).into();
-                    }
-                    if let Some(max) = p.max() {
-                        point["max"] = f64::from(max.into()).into();
-                    }
+                    let point = aggregate(name, p.sum(), p.count(), p.min(), p.max());
                     (histogram.time(), point, attrs(&mut p.attributes()))
                 })
                 .collect(),
             MetricData::ExponentialHistogram(histogram) => histogram
                 .data_points()
                 .map(|p| {
-                    let mut point = json!({
-                        "name": name,
-                        "kind": 1,
-                        "value": f64::from(p.sum().into()),
-                        "count": p.count(),
-                    });
-                    if let Some(min) = p.min() {
-                        point["min"] = f64::from(min.into()).into();
-                    }
-                    if let Some(max) = p.max() {
-                        point["max"] = f64::from(max.into()).into();
-                    }
+                    let point = aggregate(name, p.sum(), p.count(), p.min(), p.max());
                     (histogram.time(), point, attrs(&mut p.attributes()))
                 })
                 .collect(),
@@ -371,26 +373,7 @@ fn properties(attributes: &[KeyValue]) -> serde_json::Value {
 /// `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
 fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_micros()
-    )
+    crate::utc::rfc3339(since.as_secs(), Some(since.subsec_micros()))
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {

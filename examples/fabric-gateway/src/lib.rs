@@ -33,5 +33,6 @@ pub mod logging;
 pub mod metrics;
 pub mod otel;
 mod outbound;
+mod utc;
 
 pub use app::{App, AppHandle, StartError, app, app_with_clock};

@@ -354,24 +354,7 @@ async fn signed_in(state: &AppState, session: &Session) -> Result<(), ApiError> 
 /// Unix microseconds as an RFC 3339 UTC timestamp with whole seconds
 /// (`2023-11-14T22:13:20Z`).
 fn rfc3339(micros: u64) -> String {
-    let secs = micros / 1_000_000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    crate::utc::rfc3339(micros / 1_000_000, None)
 }
 
 /// Body of `POST /query` and `POST /query/detailed`.
