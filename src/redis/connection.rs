@@ -753,15 +753,9 @@ impl RedisConnection {
     /// ```
     pub async fn guarded_health_report(&self) -> HealthReport {
         if let Admission::Reject(next) = self.inner.breaker.peek(Instant::now()) {
-            let err = RedisError::new(
-                RedisErrorKind::Unavailable,
-                format!(
-                    "circuit breaker open after repeated failures of {}; next attempt in {} ms",
-                    self.inner.addr,
-                    next.as_millis()
-                ),
-            );
-            return self.inner.unreachable_report(&err);
+            return self
+                .inner
+                .unreachable_report(&self.inner.breaker_open(next));
         }
         self.health_report().await
     }
@@ -1128,16 +1122,7 @@ impl Inner {
             Admission::Pass => false,
             Admission::Probe => true,
             Admission::Reject(_) if bypass => false,
-            Admission::Reject(next) => {
-                return Err(RedisError::new(
-                    RedisErrorKind::Unavailable,
-                    format!(
-                        "circuit breaker open after repeated failures of {}; next attempt in {} ms",
-                        self.addr,
-                        next.as_millis()
-                    ),
-                ));
-            }
+            Admission::Reject(next) => return Err(self.breaker_open(next)),
         };
         let slot = match self.current() {
             Some(slot) => slot,
@@ -1154,6 +1139,18 @@ impl Inner {
             generation: slot.generation,
             probe,
         })
+    }
+
+    /// The error of a call the open breaker refuses; the next probe is due in `next`.
+    fn breaker_open(&self, next: Duration) -> RedisError {
+        RedisError::new(
+            RedisErrorKind::Unavailable,
+            format!(
+                "circuit breaker open after repeated failures of {}; next attempt in {} ms",
+                self.addr,
+                next.as_millis()
+            ),
+        )
     }
 
     /// Establishes the shared connection; one attempt at a time. Callers arriving while an
