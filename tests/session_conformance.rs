@@ -133,6 +133,71 @@ async fn run_all_on_one_memory_store() {
     .expect("the suite finishes in time");
 }
 
+/// The methods of a test store that only forward to the `MemoryStore` it wraps (`self.0`):
+/// each test store writes out the one it breaks and lists the rest here.
+macro_rules! delegate_to_inner {
+    ($($method:ident),*) => { $(delegate_to_inner!(@ $method);)* };
+    (@ load) => {
+        fn load<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            now: u64,
+            refresh: bool,
+        ) -> StoreFuture<'a, Option<SessionRecord>> {
+            self.0.load(key, now, refresh)
+        }
+    };
+    (@ create) => {
+        fn create<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, bool> {
+            self.0.create(key, record, now)
+        }
+    };
+    (@ save) => {
+        fn save<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            record: &'a SessionRecord,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.save(key, record, now)
+        }
+    };
+    (@ delete) => {
+        fn delete<'a>(
+            &'a self,
+            key: &'a SessionKey,
+            expected_version: Option<u64>,
+            now: u64,
+        ) -> StoreFuture<'a, WriteOutcome> {
+            self.0.delete(key, expected_version, now)
+        }
+    };
+    (@ touch) => {
+        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
+            self.0.touch(key, now)
+        }
+    };
+    (@ delete_user_sessions) => {
+        fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
+            self.0.delete_user_sessions(user, now)
+        }
+    };
+    (@ list_user_sessions) => {
+        fn list_user_sessions<'a>(
+            &'a self,
+            user: &'a str,
+            now: u64,
+        ) -> StoreFuture<'a, Vec<UserSession>> {
+            self.0.list_user_sessions(user, now)
+        }
+    };
+}
+
 /// A store that breaks the contract (its `create` overwrites a live session) fails the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_overwrites_on_create_fails() {
@@ -142,14 +207,7 @@ async fn a_store_that_overwrites_on_create_fails() {
     struct Overwriting(MemoryStore);
 
     impl SessionStore for Overwriting {
-        fn load<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            now: u64,
-            refresh: bool,
-        ) -> StoreFuture<'a, Option<SessionRecord>> {
-            self.0.load(key, now, refresh)
-        }
+        delegate_to_inner!(load, save, delete, touch, delete_user_sessions);
         fn create<'a>(
             &'a self,
             key: &'a SessionKey,
@@ -160,28 +218,6 @@ async fn a_store_that_overwrites_on_create_fails() {
                 self.0.delete(key, None, now).await?;
                 self.0.create(key, record, now).await
             })
-        }
-        fn save<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            record: &'a SessionRecord,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.save(key, record, now)
-        }
-        fn delete<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            expected_version: Option<u64>,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.delete(key, expected_version, now)
-        }
-        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
-            self.0.touch(key, now)
-        }
-        fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
-            self.0.delete_user_sessions(user, now)
         }
     }
 
@@ -205,41 +241,7 @@ async fn a_store_without_the_per_user_methods_answers_unsupported() {
     struct Minimal(MemoryStore);
 
     impl SessionStore for Minimal {
-        fn load<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            now: u64,
-            refresh: bool,
-        ) -> StoreFuture<'a, Option<SessionRecord>> {
-            self.0.load(key, now, refresh)
-        }
-        fn create<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            record: &'a SessionRecord,
-            now: u64,
-        ) -> StoreFuture<'a, bool> {
-            self.0.create(key, record, now)
-        }
-        fn save<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            record: &'a SessionRecord,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.save(key, record, now)
-        }
-        fn delete<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            expected_version: Option<u64>,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.delete(key, expected_version, now)
-        }
-        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
-            self.0.touch(key, now)
-        }
+        delegate_to_inner!(load, create, save, delete, touch);
     }
 
     let store = Minimal::default();
@@ -269,51 +271,15 @@ async fn a_store_that_ends_another_users_session_fails() {
     struct Careless(MemoryStore);
 
     impl SessionStore for Careless {
-        fn load<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            now: u64,
-            refresh: bool,
-        ) -> StoreFuture<'a, Option<SessionRecord>> {
-            self.0.load(key, now, refresh)
-        }
-        fn create<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            record: &'a SessionRecord,
-            now: u64,
-        ) -> StoreFuture<'a, bool> {
-            self.0.create(key, record, now)
-        }
-        fn save<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            record: &'a SessionRecord,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.save(key, record, now)
-        }
-        fn delete<'a>(
-            &'a self,
-            key: &'a SessionKey,
-            expected_version: Option<u64>,
-            now: u64,
-        ) -> StoreFuture<'a, WriteOutcome> {
-            self.0.delete(key, expected_version, now)
-        }
-        fn touch<'a>(&'a self, key: &'a SessionKey, now: u64) -> StoreFuture<'a, bool> {
-            self.0.touch(key, now)
-        }
-        fn delete_user_sessions<'a>(&'a self, user: &'a str, now: u64) -> StoreFuture<'a, u64> {
-            self.0.delete_user_sessions(user, now)
-        }
-        fn list_user_sessions<'a>(
-            &'a self,
-            user: &'a str,
-            now: u64,
-        ) -> StoreFuture<'a, Vec<UserSession>> {
-            self.0.list_user_sessions(user, now)
-        }
+        delegate_to_inner!(
+            load,
+            create,
+            save,
+            delete,
+            touch,
+            delete_user_sessions,
+            list_user_sessions
+        );
         // Deletes whatever live session the key names, whoever owns it.
         fn delete_user_session<'a>(
             &'a self,
