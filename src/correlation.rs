@@ -780,9 +780,13 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Only the access event and the metrics need the latency: no clock reads without them.
-        let start = (self.config.access_log || cfg!(feature = "opentelemetry")).then(Instant::now);
         #[cfg(feature = "opentelemetry")]
-        let metrics = Some(self.config.metrics.start(&req));
+        let timed = self.config.access_log || self.config.metrics.on();
+        #[cfg(not(feature = "opentelemetry"))]
+        let timed = self.config.access_log;
+        let start = timed.then(Instant::now);
+        #[cfg(feature = "opentelemetry")]
+        let metrics = self.config.metrics.start(&req);
         #[cfg(not(feature = "opentelemetry"))]
         let metrics = ();
         // An id put there by an outer layer is authoritative; never replace it.
@@ -884,11 +888,7 @@ where
         let elapsed = this.start.map(|s| s.elapsed());
         #[cfg(feature = "opentelemetry")]
         if let (Some(metrics), Some(elapsed)) = (this.metrics.take(), elapsed) {
-            metrics.finish(
-                &this.config.metrics,
-                elapsed,
-                result.as_ref().ok().map(|r| r.status()),
-            );
+            metrics.finish(elapsed, result.as_ref().ok().map(|r| r.status()));
         }
         let latency_ms = elapsed.filter(|_| this.config.access_log).map(latency_ms);
         let id = this.id.take();
@@ -933,48 +933,84 @@ where
 /// The HTTP server metrics of the semantic conventions.
 #[cfg(feature = "opentelemetry")]
 mod http_metrics {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
     use std::time::Duration;
 
     use http::{Request, StatusCode};
-    use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+    use opentelemetry::metrics::{Histogram, Meter};
     use opentelemetry::{KeyValue, Value};
 
     use crate::telemetry::{self, attribute};
 
-    /// The instruments, created once per layer.
+    /// The instruments, created once per layer; `None` when nothing records (no provider):
+    /// then a request costs one branch.
     #[derive(Clone)]
-    pub(super) struct HttpMetrics {
+    pub(super) struct HttpMetrics(Option<Arc<Live>>);
+
+    /// The instruments of a layer whose meter records.
+    struct Live {
         duration: Histogram<f64>,
-        active: UpDownCounter<i64>,
+        /// Requests in flight per method (in [`telemetry::METHODS`] order), reported by
+        /// `http.server.active_requests`'s callback: a request updates two atomics, not the
+        /// SDK.
+        active: [AtomicI64; telemetry::METHODS.len()],
+        /// Methods seen so far (bit i for method i): only those are reported.
+        seen: AtomicU16,
+        methods: [[KeyValue; 1]; telemetry::METHODS.len()],
     }
 
     impl HttpMetrics {
         pub(super) fn new(meter: &Meter) -> Self {
-            HttpMetrics {
+            let live = Arc::new(Live {
                 duration: meter
                     .f64_histogram(telemetry::HTTP_SERVER_REQUEST_DURATION)
                     .with_unit("s")
                     .with_description("Duration of HTTP server requests.")
                     .with_boundaries(telemetry::HTTP_DURATION_BOUNDARIES.to_vec())
                     .build(),
-                active: meter
-                    .i64_up_down_counter(telemetry::HTTP_SERVER_ACTIVE_REQUESTS)
-                    .with_unit("{request}")
-                    .with_description("Number of active HTTP server requests.")
-                    .build(),
-            }
+                active: Default::default(),
+                seen: AtomicU16::new(0),
+                methods: telemetry::METHODS
+                    .map(|m| [telemetry::kv(attribute::HTTP_REQUEST_METHOD, m)]),
+            });
+            let counts = Arc::clone(&live);
+            meter
+                .i64_observable_up_down_counter(telemetry::HTTP_SERVER_ACTIVE_REQUESTS)
+                .with_unit("{request}")
+                .with_description("Number of active HTTP server requests.")
+                .with_callback(move |observer| {
+                    let seen = counts.seen.load(Ordering::Relaxed);
+                    for (i, count) in counts.active.iter().enumerate() {
+                        if seen & (1 << i) != 0 {
+                            observer.observe(count.load(Ordering::Relaxed), &counts.methods[i]);
+                        }
+                    }
+                })
+                .build();
+            HttpMetrics(telemetry::records(&live).then_some(live))
         }
 
-        /// Counts the request as active until the returned value is finished or dropped.
-        pub(super) fn start<B>(&self, req: &Request<B>) -> InFlight {
-            let method = telemetry::method_value(req.method());
-            let active = [telemetry::kv(attribute::HTTP_REQUEST_METHOD, method)];
-            self.active.add(1, &active);
-            InFlight {
+        /// Whether the metrics are recorded (the layer then reads the clock).
+        pub(super) fn on(&self) -> bool {
+            self.0.is_some()
+        }
+
+        /// Counts the request as active until the returned value is finished or dropped;
+        /// `None` when nothing records.
+        pub(super) fn start<B>(&self, req: &Request<B>) -> Option<InFlight> {
+            let live = self.0.as_ref()?;
+            let method = telemetry::method_index(req.method());
+            let bit = 1u16 << method;
+            if live.seen.load(Ordering::Relaxed) & bit == 0 {
+                live.seen.fetch_or(bit, Ordering::Relaxed);
+            }
+            live.active[method].fetch_add(1, Ordering::Relaxed);
+            Some(InFlight {
                 method,
                 route: route(req),
-                active: self.active.clone(),
-            }
+                live: Arc::clone(live),
+            })
         }
     }
 
@@ -994,22 +1030,17 @@ mod http_metrics {
 
     /// A request being served.
     pub(super) struct InFlight {
-        method: &'static str,
+        method: usize,
         route: Option<Value>,
-        active: UpDownCounter<i64>,
+        live: Arc<Live>,
     }
 
     impl InFlight {
         /// Records the duration (`status` `None`: the service failed without a response).
-        pub(super) fn finish(
-            mut self,
-            metrics: &HttpMetrics,
-            elapsed: Duration,
-            status: Option<StatusCode>,
-        ) {
+        pub(super) fn finish(mut self, elapsed: Duration, status: Option<StatusCode>) {
             // At most four attributes, on the stack; unused places hold a static filler.
             let mut attrs: [KeyValue; 4] = std::array::from_fn(|_| telemetry::kv("", ""));
-            attrs[0] = telemetry::kv(attribute::HTTP_REQUEST_METHOD, self.method);
+            attrs[0] = self.live.methods[self.method][0].clone();
             let mut n = 1;
             if let Some(s) = status {
                 attrs[n] =
@@ -1029,14 +1060,15 @@ mod http_metrics {
                 attrs[n] = KeyValue::new(attribute::HTTP_ROUTE, r);
                 n += 1;
             }
-            metrics.duration.record(elapsed.as_secs_f64(), &attrs[..n]);
+            self.live
+                .duration
+                .record(elapsed.as_secs_f64(), &attrs[..n]);
         }
     }
 
     impl Drop for InFlight {
         fn drop(&mut self) {
-            let active = [telemetry::kv(attribute::HTTP_REQUEST_METHOD, self.method)];
-            self.active.add(-1, &active);
+            self.live.active[self.method].fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

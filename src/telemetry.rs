@@ -40,9 +40,26 @@
 //! for tests that must not share global state. The crate keeps no global state of its own.
 //!
 //! Why the global provider by default: it is how OpenTelemetry asks libraries to
-//! instrument (the application alone chooses and installs the SDK), it needs no new
-//! parameter in any constructor, and without a provider the instruments are the API's no-op
-//! ones, so an application that never installs one pays a few no-op calls per request.
+//! instrument (the application alone chooses and installs the SDK), and it needs no new
+//! parameter in any constructor.
+//!
+//! ## What it costs
+//!
+//! **Nothing records, nothing is paid.** When a layer is built it learns whether its meter
+//! records: the API's no-op meter (no provider installed) drops the callbacks of observable
+//! instruments at once, an SDK keeps them. A layer whose meter does not record keeps no
+//! instruments at all: no clock reading, no instrument call, no allocation per request (the
+//! correlation layer still reads the clock for its access event). The same holds for an
+//! instrument a view of the SDK drops: the layer whose counters are all dropped stops
+//! timing too.
+//!
+//! **With a provider**, counts are kept in the layer's own atomics and reported by
+//! observable (asynchronous) instruments when the provider collects: a decision, an active
+//! request or a conflict makes no SDK call. The durations are histograms, one SDK call per
+//! measurement: per request, `http.server.request.duration`, the rate limit decision's
+//! duration and one per session store call. Exported, an observable counter is the same
+//! monotonic sum as a synchronous one (a Prometheus counter, an OTLP `Sum`); a series
+//! appears once its count is above zero.
 //!
 //! ## The metrics
 //!
@@ -54,17 +71,17 @@
 //! | name | instrument | unit | attributes | recorded by |
 //! |---|---|---|---|---|
 //! | `http.server.request.duration` | histogram | `s` | `http.request.method`, `http.response.status_code`, `error.type` (5xx or no response), `http.route` (axum's matched route, when known) | correlation layer |
-//! | `http.server.active_requests` | up-down counter | `{request}` | `http.request.method` | correlation layer |
-//! | `rampart.rate_limit.decisions` | counter | `{decision}` | `rampart.rate_limit.policy` (the quota's name; absent when Redis failed and no quota decided), `rampart.rate_limit.result` | rate limit |
-//! | `rampart.rate_limit.near_limit` | counter | `{decision}` | `rampart.rate_limit.policy` | rate limit |
+//! | `http.server.active_requests` | up-down counter (observable) | `{request}` | `http.request.method` | correlation layer |
+//! | `rampart.rate_limit.decisions` | counter (observable) | `{decision}` | `rampart.rate_limit.policy` (the quota's name; absent when Redis failed and no quota decided), `rampart.rate_limit.result` | rate limit |
+//! | `rampart.rate_limit.near_limit` | counter (observable) | `{decision}` | `rampart.rate_limit.policy` | rate limit |
 //! | `rampart.rate_limit.decision.duration` | histogram | `s` | `rampart.rate_limit.backend` (`memory`, `redis`) | rate limit |
-//! | `rampart.rate_limit.deny_cache.hits` | counter | `{decision}` | none | rate limit (Redis) |
-//! | `rampart.rate_limit.script.calls` | counter | `{call}` | none | rate limit (Redis) |
+//! | `rampart.rate_limit.deny_cache.hits` | counter (observable) | `{decision}` | none | rate limit (Redis) |
+//! | `rampart.rate_limit.script.calls` | counter (observable) | `{call}` | none | rate limit (Redis) |
 //! | `rampart.rate_limit.script.decisions` | histogram | `{decision}` | none | rate limit (Redis) |
 //! | `rampart.session.store.duration` | histogram | `s` | `rampart.session.operation`, `rampart.session.outcome` | sessions |
-//! | `rampart.session.conflicts` | counter | `{conflict}` | `rampart.session.resolution` | sessions |
-//! | `rampart.session.saves_skipped` | counter | `{save}` | none | sessions |
-//! | `rampart.session.unavailable` | counter | `{response}` | none | sessions |
+//! | `rampart.session.conflicts` | counter (observable) | `{conflict}` | `rampart.session.resolution` | sessions |
+//! | `rampart.session.saves_skipped` | counter (observable) | `{save}` | none | sessions |
+//! | `rampart.session.unavailable` | counter (observable) | `{response}` | none | sessions |
 //! | `rampart.redis.command.duration` | histogram | `s` | `server.address`, `error.type` (failures) | Redis connection |
 //! | `rampart.redis.errors` | counter | `{error}` | `server.address`, `error.type` | Redis connection |
 //! | `rampart.redis.reconnects` | counter | `{connection}` | `server.address` | Redis connection |
@@ -223,27 +240,45 @@ pub(crate) fn global_meter() -> Meter {
     )
 }
 
+/// Whether the provider behind a meter records: `shared` was just captured by the callbacks
+/// of the observable instruments built from that meter.
+///
+/// The API's no-op meter (no provider installed) drops an observable instrument's callbacks
+/// as soon as it is built, while an SDK keeps them for as long as it may collect; a view that
+/// drops the instrument also drops them. So a callback still holding its `Arc` is the one
+/// sign, readable through the API alone, that recording goes somewhere. The layers read it
+/// once, when they are built, and skip their clock readings and instrument calls when
+/// nothing records.
+pub(crate) fn records<T: ?Sized>(shared: &std::sync::Arc<T>) -> bool {
+    std::sync::Arc::strong_count(shared) > 1
+}
+
+/// The values of `http.request.method`: the standard methods by name, anything else
+/// `_OTHER` (semantic conventions: a client cannot grow the metric's series).
+pub(crate) const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER",
+];
+
+/// The index of a method's `http.request.method` value in [`METHODS`].
+pub(crate) fn method_index(method: &http::Method) -> usize {
+    use http::Method;
+    match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
 /// A `KeyValue` of static strings (no allocation).
 pub(crate) fn kv(key: &'static str, value: &'static str) -> KeyValue {
     KeyValue::new(key, value)
-}
-
-/// `http.request.method`'s value: the standard methods by name, anything else `_OTHER`
-/// (semantic conventions: a client cannot grow the metric's series).
-pub(crate) fn method_value(method: &http::Method) -> &'static str {
-    use http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
 }
 
 /// `error.type` for a 5xx status: the code as text (static, so no allocation).
@@ -261,14 +296,75 @@ pub(crate) fn server_error_type(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Builds an observable counter on `meter` holding a clone of a fresh `Arc` in its
+    /// callback, and says what [`records`] makes of it.
+    fn probe(meter: &Meter) -> bool {
+        let shared = std::sync::Arc::new(());
+        let held = std::sync::Arc::clone(&shared);
+        meter
+            .u64_observable_counter("probe")
+            .with_callback(move |_| {
+                let _ = &held;
+            })
+            .build();
+        records(&shared)
+    }
+
+    #[test]
+    fn records_tells_a_recording_provider_from_the_noop_one() {
+        use opentelemetry::metrics::MeterProvider;
+        use opentelemetry_sdk::metrics::{
+            Aggregation, InMemoryMetricExporter, Instrument, PeriodicReader, SdkMeterProvider,
+            Stream,
+        };
+
+        let noop = opentelemetry::metrics::NoopMeterProvider::new();
+        assert!(
+            !probe(&noop.meter("t")),
+            "the API's no-op meter records nothing"
+        );
+
+        let sdk = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        assert!(probe(&sdk.meter("t")), "an SDK with a reader records");
+
+        let unread = SdkMeterProvider::builder().build();
+        assert!(
+            !probe(&unread.meter("t")),
+            "an SDK without a reader records nothing"
+        );
+
+        let dropped = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .with_view(|i: &Instrument| {
+                (i.name() == "probe")
+                    .then(|| {
+                        Stream::builder()
+                            .with_aggregation(Aggregation::Drop)
+                            .build()
+                    })
+                    .and_then(Result::ok)
+            })
+            .build();
+        assert!(
+            !probe(&dropped.meter("t")),
+            "an instrument a view drops records nothing"
+        );
+        for p in [sdk, unread, dropped] {
+            let _ = p.shutdown();
+        }
+    }
+
     #[test]
     fn error_types_are_the_codes() {
         assert_eq!(server_error_type(500), "500");
         assert_eq!(server_error_type(503), "503");
         assert_eq!(server_error_type(511), "511");
         assert_eq!(server_error_type(599), "_OTHER");
-        assert_eq!(method_value(&http::Method::GET), "GET");
+        assert_eq!(METHODS[method_index(&http::Method::GET)], "GET");
+        assert_eq!(METHODS[method_index(&http::Method::TRACE)], "TRACE");
         let odd = http::Method::from_bytes(b"PURGE").unwrap();
-        assert_eq!(method_value(&odd), "_OTHER");
+        assert_eq!(METHODS[method_index(&odd)], "_OTHER");
     }
 }

@@ -160,11 +160,10 @@ impl Shared {
         match &self.engine {
             Engine::Memory => {
                 #[cfg(feature = "opentelemetry")]
-                let started = super::clock::stopwatch();
+                let started = self.otel.stopwatch();
                 let verdict = self.decide_memory(checks, Source::Backend);
                 #[cfg(feature = "opentelemetry")]
-                self.otel
-                    .memory_duration(super::clock::seconds_since(started));
+                self.otel.memory_duration(started);
                 Some(verdict)
             }
             #[cfg(feature = "redis")]
@@ -260,11 +259,10 @@ impl Shared {
         bump(&self.counters.backend_calls);
         let sent_at = self.clock.now_micros();
         #[cfg(feature = "opentelemetry")]
-        let started = super::clock::stopwatch();
+        let started = self.otel.stopwatch();
         let answer = redis.backend.decide(&items, checks.cost, sent_at).await;
         #[cfg(feature = "opentelemetry")]
-        self.otel
-            .redis_duration(super::clock::seconds_since(started));
+        self.otel.redis_duration(started);
         match answer {
             Ok((allowed, decisions)) => Verdict {
                 allowed,

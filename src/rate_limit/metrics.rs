@@ -78,11 +78,18 @@ impl Counters {
 }
 
 /// The layer's OpenTelemetry instruments and its attribute sets, built once with the layer
-/// (see [`telemetry`](crate::telemetry)): recording allocates nothing.
+/// (see [`telemetry`](crate::telemetry)): recording allocates nothing. The counters are the
+/// layer's own atomics, reported by observable instruments when the provider collects, so
+/// a decision makes no SDK call; only the decision duration is a histogram recorded per
+/// request. When nothing records (no provider), a layer holds `None` and skips even the
+/// clock readings.
 #[cfg(feature = "opentelemetry")]
 pub(super) mod otel {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use opentelemetry::KeyValue;
-    use opentelemetry::metrics::{Counter, Histogram, Meter};
+    use opentelemetry::metrics::{Histogram, Meter, ObservableCounter};
 
     use crate::telemetry::{self, attribute, kv};
 
@@ -104,8 +111,29 @@ pub(super) mod otel {
         "degraded_rejected",
     ];
 
-    /// One quota's attribute sets.
+    /// Adds one (relaxed: the counts order nothing).
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports `count` with `attributes` when it has counted anything (a synchronous counter
+    /// has no series before its first increment either).
+    fn observe(
+        observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
+        count: &AtomicU64,
+        attributes: &[KeyValue],
+    ) {
+        let n = count.load(Ordering::Relaxed);
+        if n > 0 {
+            observer.observe(n, attributes);
+        }
+    }
+
+    /// One quota's counts and attribute sets.
     struct PerQuota {
+        /// Decisions per [`Outcome`].
+        counts: [AtomicU64; 5],
+        near: AtomicU64,
         /// (policy, result) for each [`Outcome`].
         results: [[KeyValue; 2]; 5],
         policy: [KeyValue; 1],
@@ -115,47 +143,57 @@ pub(super) mod otel {
 
     /// The instruments of a Redis backend.
     #[cfg(feature = "redis")]
-    pub(in crate::rate_limit) struct ScriptMetrics {
-        calls: Counter<u64>,
+    pub(in crate::rate_limit) struct ScriptMetrics(Option<Arc<ScriptLive>>);
+
+    #[cfg(feature = "redis")]
+    struct ScriptLive {
+        calls: AtomicU64,
         decisions: Histogram<u64>,
     }
 
     #[cfg(feature = "redis")]
     impl ScriptMetrics {
         pub(in crate::rate_limit) fn new(meter: &Meter) -> Self {
-            ScriptMetrics {
-                calls: meter
-                    .u64_counter(telemetry::RATE_LIMIT_SCRIPT_CALLS)
-                    .with_unit("{call}")
-                    .with_description("Rate limit script calls sent to Redis.")
-                    .build(),
+            let live = Arc::new(ScriptLive {
+                calls: AtomicU64::new(0),
                 decisions: meter
                     .u64_histogram(telemetry::RATE_LIMIT_SCRIPT_DECISIONS)
                     .with_unit("{decision}")
                     .with_description("Requests' decisions carried by one script call.")
                     .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
                     .build(),
-            }
+            });
+            let counts = Arc::clone(&live);
+            meter
+                .u64_observable_counter(telemetry::RATE_LIMIT_SCRIPT_CALLS)
+                .with_unit("{call}")
+                .with_description("Rate limit script calls sent to Redis.")
+                .with_callback(move |o| observe(o, &counts.calls, &[]))
+                .build();
+            ScriptMetrics(telemetry::records(&live).then_some(live))
         }
 
         /// One script call carrying `decisions` requests' decisions.
         pub(in crate::rate_limit) fn call(&self, decisions: usize) {
-            self.calls.add(1, &[]);
-            self.decisions.record(decisions as u64, &[]);
+            if let Some(live) = &self.0 {
+                bump(&live.calls);
+                live.decisions.record(decisions as u64, &[]);
+            }
         }
     }
 
-    /// The instruments of one layer.
-    pub(in crate::rate_limit) struct LayerMetrics {
-        decisions: Counter<u64>,
-        near_limit: Counter<u64>,
+    /// The instruments of one layer; `None` when nothing records.
+    pub(in crate::rate_limit) struct LayerMetrics(Option<Arc<Live>>);
+
+    struct Live {
         duration: Histogram<f64>,
         #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        deny_cache_hits: Counter<u64>,
+        deny_cache_hits: AtomicU64,
         quotas: Box<[PerQuota]>,
-        /// The result alone: decisions no quota took (Redis failed, failure mode `Open`
-        /// or `Closed`).
-        unattributed: [[KeyValue; 1]; 5],
+        /// Decisions no quota took (Redis failed, failure mode `Open` or `Closed`), per
+        /// [`Outcome`], and their attributes (the result alone).
+        unattributed: [AtomicU64; 5],
+        unattributed_attributes: [[KeyValue; 1]; 5],
         memory: [KeyValue; 1],
         #[cfg_attr(not(feature = "redis"), allow(dead_code))]
         redis: [KeyValue; 1],
@@ -173,6 +211,8 @@ pub(super) mod otel {
                     let policy = KeyValue::new(attribute::RATE_LIMIT_POLICY, name.clone());
                     let used = (share * burst as f64).ceil().clamp(1.0, burst as f64) as u64;
                     PerQuota {
+                        counts: Default::default(),
+                        near: AtomicU64::new(0),
                         results: RESULTS
                             .map(|r| [policy.clone(), kv(attribute::RATE_LIMIT_RESULT, r)]),
                         near_remaining: burst - used,
@@ -180,69 +220,118 @@ pub(super) mod otel {
                     }
                 })
                 .collect();
-            LayerMetrics {
-                decisions: meter
-                    .u64_counter(telemetry::RATE_LIMIT_DECISIONS)
-                    .with_unit("{decision}")
-                    .with_description("Rate limit decisions, by quota and result.")
-                    .build(),
-                near_limit: meter
-                    .u64_counter(telemetry::RATE_LIMIT_NEAR_LIMIT)
-                    .with_unit("{decision}")
-                    .with_description("Admissions that left a quota nearly used up.")
-                    .build(),
+            let live = Arc::new(Live {
                 duration: meter
                     .f64_histogram(telemetry::RATE_LIMIT_DECISION_DURATION)
                     .with_unit("s")
                     .with_description("Time to a rate limit verdict from the backend.")
                     .with_boundaries(telemetry::FAST_DURATION_BOUNDARIES.to_vec())
                     .build(),
-                deny_cache_hits: meter
-                    .u64_counter(telemetry::RATE_LIMIT_DENY_CACHE_HITS)
-                    .with_unit("{decision}")
-                    .with_description("Refusals answered by the local deny cache.")
-                    .build(),
+                deny_cache_hits: AtomicU64::new(0),
                 quotas,
-                unattributed: RESULTS.map(|r| [kv(attribute::RATE_LIMIT_RESULT, r)]),
+                unattributed: Default::default(),
+                unattributed_attributes: RESULTS.map(|r| [kv(attribute::RATE_LIMIT_RESULT, r)]),
                 memory: [kv(attribute::RATE_LIMIT_BACKEND, "memory")],
                 redis: [kv(attribute::RATE_LIMIT_BACKEND, "redis")],
-            }
+            });
+            let counts = Arc::clone(&live);
+            let _: ObservableCounter<u64> = meter
+                .u64_observable_counter(telemetry::RATE_LIMIT_DECISIONS)
+                .with_unit("{decision}")
+                .with_description("Rate limit decisions, by quota and result.")
+                .with_callback(move |o| {
+                    for q in counts.quotas.iter() {
+                        for (count, attributes) in q.counts.iter().zip(&q.results) {
+                            observe(o, count, attributes);
+                        }
+                    }
+                    for (count, attributes) in counts
+                        .unattributed
+                        .iter()
+                        .zip(&counts.unattributed_attributes)
+                    {
+                        observe(o, count, attributes);
+                    }
+                })
+                .build();
+            let counts = Arc::clone(&live);
+            meter
+                .u64_observable_counter(telemetry::RATE_LIMIT_NEAR_LIMIT)
+                .with_unit("{decision}")
+                .with_description("Admissions that left a quota nearly used up.")
+                .with_callback(move |o| {
+                    for q in counts.quotas.iter() {
+                        observe(o, &q.near, &q.policy);
+                    }
+                })
+                .build();
+            let counts = Arc::clone(&live);
+            meter
+                .u64_observable_counter(telemetry::RATE_LIMIT_DENY_CACHE_HITS)
+                .with_unit("{decision}")
+                .with_description("Refusals answered by the local deny cache.")
+                .with_callback(move |o| observe(o, &counts.deny_cache_hits, &[]))
+                .build();
+            LayerMetrics(telemetry::records(&live).then_some(live))
+        }
+
+        /// Whether anything records (the layer then times its decisions).
+        pub(in crate::rate_limit) fn on(&self) -> bool {
+            self.0.is_some()
         }
 
         /// One decision under quota `i` (an index in the layer's limits).
         pub(in crate::rate_limit) fn decision(&self, i: usize, outcome: Outcome) {
-            self.decisions
-                .add(1, &self.quotas[i].results[outcome as usize]);
+            if let Some(live) = &self.0 {
+                bump(&live.quotas[i].counts[outcome as usize]);
+            }
         }
 
         /// One decision no quota took.
         pub(in crate::rate_limit) fn unattributed(&self, outcome: Outcome) {
-            self.decisions.add(1, &self.unattributed[outcome as usize]);
+            if let Some(live) = &self.0 {
+                bump(&live.unattributed[outcome as usize]);
+            }
         }
 
         /// An admission under quota `i` that left `remaining`.
         pub(in crate::rate_limit) fn admitted(&self, i: usize, remaining: u64) {
-            let q = &self.quotas[i];
-            if remaining <= q.near_remaining {
-                self.near_limit.add(1, &q.policy);
+            if let Some(live) = &self.0 {
+                let q = &live.quotas[i];
+                if remaining <= q.near_remaining {
+                    bump(&q.near);
+                }
             }
         }
 
-        /// A memory backend verdict took `seconds`.
-        pub(in crate::rate_limit) fn memory_duration(&self, seconds: f64) {
-            self.duration.record(seconds, &self.memory);
+        /// A stopwatch reading for a decision's duration, when anything records.
+        pub(in crate::rate_limit) fn stopwatch(&self) -> Option<u64> {
+            self.0.as_ref().map(|_| super::super::clock::stopwatch())
         }
 
-        /// A Redis verdict took `seconds`.
+        /// A memory backend verdict started at `started` ([`stopwatch`](Self::stopwatch)).
+        pub(in crate::rate_limit) fn memory_duration(&self, started: Option<u64>) {
+            if let (Some(live), Some(started)) = (&self.0, started) {
+                let seconds = super::super::clock::seconds_since(started);
+                live.duration.record(seconds, &live.memory);
+            }
+        }
+
+        /// A Redis verdict started at `started` ([`stopwatch`](Self::stopwatch)).
         #[cfg(feature = "redis")]
-        pub(in crate::rate_limit) fn redis_duration(&self, seconds: f64) {
-            self.duration.record(seconds, &self.redis);
+        pub(in crate::rate_limit) fn redis_duration(&self, started: Option<u64>) {
+            if let (Some(live), Some(started)) = (&self.0, started) {
+                let seconds = super::super::clock::seconds_since(started);
+                live.duration.record(seconds, &live.redis);
+            }
         }
 
         /// The deny cache answered.
         #[cfg(feature = "redis")]
         pub(in crate::rate_limit) fn deny_cache_hit(&self) {
-            self.deny_cache_hits.add(1, &[]);
+            if let Some(live) = &self.0 {
+                bump(&live.deny_cache_hits);
+            }
         }
     }
 }

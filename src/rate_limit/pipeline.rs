@@ -216,6 +216,9 @@ impl Shared {
     #[cfg(feature = "opentelemetry")]
     fn record(&self, verdict: &Verdict) {
         use super::metrics::otel::Outcome;
+        if !self.otel.on() {
+            return;
+        }
         let degraded = matches!(
             verdict.source,
             Source::Degraded | Source::Refused(RejectReason::Unavailable, _)

@@ -1084,23 +1084,20 @@ impl Inner {
         run: impl AsyncFnOnce(&mut Conn) -> driver::RedisResult<T>,
     ) -> Result<T, RedisError> {
         #[cfg(feature = "opentelemetry")]
-        let started = std::time::Instant::now();
+        let started = self.metrics.stopwatch();
         let mut lease = match self.begin(bypass).await {
             Ok(lease) => lease,
             Err(err) => {
                 #[cfg(feature = "opentelemetry")]
-                self.metrics
-                    .call(started.elapsed().as_secs_f64(), Some(err.kind()));
+                self.metrics.call(started, Some(err.kind()));
                 return Err(err);
             }
         };
         let result = timeout(self.command_timeout, run(&mut lease.conn)).await;
         let result = self.finish(lease, result, what);
         #[cfg(feature = "opentelemetry")]
-        self.metrics.call(
-            started.elapsed().as_secs_f64(),
-            result.as_ref().err().map(RedisError::kind),
-        );
+        self.metrics
+            .call(started, result.as_ref().err().map(RedisError::kind));
         result
     }
 

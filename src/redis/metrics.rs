@@ -37,7 +37,10 @@ fn kind_value(kind: RedisErrorKind) -> &'static str {
     }
 }
 
+/// The connection's instruments. `on` is false when nothing records (no provider): then
+/// a call reads no clock and makes no instrument call.
 pub(super) struct RedisMetrics {
+    on: bool,
     duration: Histogram<f64>,
     errors: Counter<u64>,
     reconnects: Counter<u64>,
@@ -57,7 +60,11 @@ impl RedisMetrics {
     pub(super) fn new(meter: &Meter, server: &str, state: Weak<dyn BreakerState>) -> Self {
         let server = KeyValue::new(attribute::SERVER_ADDRESS, server.to_owned());
         let gauge_server = [server.clone()];
-        RedisMetrics {
+        // Held by the gauge's callback while the provider keeps it (see `records`).
+        let probe = std::sync::Arc::new(());
+        let held = std::sync::Arc::clone(&probe);
+        let mut metrics = RedisMetrics {
+            on: false,
             duration: meter
                 .f64_histogram(telemetry::REDIS_COMMAND_DURATION)
                 .with_unit("s")
@@ -84,6 +91,7 @@ impl RedisMetrics {
                 .with_unit("1")
                 .with_description("Circuit breaker state: 0 closed, 1 open, 2 half-open.")
                 .with_callback(move |observer| {
+                    let _ = &held;
                     if let Some(state) = state.upgrade() {
                         observer.observe(state.gauge_value(), &gauge_server);
                     }
@@ -93,11 +101,21 @@ impl RedisMetrics {
             moved: ["opened", "reopened", "closed"]
                 .map(|t| [server.clone(), kv(attribute::REDIS_BREAKER_TRANSITION, t)]),
             server: [server],
-        }
+        };
+        metrics.on = telemetry::records(&probe);
+        metrics
     }
 
-    /// A call ended after `seconds` (`error`: how it failed).
-    pub(super) fn call(&self, seconds: f64, error: Option<RedisErrorKind>) {
+    /// A stopwatch for a call, when anything records.
+    pub(super) fn stopwatch(&self) -> Option<std::time::Instant> {
+        self.on.then(std::time::Instant::now)
+    }
+
+    /// A call started at `started` ([`stopwatch`](Self::stopwatch)) ended (`error`: how it
+    /// failed).
+    pub(super) fn call(&self, started: Option<std::time::Instant>, error: Option<RedisErrorKind>) {
+        let Some(started) = started else { return };
+        let seconds = started.elapsed().as_secs_f64();
         match error {
             None => self.duration.record(seconds, &self.server),
             Some(kind) => {
@@ -111,11 +129,17 @@ impl RedisMetrics {
 
     /// The connection was re-established.
     pub(super) fn reconnect(&self) {
+        if !self.on {
+            return;
+        }
         self.reconnects.add(1, &self.server);
     }
 
     /// The breaker changed state.
     pub(super) fn transition(&self, t: Transition) {
+        if !self.on {
+            return;
+        }
         let i = match t {
             Transition::Opened(_) => 0,
             Transition::Reopened(_) => 1,

@@ -94,15 +94,13 @@ impl Shared {
     pub(super) async fn call<T>(&self, op: Op, fut: StoreFuture<'_, T>) -> Result<T, StoreError> {
         let timeout = self.config.store_timeout;
         #[cfg(feature = "opentelemetry")]
-        let started = std::time::Instant::now();
+        let started = self.config.metrics.stopwatch();
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::timeout(timeout)),
         };
         #[cfg(feature = "opentelemetry")]
-        self.config
-            .metrics
-            .call(op, result.is_ok(), started.elapsed().as_secs_f64());
+        self.config.metrics.call(op, result.is_ok(), started);
         #[cfg(not(feature = "opentelemetry"))]
         let _ = op;
         if let Err(error) = &result {

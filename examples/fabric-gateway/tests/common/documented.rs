@@ -77,6 +77,8 @@ pub fn prometheus_series(name: &str, instrument: &str, unit: &str) -> Vec<String
         other => panic!("{name}: no translation for unit {other:?} here"),
     };
     let base = format!("{}{suffix}", name.replace('.', "_"));
+    // Observable or not, an instrument exports the same kind of series.
+    let instrument = instrument.trim_end_matches(" (observable)");
     if instrument.contains("histogram") {
         vec![
             format!("{base}_bucket"),
