@@ -22,6 +22,7 @@
 //! | `naive-redis` | a plain middleware making one `EVALSHA` of a small GCRA script per request over one multiplexed connection: the baseline of `redis` |
 //! | `full` | correlation id, cookie policy, rate limit (memory, per IP and per session as in the README) and sessions (memory store), as in `examples/axum_app.rs` |
 //!
+//! Port 0 asks the kernel for a free port; the server prints the address it listens on.
 //! No tracing subscriber is installed: every variant pays only the layers' own work.
 //! The server runs on a multi-threaded Tokio runtime (`BENCH_WORKERS` threads, default:
 //! one per core) and stops on Ctrl-C or `SIGTERM`.
