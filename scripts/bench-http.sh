@@ -144,7 +144,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 step "building examples/bench_http.rs (release)"
 cargo build --release --example bench_http --message-format=json-render-diagnostics >"$work/build.json"
