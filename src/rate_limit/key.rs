@@ -127,18 +127,30 @@ impl LimitKey {
     /// Hashes `(id, self)` in as few writes as possible (one for an IPv4 address): the memory
     /// backend does it on every decision.
     pub(crate) fn hash_with_id<H: Hasher>(&self, id: u32, state: &mut H) {
-        let id = u128::from(id) << 64;
+        let wide_id = u128::from(id) << 64;
         match &self.0 {
-            Repr::V4(ip) => state.write_u128(id | (4 << 32) | u128::from(ip.to_bits())),
+            Repr::V4(ip) => state.write_u128(wide_id | (4 << 32) | u128::from(ip.to_bits())),
             Repr::V6(ip, p) => {
                 state.write_u128(ip.to_bits());
-                state.write_u128(id | (6 << 32) | u128::from(*p));
+                state.write_u128(wide_id | (6 << 32) | u128::from(*p));
             }
-            Repr::Text(t) => {
-                state.write(t.as_bytes());
-                state.write_u128(id | (1 << 32));
-            }
-            Repr::Global => state.write_u128(id),
+            Repr::Text(t) => Self::hash_text_with_id(t.as_bytes(), id, state),
+            Repr::Global => state.write_u128(wide_id),
+        }
+    }
+
+    /// What [`hash_with_id`](Self::hash_with_id) writes for a text key (the memory backend
+    /// also hashes a copy of the text it holds).
+    pub(crate) fn hash_text_with_id<H: Hasher>(text: &[u8], id: u32, state: &mut H) {
+        state.write(text);
+        state.write_u128((u128::from(id) << 64) | (1 << 32));
+    }
+
+    /// The text of a text key.
+    pub(crate) fn text(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Text(t) => Some(t),
+            _ => None,
         }
     }
 }

@@ -1,10 +1,9 @@
 //! The in-process backend: sharded, bounded, exact.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use hashbrown::HashTable;
 
@@ -22,8 +21,8 @@ const DEFAULT_SHARDS: usize = 64;
 
 /// In-process limiter state: per-instance limits (or the local fallback of the Redis backend).
 ///
-/// * **Sharded**: keys are hashed once (SipHash with a random key, so clients cannot aim at one
-///   shard) into 64 shards, each a `Mutex<HashMap>`; a decision locks one shard (a request with
+/// * **Sharded**: keys are hashed once (foldhash keyed from the operating system's randomness,
+///   so clients cannot aim at one shard; the hash never leaves the process) into 64 shards, each a `Mutex<HashMap>`; a decision locks one shard (a request with
 ///   several quotas locks its shards in ascending order, so multi-quota decisions are atomic
 ///   and deadlock-free).
 /// * **Bounded**: at most `max_keys` keys (default 100 000). A key whose bucket is full again
@@ -40,7 +39,11 @@ const DEFAULT_SHARDS: usize = 64;
 ///   network of up to /64 or the global key is stored exactly in 16 bytes: a GCRA entry takes
 ///   24 bytes (100k clients: 2.4 MB, mostly in cache), a window entry 48 bytes, plus a heap
 ///   ring of 16 bytes per admission once a key has two or more inside its window (at most
-///   `min(limit, max_slots)`). Other keys (text) take 16 bytes more, plus the text.
+///   `min(limit, max_slots)`); a refusal of a client that used up its quota reads the entry
+///   only. A text key of up to 42 bytes (the built-in ones: `u:`, `s:`, `h:` and 32 hex
+///   digits) is copied into its entry, so that a lookup compares it without following a
+///   pointer: a GCRA entry takes 56 bytes, a window entry 80. Longer texts (and IPv6 keys
+///   grouped by more than /64) are held by the entry as the [`LimitKey`] itself.
 ///
 /// ```
 /// use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
@@ -63,7 +66,7 @@ struct Inner {
     shard_mask: u64,
     shard_cap: usize,
     max_keys: usize,
-    hasher: RandomState,
+    hasher: TableHasher,
     names: Names,
     evicted_live: AtomicU64,
 }
@@ -111,7 +114,7 @@ impl MemoryBackendBuilder {
                 shard_mask: (shards - 1) as u64,
                 shard_cap,
                 max_keys: self.max_keys,
-                hasher: RandomState::new(),
+                hasher: TableHasher::new(),
                 names: Names::default(),
                 evicted_live: AtomicU64::new(0),
             }),
@@ -132,6 +135,34 @@ impl fmt::Debug for MemoryBackend {
             .field("max_keys", &self.inner.max_keys)
             .field("shards", &self.inner.shards.len())
             .finish()
+    }
+}
+
+/// The hash of the tables' keys: foldhash (a few multiplications per key, where SipHash takes
+/// tens of nanoseconds on a text key), keyed with seeds drawn from the operating system's
+/// randomness (through the standard `RandomState`), per backend and per process, so that
+/// clients cannot aim their keys at one shard or one probe sequence without knowing them.
+/// The hash never leaves the process (Redis key names and logs use the key's text).
+/// Even keys built to collide could only lengthen probes within one shard, which holds at
+/// most `max_keys / shards` entries.
+struct TableHasher {
+    seed: u64,
+    shared: &'static foldhash::SharedSeed,
+}
+
+impl TableHasher {
+    fn new() -> Self {
+        static SHARED: OnceLock<foldhash::SharedSeed> = OnceLock::new();
+        let shared =
+            SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(RandomState::new().hash_one(0)));
+        TableHasher {
+            seed: RandomState::new().hash_one(1),
+            shared,
+        }
+    }
+
+    fn hasher(&self) -> foldhash::quality::FoldHasher<'static> {
+        foldhash::quality::FoldHasher::with_seed(self.seed, self.shared)
     }
 }
 
@@ -240,13 +271,13 @@ impl MemoryBackend {
     }
 
     fn hash_wide(&self, id: u32, key: &LimitKey) -> u64 {
-        let mut h = self.inner.hasher.build_hasher();
+        let mut h = self.inner.hasher.hasher();
         key.hash_with_id(id, &mut h);
         h.finish()
     }
 
     fn hash_compact(&self, c: [u64; 2]) -> u64 {
-        let mut h = self.inner.hasher.build_hasher();
+        let mut h = self.inner.hasher.hasher();
         h.write_u128((u128::from(c[0]) << 64) | u128::from(c[1]));
         h.finish()
     }
@@ -415,10 +446,23 @@ trait KeyForm: Sized {
 /// `(id, key)` of an IPv4 address, an IPv6 network of up to /64, or the global key.
 struct Compact([u64; 2]);
 
-/// `(id, key)` of any other key.
-struct Wide {
-    id: u32,
-    key: LimitKey,
+/// Text keys up to this length are stored in the table entry itself.
+const INLINE_TEXT: usize = 42;
+
+/// `(id, key)` of any other key. A text of up to [`INLINE_TEXT`] bytes (the built-in text
+/// keys: `u:`, `s:`, `h:` and 32 hex digits) is copied into the entry, so that a lookup
+/// compares it without following a pointer to another cache line; longer texts and IPv6
+/// addresses grouped by more than 64 bits keep the key itself.
+enum Wide {
+    Inline {
+        id: u32,
+        len: u8,
+        text: [u8; INLINE_TEXT],
+    },
+    Key {
+        id: u32,
+        key: LimitKey,
+    },
 }
 
 impl KeyForm for Compact {
@@ -451,19 +495,47 @@ impl KeyForm for Compact {
 
 impl KeyForm for Wide {
     fn make(p: &Probe<'_>) -> Self {
-        Wide {
-            id: p.id,
-            key: p.key.clone(),
+        match p.key.text() {
+            Some(t) if t.len() <= INLINE_TEXT => {
+                let mut text = [0; INLINE_TEXT];
+                text[..t.len()].copy_from_slice(t.as_bytes());
+                Wide::Inline {
+                    id: p.id,
+                    len: t.len() as u8,
+                    text,
+                }
+            }
+            _ => Wide::Key {
+                id: p.id,
+                key: p.key.clone(),
+            },
         }
     }
     fn id(&self) -> u32 {
-        self.id
+        match self {
+            Wide::Inline { id, .. } | Wide::Key { id, .. } => *id,
+        }
     }
     fn matches(&self, p: &Probe<'_>) -> bool {
-        self.id == p.id && self.key == *p.key
+        match self {
+            Wide::Inline { id, len, text } => {
+                *id == p.id
+                    && p.key
+                        .text()
+                        .is_some_and(|t| t.as_bytes() == &text[..usize::from(*len)])
+            }
+            Wide::Key { id, key } => *id == p.id && key == p.key,
+        }
     }
     fn hash(&self, backend: &MemoryBackend) -> u64 {
-        backend.hash_wide(self.id, &self.key)
+        match self {
+            Wide::Inline { id, len, text } => {
+                let mut h = backend.inner.hasher.hasher();
+                LimitKey::hash_text_with_id(&text[..usize::from(*len)], *id, &mut h);
+                h.finish()
+            }
+            Wide::Key { id, key } => backend.hash_wide(*id, key),
+        }
     }
     fn gcra(shard: &mut Shard) -> &mut HashTable<GcraSlot<Self>> {
         &mut shard.gcra_wide
@@ -781,8 +853,51 @@ mod tests {
     #[test]
     fn slots_are_small() {
         assert_eq!(std::mem::size_of::<GcraSlot<Compact>>(), 24);
-        assert_eq!(std::mem::size_of::<GcraSlot<Wide>>(), 40);
+        assert_eq!(std::mem::size_of::<GcraSlot<Wide>>(), 56);
         assert_eq!(std::mem::size_of::<WindowSlot<Compact>>(), 48);
+        assert_eq!(std::mem::size_of::<WindowSlot<Wide>>(), 80);
+    }
+
+    /// Text keys on both sides of the inline bound (and IPv6 keys, held whole) are found again
+    /// after the table grew (entries rehashed from their stored form), never confused with a
+    /// neighbour, and separate per quota name.
+    #[test]
+    fn wide_keys_inline_or_not_are_exact_across_table_growth() {
+        let backend = MemoryBackend::builder().max_keys(100_000).shards(1).build();
+        let a = backend.keyed("a", Quota::per_minute(1)).unwrap();
+        let b = backend
+            .keyed("b", Quota::rate(1, Duration::from_secs(60)))
+            .unwrap();
+        let now = 1_000 * S;
+        let mut keys: Vec<LimitKey> = (0..3_000)
+            .map(|i| LimitKey::new(format!("{}{i}", "k".repeat(i % (INLINE_TEXT + 8)))))
+            .collect();
+        keys.extend(
+            (0..200u128).map(|i| {
+                LimitKey::ip(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | i).into())
+            }),
+        );
+        keys.push(LimitKey::new(""));
+        for k in &keys {
+            assert!(a.check_at(k, 1, now).is_allowed(), "{k}");
+            assert!(b.check_at(k, 1, now).is_allowed(), "{k}");
+        }
+        assert_eq!(backend.len(), 2 * keys.len());
+        for k in &keys {
+            // Equal keys built apart (not the same allocation) are found.
+            let again = match k.text() {
+                Some(t) => LimitKey::new(t.to_owned()),
+                None => k.clone(),
+            };
+            assert!(!a.check_at(&again, 1, now).is_allowed(), "{k}");
+            assert!(!b.check_at(&again, 1, now).is_allowed(), "{k}");
+        }
+        for k in keys.iter().step_by(7) {
+            assert!(backend.reset("a", k));
+            assert!(a.check_at(k, 1, now).is_allowed(), "{k}");
+            assert!(!b.check_at(k, 1, now).is_allowed(), "{k}");
+        }
+        assert_eq!(backend.len(), 2 * keys.len());
     }
 
     #[test]
