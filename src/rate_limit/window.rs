@@ -28,111 +28,127 @@ use super::quota::Quota;
 pub(crate) struct Slot {
     /// Recorded admission time, unix microseconds.
     pub(crate) at: u64,
-    /// Units admitted at that time (0 only in an empty `head`).
+    /// Units admitted at that time.
     pub(crate) count: u64,
 }
 
 /// Per-key state of a window quota: slots in ascending time order.
 ///
-/// The oldest slot is kept inline; the newer ones live in a heap ring (with the sum of their
-/// counts, so that a decision reads the oldest slots only), allocated only when a key has two
-/// or more admissions inside its window. A key with at most one live admission (clients well
-/// under their quota) is decided without touching the heap, and the memory backend's table
-/// entry stays at 48 bytes.
+/// The oldest slot and the sum of all the counts are kept inline; the newer slots live in a
+/// heap ring, allocated only when a key has two or more admissions inside its window. So a
+/// decision whose oldest slot is still inside the window (every refusal of a client that used
+/// up its quota, whatever its limit) reads these 24 bytes only, and so does any decision for a
+/// key with at most one live admission (clients well under their quota); the memory backend's
+/// table entry stays at 48 bytes.
+///
+/// Counts are stored in 32 bits: the units inside a window never exceed the quota's limit,
+/// at most [`MAX_COUNT`](super::MAX_COUNT) (checked by [`Quota::validate`]), and older slots
+/// are pruned before a unit is added.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WindowState {
-    /// The oldest slot; `count == 0` when the state is empty.
-    head: Slot,
-    /// The newer slots (only if `head` is set).
+    /// The oldest slot's time (when `head_count > 0`).
+    head_at: u64,
+    /// Units in the oldest slot; 0 when the state is empty.
+    head_count: u32,
+    /// Units in all slots (in the window or not yet pruned).
+    total: u32,
+    /// The newer slots (only if the oldest is set).
     tail: Option<Box<Tail>>,
 }
 
+/// The newer slots, behind one pointer (8 bytes in the entry, not a `VecDeque`'s 32).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Tail {
-    slots: VecDeque<Slot>,
-    total: u64,
+struct Tail(VecDeque<Slot>);
+
+/// A count of units as stored (see [`WindowState`]: never above `u32::MAX` for a valid quota;
+/// saturates rather than wraps otherwise).
+fn units(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 impl WindowState {
     pub(crate) fn len(&self) -> usize {
-        usize::from(self.head.count > 0) + self.tail.as_ref().map_or(0, |t| t.slots.len())
+        usize::from(self.head_count > 0) + self.tail.as_ref().map_or(0, |t| t.0.len())
     }
 
     /// Units in all slots (in the window or not yet pruned).
     pub(crate) fn total(&self) -> u64 {
-        self.head.count + self.tail.as_ref().map_or(0, |t| t.total)
+        u64::from(self.total)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot> {
-        (self.head.count > 0)
-            .then_some(&self.head)
+    fn head(&self) -> Option<Slot> {
+        (self.head_count > 0).then_some(Slot {
+            at: self.head_at,
+            count: u64::from(self.head_count),
+        })
+    }
+
+    /// The slots, oldest first (the heap ring is read only past the oldest slot).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.head()
             .into_iter()
-            .chain(self.tail.iter().flat_map(|t| t.slots.iter()))
+            .chain(self.tail.iter().flat_map(|t| t.0.iter().copied()))
     }
 
-    fn get(&self, i: usize) -> Option<&Slot> {
+    fn get(&self, i: usize) -> Option<Slot> {
         match i {
-            0 => (self.head.count > 0).then_some(&self.head),
-            _ => self.tail.as_ref()?.slots.get(i - 1),
+            0 => self.head(),
+            _ => self.tail.as_ref()?.0.get(i - 1).copied(),
         }
     }
 
-    fn front(&self) -> Option<&Slot> {
-        self.get(0)
+    fn front(&self) -> Option<Slot> {
+        self.head()
     }
 
-    fn back(&self) -> Option<&Slot> {
-        match self.tail.as_ref().and_then(|t| t.slots.back()) {
-            Some(s) => Some(s),
-            None => self.front(),
+    fn back(&self) -> Option<Slot> {
+        match self.tail.as_ref().and_then(|t| t.0.back()) {
+            Some(s) => Some(*s),
+            None => self.head(),
         }
     }
 
     /// Adds `count` to the newest slot.
     fn add_to_back(&mut self, count: u64) {
-        match self.tail.as_mut() {
-            Some(t) if !t.slots.is_empty() => {
-                if let Some(s) = t.slots.back_mut() {
-                    s.count += count;
-                }
-                t.total += count;
-            }
-            _ => self.head.count += count,
+        match self.tail.as_mut().and_then(|t| t.0.back_mut()) {
+            Some(s) => s.count += count,
+            None => self.head_count = units(u64::from(self.head_count) + count),
         }
+        self.total = units(u64::from(self.total) + count);
     }
 
     fn pop_front(&mut self) {
-        let next = match self.tail.as_mut().and_then(|t| t.slots.pop_front()) {
+        self.total -= self.head_count;
+        match self.tail.as_mut().and_then(|t| t.0.pop_front()) {
             Some(s) => {
-                if let Some(t) = self.tail.as_mut() {
-                    t.total -= s.count;
-                }
-                s
+                self.head_at = s.at;
+                self.head_count = units(s.count);
             }
-            None => Slot::default(),
-        };
-        self.head = next;
+            None => self.head_count = 0,
+        }
     }
 
     fn push_back(&mut self, slot: Slot, capacity_hint: usize) {
-        if self.head.count == 0 {
-            self.head = slot;
+        self.total = units(u64::from(self.total) + slot.count);
+        if self.head_count == 0 {
+            self.head_at = slot.at;
+            self.head_count = units(slot.count);
             return;
         }
-        let tail = self.tail.get_or_insert_with(|| {
-            Box::new(Tail {
-                slots: VecDeque::with_capacity(capacity_hint),
-                total: 0,
-            })
-        });
-        tail.total += slot.count;
-        tail.slots.push_back(slot);
+        self.tail
+            .get_or_insert_with(|| Box::new(Tail(VecDeque::with_capacity(capacity_hint))))
+            .0
+            .push_back(slot);
     }
 }
 
 /// Index of the first slot still inside the window at `now`, and the units inside it.
-/// Scans from the oldest slot: usually none or one has left since the last admission.
+/// Scans from the oldest slot: usually none or one has left since the last admission, and
+/// when the oldest is still inside (every refusal of a saturated key) the ring is not read.
 fn live(state: &WindowState, now: u64, w: u64) -> (usize, u64) {
+    if state.head_count == 0 || state.head_at.saturating_add(w) > now {
+        return (0, state.total());
+    }
     let mut first = 0;
     let mut gone = 0;
     for s in state.iter() {
