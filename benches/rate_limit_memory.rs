@@ -33,7 +33,8 @@
 //!
 //! After the criterion cases, the bench prints same-run ratios measured by interleaving short
 //! slices of each limiter (robust to the load of other processes on a shared machine);
-//! `RATIOS_ONLY=1` prints only those.
+//! `RATIOS_ONLY=1` prints only those, `RATIOS_FILTER=TEXT` only the rows whose title contains
+//! TEXT (e.g. `RATIOS_FILTER="100000 keys, text"`).
 //!
 //! The memory backend is bounded at 262 144 keys (no eviction happens at 100k keys).
 //! A throughput line is printed per case: criterion's "thrpt" in decisions per second.
@@ -237,9 +238,14 @@ fn interleaved() {
     const SLICE: u64 = 200_000;
     const ROUNDS: usize = 30;
     println!("\ninterleaved ratios ({ROUNDS} rounds of {SLICE} decisions per limiter and case):");
+    // RATIOS_FILTER=TEXT keeps the rows whose title ("100000 keys, text, 1 thr") contains TEXT.
+    let filter = std::env::var("RATIOS_FILTER").unwrap_or_default();
     for &n_keys in &[1usize, 100_000] {
         for (kind, keys, lk) in Keys::kinds(n_keys) {
             for &threads in &[1usize, 2] {
+                if !format!("{n_keys} keys, {kind}, {threads} thr").contains(filter.as_str()) {
+                    continue;
+                }
                 let runs = jobs(&keys, &lk, threads);
                 let mut spent = vec![Duration::ZERO; runs.len()];
                 for round in 0..=ROUNDS {
