@@ -292,7 +292,20 @@ impl MemoryBackend {
             Some(c) => self.hash_compact(c),
             None => self.hash_wide(id, key),
         };
-        (Probe { id, key, compact }, hash)
+        let inline = if compact.is_none() {
+            InlineText::of(key)
+        } else {
+            None
+        };
+        (
+            Probe {
+                id,
+                key,
+                compact,
+                inline,
+            },
+            hash,
+        )
     }
 
     fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
@@ -427,6 +440,9 @@ struct Probe<'a> {
     id: u32,
     key: &'a LimitKey,
     compact: Option<[u64; 2]>,
+    /// The key's text if it is stored inline (copied once per decision, then compared as a
+    /// fixed-size array).
+    inline: Option<InlineText>,
 }
 
 /// How a table stores `(quota id, key)`: exactly, either as 16 bytes (IP addresses, global)
@@ -452,20 +468,36 @@ struct Compact([u64; 2]);
 /// then no longer fit the caches as well, which costs more than it saves (measured).
 const INLINE_TEXT: usize = 34;
 
+/// A text of up to [`INLINE_TEXT`] bytes, zero-padded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct InlineText {
+    len: u8,
+    text: [u8; INLINE_TEXT],
+}
+
+impl InlineText {
+    fn of(key: &LimitKey) -> Option<Self> {
+        let t = key.text()?.as_bytes();
+        let len = u8::try_from(t.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= INLINE_TEXT)?;
+        let mut text = [0; INLINE_TEXT];
+        text[..t.len()].copy_from_slice(t);
+        Some(InlineText { len, text })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+}
+
 /// `(id, key)` of any other key. A text of up to [`INLINE_TEXT`] bytes (the built-in text
 /// keys: `u:`, `s:`, `h:` and 32 hex digits) is copied into the entry, so that a lookup
 /// compares it without following a pointer to another cache line; longer texts and IPv6
 /// addresses grouped by more than 64 bits keep the key itself.
 enum Wide {
-    Inline {
-        id: u32,
-        len: u8,
-        text: [u8; INLINE_TEXT],
-    },
-    Key {
-        id: u32,
-        key: LimitKey,
-    },
+    Inline { id: u32, text: InlineText },
+    Key { id: u32, key: LimitKey },
 }
 
 impl KeyForm for Compact {
@@ -498,17 +530,9 @@ impl KeyForm for Compact {
 
 impl KeyForm for Wide {
     fn make(p: &Probe<'_>) -> Self {
-        match p.key.text() {
-            Some(t) if t.len() <= INLINE_TEXT => {
-                let mut text = [0; INLINE_TEXT];
-                text[..t.len()].copy_from_slice(t.as_bytes());
-                Wide::Inline {
-                    id: p.id,
-                    len: t.len() as u8,
-                    text,
-                }
-            }
-            _ => Wide::Key {
+        match p.inline {
+            Some(text) => Wide::Inline { id: p.id, text },
+            None => Wide::Key {
                 id: p.id,
                 key: p.key.clone(),
             },
@@ -521,20 +545,16 @@ impl KeyForm for Wide {
     }
     fn matches(&self, p: &Probe<'_>) -> bool {
         match self {
-            Wide::Inline { id, len, text } => {
-                *id == p.id
-                    && p.key
-                        .text()
-                        .is_some_and(|t| t.as_bytes() == &text[..usize::from(*len)])
-            }
+            // A fixed-size compare; a probe whose text does not fit is never equal to it.
+            Wide::Inline { id, text } => *id == p.id && p.inline.as_ref() == Some(text),
             Wide::Key { id, key } => *id == p.id && key == p.key,
         }
     }
     fn hash(&self, backend: &MemoryBackend) -> u64 {
         match self {
-            Wide::Inline { id, len, text } => {
+            Wide::Inline { id, text } => {
                 let mut h = backend.inner.hasher.hasher();
-                LimitKey::hash_text_with_id(&text[..usize::from(*len)], *id, &mut h);
+                LimitKey::hash_text_with_id(text.bytes(), *id, &mut h);
                 h.finish()
             }
             Wide::Key { id, key } => backend.hash_wide(*id, key),
