@@ -30,8 +30,8 @@
 //!   These are wall-clock times inside Redis: on a machine shared with other work they grow
 //!   with the load, so compare cases within one run (the `× base` column).
 //! * `cmds/req` (round trips): commands the client sent per request (script calls and plain
-//!   commands, not the ones scripts run), counted with `MONITOR` on a separate pass of 500
-//!   requests per case (`MONITOR` slows Redis, so never during the timed rounds). Every call
+//!   commands, not the ones scripts run), counted with `MONITOR`
+//!   (`rampart_test_support::CommandMonitor`) on a separate pass of 500 requests per case (`MONITOR` slows Redis, so never during the timed rounds). Every call
 //!   of the store is one round trip; the baseline's two commands go as one pipeline (one
 //!   round trip).
 //! * `nested/req`: commands run inside the scripts per request, and which.
@@ -43,10 +43,8 @@ use rampart_test_support as support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, header};
@@ -60,11 +58,6 @@ const PREFIX: &str = "bench:session:";
 const MONITORED: u64 = 500;
 const IDLE: Duration = Duration::from_secs(3600);
 const SCRIPTS: [&str; 4] = ["evalsha", "eval", "evalsha_ro", "eval_ro"];
-/// Commands of the bench's own control connections, left out of the `MONITOR` counts.
-const CONTROL: [&str; 8] = [
-    "echo", "info", "config", "monitor", "client", "hello", "ping", "keys",
-];
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Work {
     Nothing,
@@ -244,86 +237,6 @@ impl Target {
     }
 }
 
-/// Counts the commands Redis runs, by client and inside scripts, through `MONITOR`.
-struct Monitor {
-    lines: Arc<Mutex<Vec<String>>>,
-    stream: TcpStream,
-}
-
-impl Monitor {
-    fn start(port: u16) -> Self {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.write_all(b"MONITOR\r\n").unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut ok = String::new();
-        reader.read_line(&mut ok).unwrap();
-        assert!(ok.starts_with("+OK"), "MONITOR: {ok}");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { lines, stream }
-    }
-
-    /// Runs `work`, then waits until `MONITOR` has shown all of it; per command name, the
-    /// commands sent by clients and those run by scripts.
-    fn count(
-        &self,
-        server: &support::RedisServer,
-        work: impl FnOnce(),
-    ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-        // Everything before `work` shown and dropped, everything of `work` shown.
-        self.sync(server);
-        self.lines.lock().unwrap().clear();
-        work();
-        self.sync(server);
-        let (mut client, mut nested) = (BTreeMap::new(), BTreeMap::new());
-        for line in self.lines.lock().unwrap().iter() {
-            // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" "..." / [0 lua] "hmget" ...
-            let Some((source, rest)) = line.split_once("] \"") else {
-                continue;
-            };
-            let name = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
-            if source.ends_with(" lua") {
-                *nested.entry(name).or_default() += 1;
-            } else if !CONTROL.contains(&name.as_str()) {
-                *client.entry(name).or_default() += 1;
-            }
-        }
-        (client, nested)
-    }
-}
-
-impl Monitor {
-    /// Waits until `MONITOR` has shown a marker sent now (and so every command before it).
-    fn sync(&self, server: &support::RedisServer) {
-        static MARKERS: AtomicU64 = AtomicU64::new(0);
-        let marker = format!("bench-marker-{}", MARKERS.fetch_add(1, Ordering::Relaxed));
-        server.run::<String>(driver::cmd("ECHO").arg(&marker));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(&marker))
-        {
-            assert!(Instant::now() < deadline, "MONITOR did not show the marker");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-    }
-}
-
 /// `INFO cpu`: user + system CPU seconds of redis-server.
 fn process_cpu(server: &support::RedisServer) -> f64 {
     let info: String = server.run(driver::cmd("INFO").arg("cpu"));
@@ -433,14 +346,14 @@ fn main() {
     for case in Case::ALL {
         rt.block_on(target(case).run(200));
     }
-    let monitor = Monitor::start(server.port());
+    let monitor = server.monitor();
     let mut counts = BTreeMap::new();
     for case in Case::ALL {
         let t = target(case);
-        let (client, nested) = monitor.count(&server, || {
-            rt.block_on(t.run(MONITORED));
-        });
-        counts.insert(case.name(), (client, nested));
+        monitor.reset();
+        rt.block_on(t.run(MONITORED));
+        let seen = monitor.counts();
+        counts.insert(case.name(), (seen.sent, seen.nested));
     }
     drop(monitor);
 

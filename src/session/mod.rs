@@ -38,7 +38,7 @@
 //! | request | store round trips |
 //! |---|---|
 //! | no session cookie, or a forged / malformed one | 0 (1 if the handler writes: create) |
-//! | reads the session | 1 (load; the idle refresh rides along when due) |
+//! | reads the session | 1 (load; 2 on Redis when the idle refresh is due, at most once per quarter of the idle timeout) |
 //! | changes the session | 1 more (compare-and-set save); 1 per conflict |
 //! | unchanged session, or a `5xx` response | no write |
 //! | logout ([`Session::delete`]) | 1 (0 when the cookie was rejected) |

@@ -25,7 +25,8 @@ use super::store::{SessionRecord, SessionStore, UserSession};
 /// [`SessionLayer`](super::SessionLayer). Cheap to clone; clones share the same state.
 ///
 /// Nothing is read from the store until a method needs it; the first such call does one
-/// round trip (load, plus the idle refresh when due) and later calls reuse the result.
+/// round trip (load, plus the idle refresh when due: one more round trip on Redis, at most
+/// once per quarter of the idle timeout) and later calls reuse the result.
 /// Changes are kept in memory and written once, after the handler has answered, and only if
 /// something changed and the answer is not a server error (5xx).
 ///

@@ -20,7 +20,8 @@ const DEFAULT_PREFIX: &str = "rampart:session:";
 /// ARGV) and what it replies and leaves. Record fields come back in the order
 /// `v c a i x u d b`.
 pub(crate) mod lua {
-    /// Reads a session, refreshing its idle deadline when due.
+    /// Reads a session, refreshing its idle deadline when due (run after a plain `HMGET`
+    /// found the refresh due).
     pub(crate) const LOAD: &str = include_str!("lua/load.lua");
     /// Stores a new session, only if no live one has its key.
     pub(crate) const CREATE: &str = include_str!("lua/create.lua");
@@ -113,9 +114,12 @@ struct WaitSettings {
 
 /// Sessions in Redis: every instance behind the load balancer sees the same sessions.
 ///
-/// Each operation on a session is one Lua script on one key (one round trip, atomic); expiry
-/// is enforced both by the scripts (against the layer's clock) and by a Redis TTL set to the
-/// earlier of the idle and absolute deadlines, so abandoned sessions disappear by themselves.
+/// Each write of a session is one Lua script on one key (one round trip, atomic); a read is
+/// one plain `HMGET` of the record (scripts cost Redis several times the commands they run),
+/// followed by the LOAD script only when the idle refresh is due. Expiry is enforced both by
+/// the store (against the layer's clock: the scripts, and the same check in Rust after a
+/// read) and by a Redis TTL set to the earlier of the idle and absolute deadlines, so
+/// abandoned sessions disappear by themselves.
 ///
 /// Layout, for the default prefix `rampart:session:`:
 ///
@@ -132,7 +136,8 @@ struct WaitSettings {
 ///   [`list_user_sessions`](SessionStore::list_user_sessions) and
 ///   [`delete_user_session`](SessionStore::delete_user_session).
 ///
-/// Round trips: load 1 (idle refresh included), save 1, delete 1, create 1; a create with a
+/// Round trips: load 1 (2 when the idle refresh is due, at most once per quarter of the idle
+/// timeout: the `HMGET`, then the LOAD script), save 1, delete 1, create 1; a create with a
 /// user adds 1 (the index entry, written first); a save that gives the session a user, or
 /// another user, or moves its absolute deadline later, costs 3 (the refused save, the index
 /// entry, the save). Sign out everywhere: at most 3 on a single server (read the index, one
@@ -151,8 +156,8 @@ struct WaitSettings {
 /// - Every script declares exactly one key, written with a hash tag (`{...}`), so it runs
 ///   on the node that owns that key's slot; no script or pipeline spans two slots (a
 ///   cluster refuses `CROSSSLOT`). Every operation on one session is therefore one atomic
-///   script on one node, with the same guarantees as on one server (compare-and-set saves,
-///   create only if absent, logout wins, expiry).
+///   script (or, for a read, one `HMGET`) on one node, with the same guarantees as on one
+///   server (compare-and-set saves, create only if absent, logout wins, expiry).
 /// - A session and its user's index live in different slots (often on different masters),
 ///   so they are never written together atomically; the index design below does not need
 ///   them to be. Sign out everywhere groups its deletes by slot.
@@ -681,6 +686,9 @@ fn text(v: &Value) -> Option<String> {
     bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
 }
 
+/// The fields of a record, in the order the scripts reply them.
+const RECORD_FIELDS: [&str; 8] = ["v", "c", "a", "i", "x", "u", "d", "b"];
+
 /// A record from the 8 fields `v c a i x u d b`.
 fn record(fields: &[Value]) -> Result<SessionRecord, StoreError> {
     let [v, c, a, i, x, u, d, b] = fields else {
@@ -738,10 +746,29 @@ impl SessionStore for RedisStore {
         refresh: bool,
     ) -> StoreFuture<'a, Option<SessionRecord>> {
         Box::pin(async move {
+            // A plain HMGET: no script for the usual read (a script call costs Redis several
+            // times the command it runs). Liveness is judged as the scripts judge it.
+            let redis_key = self.redis_key(key);
+            let fields: Value = self
+                .conn
+                .query(driver::cmd("HMGET").arg(&redis_key).arg(&RECORD_FIELDS))
+                .await
+                .map_err(store_error)?;
+            let fields = array(fields)?;
+            if fields.first().is_none_or(|v| *v == Value::Nil) {
+                return Ok(None);
+            }
+            let found = record(&fields)?;
+            if found.is_expired(now) {
+                return Ok(None);
+            }
+            if !(refresh && found.needs_refresh(now)) {
+                return Ok(Some(found));
+            }
+            // The idle refresh is due (at most once per quarter of the idle timeout): LOAD
+            // checks again and refreshes atomically, and its reply is the record.
             let mut inv = LOAD.prepare_invoke();
-            inv.key(self.redis_key(key))
-                .arg(now)
-                .arg(if refresh { "1" } else { "0" });
+            inv.key(redis_key).arg(now).arg("1");
             match self.conn.invoke_script(&inv).await.map_err(store_error)? {
                 Value::Nil => Ok(None),
                 reply => record(&array(reply)?).map(Some),

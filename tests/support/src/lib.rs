@@ -26,14 +26,15 @@
 //! by key prefix), and a fresh [`RedisServer`] otherwise.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tower_rampart::redis::RedisConfig;
@@ -498,6 +499,147 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// Starts watching the commands this server runs (`MONITOR`), to count round trips:
+    /// commands sent by clients apart from those run inside scripts. A plain server only
+    /// (no TLS). `MONITOR` slows the server: never while timing.
+    pub fn monitor(&self) -> CommandMonitor {
+        assert!(
+            self.settings.tls.is_none(),
+            "CommandMonitor: plain servers only"
+        );
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))
+            .expect("connect for MONITOR");
+        stream
+            .set_read_timeout(None)
+            .expect("MONITOR: blocking reads");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone the MONITOR stream"));
+        if let Some(password) = &self.settings.password {
+            stream
+                .write_all(
+                    format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()).as_bytes(),
+                )
+                .expect("send AUTH");
+            let mut ok = String::new();
+            reader.read_line(&mut ok).expect("AUTH reply");
+            assert!(ok.starts_with("+OK"), "AUTH: {ok}");
+        }
+        stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR reply");
+        assert!(ok.starts_with("+OK"), "MONITOR: {ok}");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        CommandMonitor {
+            lines,
+            stream,
+            port: self.port,
+            password: self.settings.password.clone(),
+        }
+    }
+}
+
+/// The commands a [`RedisServer`] ran since the last [`CommandMonitor::reset`], as `MONITOR`
+/// shows them. Commands of the harness itself (`INFO`, `CONFIG`, `ECHO`, `CLIENT`, `HELLO`,
+/// `AUTH`, `SELECT`, `MONITOR`) are left out.
+pub struct CommandMonitor {
+    lines: Arc<Mutex<Vec<String>>>,
+    stream: std::net::TcpStream,
+    port: u16,
+    password: Option<String>,
+}
+
+/// What a [`CommandMonitor`] saw, by lower-case command name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    /// Commands sent by clients (script calls included): one round trip each, unless
+    /// pipelined.
+    pub sent: BTreeMap<String, u64>,
+    /// Commands run inside scripts.
+    pub nested: BTreeMap<String, u64>,
+}
+
+impl CommandCounts {
+    /// All commands sent by clients.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.values().sum()
+    }
+
+    /// All commands run inside scripts.
+    pub fn nested_total(&self) -> u64 {
+        self.nested.values().sum()
+    }
+}
+
+const HARNESS_COMMANDS: [&str; 8] = [
+    "info", "config", "echo", "client", "hello", "auth", "select", "monitor",
+];
+
+impl CommandMonitor {
+    /// Forgets every command run so far.
+    pub fn reset(&self) {
+        self.sync();
+        self.lines.lock().unwrap().clear();
+    }
+
+    /// The commands run since the last [`reset`](Self::reset) (or the start).
+    pub fn counts(&self) -> CommandCounts {
+        self.sync();
+        let mut counts = CommandCounts::default();
+        for line in self.lines.lock().unwrap().iter() {
+            // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" ... / [0 lua] "hmget" ...
+            let Some((source, rest)) = line.split_once("] \"") else {
+                continue;
+            };
+            let name = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
+            if source.ends_with(" lua") {
+                *counts.nested.entry(name).or_default() += 1;
+            } else if !HARNESS_COMMANDS.contains(&name.as_str()) {
+                *counts.sent.entry(name).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Waits until `MONITOR` has shown a marker sent now, so every command before it.
+    fn sync(&self) {
+        static MARKERS: AtomicU64 = AtomicU64::new(0);
+        let marker = format!(
+            "rampart-monitor-marker-{}",
+            MARKERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = sync_connection_to(self.port, None, self.password.as_deref())
+            .expect("connect to test redis-server");
+        let _: String = driver::cmd("ECHO")
+            .arg(&marker)
+            .query(&mut conn)
+            .expect("ECHO");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&marker))
+        {
+            assert!(Instant::now() < deadline, "MONITOR did not show the marker");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for CommandMonitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -6,13 +6,25 @@
 -- Leaves: a fresh hash with v = '1', c a i x d from ARGV, u only if has_user, b only if a binding
 -- is given, expiring in ttl
 -- milliseconds. An expired leftover under the key is removed first.
-local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
-local now = tonumber(ARGV[1])
-local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
-if alive then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8])
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'u', ARGV[7]) end
-if ARGV[10] and ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[10]) end
+-- Commands: EXISTS, one HSET, PEXPIRE for a free key (the usual case: keys are random); the
+-- fields are read (HMGET v a i x) only when the key exists, and DEL runs only on a leftover.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x')
+  local now = tonumber(ARGV[1])
+  local alive = r[1] and now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
+  if alive then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+local user = ARGV[6] == '1'
+local bound = ARGV[10] and ARGV[10] ~= ''
+if user and bound then
+  redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8], 'u', ARGV[7], 'b', ARGV[10])
+elseif bound then
+  redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8], 'b', ARGV[10])
+elseif user then
+  redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8], 'u', ARGV[7])
+else
+  redis.call('HSET', KEYS[1], 'v', '1', 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], 'x', ARGV[5], 'd', ARGV[8])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 return 1

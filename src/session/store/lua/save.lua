@@ -11,16 +11,37 @@
 -- written); {2, old u, old x} when written.
 -- Leaves (when written): v incremented, c a i x d from ARGV, u set or removed (has_user), b set
 -- or removed (binding), the key expiring in ttl milliseconds.
-local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
+-- Commands (when written): HMGET of the fields it decides on (v a i x u b), one HSET of every
+-- field written, HDEL only of a u or b that is there and must go, PEXPIRE. A conflict reads
+-- the whole record again (HMGET v c a i x u d b) for its reply. (The HSET is spelled out per
+-- case: building its arguments in a table costs Redis more than the branches.)
+local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x', 'u', 'b')
 local now = tonumber(ARGV[1])
-local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
+local alive = r[1] and now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
 if not alive then return {0} end
-if r[1] ~= ARGV[2] then return {1, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]} end
-if ARGV[7] == '1' and ARGV[11] ~= '1' and (r[6] ~= ARGV[8] or tonumber(ARGV[6]) > tonumber(r[5])) then
+if r[1] ~= ARGV[2] then
+  local o = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
+  return {1, o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8]}
+end
+if ARGV[7] == '1' and ARGV[11] ~= '1' and (r[5] ~= ARGV[8] or tonumber(ARGV[6]) > tonumber(r[4])) then
   return {3}
 end
-redis.call('HSET', KEYS[1], 'v', tostring(tonumber(r[1]) + 1), 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9])
-if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'u', ARGV[8]) else redis.call('HDEL', KEYS[1], 'u') end
-if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[12]) else redis.call('HDEL', KEYS[1], 'b') end
+local v = tostring(tonumber(r[1]) + 1)
+local user = ARGV[7] == '1'
+local bound = ARGV[12] and ARGV[12] ~= ''
+if user and bound then
+  redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'u', ARGV[8], 'b', ARGV[12])
+elseif bound then
+  redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'b', ARGV[12])
+elseif user then
+  redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'u', ARGV[8])
+else
+  redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9])
+end
+if not user and r[5] then
+  if not bound and r[6] then redis.call('HDEL', KEYS[1], 'u', 'b') else redis.call('HDEL', KEYS[1], 'u') end
+elseif not bound and r[6] then
+  redis.call('HDEL', KEYS[1], 'b')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[10])
-return {2, r[6], r[5]}
+return {2, r[5], r[4]}
