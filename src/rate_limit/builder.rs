@@ -14,7 +14,9 @@ use super::memory::MemoryBackend;
 use super::metrics::Counters;
 use super::pipeline::{Shared, Slot};
 use super::quota::Quota;
-use super::response::{JsonRejection, RejectionBody, policy_value};
+use super::response::{
+    JsonRejection, RejectReason, Rejection, RejectionBody, policy_value, status_prefix,
+};
 use super::service::RateLimitLayer;
 use crate::clock::{Clock, Throttle};
 
@@ -44,6 +46,8 @@ pub struct RateLimitBuilder {
     failure_mode: FailureMode,
     local_fallback: Option<MemoryBackend>,
     rejection: Arc<dyn RejectionBody>,
+    /// Whether `rejection` was set (else the default bodies are rendered at build).
+    custom_rejection: bool,
     #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
     #[cfg(feature = "opentelemetry")]
@@ -75,6 +79,7 @@ impl RateLimitBuilder {
             failure_mode: FailureMode::Local,
             local_fallback: None,
             rejection: Arc::new(JsonRejection),
+            custom_rejection: false,
             #[cfg(feature = "opentelemetry")]
             meter: None,
             #[cfg(feature = "opentelemetry")]
@@ -153,6 +158,7 @@ impl RateLimitBuilder {
     /// The body of refusals (default [`JsonRejection`]).
     pub fn rejection_body(mut self, body: impl RejectionBody) -> Self {
         self.rejection = Arc::new(body);
+        self.custom_rejection = true;
         self
     }
 
@@ -249,6 +255,16 @@ impl RateLimitBuilder {
             .into_iter()
             .map(|l| Slot {
                 ids: engine.intern(&memory, &l.name),
+                status_prefix: status_prefix(&l.name),
+                exceeded_body: (!self.custom_rejection).then(|| {
+                    let refusal = Rejection {
+                        reason: RejectReason::Exceeded,
+                        quota: Some((&l.name, &l.quota)),
+                        cost: self.fixed_cost,
+                        retry_after: None,
+                    };
+                    JsonRejection.body(&refusal).1
+                }),
                 name: l.name.into(),
                 quota: l.quota,
                 key: l.key,

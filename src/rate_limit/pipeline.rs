@@ -29,6 +29,11 @@ use crate::clock::{Clock, Throttle};
 /// One quota of the layer, ready to check.
 pub(super) struct Slot {
     pub(super) name: Arc<str>,
+    /// `"name";r=`, the start of this quota's `RateLimit` item.
+    pub(super) status_prefix: Box<str>,
+    /// The default JSON body of a refusal by this quota ([`RejectReason::Exceeded`]), rendered
+    /// when the layer is built; `None` with a custom [`RejectionBody`].
+    pub(super) exceeded_body: Option<Vec<u8>>,
     pub(super) quota: Quota,
     pub(super) key: Arc<dyn KeyExtractor>,
     pub(super) missing: MissingKey,
@@ -273,26 +278,34 @@ impl Shared {
         verdict: &Verdict,
         refused_only: bool,
     ) -> (HeaderValue, Option<HeaderValue>) {
-        let mut status = String::new();
+        let mut status = String::with_capacity(
+            verdict
+                .statuses
+                .iter()
+                .map(|&(i, _)| self.limits[i].status_prefix.len() + 30)
+                .sum(),
+        );
         for &(i, d) in &verdict.statuses {
             if refused_only && d.is_allowed() {
                 continue;
             }
             push_status(
                 &mut status,
-                &self.limits[i].name,
+                &self.limits[i].status_prefix,
                 d.remaining(),
                 d.reset_us(),
             );
         }
+        // The string becomes the header's bytes as it is (no copy).
         let status = (!status.is_empty())
-            .then(|| HeaderValue::from_str(&status).ok())
+            .then(|| HeaderValue::try_from(status).ok())
             .flatten();
         (self.policy.clone(), status)
     }
 
     fn rejection(&self, verdict: &Verdict, grpc: bool) -> http::Response<Vec<u8>> {
-        let mut headers = HeaderMap::new();
+        // RateLimit-Policy, RateLimit, Retry-After, Content-Type (and gRPC's two).
+        let mut headers = HeaderMap::with_capacity(6);
         let (reason, quota, retry) = match verdict.source {
             Source::Refused(reason, idx) => (reason, idx, None),
             _ => {
@@ -333,7 +346,13 @@ impl Shared {
             cost: verdict.cost,
             retry_after: retry,
         };
-        rejection_response(&rejection, grpc, &*self.rejection, headers)
+        let rendered = quota
+            .and_then(|i| self.limits[i].exceeded_body.as_ref())
+            .filter(|_| reason == RejectReason::Exceeded);
+        rejection_response(&rejection, grpc, headers, |r| match rendered {
+            Some(body) => (HeaderValue::from_static("application/json"), body.clone()),
+            None => self.rejection.body(r),
+        })
     }
 }
 

@@ -231,12 +231,39 @@ pub(crate) fn policy_value<'a>(quotas: impl Iterator<Item = (&'a str, &'a Quota)
     out
 }
 
-/// One `"name";r=3;t=42` item.
-pub(crate) fn push_status(out: &mut String, name: &str, remaining: u64, reset_us: u64) {
+/// The start of a quota's `RateLimit` item, `"name";r=`, rendered once when the layer is
+/// built.
+pub(crate) fn status_prefix(name: &str) -> Box<str> {
+    format!("\"{name}\";r=").into_boxed_str()
+}
+
+/// One `"name";r=3;t=42` item, after its [`status_prefix`]: written byte by byte, without the
+/// formatting machinery (this runs on every admitted request).
+pub(crate) fn push_status(out: &mut String, prefix: &str, remaining: u64, reset_us: u64) {
     if !out.is_empty() {
         out.push_str(", ");
     }
-    let _ = write!(out, "\"{name}\";r={remaining};t={}", ceil_secs(reset_us));
+    out.push_str(prefix);
+    push_u64(out, remaining);
+    out.push_str(";t=");
+    push_u64(out, ceil_secs(reset_us));
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Whether the request is gRPC (`content-type: application/grpc…`).
@@ -263,8 +290,8 @@ fn grpc_message(msg: &str) -> HeaderValue {
 pub(crate) fn rejection_response(
     rejection: &Rejection<'_>,
     grpc: bool,
-    body: &dyn RejectionBody,
     headers: HeaderMap,
+    body: impl FnOnce(&Rejection<'_>) -> (HeaderValue, Vec<u8>),
 ) -> http::Response<Vec<u8>> {
     let mut resp = http::Response::new(Vec::new());
     *resp.headers_mut() = headers;
@@ -290,7 +317,7 @@ pub(crate) fn rejection_response(
         return resp;
     }
     *resp.status_mut() = rejection.status();
-    let (content_type, bytes) = body.body(rejection);
+    let (content_type, bytes) = body(rejection);
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, content_type);
     *resp.body_mut() = bytes;
@@ -318,7 +345,7 @@ mod tests {
     fn default_body_and_headers() {
         let q = Quota::per_minute(10);
         let r = rejection(&q, RejectReason::Exceeded);
-        let resp = rejection_response(&r, false, &JsonRejection, HeaderMap::new());
+        let resp = rejection_response(&r, false, HeaderMap::new(), |r| JsonRejection.body(r));
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             String::from_utf8(resp.body().clone()).unwrap(),
@@ -327,7 +354,8 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "3");
         assert_eq!(resp.headers()["content-type"], "application/json");
         let m = rejection(&q, RejectReason::MissingKey);
-        let body = rejection_response(&m, false, &JsonRejection, HeaderMap::new()).into_body();
+        let body =
+            rejection_response(&m, false, HeaderMap::new(), |r| JsonRejection.body(r)).into_body();
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"detail": "Rate limit exceeded: no key for quota \"ip\""}"#
@@ -338,7 +366,7 @@ mod tests {
     fn grpc_gets_a_trailers_only_response() {
         let q = Quota::per_minute(10);
         let r = rejection(&q, RejectReason::Exceeded);
-        let resp = rejection_response(&r, true, &JsonRejection, HeaderMap::new());
+        let resp = rejection_response(&r, true, HeaderMap::new(), |r| JsonRejection.body(r));
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["grpc-status"], "8");
         assert_eq!(
@@ -352,7 +380,7 @@ mod tests {
             cost: 1,
             retry_after: None,
         };
-        let resp = rejection_response(&u, true, &JsonRejection, HeaderMap::new());
+        let resp = rejection_response(&u, true, HeaderMap::new(), |r| JsonRejection.body(r));
         assert_eq!(resp.headers()["grpc-status"], "14");
         assert_eq!(grpc_message("50% ü"), "50%25 %C3%BC");
     }
@@ -366,9 +394,14 @@ mod tests {
             r#""ip";q=10;w=60, "session";q=5;w=2"#
         );
         let mut s = String::new();
-        push_status(&mut s, "ip", 3, 41_000_001);
-        push_status(&mut s, "session", 0, 0);
+        push_status(&mut s, &status_prefix("ip"), 3, 41_000_001);
+        push_status(&mut s, &status_prefix("session"), 0, 0);
         assert_eq!(s, r#""ip";r=3;t=42, "session";r=0;t=0"#);
+        for n in [0, 7, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
         assert_eq!(ceil_secs(1), 1);
         assert_eq!(ceil_secs(2_000_000), 2);
     }
