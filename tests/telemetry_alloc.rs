@@ -102,11 +102,17 @@ async fn recording_allocates_nothing_per_request() {
     cost(&mut quiet, 10).await;
     cost(&mut recorded, 10).await;
 
-    let quiet_cost = cost(&mut quiet, 100).await;
-    let recorded_cost = cost(&mut recorded, 100).await;
+    // The fewest allocations of three rounds each: a per-request allocation shows in every
+    // round (+100), while a one-off of the runtime or the allocator under load (seen once on a
+    // loaded CI machine: +2 in one round) does not fail the test.
+    let (mut quiet_cost, mut recorded_cost) = (u64::MAX, u64::MAX);
+    for _ in 0..3 {
+        quiet_cost = quiet_cost.min(cost(&mut quiet, 100).await);
+        recorded_cost = recorded_cost.min(cost(&mut recorded, 100).await);
+    }
     assert_eq!(
         recorded_cost, quiet_cost,
-        "allocations for 100 requests: {recorded_cost} recorded by the SDK, {quiet_cost} without a provider"
+        "allocations for 100 requests (fewest of 3 rounds): {recorded_cost} recorded by the SDK, {quiet_cost} without a provider"
     );
     // And the SDK did record them.
     let points = otel.points();
@@ -119,7 +125,7 @@ async fn recording_allocates_nothing_per_request() {
                 ("http.response.status_code", "200")
             ]
         ),
-        110.0
+        310.0
     );
 }
 
