@@ -29,6 +29,7 @@ use tower_rampart::rate_limit::{
 use tower_rampart::redis::{RedisConnection, driver};
 
 const GCRA_KEYS: &str = include_str!("../src/rate_limit/redis/lua/assembled/gcra_keys.lua");
+const GCRA_ONE: &str = include_str!("../src/rate_limit/redis/lua/assembled/gcra_one.lua");
 const WINDOW_KEYS: &str = include_str!("../src/rate_limit/redis/lua/assembled/window_keys.lua");
 const MULTI: &str = include_str!("../src/rate_limit/redis/lua/assembled/multi.lua");
 const BATCH: &str = include_str!("../src/rate_limit/redis/lua/assembled/batch.lua");
@@ -202,14 +203,18 @@ async fn window_keys_run_by_hand_answers_like_the_backend() {
     }
 }
 
+/// `gcra_keys` for one key and `gcra_one` (what the backend sends for a request decided
+/// alone), each run by hand on a key of its own, decide and store exactly what the backend
+/// does.
 #[tokio::test]
-async fn gcra_keys_run_by_hand_answers_like_the_backend() {
+async fn gcra_keys_and_gcra_one_run_by_hand_answer_like_the_backend() {
     let clock = ManualClock::new(T0);
     let (redis, conn, backend) = setup(&clock).await;
     let limiter = backend.keyed("g", gcra_quota()).unwrap();
     let key = LimitKey::new("client");
     let ours = backend.key_name("g", &key);
     let by_hand = format!("{}eval:{{client}}:g", redis.prefix);
+    let by_hand_one = format!("{}one:{{client}}:g", redis.prefix);
     let mut outcomes = Vec::new();
     for (step, &(gap, cost)) in STEPS.iter().enumerate() {
         clock.advance(Duration::from_micros(gap));
@@ -218,10 +223,26 @@ async fn gcra_keys_run_by_hand_answers_like_the_backend() {
         let reply = eval(&conn, GCRA_KEYS, &[&by_hand], &[cost, now, T, B]).await;
         assert_eq!(reply.len(), 1, "step {step}");
         assert_eq!(gcra_reply(reply[0], cost), want, "step {step}");
+        let one: i64 = conn
+            .query(
+                driver::cmd("EVAL")
+                    .arg(GCRA_ONE)
+                    .arg(1)
+                    .arg(&by_hand_one)
+                    .arg(&[cost, now, T, B]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(gcra_reply(one, cost), want, "step {step}: gcra_one");
         assert_eq!(
             raw(&conn, &by_hand).await,
             raw(&conn, &ours).await,
             "step {step}"
+        );
+        assert_eq!(
+            raw(&conn, &by_hand_one).await,
+            raw(&conn, &ours).await,
+            "step {step}: gcra_one"
         );
         outcomes.push((want.allowed, want.impossible));
     }

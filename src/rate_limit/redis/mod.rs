@@ -617,7 +617,7 @@ impl RedisBackend {
         self.run_alone(items, cost, now).await
     }
 
-    /// One script call for one request (`GCRA_KEYS` or `WINDOW_KEYS` with one key, or
+    /// One script call for one request (`GCRA_ONE`, `WINDOW_KEYS` with one key, or
     /// `MULTI`); on a cluster, a request whose keys span slots is split.
     async fn run_alone(
         &self,
@@ -641,6 +641,15 @@ impl RedisBackend {
                 let reply = self.run_split(checks, cost, now).await?;
                 return scripts::decode_multi(defs(), &reply);
             }
+        }
+        if let [item] = items
+            && let Some((mut inv, decode)) =
+                Definition::of(item.quota).one_key_invocation(cost, now)
+        {
+            inv.key(self.key_name(item.name, item.key));
+            let reply: i64 = self.inner.conn.invoke_script(&inv).await?;
+            let decision = decode(reply);
+            return Ok((decision.allowed, vec![decision]));
         }
         let mut inv = match items {
             [item] => Definition::of(item.quota).keys_invocation(cost, now),

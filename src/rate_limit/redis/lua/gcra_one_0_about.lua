@@ -1,0 +1,13 @@
+-- gcra_one: one GCRA quota for one key: a single request decided alone (batching off, or
+-- no other request waiting). The decision of gcra_keys for one key, without its loop, its
+-- MGET and its reply table, which cost Redis more than the decision itself.
+-- KEYS[1]: the key. ARGV: cost, now (microseconds; 0: the server's TIME), interval
+--   (microseconds per unit), burst (units).
+-- Stores: when admitted with cost > 0, the key's new TAT (theoretical arrival time,
+--   microseconds) as decimal text, expiring (PX, rounded up) when the bucket is full again:
+--   the state gcra_keys writes.
+-- Reply: one integer, as gcra_keys replies per key: admitted, the microseconds of the bucket
+--   in use (>= 0); refused, minus the retry time (<= -1); refused because the cost exceeds
+--   the burst, -2^52 minus the microseconds in use.
+-- Assembled from gcra_one_1_read.lua gcra_step.lua gcra_one_2_write.lua
+--   (src/rate_limit/redis/lua/, see README.md there).
