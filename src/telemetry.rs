@@ -276,6 +276,26 @@ pub(crate) fn method_index(method: &http::Method) -> usize {
     }
 }
 
+/// Adds one to a count a layer keeps for an observable counter (relaxed: the counts order
+/// nothing).
+pub(crate) fn bump(count: &std::sync::atomic::AtomicU64) {
+    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reports `count` with `attributes` from an observable counter's callback, once it has
+/// counted anything (a synchronous counter has no series before its first increment
+/// either).
+pub(crate) fn observe(
+    observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
+    count: &std::sync::atomic::AtomicU64,
+    attributes: &[KeyValue],
+) {
+    let n = count.load(std::sync::atomic::Ordering::Relaxed);
+    if n > 0 {
+        observer.observe(n, attributes);
+    }
+}
+
 /// A `KeyValue` of static strings (no allocation).
 pub(crate) fn kv(key: &'static str, value: &'static str) -> KeyValue {
     KeyValue::new(key, value)

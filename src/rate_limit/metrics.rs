@@ -86,12 +86,13 @@ impl Counters {
 #[cfg(feature = "opentelemetry")]
 pub(super) mod otel {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use opentelemetry::KeyValue;
     use opentelemetry::metrics::{Histogram, Meter, ObservableCounter};
 
-    use crate::telemetry::{self, attribute, kv};
+    use super::bump;
+    use crate::telemetry::{self, attribute, kv, observe};
 
     /// What a decision was, as `rampart.rate_limit.result` (the index of its attributes).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,24 +111,6 @@ pub(super) mod otel {
         "degraded_allowed",
         "degraded_rejected",
     ];
-
-    /// Adds one (relaxed: the counts order nothing).
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reports `count` with `attributes` when it has counted anything (a synchronous counter
-    /// has no series before its first increment either).
-    fn observe(
-        observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
-        count: &AtomicU64,
-        attributes: &[KeyValue],
-    ) {
-        let n = count.load(Ordering::Relaxed);
-        if n > 0 {
-            observer.observe(n, attributes);
-        }
-    }
 
     /// One quota's counts and attribute sets.
     struct PerQuota {

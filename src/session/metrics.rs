@@ -2,14 +2,14 @@
 //! created once with the [`SessionConfig`](super::SessionConfig): recording allocates nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
+use opentelemetry::metrics::{Histogram, Meter};
 
 use super::commit::{Op, Resolution};
-use crate::telemetry::{self, attribute, kv};
+use crate::telemetry::{self, attribute, bump, kv, observe};
 
 const OPS: [&str; 7] = [
     "load",
@@ -44,18 +44,6 @@ impl std::fmt::Debug for SessionMetrics {
             .field("on", &self.0.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// Reports `count` when it has counted anything (as a synchronous counter would).
-fn observe(observer: &dyn AsyncInstrument<u64>, count: &AtomicU64, attributes: &[KeyValue]) {
-    let n = count.load(Ordering::Relaxed);
-    if n > 0 {
-        observer.observe(n, attributes);
-    }
-}
-
-fn bump(count: &AtomicU64) {
-    count.fetch_add(1, Ordering::Relaxed);
 }
 
 impl SessionMetrics {
