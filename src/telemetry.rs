@@ -51,7 +51,13 @@
 //! instruments at all: no clock reading, no instrument call, no allocation per request (the
 //! correlation layer still reads the clock for its access event). The same holds for an
 //! instrument a view of the SDK drops: the layer whose counters are all dropped stops
-//! timing too.
+//! timing too, because a layer learns whether anything records from its observable
+//! instruments only (the API tells nothing of a histogram). So a view that drops
+//! `http.server.active_requests` also silences `http.server.request.duration` (the
+//! correlation layer's one observable instrument), one that drops
+//! `rampart.redis.breaker.state` silences the Redis connection's metrics, and
+//! the rate limit and session layers go quiet only when all their counters are dropped.
+//! To keep a duration, keep its layer's counters.
 //!
 //! **With a provider**, counts are kept in the layer's own atomics and reported by
 //! observable (asynchronous) instruments when the provider collects: a decision, an active

@@ -22,9 +22,9 @@ const DEFAULT_SHARDS: usize = 64;
 /// In-process limiter state: per-instance limits (or the local fallback of the Redis backend).
 ///
 /// * **Sharded**: keys are hashed once (foldhash keyed from the operating system's randomness,
-///   so clients cannot aim at one shard; the hash never leaves the process) into 64 shards, each a `Mutex<HashMap>`; a decision locks one shard (a request with
-///   several quotas locks its shards in ascending order, so multi-quota decisions are atomic
-///   and deadlock-free).
+///   so clients cannot aim at one shard; the hash never leaves the process) into 64 shards,
+///   each a `Mutex<HashMap>`; a decision locks one shard (a request with several quotas locks
+///   its shards in ascending order, so multi-quota decisions are atomic and deadlock-free).
 /// * **Bounded**: at most `max_keys` keys (default 100 000). A key whose bucket is full again
 ///   is equivalent to an absent key, so reclaiming it changes no decision: when a shard is
 ///   full, an eighth of its entries are dropped — expired ones first (exact). Only if fewer
