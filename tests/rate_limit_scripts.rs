@@ -31,6 +31,7 @@ use tower_rampart::redis::{RedisConnection, driver};
 const GCRA_KEYS: &str = include_str!("../src/rate_limit/redis/lua/assembled/gcra_keys.lua");
 const GCRA_ONE: &str = include_str!("../src/rate_limit/redis/lua/assembled/gcra_one.lua");
 const WINDOW_KEYS: &str = include_str!("../src/rate_limit/redis/lua/assembled/window_keys.lua");
+const WINDOW_ONE: &str = include_str!("../src/rate_limit/redis/lua/assembled/window_one.lua");
 const MULTI: &str = include_str!("../src/rate_limit/redis/lua/assembled/multi.lua");
 const BATCH: &str = include_str!("../src/rate_limit/redis/lua/assembled/batch.lua");
 
@@ -166,8 +167,41 @@ const STEPS: [(u64, u64); 12] = [
     (30_000_000, 3),
 ];
 
+/// A window decision from window_one's reply: admitted, one integer `reset * (limit + 1) +
+/// remaining`; otherwise window_keys' three integers.
+fn window_one_reply(limit: u64, reply: &driver::Value) -> Seen {
+    match reply {
+        driver::Value::Int(v) => {
+            let v = *v as u64;
+            Seen {
+                allowed: true,
+                remaining: v % (limit + 1),
+                reset_us: v / (limit + 1),
+                retry_us: None,
+                impossible: false,
+            }
+        }
+        driver::Value::Array(values) => {
+            let [
+                driver::Value::Int(v),
+                driver::Value::Int(reset),
+                driver::Value::Int(retry),
+            ] = values.as_slice()
+            else {
+                panic!("window_one replied {values:?}");
+            };
+            assert!(*v < 0, "an admission that fits is packed: {values:?}");
+            window_reply(*v, *reset, *retry)
+        }
+        other => panic!("window_one replied {other:?}"),
+    }
+}
+
+/// `window_keys` for one key and `window_one` (what the backend sends for a request decided
+/// alone), each run by hand on a key of its own, decide and store exactly what the backend
+/// does, exact and bucketed.
 #[tokio::test]
-async fn window_keys_run_by_hand_answers_like_the_backend() {
+async fn window_keys_and_window_one_run_by_hand_answer_like_the_backend() {
     for (quota, def) in [
         (window_quota(), WINDOW_DEF),
         (bucketed_quota(), BUCKETED_DEF),
@@ -178,6 +212,7 @@ async fn window_keys_run_by_hand_answers_like_the_backend() {
         let key = LimitKey::new("client");
         let ours = backend.key_name("w", &key);
         let by_hand = format!("{}eval:{{client}}:w", redis.prefix);
+        let by_hand_one = format!("{}one:{{client}}:w", redis.prefix);
         let mut refused = 0;
         for (step, &(gap, cost)) in STEPS.iter().enumerate() {
             clock.advance(Duration::from_micros(gap));
@@ -192,10 +227,30 @@ async fn window_keys_run_by_hand_answers_like_the_backend() {
                 want,
                 "{quota:?} step {step}"
             );
+            let one: driver::Value = conn
+                .query(
+                    driver::cmd("EVAL")
+                        .arg(WINDOW_ONE)
+                        .arg(1)
+                        .arg(&by_hand_one)
+                        .arg(&args),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                window_one_reply(def[1], &one),
+                want,
+                "{quota:?} step {step}: window_one"
+            );
             assert_eq!(
                 raw(&conn, &by_hand).await,
                 raw(&conn, &ours).await,
                 "{quota:?} step {step}"
+            );
+            assert_eq!(
+                raw(&conn, &by_hand_one).await,
+                raw(&conn, &ours).await,
+                "{quota:?} step {step}: window_one"
             );
             refused += usize::from(!want.allowed);
         }

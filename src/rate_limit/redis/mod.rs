@@ -9,7 +9,7 @@ use super::decision::QuotaDecision;
 use super::key::LimitKey;
 use super::quota::{Quota, QuotaError};
 use crate::clock::Clock;
-use crate::redis::{RedisConnection, RedisError, RedisErrorKind};
+use crate::redis::{RedisConnection, RedisError, RedisErrorKind, driver};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "rampart:rl:";
@@ -617,7 +617,7 @@ impl RedisBackend {
         self.run_alone(items, cost, now).await
     }
 
-    /// One script call for one request (`GCRA_ONE`, `WINDOW_KEYS` with one key, or
+    /// One script call for one request (`GCRA_ONE`, `WINDOW_ONE`, or
     /// `MULTI`); on a cluster, a request whose keys span slots is split.
     async fn run_alone(
         &self,
@@ -642,19 +642,14 @@ impl RedisBackend {
                 return scripts::decode_multi(defs(), &reply);
             }
         }
-        if let [item] = items
-            && let Some((mut inv, decode)) =
-                Definition::of(item.quota).one_key_invocation(cost, now)
-        {
+        if let [item] = items {
+            let (mut inv, decode) = Definition::of(item.quota).one_key_invocation(cost, now);
             inv.key(self.key_name(item.name, item.key));
-            let reply: i64 = self.inner.conn.invoke_script(&inv).await?;
-            let decision = decode(reply);
+            let reply: driver::Value = self.inner.conn.invoke_script(&inv).await?;
+            let decision = decode(&reply).ok_or_else(scripts::replied_shape)?;
             return Ok((decision.allowed, vec![decision]));
         }
-        let mut inv = match items {
-            [item] => Definition::of(item.quota).keys_invocation(cost, now),
-            _ => scripts::multi_invocation(defs(), cost, now),
-        };
+        let mut inv = scripts::multi_invocation(defs(), cost, now);
         for item in items {
             inv.key(self.key_name(item.name, item.key));
         }
@@ -676,13 +671,6 @@ impl RedisBackend {
             }
             Err(e) => return Err(e),
         };
-        if let [item] = items {
-            let width = Definition::of(item.quota).width();
-            if reply.len() != width {
-                return Err(scripts::replied(reply.len()));
-            }
-            return scripts::decode_keys(defs(), cost, &reply);
-        }
         scripts::decode_multi(defs(), &reply)
     }
 

@@ -37,7 +37,7 @@ end
 local px, dirty, ndirty = {}, {}, 0
 local text = {}
 local memo_stamp, memo_cost, memo_q = -1, -1, -1
-local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
+local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0
 local reply, r = {}, 0
 local stage = {}
 local last, nreq, i = #argv, -1, 0

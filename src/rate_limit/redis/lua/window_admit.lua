@@ -1,6 +1,7 @@
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces.
+--   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
+--   when they are nil and needed).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -29,6 +30,10 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
+    if not counts_head then
+      counts_head = string.char(counts_tag) .. high0
+      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then

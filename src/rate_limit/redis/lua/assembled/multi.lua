@@ -160,28 +160,33 @@ if g > 1 then
 end
 -- multi_5_pieces.lua: declares the pieces window_fresh.lua assigns.
 -- Reads: nothing.
--- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh (nil).
-        local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh
+-- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0 (nil).
+        local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0
 -- window_fresh.lua: the pieces of a window state written at stamp with cost.
 -- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
--- Assigns (the script declares them, so that a batch can keep them across keys):
---   ones_head, ones_slot (tag and high part, and the new slot, of a state without counts),
---   counts_tag, counts_head, counts_slot (the same with counts of wc0 bytes), and fresh,
---   the state holding only the new slot.
-local high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
-ones_head = string.char(112 + 16 * wt0) .. high0
-ones_slot = pk(F[wt0], stamp % M0)
+-- Assigns (the script declares them, so that a batch can keep them across keys): high0
+--   (the high part of stamp), counts_tag (the tag of the quota's form with counts of wc0
+--   bytes), fresh (the state holding only the new slot), and the pieces of an appended slot:
+--   for cost 1, ones_head and ones_slot (tag and high part, and the new slot, of a state
+--   without counts); otherwise counts_head and counts_slot (the same with counts). A cost of
+--   1 leaves counts_head nil: window_admit builds both counts pieces when a state with counts
+--   needs them (rare), which saves every other decision their packing.
+high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 counts_tag = 112 + 16 * wt0 + wc0
-counts_head = string.char(counts_tag) .. high0
-counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
 if cost == 1 then
+  ones_head = string.char(112 + 16 * wt0) .. high0
+  ones_slot = pk(F[wt0], stamp % M0)
   fresh = ones_head .. ones_slot
+  counts_head = nil
 else
+  counts_head = string.char(counts_tag) .. high0
+  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
   fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces.
+--   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
+--   when they are nil and needed).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -210,6 +215,10 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
+    if not counts_head then
+      counts_head = string.char(counts_tag) .. high0
+      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then
