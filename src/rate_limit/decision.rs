@@ -189,7 +189,7 @@ pub struct RateLimitDecision {
     pub(super) allowed: bool,
     pub(super) shadow: bool,
     pub(super) degraded: bool,
-    pub(super) quotas: Vec<QuotaStatus>,
+    pub(super) quotas: super::Few<QuotaStatus>,
 }
 
 /// The state of one quota after a request (see [`RateLimitDecision::quotas`]).

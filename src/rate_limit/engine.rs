@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::Few;
 use super::config::{Backend, ResetError};
 use super::decision::QuotaDecision;
 use super::key::LimitKey;
@@ -94,9 +95,9 @@ impl Engine {
 /// The keys of one request.
 pub(super) struct Checks {
     /// The index of each checked quota in the layer's limits.
-    pub(super) idx: Vec<usize>,
+    pub(super) idx: Few<usize>,
     /// Its key, in the same order.
-    pub(super) keys: Vec<LimitKey>,
+    pub(super) keys: Few<LimitKey>,
     /// The request's cost.
     pub(super) cost: u64,
 }
@@ -123,7 +124,7 @@ pub(super) enum Source {
 pub(super) struct Verdict {
     pub(super) allowed: bool,
     /// (limit index, decision) for each checked quota.
-    pub(super) statuses: Vec<(usize, QuotaDecision)>,
+    pub(super) statuses: Few<(usize, QuotaDecision)>,
     pub(super) source: Source,
     /// The request's cost.
     pub(super) cost: u64,
@@ -135,7 +136,7 @@ pub(super) type DecisionFuture = Pin<Box<dyn Future<Output = Verdict> + Send + '
 impl Shared {
     fn decide_memory(&self, checks: &Checks, source: Source) -> Verdict {
         let now = self.clock.now_micros();
-        let items: Vec<Item<'_>> = checks
+        let items: Few<Item<'_>> = checks
             .idx
             .iter()
             .zip(&checks.keys)
@@ -145,7 +146,7 @@ impl Shared {
                 key,
             })
             .collect();
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Few::new();
         let allowed = self.memory.decide_all(&items, checks.cost, now, &mut out);
         Verdict {
             allowed,
@@ -220,7 +221,7 @@ impl Shared {
             return None;
         }
         let now = self.clock.now_micros();
-        let mut statuses = Vec::new();
+        let mut statuses = Few::new();
         for (&i, key) in checks.idx.iter().zip(&checks.keys) {
             if let Some(d) = redis.cached_denial(self.limits[i].ids.redis, key, now) {
                 statuses.push((i, d));
@@ -245,7 +246,7 @@ impl Shared {
         let Engine::Redis(redis) = &self.engine else {
             return self.decide_memory(&checks, Source::Backend);
         };
-        let items: Vec<RedisItem<'_>> = checks
+        let items: Few<RedisItem<'_>> = checks
             .idx
             .iter()
             .zip(&checks.keys)
@@ -288,13 +289,13 @@ impl Shared {
             FailureMode::Local => self.decide_memory(checks, Source::Degraded),
             FailureMode::Open => Verdict {
                 allowed: true,
-                statuses: Vec::new(),
+                statuses: Few::new(),
                 source: Source::Degraded,
                 cost: checks.cost,
             },
             FailureMode::Closed => Verdict {
                 allowed: false,
-                statuses: Vec::new(),
+                statuses: Few::new(),
                 source: Source::Refused(RejectReason::Unavailable, None),
                 cost: checks.cost,
             },

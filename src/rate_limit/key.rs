@@ -69,9 +69,11 @@ impl LimitKey {
     pub fn new(text: impl Into<String>) -> Self {
         let text = text.into();
         if text.len() > MAX_TEXT_KEY {
-            return Self(Repr::Text(
-                format!("#{}", hex_digest(text.as_bytes())).into(),
-            ));
+            return Self::labelled(
+                "#",
+                "",
+                &crate::digest::sha256_hex128_bytes(&[text.as_bytes()]),
+            );
         }
         Self(Repr::Text(text.into()))
     }
@@ -79,7 +81,30 @@ impl LimitKey {
     /// A key `"<label>:<32 hex digits>"` derived from `value` by SHA-256: safe to store and log
     /// even when `value` is a credential.
     pub fn hashed(label: &str, value: &[u8]) -> Self {
-        Self(Repr::Text(format!("{label}:{}", hex_digest(value)).into()))
+        Self::labelled(label, ":", &crate::digest::sha256_hex128_bytes(&[value]))
+    }
+
+    /// The text key `label`, `separator`, `tail`, assembled on the stack when it fits (every
+    /// built-in key does), so that building it costs one allocation: the key's own.
+    fn labelled(label: &str, separator: &str, tail: &[u8]) -> Self {
+        let mut buf = [0u8; 64];
+        let parts = [label.as_bytes(), separator.as_bytes(), tail];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= buf.len() {
+            let mut at = 0;
+            for part in parts {
+                buf[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            if let Ok(text) = std::str::from_utf8(&buf[..len]) {
+                return Self(Repr::Text(Arc::from(text)));
+            }
+        }
+        let mut text = String::with_capacity(len);
+        for part in parts {
+            text.push_str(&String::from_utf8_lossy(part));
+        }
+        Self(Repr::Text(text.into()))
     }
 
     /// One client address (IPv4-mapped IPv6 addresses become IPv4; IPv6 kept whole).
@@ -171,11 +196,6 @@ impl fmt::Debug for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LimitKey({self})")
     }
-}
-
-/// Lowercase hex of the first 16 bytes of SHA-256(`value`).
-fn hex_digest(value: &[u8]) -> String {
-    crate::digest::sha256_hex128(&[value])
 }
 
 /// Computes the key of a request for one quota.
@@ -589,7 +609,7 @@ impl KeyExtractor for UserKeyExtractor {
 /// The key of a session's count: `s:` and its session key (already a hash of the id).
 #[cfg(feature = "session")]
 fn session_limit_key(key: &crate::session::SessionKey) -> LimitKey {
-    LimitKey(Repr::Text(format!("s:{key}").into()))
+    LimitKey::labelled("s:", "", key.as_str().as_bytes())
 }
 
 #[cfg(test)]

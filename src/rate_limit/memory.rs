@@ -332,25 +332,25 @@ impl MemoryBackend {
         items: &[Item<'_>],
         cost: u64,
         now: u64,
-        out: &mut Vec<QuotaDecision>,
+        out: &mut super::Few<QuotaDecision>,
     ) -> bool {
         if let [one] = items {
             let d = self.decide_one(*one, cost, now);
             out.push(d);
             return d.allowed;
         }
-        let probes: Vec<(Probe<'_>, u64)> = items.iter().map(|i| self.probe(i)).collect();
-        let shard_ids: Vec<usize> = probes.iter().map(|p| self.shard_index(p.1)).collect();
+        let probes: super::Few<(Probe<'_>, u64)> = items.iter().map(|i| self.probe(i)).collect();
+        let shard_ids: super::Few<usize> = probes.iter().map(|p| self.shard_index(p.1)).collect();
         let mut order = shard_ids.clone();
         order.sort_unstable();
         order.dedup();
         // Position of each item's shard among the guards.
-        let pos: Vec<usize> = shard_ids
+        let pos: super::Few<usize> = shard_ids
             .iter()
             .map(|s| order.partition_point(|o| o < s))
             .collect();
         // Locks taken in ascending shard order: no deadlock between concurrent requests.
-        let mut guards: Vec<MutexGuard<'_, Shard>> = order
+        let mut guards: super::Few<MutexGuard<'_, Shard>> = order
             .into_iter()
             .map(|s| lock(&self.inner.shards[s].0))
             .collect();
@@ -1041,7 +1041,7 @@ mod tests {
                 key: &user,
             },
         ];
-        let mut out = Vec::new();
+        let mut out = crate::rate_limit::Few::new();
         for _ in 0..2 {
             out.clear();
             assert!(backend.decide_all(&items, 1, 10 * S, &mut out));

@@ -102,6 +102,10 @@ mod response;
 mod service;
 mod window;
 
+/// A request's values, one per quota (keys, decisions): inline up to three quotas (the usual
+/// layer has one to three), so that deciding a request allocates nothing for them.
+pub(crate) type Few<T> = smallvec::SmallVec<[T; 3]>;
+
 /// Locks `m`, shrugging off poisoning: the limiters' shared state is plain data updated in
 /// small steps, so a panic elsewhere cannot leave it unusable.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request};
 
+use super::Few;
 use super::config::{CostFn, FailureMode, MissingKey};
 use super::decision::{QuotaStatus, RateLimitDecision};
 use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
@@ -22,7 +23,7 @@ use super::metrics::{Counters, bump};
 use super::quota::Quota;
 use super::response::{
     RATELIMIT, RATELIMIT_POLICY, RejectReason, Rejection, RejectionBody, push_status,
-    rejection_response,
+    rejection_response, status_len,
 };
 use crate::clock::{Clock, Throttle};
 
@@ -92,8 +93,8 @@ impl Shared {
             None => self.fixed_cost,
         };
         let mut checks = Checks {
-            idx: Vec::with_capacity(self.limits.len()),
-            keys: Vec::with_capacity(self.limits.len()),
+            idx: Few::new(),
+            keys: Few::new(),
             cost,
         };
         for (i, l) in self.limits.iter().enumerate() {
@@ -102,7 +103,7 @@ impl Shared {
                     if cost > l.quota.burst_size() {
                         return Plan::Done(Verdict {
                             allowed: false,
-                            statuses: Vec::new(),
+                            statuses: Few::new(),
                             source: Source::Refused(RejectReason::CostTooHigh, Some(i)),
                             cost,
                         });
@@ -115,7 +116,7 @@ impl Shared {
                     self.log_no_client_address(&l.name);
                     return Plan::Done(Verdict {
                         allowed: false,
-                        statuses: Vec::new(),
+                        statuses: Few::new(),
                         source: Source::Refused(RejectReason::NoClientAddress, Some(i)),
                         cost,
                     });
@@ -130,7 +131,7 @@ impl Shared {
                     }
                     return Plan::Done(Verdict {
                         allowed: false,
-                        statuses: Vec::new(),
+                        statuses: Few::new(),
                         source: Source::Refused(RejectReason::UnusableKey, Some(i)),
                         cost,
                     });
@@ -150,7 +151,7 @@ impl Shared {
                     }
                     return Plan::Done(Verdict {
                         allowed: false,
-                        statuses: Vec::new(),
+                        statuses: Few::new(),
                         source: Source::Refused(RejectReason::MissingKey, Some(i)),
                         cost,
                     });
@@ -160,7 +161,7 @@ impl Shared {
         if checks.idx.is_empty() {
             return Plan::Done(Verdict {
                 allowed: true,
-                statuses: Vec::new(),
+                statuses: Few::new(),
                 source: Source::Pass,
                 cost,
             });
@@ -278,25 +279,25 @@ impl Shared {
         verdict: &Verdict,
         refused_only: bool,
     ) -> (HeaderValue, Option<HeaderValue>) {
-        let mut status = String::with_capacity(
+        let shown = || {
             verdict
                 .statuses
                 .iter()
-                .map(|&(i, _)| self.limits[i].status_prefix.len() + 30)
-                .sum(),
-        );
-        for &(i, d) in &verdict.statuses {
-            if refused_only && d.is_allowed() {
-                continue;
-            }
-            push_status(
-                &mut status,
-                &self.limits[i].status_prefix,
-                d.remaining(),
-                d.reset_us(),
-            );
+                .filter(move |(_, d)| !refused_only || !d.is_allowed())
+                .map(|&(i, d)| (&*self.limits[i].status_prefix, d))
+        };
+        // Measured first, so that the string is allocated once at exactly its length.
+        let mut len = 0;
+        for (prefix, d) in shown() {
+            len += status_len(len == 0, prefix, d.remaining(), d.reset_us());
         }
-        // The string becomes the header's bytes as it is (no copy).
+        let mut status = String::with_capacity(len);
+        for (prefix, d) in shown() {
+            push_status(&mut status, prefix, d.remaining(), d.reset_us());
+        }
+        debug_assert_eq!(status.len(), status.capacity());
+        // The string becomes the header's bytes as it is: no copy, and no second allocation
+        // (its length is its capacity).
         let status = (!status.is_empty())
             .then(|| HeaderValue::try_from(status).ok())
             .flatten();

@@ -249,6 +249,25 @@ pub(crate) fn push_status(out: &mut String, prefix: &str, remaining: u64, reset_
     push_u64(out, ceil_secs(reset_us));
 }
 
+/// The bytes [`push_status`] appends (its separator included unless `first`).
+pub(crate) fn status_len(first: bool, prefix: &str, remaining: u64, reset_us: u64) -> usize {
+    let separator = if first { 0 } else { 2 };
+    separator + prefix.len() + digits(remaining) + 3 + digits(ceil_secs(reset_us))
+}
+
+/// The number of decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// A header value holding `n` in decimal, built in one allocation of exactly its length, which
+/// the header keeps as it is (`HeaderValue::from(u64)` makes two).
+pub(crate) fn header_u64(n: u64) -> HeaderValue {
+    let mut text = String::with_capacity(digits(n));
+    push_u64(&mut text, n);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
 /// Appends `n` in decimal.
 fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -298,7 +317,7 @@ pub(crate) fn rejection_response(
     if let Some(retry) = rejection.retry_after {
         let secs = ceil_secs(u64::try_from(retry.as_micros()).unwrap_or(u64::MAX)).max(1);
         resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            .insert(http::header::RETRY_AFTER, header_u64(secs));
     }
     if grpc {
         let code = match rejection.reason {
