@@ -21,6 +21,8 @@
 #                     (bare is always run: every ratio is against it)
 #   BENCH_WORKERS     the servers' Tokio worker threads (default: one per core)
 #   RESULTS=FILE      also write the raw per-round figures there (TSV)
+#   SERVER=PATH       a bench_http executable built beforehand (e.g. from another commit, to
+#                     compare two versions run after run) instead of building this tree's
 #   NICE=-10          run wrk, the servers and redis-server under `nice -n NICE` (negative
 #                     values need root): on a machine busy with other work, this keeps
 #                     the measured processes from waiting behind it
@@ -146,10 +148,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
-step "building examples/bench_http.rs (release)"
-cargo build --release --example bench_http --message-format=json-render-diagnostics >"$work/build.json"
-server=$(grep -o '"executable":"[^"]*bench_http[^"]*"' "$work/build.json" | tail -1 | cut -d'"' -f4)
-[ -x "$server" ] || die "could not find the built bench_http executable"
+if [ -n "${SERVER:-}" ]; then
+    server=$SERVER
+    [ -x "$server" ] || die "SERVER=$server is not an executable"
+    step "using $server (SERVER)"
+else
+    step "building examples/bench_http.rs (release)"
+    cargo build --release --example bench_http --message-format=json-render-diagnostics >"$work/build.json"
+    server=$(grep -o '"executable":"[^"]*bench_http[^"]*"' "$work/build.json" | tail -1 | cut -d'"' -f4)
+    [ -x "$server" ] || die "could not find the built bench_http executable"
+fi
 
 if ((needs_redis)); then
     redis_port=$(free_port)

@@ -180,6 +180,38 @@ impl LimitKey {
     }
 }
 
+impl LimitKey {
+    /// Appends the key's text (what `Display` writes) to `out`: an IPv4 address, a text or the
+    /// global key without the formatting machinery (the Redis backend names a key for every
+    /// decision it sends).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn push_to(&self, out: &mut String) {
+        match &self.0 {
+            Repr::V4(ip) => {
+                out.push_str("ip:");
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    if octet >= 100 {
+                        out.push(char::from(b'0' + octet / 100));
+                    }
+                    if octet >= 10 {
+                        out.push(char::from(b'0' + octet / 10 % 10));
+                    }
+                    out.push(char::from(b'0' + octet % 10));
+                }
+            }
+            Repr::Text(t) => out.push_str(t),
+            Repr::Global => out.push('*'),
+            Repr::V6(..) => {
+                use fmt::Write;
+                let _ = write!(out, "{self}");
+            }
+        }
+    }
+}
+
 impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
@@ -638,6 +670,37 @@ mod tests {
             None
         );
         assert_eq!(LimitKey::new("x").compact(1), None);
+    }
+
+    #[test]
+    fn push_to_writes_what_display_writes() {
+        let mut keys: Vec<LimitKey> = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "192.0.2.1",
+            "255.255.255.255",
+            "10.0.100.7",
+            "2001:db8::1",
+            "::ffff:203.0.113.7",
+        ]
+        .iter()
+        .map(|ip| LimitKey::ip(ip.parse().unwrap()))
+        .collect();
+        keys.push(LimitKey::ip_prefix("2001:db8:1:2::9".parse().unwrap(), 64));
+        keys.push(LimitKey::new("user:42"));
+        keys.push(LimitKey::hashed("h", b"secret"));
+        keys.push(LimitKey::global());
+        // Every IPv4 address whose octets take each length of digits, in each place.
+        for a in [0u8, 7, 10, 99, 100, 255] {
+            for b in [0u8, 42, 200] {
+                keys.push(LimitKey::ip(std::net::Ipv4Addr::new(a, b, b, a).into()));
+            }
+        }
+        for key in keys {
+            let mut out = String::from("pre");
+            key.push_to(&mut out);
+            assert_eq!(out, format!("pre{key}"));
+        }
     }
 
     #[test]

@@ -452,7 +452,15 @@ impl RedisBackend {
 
     /// The Redis key holding the state of quota `name` for `key`.
     pub fn key_name(&self, name: &str, key: &LimitKey) -> String {
-        format!("{}{{{key}}}:{name}", self.inner.prefix)
+        // Written piece by piece into one allocation: this runs for every decision sent.
+        let prefix = &self.inner.prefix;
+        let mut out = String::with_capacity(prefix.len() + name.len() + 40);
+        out.push_str(prefix);
+        out.push('{');
+        key.push_to(&mut out);
+        out.push_str("}:");
+        out.push_str(name);
+        out
     }
 
     /// Forgets the state of quota `name` for `key`, in Redis and in this instance's deny
