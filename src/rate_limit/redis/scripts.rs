@@ -122,6 +122,7 @@ macro_rules! lua_script {
 /// burst. Reply, one integer per key, decoded by [`decode_gcra`].
 pub(super) const GCRA_KEYS: Source = lua_script!("gcra_keys":
     "gcra_keys_0_about.lua",
+    "clock_prelude.lua",
     "keys_prelude.lua",
     "gcra_keys_1_args.lua",
     "gcra_step.lua",
@@ -134,6 +135,7 @@ pub(super) const GCRA_KEYS: Source = lua_script!("gcra_keys":
 /// 5.9–6.1 µs). Stores what `GCRA_KEYS` stores; replies its one integer bare.
 pub(super) const GCRA_ONE: Source = lua_script!("gcra_one":
     "gcra_one_0_about.lua",
+    "clock_prelude.lua",
     "gcra_one_1_read.lua",
     "gcra_step.lua",
     "gcra_one_2_write.lua",
@@ -146,6 +148,7 @@ pub(super) const GCRA_ONE: Source = lua_script!("gcra_one":
 /// admissions. Reply, three integers per key, decoded by [`decode_window`].
 pub(super) const WINDOW_KEYS: Source = lua_script!("window_keys":
     "window_keys_0_about.lua",
+    "clock_prelude.lua",
     "keys_prelude.lua",
     "window_keys_1_args.lua",
     "window_tables.lua",
@@ -170,6 +173,7 @@ pub(super) const WINDOW_KEYS: Source = lua_script!("window_keys":
 /// Decoded by [`decode_window_one`].
 pub(super) const WINDOW_ONE: Source = lua_script!("window_one":
     "window_one_0_about.lua",
+    "clock_prelude.lua",
     "window_one_1_read.lua",
     "window_tables.lua",
     "window_widths.lua",
@@ -188,6 +192,7 @@ pub(super) const WINDOW_ONE: Source = lua_script!("window_one":
 /// ([`Definition::push_args`]). Reply decoded by [`decode_multi`].
 pub(super) const MULTI: Source = lua_script!("multi":
     "multi_0_about.lua",
+    "clock_prelude.lua",
     "keys_prelude.lua",
     "multi_1_setup.lua",
     "window_tables.lua",
@@ -256,6 +261,7 @@ pub(super) const BATCH: Source = lua_script!("batch":
 /// by [`decode_reserve`].
 pub(super) const RESERVE: Source = lua_script!("reserve":
     "reserve_0_about.lua",
+    "clock_prelude.lua",
     "keys_prelude.lua",
     "multi_1_setup.lua",
     "window_tables.lua",
@@ -377,31 +383,41 @@ impl Definition {
         }
     }
 
-    /// The call of `GCRA_KEYS` or `WINDOW_KEYS` (one quota, keys each decided on their own)
-    /// for this quota, without its keys.
-    pub(super) fn keys_invocation(&self, cost: u64, now: u64) -> ScriptInvocation<'static> {
+    /// `script` called for this quota with the arguments of the per-key scripts (`GCRA_KEYS`,
+    /// `GCRA_ONE`: cost, now, interval, burst; `WINDOW_KEYS`, `WINDOW_ONE`: cost, now, limit,
+    /// window, granularity, slot bound), without its keys.
+    fn per_key_invocation(
+        &self,
+        script: &'static Script,
+        cost: u64,
+        now: u64,
+    ) -> ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(cost).arg(now);
         match *self {
             Self::Window {
                 limit,
                 window_us,
                 granularity_us,
                 max_slots,
-            } => {
-                let mut inv = WINDOW_SCRIPT.prepare_invoke();
-                inv.arg(cost)
-                    .arg(now)
-                    .arg(limit)
-                    .arg(window_us)
-                    .arg(granularity_us)
-                    .arg(max_slots);
-                inv
-            }
-            Self::Gcra { interval_us, burst } => {
-                let mut inv = GCRA_SCRIPT.prepare_invoke();
-                inv.arg(cost).arg(now).arg(interval_us).arg(burst);
-                inv
-            }
-        }
+            } => inv
+                .arg(limit)
+                .arg(window_us)
+                .arg(granularity_us)
+                .arg(max_slots),
+            Self::Gcra { interval_us, burst } => inv.arg(interval_us).arg(burst),
+        };
+        inv
+    }
+
+    /// The call of `GCRA_KEYS` or `WINDOW_KEYS` (one quota, keys each decided on their own)
+    /// for this quota, without its keys.
+    pub(super) fn keys_invocation(&self, cost: u64, now: u64) -> ScriptInvocation<'static> {
+        let script = match self {
+            Self::Window { .. } => &*WINDOW_SCRIPT,
+            Self::Gcra { .. } => &*GCRA_SCRIPT,
+        };
+        self.per_key_invocation(script, cost, now)
     }
 
     /// The call of [`GCRA_ONE`] or [`WINDOW_ONE`] for this quota, without its key, and how
@@ -415,28 +431,11 @@ impl Definition {
         impl Fn(&driver::Value) -> Option<QuotaDecision> + use<>,
     ) {
         let def = *self;
-        let inv = match def {
-            Self::Gcra { interval_us, burst } => {
-                let mut inv = GCRA_ONE_SCRIPT.prepare_invoke();
-                inv.arg(cost).arg(now).arg(interval_us).arg(burst);
-                inv
-            }
-            Self::Window {
-                limit,
-                window_us,
-                granularity_us,
-                max_slots,
-            } => {
-                let mut inv = WINDOW_ONE_SCRIPT.prepare_invoke();
-                inv.arg(cost)
-                    .arg(now)
-                    .arg(limit)
-                    .arg(window_us)
-                    .arg(granularity_us)
-                    .arg(max_slots);
-                inv
-            }
+        let script = match def {
+            Self::Window { .. } => &*WINDOW_ONE_SCRIPT,
+            Self::Gcra { .. } => &*GCRA_ONE_SCRIPT,
         };
+        let inv = def.per_key_invocation(script, cost, now);
         let decode = move |reply: &driver::Value| match (def, reply) {
             (Self::Gcra { interval_us, burst }, &driver::Value::Int(v)) => {
                 Some(decode_gcra(interval_us, burst, cost, v))

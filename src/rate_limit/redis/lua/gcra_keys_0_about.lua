@@ -7,5 +7,5 @@
 -- Reply: one integer per key: admitted, the microseconds of the bucket in use (>= 0);
 --   refused, minus the retry time (<= -1); refused because the cost exceeds the burst,
 --   -2^52 minus the microseconds in use.
--- Assembled from keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua gcra_keys_2_write.lua
---   (src/rate_limit/redis/lua/, see README.md there).
+-- Assembled from clock_prelude.lua keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua
+--   gcra_keys_2_write.lua (src/rate_limit/redis/lua/, see README.md there).

@@ -9,5 +9,5 @@
 -- Reply: one integer, as gcra_keys replies per key: admitted, the microseconds of the bucket
 --   in use (>= 0); refused, minus the retry time (<= -1); refused because the cost exceeds
 --   the burst, -2^52 minus the microseconds in use.
--- Assembled from gcra_one_1_read.lua gcra_step.lua gcra_one_2_write.lua
+-- Assembled from clock_prelude.lua gcra_one_1_read.lua gcra_step.lua gcra_one_2_write.lua
 --   (src/rate_limit/redis/lua/, see README.md there).

@@ -2,6 +2,6 @@
 -- Reads: gcra_step's outcome, used_after; KEYS[1], cost, now.
 -- Leaves: the reply.
 if outcome >= 0 and cost > 0 then
-  redis.call('SET', KEYS[1], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
+  call('SET', KEYS[1], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
 end
 return outcome

@@ -8,7 +8,8 @@
 -- Reply: all admitted (1 or 0), then four integers per quota: admitted (1 or 0), a, b, retry
 --   (-1: never), with (a, b) = (remaining, reset) for a window and (microseconds in use, 0)
 --   for GCRA.
--- Assembled from keys_prelude.lua multi_1_setup.lua window_tables.lua multi_2_loop.lua
---   gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua window_widths.lua
---   window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua multi_6_write.lua
---   window_retry.lua multi_7_refused.lua (src/rate_limit/redis/lua/, see README.md there).
+-- Assembled from clock_prelude.lua keys_prelude.lua multi_1_setup.lua window_tables.lua
+--   multi_2_loop.lua gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua
+--   window_widths.lua window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua
+--   multi_6_write.lua window_retry.lua multi_7_refused.lua (src/rate_limit/redis/lua/, see
+--   README.md there).

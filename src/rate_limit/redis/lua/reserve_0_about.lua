@@ -6,7 +6,8 @@
 -- Reply: multi's reply, then, only if every quota admitted and cost > 0, two values per
 --   quota: the key's value before (nil if none) and the value written (GCRA: the TAT as
 --   decimal text), which release.lua needs to undo exactly this admission.
--- Assembled from keys_prelude.lua multi_1_setup.lua window_tables.lua multi_2_loop.lua
---   gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua window_widths.lua
---   window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua multi_6_write.lua
---   window_retry.lua reserve_7_refused.lua (src/rate_limit/redis/lua/, see README.md there).
+-- Assembled from clock_prelude.lua keys_prelude.lua multi_1_setup.lua window_tables.lua
+--   multi_2_loop.lua gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua
+--   window_widths.lua window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua
+--   multi_6_write.lua window_retry.lua reserve_7_refused.lua (src/rate_limit/redis/lua/,
+--   see README.md there).

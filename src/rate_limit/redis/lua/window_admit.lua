@@ -1,7 +1,8 @@
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
---   when they are nil and needed).
+--   pk, sub, unpk, SLOT_FMTS, M0, high0, and window_fresh's pieces (builds counts_head,
+--   counts_slot and, for a cost other than 1, fresh, when a decision needs them and they are
+--   not built yet).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -23,6 +24,11 @@ else
 end
 local from, value, newest_after = first + drop, nil, stamp
 local p = head_len + (from - 1) * slot_len + 1
+if not counts_head and (cost ~= 1 or tag == counts_tag) then
+  counts_head = string.char(counts_tag) .. high0
+  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+  if cost ~= 1 then fresh = counts_head .. pk(F[wc0], cost) .. counts_slot end
+end
 if merge then newest_after = newest end
 if from > nslots then
   value = fresh
@@ -30,10 +36,6 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
-    if not counts_head then
-      counts_head = string.char(counts_tag) .. high0
-      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then

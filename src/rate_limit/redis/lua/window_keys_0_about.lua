@@ -5,8 +5,8 @@
 --   of src/rate_limit/redis/scripts.rs), expiring (PX, rounded up) when the window is empty.
 -- Reply: three integers per key: remaining (-1 - remaining if refused), reset (microseconds
 --   until a unit comes back), retry (microseconds; 0 if admitted, -1: never).
--- Assembled from keys_prelude.lua window_keys_1_args.lua window_tables.lua
---   window_widths.lua window_stamp.lua window_keys_2_pieces.lua window_fresh.lua
---   window_keys_3_loop.lua window_scan.lua window_keys_4_decide.lua window_admit.lua
---   window_keys_5_write.lua window_retry.lua window_keys_6_refused.lua
+-- Assembled from clock_prelude.lua keys_prelude.lua window_keys_1_args.lua
+--   window_tables.lua window_widths.lua window_stamp.lua window_keys_2_pieces.lua
+--   window_fresh.lua window_keys_3_loop.lua window_scan.lua window_keys_4_decide.lua
+--   window_admit.lua window_keys_5_write.lua window_retry.lua window_keys_6_refused.lua
 --   (src/rate_limit/redis/lua/, see README.md there).

@@ -7,7 +7,8 @@
 -- Reply: admitted, one integer: reset * (limit + 1) + remaining (reset: microseconds until a
 --   unit comes back), or, when that would reach 2^53, window_keys' three integers; refused,
 --   window_keys' three integers: -1 - remaining, reset, retry (microseconds; -1: never).
--- Assembled from window_one_1_read.lua window_tables.lua window_widths.lua window_stamp.lua
---   window_keys_2_pieces.lua window_fresh.lua window_scan.lua window_one_2_decide.lua
---   window_admit.lua window_one_3_write.lua window_retry.lua window_one_4_refused.lua
---   (src/rate_limit/redis/lua/, see README.md there).
+-- Assembled from clock_prelude.lua window_one_1_read.lua window_tables.lua
+--   window_widths.lua window_stamp.lua window_keys_2_pieces.lua window_fresh.lua
+--   window_scan.lua window_one_2_decide.lua window_admit.lua window_one_3_write.lua
+--   window_retry.lua window_one_4_refused.lua (src/rate_limit/redis/lua/, see README.md
+--   there).

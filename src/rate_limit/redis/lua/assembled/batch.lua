@@ -230,33 +230,29 @@ end
           if stamp ~= memo_stamp or cost ~= memo_cost or q ~= memo_q then
             memo_stamp, memo_cost, memo_q = stamp, cost, q
 -- window_fresh.lua: the pieces of a window state written at stamp with cost.
--- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
+-- Reads: pk, F, wt0, wc0, M0, stamp, cost.
 -- Assigns (the script declares them, so that a batch can keep them across keys): high0
 --   (the high part of stamp), counts_tag (the tag of the quota's form with counts of wc0
---   bytes), fresh (the state holding only the new slot), and the pieces of an appended slot:
---   for cost 1, ones_head and ones_slot (tag and high part, and the new slot, of a state
---   without counts); otherwise counts_head and counts_slot (the same with counts). A cost of
---   1 leaves counts_head nil: window_admit builds both counts pieces when a state with counts
---   needs them (rare), which saves every other decision their packing.
+--   bytes), and for cost 1 ones_head, ones_slot (tag and high part, and the new slot, of a
+--   state without counts) and fresh (the state holding only the new slot). counts_head is
+--   left nil: window_admit builds the pieces with counts (and, for another cost, fresh) when
+--   a decision needs them (rare), which saves every other decision their packing.
 high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 counts_tag = 112 + 16 * wt0 + wc0
+counts_head, fresh = nil, nil
 if cost == 1 then
   ones_head = string.char(112 + 16 * wt0) .. high0
   ones_slot = pk(F[wt0], stamp % M0)
   fresh = ones_head .. ones_slot
-  counts_head = nil
-else
-  counts_head = string.char(counts_tag) .. high0
-  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-  fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
 -- batch_6_fresh_end.lua: closes the block of batch_5_fresh_memo.lua.
 -- Reads: nothing. Leaves: nothing.
           end
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
---   when they are nil and needed).
+--   pk, sub, unpk, SLOT_FMTS, M0, high0, and window_fresh's pieces (builds counts_head,
+--   counts_slot and, for a cost other than 1, fresh, when a decision needs them and they are
+--   not built yet).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -278,6 +274,11 @@ else
 end
 local from, value, newest_after = first + drop, nil, stamp
 local p = head_len + (from - 1) * slot_len + 1
+if not counts_head and (cost ~= 1 or tag == counts_tag) then
+  counts_head = string.char(counts_tag) .. high0
+  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+  if cost ~= 1 then fresh = counts_head .. pk(F[wc0], cost) .. counts_slot end
+end
 if merge then newest_after = newest end
 if from > nslots then
   value = fresh
@@ -285,10 +286,6 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
-    if not counts_head then
-      counts_head = string.char(counts_tag) .. high0
-      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then

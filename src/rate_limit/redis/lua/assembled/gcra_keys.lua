@@ -7,20 +7,24 @@
 -- Reply: one integer per key: admitted, the microseconds of the bucket in use (>= 0);
 --   refused, minus the retry time (<= -1); refused because the cost exceeds the burst,
 --   -2^52 minus the microseconds in use.
--- Assembled from keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua gcra_keys_2_write.lua
---   (src/rate_limit/redis/lua/, see README.md there).
--- keys_prelude.lua: the start of the per-key scripts (gcra_keys, window_keys, multi).
--- Reads: KEYS (the keys to decide), ARGV[1] the cost, ARGV[2] now in microseconds (0: the
---   server's TIME).
--- Leaves: call, keys, unpk, pk, sub, byte (library functions read once), cost, now,
---   state (every key's value, one MGET; false for a missing key), reply = {}.
-local call, keys = redis.call, KEYS
+-- Assembled from clock_prelude.lua keys_prelude.lua gcra_keys_1_args.lua gcra_step.lua
+--   gcra_keys_2_write.lua (src/rate_limit/redis/lua/, see README.md there).
+-- clock_prelude.lua: the start of every script deciding one request (gcra_keys, gcra_one,
+-- window_keys, window_one, multi, reserve).
+-- Reads: ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME).
+-- Leaves: call, unpk, pk, sub, byte (library functions read once), cost, now.
+local call = redis.call
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 if now == 0 then
   local t = call('TIME')
   now = t[1] * 1000000 + t[2]
 end
+-- keys_prelude.lua: every key's state, for the per-key scripts (gcra_keys, window_keys, multi,
+-- reserve), after clock_prelude.lua.
+-- Reads: KEYS (the keys to decide), call.
+-- Leaves: keys, state (every key's value, one MGET; false for a missing key), reply = {}.
+local keys = KEYS
 local state = call('MGET', unpack(keys))
 local reply = {}
 -- gcra_keys_1_args.lua: the quota, the state of a key whose bucket was full, and the loop

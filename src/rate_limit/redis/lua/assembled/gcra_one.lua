@@ -9,20 +9,25 @@
 -- Reply: one integer, as gcra_keys replies per key: admitted, the microseconds of the bucket
 --   in use (>= 0); refused, minus the retry time (<= -1); refused because the cost exceeds
 --   the burst, -2^52 minus the microseconds in use.
--- Assembled from gcra_one_1_read.lua gcra_step.lua gcra_one_2_write.lua
+-- Assembled from clock_prelude.lua gcra_one_1_read.lua gcra_step.lua gcra_one_2_write.lua
 --   (src/rate_limit/redis/lua/, see README.md there).
--- gcra_one_1_read.lua: the arguments and the key's state.
--- Reads: KEYS[1], ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME),
---   ARGV[3] interval, ARGV[4] burst.
--- Leaves: cost, now, T, B, BT, raw (the key's state: the TAT as decimal text, or false).
+-- clock_prelude.lua: the start of every script deciding one request (gcra_keys, gcra_one,
+-- window_keys, window_one, multi, reserve).
+-- Reads: ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME).
+-- Leaves: call, unpk, pk, sub, byte (library functions read once), cost, now.
+local call = redis.call
+local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 if now == 0 then
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = t[1] * 1000000 + t[2]
 end
+-- gcra_one_1_read.lua: the quota and the key's state, after clock_prelude.lua.
+-- Reads: KEYS[1], ARGV[3] interval, ARGV[4] burst, call.
+-- Leaves: T, B, BT, raw (the key's state: the TAT as decimal text, or false).
 local T, B = tonumber(ARGV[3]), tonumber(ARGV[4])
 local BT = B * T
-local raw = redis.call('GET', KEYS[1])
+local raw = call('GET', KEYS[1])
 -- gcra_step.lua: one GCRA decision (the twin of gcra::decide).
 -- Reads: raw (the key's state: the TAT as decimal text, or false), now, cost, T (the
 --   interval), B (the burst), BT = B * T.
@@ -45,6 +50,6 @@ end
 -- Reads: gcra_step's outcome, used_after; KEYS[1], cost, now.
 -- Leaves: the reply.
 if outcome >= 0 and cost > 0 then
-  redis.call('SET', KEYS[1], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
+  call('SET', KEYS[1], now + used_after, 'PX', (used_after - used_after % 1000) / 1000 + 1)
 end
 return outcome

@@ -6,22 +6,27 @@
 -- Reply: multi's reply, then, only if every quota admitted and cost > 0, two values per
 --   quota: the key's value before (nil if none) and the value written (GCRA: the TAT as
 --   decimal text), which release.lua needs to undo exactly this admission.
--- Assembled from keys_prelude.lua multi_1_setup.lua window_tables.lua multi_2_loop.lua
---   gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua window_widths.lua
---   window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua multi_6_write.lua
---   window_retry.lua reserve_7_refused.lua (src/rate_limit/redis/lua/, see README.md there).
--- keys_prelude.lua: the start of the per-key scripts (gcra_keys, window_keys, multi).
--- Reads: KEYS (the keys to decide), ARGV[1] the cost, ARGV[2] now in microseconds (0: the
---   server's TIME).
--- Leaves: call, keys, unpk, pk, sub, byte (library functions read once), cost, now,
---   state (every key's value, one MGET; false for a missing key), reply = {}.
-local call, keys = redis.call, KEYS
+-- Assembled from clock_prelude.lua keys_prelude.lua multi_1_setup.lua window_tables.lua
+--   multi_2_loop.lua gcra_step.lua multi_3_window.lua window_scan.lua multi_4_admit.lua
+--   window_widths.lua window_stamp.lua multi_5_pieces.lua window_fresh.lua window_admit.lua
+--   multi_6_write.lua window_retry.lua reserve_7_refused.lua (src/rate_limit/redis/lua/,
+--   see README.md there).
+-- clock_prelude.lua: the start of every script deciding one request (gcra_keys, gcra_one,
+-- window_keys, window_one, multi, reserve).
+-- Reads: ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME).
+-- Leaves: call, unpk, pk, sub, byte (library functions read once), cost, now.
+local call = redis.call
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 if now == 0 then
   local t = call('TIME')
   now = t[1] * 1000000 + t[2]
 end
+-- keys_prelude.lua: every key's state, for the per-key scripts (gcra_keys, window_keys, multi,
+-- reserve), after clock_prelude.lua.
+-- Reads: KEYS (the keys to decide), call.
+-- Leaves: keys, state (every key's value, one MGET; false for a missing key), reply = {}.
+local keys = KEYS
 local state = call('MGET', unpack(keys))
 local reply = {}
 -- multi_1_setup.lua: the reply's first value and the pending writes.
@@ -161,30 +166,26 @@ end
 -- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0 (nil).
         local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0
 -- window_fresh.lua: the pieces of a window state written at stamp with cost.
--- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
+-- Reads: pk, F, wt0, wc0, M0, stamp, cost.
 -- Assigns (the script declares them, so that a batch can keep them across keys): high0
 --   (the high part of stamp), counts_tag (the tag of the quota's form with counts of wc0
---   bytes), fresh (the state holding only the new slot), and the pieces of an appended slot:
---   for cost 1, ones_head and ones_slot (tag and high part, and the new slot, of a state
---   without counts); otherwise counts_head and counts_slot (the same with counts). A cost of
---   1 leaves counts_head nil: window_admit builds both counts pieces when a state with counts
---   needs them (rare), which saves every other decision their packing.
+--   bytes), and for cost 1 ones_head, ones_slot (tag and high part, and the new slot, of a
+--   state without counts) and fresh (the state holding only the new slot). counts_head is
+--   left nil: window_admit builds the pieces with counts (and, for another cost, fresh) when
+--   a decision needs them (rare), which saves every other decision their packing.
 high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 counts_tag = 112 + 16 * wt0 + wc0
+counts_head, fresh = nil, nil
 if cost == 1 then
   ones_head = string.char(112 + 16 * wt0) .. high0
   ones_slot = pk(F[wt0], stamp % M0)
   fresh = ones_head .. ones_slot
-  counts_head = nil
-else
-  counts_head = string.char(counts_tag) .. high0
-  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-  fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
---   when they are nil and needed).
+--   pk, sub, unpk, SLOT_FMTS, M0, high0, and window_fresh's pieces (builds counts_head,
+--   counts_slot and, for a cost other than 1, fresh, when a decision needs them and they are
+--   not built yet).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -206,6 +207,11 @@ else
 end
 local from, value, newest_after = first + drop, nil, stamp
 local p = head_len + (from - 1) * slot_len + 1
+if not counts_head and (cost ~= 1 or tag == counts_tag) then
+  counts_head = string.char(counts_tag) .. high0
+  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+  if cost ~= 1 then fresh = counts_head .. pk(F[wc0], cost) .. counts_slot end
+end
 if merge then newest_after = newest end
 if from > nslots then
   value = fresh
@@ -213,10 +219,6 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
-    if not counts_head then
-      counts_head = string.char(counts_tag) .. high0
-      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then

@@ -7,15 +7,15 @@
 -- Reply: admitted, one integer: reset * (limit + 1) + remaining (reset: microseconds until a
 --   unit comes back), or, when that would reach 2^53, window_keys' three integers; refused,
 --   window_keys' three integers: -1 - remaining, reset, retry (microseconds; -1: never).
--- Assembled from window_one_1_read.lua window_tables.lua window_widths.lua window_stamp.lua
---   window_keys_2_pieces.lua window_fresh.lua window_scan.lua window_one_2_decide.lua
---   window_admit.lua window_one_3_write.lua window_retry.lua window_one_4_refused.lua
---   (src/rate_limit/redis/lua/, see README.md there).
--- window_one_1_read.lua: the arguments and the key's state.
--- Reads: KEYS[1], ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME),
---   ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound.
--- Leaves: call, unpk, pk, sub, byte (library functions read once), cost, now, N, W, g,
---   bound, raw (the key's state, or false).
+-- Assembled from clock_prelude.lua window_one_1_read.lua window_tables.lua
+--   window_widths.lua window_stamp.lua window_keys_2_pieces.lua window_fresh.lua
+--   window_scan.lua window_one_2_decide.lua window_admit.lua window_one_3_write.lua
+--   window_retry.lua window_one_4_refused.lua (src/rate_limit/redis/lua/, see README.md
+--   there).
+-- clock_prelude.lua: the start of every script deciding one request (gcra_keys, gcra_one,
+-- window_keys, window_one, multi, reserve).
+-- Reads: ARGV[1] the cost, ARGV[2] now in microseconds (0: the server's TIME).
+-- Leaves: call, unpk, pk, sub, byte (library functions read once), cost, now.
 local call = redis.call
 local unpk, pk, sub, byte = struct.unpack, struct.pack, string.sub, string.byte
 local cost, now = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -23,6 +23,10 @@ if now == 0 then
   local t = call('TIME')
   now = t[1] * 1000000 + t[2]
 end
+-- window_one_1_read.lua: the quota and the key's state, after clock_prelude.lua.
+-- Reads: KEYS[1], ARGV[3] limit, ARGV[4] window, ARGV[5] granularity, ARGV[6] slot bound,
+--   call.
+-- Leaves: N, W, g, bound, raw (the key's state, or false).
 local N, W = tonumber(ARGV[3]), tonumber(ARGV[4])
 local g, bound = tonumber(ARGV[5]), tonumber(ARGV[6])
 local raw = call('GET', KEYS[1])
@@ -56,25 +60,20 @@ end
 -- Leaves: ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0 (nil).
 local ones_head, ones_slot, counts_tag, counts_head, counts_slot, fresh, high0
 -- window_fresh.lua: the pieces of a window state written at stamp with cost.
--- Reads: pk, sub, F, wt0, wc0, M0, stamp, cost.
+-- Reads: pk, F, wt0, wc0, M0, stamp, cost.
 -- Assigns (the script declares them, so that a batch can keep them across keys): high0
 --   (the high part of stamp), counts_tag (the tag of the quota's form with counts of wc0
---   bytes), fresh (the state holding only the new slot), and the pieces of an appended slot:
---   for cost 1, ones_head and ones_slot (tag and high part, and the new slot, of a state
---   without counts); otherwise counts_head and counts_slot (the same with counts). A cost of
---   1 leaves counts_head nil: window_admit builds both counts pieces when a state with counts
---   needs them (rare), which saves every other decision their packing.
+--   bytes), and for cost 1 ones_head, ones_slot (tag and high part, and the new slot, of a
+--   state without counts) and fresh (the state holding only the new slot). counts_head is
+--   left nil: window_admit builds the pieces with counts (and, for another cost, fresh) when
+--   a decision needs them (rare), which saves every other decision their packing.
 high0 = pk(F[7 - wt0], (stamp - stamp % M0) / M0)
 counts_tag = 112 + 16 * wt0 + wc0
+counts_head, fresh = nil, nil
 if cost == 1 then
   ones_head = string.char(112 + 16 * wt0) .. high0
   ones_slot = pk(F[wt0], stamp % M0)
   fresh = ones_head .. ones_slot
-  counts_head = nil
-else
-  counts_head = string.char(counts_tag) .. high0
-  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-  fresh = counts_head .. pk(F[wc0], cost) .. counts_slot
 end
 -- window_scan.lua: decodes a window state and skips the slots that have left the window.
 -- Reads: raw (the key's state, or false), now, W, unpk, sub, byte, F, P, HEAD_FMTS,
@@ -137,8 +136,9 @@ if cost <= N and count + cost <= N then
   if cost > 0 then
 -- window_admit.lua: the new window state after admitting cost at stamp (window::admit).
 -- Reads: window_scan's variables, raw, cost, stamp, bound (most slots kept), wt0, wc0, P, F,
---   pk, sub, unpk, SLOT_FMTS, and window_fresh's pieces (builds counts_head and counts_slot
---   when they are nil and needed).
+--   pk, sub, unpk, SLOT_FMTS, M0, high0, and window_fresh's pieces (builds counts_head,
+--   counts_slot and, for a cost other than 1, fresh, when a decision needs them and they are
+--   not built yet).
 -- Leaves: value (the new state) and newest_after (the time of its newest slot).
 local live = nslots - first + 1
 local merge = live > 0 and stamp <= newest
@@ -160,6 +160,11 @@ else
 end
 local from, value, newest_after = first + drop, nil, stamp
 local p = head_len + (from - 1) * slot_len + 1
+if not counts_head and (cost ~= 1 or tag == counts_tag) then
+  counts_head = string.char(counts_tag) .. high0
+  counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
+  if cost ~= 1 then fresh = counts_head .. pk(F[wc0], cost) .. counts_slot end
+end
 if merge then newest_after = newest end
 if from > nslots then
   value = fresh
@@ -167,10 +172,6 @@ elseif tag == counts_tag then
   if merge then
     value = sub(raw, 1, 8 - wt) .. pk(F[wc], kept) .. sub(raw, p, len - wc) .. pk(F[wc], newest_count + cost)
   else
-    if not counts_head then
-      counts_head = string.char(counts_tag) .. high0
-      counts_slot = pk(F[wt0] .. sub(F[wc0], 2), stamp % M0, cost)
-    end
     value = counts_head .. pk(F[wc], kept) .. sub(raw, p) .. counts_slot
   end
 elseif tag == counts_tag - wc0 and cost == 1 and not merge then
