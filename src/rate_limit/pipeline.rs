@@ -295,7 +295,6 @@ impl Shared {
         for (prefix, d) in shown() {
             push_status(&mut status, prefix, d.remaining(), d.reset_us());
         }
-        debug_assert_eq!(status.len(), status.capacity());
         // The string becomes the header's bytes as it is: no copy, and no second allocation
         // (its length is its capacity).
         let status = (!status.is_empty())
