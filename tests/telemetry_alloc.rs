@@ -3,51 +3,21 @@
 //! recording it as with no provider installed (the API's no-op instruments). Counted on
 //! this thread only, so the SDK's reader thread and other tests do not disturb the count.
 
+mod alloc_common;
 mod telemetry_common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use alloc_common::allocations;
 use http::{Request, Response};
 use telemetry_common::Otel;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::correlation::CorrelationIdLayer;
 use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: the caller's contract is passed on as it is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+static GLOBAL: alloc_common::Counting = alloc_common::Counting;
 
 fn request() -> Request<String> {
     let mut req = Request::new(String::new());
