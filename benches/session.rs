@@ -6,6 +6,8 @@
 //! cargo bench --bench session --features session
 //! ```
 
+mod session_common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -15,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response, header};
+use http::{Request, Response};
+use session_common::{cookie_pair, fill, request};
 use tower::{Layer, Service, service_fn};
 use tower_rampart::session::{MemoryStore, Session, SessionConfig, SessionLayer};
 
@@ -72,27 +75,11 @@ fn layer(encrypt: bool) -> SessionLayer {
 fn session_cookie(layer: &SessionLayer) -> String {
     let mut svc = layer.layer(service_fn(|req: Request<()>| async move {
         let s = req.extensions().get::<Session>().cloned().unwrap();
-        s.insert("n", 0u64).await.unwrap();
-        s.insert("user", "someone@example.com").await.unwrap();
-        s.insert("roles", ["reader", "writer"]).await.unwrap();
+        fill(&s).await;
         Ok::<_, Infallible>(Response::new(String::new()))
     }));
     let res = now(svc.call(Request::new(()))).unwrap();
-    res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-fn request(cookie: Option<&str>) -> Request<()> {
-    let mut b = Request::get("/").header(header::HOST, "example.com");
-    if let Some(c) = cookie {
-        b = b.header(header::COOKIE, format!("theme=dark; {c}"));
-    }
-    b.body(()).unwrap()
+    cookie_pair(&res)
 }
 
 fn session(c: &mut Criterion) {

@@ -39,6 +39,8 @@
 //!   request: everything Redis did, reading requests and writing replies included.
 //! * `req/s`: requests per second of the whole stack (client, layer, Redis) on this machine.
 
+mod session_common;
+
 use rampart_test_support as support;
 
 use std::collections::BTreeMap;
@@ -47,7 +49,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, header};
+use http::{Request, Response};
+use session_common::{cookie_pair, fill, request};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_rampart::clock::{ManualClock, SystemClock};
 use tower_rampart::redis::{RedisConnection, driver};
@@ -152,9 +155,7 @@ async fn session_cookie(layer: &SessionLayer, user: Option<String>) -> String {
         let user = user.clone();
         async move {
             let s = req.extensions().get::<Session>().cloned().unwrap();
-            s.insert("n", 0u64).await.unwrap();
-            s.insert("user", "someone@example.com").await.unwrap();
-            s.insert("roles", ["reader", "writer"]).await.unwrap();
+            fill(&s).await;
             if let Some(u) = user {
                 s.set_user_id(u).await.unwrap();
             }
@@ -162,21 +163,7 @@ async fn session_cookie(layer: &SessionLayer, user: Option<String>) -> String {
         }
     }));
     let res = svc.oneshot(request(None)).await.unwrap();
-    res.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-fn request(cookie: Option<&str>) -> Request<()> {
-    let mut b = Request::get("/").header(header::HOST, "example.com");
-    if let Some(c) = cookie {
-        b = b.header(header::COOKIE, format!("theme=dark; {c}"));
-    }
-    b.body(()).unwrap()
+    cookie_pair(&res)
 }
 
 /// What one case runs: a service and a cookie per caller, or the baseline's keys.
