@@ -13,12 +13,12 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use session_common::{cookie_pair, fill, request};
+use session_common::{Work, answer, cookie_pair, fill, request};
 use tower::{Layer, Service, service_fn};
 use tower_rampart::session::{MemoryStore, Session, SessionConfig, SessionLayer};
 
@@ -33,13 +33,6 @@ fn now<F: Future>(future: F) -> F::Output {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Work {
-    Nothing,
-    Read,
-    Write,
-}
-
 fn handler(
     work: Work,
 ) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
@@ -48,15 +41,7 @@ fn handler(
         let counter = counter.clone();
         async move {
             let session = req.extensions().get::<Session>().cloned();
-            let body = match (work, session) {
-                (Work::Read, Some(s)) => s.get::<u64>("n").await.unwrap().unwrap_or(0).to_string(),
-                (Work::Write, Some(s)) => {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    s.insert("n", n).await.unwrap();
-                    n.to_string()
-                }
-                _ => "hello".to_owned(),
-            };
+            let body = answer(work, session, &counter).await;
             Ok::<_, Infallible>(Response::new(body))
         }
     })

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use session_common::{cookie_pair, fill, request};
+use session_common::{Work, answer, cookie_pair, fill, request};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_rampart::clock::{ManualClock, SystemClock};
 use tower_rampart::redis::{RedisConnection, driver};
@@ -61,13 +61,6 @@ const PREFIX: &str = "bench:session:";
 const MONITORED: u64 = 500;
 const IDLE: Duration = Duration::from_secs(3600);
 const SCRIPTS: [&str; 4] = ["evalsha", "eval", "evalsha_ro", "eval_ro"];
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Work {
-    Nothing,
-    Read,
-    Write,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Case {
     Baseline,
@@ -120,15 +113,7 @@ fn handler(work: Work, advance: Option<ManualClock>) -> Svc {
                 clock.advance(IDLE / 4 + Duration::from_secs(1));
             }
             let session = req.extensions().get::<Session>().cloned();
-            let body = match (work, session) {
-                (Work::Read, Some(s)) => s.get::<u64>("n").await.unwrap().unwrap_or(0).to_string(),
-                (Work::Write, Some(s)) => {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    s.insert("n", n).await.unwrap();
-                    n.to_string()
-                }
-                _ => "hello".to_owned(),
-            };
+            let body = answer(work, session, &counter).await;
             Ok::<_, Infallible>(Response::new(body))
         }
     }))
