@@ -497,13 +497,13 @@ impl RedisStore {
         record: &SessionRecord,
         now: u64,
         indexed: bool,
-    ) -> Result<Vec<Value>, StoreError> {
+    ) -> Result<Value, StoreError> {
         let mut call = Call::new(&SAVE, lua::SAVE, self.redis_key(key));
         call.arg(now).arg(record.version);
         write_args(&mut call, record, now);
         call.arg(if indexed { "1" } else { "0" })
             .arg(record.binding.as_deref().unwrap_or(""));
-        array(self.write(&call).await?)
+        self.write(&call).await
     }
 
     /// The indices of `redis_keys` in groups that may each go as one pipeline: one group on
@@ -717,7 +717,17 @@ fn array(v: Value) -> Result<Vec<Value>, StoreError> {
 /// SAVE's reply when the index entry must be written first.
 const INDEX_FIRST: u64 = 3;
 
-/// The outcome of SAVE / DELETE: `{0}`, `{1, fields..}`, `{2, ..}`.
+/// The outcome of SAVE / DELETE: `{0}`, `{1, fields..}`, `{2, ..}`, or SAVE's plain `2` for
+/// written.
+fn write_outcome(reply: Value) -> Result<WriteOutcome, StoreError> {
+    match reply {
+        Value::Int(2) => Ok(WriteOutcome::Written),
+        Value::Array(items) => outcome(&items),
+        _ => Err(protocol("outcome")),
+    }
+}
+
+/// The outcome of a table reply of SAVE / DELETE: `{0}`, `{1, fields..}`, `{2, ..}`.
 fn outcome(reply: &[Value]) -> Result<WriteOutcome, StoreError> {
     match reply.first().and_then(number) {
         Some(0) => Ok(WriteOutcome::Missing),
@@ -804,7 +814,8 @@ impl SessionStore for RedisStore {
     ) -> StoreFuture<'a, WriteOutcome> {
         Box::pin(async move {
             let mut reply = self.save_once(key, record, now, false).await?;
-            if reply.first().and_then(number) == Some(INDEX_FIRST) {
+            if matches!(&reply, Value::Array(r) if r.first().and_then(number) == Some(INDEX_FIRST))
+            {
                 // The save would make the session belong to its user (or move its deadline
                 // later): index it first, then save, saying so.
                 let user = record.user_id.as_deref().ok_or_else(|| protocol("save"))?;
@@ -812,7 +823,7 @@ impl SessionStore for RedisStore {
                     .await?;
                 reply = self.save_once(key, record, now, true).await?;
             }
-            outcome(&reply)
+            write_outcome(reply)
         })
     }
 
@@ -826,7 +837,7 @@ impl SessionStore for RedisStore {
             let mut call = Call::new(&DELETE, lua::DELETE, self.redis_key(key));
             call.arg(now)
                 .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
-            outcome(&array(self.write(&call).await?)?)
+            write_outcome(self.write(&call).await?)
         })
     }
 
@@ -982,6 +993,26 @@ mod tests {
         SessionKey::parse(&format!("{n:032x}")).unwrap()
     }
 
+    /// SAVE's written reply is a plain integer, its other outcomes and DELETE's are tables;
+    /// any other shape is a protocol error, never a panic.
+    #[test]
+    fn write_replies_decode() {
+        assert_eq!(write_outcome(Value::Int(2)).unwrap(), WriteOutcome::Written);
+        let table = |n| Value::Array(vec![Value::Int(n)]);
+        assert_eq!(write_outcome(table(2)).unwrap(), WriteOutcome::Written);
+        assert_eq!(write_outcome(table(0)).unwrap(), WriteOutcome::Missing);
+        for bad in [
+            Value::Int(0),
+            Value::Int(3),
+            Value::Nil,
+            Value::Array(vec![]),
+            table(7),
+            Value::Array(vec![Value::Int(1)]),
+        ] {
+            assert!(write_outcome(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
     fn record(user: Option<&str>) -> SessionRecord {
         SessionRecord {
             version: 0,
@@ -1077,13 +1108,13 @@ mod tests {
         }
         // `before` lands, then the sweep runs, then `after` lands (its second call).
         let reply = s.save_once(&before, &signed_in, T0, true).await.unwrap();
-        assert_eq!(outcome(&reply).unwrap(), WriteOutcome::Written);
+        assert_eq!(write_outcome(reply).unwrap(), WriteOutcome::Written);
         assert_eq!(s.delete_user_sessions("bob", T0 + SEC).await.unwrap(), 1);
         let reply = s
             .save_once(&after, &signed_in, T0 + SEC, true)
             .await
             .unwrap();
-        assert_eq!(outcome(&reply).unwrap(), WriteOutcome::Written);
+        assert_eq!(write_outcome(reply).unwrap(), WriteOutcome::Written);
         assert_eq!(s.load(&before, T0 + SEC, false).await.unwrap(), None);
         let survivor = s.load(&after, T0 + SEC, false).await.unwrap().unwrap();
         assert_eq!(survivor.user_id.as_deref(), Some("bob"));

@@ -8,7 +8,7 @@
 -- {1, v, c, a, i, x, u, d, b} when its version is not the expected one (nothing written);
 -- {3} when the write would make the session belong to a user, or move its absolute deadline
 -- later, and indexed is not '1': the caller must write the index entry first (nothing
--- written); {2, old u, old x} when written.
+-- written); 2 (an integer, not a table: a table reply costs Redis more) when written.
 -- Leaves (when written): v incremented, c a i x d from ARGV, u set or removed (has_user), b set
 -- or removed (binding), the key expiring in ttl milliseconds.
 -- Commands (when written): HMGET of the fields it decides on (v a i x u b), one HSET of every
@@ -44,4 +44,4 @@ elseif not bound and r[6] then
   redis.call('HDEL', KEYS[1], 'b')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[10])
-return {2, r[5], r[4]}
+return 2
