@@ -21,6 +21,8 @@
 //! | `redis` | [`RateLimitLayer`] on the Redis backend (`REDIS_URL`), GCRA, a quota nobody exceeds |
 //! | `naive-redis` | a plain middleware making one `EVALSHA` of a small GCRA script per request over one multiplexed connection: the baseline of `redis` |
 //! | `full` | correlation id, cookie policy, rate limit (memory, per IP and per session as in the README) and sessions (memory store), as in `examples/axum_app.rs` |
+//! | `floor-headers` | no limiter: a map of the response adding `memory`'s two `RateLimit` headers as constants (same bytes): what sending those headers costs any limiter, the ceiling of `memory` |
+//! | `floor-429` | no limiter: the handler answers `denied`'s refusal, byte for byte (status, the four headers, the JSON body) from constants: the ceiling of `denied` |
 //!
 //! Port 0 asks the kernel for a free port; the server prints the address it listens on.
 //! No tracing subscriber is installed: every variant pays only the layers' own work.
@@ -33,8 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,7 +56,8 @@ use tower_rampart::session::{MemoryStore, SessionConfig, SessionLayer};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-const VARIANTS: &str = "bare, governor, memory, memory-window, denied, redis, naive-redis, full";
+const VARIANTS: &str = "bare, governor, memory, memory-window, denied, redis, naive-redis, full, \
+     floor-headers, floor-429";
 
 /// A count no benchmark on one machine reaches: every request is admitted.
 const HUGE: u32 = 1_000_000_000;
@@ -164,6 +169,43 @@ async fn naive_redis() -> Result<Router, BoxError> {
     Ok(hello_router().layer(middleware::from_fn_with_state(naive, naive_limit)))
 }
 
+/// The header names as constants (parsing a name from text on every response would cost
+/// more than our layer pays).
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// `memory`'s two headers on a wrk run (one key, nobody refused), as constants.
+const POLICY_OPEN: &str = "\"ip\";q=1000000000;w=1";
+const STATUS_OPEN: &str = "\"ip\";r=999999999;t=1";
+
+/// Bare plus the bytes of `memory`'s `RateLimit` headers, without deciding anything.
+fn floor_headers() -> Router {
+    use tower::util::MapResponseLayer;
+    hello_router().layer(MapResponseLayer::new(|mut resp: Response| {
+        let h = resp.headers_mut();
+        h.append(RATELIMIT_POLICY, HeaderValue::from_static(POLICY_OPEN));
+        h.append(RATELIMIT, HeaderValue::from_static(STATUS_OPEN));
+        resp
+    }))
+}
+
+/// `denied`'s refusal, byte for byte, answered by the handler from constants.
+async fn refusal() -> Response {
+    let mut resp = Response::new(Body::from(
+        &b"{\"detail\": \"Rate limit exceeded: 1 per 1 hour\"}"[..],
+    ));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = resp.headers_mut();
+    h.append(
+        RATELIMIT_POLICY,
+        HeaderValue::from_static("\"ip\";q=1;w=3600"),
+    );
+    h.append(RATELIMIT, HeaderValue::from_static("\"ip\";r=0;t=3600"));
+    h.append(RETRY_AFTER, HeaderValue::from_static("3600"));
+    h.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 /// The README's recommended stack (without the panic catcher), everything in memory.
 fn full() -> Result<Router, BoxError> {
     let sessions = SessionLayer::new(
@@ -206,6 +248,8 @@ async fn app(variant: &str) -> Result<Router, BoxError> {
         }
         "naive-redis" => naive_redis().await?,
         "full" => full()?,
+        "floor-headers" => floor_headers(),
+        "floor-429" => Router::new().route("/", get(refusal)),
         other => return Err(format!("unknown variant {other:?} (one of: {VARIANTS})").into()),
     })
 }

@@ -18,7 +18,10 @@
 #   WRK_THREADS=1     wrk -t
 #   WARMUP=1          seconds of `wrk` per variant before the rounds (0: none)
 #   VARIANTS="bare governor memory memory-window denied redis naive-redis full"
-#                     (bare is always run: every ratio is against it)
+#                     (bare is always run: every ratio is against it). Two more variants,
+#                     not run unless named, measure the ceilings of the limiter rows:
+#                     floor-headers (bare plus memory's two RateLimit headers as constants)
+#                     and floor-429 (denied's refusal, byte for byte, from the handler)
 #   BENCH_WORKERS     the servers' Tokio worker threads (default: one per core)
 #   RESULTS=FILE      also write the raw per-round figures there (TSV)
 #   SERVER=PATH       a bench_http executable built beforehand (e.g. from another commit, to
@@ -63,7 +66,7 @@ variants=(bare)
 for v in $VARIANTS; do
     case $v in
     bare) ;;
-    governor | memory | memory-window | denied | redis | naive-redis | full)
+    governor | memory | memory-window | denied | redis | naive-redis | full | floor-headers | floor-429)
         [[ " ${variants[*]} " == *" $v "* ]] || variants+=("$v")
         ;;
     *) die "unknown variant '$v'" ;;
@@ -193,7 +196,9 @@ for v in "${variants[@]}"; do
         }
         ;;
     esac
-    [ "$status" = 200 ] || {
+    expected=200
+    [ "$v" != floor-429 ] || expected=429
+    [ "$status" = "$expected" ] || {
         echo "  error: $v answered $status to its first request" >&2
         check_failed=1
     }
@@ -316,10 +321,12 @@ echo
 has memory && has governor && pair "ours, memory / tower_governor" memory governor
 has memory-window && has memory && pair "ours, memory window / memory GCRA" memory-window memory
 has redis && has naive-redis && pair "ours, Redis / naive EVALSHA layer" redis naive-redis
+has memory && has floor-headers && pair "ours, memory / its headers' floor" memory floor-headers
+has denied && has floor-429 && pair "ours, denied / the refusal's floor" denied floor-429
 if has denied; then
     awk -F'\t' 'NR > 1 && $2 == "denied" { total += $4; non += $5 }
         END { printf "%-40s %d of %d responses non-2xx (%.4f%%)\n", "denied flood", non, total, total ? 100 * non / total : 0 }' "$raw"
 fi
-awk -F'\t' 'NR > 1 && $2 != "denied" && $5 > 0 { printf "warning: %s answered %d non-2xx responses in round %d\n", $2, $5, $1 }' "$raw"
+awk -F'\t' 'NR > 1 && $2 != "denied" && $2 != "floor-429" && $5 > 0 { printf "warning: %s answered %d non-2xx responses in round %d\n", $2, $5, $1 }' "$raw"
 echo
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$WRK_THREADS -c$CONNECTIONS, ${DURATION} s per run${NICE:+, nice $NICE}"
