@@ -37,13 +37,16 @@ const DEFAULT_SHARDS: usize = 64;
 ///   work.
 /// * **Compact**: one table per meaning and key form. A key that is an IPv4 address, an IPv6
 ///   network of up to /64 or the global key is stored exactly in 16 bytes: a GCRA entry takes
-///   24 bytes (100k clients: 2.4 MB, mostly in cache), a window entry 48 bytes, plus a heap
+///   24 bytes (100k clients: 2.4 MB, mostly in cache), a window entry 40 bytes, plus a heap
 ///   ring of 16 bytes per admission once a key has two or more inside its window (at most
 ///   `min(limit, max_slots)`); a refusal of a client that used up its quota reads the entry
 ///   only. A text key of up to 34 bytes (the built-in ones: `u:`, `s:`, `h:` and 32 hex
 ///   digits) is copied into its entry, so that a lookup compares it without following a
-///   pointer: a GCRA entry takes 48 bytes, a window entry 72. Longer texts (and IPv6 keys
-///   grouped by more than /64) are held by the entry as the [`LimitKey`] itself.
+///   pointer: a GCRA entry takes 48 bytes, a window entry 64, aligned to a cache line (a
+///   decision reads one line). Longer texts (and IPv6 keys grouped by more than /64) are
+///   held by the entry as the [`LimitKey`] itself. A window entry stores no expiry time: when
+///   the shard makes room it is computed from the state (the newest admission leaving the
+///   window).
 ///
 /// ```
 /// use tower_rampart::rate_limit::{LimitKey, MemoryBackend, Quota};
@@ -448,6 +451,10 @@ struct Probe<'a> {
 /// How a table stores `(quota id, key)`: exactly, either as 16 bytes (IP addresses, global)
 /// or as the full key.
 trait KeyForm: Sized {
+    /// The alignment a window entry with this key form takes (a zero-sized field): a whole
+    /// cache line for the 64-byte entries of text keys, so that a decision reads one line,
+    /// not two; nothing for the 40-byte entries of compact keys.
+    type Line: Default;
     fn make(p: &Probe<'_>) -> Self;
     /// The quota id.
     fn id(&self) -> u32;
@@ -501,6 +508,7 @@ enum Wide {
 }
 
 impl KeyForm for Compact {
+    type Line = ();
     fn make(p: &Probe<'_>) -> Self {
         Compact(p.compact.unwrap_or_default())
     }
@@ -529,6 +537,7 @@ impl KeyForm for Compact {
 }
 
 impl KeyForm for Wide {
+    type Line = CacheLine;
     fn make(p: &Probe<'_>) -> Self {
         match p.inline {
             Some(text) => Wide::Inline { id: p.id, text },
@@ -582,12 +591,19 @@ struct GcraSlot<K> {
 }
 
 /// State of a key of a window quota: the slot header inline, the admission times in one
-/// allocation of at most `min(limit, max_slots)` entries.
-struct WindowSlot<K> {
+/// allocation of at most `min(limit, max_slots)` entries. No expiry time is stored: it
+/// follows from the state and the key's quota ([`window::expiry`]), and is read only when a
+/// shard makes room; so an entry with a text key held inline is 64 bytes, one cache line.
+struct WindowSlot<K: KeyForm> {
     key: K,
-    expires_at: u64,
     window: window::WindowState,
+    _line: K::Line,
 }
+
+/// Zero bytes aligned to a cache line (see [`KeyForm::Line`]).
+#[derive(Default)]
+#[repr(align(64))]
+struct CacheLine;
 
 /// What the shard needs from a slot type (one table per meaning and key form).
 trait SlotKind: Sized {
@@ -596,8 +612,9 @@ trait SlotKind: Sized {
     fn table_mut(shard: &mut Shard) -> &mut HashTable<Self>;
     fn fresh(key: Self::Key) -> Self;
     fn key(&self) -> &Self::Key;
-    /// When the bucket is full again (the key may then be forgotten).
-    fn expires_at(&self) -> u64;
+    /// When the bucket is full again (the key may then be forgotten); `quotas` are the
+    /// shard's quotas by id ([`Shard::quotas`]).
+    fn expires_at(&self, quotas: &[Option<Quota>]) -> u64;
     fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision;
     fn decide_and_commit(&mut self, q: &Quota, cost: u64, now: u64) -> QuotaDecision;
 }
@@ -616,7 +633,7 @@ impl<K: KeyForm> SlotKind for GcraSlot<K> {
     fn key(&self) -> &K {
         &self.key
     }
-    fn expires_at(&self) -> u64 {
+    fn expires_at(&self, _quotas: &[Option<Quota>]) -> u64 {
         self.tat
     }
     fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
@@ -642,15 +659,20 @@ impl<K: KeyForm> SlotKind for WindowSlot<K> {
     fn fresh(key: K) -> Self {
         WindowSlot {
             key,
-            expires_at: 0,
             window: window::WindowState::default(),
+            _line: K::Line::default(),
         }
     }
     fn key(&self) -> &K {
         &self.key
     }
-    fn expires_at(&self) -> u64 {
-        self.expires_at
+    fn expires_at(&self, quotas: &[Option<Quota>]) -> u64 {
+        // A stored key always has its quota recorded (`note_quota` runs before the insert);
+        // without one it is kept.
+        match quotas.get(self.key.id() as usize) {
+            Some(Some(q)) => window::expiry(&self.window, q),
+            _ => u64::MAX,
+        }
     }
     fn decide(&self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
         window::decide(&self.window, now, q, cost)
@@ -658,7 +680,7 @@ impl<K: KeyForm> SlotKind for WindowSlot<K> {
     fn decide_and_commit(&mut self, q: &Quota, cost: u64, now: u64) -> QuotaDecision {
         let d = window::decide(&self.window, now, q, cost);
         if d.allowed && cost > 0 {
-            self.expires_at = window::admit(&mut self.window, now, q, cost);
+            window::admit(&mut self.window, now, q, cost);
         }
         d
     }
@@ -679,7 +701,7 @@ impl<S: SlotKind> Ranked for S {
             let used = burst.saturating_sub(self.decide(&q, 0, now).remaining());
             ((u128::from(used) << 32) / u128::from(burst)) as u64
         });
-        (share, self.expires_at())
+        (share, self.expires_at(quotas))
     }
 }
 
@@ -823,13 +845,14 @@ impl Shard {
     /// (those sooner full again first, among equals).
     fn make_room(&mut self, now: u64, cap: usize, evicted: &AtomicU64) {
         let target = cap - (cap / 8).max(1);
-        self.retain_all(|e| e > now);
+        let quotas = std::mem::take(&mut self.quotas);
+        self.retain_all(&quotas, |e| e > now);
         let len = self.len();
         if len <= target {
+            self.quotas = quotas;
             return;
         }
         let k = len - target;
-        let quotas = std::mem::take(&mut self.quotas);
         let rank = |s: &dyn Ranked| s.rank(&quotas, now);
         let mut ranks: Vec<(u64, u64)> = Vec::with_capacity(len);
         ranks.extend(self.gcra.iter().map(|s| rank(s)));
@@ -858,11 +881,11 @@ impl Shard {
     }
 
     /// Keeps the entries whose expiry time passes `keep`.
-    fn retain_all(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        self.gcra.retain(|s| keep(s.expires_at()));
-        self.gcra_wide.retain(|s| keep(s.expires_at()));
-        self.window.retain(|s| keep(s.expires_at()));
-        self.window_wide.retain(|s| keep(s.expires_at()));
+    fn retain_all(&mut self, quotas: &[Option<Quota>], mut keep: impl FnMut(u64) -> bool) {
+        self.gcra.retain(|s| keep(s.expires_at(quotas)));
+        self.gcra_wide.retain(|s| keep(s.expires_at(quotas)));
+        self.window.retain(|s| keep(s.expires_at(quotas)));
+        self.window_wide.retain(|s| keep(s.expires_at(quotas)));
     }
 }
 
@@ -877,8 +900,9 @@ mod tests {
     fn slots_are_small() {
         assert_eq!(std::mem::size_of::<GcraSlot<Compact>>(), 24);
         assert_eq!(std::mem::size_of::<GcraSlot<Wide>>(), 48);
-        assert_eq!(std::mem::size_of::<WindowSlot<Compact>>(), 48);
-        assert_eq!(std::mem::size_of::<WindowSlot<Wide>>(), 72);
+        assert_eq!(std::mem::size_of::<WindowSlot<Compact>>(), 40);
+        assert_eq!(std::mem::size_of::<WindowSlot<Wide>>(), 64);
+        assert_eq!(std::mem::align_of::<WindowSlot<Wide>>(), 64);
     }
 
     /// Text keys on both sides of the inline bound (and IPv6 keys, held whole) are found again
@@ -954,6 +978,35 @@ mod tests {
         assert_eq!(backend.evicted_live(), 0);
         // The hot key's state survived the reclaim.
         assert!(!lim.check_at(&hot, 1, t0 + 2 * S).is_allowed());
+    }
+
+    /// A window entry stores no expiry: it is computed from the state when a shard makes
+    /// room, and is when the newest admission leaves the window. A key whose oldest admission
+    /// has left but not its newest is live, not reclaimed with the expired ones.
+    #[test]
+    fn a_window_key_expires_when_its_newest_admission_leaves() {
+        for key in [LimitKey::new("kept"), LimitKey::ip([192, 0, 2, 1].into())] {
+            let backend = MemoryBackend::builder().max_keys(8).shards(1).build();
+            let lim = backend.keyed("k", Quota::per_minute(2)).unwrap();
+            let t0 = 1_000 * S;
+            assert!(lim.check_at(&key, 1, t0).is_allowed());
+            assert!(lim.check_at(&key, 1, t0 + 30 * S).is_allowed());
+            for i in 0..7 {
+                lim.check_at(&LimitKey::new(format!("once{i}")), 1, t0);
+            }
+            assert_eq!(backend.len(), 8);
+            // A new key at t0 + 61 s makes room: the seven keys admitted once at t0 are
+            // expired and go; `key` (newest admission inside until t0 + 90 s) stays.
+            assert!(
+                lim.check_at(&LimitKey::new("new"), 1, t0 + 61 * S)
+                    .is_allowed()
+            );
+            assert_eq!(backend.len(), 2, "{key}");
+            assert_eq!(backend.evicted_live(), 0);
+            // One of its two units is still in use: one more admitted, then refused.
+            assert!(lim.check_at(&key, 1, t0 + 62 * S).is_allowed());
+            assert!(!lim.check_at(&key, 1, t0 + 63 * S).is_allowed());
+        }
     }
 
     #[test]

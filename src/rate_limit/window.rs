@@ -39,7 +39,7 @@ pub(crate) struct Slot {
 /// decision whose oldest slot is still inside the window (every refusal of a client that used
 /// up its quota, whatever its limit) reads these 24 bytes only, and so does any decision for a
 /// key with at most one live admission (clients well under their quota); the memory backend's
-/// table entry stays at 48 bytes.
+/// table entry stays at 40 bytes (64 with a text key held inline).
 ///
 /// Counts are stored in 32 bits: the units inside a window never exceed the quota's limit,
 /// at most [`MAX_COUNT`](super::MAX_COUNT) (checked by [`Quota::validate`]), and older slots
