@@ -181,7 +181,8 @@ pub(crate) fn max_slots(q: &Quota) -> usize {
 pub(crate) fn decide(state: &WindowState, now: u64, q: &Quota, cost: u64) -> QuotaDecision {
     let (w, n) = (q.window_us, q.limit);
     let (first, count) = live(state, now, w);
-    let oldest = state.get(first).map(|s| s.at);
+    let oldest_slot = state.get(first);
+    let oldest = oldest_slot.map(|s| s.at);
     let until_oldest_leaves = |at: u64| at.saturating_add(w).saturating_sub(now);
     if cost <= n && count.saturating_add(cost) <= n {
         let reset_us = match oldest {
@@ -196,17 +197,25 @@ pub(crate) fn decide(state: &WindowState, now: u64, q: &Quota, cost: u64) -> Quo
     if cost > n {
         return QuotaDecision::new(false, remaining, reset_us, NEVER);
     }
-    // Enough of the oldest units must leave for `cost` to fit.
+    // Enough of the oldest units must leave for `cost` to fit. Usually the oldest live slot
+    // holds enough (a client refused at its limit): that one is read without walking the
+    // slots (for the oldest, inline in the entry).
     let excess = count + cost - n;
-    let mut acc = 0u64;
-    let mut retry_us = reset_us;
-    for s in state.iter().skip(first) {
-        acc += s.count;
-        if acc >= excess {
-            retry_us = until_oldest_leaves(s.at);
-            break;
+    let retry_us = match oldest_slot {
+        Some(s) if s.count >= excess => until_oldest_leaves(s.at),
+        _ => {
+            let mut acc = 0u64;
+            let mut retry_us = reset_us;
+            for s in state.iter().skip(first) {
+                acc += s.count;
+                if acc >= excess {
+                    retry_us = until_oldest_leaves(s.at);
+                    break;
+                }
+            }
+            retry_us
         }
-    }
+    };
     QuotaDecision::new(false, remaining, reset_us, retry_us)
 }
 
