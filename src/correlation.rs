@@ -93,6 +93,8 @@
 //! choose the id in its logs can refuse them all with
 //! [`CorrelationIdLayer::trust_incoming(false)`](CorrelationIdLayer::trust_incoming).
 
+mod mint;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -201,7 +203,7 @@ impl CorrelationId {
     /// ```
     pub fn new_v7() -> Self {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let text = mint::uuid_v7().hyphenated().encode_lower(&mut buf);
         Self(HeaderValue::from_str(text).expect("a hyphenated UUID is a valid header value"))
     }
 
