@@ -12,7 +12,8 @@
 -- Leaves (when written): v incremented, c a i x d from ARGV, u set or removed (has_user), b set
 -- or removed (binding), the key expiring in ttl milliseconds.
 -- Commands (when written): HMGET of the fields it decides on (v a i x u b), one HSET of every
--- field written, HDEL only of a u or b that is there and must go, PEXPIRE. A conflict reads
+-- field written (u and b only when they change), HDEL only of a u or b that is there and must
+-- go, PEXPIRE. A conflict reads
 -- the whole record again (HMGET v c a i x u d b) for its reply. (The HSET is spelled out per
 -- case: building its arguments in a table costs Redis more than the branches.)
 local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x', 'u', 'b')
@@ -29,11 +30,14 @@ end
 local v = tostring(tonumber(r[1]) + 1)
 local user = ARGV[7] == '1'
 local bound = ARGV[12] and ARGV[12] ~= ''
-if user and bound then
+-- u and b are written only when they change (usually neither does).
+local set_u = user and r[5] ~= ARGV[8]
+local set_b = bound and r[6] ~= ARGV[12]
+if set_u and set_b then
   redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'u', ARGV[8], 'b', ARGV[12])
-elseif bound then
+elseif set_b then
   redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'b', ARGV[12])
-elseif user then
+elseif set_u then
   redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9], 'u', ARGV[8])
 else
   redis.call('HSET', KEYS[1], 'v', v, 'c', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6], 'd', ARGV[9])
