@@ -785,11 +785,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // Only the access event and the metrics need the latency: no clock reads without them.
+        // Only the access event and the metrics need the latency: no clock reads without them,
+        // nor when no subscriber would record the access event (checked at its most severe
+        // level, the failure's `warn`: a subscriber that takes only warnings still gets it).
+        let access = self.config.access_log
+            && tracing::enabled!(target: "tower_rampart::access", tracing::Level::WARN);
         #[cfg(feature = "opentelemetry")]
-        let timed = self.config.access_log || self.config.metrics.on();
+        let timed = access || self.config.metrics.on();
         #[cfg(not(feature = "opentelemetry"))]
-        let timed = self.config.access_log;
+        let timed = access;
         let start = timed.then(Instant::now);
         #[cfg(feature = "opentelemetry")]
         let metrics = self.config.metrics.start(&req);
