@@ -22,7 +22,7 @@ use super::memory::MemoryBackend;
 use super::metrics::{Counters, bump};
 use super::quota::Quota;
 use super::response::{
-    RATELIMIT, RATELIMIT_POLICY, RejectReason, Rejection, RejectionBody, push_status,
+    RATELIMIT_NAME, RATELIMIT_POLICY_NAME, RejectReason, Rejection, RejectionBody, push_status,
     rejection_response, status_len,
 };
 use crate::clock::{Clock, Throttle};
@@ -326,9 +326,9 @@ impl Shared {
         };
         if reason != RejectReason::Unavailable {
             let (policy, status) = self.rate_headers(verdict, true);
-            headers.insert(&RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT_POLICY_NAME, policy);
             if let Some(s) = status {
-                headers.insert(&RATELIMIT, s);
+                headers.insert(RATELIMIT_NAME, s);
             }
         }
         let retry = match reason {

@@ -12,6 +12,11 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 /// `RateLimit` (IETF httpapi draft -11).
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// The same two names as values built in place: inserting one does not clone a static
+/// (a call per header and per response).
+pub(crate) const RATELIMIT_POLICY_NAME: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_NAME: HeaderName = HeaderName::from_static("ratelimit");
+
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_INTERNAL: &str = "13";
 const GRPC_INVALID_ARGUMENT: &str = "3";

@@ -17,7 +17,7 @@ use super::engine::DecisionFuture;
 use super::key::LimitKey;
 use super::metrics::RateLimitMetrics;
 use super::pipeline::{Plan, Settled, Shared};
-use super::response::{RATELIMIT, RATELIMIT_POLICY, RateLimitBody, is_grpc};
+use super::response::{RATELIMIT_NAME, RATELIMIT_POLICY_NAME, RateLimitBody, is_grpc};
 
 /// Rate limiting layer: checks every request's quotas in one atomic step and answers 429
 /// itself when one is used up. See the [module docs](super).
@@ -259,9 +259,9 @@ where
                     let mut resp = resp.map(RateLimitBody::inner);
                     if let Some((policy, status)) = headers.take() {
                         let h = resp.headers_mut();
-                        h.append(&RATELIMIT_POLICY, policy);
+                        h.append(RATELIMIT_POLICY_NAME, policy);
                         if let Some(s) = status {
-                            h.append(&RATELIMIT, s);
+                            h.append(RATELIMIT_NAME, s);
                         }
                     }
                     return Poll::Ready(Ok(resp));
