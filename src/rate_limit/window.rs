@@ -220,8 +220,8 @@ pub(crate) fn decide(state: &WindowState, now: u64, q: &Quota, cost: u64) -> Quo
 }
 
 /// Records an admitted request of `cost` at `now` (call only when [`decide`] allowed it).
-/// Returns the time the state is back to "nothing used" (when the key may be forgotten).
-pub(crate) fn admit(state: &mut WindowState, now: u64, q: &Quota, cost: u64) -> u64 {
+/// When the key may be forgotten afterwards is [`expiry`].
+pub(crate) fn admit(state: &mut WindowState, now: u64, q: &Quota, cost: u64) {
     let w = q.window_us;
     while state.front().is_some_and(|s| s.at.saturating_add(w) <= now) {
         state.pop_front();
@@ -237,7 +237,6 @@ pub(crate) fn admit(state: &mut WindowState, now: u64, q: &Quota, cost: u64) -> 
             state.pop_front();
         }
     }
-    expiry(state, q)
 }
 
 /// When the state is back to "nothing used": the newest slot leaves the window.
