@@ -38,7 +38,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,7 +48,8 @@ use tower_rampart::cookie_policy::{CookiePolicy, CookiePolicyLayer};
 use tower_rampart::correlation::CorrelationIdLayer;
 use tower_rampart::net::TrustedProxies;
 use tower_rampart::rate_limit::{
-    Key, Limit, MemoryBackend, MissingKey, Quota, RateLimitLayer, RedisBackend,
+    Key, Limit, MemoryBackend, MissingKey, Quota, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer,
+    RedisBackend,
 };
 use tower_rampart::redis::RedisConfig;
 use tower_rampart::redis::driver::{self, Script, aio::MultiplexedConnection};
@@ -169,11 +170,6 @@ async fn naive_redis() -> Result<Router, BoxError> {
     Ok(hello_router().layer(middleware::from_fn_with_state(naive, naive_limit)))
 }
 
-/// The header names as constants (parsing a name from text on every response would cost
-/// more than our layer pays).
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
 /// `memory`'s two headers on a wrk run (one key, nobody refused), as constants.
 const POLICY_OPEN: &str = "\"ip\";q=1000000000;w=1";
 const STATUS_OPEN: &str = "\"ip\";r=999999999;t=1";
@@ -183,8 +179,8 @@ fn floor_headers() -> Router {
     use tower::util::MapResponseLayer;
     hello_router().layer(MapResponseLayer::new(|mut resp: Response| {
         let h = resp.headers_mut();
-        h.append(RATELIMIT_POLICY, HeaderValue::from_static(POLICY_OPEN));
-        h.append(RATELIMIT, HeaderValue::from_static(STATUS_OPEN));
+        h.append(&RATELIMIT_POLICY, HeaderValue::from_static(POLICY_OPEN));
+        h.append(&RATELIMIT, HeaderValue::from_static(STATUS_OPEN));
         resp
     }))
 }
@@ -197,10 +193,10 @@ async fn refusal() -> Response {
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let h = resp.headers_mut();
     h.append(
-        RATELIMIT_POLICY,
+        &RATELIMIT_POLICY,
         HeaderValue::from_static("\"ip\";q=1;w=3600"),
     );
-    h.append(RATELIMIT, HeaderValue::from_static("\"ip\";r=0;t=3600"));
+    h.append(&RATELIMIT, HeaderValue::from_static("\"ip\";r=0;t=3600"));
     h.append(RETRY_AFTER, HeaderValue::from_static("3600"));
     h.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp

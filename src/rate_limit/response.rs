@@ -8,12 +8,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::quota::Quota;
 
 /// `RateLimit-Policy` (IETF httpapi draft -11).
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT_POLICY: HeaderName = RATELIMIT_POLICY_NAME;
 /// `RateLimit` (IETF httpapi draft -11).
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub static RATELIMIT: HeaderName = RATELIMIT_NAME;
 
-/// The same two names as values built in place: inserting one does not clone a static
-/// (a call per header and per response).
+/// The two names as values the layer builds in place where it inserts them (inserting a
+/// static clones it: a call per header and per response); the statics above are these.
 pub(crate) const RATELIMIT_POLICY_NAME: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub(crate) const RATELIMIT_NAME: HeaderName = HeaderName::from_static("ratelimit");
 
