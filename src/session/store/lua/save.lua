@@ -13,9 +13,9 @@
 -- or removed (binding), the key expiring in ttl milliseconds.
 -- Commands (when written): HMGET of the fields it decides on (v a i x u b), one HSET of every
 -- field written (u and b only when they change), HDEL only of a u or b that is there and must
--- go, PEXPIRE. A conflict reads
--- the whole record again (HMGET v c a i x u d b) for its reply. (The HSET is spelled out per
--- case: building its arguments in a table costs Redis more than the branches.)
+-- go, PEXPIRE. A conflict reads the whole record again (HMGET v c a i x u d b) for its reply.
+-- (The HSET is spelled out per case: building its arguments in a table costs Redis more than
+-- the branches.)
 local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x', 'u', 'b')
 local now = tonumber(ARGV[1])
 local alive = r[1] and now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
