@@ -13,7 +13,6 @@
 mod alloc_common;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use alloc_common::allocations;
@@ -26,13 +25,7 @@ static GLOBAL: alloc_common::Counting = alloc_common::Counting;
 
 /// A request from one client, with a user header (the key of a second quota).
 fn request() -> Request<String> {
-    let mut req = Request::new(String::new());
-    let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
-    req.extensions_mut()
-        .insert(tower_rampart::net::PeerAddr(peer));
-    req.headers_mut()
-        .insert("x-user", HeaderValue::from_static("alice"));
-    req
+    alloc_common::request_with("x-user", "alice")
 }
 
 /// A handler answering as a web framework does: a body and a `content-type` header (so the

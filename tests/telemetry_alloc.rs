@@ -7,7 +7,6 @@ mod alloc_common;
 mod telemetry_common;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use alloc_common::allocations;
 use http::{Request, Response};
@@ -20,13 +19,7 @@ use tower_rampart::rate_limit::{Key, Quota, RateLimitLayer};
 static GLOBAL: alloc_common::Counting = alloc_common::Counting;
 
 fn request() -> Request<String> {
-    let mut req = Request::new(String::new());
-    let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
-    req.extensions_mut()
-        .insert(tower_rampart::net::PeerAddr(peer));
-    req.headers_mut()
-        .insert("x-correlation-id", "fixed-id".parse().unwrap());
-    req
+    alloc_common::request_with("x-correlation-id", "fixed-id")
 }
 
 /// Allocations of `n` requests through `svc` (requests built beforehand).

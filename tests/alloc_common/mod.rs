@@ -39,6 +39,18 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// A request from one client (`192.0.2.1`, as `PeerAddr`) carrying one header, built before
+/// the counting starts.
+pub fn request_with(name: &'static str, value: &'static str) -> http::Request<String> {
+    let mut req = http::Request::new(String::new());
+    let peer: std::net::SocketAddr = "192.0.2.1:1".parse().unwrap();
+    req.extensions_mut()
+        .insert(tower_rampart::net::PeerAddr(peer));
+    req.headers_mut()
+        .insert(name, http::HeaderValue::from_static(value));
+    req
+}
+
 /// Allocations made on this thread so far.
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
