@@ -4,18 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
-
 use super::clock::MonotonicClock;
 use super::config::{Backend, CostFn, FailureMode, Limit, RateLimitConfigError};
 use super::engine::Engine;
 use super::key::KeyExtractor;
+use super::lasting::Text;
 use super::memory::MemoryBackend;
 use super::metrics::Counters;
 use super::pipeline::{Shared, Slot};
 use super::quota::Quota;
 use super::response::{
-    JsonRejection, RejectReason, Rejection, RejectionBody, policy_value, status_prefix,
+    JsonRejection, RejectReason, Rejection, RejectionBody, policy_header, policy_value,
+    status_prefix,
 };
 use super::service::RateLimitLayer;
 use crate::clock::{Clock, Throttle};
@@ -265,7 +265,7 @@ impl RateLimitBuilder {
                     };
                     JsonRejection.body(&refusal).1
                 }),
-                name: l.name.into(),
+                name: Text::new(&l.name),
                 quota: l.quota,
                 key: l.key,
                 missing: l.missing,
@@ -274,12 +274,11 @@ impl RateLimitBuilder {
         #[cfg(feature = "opentelemetry")]
         let otel = super::metrics::otel::LayerMetrics::new(
             &self.meter.unwrap_or_else(crate::telemetry::global_meter),
-            limits.iter().map(|l| (&l.name, l.quota.burst_size())),
+            limits.iter().map(|l| (&*l.name, l.quota.burst_size())),
             self.near_limit,
         );
         let policy = policy_value(limits.iter().map(|l| (&*l.name, &l.quota)));
-        let policy =
-            HeaderValue::from_str(&policy).map_err(|_| RateLimitConfigError::PolicyHeader)?;
+        let policy = policy_header(&policy).ok_or(RateLimitConfigError::PolicyHeader)?;
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limits,

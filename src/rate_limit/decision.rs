@@ -1,6 +1,6 @@
 //! The outcome of one quota check.
 
-use std::sync::Arc;
+use super::lasting::Text;
 use std::time::Duration;
 
 use super::micros::{ceil_div, next_unit};
@@ -208,7 +208,7 @@ pub struct RateLimitDecision {
 /// ```
 #[derive(Clone, Debug)]
 pub struct QuotaStatus {
-    pub(super) name: Arc<str>,
+    pub(super) name: Text,
     pub(super) quota: Quota,
     pub(super) decision: QuotaDecision,
 }

@@ -230,7 +230,7 @@ impl Shared {
         if statuses.is_empty() {
             return None;
         }
-        bump(&self.counters.deny_cache_hits);
+        bump(&self.counters.here().deny_cache_hits);
         #[cfg(feature = "opentelemetry")]
         self.otel.deny_cache_hit();
         Some(Verdict {
@@ -257,7 +257,7 @@ impl Shared {
                 key,
             })
             .collect();
-        bump(&self.counters.backend_calls);
+        bump(&self.counters.here().backend_calls);
         let sent_at = self.clock.now_micros();
         #[cfg(feature = "opentelemetry")]
         let started = self.otel.stopwatch();
@@ -277,7 +277,7 @@ impl Shared {
 
     /// The failure mode's verdict.
     fn degraded(&self, redis: &Remote, checks: &Checks, error: &RedisError) -> Verdict {
-        bump(&self.counters.degraded);
+        bump(&self.counters.here().degraded);
         if redis.degraded_log.allow(self.clock.now_micros()) {
             tracing::warn!(
                 error = %error,

@@ -1,6 +1,7 @@
 //! The layer's decision counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Counters of a layer's decisions (all clones of a layer share them).
 ///
@@ -45,8 +46,25 @@ pub struct RateLimitMetrics {
 }
 
 /// The live counts behind [`RateLimitMetrics`], shared by all clones of a layer.
+///
+/// Every request bumps a count, from whichever worker thread runs it: one shared atomic
+/// would make the threads of a busy server take its cache line from each other on every
+/// request. So the counts are striped: each thread bumps the stripe of its own (a thread
+/// is given one in turn the first time it counts), each stripe fills one cache line, and a
+/// snapshot adds the stripes up.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
+    stripes: [Stripe; STRIPES],
+}
+
+/// The stripes of a layer's counts: a power of two, so that a thread's turn maps to one
+/// with a mask.
+const STRIPES: usize = 8;
+
+/// One stripe of the counts (see [`Counters`]): seven counts in one cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(super) struct Stripe {
     pub(super) allowed: AtomicU64,
     pub(super) denied: AtomicU64,
     pub(super) shadow_denied: AtomicU64,
@@ -56,24 +74,55 @@ pub(super) struct Counters {
     pub(super) backend_calls: AtomicU64,
 }
 
+/// The turn the next thread to count is given.
+static NEXT_TURN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's turn (`usize::MAX` until it first counts).
+    static TURN: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's turn, given on first use (a thread that cannot reach its local storage,
+/// being torn down, uses stripe 0).
+#[inline]
+fn turn() -> usize {
+    TURN.try_with(|t| {
+        let mut n = t.get();
+        if n == usize::MAX {
+            n = NEXT_TURN.fetch_add(1, Ordering::Relaxed);
+            t.set(n);
+        }
+        n
+    })
+    .unwrap_or(0)
+}
+
 /// Adds one to a counter (relaxed: the counts order nothing).
 pub(super) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Counters {
-    /// The counts so far.
+    /// The stripe this thread counts in.
+    #[inline]
+    pub(super) fn here(&self) -> &Stripe {
+        &self.stripes[turn() & (STRIPES - 1)]
+    }
+
+    /// The counts so far: the sums of the stripes.
     pub(super) fn snapshot(&self) -> RateLimitMetrics {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RateLimitMetrics {
-            allowed: l(&self.allowed),
-            denied: l(&self.denied),
-            shadow_denied: l(&self.shadow_denied),
-            degraded: l(&self.degraded),
-            deny_cache_hits: l(&self.deny_cache_hits),
-            missing_key: l(&self.missing_key),
-            backend_calls: l(&self.backend_calls),
+        let mut m = RateLimitMetrics::default();
+        for s in &self.stripes {
+            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            m.allowed += l(&s.allowed);
+            m.denied += l(&s.denied);
+            m.shadow_denied += l(&s.shadow_denied);
+            m.degraded += l(&s.degraded);
+            m.deny_cache_hits += l(&s.deny_cache_hits);
+            m.missing_key += l(&s.missing_key);
+            m.backend_calls += l(&s.backend_calls);
         }
+        m
     }
 }
 
@@ -186,12 +235,12 @@ pub(super) mod otel {
         /// The instruments for quotas `(name, burst)`, "near limit" at `share` used.
         pub(in crate::rate_limit) fn new<'a>(
             meter: &Meter,
-            quotas: impl Iterator<Item = (&'a std::sync::Arc<str>, u64)>,
+            quotas: impl Iterator<Item = (&'a str, u64)>,
             share: f64,
         ) -> Self {
             let quotas = quotas
                 .map(|(name, burst)| {
-                    let policy = KeyValue::new(attribute::RATE_LIMIT_POLICY, name.clone());
+                    let policy = KeyValue::new(attribute::RATE_LIMIT_POLICY, name.to_owned());
                     let used = (share * burst as f64).ceil().clamp(1.0, burst as f64) as u64;
                     PerQuota {
                         counts: Default::default(),
@@ -316,5 +365,43 @@ pub(super) mod otel {
                 bump(&live.deny_cache_hits);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_bumped_on_many_threads_add_up_and_threads_count_apart() {
+        let counters = Counters::default();
+        let stripes: Vec<usize> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..STRIPES * 2)
+                .map(|i| {
+                    let c = &counters;
+                    s.spawn(move || {
+                        for _ in 0..1000 {
+                            bump(&c.here().allowed);
+                        }
+                        if i % 2 == 0 {
+                            bump(&c.here().denied);
+                        }
+                        std::ptr::from_ref(c.here()) as usize
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let m = counters.snapshot();
+        assert_eq!(m.allowed, 1000 * STRIPES as u64 * 2);
+        assert_eq!(m.denied, STRIPES as u64);
+        assert_eq!(m.shadow_denied + m.degraded + m.backend_calls, 0);
+        // Threads are given their stripes in turn: sixteen threads use every stripe (at
+        // least half of them if threads elsewhere in the process took turns meanwhile).
+        let mut seen = stripes;
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() >= STRIPES / 2, "{} stripes used", seen.len());
+        assert_eq!(std::mem::align_of::<Stripe>(), 64);
     }
 }

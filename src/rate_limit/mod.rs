@@ -91,6 +91,7 @@ mod decision;
 mod engine;
 mod gcra;
 mod key;
+mod lasting;
 mod memory;
 mod metrics;
 mod micros;

@@ -18,6 +18,7 @@ use super::config::{CostFn, FailureMode, MissingKey};
 use super::decision::{QuotaStatus, RateLimitDecision};
 use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
 use super::key::{KeyExtractor, NoKey};
+use super::lasting::Text;
 use super::memory::MemoryBackend;
 use super::metrics::{Counters, bump};
 use super::quota::Quota;
@@ -29,7 +30,7 @@ use crate::clock::{Clock, Throttle};
 
 /// One quota of the layer, ready to check.
 pub(super) struct Slot {
-    pub(super) name: Arc<str>,
+    pub(super) name: Text,
     /// `"name";r=`, the start of this quota's `RateLimit` item.
     pub(super) status_prefix: Box<str>,
     /// The default JSON body of a refusal by this quota ([`RejectReason::Exceeded`]), rendered
@@ -112,7 +113,7 @@ impl Shared {
                     checks.keys.push(k);
                 }
                 Err(NoKey::NoClientAddress) => {
-                    bump(&self.counters.missing_key);
+                    bump(&self.counters.here().missing_key);
                     self.log_no_client_address(&l.name);
                     return Plan::Done(Verdict {
                         allowed: false,
@@ -122,7 +123,7 @@ impl Shared {
                     });
                 }
                 Err(NoKey::Unusable) => {
-                    bump(&self.counters.missing_key);
+                    bump(&self.counters.here().missing_key);
                     if self.missing_log.allow(self.clock.now_micros()) {
                         tracing::info!(
                             quota = %l.name,
@@ -137,7 +138,7 @@ impl Shared {
                     });
                 }
                 Err(_) => {
-                    bump(&self.counters.missing_key);
+                    bump(&self.counters.here().missing_key);
                     if l.missing == MissingKey::Skip {
                         // Expected (e.g. no session yet): the quota simply does not apply.
                         tracing::trace!(quota = %l.name, "rate limit: no key, quota skipped");
@@ -192,11 +193,11 @@ impl Shared {
         #[cfg(feature = "opentelemetry")]
         self.record(&verdict);
         if verdict.allowed {
-            bump(&self.counters.allowed);
+            bump(&self.counters.here().allowed);
         } else if enforce {
-            bump(&self.counters.denied);
+            bump(&self.counters.here().denied);
         } else {
-            bump(&self.counters.shadow_denied);
+            bump(&self.counters.here().shadow_denied);
             if self.shadow_log.allow(self.clock.now_micros()) {
                 tracing::info!(
                     reason = ?verdict.source,
@@ -209,7 +210,7 @@ impl Shared {
         }
         if !verdict.allowed {
             // Shadow: the handler runs; the count above is the only trace.
-            bump(&self.counters.allowed);
+            bump(&self.counters.here().allowed);
         }
         let headers = (enforce && self.headers_on_success && verdict.source != Source::Pass)
             .then(|| self.rate_headers(&verdict, false));

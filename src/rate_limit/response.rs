@@ -236,6 +236,16 @@ pub(crate) fn policy_value<'a>(quotas: impl Iterator<Item = (&'a str, &'a Quota)
     out
 }
 
+/// `RateLimit-Policy` as a value whose clones share nothing: its bytes are kept for the
+/// life of the process (see [`lasting`](super::lasting)) when the bound allows. `None` if
+/// `value` is not a header value.
+pub(crate) fn policy_header(value: &str) -> Option<HeaderValue> {
+    // `from_static` accepts exactly the bytes `from_str` accepts (visible ASCII and tabs):
+    // checked first so that it cannot panic.
+    let valid = HeaderValue::from_str(value).ok()?;
+    Some(super::lasting::keep(value).map_or(valid, HeaderValue::from_static))
+}
+
 /// The start of a quota's `RateLimit` item, `"name";r=`, rendered once when the layer is
 /// built.
 pub(crate) fn status_prefix(name: &str) -> Box<str> {
@@ -363,6 +373,16 @@ mod tests {
             cost: 1,
             retry_after: Some(Duration::from_millis(2_001)),
         }
+    }
+
+    #[test]
+    fn the_policy_header_shares_its_kept_bytes() {
+        let a = policy_header("\"ip\";q=100;w=60").unwrap();
+        let b = policy_header("\"ip\";q=100;w=60").unwrap();
+        assert_eq!(a, "\"ip\";q=100;w=60");
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert_eq!(a.clone().as_bytes().as_ptr(), a.as_bytes().as_ptr());
+        assert_eq!(policy_header("bad\nvalue"), None);
     }
 
     #[test]
