@@ -615,6 +615,7 @@ impl CorrelationIdLayer {
             .into_iter()
             .map(|n| {
                 HeaderName::from_bytes(n.as_ref().as_bytes())
+                    .map(crate::lasting::header_name)
                     .unwrap_or_else(|_| panic!("invalid header name {:?}", n.as_ref()))
             })
             .collect();
@@ -635,6 +636,7 @@ impl CorrelationIdLayer {
     pub fn response_header(mut self, name: impl AsRef<str>) -> Self {
         let name = name.as_ref();
         self.config_mut().response_header = HeaderName::from_bytes(name.as_bytes())
+            .map(crate::lasting::header_name)
             .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
         self
     }
@@ -844,14 +846,15 @@ where
         // The synchronous part of `call` runs inside the span and the task-local too: some
         // services do real work (and log) before returning their future.
         let inner = span.in_scope(|| CURRENT.sync_scope(id.clone(), || self.inner.call(req)));
-        let future = CURRENT.scope(id.clone(), inner.instrument(span.clone()));
+        // The task-local keeps the id till the response, which takes it back from there.
+        let future = CURRENT.scope(id, inner.instrument(span.clone()));
 
         ResponseFuture {
             inner: future,
-            id: Some(id),
             span,
             start,
-            config: self.config.clone(),
+            response_header: self.config.response_header.clone(),
+            access_log: self.config.access_log,
             metrics,
         }
     }
@@ -868,11 +871,14 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: TaskLocalFuture<CorrelationId, Instrumented<F>>,
-        id: Option<CorrelationId>,
         span: tracing::Span,
         // When the request arrived; `None` when nothing needs the latency.
         start: Option<Instant>,
-        config: Arc<Config>,
+        // The layer's settings the response needs, copied (not a clone of the layer's shared
+        // config: its count would be taken from thread to thread on every request). The name
+        // is usually a constant or kept for the life of the process (`crate::lasting`).
+        response_header: HeaderName,
+        access_log: bool,
         // The request's metrics (taken when it completes; dropping them ends it as active).
         metrics: InFlightSlot,
     }
@@ -881,7 +887,7 @@ pin_project! {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("id", &self.id)
+            .field("response_header", &self.response_header)
             .finish_non_exhaustive()
     }
 }
@@ -893,22 +899,22 @@ where
     type Output = Result<Response<ResBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
         let elapsed = this.start.map(|s| s.elapsed());
         #[cfg(feature = "opentelemetry")]
         if let (Some(metrics), Some(elapsed)) = (this.metrics.take(), elapsed) {
             metrics.finish(elapsed, result.as_ref().ok().map(|r| r.status()));
         }
-        let latency_ms = elapsed.filter(|_| this.config.access_log).map(latency_ms);
-        let id = this.id.take();
+        let latency_ms = elapsed.filter(|_| *this.access_log).map(latency_ms);
+        let id = this.inner.take_value();
         match result {
             Ok(mut response) => {
                 if let Some(id) = id {
                     // One lookup; a header the handler set is kept.
                     response
                         .headers_mut()
-                        .entry(&this.config.response_header)
+                        .entry(&*this.response_header)
                         .or_insert(id.0);
                 }
                 if let Some(latency_ms) = latency_ms {

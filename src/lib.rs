@@ -115,6 +115,9 @@ mod token;
 #[cfg(any(feature = "session", feature = "rate-limit"))]
 mod digest;
 
+#[cfg(any(feature = "correlation-id", feature = "rate-limit"))]
+mod lasting;
+
 #[cfg(all(feature = "axum", any(feature = "session", feature = "correlation-id")))]
 mod axum_extract;
 

@@ -8,7 +8,6 @@ use super::clock::MonotonicClock;
 use super::config::{Backend, CostFn, FailureMode, Limit, RateLimitConfigError};
 use super::engine::Engine;
 use super::key::KeyExtractor;
-use super::lasting::Text;
 use super::memory::MemoryBackend;
 use super::metrics::Counters;
 use super::pipeline::{Shared, Slot};
@@ -19,6 +18,7 @@ use super::response::{
 };
 use super::service::RateLimitLayer;
 use crate::clock::{Clock, Throttle};
+use crate::lasting::Text;
 
 /// Builder of a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
 ///

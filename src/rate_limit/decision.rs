@@ -1,6 +1,6 @@
 //! The outcome of one quota check.
 
-use super::lasting::Text;
+use crate::lasting::Text;
 use std::time::Duration;
 
 use super::micros::{ceil_div, next_unit};

@@ -91,7 +91,6 @@ mod decision;
 mod engine;
 mod gcra;
 mod key;
-mod lasting;
 mod memory;
 mod metrics;
 mod micros;

@@ -18,7 +18,6 @@ use super::config::{CostFn, FailureMode, MissingKey};
 use super::decision::{QuotaStatus, RateLimitDecision};
 use super::engine::{Checks, Engine, QuotaIds, Source, Verdict};
 use super::key::{KeyExtractor, NoKey};
-use super::lasting::Text;
 use super::memory::MemoryBackend;
 use super::metrics::{Counters, bump};
 use super::quota::Quota;
@@ -27,6 +26,7 @@ use super::response::{
     rejection_response, status_len,
 };
 use crate::clock::{Clock, Throttle};
+use crate::lasting::Text;
 
 /// One quota of the layer, ready to check.
 pub(super) struct Slot {

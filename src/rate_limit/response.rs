@@ -237,13 +237,13 @@ pub(crate) fn policy_value<'a>(quotas: impl Iterator<Item = (&'a str, &'a Quota)
 }
 
 /// `RateLimit-Policy` as a value whose clones share nothing: its bytes are kept for the
-/// life of the process (see [`lasting`](super::lasting)) when the bound allows. `None` if
+/// life of the process (see `crate::lasting`) when the bound allows. `None` if
 /// `value` is not a header value.
 pub(crate) fn policy_header(value: &str) -> Option<HeaderValue> {
     // `from_static` accepts exactly the bytes `from_str` accepts (visible ASCII and tabs):
     // checked first so that it cannot panic.
     let valid = HeaderValue::from_str(value).ok()?;
-    Some(super::lasting::keep(value).map_or(valid, HeaderValue::from_static))
+    Some(crate::lasting::keep(value).map_or(valid, HeaderValue::from_static))
 }
 
 /// The start of a quota's `RateLimit` item, `"name";r=`, rendered once when the layer is

@@ -92,20 +92,20 @@ impl Shared {
     /// A store call bounded by the configured timeout; failures are remembered for the layer
     /// and logged once per burst.
     pub(super) async fn call<T>(&self, op: Op, fut: StoreFuture<'_, T>) -> Result<T, StoreError> {
-        let timeout = self.config.store_timeout;
+        let timeout = self.config().store_timeout;
         #[cfg(feature = "opentelemetry")]
-        let started = self.config.metrics.stopwatch();
+        let started = self.config().metrics.stopwatch();
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::timeout(timeout)),
         };
         #[cfg(feature = "opentelemetry")]
-        self.config.metrics.call(op, result.is_ok(), started);
+        self.config().metrics.call(op, result.is_ok(), started);
         #[cfg(not(feature = "opentelemetry"))]
         let _ = op;
         if let Err(error) = &result {
             self.failed.store(true, Ordering::Relaxed);
-            if self.config.log_throttle.allow(self.config.now()) {
+            if self.config().log_throttle.allow(self.config().now()) {
                 tracing::warn!(%error, "session store call failed");
             }
         }
@@ -115,7 +115,7 @@ impl Shared {
     /// Counts a compare-and-set conflict (nothing without the feature).
     fn conflict(&self, resolution: Resolution) {
         #[cfg(feature = "opentelemetry")]
-        self.config.metrics.conflict(resolution);
+        self.config().metrics.conflict(resolution);
         #[cfg(not(feature = "opentelemetry"))]
         let _ = resolution;
     }
@@ -125,13 +125,13 @@ impl Shared {
             state.loaded = true;
             return Ok(());
         };
-        let now = self.config.now();
+        let now = self.config().now();
         let record = self
-            .call(Op::Load, self.store.load(id.key(), now, true))
+            .call(Op::Load, self.store().load(id.key(), now, true))
             .await?;
         state.loaded = true;
         if let Some(record) = record {
-            match open(&self.config, id.key(), &record) {
+            match open(self.config(), id.key(), &record) {
                 Ok(data) => {
                     state.data = data;
                     state.user.clone_from(&record.user_id);
@@ -153,8 +153,8 @@ impl Shared {
         let state = &mut *guard;
         let mut update = CookieUpdate::Keep;
         if let Some(old) = state.delete.take() {
-            let now = self.config.now();
-            self.call(Op::Delete, self.store.delete(old.key(), None, now))
+            let now = self.config().now();
+            self.call(Op::Delete, self.store().delete(old.key(), None, now))
                 .await?;
         }
         if std::mem::take(&mut state.remove_cookie) {
@@ -165,12 +165,12 @@ impl Shared {
         }
         if server_error {
             #[cfg(feature = "opentelemetry")]
-            self.config.metrics.save_skipped();
+            self.config().metrics.save_skipped();
             return Ok(update);
         }
         let changes = std::mem::take(&mut state.changes);
         let cycle = std::mem::take(&mut state.cycle);
-        let now = self.config.now();
+        let now = self.config().now();
         let Some(current) = state.current.take() else {
             let record = self.build(None, &changes, now);
             let (id, record) = self.create(record, &state.data, now).await?;
@@ -187,15 +187,15 @@ impl Shared {
                 backoff(attempt).await;
             }
             let mut record = self.build(Some(&base), &changes, now);
-            record.data = encode(&self.config, key, &data)?;
+            record.data = encode(self.config(), key, &data)?;
             record.binding = Some(bind(
-                &self.config,
+                self.config(),
                 key,
                 record.version.saturating_add(1),
                 &record,
             ));
             match self
-                .call(Op::Save, self.store.save(key, &record, now))
+                .call(Op::Save, self.store().save(key, &record, now))
                 .await?
             {
                 // A new expiry, or a cookie whose user tag no longer matches the user (set or
@@ -213,7 +213,7 @@ impl Shared {
                     return Ok(update);
                 }
                 WriteOutcome::Conflict(newer) => {
-                    let mut newer_data = match open(&self.config, key, &newer) {
+                    let mut newer_data = match open(self.config(), key, &newer) {
                         Ok(data) => data,
                         Err(why) => {
                             self.conflict(Resolution::Dropped);
@@ -261,7 +261,7 @@ impl Shared {
             match self
                 .call(
                     Op::Delete,
-                    self.store.delete(old_key, Some(base.version), now),
+                    self.store().delete(old_key, Some(base.version), now),
                 )
                 .await?
             {
@@ -273,7 +273,7 @@ impl Shared {
                     return Ok(update);
                 }
                 WriteOutcome::Conflict(newer) => {
-                    let mut newer_data = match open(&self.config, old_key, &newer) {
+                    let mut newer_data = match open(self.config(), old_key, &newer) {
                         Ok(data) => data,
                         Err(why) => {
                             self.conflict(Resolution::Dropped);
@@ -286,15 +286,15 @@ impl Shared {
                     changes.apply(&mut newer_data);
                     let mut next = self.build(Some(&newer), changes, now);
                     next.version = record.version;
-                    next.data = encode(&self.config, id.key(), &newer_data)?;
+                    next.data = encode(self.config(), id.key(), &newer_data)?;
                     next.binding = Some(bind(
-                        &self.config,
+                        self.config(),
                         id.key(),
                         next.version.saturating_add(1),
                         &next,
                     ));
                     match self
-                        .call(Op::Save, self.store.save(id.key(), &next, now))
+                        .call(Op::Save, self.store().save(id.key(), &next, now))
                         .await?
                     {
                         WriteOutcome::Written => {
@@ -319,13 +319,13 @@ impl Shared {
     /// failure is logged by [`call`](Self::call), and the record is unreachable anyway.
     async fn discard(&self, id: &SessionId, now: u64) {
         let _ = self
-            .call(Op::Delete, self.store.delete(id.key(), None, now))
+            .call(Op::Delete, self.store().delete(id.key(), None, now))
             .await;
     }
 
     /// The record to write: `base`'s fields with this request's user and expiry changes.
     fn build(&self, base: Option<&SessionRecord>, changes: &Changes, now: u64) -> SessionRecord {
-        let config = &self.config;
+        let config = self.config();
         let created = base.map_or(now, |b| b.created_micros);
         let mut idle = base.map_or(micros(config.idle_timeout), |b| b.idle_micros);
         let mut expires = base.map_or(now.saturating_add(micros(config.absolute_lifetime)), |b| {
@@ -374,10 +374,10 @@ impl Shared {
     ) -> Result<(SessionId, SessionRecord), SessionError> {
         for _ in 0..MAX_CREATE_ATTEMPTS {
             let id = SessionId::generate().map_err(|_| SessionError::Random)?;
-            record.data = encode(&self.config, id.key(), data)?;
-            record.binding = Some(bind(&self.config, id.key(), 1, &record));
+            record.data = encode(self.config(), id.key(), data)?;
+            record.binding = Some(bind(self.config(), id.key(), 1, &record));
             if self
-                .call(Op::Create, self.store.create(id.key(), &record, now))
+                .call(Op::Create, self.store().create(id.key(), &record, now))
                 .await?
             {
                 record.version = 1;
@@ -390,13 +390,13 @@ impl Shared {
     /// Whether the request's cookie carries another user tag than a cookie for `record`
     /// would.
     fn user_tag_outdated(&self, record: &SessionRecord) -> bool {
-        self.config.codec.user_tag_for(record.user_id.as_deref()) != self.incoming_user_tag
+        self.config().codec.user_tag_for(record.user_id.as_deref()) != self.incoming_user_tag
     }
 
     fn set_cookie(&self, id: SessionId, record: &SessionRecord, now: u64) -> CookieUpdate {
         CookieUpdate::Set {
             id,
-            user_tag: self.config.codec.user_tag_for(record.user_id.as_deref()),
+            user_tag: self.config().codec.user_tag_for(record.user_id.as_deref()),
             max_age_secs: record.expires_micros.saturating_sub(now) / 1_000_000,
         }
     }

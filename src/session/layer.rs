@@ -17,7 +17,7 @@ use super::commit::CookieUpdate;
 use super::config::ConfigInner;
 use super::cookie::Rejected;
 use super::error::SessionError;
-use super::session::{Session, Shared};
+use super::session::{Bound, Session, Shared};
 use super::store::SessionStore;
 use super::{SessionConfig, SessionCookieReader};
 
@@ -27,8 +27,8 @@ use super::{SessionConfig, SessionCookieReader};
 /// Holds the store (shared by all services it builds) and the config.
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
-    store: Arc<dyn SessionStore>,
     config: SessionConfig,
+    bound: Arc<Bound>,
 }
 
 impl SessionLayer {
@@ -39,7 +39,11 @@ impl SessionLayer {
 
     /// A layer keeping sessions in a store chosen at run time (e.g. memory or Redis).
     pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
-        Self { store, config }
+        let bound = Arc::new(Bound {
+            config: config.inner.clone(),
+            store,
+        });
+        Self { config, bound }
     }
 
     /// A reader of the session cookie for other layers (the rate limiter's session key).
@@ -54,7 +58,7 @@ impl SessionLayer {
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
+        &self.bound.store
     }
 }
 
@@ -64,8 +68,7 @@ impl<S> Layer<S> for SessionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SessionService {
             inner,
-            store: self.store.clone(),
-            config: self.config.clone(),
+            bound: self.bound.clone(),
         }
     }
 }
@@ -74,8 +77,7 @@ impl<S> Layer<S> for SessionLayer {
 #[derive(Clone, Debug)]
 pub struct SessionService<S> {
     inner: S,
-    store: Arc<dyn SessionStore>,
-    config: SessionConfig,
+    bound: Arc<Bound>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -93,7 +95,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &self.config.inner;
+        let config = &*self.bound.config;
         // Nothing async happens before the inner call (the session loads lazily, inside the
         // handler), so the ready inner service is called directly.
         let (incoming, rejected_cookie) = match config.codec.read(req.headers()) {
@@ -115,13 +117,7 @@ where
             }
         };
         let (id, user_tag) = incoming.map_or((None, None), |i| (Some(i.id), i.user_tag));
-        let session = Session::new(
-            config.clone(),
-            self.store.clone(),
-            id,
-            user_tag,
-            rejected_cookie,
-        );
+        let session = Session::new(self.bound.clone(), id, user_tag, rejected_cookie);
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
             state: State::Inner {

@@ -60,9 +60,26 @@ pub struct Session {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// What every request of a layer shares: its config and its store, behind one count.
+///
+/// A layer's service is cloned for every request (axum does), and every request builds a
+/// [`Session`] holding both: two counts would mean two more cache lines that the worker
+/// threads of a busy server take from each other on every request.
+pub(crate) struct Bound {
+    pub(crate) config: Arc<ConfigInner>,
+    pub(crate) store: Arc<dyn SessionStore>,
+}
+
+impl fmt::Debug for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bound")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Shared {
-    pub(super) config: Arc<ConfigInner>,
-    pub(super) store: Arc<dyn SessionStore>,
+    pub(super) bound: Arc<Bound>,
     /// The verified id of the request's cookie.
     pub(super) incoming: Option<SessionId>,
     /// The user tag the request's cookie carries (a save re-sends the cookie when it is out
@@ -101,16 +118,14 @@ pub(super) struct Current {
 
 impl Session {
     pub(crate) fn new(
-        config: Arc<ConfigInner>,
-        store: Arc<dyn SessionStore>,
+        bound: Arc<Bound>,
         incoming: Option<SessionId>,
         incoming_user_tag: Option<UserTag>,
         rejected_cookie: bool,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                config,
-                store,
+                bound,
                 incoming,
                 incoming_user_tag,
                 rejected_cookie,
@@ -173,8 +188,8 @@ impl Session {
         let mut state = self.loaded().await?;
         if state.data.get(&key) != Some(&value) {
             let previous = state.data.insert(key.clone(), value.clone());
-            let size = crypto::encoded_len(&self.shared.config, json_len(&state.data));
-            let limit = self.shared.config.max_record_bytes;
+            let size = crypto::encoded_len(self.shared.config(), json_len(&state.data));
+            let limit = self.shared.config().max_record_bytes;
             if size > limit {
                 match previous {
                     Some(previous) => state.data.insert(key, previous),
@@ -295,12 +310,12 @@ impl Session {
     /// # Errors
     /// [`SessionError::Store`], also when the store does not keep a per-user index.
     pub async fn delete_user_sessions(&self, user: &str) -> Result<u64, SessionError> {
-        let now = self.shared.config.now();
+        let now = self.shared.config().now();
         Ok(self
             .shared
             .call(
                 Op::DeleteUserSessions,
-                self.shared.store.delete_user_sessions(user, now),
+                self.shared.store().delete_user_sessions(user, now),
             )
             .await?)
     }
@@ -316,7 +331,7 @@ impl Session {
     /// ([`SessionStore::list_user_sessions`]).
     pub async fn user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
         let (user, sessions) = self.listed().await?;
-        let first = &self.shared.config.keys()[0];
+        let first = &self.shared.config().keys()[0];
         Ok(sessions
             .into_iter()
             .map(|(s, current)| SessionInfo {
@@ -345,7 +360,7 @@ impl Session {
             _ => return Ok(false),
         };
         let (user, sessions) = self.listed().await?;
-        let keys = self.shared.config.keys();
+        let keys = self.shared.config().keys();
         let found = sessions.into_iter().find(|(s, _)| {
             keys.iter()
                 .any(|k| constant_time_eq(&k.handle(&user, s.key.as_str()), &raw))
@@ -357,13 +372,13 @@ impl Session {
             self.delete().await?;
             return Ok(true);
         }
-        let now = self.shared.config.now();
+        let now = self.shared.config().now();
         Ok(self
             .shared
             .call(
                 Op::DeleteUserSession,
                 self.shared
-                    .store
+                    .store()
                     .delete_user_session(&user, &session.key, now),
             )
             .await?)
@@ -382,11 +397,11 @@ impl Session {
         };
         let mut sessions = match &user {
             Some(user) => {
-                let now = self.shared.config.now();
+                let now = self.shared.config().now();
                 self.shared
                     .call(
                         Op::ListUserSessions,
-                        self.shared.store.list_user_sessions(user, now),
+                        self.shared.store().list_user_sessions(user, now),
                     )
                     .await?
             }
@@ -470,7 +485,11 @@ impl fmt::Debug for Session {
 
 impl Shared {
     pub(crate) fn config(&self) -> &ConfigInner {
-        &self.config
+        &self.bound.config
+    }
+
+    pub(crate) fn store(&self) -> &dyn SessionStore {
+        &*self.bound.store
     }
 
     pub(crate) fn store_failed(&self) -> bool {

@@ -1,15 +1,17 @@
 //! Texts kept for the life of the process.
 //!
-//! A layer hands some of its configured texts to every request: its `RateLimit-Policy`
-//! value and its quota names (in the [`RateLimitDecision`](super::RateLimitDecision) put in
-//! each request). A value counted by reference (an `Arc<str>`, a `HeaderValue` built at run
-//! time) adds to a count shared by all its clones when it is cloned, and takes from it when
-//! dropped: on a busy server the worker threads then take that count's cache line from each
-//! other on every request. A `&'static str` is copied without touching shared memory. So
-//! these texts are kept once for the life of the process, each distinct text once (a layer
-//! built again with the same quotas reuses them), and at most [`LASTING_BYTES`] in all: past
-//! that, a layer holds its texts counted by reference, as before, so what a process keeps is
-//! bounded however often and with however many different quotas it builds layers.
+//! A layer hands some of its configured texts to every request: the rate limiter its
+//! `RateLimit-Policy` value and its quota names (in the `RateLimitDecision` put in each
+//! request), the correlation layer the names of the headers it writes. A value counted by
+//! reference (an `Arc<str>`, a header value or name built at run time) adds to a count shared
+//! by all its clones when it is cloned, and takes from it when dropped: on a busy server the
+//! worker threads then take that count's cache line from each other on every request. A
+//! `&'static str` (and a header value or name over one) is copied without touching shared
+//! memory. So these texts are kept once for the life of the process, each distinct text once
+//! (a layer built again with the same configuration reuses them), and at most
+//! [`LASTING_BYTES`] in all: past that, a layer holds its texts counted by reference, as
+//! before, so what a process keeps is bounded however often and with however many different
+//! configurations it builds layers.
 
 use std::fmt;
 use std::ops::Deref;
@@ -58,9 +60,18 @@ impl Kept {
     }
 }
 
+/// `name`, over kept bytes when the bound allows (see the module docs): cloning it then
+/// copies a reference.
+#[cfg(feature = "correlation-id")]
+pub(crate) fn header_name(name: http::HeaderName) -> http::HeaderName {
+    // A header name's text is lowercase token characters: what `from_static` accepts.
+    keep(name.as_str()).map_or(name, http::HeaderName::from_static)
+}
+
 /// A text handed to every request: kept for the life of the process when [`keep`] can,
 /// counted by reference otherwise. Either way it reads as a `str`.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 pub(crate) enum Text {
     /// Kept: cloning copies a reference.
     Lasting(&'static str),
@@ -68,6 +79,7 @@ pub(crate) enum Text {
     Counted(Arc<str>),
 }
 
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 impl Text {
     /// `text`, kept if the bound allows.
     pub(crate) fn new(text: &str) -> Self {
