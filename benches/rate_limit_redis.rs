@@ -4,7 +4,9 @@
 //! * a redis_rate-style GCRA script (`TIME` + `GET` + `SET PX`, seconds as floats, results
 //!   formatted with `tostring`) called the plain way, `Script::invoke_async` over a shared
 //!   `MultiplexedConnection`;
-//! * `PING` round trips over the same `MultiplexedConnection` (the ceiling of one connection).
+//! * `PING` round trips over the same `MultiplexedConnection` (the ceiling of one connection);
+//! * the floor of any one-key script: a script that only runs the `GET` and the `SET PX` a
+//!   GCRA decision needs (no clock, no arithmetic), called the same way.
 //!
 //! Ours run twice: with natural batching (the default: concurrent decisions share one script
 //! call) and with `batching(false)` (one script call per decision).
@@ -42,6 +44,11 @@ use tower_rampart::redis::driver::{self, Script, aio::MultiplexedConnection};
 
 const CALLERS: usize = 64;
 const KEYS: usize = 100_000;
+
+/// The two commands of a one-key GCRA decision and nothing else: what a script call with
+/// them costs Redis, whatever it decides.
+const FLOOR_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 0";
 
 /// A GCRA in the style of go-redis/redis_rate: float seconds, `tostring` results.
 const FLOAT_GCRA: &str = r"
@@ -156,6 +163,12 @@ fn bench(c: &mut Criterion) {
             .collect(),
     );
     let script = Arc::new(Script::new(FLOAT_GCRA));
+    let floor_names: Arc<Vec<String>> = Arc::new(
+        (0..KEYS)
+            .map(|i| format!("bench:rl:{{ip:{}}}:floor", ip(i)))
+            .collect(),
+    );
+    let floor_script = Arc::new(Script::new(FLOOR_SCRIPT));
 
     let ping: Call = {
         let plain = plain.clone();
@@ -186,6 +199,24 @@ fn bench(c: &mut Criterion) {
             })
         })
     };
+    let floor: Call = {
+        let (plain, names, script) = (plain.clone(), floor_names, floor_script);
+        Arc::new(move |i| {
+            let mut con = plain.clone();
+            let (names, script) = (names.clone(), script.clone());
+            Box::pin(async move {
+                // A TAT in microseconds (16 digits, as ours stores) expiring in 10 s.
+                let r: i64 = script
+                    .key(&names[i % KEYS])
+                    .arg(1_764_000_000_000_000_i64)
+                    .arg(10_000)
+                    .invoke_async(&mut con)
+                    .await
+                    .unwrap();
+                black_box(r);
+            })
+        })
+    };
     let ours = |backend: &RedisBackend, label: &str, quota: Quota| -> Call {
         let limiter: Arc<RedisKeyedLimiter> = Arc::new(backend.keyed(label, quota).unwrap());
         let keys = keys.clone();
@@ -206,6 +237,7 @@ fn bench(c: &mut Criterion) {
             "evalsha",
             float_gcra,
         ),
+        ("floor: script of GET + SET PX only", "evalsha", floor),
         (
             "rampart GCRA (batched)",
             "evalsha",
