@@ -8,8 +8,10 @@
 //! * the floor of any one-key script: a script that only runs the `GET` and the `SET PX` a
 //!   GCRA decision needs (no clock, no arithmetic), called the same way.
 //!
-//! Ours run twice: with natural batching (the default: concurrent decisions share one script
-//! call) and with `batching(false)` (one script call per decision).
+//! Ours run with natural batching (the default: concurrent decisions share one script call),
+//! with `batching(false)` (one script call per decision), and with `batching(false)` on this
+//! process's clock (`client_clock`, for tests only: the scripts skip the server's `TIME`),
+//! which shows what reading the server's clock costs a one-call decision.
 //!
 //! ```text
 //! cargo bench --all-features --bench rate_limit_redis
@@ -39,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tower_rampart::clock::SystemClock;
 use tower_rampart::rate_limit::{LimitKey, Quota, RedisBackend, RedisKeyedLimiter};
 use tower_rampart::redis::driver::{self, Script, aio::MultiplexedConnection};
 
@@ -155,7 +158,13 @@ fn bench(c: &mut Criterion) {
         (conn, plain)
     });
     let batched = RedisBackend::new(conn.clone());
-    let single = RedisBackend::builder(conn).batching(false).build();
+    let single = RedisBackend::builder(conn.clone()).batching(false).build();
+    // The same deciding at this process's clock: the scripts skip the server's `TIME` (for
+    // tests and replays only, see `client_clock`): what reading the server's clock costs.
+    let single_client_clock = RedisBackend::builder(conn)
+        .batching(false)
+        .client_clock(SystemClock)
+        .build();
     let keys: Arc<Vec<LimitKey>> = Arc::new((0..KEYS).map(|i| LimitKey::ip(ip(i))).collect());
     let names: Arc<Vec<String>> = Arc::new(
         (0..KEYS)
@@ -257,6 +266,16 @@ fn bench(c: &mut Criterion) {
             "rampart window N=10 (one call each)",
             "evalsha",
             ours(&single, "window1", window),
+        ),
+        (
+            "GCRA one call each, client clock",
+            "evalsha",
+            ours(&single_client_clock, "gcra1c", gcra),
+        ),
+        (
+            "window one call each, client clock",
+            "evalsha",
+            ours(&single_client_clock, "window1c", window),
         ),
     ];
 

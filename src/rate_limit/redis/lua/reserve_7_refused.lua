@@ -1,6 +1,6 @@
 -- reserve_7_refused.lua: multi_7_refused.lua, then what release.lua needs: per quota, the
 -- key's value before and the value written.
--- Reads: window_retry's remaining and wait; ok, a, reset, retry, writes, reply, state.
+-- Reads: window_retry's remaining and wait; ok, a, reset, retry, writes, reply, state, fmt.
 -- Leaves: the reply.
       a, retry = remaining, wait
     end
@@ -12,10 +12,8 @@ end
 if reply[1] == 1 then
   local r = #reply
   for j, w in ipairs(writes) do
-    call('SET', w[1], w[2], 'PX', (w[3] - w[3] % 1000) / 1000 + 1)
-    local v = w[2]
-    if type(v) == 'number' then v = string.format('%d', v) end
-    reply[r + 2 * j - 1], reply[r + 2 * j] = state[j], v
+    call('SET', w[1], w[2], 'PX', fmt('%d', (w[3] - w[3] % 1000) / 1000 + 1))
+    reply[r + 2 * j - 1], reply[r + 2 * j] = state[j], w[2]
   end
 end
 return reply
