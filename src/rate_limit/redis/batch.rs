@@ -191,11 +191,13 @@ impl<A: Batchable> Batcher<A> {
     /// requests before it); returns it with the requests that waited too long (to fail them
     /// outside the lock). A batch holding an exclusive request makes its call exclusive.
     fn take(&self, q: &mut Queue<A>) -> (Vec<Waiting<A>>, Vec<Waiting<A>>) {
-        let mut batch = Vec::new();
         let mut late = Vec::new();
         if q.waiting.is_empty() {
-            return (batch, late);
+            return (Vec::new(), late);
         }
+        // Sized once: a batch grown one push at a time reallocated (and moved its waiting
+        // requests, a few hundred bytes each) four or five times per call.
+        let mut batch = Vec::with_capacity(q.waiting.len().min(self.max_batch));
         let others = q.in_flight.saturating_sub(1);
         let now = Instant::now();
         let mut checks = 0;
