@@ -88,6 +88,35 @@ fn ip(i: usize) -> IpAddr {
 /// One call of a variant: the caller's running index in, a finished call out.
 type Call = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// A baseline: `text` called the plain way (`Script::invoke_async` over the shared
+/// connection) on key `bench:rl:{ip:<address>}:<suffix>` with `args`, its reply read as `T`.
+fn script_call<T: driver::FromRedisValue + Send + 'static>(
+    plain: &MultiplexedConnection,
+    suffix: &str,
+    text: &str,
+    args: &'static [i64],
+) -> Call {
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..KEYS)
+            .map(|i| format!("bench:rl:{{ip:{}}}:{suffix}", ip(i)))
+            .collect(),
+    );
+    let script = Arc::new(Script::new(text));
+    let plain = plain.clone();
+    Arc::new(move |i| {
+        let mut con = plain.clone();
+        let (names, script) = (names.clone(), script.clone());
+        Box::pin(async move {
+            let mut call = script.key(&names[i % KEYS]);
+            for a in args {
+                call.arg(a);
+            }
+            let r: T = call.invoke_async(&mut con).await.unwrap();
+            black_box(r);
+        })
+    })
+}
+
 /// Runs `iters` calls from 64 tasks; returns the wall time.
 async fn run(iters: u64, call: Call) -> Duration {
     let left = Arc::new(AtomicI64::new(iters as i64));
@@ -166,18 +195,15 @@ fn bench(c: &mut Criterion) {
         .client_clock(SystemClock)
         .build();
     let keys: Arc<Vec<LimitKey>> = Arc::new((0..KEYS).map(|i| LimitKey::ip(ip(i))).collect());
-    let names: Arc<Vec<String>> = Arc::new(
-        (0..KEYS)
-            .map(|i| format!("bench:rl:{{ip:{}}}:plain", ip(i)))
-            .collect(),
+    let float_gcra =
+        script_call::<(i64, f64, String, String)>(&plain, "plain", FLOAT_GCRA, &[10, 10, 10, 1]);
+    // A TAT in microseconds (16 digits, as ours stores) expiring in 10 s.
+    let floor = script_call::<i64>(
+        &plain,
+        "floor",
+        FLOOR_SCRIPT,
+        &[1_764_000_000_000_000, 10_000],
     );
-    let script = Arc::new(Script::new(FLOAT_GCRA));
-    let floor_names: Arc<Vec<String>> = Arc::new(
-        (0..KEYS)
-            .map(|i| format!("bench:rl:{{ip:{}}}:floor", ip(i)))
-            .collect(),
-    );
-    let floor_script = Arc::new(Script::new(FLOOR_SCRIPT));
 
     let ping: Call = {
         let plain = plain.clone();
@@ -185,43 +211,6 @@ fn bench(c: &mut Criterion) {
             let mut con = plain.clone();
             Box::pin(async move {
                 let r: String = driver::cmd("PING").query_async(&mut con).await.unwrap();
-                black_box(r);
-            })
-        })
-    };
-    let float_gcra: Call = {
-        let (plain, names, script) = (plain.clone(), names.clone(), script.clone());
-        Arc::new(move |i| {
-            let mut con = plain.clone();
-            let (names, script) = (names.clone(), script.clone());
-            Box::pin(async move {
-                let r: (i64, f64, String, String) = script
-                    .key(&names[i % KEYS])
-                    .arg(10)
-                    .arg(10)
-                    .arg(10)
-                    .arg(1)
-                    .invoke_async(&mut con)
-                    .await
-                    .unwrap();
-                black_box(r);
-            })
-        })
-    };
-    let floor: Call = {
-        let (plain, names, script) = (plain.clone(), floor_names, floor_script);
-        Arc::new(move |i| {
-            let mut con = plain.clone();
-            let (names, script) = (names.clone(), script.clone());
-            Box::pin(async move {
-                // A TAT in microseconds (16 digits, as ours stores) expiring in 10 s.
-                let r: i64 = script
-                    .key(&names[i % KEYS])
-                    .arg(1_764_000_000_000_000_i64)
-                    .arg(10_000)
-                    .invoke_async(&mut con)
-                    .await
-                    .unwrap();
                 black_box(r);
             })
         })
@@ -239,7 +228,7 @@ fn bench(c: &mut Criterion) {
     };
     let gcra = Quota::rate(10, Duration::from_secs(10)).burst(10);
     let window = Quota::window(10, Duration::from_secs(10));
-    let variants: Vec<(&str, &str, Call)> = vec![
+    let mut variants: Vec<(&str, &str, Call)> = vec![
         ("PING (multiplexed)", "ping", ping),
         (
             "float GCRA script (redis_rate style)",
@@ -247,37 +236,33 @@ fn bench(c: &mut Criterion) {
             float_gcra,
         ),
         ("floor: script of GET + SET PX only", "evalsha", floor),
-        (
-            "rampart GCRA (batched)",
-            "evalsha",
-            ours(&batched, "gcra", gcra),
-        ),
-        (
-            "rampart window N=10 (batched)",
-            "evalsha",
-            ours(&batched, "window", window),
-        ),
-        (
-            "rampart GCRA (one call each)",
-            "evalsha",
-            ours(&single, "gcra1", gcra),
-        ),
+    ];
+    let limiters = [
+        ("rampart GCRA (batched)", &batched, "gcra", gcra),
+        ("rampart window N=10 (batched)", &batched, "window", window),
+        ("rampart GCRA (one call each)", &single, "gcra1", gcra),
         (
             "rampart window N=10 (one call each)",
-            "evalsha",
-            ours(&single, "window1", window),
+            &single,
+            "window1",
+            window,
         ),
         (
             "GCRA one call each, client clock",
-            "evalsha",
-            ours(&single_client_clock, "gcra1c", gcra),
+            &single_client_clock,
+            "gcra1c",
+            gcra,
         ),
         (
             "window one call each, client clock",
-            "evalsha",
-            ours(&single_client_clock, "window1c", window),
+            &single_client_clock,
+            "window1c",
+            window,
         ),
     ];
+    for (label, backend, name, quota) in limiters {
+        variants.push((label, "evalsha", ours(backend, name, quota)));
+    }
 
     let mut group = c.benchmark_group("redis/64 callers");
     group.throughput(Throughput::Elements(1));
