@@ -16,7 +16,11 @@
 //!   quarter of the idle timeout forward on every request);
 //! * `new session`: no cookie, the handler writes a value (a create);
 //! * `write`: load + save of a changed value; `write, plaintext`: the same, not encrypted;
-//! * `write, user`: the session belongs to a user (unchanged by the request).
+//! * `write, user`: the session belongs to a user (unchanged by the request);
+//! * `floor: a write's commands`: not the layer, the floor of any scripted write: the
+//!   bench sends the load's `HMGET` and then a script that only runs the commands a save
+//!   runs (`HMGET`, one `HSET` of the same six fields with the session's own values,
+//!   `PEXPIRE`), without deciding anything.
 //!
 //! Each round runs every case for `SESSION_BENCH_REQUESTS` requests (default 20 000) after
 //! `CONFIG RESETSTAT`; the table shows medians over `SESSION_BENCH_ROUNDS` rounds (default 3).
@@ -61,6 +65,12 @@ const PREFIX: &str = "bench:session:";
 const MONITORED: u64 = 500;
 const IDLE: Duration = Duration::from_secs(3600);
 const SCRIPTS: [&str; 4] = ["evalsha", "eval", "evalsha_ro", "eval_ro"];
+/// The commands of a save and nothing else (see the `floor` case).
+const FLOOR_SAVE: &str = "redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x', 'u', 'b') \
+    redis.call('HSET', KEYS[1], 'v', ARGV[1], 'c', ARGV[2], 'a', ARGV[3], 'i', ARGV[4], \
+    'x', ARGV[5], 'd', ARGV[6]) redis.call('PEXPIRE', KEYS[1], ARGV[7]) return 2";
+/// The fields a save writes, in `FLOOR_SAVE`'s order.
+const SAVED: [&str; 6] = ["v", "c", "a", "i", "x", "d"];
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Case {
     Baseline,
@@ -71,10 +81,11 @@ enum Case {
     Write,
     WritePlain,
     WriteUser,
+    Floor,
 }
 
 impl Case {
-    const ALL: [Case; 8] = [
+    const ALL: [Case; 9] = [
         Case::Baseline,
         Case::Untouched,
         Case::Read,
@@ -83,6 +94,7 @@ impl Case {
         Case::Write,
         Case::WritePlain,
         Case::WriteUser,
+        Case::Floor,
     ];
 
     fn name(self) -> &'static str {
@@ -95,6 +107,7 @@ impl Case {
             Case::Write => "write",
             Case::WritePlain => "write, plaintext",
             Case::WriteUser => "write, user",
+            Case::Floor => "floor: a write's commands",
         }
     }
 }
@@ -162,6 +175,18 @@ enum Target {
         conn: RedisConnection,
         keys: Vec<String>,
     },
+    Floor {
+        conn: RedisConnection,
+        /// Per caller: the session's key and the values `FLOOR_SAVE` writes back.
+        saves: Vec<(String, Vec<Vec<u8>>)>,
+    },
+}
+
+/// One caller's work in [`Target::run`].
+enum Job {
+    Layer(Layered, Option<String>),
+    Baseline(RedisConnection, String),
+    Floor(RedisConnection, String, Vec<Vec<u8>>),
 }
 
 impl Target {
@@ -172,24 +197,40 @@ impl Target {
         let tasks: Vec<_> = (0..CALLERS)
             .map(|c| {
                 let left = left.clone();
-                let target = match self {
-                    Target::Layer { svcs, cookies } => Err((
+                let job = match self {
+                    Target::Layer { svcs, cookies } => Job::Layer(
                         svcs[c % svcs.len()].clone(),
                         cookies[c % cookies.len()].clone(),
-                    )),
-                    Target::Baseline { conn, keys } => Ok((conn.clone(), keys[c].clone())),
+                    ),
+                    Target::Baseline { conn, keys } => Job::Baseline(conn.clone(), keys[c].clone()),
+                    Target::Floor { conn, saves } => {
+                        let (key, values) = saves[c].clone();
+                        Job::Floor(conn.clone(), key, values)
+                    }
                 };
+                let floor = driver::Script::new(FLOOR_SAVE);
                 tokio::spawn(async move {
                     while left
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
                         .is_ok()
                     {
-                        match &target {
-                            Err((svc, cookie)) => {
+                        match &job {
+                            Job::Layer(svc, cookie) => {
                                 let res = svc.clone().oneshot(request(cookie.as_deref())).await;
                                 assert!(res.unwrap().status().is_success());
                             }
-                            Ok((conn, key)) => {
+                            Job::Floor(conn, key, values) => {
+                                let load: Vec<Option<Vec<u8>>> = conn
+                                    .query(driver::cmd("HMGET").arg(key).arg(&SAVED[..]))
+                                    .await
+                                    .unwrap();
+                                assert!(load[0].is_some());
+                                let mut save = floor.key(key);
+                                save.arg(values).arg(IDLE.as_millis() as u64);
+                                let r: i64 = conn.invoke_script(&save).await.unwrap();
+                                assert_eq!(r, 2);
+                            }
+                            Job::Baseline(conn, key) => {
                                 let mut pipe = driver::pipe();
                                 pipe.cmd("HGETALL").arg(key);
                                 pipe.cmd("PEXPIRE").arg(key).arg(IDLE.as_millis() as u64);
@@ -279,6 +320,15 @@ fn main() {
         keys
     };
     assert!(read_keys.len() >= CALLERS);
+    // The floor case writes each session's own values back (it stays the same session).
+    let floor_saves: Vec<(String, Vec<Vec<u8>>)> = read_keys[..CALLERS]
+        .iter()
+        .map(|k| {
+            let fields: BTreeMap<String, Vec<u8>> = server.run(driver::cmd("HGETALL").arg(k));
+            let values = SAVED.iter().map(|f| fields[*f].clone()).collect();
+            (k.clone(), values)
+        })
+        .collect();
 
     let target = |case: Case| -> Target {
         let on = |l: &SessionLayer, work, cookies: &Vec<Option<String>>| Target::Layer {
@@ -311,6 +361,10 @@ fn main() {
             Case::Write => on(&encrypted, Work::Write, &cookies),
             Case::WritePlain => on(&plain, Work::Write, &plain_cookies),
             Case::WriteUser => on(&encrypted, Work::Write, &user_cookies),
+            Case::Floor => Target::Floor {
+                conn: conn.clone(),
+                saves: floor_saves.clone(),
+            },
         }
     };
 
