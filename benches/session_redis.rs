@@ -193,6 +193,7 @@ impl Target {
     /// Runs `n` requests from [`CALLERS`] tasks; the wall time.
     async fn run(&self, n: u64) -> Duration {
         let left = Arc::new(AtomicU64::new(n));
+        let floor = Arc::new(driver::Script::new(FLOOR_SAVE));
         let start = Instant::now();
         let tasks: Vec<_> = (0..CALLERS)
             .map(|c| {
@@ -208,7 +209,7 @@ impl Target {
                         Job::Floor(conn.clone(), key, values)
                     }
                 };
-                let floor = driver::Script::new(FLOOR_SAVE);
+                let floor = floor.clone();
                 tokio::spawn(async move {
                     while left
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
@@ -320,7 +321,8 @@ fn main() {
         keys
     };
     assert!(read_keys.len() >= CALLERS);
-    // The floor case writes each session's own values back (it stays the same session).
+    // The floor case writes back each session's values as they were here (its binding and
+    // user fields stay as later writes leave them: no case checks the binding).
     let floor_saves: Vec<(String, Vec<Vec<u8>>)> = read_keys[..CALLERS]
         .iter()
         .map(|k| {

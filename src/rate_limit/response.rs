@@ -240,9 +240,15 @@ pub(crate) fn policy_value<'a>(quotas: impl Iterator<Item = (&'a str, &'a Quota)
 /// life of the process (see `crate::lasting`) when the bound allows. `None` if
 /// `value` is not a header value.
 pub(crate) fn policy_header(value: &str) -> Option<HeaderValue> {
-    // `from_static` accepts exactly the bytes `from_str` accepts (visible ASCII and tabs):
-    // checked first so that it cannot panic.
     let valid = HeaderValue::from_str(value).ok()?;
+    // `from_static` panics on anything but visible ASCII and tabs (`from_str` also takes
+    // bytes from 0x80): such a value (no quota name allows one today) keeps its own bytes.
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return Some(valid);
+    }
     Some(crate::lasting::keep(value).map_or(valid, HeaderValue::from_static))
 }
 
@@ -372,6 +378,9 @@ mod tests {
         assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
         assert_eq!(a.clone().as_bytes().as_ptr(), a.as_bytes().as_ptr());
         assert_eq!(policy_header("bad\nvalue"), None);
+        // Bytes from 0x80 are a header value but not a static one: kept as they are.
+        let wide = policy_header("\"caf\u{e9}\";q=1;w=1").unwrap();
+        assert_eq!(wide.as_bytes(), "\"caf\u{e9}\";q=1;w=1".as_bytes());
     }
 
     #[test]
