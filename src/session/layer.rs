@@ -27,7 +27,6 @@ use super::{SessionConfig, SessionCookieReader};
 /// Holds the store (shared by all services it builds) and the config.
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
-    config: SessionConfig,
     bound: Arc<Bound>,
 }
 
@@ -39,21 +38,19 @@ impl SessionLayer {
 
     /// A layer keeping sessions in a store chosen at run time (e.g. memory or Redis).
     pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
-        let bound = Arc::new(Bound {
-            config: config.inner.clone(),
-            store,
-        });
-        Self { config, bound }
+        Self {
+            bound: Arc::new(Bound { config, store }),
+        }
     }
 
     /// A reader of the session cookie for other layers (the rate limiter's session key).
     pub fn cookie_reader(&self) -> SessionCookieReader {
-        self.config.cookie_reader()
+        self.bound.config.cookie_reader()
     }
 
     /// The config.
     pub fn config(&self) -> &SessionConfig {
-        &self.config
+        &self.bound.config
     }
 
     /// The store.
@@ -95,7 +92,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &*self.bound.config;
+        let config = &*self.bound.config.inner;
         // Nothing async happens before the inner call (the session loads lazily, inside the
         // handler), so the ready inner service is called directly.
         let (incoming, rejected_cookie) = match config.codec.read(req.headers()) {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::commit::{Changes, Op};
-use super::config::ConfigInner;
+use super::config::{ConfigInner, SessionConfig};
 use super::cookie::UserTag;
 use super::crypto;
 use super::crypto::HANDLE_LEN;
@@ -65,17 +65,10 @@ pub struct Session {
 /// A layer's service is cloned for every request (axum does), and every request builds a
 /// [`Session`] holding both: two counts would mean two more cache lines that the worker
 /// threads of a busy server take from each other on every request.
+#[derive(Debug)]
 pub(crate) struct Bound {
-    pub(crate) config: Arc<ConfigInner>,
+    pub(crate) config: SessionConfig,
     pub(crate) store: Arc<dyn SessionStore>,
-}
-
-impl fmt::Debug for Bound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bound")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
 }
 
 pub(crate) struct Shared {
@@ -485,7 +478,7 @@ impl fmt::Debug for Session {
 
 impl Shared {
     pub(crate) fn config(&self) -> &ConfigInner {
-        &self.bound.config
+        &self.bound.config.inner
     }
 
     pub(crate) fn store(&self) -> &dyn SessionStore {
