@@ -68,6 +68,18 @@ pub(crate) fn header_name(name: http::HeaderName) -> http::HeaderName {
     keep(name.as_str()).map_or(name, http::HeaderName::from_static)
 }
 
+/// `value`, over kept bytes when it can be (visible ASCII, within the bound): cloning it
+/// then copies a reference. A value with bytes from 0x80 (a header value, not a static one)
+/// keeps its own bytes.
+#[cfg(feature = "rate-limit")]
+pub(crate) fn header_value(value: http::HeaderValue) -> http::HeaderValue {
+    // `to_str` accepts exactly the bytes `from_static` accepts (visible ASCII and tabs).
+    match value.to_str().ok().and_then(keep) {
+        Some(kept) => http::HeaderValue::from_static(kept),
+        None => value,
+    }
+}
+
 /// A text handed to every request: kept for the life of the process when [`keep`] can,
 /// counted by reference otherwise. Either way it reads as a `str`.
 #[derive(Clone)]
@@ -125,6 +137,20 @@ mod tests {
         assert!(
             matches!((&a, &b), (Text::Lasting(x), Text::Lasting(y)) if x.as_ptr() == y.as_ptr())
         );
+    }
+
+    #[cfg(feature = "rate-limit")]
+    #[test]
+    fn a_header_value_shares_its_kept_bytes() {
+        use http::HeaderValue;
+        let made = || header_value(HeaderValue::from_static("\"ip\";q=100;w=60"));
+        let (a, b) = (made(), made());
+        assert_eq!(a, "\"ip\";q=100;w=60");
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert_eq!(a.clone().as_bytes().as_ptr(), a.as_bytes().as_ptr());
+        // Bytes from 0x80 are a header value but not a static one: kept as they are.
+        let wide = HeaderValue::from_bytes("\"caf\u{e9}\";q=1;w=1".as_bytes()).unwrap();
+        assert_eq!(header_value(wide.clone()), wide);
     }
 
     #[test]

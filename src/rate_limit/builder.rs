@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use super::clock::MonotonicClock;
 use super::config::{Backend, CostFn, FailureMode, Limit, RateLimitConfigError};
 use super::engine::Engine;
@@ -13,8 +15,7 @@ use super::metrics::Counters;
 use super::pipeline::{Shared, Slot};
 use super::quota::Quota;
 use super::response::{
-    JsonRejection, RejectReason, Rejection, RejectionBody, policy_header, policy_value,
-    status_prefix,
+    JsonRejection, RejectReason, Rejection, RejectionBody, policy_value, status_prefix,
 };
 use super::service::RateLimitLayer;
 use crate::clock::{Clock, Throttle};
@@ -278,7 +279,9 @@ impl RateLimitBuilder {
             self.near_limit,
         );
         let policy = policy_value(limits.iter().map(|l| (&*l.name, &l.quota)));
-        let policy = policy_header(&policy).ok_or(RateLimitConfigError::PolicyHeader)?;
+        let policy = HeaderValue::from_str(&policy)
+            .map(crate::lasting::header_value)
+            .map_err(|_| RateLimitConfigError::PolicyHeader)?;
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limits,

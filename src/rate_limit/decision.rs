@@ -1,10 +1,10 @@
 //! The outcome of one quota check.
 
-use crate::lasting::Text;
 use std::time::Duration;
 
 use super::micros::{ceil_div, next_unit};
 use super::quota::Quota;
+use crate::lasting::Text;
 
 // Also imported from here by the Redis backend.
 pub(crate) use super::micros::NEVER;

@@ -236,22 +236,6 @@ pub(crate) fn policy_value<'a>(quotas: impl Iterator<Item = (&'a str, &'a Quota)
     out
 }
 
-/// `RateLimit-Policy` as a value whose clones share nothing: its bytes are kept for the
-/// life of the process (see `crate::lasting`) when the bound allows. `None` if
-/// `value` is not a header value.
-pub(crate) fn policy_header(value: &str) -> Option<HeaderValue> {
-    let valid = HeaderValue::from_str(value).ok()?;
-    // `from_static` panics on anything but visible ASCII and tabs (`from_str` also takes
-    // bytes from 0x80): such a value (no quota name allows one today) keeps its own bytes.
-    if !value
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-    {
-        return Some(valid);
-    }
-    Some(crate::lasting::keep(value).map_or(valid, HeaderValue::from_static))
-}
-
 /// The start of a quota's `RateLimit` item, `"name";r=`, rendered once when the layer is
 /// built.
 pub(crate) fn status_prefix(name: &str) -> Box<str> {
@@ -368,19 +352,6 @@ mod tests {
             cost: 1,
             retry_after: Some(Duration::from_millis(2_001)),
         }
-    }
-
-    #[test]
-    fn the_policy_header_shares_its_kept_bytes() {
-        let a = policy_header("\"ip\";q=100;w=60").unwrap();
-        let b = policy_header("\"ip\";q=100;w=60").unwrap();
-        assert_eq!(a, "\"ip\";q=100;w=60");
-        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
-        assert_eq!(a.clone().as_bytes().as_ptr(), a.as_bytes().as_ptr());
-        assert_eq!(policy_header("bad\nvalue"), None);
-        // Bytes from 0x80 are a header value but not a static one: kept as they are.
-        let wide = policy_header("\"caf\u{e9}\";q=1;w=1").unwrap();
-        assert_eq!(wide.as_bytes(), "\"caf\u{e9}\";q=1;w=1".as_bytes());
     }
 
     #[test]
