@@ -23,6 +23,7 @@
 //! | `full` | correlation id, cookie policy, rate limit (memory, per IP and per session as in the README) and sessions (memory store), as in `examples/axum_app.rs` |
 //! | `floor-headers` | no limiter: a map of the response adding `memory`'s two `RateLimit` headers as constants (same bytes): what sending those headers costs any limiter, the ceiling of `memory` |
 //! | `floor-429` | no limiter: the handler answers `denied`'s refusal, byte for byte (status, the four headers, the JSON body) from constants: the ceiling of `denied` |
+//! | `floor-redis` | no limiter: a middleware sending one `GET` of the peer's key per request over `naive-redis`'s multiplexed connection and ignoring the answer: the cheapest round trip any limiter that asks Redis for every request pays, the ceiling of `redis` |
 //!
 //! Port 0 asks the kernel for a free port; the server prints the address it listens on.
 //! No tracing subscriber is installed: every variant pays only the layers' own work.
@@ -58,7 +59,7 @@ use tower_rampart::session::{MemoryStore, SessionConfig, SessionLayer};
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const VARIANTS: &str = "bare, governor, memory, memory-window, denied, redis, naive-redis, full, \
-     floor-headers, floor-429";
+     floor-headers, floor-429, floor-redis";
 
 /// A count no benchmark on one machine reaches: every request is admitted.
 const HUGE: u32 = 1_000_000_000;
@@ -170,6 +171,29 @@ async fn naive_redis() -> Result<Router, BoxError> {
     Ok(hello_router().layer(middleware::from_fn_with_state(naive, naive_limit)))
 }
 
+/// One `GET` per request, its answer ignored: the round trip alone.
+async fn floor_redis_get(
+    State(conn): State<MultiplexedConnection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let key = format!("floor:{{{}}}", peer.ip());
+    let mut conn = conn;
+    let got: Result<Option<i64>, _> = driver::cmd("GET").arg(key).query_async(&mut conn).await;
+    match got {
+        Ok(_) => next.run(request).await,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn floor_redis() -> Result<Router, BoxError> {
+    let config = redis_config()?;
+    let client = driver::Client::open(format!("redis://{}:{}/", config.host(), config.port()))?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    Ok(hello_router().layer(middleware::from_fn_with_state(conn, floor_redis_get)))
+}
+
 /// `memory`'s two headers on a wrk run (one key, nobody refused), as constants.
 const POLICY_OPEN: &str = "\"ip\";q=1000000000;w=1";
 const STATUS_OPEN: &str = "\"ip\";r=999999999;t=1";
@@ -246,6 +270,7 @@ async fn app(variant: &str) -> Result<Router, BoxError> {
         "full" => full()?,
         "floor-headers" => floor_headers(),
         "floor-429" => Router::new().route("/", get(refusal)),
+        "floor-redis" => floor_redis().await?,
         other => return Err(format!("unknown variant {other:?} (one of: {VARIANTS})").into()),
     })
 }

@@ -18,10 +18,11 @@
 #   WRK_THREADS=1     wrk -t
 #   WARMUP=1          seconds of `wrk` per variant before the rounds (0: none)
 #   VARIANTS="bare governor memory memory-window denied redis naive-redis full"
-#                     (bare is always run: every ratio is against it). Two more variants,
+#                     (bare is always run: every ratio is against it). Three more variants,
 #                     not run unless named, measure the ceilings of the limiter rows:
-#                     floor-headers (bare plus memory's two RateLimit headers as constants)
-#                     and floor-429 (denied's refusal, byte for byte, from the handler)
+#                     floor-headers (bare plus memory's two RateLimit headers as constants),
+#                     floor-429 (denied's refusal, byte for byte, from the handler)
+#                     and floor-redis (bare plus one GET per request: the Redis row's)
 #   BENCH_WORKERS     the servers' Tokio worker threads (default: one per core)
 #   RESULTS=FILE      also write the raw per-round figures there (TSV)
 #   SERVER=PATH       a bench_http executable built beforehand (e.g. from another commit, to
@@ -66,7 +67,7 @@ variants=(bare)
 for v in $VARIANTS; do
     case $v in
     bare) ;;
-    governor | memory | memory-window | denied | redis | naive-redis | full | floor-headers | floor-429)
+    governor | memory | memory-window | denied | redis | naive-redis | full | floor-headers | floor-429 | floor-redis)
         [[ " ${variants[*]} " == *" $v "* ]] || variants+=("$v")
         ;;
     *) die "unknown variant '$v'" ;;
@@ -74,7 +75,7 @@ for v in $VARIANTS; do
 done
 needs_redis=0
 for v in "${variants[@]}"; do
-    [[ $v == redis || $v == naive-redis ]] && needs_redis=1
+    [[ $v == redis || $v == naive-redis || $v == floor-redis ]] && needs_redis=1
 done
 
 ensure_wrk() {
@@ -300,7 +301,7 @@ printf '%-14s %14s %19s %16s\n' variant "server Âµs/req" "bare/variant" "redis Â
 for v in "${variants[@]}"; do
     read -r cmed _ _ < <(cpu_figures "$v" 7 | stats)
     rcol=""
-    if [[ $v == redis || $v == naive-redis ]]; then
+    if [[ $v == redis || $v == naive-redis || $v == floor-redis ]]; then
         read -r rmed _ _ < <(cpu_figures "$v" 8 | stats)
         rcol=$(printf '%.2f' "$rmed")
     fi
@@ -321,6 +322,7 @@ echo
 has memory && has governor && pair "ours, memory / tower_governor" memory governor
 has memory-window && has memory && pair "ours, memory window / memory GCRA" memory-window memory
 has redis && has naive-redis && pair "ours, Redis / naive EVALSHA layer" redis naive-redis
+has redis && has floor-redis && pair "ours, Redis / its round trip's floor" redis floor-redis
 has memory && has floor-headers && pair "ours, memory / its headers' floor" memory floor-headers
 has denied && has floor-429 && pair "ours, denied / the refusal's floor" denied floor-429
 if has denied; then
