@@ -503,6 +503,11 @@ impl RedisStore {
         write_args(&mut call, record, now);
         call.arg(if indexed { "1" } else { "0" })
             .arg(record.binding.as_deref().unwrap_or(""));
+        // The version a write leaves, as text made here: formatting it in the script cost
+        // Redis about 0.45 us a write (the script computes it itself when it is absent).
+        if let Some(next) = record.version.checked_add(1) {
+            call.arg(next);
+        }
         self.write(&call).await
     }
 

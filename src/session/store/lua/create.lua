@@ -10,8 +10,8 @@
 -- fields are read (HMGET v a i x) only when the key exists, and DEL runs only on a leftover.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x')
-  local now = tonumber(ARGV[1])
-  local alive = r[1] and now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
+  local now = ARGV[1] + 0
+  local alive = r[1] and now < r[2] + r[3] and now < r[4] + 0
   if alive then return 0 end
   redis.call('DEL', KEYS[1])
 end

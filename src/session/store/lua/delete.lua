@@ -5,8 +5,8 @@
 -- {1, v, c, a, i, x, u, d, b} when its version is not the expected one (nothing removed);
 -- {2} when removed.
 local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
-local now = tonumber(ARGV[1])
-local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
+local now = ARGV[1] + 0
+local alive = r[1] and now < r[3] + r[4] and now < r[5] + 0
 if not alive then redis.call('DEL', KEYS[1]) return {0} end
 if ARGV[2] ~= '' and r[1] ~= ARGV[2] then return {1, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]} end
 redis.call('DEL', KEYS[1])

@@ -7,7 +7,7 @@
 -- otherwise.
 local r = redis.call('HMGET', KEYS[1], 'u', 'a', 'i', 'x')
 if r[1] ~= ARGV[1] then return 0 end
-local now = tonumber(ARGV[2])
-local alive = now < math.min(tonumber(r[2]) + tonumber(r[3]), tonumber(r[4]))
+local now = ARGV[2] + 0
+local alive = now < r[2] + r[3] and now < r[4] + 0
 redis.call('DEL', KEYS[1])
 if alive then return 1 else return 2 end

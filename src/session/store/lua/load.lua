@@ -6,8 +6,8 @@
 -- Leaves: when refreshing and more than a quarter of the idle timeout has passed since the
 -- last access, 'a' = now and the key's TTL moved to the new deadline; nothing otherwise.
 local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
-local now = tonumber(ARGV[1])
-local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
+local now = ARGV[1] + 0
+local alive = r[1] and now < r[3] + r[4] and now < r[5] + 0
 local function ttl(a)
   return math.max(1, math.ceil((math.min(a + tonumber(r[4]), tonumber(r[5])) - now) / 1000))
 end

@@ -4,8 +4,8 @@
 -- Replies: 1 when touched, 0 when the session is missing or expired.
 -- Leaves (when touched): 'a' = now and the key's TTL moved to the new deadline.
 local r = redis.call('HMGET', KEYS[1], 'v', 'c', 'a', 'i', 'x', 'u', 'd', 'b')
-local now = tonumber(ARGV[1])
-local alive = r[1] and now < math.min(tonumber(r[3]) + tonumber(r[4]), tonumber(r[5]))
+local now = ARGV[1] + 0
+local alive = r[1] and now < r[3] + r[4] and now < r[5] + 0
 local function ttl(a)
   return math.max(1, math.ceil((math.min(a + tonumber(r[4]), tonumber(r[5])) - now) / 1000))
 end
