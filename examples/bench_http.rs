@@ -161,11 +161,16 @@ async fn naive_limit(
     }
 }
 
-async fn naive_redis() -> Result<Router, BoxError> {
+/// A plain redis-rs multiplexed connection to `REDIS_URL`'s server (the baselines' own).
+async fn plain_connection() -> Result<MultiplexedConnection, BoxError> {
     let config = redis_config()?;
     let client = driver::Client::open(format!("redis://{}:{}/", config.host(), config.port()))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+async fn naive_redis() -> Result<Router, BoxError> {
     let naive = Naive {
-        conn: client.get_multiplexed_async_connection().await?,
+        conn: plain_connection().await?,
         script: Arc::new(Script::new(NAIVE_GCRA)),
     };
     Ok(hello_router().layer(middleware::from_fn_with_state(naive, naive_limit)))
@@ -173,14 +178,15 @@ async fn naive_redis() -> Result<Router, BoxError> {
 
 /// One `GET` per request, its answer ignored: the round trip alone.
 async fn floor_redis_get(
-    State(conn): State<MultiplexedConnection>,
+    State(mut conn): State<MultiplexedConnection>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let key = format!("floor:{{{}}}", peer.ip());
-    let mut conn = conn;
-    let got: Result<Option<i64>, _> = driver::cmd("GET").arg(key).query_async(&mut conn).await;
+    let got: Result<Option<i64>, _> = driver::cmd("GET")
+        .arg(format!("floor:{{{}}}", peer.ip()))
+        .query_async(&mut conn)
+        .await;
     match got {
         Ok(_) => next.run(request).await,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -188,9 +194,7 @@ async fn floor_redis_get(
 }
 
 async fn floor_redis() -> Result<Router, BoxError> {
-    let config = redis_config()?;
-    let client = driver::Client::open(format!("redis://{}:{}/", config.host(), config.port()))?;
-    let conn = client.get_multiplexed_async_connection().await?;
+    let conn = plain_connection().await?;
     Ok(hello_router().layer(middleware::from_fn_with_state(conn, floor_redis_get)))
 }
 
