@@ -19,8 +19,9 @@
 -- the branches.)
 local r = redis.call('HMGET', KEYS[1], 'v', 'a', 'i', 'x', 'u', 'b')
 -- Times are read through Lua's arithmetic on their text (ARGV[1] + 0), not tonumber, and the
--- liveness is two comparisons, not math.min: the same numbers and the same errors on a
--- damaged record, without library calls (about 0.3 us less Redis a write in Redis 7.0).
+-- liveness is two comparisons, not math.min: the same numbers without library calls (about
+-- 0.3 us less Redis a write in Redis 7.0). A record missing a time still fails the script,
+-- except one whose idle deadline has passed: it now counts as expired.
 local now = ARGV[1] + 0
 local alive = r[1] and now < r[2] + r[3] and now < r[4] + 0
 if not alive then return {0} end
@@ -31,8 +32,9 @@ end
 if ARGV[7] == '1' and ARGV[11] ~= '1' and (r[5] ~= ARGV[8] or ARGV[6] + 0 > r[4] + 0) then
   return {3}
 end
--- The caller's text of the new version when given (formatting it here cost about 0.45 us
--- of a write); else string.format, not tostring: the same text in half the time (tostring
+-- The caller's text of the new version when given (taking it saves about 0.45 us of a
+-- write, measured on the whole script, more than string.format's 0.09 us in a loop
+-- suggests); else string.format, not tostring: the same text in half the time (tostring
 -- goes through the %.14g number format: about 0.18 us against 0.09 us in Redis 7.0).
 local v = ARGV[13] or string.format('%d', r[1] + 1)
 local user = ARGV[7] == '1'
